@@ -1,0 +1,60 @@
+//! The `edr` event model and its Elastic Common Schema (ECS) mapping.
+//!
+//! * [`model`] holds one Rust type per type of the plugin contract
+//!   (`wit/edr-plugin.wit`): the agent's collectors produce them, the store
+//!   keeps them, and the runtime lowers them into plugins unchanged.
+//! * [`ecs`] turns events and alerts into ECS JSON documents (what SIEMs
+//!   ingest, what `edr replay` reads and `edr export` writes) and back.
+//!
+//! ```
+//! use edr_event::{ecs, EventBody};
+//! let line = r#"{"event":{"category":["process"],"type":["start"]},
+//!   "process":{"pid":4242,"executable":"/usr/bin/bash","args":["bash","-i"],
+//!   "parent":{"pid":1,"executable":"/usr/sbin/nginx"}}}"#;
+//! let event = ecs::event_from_json(line).unwrap();
+//! let EventBody::ProcessExec(exec) = &event.body else { panic!() };
+//! assert_eq!(exec.parent_exe, "/usr/sbin/nginx");
+//! assert_eq!(exec.ancestry, vec!["/usr/sbin/nginx".to_string()]);
+//! ```
+
+pub mod ecs;
+pub mod model;
+pub mod time;
+
+pub use model::*;
+
+/// A name that is not one of an enum's contract names (for example an unknown
+/// event kind in a config file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{given}`; expected one of: {}", expected.join(", "))]
+pub struct UnknownName {
+    /// The enum's Rust name.
+    pub kind: &'static str,
+    /// What was given.
+    pub given: String,
+    /// The accepted names.
+    pub expected: &'static [&'static str],
+}
+
+/// A reference to the detection pack a plugin came from, carried by alerts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackRef {
+    pub id: String,
+    pub version: String,
+    /// The key id (or name) of the publisher key that signed the pack.
+    pub signer: String,
+}
+
+/// A finding, attributed to its plugin and pack, with the event that triggered it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Alert {
+    /// Unique alert id within this agent's record.
+    pub id: u64,
+    pub time: Timestamp,
+    pub plugin: String,
+    pub pack: Option<PackRef>,
+    pub finding: Finding,
+    /// The first event named by `finding.event_ids`, when the agent still had it.
+    pub event: Option<Event>,
+}
+

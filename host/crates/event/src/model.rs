@@ -1,0 +1,422 @@
+//! The event model: one Rust type per type of the WIT contract (`wit/edr-plugin.wit`).
+//!
+//! With the `wasmtime` feature these types implement wasmtime's component
+//! traits, and the agent's runtime binds them to the contract with
+//! `bindgen!`'s `with` option: a batch of events is lowered into a plugin's
+//! memory straight from these structs. Field order and names must therefore
+//! match the WIT file exactly; `edr-runtime` fails to link a plugin if they drift.
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds since the Unix epoch, UTC.
+pub type Timestamp = u64;
+
+macro_rules! wit_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $wit:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+        #[cfg_attr(feature = "wasmtime", component(enum))]
+        #[repr(u8)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name {
+            $( $(#[$vmeta])* #[cfg_attr(feature = "wasmtime", component(name = $wit))] $variant ),+
+        }
+
+        impl $name {
+            /// Every value, in contract order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name used in the WIT contract, configs and manifests.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $wit),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = crate::UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($wit => Ok($name::$variant),)+
+                    _ => Err(crate::UnknownName {
+                        kind: stringify!($name),
+                        given: s.to_string(),
+                        expected: &[$($wit),+],
+                    }),
+                }
+            }
+        }
+    };
+}
+
+wit_enum! {
+    /// The kinds of endpoint event; plugins subscribe to a subset.
+    pub enum EventKind {
+        ProcessExec = "process-exec",
+        ProcessExit = "process-exit",
+        File = "file",
+        Network = "network",
+        Login = "login",
+    }
+}
+
+wit_enum! {
+    /// What happened to a file.
+    pub enum FileOp {
+        Create = "create",
+        Modify = "modify",
+        Delete = "delete",
+        Rename = "rename",
+        Chmod = "chmod",
+        Attrib = "attrib",
+        Read = "read",
+    }
+}
+
+wit_enum! {
+    /// Direction of a network event.
+    pub enum NetworkOp {
+        /// An outbound connection.
+        Connect = "connect",
+        /// An inbound connection was accepted.
+        Accept = "accept",
+        /// A socket started listening.
+        Listen = "listen",
+    }
+}
+
+wit_enum! {
+    /// Transport protocol.
+    pub enum Transport {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+wit_enum! {
+    /// Severity of a finding (the Sigma levels).
+    pub enum Severity {
+        Informational = "informational",
+        Low = "low",
+        Medium = "medium",
+        High = "high",
+        Critical = "critical",
+    }
+}
+
+wit_enum! {
+    /// Level of a plugin's log line.
+    pub enum LogLevel {
+        Trace = "trace",
+        Debug = "debug",
+        Info = "info",
+        Warn = "warn",
+        Error = "error",
+    }
+}
+
+wit_enum! {
+    /// What the response policy decided about an action request.
+    pub enum Decision {
+        Enforced = "enforced",
+        Simulated = "simulated",
+        Refused = "refused",
+    }
+}
+
+impl Severity {
+    /// The numeric ECS `event.severity` used by Elastic detection rules.
+    pub fn ecs_score(self) -> u8 {
+        match self {
+            Severity::Informational => 1,
+            Severity::Low => 21,
+            Severity::Medium => 47,
+            Severity::High => 73,
+            Severity::Critical => 99,
+        }
+    }
+}
+
+/// A program started (execve).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct ProcessExec {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Stable identity: unique on the host even when the kernel reuses the pid.
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: u64,
+    /// Entity id of the parent, 0 when unknown.
+    #[cfg_attr(feature = "wasmtime", component(name = "parent-entity-id"))]
+    pub parent_entity_id: u64,
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub user: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "start-time"))]
+    pub start_time: Timestamp,
+    #[cfg_attr(feature = "wasmtime", component(name = "parent-exe"))]
+    pub parent_exe: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "parent-argv"))]
+    pub parent_argv: Vec<String>,
+    /// Executable paths of the ancestors, parent first, up to the root.
+    pub ancestry: Vec<String>,
+}
+
+/// A process ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct ProcessExit {
+    pub pid: u32,
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "exit-code"))]
+    pub exit_code: i32,
+}
+
+/// A change to (or a read of) a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct FileEvent {
+    pub op: FileOp,
+    pub path: String,
+    /// The previous path of a renamed file.
+    #[cfg_attr(feature = "wasmtime", component(name = "old-path"))]
+    pub old_path: Option<String>,
+    /// `st_mode` after the change, where known.
+    pub mode: Option<u32>,
+    pub pid: Option<u32>,
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: Option<u64>,
+    pub exe: Option<String>,
+    pub uid: Option<u32>,
+}
+
+/// A network connection or listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct NetworkEvent {
+    pub op: NetworkOp,
+    pub transport: Transport,
+    #[cfg_attr(feature = "wasmtime", component(name = "local-ip"))]
+    pub local_ip: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "local-port"))]
+    pub local_port: u16,
+    #[cfg_attr(feature = "wasmtime", component(name = "remote-ip"))]
+    pub remote_ip: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "remote-port"))]
+    pub remote_port: u16,
+    pub pid: Option<u32>,
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: Option<u64>,
+    pub exe: Option<String>,
+    pub uid: Option<u32>,
+}
+
+/// A login attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct LoginEvent {
+    pub user: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "source-ip"))]
+    pub source_ip: Option<String>,
+    pub service: String,
+    pub method: String,
+    pub success: bool,
+    pub pid: Option<u32>,
+}
+
+/// The kind-specific part of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(variant))]
+#[serde(tag = "kind", content = "data", rename_all = "kebab-case")]
+pub enum EventBody {
+    #[cfg_attr(feature = "wasmtime", component(name = "process-exec"))]
+    ProcessExec(ProcessExec),
+    #[cfg_attr(feature = "wasmtime", component(name = "process-exit"))]
+    ProcessExit(ProcessExit),
+    #[cfg_attr(feature = "wasmtime", component(name = "file"))]
+    File(FileEvent),
+    #[cfg_attr(feature = "wasmtime", component(name = "network"))]
+    Network(NetworkEvent),
+    #[cfg_attr(feature = "wasmtime", component(name = "login"))]
+    Login(LoginEvent),
+}
+
+/// One endpoint event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct Event {
+    /// Unique id within this agent's record.
+    pub id: u64,
+    pub time: Timestamp,
+    /// The collector could not gather every field.
+    pub partial: bool,
+    pub body: EventBody,
+}
+
+impl Event {
+    /// The kind of this event, for subscription filtering.
+    pub fn kind(&self) -> EventKind {
+        match self.body {
+            EventBody::ProcessExec(_) => EventKind::ProcessExec,
+            EventBody::ProcessExit(_) => EventKind::ProcessExit,
+            EventBody::File(_) => EventKind::File,
+            EventBody::Network(_) => EventKind::Network,
+            EventBody::Login(_) => EventKind::Login,
+        }
+    }
+
+    /// The pid the event is attributed to, where known.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.body {
+            EventBody::ProcessExec(e) => Some(e.pid),
+            EventBody::ProcessExit(e) => Some(e.pid),
+            EventBody::File(e) => e.pid,
+            EventBody::Network(e) => e.pid,
+            EventBody::Login(e) => e.pid,
+        }
+    }
+
+    /// The entity id of the process the event is attributed to, where known.
+    pub fn entity_id(&self) -> Option<u64> {
+        match &self.body {
+            EventBody::ProcessExec(e) => Some(e.entity_id),
+            EventBody::ProcessExit(e) => Some(e.entity_id),
+            EventBody::File(e) => e.entity_id,
+            EventBody::Network(e) => e.entity_id,
+            EventBody::Login(_) => None,
+        }
+    }
+}
+
+/// What a plugin reports when a detection fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct Finding {
+    #[cfg_attr(feature = "wasmtime", component(name = "rule-id"))]
+    pub rule_id: String,
+    pub title: String,
+    pub severity: Severity,
+    /// MITRE ATT&CK technique ids.
+    pub techniques: Vec<String>,
+    pub message: String,
+    pub author: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "event-ids"))]
+    pub event_ids: Vec<u64>,
+    pub evidence: Vec<(String, String)>,
+}
+
+/// A file shipped with a plugin's pack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct DataFile {
+    pub name: String,
+    pub content: Vec<u8>,
+}
+
+/// A plugin's configuration: settings and data files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct PluginConfig {
+    pub settings: Vec<(String, String)>,
+    pub files: Vec<DataFile>,
+}
+
+/// What a plugin says about itself at init.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub subscriptions: Vec<EventKind>,
+}
+
+/// A process as the agent's process tree knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct ProcessInfo {
+    pub pid: u32,
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: u64,
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub uid: u32,
+    #[cfg_attr(feature = "wasmtime", component(name = "start-time"))]
+    pub start_time: Timestamp,
+}
+
+/// Target of a kill request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(record))]
+pub struct KillTarget {
+    pub pid: u32,
+    /// When set, only kill if `pid` still is this process.
+    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
+    pub entity_id: Option<u64>,
+    pub tree: bool,
+}
+
+/// A response action a plugin may request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
+#[cfg_attr(feature = "wasmtime", component(variant))]
+#[serde(tag = "action", content = "target", rename_all = "kebab-case")]
+pub enum Action {
+    #[cfg_attr(feature = "wasmtime", component(name = "kill-process"))]
+    KillProcess(KillTarget),
+    #[cfg_attr(feature = "wasmtime", component(name = "suspend-process"))]
+    SuspendProcess(u32),
+    #[cfg_attr(feature = "wasmtime", component(name = "resume-process"))]
+    ResumeProcess(u32),
+    #[cfg_attr(feature = "wasmtime", component(name = "quarantine-file"))]
+    QuarantineFile(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "delete-file"))]
+    DeleteFile(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "fetch-file"))]
+    FetchFile(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "block-exec"))]
+    BlockExec(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "isolate-host"))]
+    IsolateHost,
+}
+
+impl Action {
+    /// The action's name as used in policies and manifests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::KillProcess(_) => "kill-process",
+            Action::SuspendProcess(_) => "suspend-process",
+            Action::ResumeProcess(_) => "resume-process",
+            Action::QuarantineFile(_) => "quarantine-file",
+            Action::DeleteFile(_) => "delete-file",
+            Action::FetchFile(_) => "fetch-file",
+            Action::BlockExec(_) => "block-exec",
+            Action::IsolateHost => "isolate-host",
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The host side of the contract: what plugins import, and the services the
+//! embedding agent supplies behind those imports.
+
+use crate::limits::Limits;
+use crate::metrics::PluginMetrics;
+use edr_event::{Action, Decision, LogLevel, PackRef, ProcessInfo};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::component::Linker;
+use wasmtime::{ResourceLimiter, StoreContextMut};
+
+/// Who is calling: a plugin and the pack it came from. State is keyed by
+/// pack id and plugin name (not version), so it survives updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginIdentity {
+    pub plugin: String,
+    pub pack: Option<PackRef>,
+}
+
+impl PluginIdentity {
+    /// `pack-id/plugin`, or the plugin name for plugins loaded without a pack.
+    pub fn state_namespace(&self) -> String {
+        match &self.pack {
+            Some(p) => format!("{}/{}", p.id, self.plugin),
+            None => self.plugin.clone(),
+        }
+    }
+}
+
+/// What the agent supplies behind the host imports. Implementations must be
+/// quick: they run inside a plugin's call and count against its deadline.
+pub trait HostServices: Send + Sync + 'static {
+    /// The process and its ancestors, parent first.
+    fn ancestry(&self, entity_id: u64) -> Vec<ProcessInfo>;
+    /// Reads persistent state.
+    fn state_get(&self, who: &PluginIdentity, key: &str) -> Option<Vec<u8>>;
+    /// Writes persistent state; `Err` (e.g. over quota) is returned to the plugin.
+    fn state_set(&self, who: &PluginIdentity, key: &str, value: Vec<u8>) -> Result<(), String>;
+    /// Deletes persistent state.
+    fn state_delete(&self, who: &PluginIdentity, key: &str);
+    /// Decides on (and queues) a response action; must audit the request.
+    fn request_action(&self, who: &PluginIdentity, action: Action, reason: String) -> Decision;
+}
+
+/// In-memory services for replay, tests and benchmarks: a process table fed
+/// by [`MemoryServices::remember_exec`], state in a map with a quota, and a
+/// response policy that refuses everything (and records the requests).
+#[derive(Debug, Default)]
+pub struct MemoryServices {
+    processes: Mutex<HashMap<u64, (ProcessInfo, u64)>>,
+    state: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+    requests: Mutex<Vec<(PluginIdentity, Action, String)>>,
+}
+
+/// State quota per plugin for [`MemoryServices`], bytes.
+pub const MEMORY_STATE_QUOTA: usize = 1 << 20;
+
+impl MemoryServices {
+    /// Records a process so later ancestry lookups find it.
+    pub fn remember_exec(&self, e: &edr_event::ProcessExec) {
+        let info = ProcessInfo { pid: e.pid, entity_id: e.entity_id, exe: e.exe.clone(), argv: e.argv.clone(), uid: e.uid, start_time: e.start_time };
+        self.processes.lock().unwrap_or_else(|p| p.into_inner()).insert(e.entity_id, (info, e.parent_entity_id));
+    }
+
+    /// Action requests seen so far.
+    pub fn requests(&self) -> Vec<(PluginIdentity, Action, String)> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl HostServices for MemoryServices {
+    fn ancestry(&self, mut entity_id: u64) -> Vec<ProcessInfo> {
+        let table = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        while let Some((info, parent)) = table.get(&entity_id) {
+            out.push(info.clone());
+            if out.len() >= 256 || *parent == entity_id {
+                break;
+            }
+            entity_id = *parent;
+        }
+        out
+    }
+
+    fn state_get(&self, who: &PluginIdentity, key: &str) -> Option<Vec<u8>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.get(&who.state_namespace())?.get(key).cloned()
+    }
+
+    fn state_set(&self, who: &PluginIdentity, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ns = state.entry(who.state_namespace()).or_default();
+        let used: usize = ns.iter().filter(|(k, _)| k.as_str() != key).map(|(k, v)| k.len() + v.len()).sum();
+        if used + key.len() + value.len() > MEMORY_STATE_QUOTA {
+            return Err(format!("state quota of {MEMORY_STATE_QUOTA} bytes exceeded"));
+        }
+        ns.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    fn state_delete(&self, who: &PluginIdentity, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ns) = state.get_mut(&who.state_namespace()) {
+            ns.remove(key);
+        }
+    }
+
+    fn request_action(&self, who: &PluginIdentity, action: Action, reason: String) -> Decision {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).push((who.clone(), action, reason));
+        Decision::Refused
+    }
+}
+
+/// Per-store data: everything a host import needs.
+pub(crate) struct PluginState {
+    pub identity: Arc<PluginIdentity>,
+    pub services: Arc<dyn HostServices>,
+    pub metrics: Arc<PluginMetrics>,
+    pub limiter: MemoryLimiter,
+    pub log_bucket: TokenBucket,
+    pub max_log_line_bytes: usize,
+}
+
+impl PluginState {
+    pub fn new(identity: Arc<PluginIdentity>, services: Arc<dyn HostServices>, metrics: Arc<PluginMetrics>, limits: &Limits) -> Self {
+        Self {
+            identity,
+            services,
+            limiter: MemoryLimiter { cap: limits.memory_bytes, current: 0, hit_cap: false, metrics: metrics.clone() },
+            metrics,
+            log_bucket: TokenBucket::new(limits.log_lines_per_sec, limits.log_burst),
+            max_log_line_bytes: limits.max_log_line_bytes,
+        }
+    }
+}
+
+/// Caps one instance's linear memory and reports its size.
+pub(crate) struct MemoryLimiter {
+    pub cap: usize,
+    pub current: usize,
+    /// Set when a growth was refused, so a following trap reads as out-of-memory.
+    pub hit_cap: bool,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit_cap = true;
+            return Ok(false);
+        }
+        self.current = desired;
+        self.metrics.set_memory(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Token bucket for plugin log lines.
+pub(crate) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self { rate: rate as f64, burst: burst.max(1) as f64, tokens: burst.max(1) as f64, last: Instant::now() }
+    }
+
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary; true if cut.
+pub(crate) fn truncate(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    true
+}
+
+/// Registers the contract's host imports (every capability; a plugin's
+/// grant is enforced before linking, by checking its imports).
+pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    let v = crate::CONTRACT_VERSION;
+    // The `types` interface only defines types; the instance must still exist.
+    linker.instance(&format!("edr:plugin/types@{v}"))?;
+    linker.instance(&format!("edr:plugin/log@{v}"))?.func_wrap("log", |mut cx: StoreContextMut<'_, PluginState>, (level, message): (LogLevel, String)| {
+        cx.data_mut().log(level, message);
+        Ok(())
+    })?;
+    linker.instance(&format!("edr:plugin/clock@{v}"))?.func_wrap("now", |_cx: StoreContextMut<'_, PluginState>, (): ()| Ok((edr_event::time::now(),)))?;
+    let mut state = linker.instance(&format!("edr:plugin/state@{v}"))?;
+    state.func_wrap("get", |cx: StoreContextMut<'_, PluginState>, (key,): (String,)| {
+        let s = cx.data();
+        Ok((s.services.state_get(&s.identity, &key),))
+    })?;
+    state.func_wrap("set", |cx: StoreContextMut<'_, PluginState>, (key, value): (String, Vec<u8>)| {
+        let s = cx.data();
+        Ok((s.services.state_set(&s.identity, &key, value),))
+    })?;
+    state.func_wrap("delete", |cx: StoreContextMut<'_, PluginState>, (key,): (String,)| {
+        let s = cx.data();
+        s.services.state_delete(&s.identity, &key);
+        Ok(())
+    })?;
+    linker.instance(&format!("edr:plugin/process@{v}"))?.func_wrap("ancestry", |cx: StoreContextMut<'_, PluginState>, (entity_id,): (u64,)| {
+        Ok((cx.data().services.ancestry(entity_id),))
+    })?;
+    linker.instance(&format!("edr:plugin/respond@{v}"))?.func_wrap("request", |cx: StoreContextMut<'_, PluginState>, (action, reason): (Action, String)| {
+        let s = cx.data();
+        Ok((s.services.request_action(&s.identity, action, reason),))
+    })?;
+    Ok(())
+}
+
+impl PluginState {
+    /// The `log` import: rate-limited, length-capped, into `tracing`.
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        if !self.log_bucket.take() {
+            self.metrics.logs_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        self.metrics.log_lines.fetch_add(1, Relaxed);
+        if truncate(&mut message, self.max_log_line_bytes) {
+            self.metrics.strings_cut.fetch_add(1, Relaxed);
+        }
+        let plugin = self.identity.plugin.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "edr::plugin", plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "edr::plugin", plugin, "{message}"),
+            LogLevel::Info => tracing::info!(target: "edr::plugin", plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "edr::plugin", plugin, "{message}"),
+            LogLevel::Error => tracing::error!(target: "edr::plugin", plugin, "{message}"),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Per-plugin counters and call-time percentiles.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Number of recent call times kept for percentiles.
+const WINDOW: usize = 4096;
+
+/// Live counters of one plugin, shared between the thread that calls the
+/// plugin and whoever reports status. Cheap to update: atomics, plus one
+/// uncontended lock per call for the latency window.
+#[derive(Debug, Default)]
+pub struct PluginMetrics {
+    pub calls: AtomicU64,
+    pub events: AtomicU64,
+    pub findings: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub out_of_memory: AtomicU64,
+    pub traps: AtomicU64,
+    pub reinstantiations: AtomicU64,
+    /// Events not delivered because the plugin was quarantined.
+    pub skipped_events: AtomicU64,
+    /// Findings dropped by the per-batch cap.
+    pub findings_cut: AtomicU64,
+    /// Strings shortened to the length cap (messages, evidence, log lines).
+    pub strings_cut: AtomicU64,
+    pub log_lines: AtomicU64,
+    /// Log lines dropped by the rate limit.
+    pub logs_dropped: AtomicU64,
+    /// Current linear memory of the live instance, bytes.
+    pub memory_bytes: AtomicU64,
+    /// Highest linear memory seen, bytes.
+    pub peak_memory_bytes: AtomicU64,
+    recent_us: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    values: Vec<u32>,
+    next: usize,
+}
+
+/// A point-in-time copy of [`PluginMetrics`], for status output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsSnapshot {
+    pub calls: u64,
+    pub events: u64,
+    pub findings: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub out_of_memory: u64,
+    pub traps: u64,
+    pub reinstantiations: u64,
+    pub skipped_events: u64,
+    pub findings_cut: u64,
+    pub strings_cut: u64,
+    pub log_lines: u64,
+    pub logs_dropped: u64,
+    pub memory_bytes: u64,
+    pub peak_memory_bytes: u64,
+    /// Median call time over the last calls, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile call time over the last calls, microseconds.
+    pub p99_us: u64,
+}
+
+impl PluginMetrics {
+    /// Records one call's duration.
+    pub fn record_call_time(&self, d: Duration) {
+        let us = d.as_micros().min(u32::MAX as u128) as u32;
+        let mut r = self.recent_us.lock().unwrap_or_else(|p| p.into_inner());
+        if r.values.len() < WINDOW {
+            r.values.push(us);
+        } else {
+            let i = r.next;
+            r.values[i] = us;
+        }
+        r.next = (r.next + 1) % WINDOW;
+    }
+
+    /// Sets the current memory figure and raises the peak.
+    pub fn set_memory(&self, bytes: usize) {
+        self.memory_bytes.store(bytes as u64, Relaxed);
+        self.peak_memory_bytes.fetch_max(bytes as u64, Relaxed);
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let (p50_us, p99_us) = {
+            let r = self.recent_us.lock().unwrap_or_else(|p| p.into_inner());
+            let mut v = r.values.clone();
+            v.sort_unstable();
+            (percentile(&v, 50), percentile(&v, 99))
+        };
+        MetricsSnapshot {
+            calls: self.calls.load(Relaxed),
+            events: self.events.load(Relaxed),
+            findings: self.findings.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            out_of_memory: self.out_of_memory.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            reinstantiations: self.reinstantiations.load(Relaxed),
+            skipped_events: self.skipped_events.load(Relaxed),
+            findings_cut: self.findings_cut.load(Relaxed),
+            strings_cut: self.strings_cut.load(Relaxed),
+            log_lines: self.log_lines.load(Relaxed),
+            logs_dropped: self.logs_dropped.load(Relaxed),
+            memory_bytes: self.memory_bytes.load(Relaxed),
+            peak_memory_bytes: self.peak_memory_bytes.load(Relaxed),
+            p50_us,
+            p99_us,
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() * p).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1);
+    sorted[idx] as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_over_the_window() {
+        let m = PluginMetrics::default();
+        for us in 1..=100u64 {
+            m.record_call_time(Duration::from_micros(us));
+        }
+        let s = m.snapshot();
+        assert_eq!(s.p50_us, 50);
+        assert_eq!(s.p99_us, 99);
+    }
+
+    #[test]
+    fn window_wraps() {
+        let m = PluginMetrics::default();
+        for _ in 0..WINDOW {
+            m.record_call_time(Duration::from_micros(1));
+        }
+        for _ in 0..WINDOW {
+            m.record_call_time(Duration::from_micros(7));
+        }
+        assert_eq!(m.snapshot().p99_us, 7);
+        assert_eq!(m.snapshot().p50_us, 7);
+    }
+}

@@ -1,0 +1,268 @@
+//! The agent's TOML configuration. Every key is optional; `edr agent` with no
+//! file runs on the defaults below. Unknown keys are errors (a typo must not
+//! silently turn a setting off), and every error names the line and the key.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Where the agent keeps its state (alerts file, compile cache, ...).
+    pub data_dir: PathBuf,
+    pub runtime: RuntimeSection,
+    pub plugins: PluginsSection,
+    pub output: OutputSection,
+    pub collect: CollectSection,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./edr-data"),
+            runtime: RuntimeSection::default(),
+            plugins: PluginsSection::default(),
+            output: OutputSection::default(),
+            collect: CollectSection::default(),
+        }
+    }
+}
+
+/// `[runtime]`: batching and the limits every plugin runs under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Events per batch handed to a plugin.
+    pub batch_size: usize,
+    /// A partial batch is dispatched after this long (ms).
+    pub batch_timeout_ms: u64,
+    /// Deadline of one plugin call (one batch), ms.
+    pub call_deadline_ms: u64,
+    /// Deadline of a plugin's init, ms.
+    pub init_deadline_ms: u64,
+    /// Linear-memory cap per plugin instance, MiB.
+    pub memory_mb: usize,
+    /// Findings kept per plugin per batch.
+    pub max_findings_per_batch: usize,
+    /// Failures within `strike_window_secs` that quarantine a plugin.
+    pub max_strikes: usize,
+    pub strike_window_secs: u64,
+    /// Batches queued per plugin before the agent waits (and, in live mode,
+    /// drops that plugin's batch, counted).
+    pub plugin_queue: usize,
+    /// Cache compiled plugins under `<data_dir>/cache`.
+    pub compile_cache: bool,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            batch_timeout_ms: 20,
+            call_deadline_ms: 100,
+            init_deadline_ms: 5000,
+            memory_mb: 64,
+            max_findings_per_batch: 1024,
+            max_strikes: 3,
+            strike_window_secs: 600,
+            plugin_queue: 64,
+            compile_cache: true,
+        }
+    }
+}
+
+/// `[plugins]`: which plugins to load and their settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Load the built-in detection plugins.
+    pub builtin: bool,
+    /// A directory of extra plugins (`*.wasm` components).
+    pub dir: Option<PathBuf>,
+    /// Plugin names not to load.
+    pub disable: Vec<String>,
+    /// Per-plugin settings: `[plugins.settings.<plugin>]` tables of key = value.
+    pub settings: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new() }
+    }
+}
+
+/// `[output]`: where alerts go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// One ECS JSON alert per line on standard output.
+    pub stdout: bool,
+    /// JSONL alerts file (relative paths are under `data_dir`; "" disables).
+    pub alerts_file: PathBuf,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl") }
+    }
+}
+
+/// `[collect]`: where events come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectSection {
+    /// `stdin`, or a path to an ECS JSONL file to read.
+    pub source: String,
+}
+
+impl Default for CollectSection {
+    fn default() -> Self {
+        Self { source: "stdin".into() }
+    }
+}
+
+/// A configuration problem, located.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: describe_toml_error(&e, text) })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), key, message });
+        let r = &self.runtime;
+        if !(1..=65_536).contains(&r.batch_size) {
+            return bad("runtime.batch_size", format!("{} is out of range 1..=65536", r.batch_size));
+        }
+        if r.call_deadline_ms == 0 || r.call_deadline_ms > 60_000 {
+            return bad("runtime.call_deadline_ms", format!("{} is out of range 1..=60000", r.call_deadline_ms));
+        }
+        if r.init_deadline_ms == 0 || r.init_deadline_ms > 600_000 {
+            return bad("runtime.init_deadline_ms", format!("{} is out of range 1..=600000", r.init_deadline_ms));
+        }
+        if !(1..=1024).contains(&r.memory_mb) {
+            return bad("runtime.memory_mb", format!("{} is out of range 1..=1024", r.memory_mb));
+        }
+        if r.max_strikes == 0 {
+            return bad("runtime.max_strikes", "must be at least 1".into());
+        }
+        if r.plugin_queue == 0 {
+            return bad("runtime.plugin_queue", "must be at least 1".into());
+        }
+        for (plugin, table) in &self.plugins.settings {
+            for (key, value) in table {
+                if setting_string(value).is_none() {
+                    return bad("plugins.settings", format!("[plugins.settings.{plugin}] {key}: use a string, number, boolean or array of those"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `path` resolved against `data_dir` when relative; `None` when empty.
+    pub fn data_path(&self, path: &Path) -> Option<PathBuf> {
+        if path.as_os_str().is_empty() {
+            None
+        } else if path.is_absolute() {
+            Some(path.to_path_buf())
+        } else {
+            Some(self.data_dir.join(path))
+        }
+    }
+
+    /// The settings for one plugin as the contract's key/value strings.
+    pub fn plugin_settings(&self, plugin: &str) -> Vec<(String, String)> {
+        self.plugins
+            .settings
+            .get(plugin)
+            .map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), setting_string(v)?))).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A setting value as a string: arrays become comma-separated lists.
+fn setting_string(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => items.iter().map(setting_string).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
+        _ => None,
+    }
+}
+
+/// toml's message, prefixed with `line N` when it carries a span.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.runtime.batch_size, 256);
+        assert!(c.plugins.builtin);
+        assert_eq!(c.data_path(&c.output.alerts_file), Some(PathBuf::from("./edr-data/alerts.jsonl")));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../examples/edr.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.plugin_settings("writable-exec"), vec![("allow".to_string(), "/opt/ci/tmp/**".to_string())]);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("[runtime]\nbatch_size = 0\n").unwrap_err().to_string();
+        assert_eq!(e, "test.toml: `runtime.batch_size`: 0 is out of range 1..=65536");
+        let e = parse("[runtime]\n\nbatch_sise = 5\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: line 3: unknown field `batch_sise`"), "{e}");
+        let e = parse("[runtime]\nbatch_size = \"big\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: line 2: invalid type"), "{e}");
+        let e = parse("data_dir = [").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn settings_become_strings() {
+        let c = parse("[plugins.settings.lineage]\nextra_services = [\"a\", \"b\"]\nstrict = true\n").unwrap();
+        assert_eq!(c.plugin_settings("lineage"), vec![("extra_services".into(), "a,b".into()), ("strict".into(), "true".into())]);
+        assert!(parse("[plugins.settings.lineage]\nx = { y = 1 }\n").is_err());
+    }
+}

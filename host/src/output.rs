@@ -1,0 +1,61 @@
+//! Alert outputs: standard output and a JSONL file, one ECS document a line.
+
+use anyhow::Context;
+use edr_event::ecs::{alert_to_ecs, EcsContext};
+use edr_event::Alert;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// Writes alerts to the configured outputs.
+pub struct AlertWriter {
+    ctx: EcsContext,
+    stdout: bool,
+    file: Option<BufWriter<File>>,
+    written: u64,
+}
+
+impl AlertWriter {
+    /// Outputs: stdout when `stdout`, and the JSONL file at `file` (appended).
+    pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
+        let file = match file {
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open alerts file {}", path.display()))?;
+                Some(BufWriter::new(f))
+            }
+            None => None,
+        };
+        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file, written: 0 })
+    }
+
+    /// Writes one alert to every output. The file is flushed per alert:
+    /// alerts are rare and must survive a crash.
+    pub fn write(&mut self, alert: &Alert) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(&alert_to_ecs(alert, &self.ctx)).expect("JSON values always serialize");
+        line.push('\n');
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes())?;
+            out.flush()?;
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(line.as_bytes())?;
+            f.flush()?;
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Alerts written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// This host's name, for `host.hostname`.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}

@@ -1,0 +1,91 @@
+//! Which plugins the agent loads: the built-ins and a directory of extras.
+
+use crate::config::AgentConfig;
+use anyhow::Context;
+use edr_event::PluginConfig;
+use edr_runtime::{HostServices, Limits, Plugin, PluginSpec, Runtime, RuntimeConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// The runtime configured from `[runtime]`.
+pub fn runtime(cfg: &AgentConfig) -> anyhow::Result<Runtime> {
+    let cache_dir = cfg.runtime.compile_cache.then(|| cfg.data_dir.join("cache"));
+    let max_memory_bytes = (cfg.runtime.memory_mb << 20).max(RuntimeConfig::default().max_memory_bytes);
+    Runtime::new(RuntimeConfig { cache_dir, max_memory_bytes, ..RuntimeConfig::default() })
+}
+
+/// Per-plugin limits from `[runtime]`.
+pub fn limits(cfg: &AgentConfig) -> Limits {
+    let r = &cfg.runtime;
+    Limits {
+        call_deadline: Duration::from_millis(r.call_deadline_ms),
+        init_deadline: Duration::from_millis(r.init_deadline_ms),
+        memory_bytes: r.memory_mb << 20,
+        max_findings_per_batch: r.max_findings_per_batch,
+        max_strikes: r.max_strikes,
+        strike_window: Duration::from_secs(r.strike_window_secs),
+        ..Limits::default()
+    }
+}
+
+/// A plugin to load: its name and component bytes.
+pub struct Source {
+    pub name: String,
+    pub wasm: Vec<u8>,
+    pub origin: String,
+}
+
+/// The built-ins (unless disabled) followed by `*.wasm` files from `plugins.dir`.
+pub fn sources(cfg: &AgentConfig) -> anyhow::Result<Vec<Source>> {
+    let mut out = Vec::new();
+    if cfg.plugins.builtin {
+        for (name, wasm) in BUILTIN_PLUGINS {
+            out.push(Source { name: name.to_string(), wasm: wasm.to_vec(), origin: "built-in".into() });
+        }
+    }
+    if let Some(dir) = &cfg.plugins.dir {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read plugins.dir {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        files.sort();
+        for path in files {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let wasm = std::fs::read(&path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+            out.push(Source { name, wasm, origin: path.display().to_string() });
+        }
+    }
+    out.retain(|s| !cfg.plugins.disable.contains(&s.name));
+    Ok(out)
+}
+
+/// Loads every source. A plugin that fails to load is reported and skipped:
+/// one broken plugin must not take detection down with it.
+pub fn load_all(rt: &Runtime, cfg: &AgentConfig, sources: Vec<Source>, services: Arc<dyn HostServices>) -> (Vec<Plugin>, Vec<String>) {
+    let limits = limits(cfg);
+    let mut loaded = Vec::new();
+    let mut failures = Vec::new();
+    for s in sources {
+        let spec = PluginSpec {
+            config: PluginConfig { settings: cfg.plugin_settings(&s.name), files: Vec::new() },
+            limits: limits.clone(),
+            ..PluginSpec::new(s.name.clone(), s.wasm)
+        };
+        match rt.load(spec, services.clone()) {
+            Ok(p) => {
+                tracing::info!(plugin = %s.name, version = %p.info().version, origin = %s.origin, subscriptions = ?p.info().subscriptions, "plugin loaded");
+                loaded.push(p);
+            }
+            Err(e) => {
+                tracing::error!(origin = %s.origin, "{e}");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    (loaded, failures)
+}
