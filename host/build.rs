@@ -53,9 +53,7 @@ fn main() {
         let b = built.iter().find(|b| &b.package == package).expect("built above");
         writeln!(src, "    ({name:?}, include_bytes!({:?})),", b.component.display().to_string()).unwrap();
     }
-    src.push_str("];\n\n/// The no-op plugin, for `edr bench`.\n");
-    let noop = built.iter().find(|b| b.package == "edr-test-noop").expect("noop plugin");
-    writeln!(src, "pub const NOOP_PLUGIN: &[u8] = include_bytes!({:?});", noop.component.display().to_string()).unwrap();
+    src.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), src).unwrap();
     println!("cargo:rustc-env=EDR_PLUGIN_DIR={}", plugin_dir.display());
 }

@@ -1,12 +1,13 @@
 //! Dispatch: every batch goes to every plugin, each on its own thread.
 //!
-//! A plugin runs on a worker thread fed by a bounded queue of shared batches
-//! (`Arc`, never copied per plugin). The worker passes the plugin only the
-//! event kinds it subscribed to, turns findings into alerts, and sends them
-//! on. A slow or broken plugin therefore only delays itself: its deadline
+//! A batch is encoded into the contract's wire form once and shared (`Arc`)
+//! by every plugin. A plugin runs on a worker thread fed by a bounded queue;
+//! the worker passes it only the event kinds it subscribed to, turns findings
+//! into alerts, and sends them on. A slow or broken plugin therefore only delays itself: its deadline
 //! bounds each call, strikes quarantine it, and in live mode a full queue
 //! drops that plugin's batch (counted) instead of stalling the others.
 
+use edr_event::wire::{EncodedBatch, WireEvent};
 use edr_event::{time, Alert, Event};
 use edr_runtime::{Health, MetricsSnapshot, Plugin, PluginMetrics};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
@@ -15,8 +16,24 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A batch of events shared by all plugins.
-pub type Batch = Arc<Vec<Event>>;
+/// A batch of events shared by all plugins: the events, and their wire form.
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub wire: EncodedBatch,
+}
+
+impl Batch {
+    /// Encodes the events for the plugins.
+    pub fn new(events: Vec<Event>) -> Arc<Self> {
+        let wire = EncodedBatch::encode(&events);
+        Arc::new(Batch { events, wire })
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+}
 
 /// How the dispatcher treats a full plugin queue.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +45,7 @@ pub enum Backpressure {
 }
 
 enum Msg {
-    Batch(Batch),
+    Batch(Arc<Batch>),
     /// Replies once everything queued before it is done.
     Flush(Sender<()>),
 }
@@ -87,7 +104,7 @@ impl Dispatcher {
     }
 
     /// Hands a batch to every plugin.
-    pub fn dispatch(&self, batch: Batch) {
+    pub fn dispatch(&self, batch: Arc<Batch>) {
         for w in &self.workers {
             let msg = Msg::Batch(batch.clone());
             let sent = match self.backpressure {
@@ -159,16 +176,16 @@ fn run_worker(mut plugin: Plugin, rx: Receiver<Msg>, alerts: Sender<Alert>, ids:
                 continue;
             }
         };
-        let refs: Vec<&Event> = batch.iter().filter(|e| plugin.wants(e.kind())).collect();
-        if refs.is_empty() {
+        let selection: Vec<&WireEvent> = batch.wire.events.iter().filter(|e| plugin.wants(e.kind())).collect();
+        if selection.is_empty() {
             continue;
         }
-        let outcome = plugin.call(&refs);
+        let outcome = plugin.call(&batch.wire, &selection);
         if outcome.error.is_some() {
             *health.lock().unwrap_or_else(|p| p.into_inner()) = plugin.health().clone();
         }
         for finding in outcome.findings {
-            let event = finding.event_ids.first().and_then(|id| batch.iter().find(|e| e.id == *id)).cloned();
+            let event = finding.event_ids.first().and_then(|id| batch.events.iter().find(|e| e.id == *id)).cloned();
             let alert = Alert {
                 id: ids.fetch_add(1, Relaxed),
                 time: time::now(),

@@ -24,6 +24,9 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Run recorded ECS JSONL events through the plugins and print alerts.
     Replay(cmd::replay::ReplayArgs),
+    /// Build and inspect plugins.
+    #[command(subcommand)]
+    Plugin(cmd::plugin::PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Replay(a) => cmd::replay::run(a),
+        Command::Plugin(c) => cmd::plugin::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! The detection pipeline: events in, batches to plugins, alerts out.
 
 use crate::config::AgentConfig;
-use crate::dispatch::{Backpressure, Dispatcher, PluginStatus};
+use crate::dispatch::{Backpressure, Batch, Dispatcher, PluginStatus};
 use crate::output::AlertWriter;
 use crate::plugins;
 use anyhow::bail;
@@ -82,7 +82,7 @@ impl Pipeline {
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
         self.batches += 1;
-        self.dispatcher.dispatch(Arc::new(batch));
+        self.dispatcher.dispatch(Batch::new(batch));
     }
 
     /// Per-plugin status.

@@ -1,7 +1,8 @@
 //! Glue between [`crate::export_detector!`] and a [`Detector`]; not public API.
 
 use crate::detector::{Detector, Findings};
-use crate::types::{Config, Event, Finding, LogLevel, PluginInfo};
+use crate::bindings::edr::plugin::types as wit;
+use crate::types::{decode, Config, Finding, LogLevel, PluginInfo};
 use std::any::Any;
 use std::cell::RefCell;
 
@@ -28,14 +29,15 @@ pub fn init<D: Detector>(config: Config) -> Result<PluginInfo, String> {
     Ok(info::<D>())
 }
 
-/// Runs one batch through the detector.
-pub fn on_events<D: Detector>(events: Vec<Event>) -> Vec<Finding> {
+/// Runs one batch (in wire form) through the detector.
+pub fn on_events<D: Detector>(text: String, lists: Vec<u32>, events: Vec<wit::Event>) -> Vec<Finding> {
     INSTANCE.with(|slot| {
         let mut slot = slot.borrow_mut();
         match slot.as_mut().and_then(|b| b.downcast_mut::<D>()) {
             Some(detector) => {
+                let views = decode(&text, &lists, &events);
                 let mut findings = Findings::new();
-                detector.on_events(&events, &mut findings);
+                detector.on_events(&views, &mut findings);
                 findings.into_vec()
             }
             None => {

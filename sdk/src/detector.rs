@@ -6,7 +6,8 @@ use crate::types::{Config, Event, EventKind, Finding, Severity};
 ///
 /// The agent creates one instance per loaded plugin with [`Detector::init`],
 /// then calls [`Detector::on_events`] with batches of the event kinds listed
-/// in [`Detector::SUBSCRIPTIONS`]. State kept in `self` lives as long as the
+/// in [`Detector::SUBSCRIPTIONS`]. Events are borrowed views into the batch
+/// (see [`crate::Event`]): copy out what you keep between batches. State kept in `self` lives as long as the
 /// instance; use [`crate::host::state`] for state that must survive a plugin
 /// update or an agent restart.
 pub trait Detector: Sized + 'static {
@@ -24,11 +25,11 @@ pub trait Detector: Sized + 'static {
     fn init(config: &Config) -> Result<Self, String>;
 
     /// Looks at one event and reports what it finds.
-    fn on_event(&mut self, event: &Event, findings: &mut Findings);
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings);
 
     /// Looks at a batch. The default calls [`Detector::on_event`] for each
     /// event; override it to work on the whole batch at once.
-    fn on_events(&mut self, events: &[Event], findings: &mut Findings) {
+    fn on_events(&mut self, events: &[Event<'_>], findings: &mut Findings) {
         for event in events {
             self.on_event(event, findings);
         }
@@ -55,7 +56,7 @@ pub struct Rule {
 
 impl Rule {
     /// A finding of this rule about `event`.
-    pub fn finding(&self, event: &Event, message: impl Into<String>) -> Finding {
+    pub fn finding(&self, event: &Event<'_>, message: impl Into<String>) -> Finding {
         Finding {
             rule_id: self.id.to_string(),
             title: self.title.to_string(),
@@ -83,7 +84,7 @@ impl Findings {
 
     /// Reports that `rule` matched `event`; returns the finding so evidence
     /// can be added: `findings.report(&RULE, e, "msg").evidence.push(...)`.
-    pub fn report(&mut self, rule: &Rule, event: &Event, message: impl Into<String>) -> &mut Finding {
+    pub fn report(&mut self, rule: &Rule, event: &Event<'_>, message: impl Into<String>) -> &mut Finding {
         self.items.push(rule.finding(event, message));
         self.items.last_mut().expect("just pushed")
     }

@@ -31,7 +31,7 @@
 //!         Ok(Self)
 //!     }
 //!
-//!     fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+//!     fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
 //!         let Some(exec) = event.exec() else { return };
 //!         if matches!(exec.name(), "curl" | "wget")
 //!             && exec.argv.iter().any(|a| starts_with_ci(a, "/tmp/"))
@@ -86,14 +86,20 @@ pub mod testing;
 pub mod __rt;
 
 pub use detector::{Detector, Findings, Rule};
-pub use types::*;
+pub use types::{
+    Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent,
+    NetworkEvent, NetworkOp, PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
+};
 
 /// Everything a plugin usually needs: `use edr_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::detector::{Detector, Findings, Rule};
     pub use crate::host;
     pub use crate::matchers::*;
-    pub use crate::types::*;
+    pub use crate::{
+        Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent,
+        NetworkEvent, NetworkOp, PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
+    };
 }
 
 /// Exports a [`Detector`] as the plugin's entry points.
@@ -116,8 +122,12 @@ macro_rules! export_detector {
                 fn init(config: $crate::Config) -> ::core::result::Result<$crate::PluginInfo, ::std::string::String> {
                     $crate::__rt::init::<$detector>(config)
                 }
-                fn on_events(events: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Finding> {
-                    $crate::__rt::on_events::<$detector>(events)
+                fn on_events(
+                    text: ::std::string::String,
+                    lists: ::std::vec::Vec<u32>,
+                    events: ::std::vec::Vec<$crate::bindings::edr::plugin::types::Event>,
+                ) -> ::std::vec::Vec<$crate::Finding> {
+                    $crate::__rt::on_events::<$detector>(text, lists, events)
                 }
             }
             $crate::bindings::__export_detector_bindings!(__EdrExports with_types_in $crate::bindings);

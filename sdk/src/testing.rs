@@ -1,10 +1,14 @@
 //! Native test harness: run a [`Detector`] on events or ECS JSONL fixtures
 //! with `cargo test`, no Wasm needed.
 //!
-//! Fixtures are read by the agent's own ECS parser, so a fixture line means
-//! the same here as in `edr replay`. The harness does what the agent does
-//! around a plugin: it numbers events, passes only subscribed kinds, and
-//! answers host calls (`log`, `state`, `ancestry`, `request`) from memory.
+//! Fixtures are read by the agent's own ECS parser and events are packed by
+//! the agent's own batch encoder, so a fixture means the same here as in
+//! `edr replay`. The harness does what the agent does around a plugin: it
+//! numbers events, passes only subscribed kinds, and answers host calls
+//! (`log`, `state`, `ancestry`, `request`) from memory.
+//!
+//! Test events are the agent's owned model ([`model::Event`]); build them
+//! with [`exec`], [`file`] and [`connect`], or read them from ECS JSONL.
 //!
 //! ```
 //! use edr_sdk::testing::{exec, Harness};
@@ -14,7 +18,7 @@
 //! #   const NAME: &'static str = "d"; const VERSION: &'static str = "0";
 //! #   const SUBSCRIPTIONS: &'static [EventKind] = &[EventKind::ProcessExec];
 //! #   fn init(_: &Config) -> Result<Self, String> { Ok(D) }
-//! #   fn on_event(&mut self, _: &Event, _: &mut Findings) {}
+//! #   fn on_event(&mut self, _: &Event<'_>, _: &mut Findings) {}
 //! # }
 //! let mut h = Harness::<D>::new().unwrap();
 //! let findings = h.run_jsonl(r#"{"process":{"executable":"/bin/true","args":["true"]}}"#);
@@ -23,8 +27,12 @@
 
 use crate::detector::{Detector, Findings};
 use crate::host::native;
-use crate::types::*;
+use crate::types::{native as wire, Action, Config, Decision, Finding, LogLevel, ProcessInfo};
 use std::path::Path;
+
+/// The agent's event model, used for test input.
+pub use edr_event as model;
+use model::{Event, EventBody, FileEvent, FileOp, NetworkEvent, NetworkOp, ProcessExec, Transport};
 
 /// Runs a detector natively the way the agent would.
 pub struct Harness<D: Detector> {
@@ -63,16 +71,17 @@ impl<D: Detector> Harness<D> {
                 e.id = self.next_id;
             }
             self.next_id = self.next_id.max(e.id) + 1;
-            if let Some(x) = e.exec() {
+            if let EventBody::ProcessExec(x) = &e.body {
                 remember_process(x);
             }
-            if D::SUBSCRIPTIONS.contains(&e.kind()) {
+            if D::SUBSCRIPTIONS.iter().any(|k| k.as_str() == e.kind().as_str()) {
                 batch.push(e);
             }
         }
         let mut findings = Findings::new();
         if !batch.is_empty() {
-            self.detector.on_events(&batch, &mut findings);
+            let encoded = model::wire::EncodedBatch::encode(&batch);
+            wire::with_views(&encoded, |views| self.detector.on_events(views, &mut findings));
         }
         findings.into_vec()
     }
@@ -142,7 +151,7 @@ pub fn events_from_jsonl(text: &str) -> Result<Vec<Event>, String> {
             continue;
         }
         let e = edr_event::ecs::event_from_json(line).map_err(|e| format!("line {}: {e}", i + 1))?;
-        out.push(convert::event(e));
+        out.push(e);
     }
     Ok(out)
 }
@@ -272,79 +281,18 @@ pub fn connect(exe: &str, remote_ip: &str, remote_port: u16) -> Event {
     }
 }
 
-/// Conversion from the agent's event model to the SDK's (same contract, two
-/// Rust renderings: one derives wasmtime traits, the other is wit-bindgen's).
-mod convert {
-    use crate::types::*;
-    use edr_event as m;
 
-    pub fn event(e: m::Event) -> Event {
-        Event { id: e.id, time: e.time, partial: e.partial, body: body(e.body) }
-    }
+/// A batch in wire form as the SDK's generated types: what a plugin receives
+/// in `on-events`. For benchmarks that call detectors natively.
+pub fn wire_batch(b: &model::wire::EncodedBatch) -> (String, Vec<u32>, Vec<crate::bindings::edr::plugin::types::Event>) {
+    wire::batch(b)
+}
 
-    fn body(b: m::EventBody) -> EventBody {
-        match b {
-            m::EventBody::ProcessExec(x) => EventBody::ProcessExec(ProcessExec {
-                pid: x.pid,
-                ppid: x.ppid,
-                entity_id: x.entity_id,
-                parent_entity_id: x.parent_entity_id,
-                exe: x.exe,
-                argv: x.argv,
-                cwd: x.cwd,
-                uid: x.uid,
-                user: x.user,
-                start_time: x.start_time,
-                parent_exe: x.parent_exe,
-                parent_argv: x.parent_argv,
-                ancestry: x.ancestry,
-            }),
-            m::EventBody::ProcessExit(x) => EventBody::ProcessExit(ProcessExit { pid: x.pid, entity_id: x.entity_id, exit_code: x.exit_code }),
-            m::EventBody::File(x) => EventBody::File(FileEvent {
-                op: match x.op {
-                    m::FileOp::Create => FileOp::Create,
-                    m::FileOp::Modify => FileOp::Modify,
-                    m::FileOp::Delete => FileOp::Delete,
-                    m::FileOp::Rename => FileOp::Rename,
-                    m::FileOp::Chmod => FileOp::Chmod,
-                    m::FileOp::Attrib => FileOp::Attrib,
-                    m::FileOp::Read => FileOp::Read,
-                },
-                path: x.path,
-                old_path: x.old_path,
-                mode: x.mode,
-                pid: x.pid,
-                entity_id: x.entity_id,
-                exe: x.exe,
-                uid: x.uid,
-            }),
-            m::EventBody::Network(x) => EventBody::Network(NetworkEvent {
-                op: match x.op {
-                    m::NetworkOp::Connect => NetworkOp::Connect,
-                    m::NetworkOp::Accept => NetworkOp::Accept,
-                    m::NetworkOp::Listen => NetworkOp::Listen,
-                },
-                transport: match x.transport {
-                    m::Transport::Tcp => Transport::Tcp,
-                    m::Transport::Udp => Transport::Udp,
-                },
-                local_ip: x.local_ip,
-                local_port: x.local_port,
-                remote_ip: x.remote_ip,
-                remote_port: x.remote_port,
-                pid: x.pid,
-                entity_id: x.entity_id,
-                exe: x.exe,
-                uid: x.uid,
-            }),
-            m::EventBody::Login(x) => EventBody::Login(LoginEvent {
-                user: x.user,
-                source_ip: x.source_ip,
-                service: x.service,
-                method: x.method,
-                success: x.success,
-                pid: x.pid,
-            }),
-        }
-    }
+/// Views over a batch in wire form (what the export glue hands a detector).
+pub fn decode<'a>(
+    text: &'a str,
+    lists: &'a [u32],
+    events: &'a [crate::bindings::edr::plugin::types::Event],
+) -> Vec<crate::Event<'a>> {
+    crate::types::decode(text, lists, events)
 }

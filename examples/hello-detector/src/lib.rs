@@ -28,7 +28,7 @@ impl Detector for Hello {
         Ok(Hello)
     }
 
-    fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
         let Some(exec) = event.exec() else { return };
         if !is_shell(exec.name()) {
             return;

@@ -1,6 +1,7 @@
 //! The `edr` subcommands.
 
 pub mod agent;
+pub mod plugin;
 pub mod replay;
 
 use crate::config::AgentConfig;

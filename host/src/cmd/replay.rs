@@ -30,6 +30,10 @@ pub struct ReplayArgs {
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut cfg = super::load_config(args.config.as_deref())?;
+    if args.config.is_none() {
+        // Without a config, replay leaves no files behind (no compile cache in the cwd).
+        cfg.runtime.compile_cache = false;
+    }
     if args.no_builtin {
         cfg.plugins.builtin = false;
     }

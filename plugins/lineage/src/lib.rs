@@ -100,7 +100,7 @@ impl Detector for Lineage {
         Ok(Self { extra_services: config.get_list("extra_services"), ignore_parents: config.get_list("ignore_parents") })
     }
 
-    fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
         let Some(exec) = event.exec() else { return };
         if !is_shell(exec.name()) {
             return;
@@ -113,7 +113,7 @@ impl Detector for Lineage {
             findings
                 .report(&SERVICE_SHELL, event, format!("{} spawned {} ({})", parent, exec.name(), exec.command_line()))
                 .evidence
-                .extend([("parent".into(), exec.parent_exe.clone()), ("command_line".into(), exec.command_line())]);
+                .extend([("parent".into(), exec.parent_exe.to_string()), ("command_line".into(), exec.command_line())]);
             return;
         }
         if ESCAPERS.contains(&parent) {
@@ -125,7 +125,7 @@ impl Detector for Lineage {
         }
         let fam = family(parent);
         if let Some((_, flags)) = ONE_LINERS.iter().find(|(name, _)| *name == fam) {
-            if exec.parent_argv.iter().skip(1).any(|a| flags.contains(&a.as_str())) {
+            if exec.parent_argv.iter().skip(1).any(|a| flags.contains(&a)) {
                 findings
                     .report(&ONE_LINER_SHELL, event, format!("{} one-liner spawned {}", parent, exec.name()))
                     .evidence
@@ -140,9 +140,9 @@ edr_sdk::export_detector!(Lineage);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edr_sdk::testing::{exec, Harness};
+    use edr_sdk::testing::{exec, model, Harness};
 
-    fn rules(h: &mut Harness<Lineage>, events: &[Event]) -> Vec<String> {
+    fn rules(h: &mut Harness<Lineage>, events: &[model::Event]) -> Vec<String> {
         h.run(events).into_iter().map(|f| f.rule_id).collect()
     }
 

@@ -94,8 +94,15 @@ pub struct Persistence {
     ignore_writers: Vec<String>,
 }
 
+/// Every glob in [`PLACES`] starts with one of these: most paths (logs, /tmp,
+/// caches) are dismissed with a few prefix checks instead of ~50 globs.
+const ROOTS: &[&str] = &["/etc/", "/var/spool/cron/", "/home/", "/root/", "/usr/lib/systemd/", "/lib/systemd/", "/usr/local/lib/systemd/", "/run/systemd/"];
+
 impl Persistence {
     fn place(path: &str) -> Option<&'static Rule> {
+        if !ROOTS.iter().any(|r| path.starts_with(r)) {
+            return None;
+        }
         PLACES.iter().find(|(g, _)| glob(g, path)).map(|(_, r)| *r)
     }
 }
@@ -114,31 +121,31 @@ impl Detector for Persistence {
         Ok(Self { ignore_writers })
     }
 
-    fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
         let Some(f) = event.file() else { return };
         if matches!(f.op, FileOp::Delete | FileOp::Read) {
             return;
         }
-        let Some(rule) = Self::place(&f.path) else { return };
+        let Some(rule) = Self::place(f.path) else { return };
         if let Some(writer) = f.process_name() {
             if self.ignore_writers.iter().any(|w| w == writer) {
                 return;
             }
         }
-        let who = match (&f.exe, f.pid) {
+        let who = match (f.exe, f.pid) {
             (Some(exe), Some(pid)) => format!("{exe} (pid {pid})"),
-            (Some(exe), None) => exe.clone(),
+            (Some(exe), None) => exe.to_string(),
             (None, Some(pid)) => format!("pid {pid}"),
             (None, None) => "an unknown process".to_string(),
         };
         let finding = findings.report(rule, event, format!("{} {:?} by {who}", f.path, f.op).replace('"', ""));
-        finding.evidence.push(("path".into(), f.path.clone()));
+        finding.evidence.push(("path".into(), f.path.to_string()));
         finding.evidence.push(("op".into(), op_name(f.op).into()));
-        if let Some(old) = &f.old_path {
-            finding.evidence.push(("renamed_from".into(), old.clone()));
+        if let Some(old) = f.old_path {
+            finding.evidence.push(("renamed_from".into(), old.to_string()));
         }
-        if let Some(exe) = &f.exe {
-            finding.evidence.push(("writer".into(), exe.clone()));
+        if let Some(exe) = f.exe {
+            finding.evidence.push(("writer".into(), exe.to_string()));
         }
     }
 }
@@ -160,7 +167,7 @@ edr_sdk::export_detector!(Persistence);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edr_sdk::testing::{file, Harness};
+    use edr_sdk::testing::{file, model::FileOp, Harness};
 
     fn rule_for(h: &mut Harness<Persistence>, op: FileOp, path: &str, exe: &str) -> Option<String> {
         let hits = h.run(&[file(op, path).by(100, exe).build()]);
@@ -187,6 +194,13 @@ mod tests {
         ];
         for (path, id) in cases {
             assert_eq!(rule_for(&mut h, FileOp::Modify, path, "/usr/bin/bash").as_deref(), Some(id), "{path}");
+        }
+    }
+
+    #[test]
+    fn every_place_is_under_a_root() {
+        for (g, _) in PLACES {
+            assert!(ROOTS.iter().any(|r| g.starts_with(r)), "{g} is not under ROOTS: the prefix gate would hide it");
         }
     }
 

@@ -82,7 +82,7 @@ fn family(name: &str) -> &str {
 pub struct ReverseShell;
 
 impl ReverseShell {
-    fn check_exec(&self, event: &Event, exec: &ProcessExec, findings: &mut Findings) {
+    fn check_exec(&self, event: &Event<'_>, exec: &ProcessExec<'_>, findings: &mut Findings) {
         let name = exec.name();
         let cmd = exec.command_line();
         if (contains_ci(&cmd, "/dev/tcp/") || contains_ci(&cmd, "/dev/udp/")) && (is_shell(name) || exec.argv.iter().any(|a| is_shell(basename(a)))) {
@@ -107,7 +107,7 @@ impl ReverseShell {
         }
         let fam = family(name);
         if let Some((_, flags)) = INTERPRETERS.iter().find(|(n, _)| *n == fam) {
-            let Some(code) = exec.argv.iter().skip(1).position(|a| flags.contains(&a.as_str())).and_then(|i| exec.argv.get(i + 2)) else {
+            let Some(code) = exec.argv.iter().skip(1).position(|a| flags.contains(&a)).and_then(|i| exec.argv.get(i + 2)) else {
                 // `ruby -rsocket -e ...` puts the flag later; look at the whole line then.
                 if fam == "ruby" && contains_ci(&cmd, "-rsocket") && contains_ci(&cmd, "exec") {
                     findings.report(&INTERPRETER_SOCKET, event, "ruby one-liner spawns a shell on a socket").evidence.push(("command_line".into(), cmd));
@@ -117,12 +117,12 @@ impl ReverseShell {
             let socket = contains_any_ci(code, &["socket", "fsockopen", "tcpsocket", "net.connect", "io.popen"]);
             let spawn = contains_any_ci(code, &["pty.spawn", "dup2", "/bin/sh", "/bin/bash", "exec(", "subprocess", "popen", "system(", "spawn(", "child_process", "sh -i"]);
             if socket && spawn {
-                findings.report(&INTERPRETER_SOCKET, event, format!("{name} one-liner spawns a shell on a socket")).evidence.push(("code".into(), code.clone()));
+                findings.report(&INTERPRETER_SOCKET, event, format!("{name} one-liner spawns a shell on a socket")).evidence.push(("code".into(), code.to_string()));
             }
         }
     }
 
-    fn check_network(&self, event: &Event, net: &NetworkEvent, findings: &mut Findings) {
+    fn check_network(&self, event: &Event<'_>, net: &NetworkEvent<'_>, findings: &mut Findings) {
         if net.op != NetworkOp::Connect || net.remote_is_local() {
             return;
         }
@@ -131,7 +131,7 @@ impl ReverseShell {
             findings
                 .report(&SHELL_CONNECT, event, format!("{name} connected to {}:{}", net.remote_ip, net.remote_port))
                 .evidence
-                .extend([("remote".into(), format!("{}:{}", net.remote_ip, net.remote_port)), ("exe".into(), net.exe.clone().unwrap_or_default())]);
+                .extend([("remote".into(), format!("{}:{}", net.remote_ip, net.remote_port)), ("exe".into(), net.exe.unwrap_or_default().to_string())]);
         }
     }
 }
@@ -174,7 +174,7 @@ impl Detector for ReverseShell {
         Ok(Self)
     }
 
-    fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
         match &event.body {
             EventBody::ProcessExec(x) => self.check_exec(event, x, findings),
             EventBody::Network(n) => self.check_network(event, n, findings),

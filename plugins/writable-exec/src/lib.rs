@@ -67,9 +67,9 @@ impl Detector for WritableExec {
         Ok(Self { allow: config.get_list("allow"), dirs })
     }
 
-    fn on_event(&mut self, event: &Event, findings: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, findings: &mut Findings) {
         let Some(exec) = event.exec() else { return };
-        let exe = exec.exe.as_str();
+        let exe = exec.exe;
         if !exe.starts_with('/') || self.allow.iter().any(|g| glob(g, exe)) {
             return;
         }
@@ -77,14 +77,14 @@ impl Detector for WritableExec {
             findings
                 .report(&WORLD_WRITABLE, event, format!("{exe} executed from {dir}"))
                 .evidence
-                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.clone()), ("command_line".into(), exec.command_line())]);
+                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.to_string()), ("command_line".into(), exec.command_line())]);
             return;
         }
         if in_hidden_dir(exe) && !KNOWN_HIDDEN.iter().any(|k| exe.contains(k)) {
             findings
                 .report(&HIDDEN_DIR, event, format!("{exe} executed from a hidden directory"))
                 .evidence
-                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.clone())]);
+                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.to_string())]);
         }
     }
 }

@@ -20,6 +20,7 @@
 pub mod ecs;
 pub mod model;
 pub mod time;
+pub mod wire;
 
 pub use model::*;
 

@@ -1,10 +1,11 @@
-//! The event model: one Rust type per type of the WIT contract (`wit/edr-plugin.wit`).
+//! The event model: what collectors produce, the store keeps and ECS renders.
 //!
-//! With the `wasmtime` feature these types implement wasmtime's component
-//! traits, and the agent's runtime binds them to the contract with
-//! `bindgen!`'s `with` option: a batch of events is lowered into a plugin's
-//! memory straight from these structs. Field order and names must therefore
-//! match the WIT file exactly; `edr-runtime` fails to link a plugin if they drift.
+//! Events hold owned strings here. They cross into plugins through
+//! [`crate::wire`], which packs a batch's strings into one buffer. The other
+//! contract types (findings, config, plugin info, actions, ...) cross as they
+//! are: with the `wasmtime` feature they implement wasmtime's component
+//! traits, so their field order and names must match `wit/edr-plugin.wit`
+//! exactly (the runtime's type check refuses a plugin if they drift).
 
 use serde::{Deserialize, Serialize};
 
@@ -148,27 +149,20 @@ impl Severity {
 
 /// A program started (execve).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct ProcessExec {
     pub pid: u32,
     pub ppid: u32,
     /// Stable identity: unique on the host even when the kernel reuses the pid.
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: u64,
     /// Entity id of the parent, 0 when unknown.
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-entity-id"))]
     pub parent_entity_id: u64,
     pub exe: String,
     pub argv: Vec<String>,
     pub cwd: String,
     pub uid: u32,
     pub user: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "start-time"))]
     pub start_time: Timestamp,
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-exe"))]
     pub parent_exe: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-argv"))]
     pub parent_argv: Vec<String>,
     /// Executable paths of the ancestors, parent first, up to the root.
     pub ancestry: Vec<String>,
@@ -188,18 +182,14 @@ pub struct ProcessExit {
 
 /// A change to (or a read of) a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct FileEvent {
     pub op: FileOp,
     pub path: String,
     /// The previous path of a renamed file.
-    #[cfg_attr(feature = "wasmtime", component(name = "old-path"))]
     pub old_path: Option<String>,
     /// `st_mode` after the change, where known.
     pub mode: Option<u32>,
     pub pid: Option<u32>,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: Option<u64>,
     pub exe: Option<String>,
     pub uid: Option<u32>,
@@ -207,21 +197,14 @@ pub struct FileEvent {
 
 /// A network connection or listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct NetworkEvent {
     pub op: NetworkOp,
     pub transport: Transport,
-    #[cfg_attr(feature = "wasmtime", component(name = "local-ip"))]
     pub local_ip: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "local-port"))]
     pub local_port: u16,
-    #[cfg_attr(feature = "wasmtime", component(name = "remote-ip"))]
     pub remote_ip: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "remote-port"))]
     pub remote_port: u16,
     pub pid: Option<u32>,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: Option<u64>,
     pub exe: Option<String>,
     pub uid: Option<u32>,
@@ -229,11 +212,8 @@ pub struct NetworkEvent {
 
 /// A login attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct LoginEvent {
     pub user: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "source-ip"))]
     pub source_ip: Option<String>,
     pub service: String,
     pub method: String,
@@ -243,26 +223,17 @@ pub struct LoginEvent {
 
 /// The kind-specific part of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(variant))]
 #[serde(tag = "kind", content = "data", rename_all = "kebab-case")]
 pub enum EventBody {
-    #[cfg_attr(feature = "wasmtime", component(name = "process-exec"))]
     ProcessExec(ProcessExec),
-    #[cfg_attr(feature = "wasmtime", component(name = "process-exit"))]
     ProcessExit(ProcessExit),
-    #[cfg_attr(feature = "wasmtime", component(name = "file"))]
     File(FileEvent),
-    #[cfg_attr(feature = "wasmtime", component(name = "network"))]
     Network(NetworkEvent),
-    #[cfg_attr(feature = "wasmtime", component(name = "login"))]
     Login(LoginEvent),
 }
 
 /// One endpoint event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct Event {
     /// Unique id within this agent's record.
     pub id: u64,

@@ -128,6 +128,11 @@ impl Runtime {
         h.finish()
     }
 
+    /// The names of everything a component imports (e.g. `edr:plugin/log@0.1.0`).
+    pub fn imports(&self, component: &Component) -> Vec<String> {
+        component.component_type().imports(&self.inner.engine).map(|(name, _)| name.to_string()).collect()
+    }
+
     /// Checks a component's imports against the contract and its grants.
     pub fn check_imports(&self, plugin: &str, component: &Component, grants: &Grants) -> Result<(), LoadError> {
         let ty = component.component_type();

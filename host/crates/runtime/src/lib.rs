@@ -18,8 +18,12 @@
 //! let wasm = std::fs::read("plugin.wasm")?;
 //! let mut plugin = rt.load(PluginSpec::new("my-plugin", wasm), Arc::new(MemoryServices::default()))?;
 //! let events: Vec<edr_event::Event> = Vec::new();
-//! let refs: Vec<&edr_event::Event> = events.iter().collect();
-//! let outcome = plugin.call(&refs);
+//! // One plugin: encode and filter in one go.
+//! let outcome = plugin.run(&events);
+//! // Many plugins: encode the batch once, pass each plugin its subset.
+//! let batch = edr_event::wire::EncodedBatch::encode(&events);
+//! let mine: Vec<_> = batch.events.iter().filter(|e| plugin.wants(e.kind())).collect();
+//! let outcome = plugin.call(&batch, &mine);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

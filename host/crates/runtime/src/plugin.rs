@@ -6,6 +6,7 @@ use crate::error::{LoadError, PluginError};
 use crate::host::{truncate, HostServices, PluginIdentity, PluginState};
 use crate::limits::Limits;
 use crate::metrics::PluginMetrics;
+use edr_event::wire::{EncodedBatch, WireEvent};
 use edr_event::{Event, EventKind, Finding, PackRef, PluginConfig, PluginInfo};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -191,7 +192,7 @@ impl Plugin {
             .ok_or_else(|| StartError::Instantiate("no `on-events` export".into()))?;
         // Check the signature once; calls then use the unchecked typed func.
         on_events
-            .typed::<(&[&Event],), (Vec<Finding>,)>(&store)
+            .typed::<OnEventsParams, (Vec<Finding>,)>(&store)
             .map_err(|e| StartError::Instantiate(format!("`on-events` has the wrong type: {e:#}")))?;
         let info = match init.call(&mut store, (&self.config,)) {
             Ok((Ok(info),)) => info,
@@ -215,10 +216,19 @@ impl Plugin {
         }
     }
 
-    /// Runs one batch. Events must be of kinds the plugin wants (see
-    /// [`Plugin::wants`]); the caller filters, so one batch can be shared by
-    /// many plugins without copying events.
-    pub fn call(&mut self, events: &[&Event]) -> CallOutcome {
+    /// Encodes `events`, keeps the kinds the plugin wants, and calls it. For
+    /// one plugin at a time (tests, tools); the agent encodes each batch once
+    /// and uses [`Plugin::call`] for every plugin.
+    pub fn run(&mut self, events: &[Event]) -> CallOutcome {
+        let batch = EncodedBatch::encode(events);
+        let selection: Vec<&WireEvent> = batch.events.iter().filter(|e| self.wants(e.kind())).collect();
+        self.call(&batch, &selection)
+    }
+
+    /// Runs one batch: `events` is the subset of `batch.events` of kinds the
+    /// plugin wants (see [`Plugin::wants`]). The caller filters, so one
+    /// encoded batch is shared by many plugins without copying.
+    pub fn call(&mut self, batch: &EncodedBatch, events: &[&WireEvent]) -> CallOutcome {
         if let Health::Quarantined { reason, strikes } = &self.health {
             self.metrics.skipped_events.fetch_add(events.len() as u64, Relaxed);
             return CallOutcome { findings: Vec::new(), error: Some(PluginError::Quarantined { strikes: *strikes, reason: reason.clone() }) };
@@ -243,9 +253,9 @@ impl Plugin {
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().limiter.hit_cap = false;
         // SAFETY: the signature was checked with `typed` when the instance was built.
-        let func = unsafe { TypedFunc::<(&[&Event],), (Vec<Finding>,)>::new_unchecked(live.on_events) };
+        let func = unsafe { TypedFunc::<OnEventsParams, (Vec<Finding>,)>::new_unchecked(live.on_events) };
         let start = Instant::now();
-        let result = func.call(&mut live.store, (events,));
+        let result = func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events));
         self.metrics.record_call_time(start.elapsed());
         self.metrics.calls.fetch_add(1, Relaxed);
         self.metrics.events.fetch_add(events.len() as u64, Relaxed);
@@ -325,6 +335,9 @@ impl Plugin {
         }
     }
 }
+
+/// `on-events(text, lists, events)`.
+type OnEventsParams<'a> = (&'a str, &'a [u32], &'a [&'a WireEvent]);
 
 fn kind_bit(k: EventKind) -> u32 {
     1 << (k as u32)

@@ -13,7 +13,7 @@ impl Detector for InfiniteLoop {
         Ok(InfiniteLoop)
     }
 
-    fn on_event(&mut self, _: &Event, _: &mut Findings) {
+    fn on_event(&mut self, _: &Event<'_>, _: &mut Findings) {
         let mut n = 0u64;
         loop {
             n = std::hint::black_box(n.wrapping_add(1));

@@ -14,7 +14,7 @@ impl Detector for Panic {
         Ok(Panic)
     }
 
-    fn on_event(&mut self, event: &Event, _: &mut Findings) {
+    fn on_event(&mut self, event: &Event<'_>, _: &mut Findings) {
         panic!("hostile plugin panics on event {}", event.id);
     }
 }

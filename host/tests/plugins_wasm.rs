@@ -1,0 +1,95 @@
+//! The real compiled plugins, loaded into the real runtime.
+
+mod common;
+use common::*;
+use edr_runtime::{Capability, Grants, LoadError, PluginSpec};
+use std::sync::Arc;
+
+const BUILTINS: &[(&str, &str)] = &[
+    ("edr-plugin-lineage", "lineage"),
+    ("edr-plugin-reverse-shell", "reverse-shell"),
+    ("edr-plugin-writable-exec", "writable-exec"),
+    ("edr-plugin-persistence", "persistence"),
+];
+
+fn fixture(name: &str, which: &str) -> String {
+    let p = repo_root().join("plugins").join(name).join("tests/fixtures").join(format!("{which}.jsonl"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn builtin_plugins_find_their_positive_fixtures_and_nothing_in_the_negatives() {
+    for (package, name) in BUILTINS {
+        let mut plugin = load(package, name);
+        assert_eq!(plugin.info().name, *name);
+        let positives = events(&fixture(name, "positive"));
+        let outcome = run(&mut plugin, &positives);
+        assert!(outcome.error.is_none(), "{name}: {:?}", outcome.error);
+        // Every positive fixture line is one attack, and each must be found once.
+        assert_eq!(outcome.findings.len(), positives.len(), "{name}: {:#?}", outcome.findings);
+        for f in &outcome.findings {
+            assert!(!f.techniques.is_empty() && f.techniques.iter().all(|t| t.starts_with('T')), "{name}: {f:?}");
+            assert_eq!(f.author, "edr project");
+            assert!(f.event_ids.iter().all(|id| positives.iter().any(|e| e.id == *id)), "{name}: {f:?}");
+        }
+        let mut ids: Vec<u64> = outcome.findings.iter().flat_map(|f| f.event_ids.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), positives.len(), "{name}: each positive event is found");
+        let negatives = events(&fixture(name, "negative"));
+        let outcome = run(&mut plugin, &negatives);
+        assert!(outcome.findings.is_empty(), "{name}: {:#?}", outcome.findings);
+    }
+}
+
+#[test]
+fn components_import_only_the_edr_contract() {
+    let rt = runtime();
+    for (package, _) in BUILTINS.iter().chain(&[("hello-detector", "hello"), ("edr-test-noop", "noop")]) {
+        let component = rt.compile(package, &plugin_wasm(package)).unwrap();
+        let imports = rt.imports(&component);
+        assert!(imports.iter().all(|i| i.starts_with("edr:plugin/")), "{package}: {imports:?}");
+    }
+}
+
+#[test]
+fn a_plugin_is_only_called_with_what_it_subscribed_to() {
+    // lineage subscribes to process-exec only; persistence to file only.
+    let lineage = load("edr-plugin-lineage", "lineage");
+    assert!(lineage.wants(edr_event::EventKind::ProcessExec));
+    assert!(!lineage.wants(edr_event::EventKind::File));
+    let persistence = load("edr-plugin-persistence", "persistence");
+    assert!(persistence.wants(edr_event::EventKind::File));
+    assert!(!persistence.wants(edr_event::EventKind::ProcessExec));
+}
+
+#[test]
+fn a_grant_without_an_imported_capability_is_refused_naming_the_import() {
+    let rt = runtime();
+    let component = rt.compile("lineage", &plugin_wasm("edr-plugin-lineage")).unwrap();
+    let imports = rt.imports(&component);
+    let needed: Vec<Capability> = imports
+        .iter()
+        .filter_map(|i| i.strip_prefix("edr:plugin/"))
+        .filter_map(|i| Capability::parse(i.split('@').next().unwrap()))
+        .collect();
+    let Some(&missing) = needed.first() else {
+        eprintln!("skipped: lineage imports no capability ({imports:?})");
+        return;
+    };
+    let grants = Grants::only(Capability::ALL.into_iter().filter(|c| *c != missing));
+    let spec = PluginSpec { grants, ..PluginSpec::new("lineage", plugin_wasm("edr-plugin-lineage")) };
+    let err = rt.load(spec, Arc::new(edr_runtime::MemoryServices::default())).err().expect("must be refused");
+    assert!(matches!(err, LoadError::NotGranted { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("edr:plugin/{missing}@0.1.0")), "{msg}");
+}
+
+#[test]
+fn the_example_plugin_runs_in_wasm() {
+    let mut p = load("hello-detector", "hello-detector");
+    let evs = events(&std::fs::read_to_string(repo_root().join("examples/hello-detector/tests/fixtures.jsonl")).unwrap());
+    let out = run(&mut p, &evs);
+    assert_eq!(out.findings.len(), 1);
+    assert_eq!(out.findings[0].rule_id, "hello.download-pipe-shell");
+}
