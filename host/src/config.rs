@@ -85,12 +85,27 @@ pub struct PluginsSection {
     pub disable: Vec<String>,
     /// Per-plugin settings: `[plugins.settings.<plugin>]` tables of key = value.
     pub settings: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// Per-plugin limit overrides: `[plugins.limits.<plugin>]`.
+    pub limits: BTreeMap<String, LimitOverrides>,
+    /// Per-plugin capability grants: `plugins.capabilities.<plugin> = ["log", ...]`.
+    /// Plugins not listed get log, clock, state and process (not respond).
+    pub capabilities: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for PluginsSection {
     fn default() -> Self {
-        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new() }
+        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new(), limits: BTreeMap::new(), capabilities: BTreeMap::new() }
     }
+}
+
+/// Limits one plugin runs under instead of the `[runtime]` defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub call_deadline_ms: Option<u64>,
+    pub init_deadline_ms: Option<u64>,
+    pub memory_mb: Option<usize>,
+    pub max_findings_per_batch: Option<usize>,
 }
 
 /// `[output]`: where alerts go.
@@ -169,6 +184,24 @@ impl AgentConfig {
         if r.plugin_queue == 0 {
             return bad("runtime.plugin_queue", "must be at least 1".into());
         }
+        for (plugin, l) in &self.plugins.limits {
+            if l.call_deadline_ms.is_some_and(|d| d == 0 || d > 60_000) {
+                return bad("plugins.limits", format!("[plugins.limits.{plugin}] call_deadline_ms is out of range 1..=60000"));
+            }
+            if l.init_deadline_ms.is_some_and(|d| d == 0 || d > 600_000) {
+                return bad("plugins.limits", format!("[plugins.limits.{plugin}] init_deadline_ms is out of range 1..=600000"));
+            }
+            if l.memory_mb.is_some_and(|m| m == 0 || m > 1024) {
+                return bad("plugins.limits", format!("[plugins.limits.{plugin}] memory_mb is out of range 1..=1024"));
+            }
+        }
+        for (plugin, caps) in &self.plugins.capabilities {
+            for c in caps {
+                if edr_runtime::Capability::parse(c).is_none() {
+                    return bad("plugins.capabilities", format!("{plugin}: unknown capability `{c}`; expected log, clock, state, process or respond"));
+                }
+            }
+        }
         for (plugin, table) in &self.plugins.settings {
             for (key, value) in table {
                 if setting_string(value).is_none() {
@@ -187,6 +220,14 @@ impl AgentConfig {
             Some(path.to_path_buf())
         } else {
             Some(self.data_dir.join(path))
+        }
+    }
+
+    /// The capabilities granted to one plugin.
+    pub fn plugin_grants(&self, plugin: &str) -> edr_runtime::Grants {
+        match self.plugins.capabilities.get(plugin) {
+            Some(caps) => edr_runtime::Grants::only(caps.iter().filter_map(|c| edr_runtime::Capability::parse(c))),
+            None => edr_runtime::Grants::detection_default(),
         }
     }
 
@@ -257,6 +298,19 @@ mod tests {
         assert!(e.starts_with("test.toml: line 2: invalid type"), "{e}");
         let e = parse("data_dir = [").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn per_plugin_limits_and_grants() {
+        let c = parse("[plugins.limits.x]\ncall_deadline_ms = 10\n[plugins.capabilities]\nx = [\"log\"]\n").unwrap();
+        assert_eq!(c.plugins.limits["x"].call_deadline_ms, Some(10));
+        assert!(c.plugin_grants("x").allows(edr_runtime::Capability::Log));
+        assert!(!c.plugin_grants("x").allows(edr_runtime::Capability::State));
+        assert!(c.plugin_grants("y").allows(edr_runtime::Capability::State));
+        let e = parse("[plugins.capabilities]\nx = [\"sockets\"]\n").unwrap_err().to_string();
+        assert!(e.contains("unknown capability `sockets`"), "{e}");
+        let e = parse("[plugins.limits.x]\ncall_deadline = 10\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `call_deadline`"), "{e}");
     }
 
     #[test]

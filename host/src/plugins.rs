@@ -13,18 +13,20 @@ include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 /// The runtime configured from `[runtime]`.
 pub fn runtime(cfg: &AgentConfig) -> anyhow::Result<Runtime> {
     let cache_dir = cfg.runtime.compile_cache.then(|| cfg.data_dir.join("cache"));
-    let max_memory_bytes = (cfg.runtime.memory_mb << 20).max(RuntimeConfig::default().max_memory_bytes);
+    let largest = cfg.plugins.limits.values().filter_map(|l| l.memory_mb).chain([cfg.runtime.memory_mb]).max().unwrap_or(64);
+    let max_memory_bytes = (largest << 20).max(RuntimeConfig::default().max_memory_bytes);
     Runtime::new(RuntimeConfig { cache_dir, max_memory_bytes, ..RuntimeConfig::default() })
 }
 
-/// Per-plugin limits from `[runtime]`.
-pub fn limits(cfg: &AgentConfig) -> Limits {
+/// The limits one plugin runs under: `[runtime]`, then `[plugins.limits.<name>]`.
+pub fn limits(cfg: &AgentConfig, plugin: &str) -> Limits {
     let r = &cfg.runtime;
+    let o = cfg.plugins.limits.get(plugin).cloned().unwrap_or_default();
     Limits {
-        call_deadline: Duration::from_millis(r.call_deadline_ms),
-        init_deadline: Duration::from_millis(r.init_deadline_ms),
-        memory_bytes: r.memory_mb << 20,
-        max_findings_per_batch: r.max_findings_per_batch,
+        call_deadline: Duration::from_millis(o.call_deadline_ms.unwrap_or(r.call_deadline_ms)),
+        init_deadline: Duration::from_millis(o.init_deadline_ms.unwrap_or(r.init_deadline_ms)),
+        memory_bytes: o.memory_mb.unwrap_or(r.memory_mb) << 20,
+        max_findings_per_batch: o.max_findings_per_batch.unwrap_or(r.max_findings_per_batch),
         max_strikes: r.max_strikes,
         strike_window: Duration::from_secs(r.strike_window_secs),
         ..Limits::default()
@@ -67,13 +69,13 @@ pub fn sources(cfg: &AgentConfig) -> anyhow::Result<Vec<Source>> {
 /// Loads every source. A plugin that fails to load is reported and skipped:
 /// one broken plugin must not take detection down with it.
 pub fn load_all(rt: &Runtime, cfg: &AgentConfig, sources: Vec<Source>, services: Arc<dyn HostServices>) -> (Vec<Plugin>, Vec<String>) {
-    let limits = limits(cfg);
     let mut loaded = Vec::new();
     let mut failures = Vec::new();
     for s in sources {
         let spec = PluginSpec {
             config: PluginConfig { settings: cfg.plugin_settings(&s.name), files: Vec::new() },
-            limits: limits.clone(),
+            limits: limits(cfg, &s.name),
+            grants: cfg.plugin_grants(&s.name),
             ..PluginSpec::new(s.name.clone(), s.wasm)
         };
         match rt.load(spec, services.clone()) {

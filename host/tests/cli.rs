@@ -92,3 +92,36 @@ fn agent_reads_a_file_source_and_writes_the_alerts_file() {
     let written = std::fs::read_to_string(dir.path().join("data/alerts.jsonl")).unwrap();
     assert_eq!(alerts(&written).len(), 2);
 }
+
+/// Every hostile fixture beside the built-ins, through the real dispatcher:
+/// all of the good plugins' alerts arrive, whatever the hostile one does.
+#[test]
+fn every_hostile_fixture_beside_the_builtins_loses_no_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 batches of 8 events: one attack per batch for writable-exec.
+    let mut events = String::new();
+    for i in 0..40 {
+        events.push_str(&format!("{{\"process\":{{\"pid\":{},\"executable\":\"/tmp/drop{i}\",\"args\":[\"x\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n", 1000 + i));
+        for j in 0..7 {
+            events.push_str(&format!("{{\"process\":{{\"pid\":{},\"executable\":\"/usr/bin/ls\",\"args\":[\"ls\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n", 5000 + i * 10 + j));
+        }
+    }
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, events).unwrap();
+    let fixtures = std::fs::read_dir(common::repo_root().join("plugins/hostile")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    let mut fixtures: Vec<String> = fixtures.collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 12, "{fixtures:?}");
+    for f in fixtures {
+        let package = format!("edr-hostile-{f}");
+        let cfg = dir.path().join("edr.toml");
+        // Short deadlines for the hostile plugin; the built-ins keep theirs.
+        std::fs::write(&cfg, format!("[runtime]\nbatch_size = 8\nmax_strikes = 3\n[plugins.limits.{package}]\ncall_deadline_ms = 30\ninit_deadline_ms = 300\nmemory_mb = 16\n")).unwrap();
+        let wasm = common::plugin_path(&package);
+        let (out, err, ok) = edr(&["replay", "--config", cfg.to_str().unwrap(), "--plugin", wasm.to_str().unwrap(), input.to_str().unwrap()], "");
+        assert!(ok, "{f}: {err}");
+        let good = alerts(&out).into_iter().filter(|a| a["edr"]["plugin"] == "writable-exec").count();
+        assert_eq!(good, 40, "{f}: the built-in writable-exec lost alerts\n{err}");
+        eprintln!("{f}: 40/40 writable-exec alerts; {}", err.lines().filter(|l| l.contains(&package) || l.contains("does not") || l.contains("imports")).collect::<Vec<_>>().join(" | "));
+    }
+}
