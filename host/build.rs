@@ -1,7 +1,12 @@
 //! Builds every guest crate of the workspace to a Wasm component (once per
-//! change, into target/wasm) and embeds the built-in plugins in the binary.
+//! change, into target/wasm) and embeds the built-in plugins in the binary
+//! as a signed pack.
 //!
-//! * built-in detection plugins: embedded, loaded by default;
+//! * built-in detection plugins: packed as `edr.builtin` and signed with a
+//!   development key generated for this build tree (kept in OUT_DIR, never
+//!   committed); the binary embeds the pack, its signature and the public
+//!   key, and verifies them at start like any other pack. Operators who want
+//!   only their vendor's keys set `packs.trust_builtin_key = false`;
 //! * test and benchmark plugins (`plugins/testing/*`, `plugins/hostile/*`)
 //!   and `examples/hello-detector`: written to `EDR_PLUGIN_DIR` for the
 //!   integration tests and `edr bench`, never loaded by default.
@@ -15,6 +20,17 @@ const BUILTIN: &[(&str, &str)] = &[
     ("reverse-shell", "edr-plugin-reverse-shell"),
     ("writable-exec", "edr-plugin-writable-exec"),
     ("persistence", "edr-plugin-persistence"),
+    ("sigma", "edr-plugin-sigma"),
+];
+
+/// What each built-in plugin subscribes to (its manifest entry must match
+/// what the plugin declares at init; the agent checks).
+const SUBSCRIPTIONS: &[(&str, &str)] = &[
+    ("lineage", "[\"process-exec\"]"),
+    ("reverse-shell", "[\"process-exec\", \"network\"]"),
+    ("writable-exec", "[\"process-exec\"]"),
+    ("persistence", "[\"file\"]"),
+    ("sigma", "[\"process-exec\", \"file\", \"network\"]"),
 ];
 
 fn main() {
@@ -48,14 +64,58 @@ fn main() {
         Err(e) => panic!("\n\nbuilding the Wasm plugins failed:\n{e}\n"),
     };
 
-    let mut src = String::from("/// Built-in detection plugins: (name, component bytes).\npub const BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n");
-    for (name, package) in BUILTIN {
-        let b = built.iter().find(|b| &b.package == package).expect("built above");
-        writeln!(src, "    ({name:?}, include_bytes!({:?})),", b.component.display().to_string()).unwrap();
-    }
-    src.push_str("];\n");
+    let pack = builtin_pack(&out, &built);
+    let mut src = String::new();
+    writeln!(src, "/// The built-in detection pack (`edr.builtin`), signed with this build's development key.").unwrap();
+    writeln!(src, "pub const BUILTIN_PACK: &[u8] = include_bytes!({:?});", pack.archive.display().to_string()).unwrap();
+    writeln!(src, "/// Its minisign signature.").unwrap();
+    writeln!(src, "pub const BUILTIN_PACK_SIG: &str = include_str!({:?});", pack.signature.display().to_string()).unwrap();
+    writeln!(src, "/// The development public key it was signed with (minisign .pub text).").unwrap();
+    writeln!(src, "pub const BUILTIN_DEV_KEY: &str = include_str!({:?});", pack.public_key.display().to_string()).unwrap();
     std::fs::write(out.join("builtin_plugins.rs"), src).unwrap();
     println!("cargo:rustc-env=EDR_PLUGIN_DIR={}", plugin_dir.display());
+}
+
+struct BuiltinPack {
+    archive: PathBuf,
+    signature: PathBuf,
+    public_key: PathBuf,
+}
+
+/// Packs the built-in plugins as `edr.builtin` and signs the archive.
+fn builtin_pack(out: &Path, built: &[edr_wasm_build::BuiltPlugin]) -> BuiltinPack {
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap();
+    let dir = out.join("builtin-pack");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let mut manifest = format!(
+        "id = \"edr.builtin\"\nversion = \"{version}\"\nmin_agent_version = \"{version}\"\ncontract = \"0.1\"\npublisher = \"edr project (development build)\"\ndescription = \"The detections built into the edr agent\"\n"
+    );
+    for (name, package) in BUILTIN {
+        let b = built.iter().find(|b| &b.package == package).expect("built above");
+        std::fs::copy(&b.component, dir.join("plugins").join(format!("{name}.wasm"))).unwrap();
+        let subs = SUBSCRIPTIONS.iter().find(|(n, _)| n == name).map(|(_, s)| *s).expect("subscriptions listed");
+        writeln!(
+            manifest,
+            "\n[[plugin]]\nname = \"{name}\"\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = {subs}\ncapabilities = [\"log\", \"clock\", \"state\", \"process\"]"
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("pack.toml"), manifest).unwrap();
+    // One development key per build tree: generated once, reused so rebuilds
+    // sign with the same key.
+    let keys = out.join("dev-key");
+    let (public, secret) = (keys.join("edr-dev.pub"), keys.join("edr-dev.key"));
+    if !secret.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        edr_pack::keygen(&keys, "edr-dev", None).unwrap_or_else(|e| panic!("generating the development key: {e}"));
+    }
+    let dist = out.join("builtin-dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    let packed = edr_pack::build(&dir, &dist).unwrap_or_else(|e| panic!("packing the built-in plugins: {e}"));
+    let key = edr_pack::SecretKey::from_file(&secret, None).unwrap_or_else(|e| panic!("{e}"));
+    let signature = edr_pack::sign(&packed.path, &key, Some("edr development build")).unwrap_or_else(|e| panic!("signing the built-in pack: {e}"));
+    BuiltinPack { archive: packed.path, signature, public_key: public }
 }
 
 /// Package names of the crates directly under `dir`.

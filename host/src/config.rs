@@ -16,6 +16,8 @@ pub struct AgentConfig {
     pub plugins: PluginsSection,
     pub output: OutputSection,
     pub collect: CollectSection,
+    pub packs: PacksSection,
+    pub trust: TrustSection,
 }
 
 impl Default for AgentConfig {
@@ -26,8 +28,62 @@ impl Default for AgentConfig {
             plugins: PluginsSection::default(),
             output: OutputSection::default(),
             collect: CollectSection::default(),
+            packs: PacksSection::default(),
+            trust: TrustSection::default(),
         }
     }
+}
+
+/// `[packs]`: where signed detection packs come from and how many are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacksSection {
+    /// Drop-in directory watched for `*.edrpack` + `*.edrpack.minisig`
+    /// (relative paths are under `data_dir`).
+    pub dir: PathBuf,
+    /// Base URL of a static update server holding `index.json` and the packs.
+    pub update_url: Option<String>,
+    /// Seconds between polls of `update_url`.
+    pub poll_interval_secs: u64,
+    /// Good versions kept per pack for rollback.
+    pub keep_versions: usize,
+    /// Trust the key the built-in pack was signed with at build time.
+    pub trust_builtin_key: bool,
+    /// Ceiling on a pack's requested call deadline, ms.
+    pub max_call_deadline_ms: u64,
+    /// Ceiling on a pack's requested memory cap, MiB.
+    pub max_memory_mb: usize,
+}
+
+impl Default for PacksSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("packs-incoming"),
+            update_url: None,
+            poll_interval_secs: 300,
+            keep_versions: 3,
+            trust_builtin_key: true,
+            max_call_deadline_ms: 1000,
+            max_memory_mb: 256,
+        }
+    }
+}
+
+/// `[trust]`: the publisher keys packs must be signed with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSection {
+    pub keys: Vec<TrustedKey>,
+}
+
+/// One pinned publisher key: the minisign public key (its base64 line, as
+/// in the second line of a `.pub` file), or a path to the `.pub` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    pub name: String,
+    pub public_key: Option<String>,
+    pub public_key_file: Option<PathBuf>,
 }
 
 /// `[runtime]`: batching and the limits every plugin runs under.
@@ -54,6 +110,10 @@ pub struct RuntimeSection {
     pub plugin_queue: usize,
     /// Cache compiled plugins under `<data_dir>/cache`.
     pub compile_cache: bool,
+    /// Cache compiled plugins under `$XDG_CACHE_HOME/edr` (or `~/.cache/edr`)
+    /// instead (what `edr replay` does without a config).
+    #[serde(skip)]
+    pub user_cache: bool,
 }
 
 impl Default for RuntimeSection {
@@ -69,6 +129,7 @@ impl Default for RuntimeSection {
             strike_window_secs: 600,
             plugin_queue: 64,
             compile_cache: true,
+            user_cache: false,
         }
     }
 }
@@ -87,6 +148,9 @@ pub struct PluginsSection {
     pub settings: BTreeMap<String, BTreeMap<String, toml::Value>>,
     /// Per-plugin limit overrides: `[plugins.limits.<plugin>]`.
     pub limits: BTreeMap<String, LimitOverrides>,
+    /// Extra data files per plugin: `plugins.data.<plugin> = ["/path/dir", ...]`
+    /// (e.g. Sigma rule directories for the `sigma` plugin).
+    pub data: BTreeMap<String, Vec<PathBuf>>,
     /// Per-plugin capability grants: `plugins.capabilities.<plugin> = ["log", ...]`.
     /// Plugins not listed get log, clock, state and process (not respond).
     pub capabilities: BTreeMap<String, Vec<String>>,
@@ -94,7 +158,7 @@ pub struct PluginsSection {
 
 impl Default for PluginsSection {
     fn default() -> Self {
-        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new(), limits: BTreeMap::new(), capabilities: BTreeMap::new() }
+        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new(), data: BTreeMap::new(), limits: BTreeMap::new(), capabilities: BTreeMap::new() }
     }
 }
 
@@ -116,11 +180,13 @@ pub struct OutputSection {
     pub stdout: bool,
     /// JSONL alerts file (relative paths are under `data_dir`; "" disables).
     pub alerts_file: PathBuf,
+    /// Every event as ECS JSONL (relative paths are under `data_dir`; "" disables).
+    pub events_file: PathBuf,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl") }
+        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::from("events.jsonl") }
     }
 }
 
@@ -128,13 +194,61 @@ impl Default for OutputSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectSection {
-    /// `stdin`, or a path to an ECS JSONL file to read.
+    /// `live` (the host's own telemetry), `stdin`, or a path to an ECS JSONL file.
     pub source: String,
+    /// Process collector: `auto` (netlink, else polling), `netlink`, `poll`, `off`.
+    pub process: String,
+    /// File collector: `auto` (fanotify, else inotify), `fanotify`, `inotify`, `off`.
+    pub file: String,
+    /// Network collector: `auto`, `procfs`, `off`.
+    pub network: String,
+    /// Login collector: `auto`, `tail`, `off`.
+    pub login: String,
+    /// Paths (globs) the file collector watches; default: the places detections care about.
+    pub file_include: Option<Vec<String>>,
+    /// Extra paths (globs) not to report, added to the built-in noise list.
+    pub file_exclude: Vec<String>,
+    /// Auth logs to follow for logins (default /var/log/auth.log, /var/log/secure).
+    pub auth_logs: Option<Vec<PathBuf>>,
+    /// Events queued between the collectors and the pipeline; beyond, drops are counted.
+    pub queue: usize,
 }
 
 impl Default for CollectSection {
     fn default() -> Self {
-        Self { source: "stdin".into() }
+        Self {
+            source: "live".into(),
+            process: "auto".into(),
+            file: "auto".into(),
+            network: "auto".into(),
+            login: "auto".into(),
+            file_include: None,
+            file_exclude: Vec::new(),
+            auth_logs: None,
+            queue: 65_536,
+        }
+    }
+}
+
+impl CollectSection {
+    /// The collectors' configuration; `data_dir` is never watched (the agent
+    /// writes there: watching it would feed the agent its own writes).
+    pub fn collect_config(&self, data_dir: &Path) -> Result<edr_collect::CollectConfig, String> {
+        let mut c = edr_collect::CollectConfig::default();
+        c.process.mode = self.process.parse()?;
+        c.file.mode = self.file.parse()?;
+        c.network.mode = self.network.parse()?;
+        c.login.mode = self.login.parse()?;
+        if let Some(inc) = &self.file_include {
+            c.file.include = inc.clone();
+        }
+        c.file.exclude.extend(self.file_exclude.iter().cloned());
+        if let Some(logs) = &self.auth_logs {
+            c.login.auth_logs = logs.clone();
+        }
+        let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+        c.exclude_paths.push(data_dir);
+        Ok(c)
     }
 }
 
@@ -183,6 +297,34 @@ impl AgentConfig {
         }
         if r.plugin_queue == 0 {
             return bad("runtime.plugin_queue", "must be at least 1".into());
+        }
+        for (i, k) in self.trust.keys.iter().enumerate() {
+            match (&k.public_key, &k.public_key_file) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => return bad("trust.keys", format!("entry {} (`{}`): give exactly one of public_key or public_key_file", i + 1, k.name)),
+            }
+            if let Some(key) = &k.public_key {
+                if let Err(e) = edr_pack::PublicKey::from_base64(key) {
+                    return bad("trust.keys", format!("`{}`: {e}", k.name));
+                }
+            }
+        }
+        if self.collect.queue == 0 {
+            return bad("collect.queue", "must be at least 1".into());
+        }
+        if let Err(e) = self.collect.collect_config(&self.data_dir) {
+            return bad("collect", e);
+        }
+        if self.packs.keep_versions == 0 {
+            return bad("packs.keep_versions", "must be at least 1".into());
+        }
+        if self.packs.poll_interval_secs == 0 {
+            return bad("packs.poll_interval_secs", "must be at least 1".into());
+        }
+        if let Some(url) = &self.packs.update_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("packs.update_url", format!("`{url}` is not an http:// or https:// URL"));
+            }
         }
         for (plugin, l) in &self.plugins.limits {
             if l.call_deadline_ms.is_some_and(|d| d == 0 || d > 60_000) {

@@ -3,10 +3,14 @@
 mod cmd;
 mod collect;
 mod config;
+mod control;
 mod dispatch;
+mod health;
 mod output;
+mod packs;
 mod pipeline;
 mod plugins;
+mod services;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,9 +28,19 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Run recorded ECS JSONL events through the plugins and print alerts.
     Replay(cmd::replay::ReplayArgs),
+    /// Show what the running agent is doing.
+    Status(cmd::status::StatusArgs),
+    /// Make, sign, verify and manage detection packs.
+    #[command(subcommand)]
+    Pack(cmd::pack::PackCommand),
+    /// Generate a pack signing key pair (minisign-compatible).
+    Keygen(cmd::pack::KeygenArgs),
     /// Build and inspect plugins.
     #[command(subcommand)]
     Plugin(cmd::plugin::PluginCommand),
+    /// Sigma rules: check which load.
+    #[command(subcommand)]
+    Sigma(cmd::sigma::SigmaCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +55,14 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Replay(a) => cmd::replay::run(a),
         Command::Plugin(c) => cmd::plugin::run(c),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Pack(c) => cmd::pack::run(c),
+        Command::Keygen(a) => cmd::pack::keygen(a),
+        Command::Sigma(c) => match cmd::sigma::run(c) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

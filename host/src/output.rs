@@ -55,6 +55,29 @@ impl AlertWriter {
     }
 }
 
+/// Appends every event of every batch to a JSONL file (ECS documents).
+pub fn events_file_tap(path: &Path) -> anyhow::Result<Box<dyn FnMut(&std::sync::Arc<crate::dispatch::Batch>) + Send>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open events file {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 16, f);
+    let ctx = EcsContext { hostname: hostname() };
+    let path = path.to_path_buf();
+    Ok(Box::new(move |batch| {
+        let mut result = Ok(());
+        for e in &batch.events {
+            result = serde_json::to_writer(&mut out, &edr_event::ecs::event_to_ecs(e, &ctx)).map_err(std::io::Error::from).and_then(|_| out.write_all(b"\n"));
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result.and_then(|_| out.flush()) {
+            tracing::error!(path = %path.display(), "cannot write events: {e}");
+        }
+    }))
+}
+
 /// This host's name, for `host.hostname`.
 pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())

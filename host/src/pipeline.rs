@@ -1,12 +1,12 @@
 //! The detection pipeline: events in, batches to plugins, alerts out.
 
-use crate::config::AgentConfig;
-use crate::dispatch::{Backpressure, Batch, Dispatcher, PluginStatus};
+use crate::dispatch::{Backpressure, Batch, Dispatcher, PluginStatus, Quarantined};
 use crate::output::AlertWriter;
-use crate::plugins;
-use anyhow::bail;
+use crate::packs::Activation;
+use crate::services::AgentServices;
+use crossbeam_channel::Sender;
 use edr_event::{Alert, Event, EventBody};
-use edr_runtime::MemoryServices;
+use edr_runtime::Plugin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,49 +22,92 @@ pub struct Summary {
 /// A running pipeline.
 pub struct Pipeline {
     dispatcher: Dispatcher,
-    services: Arc<MemoryServices>,
+    services: Arc<AgentServices>,
     batch: Vec<Event>,
     batch_size: usize,
+    next_event_id: u64,
     events: u64,
     batches: u64,
     alert_thread: JoinHandle<u64>,
+    /// Extra consumers of every batch (the event record).
+    taps: Vec<Box<dyn FnMut(&Arc<Batch>) + Send>>,
 }
 
 impl Pipeline {
-    /// Loads the configured plugins (plus `extra`) and starts the workers and
-    /// the alert writer. Fails only when no plugin at all could be loaded.
-    pub fn start(cfg: &AgentConfig, extra: Vec<plugins::Source>, backpressure: Backpressure, mut writer: AlertWriter) -> anyhow::Result<Self> {
-        let rt = plugins::runtime(cfg)?;
-        let services = Arc::new(MemoryServices::default());
-        let mut sources = plugins::sources(cfg)?;
-        sources.extend(extra);
-        if sources.is_empty() {
-            bail!("no plugins to load: the built-ins are disabled and no other plugin was given");
-        }
-        let (loaded, failures) = plugins::load_all(&rt, cfg, sources, services.clone());
-        if loaded.is_empty() {
-            bail!("no plugin could be loaded:\n  {}", failures.join("\n  "));
-        }
+    /// A pipeline with no plugins yet. Events without an id are numbered
+    /// from `first_event_id`; alerts from `first_alert_id`.
+    pub fn new(batch_size: usize, queue: usize, backpressure: Backpressure, mut writer: AlertWriter, services: Arc<AgentServices>, first_event_id: u64, first_alert_id: u64) -> anyhow::Result<Self> {
         let (alert_tx, alert_rx) = crossbeam_channel::bounded::<Alert>(4096);
-        let alert_thread = std::thread::Builder::new()
-            .name("edr-alerts".into())
-            .spawn(move || {
-                for alert in alert_rx {
-                    if let Err(e) = writer.write(&alert) {
-                        // A closed stdout (e.g. `| head`) ends output, not the run.
-                        if e.kind() != std::io::ErrorKind::BrokenPipe {
-                            tracing::error!("cannot write alert {}: {e}", alert.id);
-                        }
+        let alert_thread = std::thread::Builder::new().name("edr-alerts".into()).spawn(move || {
+            for alert in alert_rx {
+                if let Err(e) = writer.write(&alert) {
+                    // A closed stdout (e.g. `| head`) ends output, not the run.
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        tracing::error!("cannot write alert {}: {e}", alert.id);
                     }
                 }
-                writer.written()
-            })?;
-        let dispatcher = Dispatcher::start(loaded, alert_tx, cfg.runtime.plugin_queue, backpressure);
-        Ok(Self { dispatcher, services, batch: Vec::with_capacity(cfg.runtime.batch_size), batch_size: cfg.runtime.batch_size, events: 0, batches: 0, alert_thread })
+            }
+            writer.written()
+        })?;
+        Ok(Self {
+            dispatcher: Dispatcher::new(alert_tx, queue, backpressure, first_alert_id),
+            services,
+            batch: Vec::with_capacity(batch_size),
+            batch_size,
+            next_event_id: first_event_id.max(1),
+            events: 0,
+            batches: 0,
+            alert_thread,
+            taps: Vec::new(),
+        })
     }
 
-    /// Adds an event; dispatches when the batch is full.
-    pub fn push(&mut self, event: Event) {
+    /// Quarantine notices go to `tx` (for automatic rollback).
+    pub fn notify_quarantines(&mut self, tx: Sender<Quarantined>) {
+        self.dispatcher.notify_quarantines(tx);
+    }
+
+    /// Calls `tap` with every batch (after the plugins got it).
+    pub fn add_tap(&mut self, tap: Box<dyn FnMut(&Arc<Batch>) + Send>) {
+        self.taps.push(tap);
+    }
+
+    /// Installs (or swaps in) one plugin.
+    pub fn install(&mut self, key: String, plugin: Plugin) {
+        tracing::info!(plugin = %key, version = %plugin.info().version, "plugin active");
+        self.dispatcher.install(key, plugin);
+    }
+
+    /// Swaps in a pack version: batches already dispatched finish on the old
+    /// plugins, the next batch runs on the new ones.
+    pub fn activate(&mut self, a: Activation) {
+        // The batch being filled goes to the old version, like any dispatched batch.
+        self.dispatch_partial();
+        tracing::info!(pack = %a.pack.id, version = %a.pack.version, signer = %a.pack.signer, plugins = a.plugins.len(), "pack active");
+        for key in a.removed {
+            self.dispatcher.remove(&key);
+        }
+        for (key, plugin) in a.plugins {
+            self.dispatcher.install(key, plugin);
+        }
+    }
+
+    /// Lifts a plugin's quarantine.
+    pub fn reenable(&self, key: &str) -> bool {
+        self.dispatcher.reenable(key)
+    }
+
+    /// Number of plugins installed.
+    pub fn plugin_count(&self) -> usize {
+        self.dispatcher.len()
+    }
+
+    /// Adds an event (numbering it if it has no id); dispatches a full batch.
+    pub fn push(&mut self, mut event: Event) {
+        if event.id == 0 {
+            event.id = self.next_event_id;
+        }
+        self.next_event_id = self.next_event_id.max(event.id + 1);
         if let EventBody::ProcessExec(x) = &event.body {
             self.services.remember_exec(x);
         }
@@ -80,14 +123,22 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+        let batch = Batch::new(std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size)));
         self.batches += 1;
-        self.dispatcher.dispatch(Batch::new(batch));
+        self.dispatcher.dispatch(batch.clone());
+        for tap in &mut self.taps {
+            tap(&batch);
+        }
     }
 
     /// Per-plugin status.
     pub fn status(&self) -> Vec<PluginStatus> {
         self.dispatcher.status()
+    }
+
+    /// Events pushed so far.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// Dispatches the last batch, waits for every plugin and every alert.

@@ -1,4 +1,6 @@
-//! Which plugins the agent loads: the built-ins and a directory of extras.
+//! Plugins loaded outside packs (`plugins.dir`, `edr replay --plugin`), and
+//! the runtime settings every plugin shares. The built-in plugins come as
+//! the signed built-in pack (see `packs`).
 
 use crate::config::AgentConfig;
 use anyhow::Context;
@@ -8,11 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
-
 /// The runtime configured from `[runtime]`.
 pub fn runtime(cfg: &AgentConfig) -> anyhow::Result<Runtime> {
-    let cache_dir = cfg.runtime.compile_cache.then(|| cfg.data_dir.join("cache"));
+    let user_cache = || -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("edr").join("compiled"))
+    };
+    let cache_dir = if cfg.runtime.compile_cache { Some(cfg.data_dir.join("cache")) } else if cfg.runtime.user_cache { user_cache() } else { None };
     let largest = cfg.plugins.limits.values().filter_map(|l| l.memory_mb).chain([cfg.runtime.memory_mb]).max().unwrap_or(64);
     let max_memory_bytes = (largest << 20).max(RuntimeConfig::default().max_memory_bytes);
     Runtime::new(RuntimeConfig { cache_dir, max_memory_bytes, ..RuntimeConfig::default() })
@@ -40,14 +44,9 @@ pub struct Source {
     pub origin: String,
 }
 
-/// The built-ins (unless disabled) followed by `*.wasm` files from `plugins.dir`.
+/// The `*.wasm` files of `plugins.dir`.
 pub fn sources(cfg: &AgentConfig) -> anyhow::Result<Vec<Source>> {
     let mut out = Vec::new();
-    if cfg.plugins.builtin {
-        for (name, wasm) in BUILTIN_PLUGINS {
-            out.push(Source { name: name.to_string(), wasm: wasm.to_vec(), origin: "built-in".into() });
-        }
-    }
     if let Some(dir) = &cfg.plugins.dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read plugins.dir {}", dir.display()))?
@@ -72,8 +71,16 @@ pub fn load_all(rt: &Runtime, cfg: &AgentConfig, sources: Vec<Source>, services:
     let mut loaded = Vec::new();
     let mut failures = Vec::new();
     for s in sources {
+        let files = match data_files(cfg, &s.name) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(plugin = %s.name, "{e:#}");
+                failures.push(format!("{e:#}"));
+                continue;
+            }
+        };
         let spec = PluginSpec {
-            config: PluginConfig { settings: cfg.plugin_settings(&s.name), files: Vec::new() },
+            config: PluginConfig { settings: cfg.plugin_settings(&s.name), files },
             limits: limits(cfg, &s.name),
             grants: cfg.plugin_grants(&s.name),
             ..PluginSpec::new(s.name.clone(), s.wasm)
@@ -90,4 +97,32 @@ pub fn load_all(rt: &Runtime, cfg: &AgentConfig, sources: Vec<Source>, services:
         }
     }
     (loaded, failures)
+}
+
+/// The operator's data files for a plugin (`plugins.data.<plugin>`): every
+/// file under each listed path, named by its path relative to that root.
+/// Limits: 10,000 files and 256 MiB in all.
+pub fn data_files(cfg: &AgentConfig, plugin: &str) -> anyhow::Result<Vec<edr_event::DataFile>> {
+    const MAX_FILES: usize = 10_000;
+    const MAX_BYTES: u64 = 256 << 20;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for root in cfg.plugins.data.get(plugin).into_iter().flatten() {
+        let mut stack = vec![root.clone()];
+        while let Some(p) = stack.pop() {
+            let meta = std::fs::metadata(&p).with_context(|| format!("plugins.data.{plugin}: cannot read {}", p.display()))?;
+            if meta.is_dir() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)?.flatten().map(|e| e.path()).collect();
+                entries.sort();
+                stack.extend(entries.into_iter().rev());
+            } else if meta.is_file() {
+                total += meta.len();
+                anyhow::ensure!(out.len() < MAX_FILES && total <= MAX_BYTES, "plugins.data.{plugin}: more than {MAX_FILES} files or {} MiB", MAX_BYTES >> 20);
+                let name = p.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty()).unwrap_or(&p).to_string_lossy().into_owned();
+                let content = std::fs::read(&p).with_context(|| format!("plugins.data.{plugin}: cannot read {}", p.display()))?;
+                out.push(edr_event::DataFile { name, content });
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,13 +1,28 @@
 //! `edr agent`: the long-running agent.
+//!
+//! Threads: the event source(s); the pipeline (this thread: batching,
+//! dispatch, pack swaps, control requests); one worker per plugin; the pack
+//! manager (verification and staging off the event path); the drop-in
+//! directory watcher and update-URL poller; the control socket.
 
 use crate::collect::jsonl::{JsonlReader, Line};
-use crate::dispatch::Backpressure;
+use crate::config::AgentConfig;
+use crate::control::{self, Incoming, Reply, Request};
+use crate::dispatch::{Backpressure, Quarantined};
+use crate::health::HealthLog;
 use crate::output::AlertWriter;
+use crate::packs::{self, ActivePack, Activation, Candidate, PackManager};
 use crate::pipeline::Pipeline;
+use crate::plugins;
+use crate::services::AgentServices;
 use anyhow::Context;
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{select, Receiver, Sender};
+use serde_json::json;
+use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Arguments of `edr agent`.
@@ -24,19 +39,270 @@ pub struct AgentArgs {
     pub health_interval: u64,
 }
 
+/// What the pack manager thread shares for status.
+#[derive(Default, serde::Serialize)]
+struct PackStatus {
+    active: Vec<ActivePack>,
+    /// The latest pack events (accepted, rejected, rolled back), newest last.
+    recent: VecDeque<serde_json::Value>,
+}
+
+/// Requests for the pack manager thread.
+enum PackRequest {
+    Rollback { pack: String, reply: Sender<Reply> },
+}
+
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = super::load_config(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let cfg = Arc::new(cfg);
+    let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
+    let rt = plugins::runtime(&cfg)?;
+    let services = Arc::new(AgentServices::new(Some(cfg.data_dir.join("state")))?);
     let alerts_file = cfg.data_path(&cfg.output.alerts_file);
     let writer = AlertWriter::new(cfg.output.stdout, alerts_file.as_deref())?;
     let wait = Duration::from_millis(cfg.runtime.call_deadline_ms * 2);
-    let mut pipeline = Pipeline::start(&cfg, Vec::new(), Backpressure::DropAfter(wait), writer)?;
-    tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, source = %cfg.collect.source, "agent started");
+    let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), 1, 1)?;
+    let (quarantine_tx, quarantine_rx) = crossbeam_channel::unbounded::<Quarantined>();
+    pipeline.notify_quarantines(quarantine_tx);
+    if let Some(path) = cfg.data_path(&cfg.output.events_file) {
+        pipeline.add_tap(crate::output::events_file_tap(&path)?);
+    }
+    // SIGTERM / SIGINT: stop reading, finish what is queued, flush, exit.
+    let terminate = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, terminate.clone()).context("installing signal handlers")?;
+    }
 
-    let (tx, rx) = crossbeam_channel::bounded(65_536);
+    // Packs: what was active before, then the built-in pack.
+    let mut manager = PackManager::new(cfg.clone(), rt.clone(), services.clone())?;
+    for a in manager.startup() {
+        health.record("pack-activated", false, &format!("pack {} {} active (signed by {})", a.pack.id, a.pack.version, a.pack.signer), json!({"pack": &a.pack}));
+        pipeline.activate(a);
+    }
+    let (loaded, _) = plugins::load_all(&rt, &cfg, plugins::sources(&cfg)?, services.clone());
+    for p in loaded {
+        pipeline.install(p.name().to_string(), p);
+    }
+    if pipeline.plugin_count() == 0 {
+        anyhow::bail!("no detection plugin is active: the built-in pack is disabled or failed, and no other pack or plugin loaded (see the errors above)");
+    }
+    let pack_status = Arc::new(Mutex::new(PackStatus { active: manager.active(), recent: VecDeque::new() }));
+
+    // The pack manager thread and its sources.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (candidate_tx, candidate_rx) = crossbeam_channel::bounded::<Candidate>(16);
+    let (activation_tx, activation_rx) = crossbeam_channel::bounded::<Activation>(4);
+    let (pack_req_tx, pack_req_rx) = crossbeam_channel::unbounded::<PackRequest>();
+    let drop_dir = cfg.data_path(&cfg.packs.dir).unwrap_or_else(|| cfg.data_dir.join("packs-incoming"));
+    packs::watch_drop_dir(drop_dir.clone(), candidate_tx.clone(), stop.clone())?;
+    if let Some(url) = &cfg.packs.update_url {
+        let floors = Arc::new(Mutex::new(manager.state().clone()));
+        let f = floors.clone();
+        packs::poll_update_url(url.clone(), Duration::from_secs(cfg.packs.poll_interval_secs), candidate_tx.clone(), Arc::new(move |id: &str| f.lock().unwrap().highest(id)), stop.clone())?;
+        spawn_pack_thread(manager, candidate_rx, quarantine_rx, pack_req_rx, activation_tx, pack_status.clone(), health.clone(), Some(floors));
+    } else {
+        spawn_pack_thread(manager, candidate_rx, quarantine_rx, pack_req_rx, activation_tx, pack_status.clone(), health.clone(), None);
+    }
+
+    // The control socket.
+    let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
+    control::serve(&cfg.data_dir, control_tx)?;
+
+    let (events_rx, collectors) = start_source(&cfg, &services)?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, packs_dir = %drop_dir.display(), source = %cfg.collect.source, plugins = pipeline.plugin_count(), "agent started");
+
+    let started = Instant::now();
+    let batch_timeout = Duration::from_millis(cfg.runtime.batch_timeout_ms.max(1));
+    let health_every = Duration::from_secs(args.health_interval.max(1));
+    let mut last_health = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut source_open = true;
+    loop {
+        if terminate.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("termination requested; finishing queued work");
+            break;
+        }
+        select! {
+            recv(events_rx) -> e => match e {
+                Ok(e) => pipeline.push(e),
+                Err(_) => {
+                    source_open = false;
+                    break;
+                }
+            },
+            recv(activation_rx) -> a => if let Ok(a) = a {
+                pipeline.activate(a);
+            },
+            recv(control_rx) -> req => if let Ok(req) = req {
+                let reply = match req.request {
+                    Request::Status => Reply::ok(status(&cfg, &pipeline, &pack_status, collectors.as_ref(), started)),
+                    Request::Reenable { plugin } => {
+                        let key = resolve_key(&pipeline, &plugin);
+                        match key {
+                            Some(k) if pipeline.reenable(&k) => Reply::ok(json!({"reenabled": k})),
+                            _ => Reply::err(format!("no plugin `{plugin}`")),
+                        }
+                    }
+                    Request::Rollback { pack } => {
+                        let _ = pack_req_tx.send(PackRequest::Rollback { pack, reply: req.reply.clone() });
+                        continue;
+                    }
+                    Request::Respond { .. } => Reply::err("response actions are not enabled in this agent"),
+                };
+                let _ = req.reply.send(reply);
+            },
+            default(batch_timeout) => pipeline.dispatch_partial(),
+        }
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            last_flush = Instant::now();
+            services.flush_state();
+        }
+        if last_health.elapsed() >= health_every {
+            last_health = Instant::now();
+            for c in collectors.iter().flat_map(|c| c.status()) {
+                tracing::info!(collector = c.name, mode = %c.mode, events = c.events, partial = c.partial, dropped = c.dropped, lost = c.lost, rate = format!("{:.1}/s", c.events_per_sec), "health");
+            }
+            for p in pipeline.status() {
+                let m = &p.metrics;
+                tracing::info!(plugin = %p.key, version = %p.version, health = %p.health, calls = m.calls, events = m.events, findings = m.findings, errors = m.errors, timeouts = m.timeouts, dropped = p.dropped_events, p50_us = m.p50_us, p99_us = m.p99_us, memory = m.memory_bytes, "health");
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(c) = collectors {
+        c.stop();
+    }
+    let summary = pipeline.finish();
+    services.flush_state();
+    let _ = std::fs::remove_file(control::socket_path(&cfg.data_dir));
+    for l in super::plugin_health_lines(&summary.plugins) {
+        tracing::warn!("{l}");
+    }
+    tracing::info!(events = summary.events, alerts = summary.alerts, source_ended = !source_open, "agent stopped");
+    Ok(())
+}
+
+/// Finds a plugin's key from its key or bare name.
+fn resolve_key(pipeline: &Pipeline, plugin: &str) -> Option<String> {
+    let status = pipeline.status();
+    status.iter().find(|p| p.key == plugin).or_else(|| status.iter().find(|p| p.name == plugin)).map(|p| p.key.clone())
+}
+
+fn status(cfg: &AgentConfig, pipeline: &Pipeline, packs: &Mutex<PackStatus>, collectors: Option<&edr_collect::Collectors>, started: Instant) -> serde_json::Value {
+    let packs = packs.lock().unwrap_or_else(|p| p.into_inner());
+    let collectors: Vec<serde_json::Value> = collectors
+        .map(|c| c.status())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| json!({"name": c.name, "mode": c.mode, "events": c.events, "partial": c.partial, "dropped": c.dropped, "lost": c.lost, "overflows": c.overflows, "unresolved": c.unresolved, "events_per_sec": c.events_per_sec}))
+        .collect();
+    json!({
+        "source": cfg.collect.source,
+        "collectors": collectors,
+        "agent": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_secs": started.elapsed().as_secs(),
+            "data_dir": cfg.data_dir,
+        },
+        "pipeline": { "events": pipeline.events() },
+        "plugins": pipeline.status(),
+        "packs": &*packs,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_pack_thread(
+    mut manager: PackManager,
+    candidates: Receiver<Candidate>,
+    quarantines: Receiver<Quarantined>,
+    requests: Receiver<PackRequest>,
+    activations: Sender<Activation>,
+    status: Arc<Mutex<PackStatus>>,
+    health: Arc<HealthLog>,
+    floors: Option<Arc<Mutex<packs::PackState>>>,
+) {
+    let record = move |status: &Mutex<PackStatus>, health: &HealthLog, action: &str, error: bool, message: String, details: serde_json::Value| {
+        health.record(action, error, &message, details.clone());
+        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+        s.recent.push_back(json!({"time": edr_event::time::to_rfc3339(edr_event::time::now()), "action": action, "message": message, "details": details}));
+        while s.recent.len() > 50 {
+            s.recent.pop_front();
+        }
+    };
+    std::thread::Builder::new()
+        .name("edr-packs".into())
+        .spawn(move || loop {
+            let outcome: Option<(Result<Activation, packs::OfferError>, String)> = select! {
+                recv(candidates) -> c => match c {
+                    Ok(c) => {
+                        let origin = c.origin.clone();
+                        let result = match &c.signature {
+                            Some(sig) => manager.offer(&c.archive, sig, &c.origin),
+                            None => Err(packs::OfferError::Rejected(edr_pack::Rejection::MissingSignature { path: edr_pack::signature_path(std::path::Path::new(&c.origin)) })),
+                        };
+                        Some((result, origin))
+                    }
+                    Err(_) => return,
+                },
+                recv(quarantines) -> q => match q {
+                    Ok(q) => match &q.pack {
+                        Some(p) => {
+                            let reason = format!("plugin {} quarantined: {}", q.key, q.reason);
+                            Some((manager.rollback(&p.id, &reason), format!("automatic rollback of {} {}", p.id, p.version)))
+                        }
+                        None => None,
+                    },
+                    Err(_) => return,
+                },
+                recv(requests) -> r => match r {
+                    Ok(PackRequest::Rollback { pack, reply }) => {
+                        let result = manager.rollback(&pack, "rolled back by the operator");
+                        let _ = reply.send(match &result {
+                            Ok(a) => Reply::ok(json!({"pack": a.pack.id, "version": a.pack.version})),
+                            Err(e) => Reply::err(e.to_string()),
+                        });
+                        Some((result, "operator rollback".into()))
+                    }
+                    Err(_) => return,
+                },
+            };
+            let Some((result, origin)) = outcome else { continue };
+            match result {
+                Ok(a) => {
+                    record(&status, &health, "pack-activated", false, format!("pack {} {} activated from {origin} (signed by {})", a.pack.id, a.pack.version, a.pack.signer), json!({"pack": &a.pack, "origin": origin}));
+                    status.lock().unwrap_or_else(|p| p.into_inner()).active = manager.active();
+                    if let Some(f) = &floors {
+                        *f.lock().unwrap_or_else(|p| p.into_inner()) = manager.state().clone();
+                    }
+                    if activations.send(a).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.is_benign() => tracing::debug!(%origin, "{e}"),
+                Err(e) => record(&status, &health, "pack-rejected", true, format!("pack from {origin} not activated: {e}"), json!({"origin": origin, "reason": e.reason_code(), "error": e.to_string()})),
+            }
+        })
+        .expect("spawning the pack thread");
+}
+
+/// The event source: the live collectors, stdin, or an ECS JSONL file.
+fn start_source(cfg: &AgentConfig, services: &Arc<AgentServices>) -> anyhow::Result<(Receiver<edr_event::Event>, Option<edr_collect::Collectors>)> {
+    let (tx, rx) = crossbeam_channel::bounded(cfg.collect.queue);
+    if cfg.collect.source == "live" {
+        let c = cfg.collect.collect_config(&cfg.data_dir).map_err(|e| anyhow::anyhow!("[collect]: {e}"))?;
+        let collectors = edr_collect::Collectors::start(c, tx).context("starting the collectors")?;
+        let tree = collectors.process_tree();
+        services.set_ancestry_source(Arc::new(move |entity| tree.ancestry(entity)));
+        for s in collectors.status() {
+            tracing::info!(collector = s.name, mode = %s.mode, "collector started");
+        }
+        return Ok((rx, Some(collectors)));
+    }
     let source = cfg.collect.source.clone();
     std::thread::Builder::new().name("edr-source".into()).spawn(move || {
         let input: Box<dyn BufRead> = if source == "stdin" {
@@ -65,28 +331,5 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     })?;
-
-    let batch_timeout = Duration::from_millis(cfg.runtime.batch_timeout_ms.max(1));
-    let health_every = Duration::from_secs(args.health_interval.max(1));
-    let mut last_health = Instant::now();
-    loop {
-        match rx.recv_timeout(batch_timeout) {
-            Ok(e) => pipeline.push(e),
-            Err(RecvTimeoutError::Timeout) => pipeline.dispatch_partial(),
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if last_health.elapsed() >= health_every {
-            last_health = Instant::now();
-            for p in pipeline.status() {
-                let m = &p.metrics;
-                tracing::info!(plugin = %p.name, health = %p.health, calls = m.calls, events = m.events, findings = m.findings, errors = m.errors, timeouts = m.timeouts, dropped = p.dropped_events, p50_us = m.p50_us, p99_us = m.p99_us, memory = m.memory_bytes, "health");
-            }
-        }
-    }
-    let summary = pipeline.finish();
-    for l in super::plugin_health_lines(&summary.plugins) {
-        tracing::warn!("{l}");
-    }
-    tracing::info!(events = summary.events, alerts = summary.alerts, "event source ended; agent stopped");
-    Ok(())
+    Ok((rx, None))
 }

@@ -1,8 +1,11 @@
 //! The `edr` subcommands.
 
 pub mod agent;
+pub mod pack;
 pub mod plugin;
 pub mod replay;
+pub mod sigma;
+pub mod status;
 
 use crate::config::AgentConfig;
 use std::path::Path;
@@ -23,7 +26,7 @@ pub fn plugin_health_lines(plugins: &[crate::dispatch::PluginStatus]) -> Vec<Str
         .map(|p| {
             format!(
                 "plugin {}: {}; {} errors ({} timeouts, {} out-of-memory, {} traps), {} events skipped, {} dropped",
-                p.name, p.health, p.metrics.errors, p.metrics.timeouts, p.metrics.out_of_memory, p.metrics.traps, p.metrics.skipped_events, p.dropped_events
+                p.key, p.health, p.metrics.errors, p.metrics.timeouts, p.metrics.out_of_memory, p.metrics.traps, p.metrics.skipped_events, p.dropped_events
             )
         })
         .collect()

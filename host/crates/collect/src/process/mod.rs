@@ -1,0 +1,402 @@
+//! Process collector: exec and exit events with lineage, and the process tree.
+//!
+//! * `netlink` (root; any user on recent kernels, which then cannot read
+//!   other users' `/proc/<pid>/exe`, so their execs are partial): the
+//!   kernel's process connector (CN_PROC) reports every
+//!   fork, exec and exit as it happens. Each exec is enriched at once from
+//!   `/proc/<pid>` (exe, argv, cwd, effective uid, start time). A process that
+//!   is gone before that (short-lived; its `/proc/<pid>/exe` no longer
+//!   resolves) still yields an exec event with what is known (pid, ppid, the
+//!   parent from the tree, its comm as argv when `/proc/<pid>/stat` was still
+//!   readable), marked partial and counted. When the socket buffer overflows
+//!   the kernel drops messages and `recv` fails with ENOBUFS: that is counted
+//!   (`overflows`), logged, and the number of messages lost is recovered from
+//!   gaps in the connector's per-CPU sequence numbers (`lost`).
+//! * `poll` (degraded, not root or no connector): the process table is
+//!   diffed every `poll_interval` with `sysinfo`. Processes living shorter
+//!   than the interval are not seen; exit codes are unknown (exit events are
+//!   partial with code 0); a fork without exec is recognised (same image as
+//!   the parent) and recorded without an event.
+//!
+//! Both seed the tree from `/proc` at start. Exit codes: the exit status for
+//! a normal exit, minus the signal number for a process killed by a signal.
+
+mod netlink;
+mod poll;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use edr_event::{EventBody, ProcessExec, ProcessExit};
+
+use crate::procfs::{self, Snapshot};
+use crate::sink::Sink;
+use crate::tree::Node;
+use crate::{CollectError, Ctx, ProcessConfig, ProcessMode};
+
+pub(crate) use netlink::wait_readable;
+
+/// Starts the process collector; returns its threads.
+pub(crate) fn start(
+    cfg: &ProcessConfig,
+    ctx: &Arc<Ctx>,
+    sink: Sink,
+) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    let counters = sink.counters.clone();
+    match cfg.mode {
+        ProcessMode::Off => {
+            counters.set_mode("off");
+            Ok(Vec::new())
+        }
+        ProcessMode::Auto | ProcessMode::Netlink => match netlink::CnProc::open(cfg.netlink_rcvbuf) {
+            Ok(sock) => {
+                // Subscribed first, then seeded: nothing starts unseen in between.
+                let n = seed(ctx);
+                tracing::info!(processes = n, "process collector: netlink process connector, tree seeded from /proc");
+                counters.set_mode("netlink");
+                let ctx = ctx.clone();
+                spawn("process", move || netlink::run(sock, &ctx, &sink))
+            }
+            Err(e) if cfg.mode == ProcessMode::Netlink => Err(CollectError::Unavailable {
+                collector: "process",
+                mode: "netlink".into(),
+                reason: format!("{e} (the process connector needs the initial namespaces, and root / CAP_NET_ADMIN on older kernels)"),
+            }),
+            Err(e) => {
+                let why = format!("netlink process connector unavailable: {e}");
+                tracing::warn!("process collector degraded to polling every {:?}: {why}", cfg.poll_interval);
+                start_poll(cfg, ctx, sink, Some(why))
+            }
+        },
+        ProcessMode::Poll => start_poll(cfg, ctx, sink, None),
+    }
+}
+
+fn start_poll(
+    cfg: &ProcessConfig,
+    ctx: &Arc<Ctx>,
+    sink: Sink,
+    why: Option<String>,
+) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    let poller = poll::Poller::new(ctx).map_err(|e| CollectError::Unavailable {
+        collector: "process",
+        mode: "poll".into(),
+        reason: e,
+    })?;
+    seed(ctx);
+    let ms = cfg.poll_interval.as_millis();
+    sink.counters.set_mode(match why {
+        Some(why) => format!("poll {ms}ms (degraded: {why}; misses processes shorter than the interval, no exit codes)"),
+        None => format!("poll {ms}ms (misses processes shorter than the interval, no exit codes)"),
+    });
+    let ctx = ctx.clone();
+    let interval = cfg.poll_interval;
+    spawn("process", move || poller.run(&ctx, &sink, interval))
+}
+
+pub(crate) fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    std::thread::Builder::new()
+        .name(format!("edr-collect-{name}"))
+        .spawn(f)
+        .map(|h| vec![h])
+        .map_err(|source| CollectError::Thread {
+            collector: name,
+            source,
+        })
+}
+
+/// Fills the tree from `/proc`; returns how many processes it holds.
+pub(crate) fn seed(ctx: &Ctx) -> usize {
+    let Ok(pids) = procfs::list_pids() else {
+        return 0;
+    };
+    let snaps: Vec<(u32, Snapshot)> = pids
+        .into_iter()
+        .map(|p| (p, Snapshot::read(p)))
+        .filter(|(_, s)| s.stat.is_some())
+        .collect();
+    let entity_of: std::collections::HashMap<u32, u64> = snaps
+        .iter()
+        .filter_map(|(p, s)| {
+            s.stat
+                .as_ref()
+                .map(|st| (*p, ctx.boot.entity_id(*p, st.start_ticks)))
+        })
+        .collect();
+    let now = Instant::now();
+    for (pid, snap) in &snaps {
+        let ppid = snap.stat.as_ref().map_or(0, |s| s.ppid);
+        let parent = entity_of.get(&ppid).copied().unwrap_or(0);
+        let ticks = snap.stat.as_ref().map_or(0, |s| s.start_ticks);
+        ctx.tree.insert_live(
+            node_from_snapshot(ctx, *pid, snap, ticks, parent, None),
+            now,
+        );
+    }
+    snaps.len()
+}
+
+/// A tree node from a snapshot; fields it lacks come from `fallback` (the
+/// fork-time copy of the parent's image), else stay empty.
+fn node_from_snapshot(
+    ctx: &Ctx,
+    pid: u32,
+    snap: &Snapshot,
+    start_ticks: u64,
+    parent_entity: u64,
+    fallback: Option<&Node>,
+) -> Node {
+    let uid = snap.euid.or(fallback.map(|f| f.info.uid)).unwrap_or(0);
+    let comm = snap
+        .stat
+        .as_ref()
+        .map(|s| s.comm.clone())
+        .unwrap_or_default();
+    Node {
+        info: edr_event::ProcessInfo {
+            pid,
+            entity_id: ctx.boot.entity_id(pid, start_ticks),
+            exe: snap.exe.clone().unwrap_or_default(),
+            argv: Node::cap_argv(snap.argv.as_deref().unwrap_or_default()),
+            uid,
+            start_time: ctx.boot.start_time_ns(start_ticks),
+        },
+        ppid: snap
+            .stat
+            .as_ref()
+            .map(|s| s.ppid)
+            .or(fallback.map(|f| f.ppid))
+            .unwrap_or(0),
+        parent_entity,
+        cwd: snap.cwd.clone().unwrap_or_default(),
+        user: ctx.users.name(uid),
+        comm,
+        start_ticks,
+        partial: !snap.complete(),
+        inherited: false,
+        exited: false,
+    }
+}
+
+/// The tree node of a live process not seen before (e.g. a parent the
+/// connector's fork event came before the tree knew about), read from /proc.
+fn adopt(ctx: &Ctx, pid: u32) -> Option<Node> {
+    let snap = Snapshot::read(pid);
+    let stat = snap.stat.as_ref()?;
+    let parent = ctx
+        .tree
+        .live_node(stat.ppid)
+        .map_or(0, |n| n.info.entity_id);
+    let node = node_from_snapshot(ctx, pid, &snap, stat.start_ticks, parent, None);
+    ctx.tree.insert_live(node.clone(), Instant::now());
+    Some(node)
+}
+
+/// A fork: the child enters the tree with its parent's image, so a fork
+/// without exec still has lineage. No event (the model has none for forks).
+pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
+    let (start_ticks, estimated) = match procfs::read_stat(child) {
+        Ok(s) => (s.start_ticks, false),
+        Err(_) => (ctx.boot.ticks_from_ns(ts_ns), true),
+    };
+    let entity = ctx.boot.entity_id(child, start_ticks);
+    if ctx.tree.node(entity).is_some_and(|n| !n.exited) {
+        return; // already seeded
+    }
+    let parent = ctx
+        .tree
+        .live_node(parent_tgid)
+        .or_else(|| adopt(ctx, parent_tgid));
+    let node = match parent {
+        Some(p) => Node {
+            info: edr_event::ProcessInfo {
+                pid: child,
+                entity_id: entity,
+                exe: p.info.exe.clone(),
+                argv: p.info.argv.clone(),
+                uid: p.info.uid,
+                start_time: ctx.boot.start_time_ns(start_ticks),
+            },
+            ppid: parent_tgid,
+            parent_entity: p.info.entity_id,
+            cwd: p.cwd.clone(),
+            user: p.user.clone(),
+            comm: p.comm.clone(),
+            start_ticks,
+            partial: p.partial || estimated,
+            inherited: true,
+            exited: false,
+        },
+        None => Node {
+            info: edr_event::ProcessInfo {
+                pid: child,
+                entity_id: entity,
+                start_time: ctx.boot.start_time_ns(start_ticks),
+                ..Default::default()
+            },
+            ppid: parent_tgid,
+            start_ticks,
+            partial: true,
+            ..Node::default()
+        },
+    };
+    ctx.tree.insert_live(node, Instant::now());
+}
+
+/// An exec: enrich from `/proc` now (the snapshot is read by the caller as
+/// early as possible), update the tree, emit the event.
+/// `ts_ns` is the kernel's event time, used only to estimate a start time
+/// for a process that is gone and was never seen forking.
+pub(crate) fn on_exec(
+    ctx: &Ctx,
+    sink: &Sink,
+    pid: u32,
+    snap: Snapshot,
+    ts_ns: Option<u64>,
+    fallback_exe: Option<String>,
+) {
+    let known = ctx.tree.live_node(pid);
+    let start_ticks = snap
+        .stat
+        .as_ref()
+        .map(|s| s.start_ticks)
+        .or(known.as_ref().map(|k| k.start_ticks))
+        .or(ts_ns.map(|t| ctx.boot.ticks_from_ns(t)))
+        .unwrap_or(0);
+    // The fork-time node, unless the pid was reused since.
+    let known = known.filter(|k| k.start_ticks == start_ticks);
+    let ppid = snap
+        .stat
+        .as_ref()
+        .map(|s| s.ppid)
+        .or(known.as_ref().map(|k| k.ppid))
+        .unwrap_or(0);
+    let mut parent_entity = known.as_ref().map_or(0, |k| k.parent_entity);
+    if parent_entity == 0 && ppid != 0 {
+        parent_entity = ctx
+            .tree
+            .live_node(ppid)
+            .or_else(|| adopt(ctx, ppid))
+            .map_or(0, |n| n.info.entity_id);
+    }
+    let partial = !snap.complete();
+    let mut node = node_from_snapshot(ctx, pid, &snap, start_ticks, parent_entity, known.as_ref());
+    if node.info.exe.is_empty() {
+        if let Some(exe) = fallback_exe {
+            node.info.exe = exe;
+        }
+    }
+    // What the process is now: not its parent's image any more. A process
+    // gone before enrichment is known by its comm at best.
+    let mut argv = snap.argv.clone().unwrap_or_default();
+    if argv.is_empty() && !node.comm.is_empty() {
+        argv = vec![node.comm.clone()];
+        node.info.argv = argv.clone();
+    }
+    if snap.cwd.is_none() {
+        node.cwd = known.as_ref().map(|k| k.cwd.clone()).unwrap_or_default();
+    }
+    let entity = node.info.entity_id;
+    let exec = ProcessExec {
+        pid,
+        ppid,
+        entity_id: entity,
+        parent_entity_id: parent_entity,
+        exe: node.info.exe.clone(),
+        argv,
+        cwd: node.cwd.clone(),
+        uid: node.info.uid,
+        user: node.user.clone(),
+        start_time: node.info.start_time,
+        parent_exe: String::new(),
+        parent_argv: Vec::new(),
+        ancestry: Vec::new(),
+    };
+    ctx.tree.insert_live(node, Instant::now());
+    if ctx.exclude_pids.contains(&pid) {
+        return;
+    }
+    let (parent, ancestry) = ctx.tree.lineage(entity);
+    let (parent_exe, parent_argv) = parent
+        .map(|p| (p.info.exe, p.info.argv))
+        .unwrap_or_default();
+    sink.emit(
+        EventBody::ProcessExec(ProcessExec {
+            parent_exe,
+            parent_argv,
+            ancestry,
+            ..exec
+        }),
+        partial,
+    );
+}
+
+/// An exit: mark it in the tree and emit the event. `status` is the raw wait
+/// status (`None` when unknown, as in poll mode).
+pub(crate) fn on_exit(ctx: &Ctx, sink: &Sink, pid: u32, status: Option<u32>) {
+    let node = ctx.tree.exit(pid, Instant::now());
+    if ctx.exclude_pids.contains(&pid) {
+        return;
+    }
+    // Unknown to the tree: a zombie's stat is still readable.
+    let entity = node.map(|n| n.info.entity_id).or_else(|| {
+        procfs::read_stat(pid)
+            .ok()
+            .map(|s| ctx.boot.entity_id(pid, s.start_ticks))
+    });
+    let partial = entity.is_none() || status.is_none();
+    let exit_code = status.map_or(0, decode_exit_status);
+    sink.emit(
+        EventBody::ProcessExit(ProcessExit {
+            pid,
+            entity_id: entity.unwrap_or(0),
+            exit_code,
+        }),
+        partial,
+    );
+}
+
+/// The exit status for a normal exit; minus the signal number for a
+/// process killed by a signal.
+pub(crate) fn decode_exit_status(status: u32) -> i32 {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        ((status >> 8) & 0xff) as i32
+    } else {
+        -(sig as i32)
+    }
+}
+
+/// Retires live processes whose exit was never reported (lost messages).
+pub(crate) fn sweep(ctx: &Ctx) -> usize {
+    let now = Instant::now();
+    let mut n = 0;
+    for (pid, ticks) in ctx.tree.live_pids() {
+        match procfs::read_stat(pid) {
+            Ok(s) if s.start_ticks == ticks => {}
+            _ => {
+                ctx.tree.exit(pid, now);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_decoding() {
+        assert_eq!(decode_exit_status(0), 0);
+        assert_eq!(decode_exit_status(3 << 8), 3);
+        assert_eq!(decode_exit_status(255 << 8), 255);
+        assert_eq!(decode_exit_status(9), -9);
+        assert_eq!(decode_exit_status(11 | 0x80), -11, "core dumped");
+    }
+}

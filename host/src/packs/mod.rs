@@ -1,0 +1,358 @@
+//! Signed detection packs in the agent: trust, verification, staging,
+//! activation, anti-rollback and rollback.
+//!
+//! A candidate pack (from the drop-in directory, the update URL, or the
+//! binary's built-in pack) goes through:
+//!
+//! 1. verification by `edr-pack` against the pinned keys (fail closed);
+//! 2. anti-rollback: its version must be above the highest version of that
+//!    pack ever activated on this host (kept in `<data_dir>/packs/state.json`
+//!    across restarts);
+//! 3. staging: every plugin is compiled, checked against its grants,
+//!    instantiated and initialised, must subscribe to no more than its
+//!    manifest says, and must get through a canary batch under its deadline;
+//! 4. activation: the archive is kept under `<data_dir>/packs/<id>/`, the
+//!    state is saved, and the plugins are handed to the dispatcher, which
+//!    swaps them in between batches.
+//!
+//! Any failure leaves the active version untouched and is reported with its
+//! reason. The last `keep_versions` good versions stay on disk: a version
+//! whose plugin gets quarantined is rolled back to the previous good one
+//! automatically, and an operator can roll back by hand.
+
+mod canary;
+mod sources;
+mod state;
+
+pub use sources::{poll_update_url, watch_drop_dir, Candidate};
+pub use state::PackState;
+
+use crate::config::AgentConfig;
+use crate::plugins;
+use edr_event::{PackRef, PluginConfig};
+use edr_pack::{semver::Version, Rejection, TrustStore, VerifiedPack, VerifyPolicy};
+use edr_runtime::{HostServices, Plugin, PluginSpec, Runtime};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// The agent's version, checked against packs' `min_agent_version`.
+pub fn agent_version() -> Version {
+    Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver")
+}
+
+/// Why a candidate was not activated.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    #[error("rejected: {0}")]
+    Rejected(#[from] Rejection),
+    #[error("plugin `{plugin}` of {pack} {version} failed staging: {reason}")]
+    Staging { pack: String, version: Version, plugin: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl OfferError {
+    /// A short stable reason for status and metrics.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            OfferError::Rejected(r) => r.reason_code(),
+            OfferError::Staging { .. } => "staging_failed",
+            OfferError::Io(_) => "io_error",
+        }
+    }
+
+    /// True for "already installed": not worth a warning.
+    pub fn is_benign(&self) -> bool {
+        matches!(self, OfferError::Rejected(r) if r.is_benign())
+    }
+}
+
+/// A pack version ready to swap in.
+pub struct Activation {
+    pub pack: PackRef,
+    /// `(key, plugin)`: key is `pack-id/plugin-name`.
+    pub plugins: Vec<(String, Plugin)>,
+    /// Keys of plugins the previous version had and this one does not.
+    pub removed: Vec<String>,
+}
+
+/// The version of a pack that is active.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActivePack {
+    pub id: String,
+    pub version: String,
+    pub signer: String,
+    pub publisher: String,
+    pub plugins: Vec<String>,
+}
+
+/// The agent's packs.
+pub struct PackManager {
+    /// `<data_dir>/packs`; `None` for an ephemeral manager (`edr replay`)
+    /// that stores nothing and remembers nothing.
+    root: Option<PathBuf>,
+    trust: TrustStore,
+    state: PackState,
+    keep: usize,
+    runtime: Runtime,
+    services: Arc<dyn HostServices>,
+    cfg: Arc<AgentConfig>,
+    active: BTreeMap<String, ActivePack>,
+}
+
+impl PackManager {
+    /// Loads the trust store from the config and the state from disk.
+    pub fn new(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
+        let root = cfg.data_dir.join("packs");
+        std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", root.display()))?;
+        let trust = trust_store(&cfg)?;
+        let state = PackState::load(&root.join("state.json"))?;
+        Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new() })
+    }
+
+    /// A manager that verifies and stages packs but writes nothing to disk
+    /// and applies no anti-rollback floor (for `edr replay`).
+    pub fn ephemeral(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
+        let trust = trust_store(&cfg)?;
+        Ok(Self { root: None, trust, state: PackState::default(), keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new() })
+    }
+
+    /// The active packs.
+    pub fn active(&self) -> Vec<ActivePack> {
+        self.active.values().cloned().collect()
+    }
+
+    /// The persisted per-pack history.
+    pub fn state(&self) -> &PackState {
+        &self.state
+    }
+
+    /// Activates what was active before the restart, then offers the built-in pack.
+    pub fn startup(&mut self) -> Vec<Activation> {
+        let mut out = Vec::new();
+        let ids: Vec<String> = self.state.ids();
+        for id in ids {
+            match self.load_installed(&id) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::error!(pack = %id, "cannot reactivate installed pack: {e}"),
+            }
+        }
+        if self.cfg.plugins.builtin {
+            match self.offer(BUILTIN_PACK, BUILTIN_PACK_SIG, "built-in") {
+                Ok(a) => out.push(a),
+                Err(e) if e.is_benign() => {}
+                // A newer edr.builtin installed from a vendor outranks the embedded one.
+                Err(OfferError::Rejected(Rejection::Rollback { .. })) => {}
+                Err(e) => tracing::error!("the built-in pack was not activated: {e}"),
+            }
+        }
+        out
+    }
+
+    /// The newest good version of `id` on disk, verified again (files under
+    /// the data dir could have been tampered with) and staged.
+    fn load_installed(&mut self, id: &str) -> Result<Activation, OfferError> {
+        let Some(entry) = self.state.get(id).cloned() else { return Err(OfferError::Io(format!("pack {id} is not installed"))) };
+        let mut candidates: Vec<Version> = entry.good.iter().filter_map(|v| Version::parse(v).ok()).collect();
+        candidates.sort();
+        let active = Version::parse(&entry.active).ok();
+        // Try the active version first, then older good ones.
+        candidates.retain(|v| Some(v) <= active.as_ref());
+        let mut last_err = OfferError::Io(format!("no good version of {id} on disk"));
+        while let Some(v) = candidates.pop() {
+            match self.activate_stored(id, &v) {
+                Ok(a) => {
+                    if Some(&v) != active.as_ref() {
+                        self.state.set_active(id, &v);
+                        self.save_state();
+                    }
+                    return Ok(a);
+                }
+                Err(e) => {
+                    tracing::error!(pack = %id, version = %v, "stored version unusable: {e}");
+                    last_err = e;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    fn stored_paths(&self, id: &str, version: &Version) -> (PathBuf, PathBuf) {
+        let root = self.root.clone().unwrap_or_default();
+        let archive = root.join(id).join(edr_pack::archive_file_name(id, version));
+        let sig = edr_pack::signature_path(&archive);
+        (archive, sig)
+    }
+
+    fn activate_stored(&mut self, id: &str, version: &Version) -> Result<Activation, OfferError> {
+        let (archive, sig) = self.stored_paths(id, version);
+        let mut policy = self.policy();
+        policy.expected_id = Some(id.to_string());
+        let pack = edr_pack::verify(&archive, &sig, &self.trust, &policy)?;
+        if &pack.manifest.version != version {
+            return Err(OfferError::Io(format!("{} holds version {}, not {version}", archive.display(), pack.manifest.version)));
+        }
+        self.stage_and_record(pack)
+    }
+
+    fn policy(&self) -> VerifyPolicy {
+        VerifyPolicy::new(agent_version())
+    }
+
+    /// Verifies, checks anti-rollback, stores, stages and records a candidate.
+    pub fn offer(&mut self, archive: &[u8], signature: &str, origin: &str) -> Result<Activation, OfferError> {
+        // First pass learns the (authenticated) id; the second applies the
+        // anti-rollback floor for that id.
+        let pack = edr_pack::verify_bytes(archive, signature, &self.trust, &self.policy())?;
+        let id = pack.manifest.id.clone();
+        if let Some(highest) = self.state.highest(&id) {
+            let mut policy = self.policy();
+            policy.expected_id = Some(id.clone());
+            policy.installed_version = Some(highest);
+            edr_pack::verify_bytes(archive, signature, &self.trust, &policy)?;
+        }
+        let version = pack.manifest.version.clone();
+        tracing::info!(pack = %id, %version, origin, signer = %pack.signer.name, "pack verified; staging");
+        if self.root.is_none() {
+            return self.stage_and_record(pack);
+        }
+        let (path, sig_path) = self.stored_paths(&id, &version);
+        write_atomically(&path, archive).map_err(|e| OfferError::Io(format!("cannot store {}: {e}", path.display())))?;
+        write_atomically(&sig_path, signature.as_bytes()).map_err(|e| OfferError::Io(format!("cannot store {}: {e}", sig_path.display())))?;
+        match self.stage_and_record(pack) {
+            Ok(a) => {
+                self.state.activated(&id, &version, self.keep);
+                for dropped in self.state.prune(&id, self.keep) {
+                    if let Ok(v) = Version::parse(&dropped) {
+                        let (a, s) = self.stored_paths(&id, &v);
+                        let _ = std::fs::remove_file(a);
+                        let _ = std::fs::remove_file(s);
+                    }
+                }
+                self.save_state();
+                Ok(a)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&sig_path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stages a verified pack and, on success, marks it active in memory.
+    fn stage_and_record(&mut self, pack: VerifiedPack) -> Result<Activation, OfferError> {
+        let id = pack.manifest.id.clone();
+        let version = pack.manifest.version.clone();
+        let pack_ref = PackRef { id: id.clone(), version: version.to_string(), signer: format!("{} ({})", pack.signer.name, pack.signer.key_id) };
+        let mut plugins = Vec::new();
+        for p in &pack.plugins {
+            let plugin = self.stage_plugin(&pack, p, &pack_ref).map_err(|reason| OfferError::Staging { pack: id.clone(), version: version.clone(), plugin: p.name.clone(), reason })?;
+            plugins.push((format!("{id}/{}", p.name), plugin));
+        }
+        let keys: Vec<String> = plugins.iter().map(|(k, _)| k.clone()).collect();
+        let removed = self.active.get(&id).map(|a| a.plugins.iter().filter(|k| !keys.contains(k)).cloned().collect()).unwrap_or_default();
+        self.active.insert(
+            id.clone(),
+            ActivePack { id: id.clone(), version: version.to_string(), signer: pack_ref.signer.clone(), publisher: pack.manifest.publisher.clone(), plugins: keys },
+        );
+        Ok(Activation { pack: pack_ref, plugins, removed })
+    }
+
+    fn stage_plugin(&self, pack: &VerifiedPack, p: &edr_pack::PackPlugin, pack_ref: &PackRef) -> Result<Plugin, String> {
+        // Settings: the pack's defaults, then the operator's overrides.
+        let mut settings: BTreeMap<String, String> = p.settings.clone();
+        settings.extend(self.cfg.plugin_settings(&p.name));
+        let mut files: Vec<edr_event::DataFile> = p.data.iter().map(|(name, content)| edr_event::DataFile { name: name.clone(), content: content.clone() }).collect();
+        // The operator's own data files for this plugin come after the pack's.
+        files.extend(plugins::data_files(&self.cfg, &p.name).map_err(|e| format!("{e:#}"))?);
+        let requested: Vec<edr_runtime::Capability> = p.capabilities.iter().filter_map(|c| edr_runtime::Capability::parse(c.as_str())).collect();
+        let allowed = self.cfg.plugin_grants(&p.name);
+        let grants = edr_runtime::Grants::only(requested.into_iter().filter(|c| allowed.allows(*c)));
+        let mut limits = plugins::limits(&self.cfg, &p.name);
+        if !self.cfg.plugins.limits.contains_key(&p.name) {
+            // The pack's requests, within the operator's ceilings.
+            if let Some(ms) = p.limits.call_deadline_ms {
+                limits.call_deadline = std::time::Duration::from_millis(ms.min(self.cfg.packs.max_call_deadline_ms));
+            }
+            if let Some(mb) = p.limits.memory_mb {
+                limits.memory_bytes = (mb as usize).min(self.cfg.packs.max_memory_mb) << 20;
+            }
+            if let Some(n) = p.limits.max_findings_per_batch {
+                limits.max_findings_per_batch = n as usize;
+            }
+        }
+        let spec = PluginSpec { name: p.name.clone(), wasm: p.wasm.clone(), config: PluginConfig { settings: settings.into_iter().collect(), files }, limits, grants, pack: Some(pack_ref.clone()) };
+        let mut plugin = self.runtime.load(spec, self.services.clone()).map_err(|e| e.to_string())?;
+        let declared = &pack.manifest.plugin(&p.name).map(|m| m.subscriptions.clone()).unwrap_or_default();
+        if let Some(extra) = plugin.info().subscriptions.iter().find(|k| !declared.contains(k)) {
+            return Err(format!("subscribes to `{extra}` at init, which its manifest does not declare (declared: {declared:?})"));
+        }
+        canary::run(&mut plugin)?;
+        Ok(plugin)
+    }
+
+    /// Rolls `id` back to its previous good version; the current version is
+    /// marked bad (it will not be activated again; only a newer one will).
+    pub fn rollback(&mut self, id: &str, reason: &str) -> Result<Activation, OfferError> {
+        let Some(entry) = self.state.get(id).cloned() else { return Err(OfferError::Io(format!("pack `{id}` is not installed"))) };
+        let current = Version::parse(&entry.active).map_err(|e| OfferError::Io(e.to_string()))?;
+        let mut older: Vec<Version> = entry.good.iter().filter_map(|v| Version::parse(v).ok()).filter(|v| *v < current).collect();
+        older.sort();
+        let mut last_err = OfferError::Io(format!("pack `{id}` has no good version older than {current} on disk to roll back to"));
+        while let Some(v) = older.pop() {
+            match self.activate_stored(id, &v) {
+                Ok(a) => {
+                    self.state.mark_bad(id, &current, reason);
+                    self.state.set_active(id, &v);
+                    self.save_state();
+                    tracing::warn!(pack = %id, from = %current, to = %v, reason, "pack rolled back");
+                    return Ok(a);
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    fn save_state(&self) {
+        let Some(root) = &self.root else { return };
+        if let Err(e) = self.state.save(&root.join("state.json")) {
+            tracing::error!("cannot save pack state: {e}");
+        }
+    }
+}
+
+/// The pinned keys: `[[trust.keys]]`, plus the built-in pack's development key
+/// unless `packs.trust_builtin_key = false`.
+pub fn trust_store(cfg: &AgentConfig) -> anyhow::Result<TrustStore> {
+    let mut trust = TrustStore::new();
+    for k in &cfg.trust.keys {
+        let key = match (&k.public_key, &k.public_key_file) {
+            (Some(b64), _) => edr_pack::PublicKey::from_base64(b64)?,
+            (None, Some(path)) => edr_pack::PublicKey::from_file(path)?,
+            (None, None) => anyhow::bail!("trust key `{}` has neither public_key nor public_key_file", k.name),
+        };
+        trust.add(k.name.clone(), key)?;
+    }
+    if cfg.packs.trust_builtin_key && cfg.plugins.builtin {
+        let key = edr_pack::PublicKey::from_minisign_text(BUILTIN_DEV_KEY, "built-in development key")?;
+        trust.add("edr-dev", key)?;
+    }
+    Ok(trust)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

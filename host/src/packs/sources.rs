@@ -1,0 +1,174 @@
+//! Where new pack versions come from: a watched drop-in directory and an
+//! update URL polled at an interval. Both only fetch bytes: trust is decided
+//! by the pack manager's verification, never by where a file came from.
+
+use crossbeam_channel::Sender;
+use edr_pack::semver::Version;
+use notify::Watcher;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A pack archive and its signature, as found.
+#[derive(Debug)]
+pub struct Candidate {
+    pub archive: Vec<u8>,
+    /// `None` when no signature came with the archive (rejected, reported).
+    pub signature: Option<String>,
+    /// Where it came from, for logs (a path or a URL).
+    pub origin: String,
+}
+
+/// Largest archive fetched (the verifier applies its own, equal, limit).
+const MAX_DOWNLOAD: u64 = edr_pack::DEFAULT_MAX_ARCHIVE_BYTES;
+
+/// How long an archive may wait for its `.minisig` before it is reported.
+const SIGNATURE_GRACE: Duration = Duration::from_secs(5);
+
+/// Watches `dir` for `*.edrpack` files (with `*.edrpack.minisig` beside
+/// them) and sends each new or changed one once its size and mtime have
+/// settled. inotify wakes it at once; a rescan every second covers file
+/// systems where notifications do not arrive.
+pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create packs drop-in directory {}: {e}", dir.display()))?;
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake_tx.try_send(());
+    })?;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), "cannot watch the packs directory ({e}); rescanning every second instead");
+    }
+    let handle = std::thread::Builder::new().name("edr-pack-dir".into()).spawn(move || {
+        let _watcher = watcher;
+        // path -> (len, mtime) last sent, and pending changes waiting to settle.
+        let mut sent: HashMap<PathBuf, (u64, SystemTime)> = HashMap::new();
+        let mut pending: HashMap<PathBuf, ((u64, SystemTime), Instant)> = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            let wait = if pending.is_empty() { Duration::from_secs(1) } else { Duration::from_millis(200) };
+            let _ = wake_rx.recv_timeout(wait);
+            for archive in list_archives(&dir) {
+                let Some(meta) = stat(&archive) else { continue };
+                if sent.get(&archive) == Some(&meta) {
+                    continue;
+                }
+                match pending.get(&archive) {
+                    // Unchanged since the last scan: the writer is done.
+                    Some((m, first_seen)) if *m == meta => {
+                        let sig_path = edr_pack::signature_path(&archive);
+                        let signature = std::fs::read_to_string(&sig_path).ok();
+                        if signature.is_none() && first_seen.elapsed() < SIGNATURE_GRACE {
+                            continue;
+                        }
+                        match std::fs::read(&archive) {
+                            Ok(bytes) => {
+                                let origin = archive.display().to_string();
+                                if tx.send(Candidate { archive: bytes, signature, origin }).is_err() {
+                                    return;
+                                }
+                                sent.insert(archive.clone(), meta);
+                            }
+                            Err(e) => tracing::warn!(path = %archive.display(), "cannot read pack: {e}"),
+                        }
+                        pending.remove(&archive);
+                    }
+                    _ => {
+                        let first = pending.get(&archive).map(|(_, t)| *t).unwrap_or_else(Instant::now);
+                        pending.insert(archive, (meta, first));
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(handle)
+}
+
+fn list_archives(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "edrpack")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn stat(p: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(p).ok()?;
+    m.is_file().then(|| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// The update server's `index.json`.
+#[derive(Debug, serde::Deserialize)]
+struct Index {
+    packs: Vec<IndexEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct IndexEntry {
+    id: String,
+    version: String,
+    /// The archive, relative to the base URL (or absolute); its signature is
+    /// the same URL with `.minisig` appended.
+    file: String,
+}
+
+/// Polls `base/index.json` every `interval` and sends every pack whose
+/// version is above what `installed(id)` reports, once per (id, version).
+/// The index only says what exists; each pack still carries its own signature.
+pub fn poll_update_url(
+    base: String,
+    interval: Duration,
+    tx: Sender<Candidate>,
+    installed: Arc<dyn Fn(&str) -> Option<Version> + Send + Sync>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let base = base.trim_end_matches('/').to_string();
+    let handle = std::thread::Builder::new().name("edr-pack-url".into()).spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+        let mut tried: HashSet<(String, String)> = HashSet::new();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(100).min(next - Instant::now()));
+                continue;
+            }
+            next = Instant::now() + interval;
+            let index: Index = match fetch(&agent, &format!("{base}/index.json"), 1 << 20).and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("index.json: {e}"))) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(url = %base, "update check failed: {e}");
+                    continue;
+                }
+            };
+            for entry in index.packs {
+                let Ok(version) = Version::parse(&entry.version) else {
+                    tracing::warn!(url = %base, pack = %entry.id, "index.json: `{}` is not a version", entry.version);
+                    continue;
+                };
+                if installed(&entry.id).is_some_and(|v| v >= version) || tried.contains(&(entry.id.clone(), entry.version.clone())) {
+                    continue;
+                }
+                let url = if entry.file.starts_with("http://") || entry.file.starts_with("https://") { entry.file.clone() } else { format!("{base}/{}", entry.file.trim_start_matches('/')) };
+                let archive = match fetch(&agent, &url, MAX_DOWNLOAD) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(%url, "pack download failed (will retry next poll): {e}");
+                        continue;
+                    }
+                };
+                let signature = fetch(&agent, &format!("{url}.minisig"), 4096).ok().and_then(|b| String::from_utf8(b).ok());
+                tried.insert((entry.id.clone(), entry.version.clone()));
+                tracing::info!(%url, pack = %entry.id, version = %entry.version, "downloaded pack update");
+                if tx.send(Candidate { archive, signature, origin: url }).is_err() {
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(handle)
+}
+
+fn fetch(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, String> {
+    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
+    resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| e.to_string())
+}

@@ -1,0 +1,152 @@
+//! What this host remembers about its packs, across restarts:
+//! `<data_dir>/packs/state.json`.
+
+use edr_pack::semver::Version;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One pack's history on this host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The version in use.
+    pub active: String,
+    /// The highest version ever activated: the anti-rollback floor.
+    pub highest: String,
+    /// Good versions kept on disk, oldest first.
+    pub good: Vec<String>,
+    /// Versions rolled back from, with why.
+    pub bad: Vec<BadVersion>,
+}
+
+/// A version that was rolled back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BadVersion {
+    pub version: String,
+    pub reason: String,
+    pub time: String,
+}
+
+/// Every pack's history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackState {
+    pub packs: BTreeMap<String, PackEntry>,
+}
+
+impl PackState {
+    /// Reads the state; a missing file is an empty state. A corrupt file is
+    /// an error: starting over would forget the anti-rollback floors.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{} is corrupt ({e}); it holds the anti-rollback versions, so the agent will not start over silently: restore it from a backup, or delete it to accept any version again", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the state durably (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(self).expect("state serializes").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Installed pack ids.
+    pub fn ids(&self) -> Vec<String> {
+        self.packs.keys().cloned().collect()
+    }
+
+    /// One pack's history.
+    pub fn get(&self, id: &str) -> Option<&PackEntry> {
+        self.packs.get(id)
+    }
+
+    /// The anti-rollback floor of a pack.
+    pub fn highest(&self, id: &str) -> Option<Version> {
+        self.packs.get(id).and_then(|e| Version::parse(&e.highest).ok())
+    }
+
+    /// Records a newly activated version.
+    pub fn activated(&mut self, id: &str, version: &Version, _keep: usize) {
+        let e = self.packs.entry(id.to_string()).or_default();
+        e.active = version.to_string();
+        let higher = Version::parse(&e.highest).map(|h| *version > h).unwrap_or(true);
+        if higher {
+            e.highest = version.to_string();
+        }
+        if !e.good.contains(&e.active) {
+            e.good.push(e.active.clone());
+        }
+    }
+
+    /// Drops the oldest good versions beyond `keep`; returns them so their
+    /// files can be deleted. The active version is never dropped.
+    pub fn prune(&mut self, id: &str, keep: usize) -> Vec<String> {
+        let Some(e) = self.packs.get_mut(id) else { return Vec::new() };
+        let mut dropped = Vec::new();
+        while e.good.len() > keep.max(1) {
+            let pos = e.good.iter().position(|v| *v != e.active).expect("more than one good version");
+            dropped.push(e.good.remove(pos));
+        }
+        dropped
+    }
+
+    /// Switches the active version (rollback).
+    pub fn set_active(&mut self, id: &str, version: &Version) {
+        if let Some(e) = self.packs.get_mut(id) {
+            e.active = version.to_string();
+        }
+    }
+
+    /// Marks a version bad: it leaves the good list.
+    pub fn mark_bad(&mut self, id: &str, version: &Version, reason: &str) {
+        if let Some(e) = self.packs.get_mut(id) {
+            let v = version.to_string();
+            e.good.retain(|g| *g != v);
+            e.bad.push(BadVersion { version: v, reason: reason.to_string(), time: edr_event::time::to_rfc3339(edr_event::time::now()) });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_pruning_and_rollback_survive_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = PackState::default();
+        for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+            s.activated("a.b", &Version::parse(v).unwrap(), 3);
+        }
+        assert_eq!(s.prune("a.b", 3), vec!["1.0.0"]);
+        s.mark_bad("a.b", &Version::parse("1.3.0").unwrap(), "quarantined");
+        s.set_active("a.b", &Version::parse("1.2.0").unwrap());
+        s.save(&path).unwrap();
+        let back = PackState::load(&path).unwrap();
+        assert_eq!(back, s);
+        let e = back.get("a.b").unwrap();
+        assert_eq!(e.active, "1.2.0");
+        assert_eq!(back.highest("a.b"), Some(Version::parse("1.3.0").unwrap()), "the floor stays at the highest ever activated");
+        assert_eq!(e.good, vec!["1.1.0", "1.2.0"]);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{ not json").unwrap();
+        let e = PackState::load(&path).unwrap_err().to_string();
+        assert!(e.contains("anti-rollback"), "{e}");
+    }
+}
