@@ -88,7 +88,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         pipeline.install(p.name().to_string(), p);
     }
     if pipeline.plugin_count() == 0 {
-        anyhow::bail!("no detection plugin is active: the built-in pack is disabled or failed, and no other pack or plugin loaded (see the errors above)");
+        tracing::warn!("no detection plugin is active yet: the built-in pack is disabled or failed and no other pack or plugin loaded; events are still recorded, and packs dropped into the packs directory or published at the update URL will be activated");
     }
     let pack_status = Arc::new(Mutex::new(PackStatus { active: manager.active(), recent: VecDeque::new() }));
 

@@ -219,14 +219,19 @@ edr_sdk::export_detector!({ty});
 fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     let manifest_path = dir.join(edr_pack::MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
-    let manifest = edr_pack::Manifest::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
     if dir.join("Cargo.toml").exists() {
+        // A template (sha256 fields still empty): read only where the plugin goes;
+        // the pack builder validates the manifest in full.
+        let template: toml::Value = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
+        let plugins = template.get("plugin").and_then(|p| p.as_array()).cloned().unwrap_or_default();
         let package = edr_wasm_build::package_name(&dir.join("Cargo.toml"))?;
-        let plugin = manifest.plugins.iter().find(|p| p.name == package || p.name == package.replace('_', "-")).or(manifest.plugins.first()).context("the manifest lists no plugin")?;
+        let name_of = |p: &toml::Value| p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+        let plugin = plugins.iter().find(|p| name_of(p) == package || name_of(p) == package.replace('_', "-")).or(plugins.first()).context("the manifest lists no [[plugin]]")?;
+        let file = plugin.get("file").and_then(|f| f.as_str()).context("the manifest's [[plugin]] has no `file`")?;
         eprintln!("edr pack build: compiling {package} for {}", edr_wasm_build::TARGET);
         let spec = edr_wasm_build::GuestBuild { manifest_path: dir.join("Cargo.toml"), packages: Vec::new(), target_dir: dir.join("target"), profile: "release".into() };
         let built = edr_wasm_build::build(&spec, &dir.join("target/edr-component"))?;
-        let dest = dir.join(&plugin.file);
+        let dest = dir.join(file);
         std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
         std::fs::copy(&built[0].component, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
     }

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the compiled plugins and events.
 #![allow(dead_code)]
 
+pub mod agent;
+
 use edr_event::ecs::event_from_json;
 use edr_event::Event;
 use edr_runtime::{Limits, MemoryServices, Plugin, PluginSpec, Runtime, RuntimeConfig};
