@@ -41,7 +41,7 @@ fn main() {
         Some(d) => root.join(d),
         None => root.join("target"),
     };
-    for dir in ["plugins", "sdk/src", "wit", "examples/hello-detector/src", "examples/hello-detector/Cargo.toml"] {
+    for dir in ["plugins", "sdk/src", "wit", "examples/hello-detector/src", "examples/hello-detector/Cargo.toml", "examples/response-pack/src", "examples/response-pack/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -51,6 +51,7 @@ fn main() {
         packages.extend(crates_in(&root.join(group)));
     }
     packages.push("hello-detector".into());
+    packages.push("edr-example-response".into());
 
     let spec = edr_wasm_build::GuestBuild {
         manifest_path: root.join("Cargo.toml"),

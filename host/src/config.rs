@@ -18,6 +18,10 @@ pub struct AgentConfig {
     pub collect: CollectSection,
     pub packs: PacksSection,
     pub trust: TrustSection,
+    /// `[respond]`: the response engine (see `edr_respond::ResponseConfig`):
+    /// management endpoints for isolation, protected names, per-pack grants
+    /// (`[respond.packs."<pack id>"] actions = [...], mode = "simulate"|"enforce"`).
+    pub respond: toml::Table,
 }
 
 impl Default for AgentConfig {
@@ -30,6 +34,7 @@ impl Default for AgentConfig {
             collect: CollectSection::default(),
             packs: PacksSection::default(),
             trust: TrustSection::default(),
+            respond: toml::Table::new(),
         }
     }
 }
@@ -315,6 +320,9 @@ impl AgentConfig {
         if let Err(e) = self.collect.collect_config(&self.data_dir) {
             return bad("collect", e);
         }
+        if let Err(e) = self.respond_config() {
+            return bad("respond", e);
+        }
         if self.packs.keep_versions == 0 {
             return bad("packs.keep_versions", "must be at least 1".into());
         }
@@ -354,6 +362,17 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The response engine's configuration: `[respond]`, with the quarantine
+    /// and evidence stores and the block list under `data_dir` by default.
+    pub fn respond_config(&self) -> Result<edr_respond::ResponseConfig, String> {
+        let mut t = self.respond.clone();
+        let under = |name: &str| toml::Value::String(self.data_dir.join(name).to_string_lossy().into_owned());
+        t.entry("quarantine_dir").or_insert_with(|| under("quarantine"));
+        t.entry("evidence_dir").or_insert_with(|| under("evidence"));
+        t.entry("blocklist_file").or_insert_with(|| under("blocklist.json"));
+        edr_respond::ResponseConfig::deserialize(toml::Value::Table(t)).map_err(|e| e.to_string())
+    }
+
     /// `path` resolved against `data_dir` when relative; `None` when empty.
     pub fn data_path(&self, path: &Path) -> Option<PathBuf> {
         if path.as_os_str().is_empty() {
@@ -371,6 +390,12 @@ impl AgentConfig {
             Some(caps) => edr_runtime::Grants::only(caps.iter().filter_map(|c| edr_runtime::Capability::parse(c))),
             None => edr_runtime::Grants::detection_default(),
         }
+    }
+
+    /// Whether `[respond.packs."<pack>"]` grants the pack any response action
+    /// (which grants its plugins the `respond` capability).
+    pub fn respond_grants_pack(&self, pack: &str) -> bool {
+        self.respond_config().map(|rc| rc.packs.get(pack).is_some_and(|g| !g.actions.is_empty())).unwrap_or(false)
     }
 
     /// The settings for one plugin as the contract's key/value strings.

@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The socket's path under a data dir.
@@ -30,8 +31,10 @@ pub enum Request {
     Rollback { pack: String },
     /// Lift a plugin's quarantine (`pack-id/plugin` or plugin name).
     Reenable { plugin: String },
-    /// A response action (see `edr respond`).
+    /// A response action (see `edr respond`): an `edr_respond::ResponseAction`.
     Respond { action: serde_json::Value, reason: String },
+    /// Quarantined files, evidence, execution blocks and isolation state.
+    RespondList,
 }
 
 /// The reply: `ok` and either a result or an error message.
@@ -60,9 +63,11 @@ pub struct Incoming {
     pub reply: Sender<Reply>,
 }
 
-/// Serves the socket; each request is handed to `handler` (a channel to the
-/// thread that owns the agent's state).
-pub fn serve(data_dir: &Path, handler: Sender<Incoming>) -> anyhow::Result<()> {
+/// Serves the socket. Response requests go straight to `responder` (it is
+/// thread-safe, and an action such as isolation must not stall the event
+/// loop); every other request is handed to `handler`, the thread that owns
+/// the pipeline.
+pub fn serve(data_dir: &Path, handler: Sender<Incoming>, responder: Option<Arc<edr_respond::Responder>>) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
     if path.exists() {
         // A live agent answers; a stale socket from a crash does not.
@@ -78,9 +83,10 @@ pub fn serve(data_dir: &Path, handler: Sender<Incoming>) -> anyhow::Result<()> {
         for conn in listener.incoming() {
             let Ok(stream) = conn else { continue };
             let handler = handler.clone();
+            let responder = responder.clone();
             // One short-lived thread per connection: requests are rare.
             let _ = std::thread::Builder::new().name("edr-control-conn".into()).spawn(move || {
-                if let Err(e) = handle(stream, own_uid, &handler) {
+                if let Err(e) = handle(stream, own_uid, &handler, responder.as_deref()) {
                     tracing::debug!("control connection: {e}");
                 }
             });
@@ -100,7 +106,7 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid)
 }
 
-fn handle(stream: UnixStream, own_uid: u32, handler: &Sender<Incoming>) -> anyhow::Result<()> {
+fn handle(stream: UnixStream, own_uid: u32, handler: &Sender<Incoming>, responder: Option<&edr_respond::Responder>) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let uid = peer_uid(&stream)?;
     let mut writer = stream.try_clone()?;
@@ -111,6 +117,25 @@ fn handle(stream: UnixStream, own_uid: u32, handler: &Sender<Incoming>) -> anyho
         let mut line = String::new();
         BufReader::new(stream).take(1 << 20).read_line(&mut line)?;
         match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Respond { action, reason }) => match (responder, serde_json::from_value::<edr_respond::ResponseAction>(action)) {
+                (None, _) => Reply::err("the response engine is not running in this agent (see the agent's log for why)"),
+                (_, Err(e)) => Reply::err(format!("bad action: {e}")),
+                (Some(r), Ok(action)) => {
+                    tracing::info!(uid, ?action, %reason, "operator response request");
+                    let record = r.request(edr_respond::Requester::Operator { uid }, action, &reason);
+                    Reply { ok: record.decision != edr_event::Decision::Refused, result: serde_json::to_value(&record).ok(), error: record.refusal.clone() }
+                }
+            },
+            Ok(Request::RespondList) => match responder {
+                None => Reply::err("the response engine is not running in this agent"),
+                Some(r) => Reply::ok(serde_json::json!({
+                    "isolation": r.isolation_state(),
+                    "quarantined": r.quarantined(),
+                    "evidence": r.evidence(),
+                    "blocks": r.blocks(),
+                    "block_stats": r.block_stats(),
+                })),
+            },
             Ok(request) => {
                 let (tx, rx) = bounded(1);
                 handler.send(Incoming { request, uid, reply: tx }).map_err(|_| anyhow::anyhow!("the agent is shutting down"))?;

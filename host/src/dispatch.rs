@@ -158,11 +158,6 @@ impl Dispatcher {
         self.workers.get(key).is_some_and(|w| w.tx.send(Msg::Reenable).is_ok())
     }
 
-    /// The installed plugin keys.
-    pub fn keys(&self) -> Vec<String> {
-        self.workers.keys().cloned().collect()
-    }
-
     /// Number of plugins.
     pub fn len(&self) -> usize {
         self.workers.len()

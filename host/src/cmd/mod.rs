@@ -4,6 +4,7 @@ pub mod agent;
 pub mod pack;
 pub mod plugin;
 pub mod replay;
+pub mod respond;
 pub mod sigma;
 pub mod status;
 

@@ -75,6 +75,10 @@ pub struct Activation {
     pub pack: PackRef,
     /// `(key, plugin)`: key is `pack-id/plugin-name`.
     pub plugins: Vec<(String, Plugin)>,
+    /// Response actions each plugin's manifest declares: `(plugin name, actions)`.
+    pub declared_actions: Vec<(String, Vec<String>)>,
+    /// Every active pack once this activation is applied (for status).
+    pub active_after: Vec<ActivePack>,
     /// Keys of plugins the previous version had and this one does not.
     pub removed: Vec<String>,
 }
@@ -259,7 +263,8 @@ impl PackManager {
             id.clone(),
             ActivePack { id: id.clone(), version: version.to_string(), signer: pack_ref.signer.clone(), publisher: pack.manifest.publisher.clone(), plugins: keys },
         );
-        Ok(Activation { pack: pack_ref, plugins, removed })
+        let declared_actions = pack.plugins.iter().map(|p| (p.name.clone(), p.actions.iter().map(|a| a.as_str().to_string()).collect())).collect();
+        Ok(Activation { pack: pack_ref, plugins, removed, declared_actions, active_after: self.active() })
     }
 
     fn stage_plugin(&self, pack: &VerifiedPack, p: &edr_pack::PackPlugin, pack_ref: &PackRef) -> Result<Plugin, String> {
@@ -271,7 +276,8 @@ impl PackManager {
         files.extend(plugins::data_files(&self.cfg, &p.name).map_err(|e| format!("{e:#}"))?);
         let requested: Vec<edr_runtime::Capability> = p.capabilities.iter().filter_map(|c| edr_runtime::Capability::parse(c.as_str())).collect();
         let allowed = self.cfg.plugin_grants(&p.name);
-        let grants = edr_runtime::Grants::only(requested.into_iter().filter(|c| allowed.allows(*c)));
+        let respond_granted = self.cfg.respond_grants_pack(&pack.manifest.id);
+        let grants = edr_runtime::Grants::only(requested.into_iter().filter(|c| allowed.allows(*c) || (*c == edr_runtime::Capability::Respond && respond_granted)));
         let mut limits = plugins::limits(&self.cfg, &p.name);
         if !self.cfg.plugins.limits.contains_key(&p.name) {
             // The pack's requests, within the operator's ceilings.

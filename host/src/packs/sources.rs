@@ -34,8 +34,16 @@ const SIGNATURE_GRACE: Duration = Duration::from_secs(5);
 pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create packs drop-in directory {}: {e}", dir.display()))?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wake_tx.try_send(());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes wake the scanner. Reading the directory (the scan
+        // itself) raises access events: waking on those would spin.
+        let relevant = match res {
+            Ok(e) => matches!(e.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_) | notify::EventKind::Any),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = wake_tx.try_send(());
+        }
     })?;
     if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
         tracing::warn!(dir = %dir.display(), "cannot watch the packs directory ({e}); rescanning every second instead");

@@ -89,9 +89,11 @@ impl Agent {
         panic!("timed out after {limit:?} waiting for {what}\n--- agent log ---\n{}", self.log());
     }
 
-    /// Closes stdin (the source ends) and waits for a clean exit.
+    /// Closes stdin and sends SIGTERM (a live agent runs until told to
+    /// stop), then waits for a clean exit.
     pub fn stop(mut self) {
         drop(self.stdin.take());
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "agent exited with {status}\n{}", self.log());
     }
@@ -131,12 +133,18 @@ impl Publisher {
     /// Builds and signs pack `id` `version` with one plugin `name` whose
     /// component is the build script's `package`; returns the archive path.
     pub fn pack(&self, id: &str, version: &str, name: &str, package: &str, subscriptions: &str, capabilities: &str) -> PathBuf {
+        self.pack_with_actions(id, version, name, package, subscriptions, capabilities, "[]")
+    }
+
+    /// Like [`Publisher::pack`], with the response actions the plugin declares.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_with_actions(&self, id: &str, version: &str, name: &str, package: &str, subscriptions: &str, capabilities: &str, actions: &str) -> PathBuf {
         let src = self.dir.join(format!("src-{id}-{version}"));
         std::fs::create_dir_all(src.join("plugins")).unwrap();
         std::fs::copy(super::plugin_path(package), src.join(format!("plugins/{name}.wasm"))).unwrap();
         std::fs::write(
             src.join("pack.toml"),
-            format!("id = {id:?}\nversion = {version:?}\nmin_agent_version = \"0.1.0\"\ncontract = \"0.1\"\npublisher = \"Test Publisher\"\n\n[[plugin]]\nname = {name:?}\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = {subscriptions}\ncapabilities = {capabilities}\n"),
+            format!("id = {id:?}\nversion = {version:?}\nmin_agent_version = \"0.1.0\"\ncontract = \"0.1\"\npublisher = \"Test Publisher\"\n\n[[plugin]]\nname = {name:?}\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = {subscriptions}\ncapabilities = {capabilities}\nactions = {actions}\n"),
         )
         .unwrap();
         let built = edr_pack::build(&src, &self.dir.join("dist")).unwrap();

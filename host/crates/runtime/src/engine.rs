@@ -29,7 +29,8 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { epoch_tick: Duration::from_millis(5), max_instances: 128, max_memory_bytes: 1 << 30, cache_dir: None }
+        // 10 ms ticks: deadlines land within 10 ms, at 100 wakeups a second.
+        Self { epoch_tick: Duration::from_millis(10), max_instances: 128, max_memory_bytes: 1 << 30, cache_dir: None }
     }
 }
 

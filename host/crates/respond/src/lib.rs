@@ -1,0 +1,745 @@
+//! `edr-respond`: the response engine of the edr agent.
+//!
+//! It carries out response actions, each with its undo, under a policy, and
+//! audits every request:
+//!
+//! | action | undo | module |
+//! |---|---|---|
+//! | kill a process (optionally its tree; pid-reuse check) | none | [`process`] |
+//! | suspend a process (SIGSTOP) | resume (SIGCONT) | [`process`] |
+//! | quarantine a file | restore (byte-exact, owner, mode, times) | [`quarantine`] |
+//! | delete a file (sha256 and metadata recorded first) | none | [`delete`] |
+//! | isolate the host (nftables table `inet edr_isolation`) | release | [`isolate`] |
+//! | block execution by path or sha256 (fanotify) | unblock | [`block`] |
+//! | fetch a file into the evidence store | none needed | [`fetch`] |
+//!
+//! # Policy
+//!
+//! See [`policy`]: the operator may do everything (in
+//! [`ResponseConfig::operator_mode`]); a pack only what its [`PackGrant`]
+//! lists, in the grant's mode ([`Mode::Simulate`] records what would happen
+//! and changes nothing). Undo actions are operator-only. Protected processes
+//! (pid 1, the agent and its ancestors, kernel threads, configured names) are
+//! never killed or suspended, whoever asks; critical executables are never
+//! blocked, quarantined or deleted.
+//!
+//! # Threads
+//!
+//! * [`Responder::request`] decides and carries out the action on the
+//!   caller's thread and returns the audit record (the operator API).
+//! * [`Responder::submit`] decides on the caller's thread (policy and cheap
+//!   safety checks: a grant lookup and a read of `/proc/<pid>/stat`) and
+//!   returns the [`Decision`] at once; the action runs on the worker thread
+//!   `edr-respond` (one, so actions run in request order), which emits the
+//!   audit record when done. This is what the plugin `respond` import
+//!   should call: a kill waits up to 2 s for the process to die and a
+//!   quarantine hashes the file, which must not count against a plugin's
+//!   deadline. The worker re-checks everything when it runs, so the audit
+//!   record can say `refused` although `submit` said `enforced` (e.g. the
+//!   pid was reused in between).
+//! * Exec blocking runs its own threads while at least one block exists
+//!   (see [`block`]); they stop when the last block is removed and when the
+//!   [`Responder`] is dropped.
+//!
+//! # Where state lives
+//!
+//! * Quarantine: `quarantine_dir` (blobs + JSON sidecars), survives restarts.
+//! * Evidence: `evidence_dir`, likewise.
+//! * Isolation: in the kernel (the nftables table); read back, never cached.
+//!   It survives an agent restart (and a crash): the host stays isolated
+//!   until released.
+//! * Blocks: in memory, and in `blocklist_file` when set (reloaded and
+//!   re-enforced by [`Responder::new`]).
+//! * Audit records: handed to the sinks ([`Responder::audit_sink`]) and
+//!   logged through `tracing`; this crate keeps none.
+
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod block;
+pub mod delete;
+mod error;
+pub mod fetch;
+mod fsutil;
+pub mod isolate;
+pub mod policy;
+pub mod process;
+pub mod quarantine;
+
+pub use audit::{AuditRecord, Outcome};
+pub use block::{BlockEntry, BlockSettings, BlockStats, BlockTarget};
+pub use edr_event::Decision;
+pub use error::RespondError;
+pub use fetch::EvidenceEntry;
+pub use fsutil::FileMeta;
+pub use isolate::{Endpoint, IsolationState};
+pub use policy::{ActionKind, Mode, PackGrant, Requester};
+pub use process::ProcessIdentity;
+pub use quarantine::QuarantineEntry;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Key/value facts about what was done (or would be done), kept in the audit record.
+pub type Detail = BTreeMap<String, String>;
+
+/// Names protected by default: killing or stopping them would lock the
+/// operator out or blind the host.
+pub const DEFAULT_PROTECTED_NAMES: &[&str] =
+    &["sshd", "systemd", "systemd-journald", "systemd-logind", "systemd-udevd", "dbus-daemon", "dbus-broker", "auditd"];
+
+fn default_true() -> bool {
+    true
+}
+fn default_operator_mode() -> Mode {
+    Mode::Enforce
+}
+fn default_fetch_max() -> u64 {
+    1 << 30
+}
+fn default_queue() -> usize {
+    256
+}
+fn default_protected_names() -> Vec<String> {
+    DEFAULT_PROTECTED_NAMES.iter().map(|s| s.to_string()).collect()
+}
+
+/// Configuration of the response engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// The quarantine store (created 0700, root-owned).
+    pub quarantine_dir: PathBuf,
+    /// The evidence store for fetched files (created 0700, root-owned).
+    pub evidence_dir: PathBuf,
+    /// Endpoints that stay reachable while isolated (the console, its relays).
+    /// Isolation is refused while this is empty.
+    #[serde(default)]
+    pub management: Vec<Endpoint>,
+    /// DNS resolvers allowed while isolated (when `allow_dns`); empty means
+    /// the non-loopback nameservers of `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
+    /// Let DNS (TCP/UDP 53) to the resolvers through while isolated.
+    #[serde(default)]
+    pub allow_dns: bool,
+    /// Let DHCP (v4 and v6) through while isolated so the lease is renewed (default true).
+    #[serde(default = "default_true")]
+    pub allow_dhcp: bool,
+    /// Process names never killed or suspended (matched against `comm` and
+    /// the executable's file name). The agent's own name is always added.
+    #[serde(default = "default_protected_names")]
+    pub protected_names: Vec<String>,
+    /// Grants per pack id.
+    #[serde(default)]
+    pub packs: BTreeMap<String, PackGrant>,
+    /// Mode of operator requests (default enforce).
+    #[serde(default = "default_operator_mode")]
+    pub operator_mode: Mode,
+    /// Network namespace to isolate (a path such as `/run/netns/NAME`);
+    /// `None` isolates the agent's own namespace, i.e. the host.
+    #[serde(default)]
+    pub isolation_netns: Option<PathBuf>,
+    /// Where active execution blocks are saved, so they survive a restart.
+    #[serde(default)]
+    pub blocklist_file: Option<PathBuf>,
+    /// Largest file `fetch` copies (default 1 GiB).
+    #[serde(default = "default_fetch_max")]
+    pub fetch_max_bytes: u64,
+    /// Tuning of exec blocking.
+    #[serde(default)]
+    pub block: BlockSettings,
+    /// Requests `submit` may queue before refusing more (default 256).
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl ResponseConfig {
+    /// A configuration with the two store directories and every other
+    /// setting at its default (no management endpoints, no pack grants,
+    /// operator enforce, the default protected names).
+    pub fn new(quarantine_dir: impl Into<PathBuf>, evidence_dir: impl Into<PathBuf>) -> ResponseConfig {
+        ResponseConfig {
+            quarantine_dir: quarantine_dir.into(),
+            evidence_dir: evidence_dir.into(),
+            management: Vec::new(),
+            dns_servers: Vec::new(),
+            allow_dns: false,
+            allow_dhcp: true,
+            protected_names: default_protected_names(),
+            packs: BTreeMap::new(),
+            operator_mode: Mode::Enforce,
+            isolation_netns: None,
+            blocklist_file: None,
+            fetch_max_bytes: default_fetch_max(),
+            block: BlockSettings::default(),
+            queue_capacity: default_queue(),
+        }
+    }
+}
+
+/// A response action, as requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", content = "target", rename_all = "kebab-case")]
+pub enum ResponseAction {
+    /// SIGKILL a process, or its whole tree (leaves first). With `expect`,
+    /// refused when the pid now belongs to another process.
+    Kill {
+        /// The process.
+        pid: u32,
+        /// Kill its descendants too.
+        tree: bool,
+        /// The process the request means (start time or entity id).
+        #[serde(default)]
+        expect: Option<ProcessIdentity>,
+    },
+    /// SIGSTOP a process.
+    Suspend(u32),
+    /// SIGCONT a process.
+    Resume(u32),
+    /// Move a file into the quarantine store.
+    Quarantine(PathBuf),
+    /// Put a quarantined file back; `force` replaces whatever is at the path now.
+    Restore {
+        /// The quarantine id.
+        id: String,
+        /// Replace an existing file at the original path.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Delete a file (its sha256 and metadata go into the audit record).
+    Delete(PathBuf),
+    /// Isolate the host.
+    Isolate,
+    /// Release the host from isolation.
+    Release,
+    /// Block execution.
+    BlockExec(BlockTarget),
+    /// Remove an execution block.
+    Unblock(BlockTarget),
+    /// Copy a file into the evidence store.
+    Fetch(PathBuf),
+}
+
+impl ResponseAction {
+    /// The policy kind of this action.
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            ResponseAction::Kill { .. } => ActionKind::KillProcess,
+            ResponseAction::Suspend(_) => ActionKind::SuspendProcess,
+            ResponseAction::Resume(_) => ActionKind::ResumeProcess,
+            ResponseAction::Quarantine(_) => ActionKind::QuarantineFile,
+            ResponseAction::Restore { .. } => ActionKind::RestoreFile,
+            ResponseAction::Delete(_) => ActionKind::DeleteFile,
+            ResponseAction::Isolate => ActionKind::IsolateHost,
+            ResponseAction::Release => ActionKind::ReleaseHost,
+            ResponseAction::BlockExec(_) => ActionKind::BlockExec,
+            ResponseAction::Unblock(_) => ActionKind::UnblockExec,
+            ResponseAction::Fetch(_) => ActionKind::FetchFile,
+        }
+    }
+
+    /// The target in words, for the audit record.
+    pub fn target(&self) -> String {
+        match self {
+            ResponseAction::Kill { pid, tree: true, .. } => format!("pid {pid} and its descendants"),
+            ResponseAction::Kill { pid, .. } | ResponseAction::Suspend(pid) | ResponseAction::Resume(pid) => format!("pid {pid}"),
+            ResponseAction::Quarantine(p) | ResponseAction::Delete(p) | ResponseAction::Fetch(p) => p.display().to_string(),
+            ResponseAction::Restore { id, .. } => format!("quarantine entry {id}"),
+            ResponseAction::Isolate | ResponseAction::Release => "host".to_string(),
+            ResponseAction::BlockExec(t) | ResponseAction::Unblock(t) => t.to_string(),
+        }
+    }
+}
+
+/// What plugins can request (the contract's `action`). Undo actions other
+/// than resume are not in the contract: they are operator-only.
+impl From<edr_event::Action> for ResponseAction {
+    fn from(a: edr_event::Action) -> ResponseAction {
+        use edr_event::Action as A;
+        match a {
+            A::KillProcess(k) => ResponseAction::Kill {
+                pid: k.pid,
+                tree: k.tree,
+                // Entity id 0 means "unknown" in the event model.
+                expect: k.entity_id.filter(|e| *e != 0).map(ProcessIdentity::EntityId),
+            },
+            A::SuspendProcess(pid) => ResponseAction::Suspend(pid),
+            A::ResumeProcess(pid) => ResponseAction::Resume(pid),
+            A::QuarantineFile(p) => ResponseAction::Quarantine(PathBuf::from(p)),
+            A::DeleteFile(p) => ResponseAction::Delete(PathBuf::from(p)),
+            A::FetchFile(p) => ResponseAction::Fetch(PathBuf::from(p)),
+            A::BlockExec(t) => ResponseAction::BlockExec(BlockTarget::parse(&t)),
+            A::IsolateHost => ResponseAction::Isolate,
+        }
+    }
+}
+
+/// The outcome of the policy and the action, before it becomes a record.
+enum Verdict {
+    Refused(RespondError),
+    Simulated(Result<Detail, RespondError>),
+    Enforced(Result<Detail, RespondError>),
+}
+
+struct Inner {
+    cfg: ResponseConfig,
+    protection: process::Protection,
+    quarantine: quarantine::QuarantineStore,
+    evidence: fetch::EvidenceStore,
+    isolator: isolate::Isolator,
+    blocker: block::Blocker,
+    audit: audit::AuditLog,
+    shutting_down: AtomicBool,
+    queued: AtomicUsize,
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into())
+}
+
+impl Inner {
+    /// Decides, runs (or simulates) and audits one request.
+    fn handle(&self, who: &Requester, action: &ResponseAction, reason: &str) -> AuditRecord {
+        let time = edr_event::time::now();
+        let verdict = catch_unwind(AssertUnwindSafe(|| self.run(who, action, reason)))
+            .unwrap_or_else(|p| Verdict::Enforced(Err(RespondError::Panicked(panic_message(p)))));
+        let rec = self.record(time, who, action, reason, verdict);
+        self.audit.emit(&rec);
+        rec
+    }
+
+    fn record(&self, time: u64, who: &Requester, action: &ResponseAction, reason: &str, verdict: Verdict) -> AuditRecord {
+        let (decision, outcome, refusal, detail) = match verdict {
+            Verdict::Refused(e) => (Decision::Refused, Outcome::NotRun, Some(e.to_string()), Detail::new()),
+            Verdict::Simulated(Ok(d)) => (Decision::Simulated, Outcome::NotRun, None, d),
+            Verdict::Simulated(Err(e)) => (Decision::Simulated, Outcome::Error(format!("would fail: {e}")), None, Detail::new()),
+            Verdict::Enforced(Ok(d)) => (Decision::Enforced, Outcome::Ok, None, d),
+            Verdict::Enforced(Err(e)) => (Decision::Enforced, Outcome::Error(e.to_string()), None, Detail::new()),
+        };
+        AuditRecord {
+            id: fsutil::random_hex(16),
+            time,
+            finished: edr_event::time::now(),
+            requester: who.clone(),
+            action: action.kind(),
+            target: action.target(),
+            request: action.clone(),
+            decision,
+            outcome,
+            reason: reason.to_string(),
+            refusal,
+            detail,
+        }
+    }
+
+    fn run(&self, who: &Requester, action: &ResponseAction, reason: &str) -> Verdict {
+        let mode = match self.decide(who, action) {
+            Ok(m) => m,
+            Err(e) => return Verdict::Refused(e),
+        };
+        match mode {
+            Mode::Simulate => match self.simulate(action) {
+                Err(e) if e.is_refusal() => Verdict::Refused(e),
+                r => Verdict::Simulated(r),
+            },
+            Mode::Enforce => match self.enforce(who, action, reason) {
+                Err(e) if e.is_refusal() => Verdict::Refused(e),
+                r => Verdict::Enforced(r),
+            },
+        }
+    }
+
+    /// Policy, then the cheap safety checks of the target. Only refusals
+    /// come out of here; other failures are left for the action to report.
+    fn decide(&self, who: &Requester, action: &ResponseAction) -> Result<Mode, RespondError> {
+        let mode = policy::decide(&self.cfg.packs, self.cfg.operator_mode, who, action.kind())?;
+        let check = match action {
+            ResponseAction::Kill { pid, expect, .. } => process::check(*pid, *expect, &self.protection),
+            ResponseAction::Suspend(pid) => process::check(*pid, None, &self.protection),
+            ResponseAction::Quarantine(p) | ResponseAction::Delete(p) => self.check_file_target(p),
+            ResponseAction::Fetch(p) => self.check_store_paths(p),
+            ResponseAction::Isolate if self.cfg.management.is_empty() => Err(RespondError::Config(
+                "no management endpoints are configured; isolating would cut the agent off from its console, so it is refused".into(),
+            )),
+            ResponseAction::BlockExec(t) => self.blocker.check(t, &self.protected_executables()).map(|_| ()),
+            _ => Ok(()),
+        };
+        match check {
+            Err(e) if e.is_refusal() => Err(e),
+            _ => Ok(mode),
+        }
+    }
+
+    fn protected_executables(&self) -> Vec<(PathBuf, String)> {
+        let mut v = block::critical_executables();
+        v.extend(process::protected_executables(&self.protection));
+        v
+    }
+
+    /// Refuses paths inside the agent's own stores.
+    fn check_store_paths(&self, path: &Path) -> Result<(), RespondError> {
+        fsutil::check_absolute(path)?;
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        for (dir, what) in [(&self.cfg.quarantine_dir, "the quarantine store"), (&self.cfg.evidence_dir, "the evidence store")] {
+            let d = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            if canon.starts_with(&d) || path.starts_with(dir) {
+                return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why: format!("inside {what}") });
+            }
+        }
+        if let Some(b) = &self.cfg.blocklist_file {
+            if canon == *b || path == b {
+                return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why: "the agent's block list".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses files that quarantine or delete must not touch: kernel
+    /// pseudo-filesystems, the agent's stores, and critical or protected executables.
+    fn check_file_target(&self, path: &Path) -> Result<(), RespondError> {
+        self.check_store_paths(path)?;
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let pseudo = canon.starts_with("/proc") || canon.starts_with("/sys") || (canon.starts_with("/dev") && !canon.starts_with("/dev/shm"));
+        if pseudo {
+            return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why: "on a kernel pseudo-filesystem".into() });
+        }
+        for (p, why) in self.protected_executables() {
+            let pc = std::fs::canonicalize(&p).unwrap_or(p);
+            if pc == canon {
+                return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why });
+            }
+        }
+        Ok(())
+    }
+
+    fn isolation_spec(&self) -> isolate::IsolationSpec {
+        let dns = if !self.cfg.allow_dns {
+            Vec::new()
+        } else if self.cfg.dns_servers.is_empty() {
+            isolate::system_resolvers()
+        } else {
+            self.cfg.dns_servers.clone()
+        };
+        isolate::IsolationSpec { management: self.cfg.management.clone(), dns, allow_dhcp: self.cfg.allow_dhcp }
+    }
+
+    /// What the action would do, changing nothing.
+    fn simulate(&self, action: &ResponseAction) -> Result<Detail, RespondError> {
+        match action {
+            ResponseAction::Kill { pid, tree, expect } => process::plan_kill(*pid, *tree, *expect, &self.protection),
+            ResponseAction::Suspend(pid) => process::plan_suspend(*pid, &self.protection),
+            ResponseAction::Resume(pid) => process::plan_resume(*pid),
+            ResponseAction::Quarantine(p) => {
+                self.check_file_target(p)?;
+                self.quarantine.preview(p)
+            }
+            ResponseAction::Restore { id, force } => self.quarantine.plan_restore(id, *force),
+            ResponseAction::Delete(p) => {
+                self.check_file_target(p)?;
+                delete::plan_delete(p)
+            }
+            ResponseAction::Isolate => self.isolator.plan(&self.isolation_spec()),
+            ResponseAction::Release => {
+                let st = self.isolator.read_state()?;
+                Ok(Detail::from([("would_release".into(), st.isolated.to_string())]))
+            }
+            ResponseAction::BlockExec(t) => {
+                let t = self.blocker.check(t, &self.protected_executables())?;
+                Ok(Detail::from([("would_block".into(), t.to_string())]))
+            }
+            ResponseAction::Unblock(t) => self.blocker.plan_unblock(t),
+            ResponseAction::Fetch(p) => {
+                self.check_store_paths(p)?;
+                self.evidence.preview(p)
+            }
+        }
+    }
+
+    /// Carries the action out.
+    fn enforce(&self, who: &Requester, action: &ResponseAction, reason: &str) -> Result<Detail, RespondError> {
+        let by = who.to_string();
+        match action {
+            ResponseAction::Kill { pid, tree, expect } => process::kill(*pid, *tree, *expect, &self.protection),
+            ResponseAction::Suspend(pid) => process::suspend(*pid, &self.protection),
+            ResponseAction::Resume(pid) => process::resume(*pid),
+            ResponseAction::Quarantine(p) => {
+                self.check_file_target(p)?;
+                let e = self.quarantine.quarantine(p, reason, &by)?;
+                Ok(Detail::from([
+                    ("quarantine_id".into(), e.id),
+                    ("sha256".into(), e.sha256),
+                    ("size".into(), e.size.to_string()),
+                    ("owner".into(), format!("{}:{}", e.meta.uid, e.meta.gid)),
+                    ("mode".into(), format!("{:04o}", e.meta.mode)),
+                    ("stored_path".into(), e.stored_path.display().to_string()),
+                    ("copied_across_filesystems".into(), e.copied_across_filesystems.to_string()),
+                ]))
+            }
+            ResponseAction::Restore { id, force } => {
+                let e = self.quarantine.restore(id, *force)?;
+                Ok(Detail::from([("path".into(), e.original_path.display().to_string()), ("sha256".into(), e.sha256)]))
+            }
+            ResponseAction::Delete(p) => {
+                self.check_file_target(p)?;
+                delete::delete(p)
+            }
+            ResponseAction::Isolate => {
+                let spec = self.isolation_spec();
+                let (_, d) = self.isolator.isolate(&spec)?;
+                Ok(d)
+            }
+            ResponseAction::Release => {
+                let was = self.isolator.release()?;
+                Ok(Detail::from([("was_isolated".into(), was.to_string())]))
+            }
+            ResponseAction::BlockExec(t) => self.blocker.block(t, reason, &by, &self.protected_executables()),
+            ResponseAction::Unblock(t) => self.blocker.unblock(t),
+            ResponseAction::Fetch(p) => {
+                self.check_store_paths(p)?;
+                let e = self.evidence.fetch(p, reason, &by)?;
+                Ok(Detail::from([
+                    ("evidence_id".into(), e.id),
+                    ("sha256".into(), e.sha256),
+                    ("size".into(), e.size.to_string()),
+                    ("stored_path".into(), e.stored_path.display().to_string()),
+                ]))
+            }
+        }
+    }
+}
+
+/// A request waiting for the worker.
+struct Job {
+    who: Requester,
+    action: ResponseAction,
+    reason: String,
+}
+
+/// The response engine. Thread-safe (`Send + Sync`): share it in an `Arc`.
+pub struct Responder {
+    inner: Arc<Inner>,
+    queue: Option<Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    /// Checks the configuration, creates the stores, reloads persisted
+    /// blocks and starts the worker thread.
+    pub fn new(cfg: ResponseConfig) -> Result<Responder, RespondError> {
+        policy::validate(&cfg.packs)?;
+        if cfg.quarantine_dir == cfg.evidence_dir {
+            return Err(RespondError::Config("quarantine_dir and evidence_dir must differ".into()));
+        }
+        if cfg.queue_capacity == 0 {
+            return Err(RespondError::Config("queue_capacity must be at least 1".into()));
+        }
+        if let Some(ns) = &cfg.isolation_netns {
+            std::fs::metadata(ns).map_err(|e| RespondError::io("isolation_netns: cannot find the network namespace", ns, e))?;
+        }
+        let quarantine = quarantine::QuarantineStore::open(&cfg.quarantine_dir)?;
+        let evidence = fetch::EvidenceStore::open(&cfg.evidence_dir, cfg.fetch_max_bytes)?;
+        let blocker = block::Blocker::new(cfg.block.clone(), cfg.blocklist_file.clone())?;
+        let inner = Arc::new(Inner {
+            protection: process::Protection::new(&cfg.protected_names),
+            isolator: isolate::Isolator::new(cfg.isolation_netns.clone()),
+            quarantine,
+            evidence,
+            blocker,
+            audit: audit::AuditLog::default(),
+            shutting_down: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            cfg,
+        });
+        let (tx, rx) = bounded::<Job>(inner.cfg.queue_capacity);
+        let w = inner.clone();
+        let worker = std::thread::Builder::new()
+            .name("edr-respond".into())
+            .spawn(move || {
+                for job in rx.iter() {
+                    if w.shutting_down.load(Ordering::Relaxed) {
+                        let rec = w.record(edr_event::time::now(), &job.who, &job.action, &job.reason, Verdict::Refused(RespondError::ShuttingDown));
+                        w.audit.emit(&rec);
+                    } else {
+                        w.handle(&job.who, &job.action, &job.reason);
+                    }
+                    w.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .map_err(|e| RespondError::Sys { what: "cannot start the response worker thread".into(), source: e })?;
+        Ok(Responder { inner, queue: Some(tx), worker: Some(worker) })
+    }
+
+    /// Decides, carries out (or simulates) and audits an action on the
+    /// calling thread. Never panics: failures are in the record's outcome.
+    pub fn request(&self, who: Requester, action: ResponseAction, reason: &str) -> AuditRecord {
+        self.inner.handle(&who, &action, reason)
+    }
+
+    /// Decides now and carries the action out on the worker thread (the
+    /// path for plugins). Refusals are audited at once; the record of an
+    /// accepted request is emitted when the worker has run it.
+    pub fn submit(&self, who: Requester, action: ResponseAction, reason: &str) -> Decision {
+        let time = edr_event::time::now();
+        let refuse = |e: RespondError| {
+            let rec = self.inner.record(time, &who, &action, reason, Verdict::Refused(e));
+            self.inner.audit.emit(&rec);
+            Decision::Refused
+        };
+        let mode = match catch_unwind(AssertUnwindSafe(|| self.inner.decide(&who, &action))) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return refuse(e),
+            Err(p) => return refuse(RespondError::Panicked(panic_message(p))),
+        };
+        let Some(tx) = &self.queue else { return refuse(RespondError::ShuttingDown) };
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        let job = Job { who: who.clone(), action: action.clone(), reason: reason.to_string() };
+        match tx.try_send(job) {
+            Ok(()) => match mode {
+                Mode::Enforce => Decision::Enforced,
+                Mode::Simulate => Decision::Simulated,
+            },
+            Err(TrySendError::Full(_)) => {
+                self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+                refuse(RespondError::QueueFull(self.inner.cfg.queue_capacity))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+                refuse(RespondError::ShuttingDown)
+            }
+        }
+    }
+
+    /// Waits until every submitted request has been carried out (or the
+    /// timeout passes); returns whether the queue is empty.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.inner.queued.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// The files in quarantine, oldest first (read from the store's sidecars).
+    pub fn quarantined(&self) -> Vec<QuarantineEntry> {
+        self.inner.quarantine.list()
+    }
+
+    /// The fetched files, oldest first.
+    pub fn evidence(&self) -> Vec<EvidenceEntry> {
+        self.inner.evidence.list()
+    }
+
+    /// The active execution blocks.
+    pub fn blocks(&self) -> Vec<BlockEntry> {
+        self.inner.blocker.entries()
+    }
+
+    /// Counters of the exec-permission engine and whether it runs.
+    pub fn block_stats(&self) -> BlockStats {
+        self.inner.blocker.stats()
+    }
+
+    /// Whether the host (or the configured namespace) is isolated, read back
+    /// from the kernel with `nft -j`.
+    pub fn isolation_state(&self) -> IsolationState {
+        self.inner.isolator.state()
+    }
+
+    /// Registers a consumer of audit records (the agent's store). Sinks run
+    /// on the thread that completed the request; keep them quick.
+    pub fn audit_sink(&mut self, f: impl Fn(&AuditRecord) + Send + Sync + 'static) {
+        self.inner.audit.add(Arc::new(f));
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ResponseConfig {
+        &self.inner.cfg
+    }
+}
+
+impl Drop for Responder {
+    /// Stops the worker (queued requests are audited as refused: shutting
+    /// down) and the exec-blocking threads. Isolation stays in place.
+    fn drop(&mut self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        drop(self.queue.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn responder_is_thread_safe() {
+        assert_send_sync::<Responder>();
+    }
+
+    #[test]
+    fn plugin_actions_convert() {
+        use edr_event::{Action, KillTarget};
+        let a: ResponseAction = Action::KillProcess(KillTarget { pid: 7, entity_id: Some(99), tree: true }).into();
+        assert_eq!(a, ResponseAction::Kill { pid: 7, tree: true, expect: Some(ProcessIdentity::EntityId(99)) });
+        let a: ResponseAction = Action::KillProcess(KillTarget { pid: 7, entity_id: Some(0), tree: false }).into();
+        assert_eq!(a, ResponseAction::Kill { pid: 7, tree: false, expect: None });
+        let h = "ab".repeat(32);
+        assert_eq!(ResponseAction::from(Action::BlockExec(h.clone())), ResponseAction::BlockExec(BlockTarget::Sha256(h)));
+        assert_eq!(ResponseAction::from(Action::BlockExec("/tmp/x".into())), ResponseAction::BlockExec(BlockTarget::Path("/tmp/x".into())));
+        assert_eq!(ResponseAction::from(Action::QuarantineFile("/tmp/q".into())), ResponseAction::Quarantine("/tmp/q".into()));
+        assert_eq!(ResponseAction::from(Action::IsolateHost).kind(), ActionKind::IsolateHost);
+        assert_eq!(ResponseAction::from(Action::ResumeProcess(3)), ResponseAction::Resume(3));
+        for a in [
+            Action::SuspendProcess(1),
+            Action::DeleteFile("/x".into()),
+            Action::FetchFile("/x".into()),
+            Action::QuarantineFile("/x".into()),
+            Action::IsolateHost,
+        ] {
+            let name = a.name();
+            assert_eq!(ResponseAction::from(a).kind().as_str(), name);
+        }
+    }
+
+    #[test]
+    fn config_reads_from_json_with_defaults() {
+        let cfg: ResponseConfig = serde_json::from_str(
+            r#"{"quarantine_dir":"/var/lib/edr/q","evidence_dir":"/var/lib/edr/e",
+                "management":["10.0.0.5:8443"],"packs":{"acme":{"actions":["kill-process"],"mode":"enforce"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.operator_mode, Mode::Enforce);
+        assert!(cfg.allow_dhcp);
+        assert!(cfg.protected_names.iter().any(|n| n == "sshd"));
+        assert_eq!(cfg.management[0].port, Some(8443));
+        assert_eq!(cfg.packs["acme"].mode, Mode::Enforce);
+        assert!(serde_json::from_str::<ResponseConfig>(r#"{"quarantine_dir":"/q","evidence_dir":"/e","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn action_json_shape() {
+        let a = ResponseAction::Kill { pid: 5, tree: false, expect: Some(ProcessIdentity::StartTime(9)) };
+        let j = serde_json::to_value(&a).unwrap();
+        assert_eq!(j["action"], "kill");
+        assert_eq!(j["target"]["expect"]["start-time"], 9);
+        assert_eq!(serde_json::from_value::<ResponseAction>(j).unwrap(), a);
+        let u = serde_json::to_value(ResponseAction::Unblock(BlockTarget::Sha256("ab".into()))).unwrap();
+        assert_eq!(u["target"]["sha256"], "ab");
+    }
+}

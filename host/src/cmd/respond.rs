@@ -1,0 +1,118 @@
+//! `edr respond`: response actions through the running agent.
+
+use crate::control::{self, Request};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Arguments of `edr respond`.
+#[derive(Debug, clap::Args)]
+pub struct RespondArgs {
+    #[command(subcommand)]
+    pub action: RespondAction,
+    /// Why (recorded in the audit log).
+    #[arg(long, short, global = true, default_value = "operator request")]
+    pub reason: String,
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the audit record as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The actions, each with its undo.
+#[derive(Debug, clap::Subcommand)]
+pub enum RespondAction {
+    /// Kill a process (SIGKILL); --tree kills its descendants too. No undo.
+    Kill {
+        pid: u32,
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Stop a process (SIGSTOP). Undo: resume.
+    Suspend { pid: u32 },
+    /// Continue a suspended process (SIGCONT).
+    Resume { pid: u32 },
+    /// Move a file into the quarantine store. Undo: restore.
+    Quarantine { path: PathBuf },
+    /// Put a quarantined file back, byte-exact, with its owner, mode and times.
+    Restore {
+        id: String,
+        /// Overwrite whatever now exists at the original path.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a file (its hash and metadata are recorded first). No undo.
+    Delete { path: PathBuf },
+    /// Cut the host off the network except loopback and the management endpoints. Undo: release.
+    Isolate,
+    /// Remove exactly what isolation added.
+    Release,
+    /// Block execution of a file, by path or by `sha256:<hex>`. Undo: unblock.
+    Block { target: String },
+    /// Remove an execution block.
+    Unblock { target: String },
+    /// Copy a file into the evidence store, with its hash.
+    Fetch { path: PathBuf },
+    /// Show quarantined files, evidence, execution blocks and isolation state.
+    List,
+}
+
+pub fn run(a: RespondArgs) -> anyhow::Result<()> {
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => super::load_config(a.config.as_deref())?.data_dir,
+    };
+    let target = |t: &str| match t.strip_prefix("sha256:") {
+        Some(h) => json!({"sha256": h}),
+        None => json!({"path": t}),
+    };
+    let action = match &a.action {
+        RespondAction::List => {
+            let reply = control::call(&data_dir, &Request::RespondList)?;
+            anyhow::ensure!(reply.ok, "{}", reply.error.unwrap_or_default());
+            println!("{}", serde_json::to_string_pretty(&reply.result.unwrap_or_default())?);
+            return Ok(());
+        }
+        RespondAction::Kill { pid, tree } => json!({"action": "kill", "target": {"pid": pid, "tree": tree, "expect": null}}),
+        RespondAction::Suspend { pid } => json!({"action": "suspend", "target": pid}),
+        RespondAction::Resume { pid } => json!({"action": "resume", "target": pid}),
+        RespondAction::Quarantine { path } => json!({"action": "quarantine", "target": path}),
+        RespondAction::Restore { id, force } => json!({"action": "restore", "target": {"id": id, "force": force}}),
+        RespondAction::Delete { path } => json!({"action": "delete", "target": path}),
+        RespondAction::Isolate => json!({"action": "isolate"}),
+        RespondAction::Release => json!({"action": "release"}),
+        RespondAction::Block { target: t } => json!({"action": "block-exec", "target": target(t)}),
+        RespondAction::Unblock { target: t } => json!({"action": "unblock", "target": target(t)}),
+        RespondAction::Fetch { path } => json!({"action": "fetch", "target": path}),
+    };
+    let reply = control::call(&data_dir, &Request::Respond { action, reason: a.reason.clone() })?;
+    let record = reply.result.clone().unwrap_or_default();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else if !record.is_null() {
+        println!("{} {}: {} ({})", record["decision"].as_str().unwrap_or("?"), record["action"].as_str().unwrap_or("?"), record["target"].as_str().unwrap_or("?"), describe(&record["outcome"]));
+        if let Some(d) = record["detail"].as_object().filter(|d| !d.is_empty()) {
+            for (k, v) in d {
+                println!("  {k}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            }
+        }
+    }
+    if !reply.ok {
+        anyhow::bail!("{}", reply.error.or_else(|| record["refusal"].as_str().map(str::to_string)).unwrap_or_else(|| "refused".into()));
+    }
+    if record["outcome"]["status"] == "error" {
+        anyhow::bail!("the action failed: {}", record["outcome"]["message"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// `{"status": "error", "message": "..."}` as `error: ...`.
+fn describe(outcome: &serde_json::Value) -> String {
+    let status = outcome["status"].as_str().unwrap_or("?");
+    match outcome["message"].as_str() {
+        Some(m) => format!("{status}: {m}"),
+        None => status.to_string(),
+    }
+}

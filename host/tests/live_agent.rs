@@ -1,0 +1,122 @@
+//! The agent on its defaults, on the real kernel (root; skipped otherwise):
+//! live telemetry in, alerts out within a second.
+
+mod common;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Removes what a test created, even when it fails.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Waits for an alert matching `pred` written after `since_ns`; returns the
+/// delay between `since_ns` and the alert's timestamp.
+fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for a in common::agent::read_jsonl(alerts) {
+            if pred(&a) {
+                let t = edr_event::time::parse_rfc3339(a["@timestamp"].as_str().unwrap()).unwrap();
+                if t >= since_ns {
+                    return Duration::from_nanos(t - since_ns);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no alert for {what} within 20 s");
+}
+
+#[test]
+fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
+    if !is_root() {
+        eprintln!("skipped: live telemetry needs root (CN_PROC, fanotify)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tag = std::process::id();
+    let exe = PathBuf::from(format!("/tmp/edr-live-test-{tag}"));
+    let home = PathBuf::from(format!("/home/edr-test-{tag}"));
+    let _cleanup = Cleanup(vec![exe.clone(), home.clone()]);
+
+    // The defaults: no config file; only the data dir is given.
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_edr"))
+        .args(["agent", "--data-dir", data.to_str().unwrap()])
+        .env("EDR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("agent.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let agent_pid = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.join("control.sock").exists() {
+        assert!(Instant::now() < deadline, "agent did not start: {}", std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
+        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _agent = Kill(agent);
+    let alerts = data.join("alerts.jsonl");
+
+    // cp /bin/true /tmp/x && /tmp/x
+    let t0 = now_ns();
+    std::fs::copy("/bin/true", &exe).unwrap();
+    assert!(Command::new(&exe).status().unwrap().success());
+    let exe_s = exe.to_str().unwrap().to_string();
+    let delay = wait_alert(&alerts, t0, "execution from /tmp", |a| a["rule"]["id"] == "edr.writable.exec-world-writable" && a["process"]["executable"] == exe_s);
+    eprintln!("exec from /tmp: alert {delay:?} after the copy began");
+    assert!(delay < Duration::from_secs(1), "alert after {delay:?}");
+
+    // Appending a key to an authorized_keys file (a throw-away home).
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let keys = home.join(".ssh/authorized_keys");
+    let t1 = now_ns();
+    assert!(Command::new("sh").arg("-c").arg(format!("echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST edr-test' >> {}", keys.display())).status().unwrap().success());
+    let keys_s = keys.to_str().unwrap().to_string();
+    let delay = wait_alert(&alerts, t1, "authorized_keys", |a| a["rule"]["id"] == "edr.persistence.authorized-keys" && a["file"]["path"] == keys_s);
+    eprintln!("authorized_keys append: alert {delay:?} after the write");
+    assert!(delay < Duration::from_secs(1), "alert after {delay:?}");
+
+    // The writing process is attributed, and the agent's own files are not reported.
+    let a = common::agent::read_jsonl(&alerts).into_iter().find(|a| a["file"]["path"] == keys_s).unwrap();
+    assert!(a["process"]["executable"].as_str().unwrap_or("").ends_with("sh"), "{a}");
+    let events = std::fs::read_to_string(data.join("events.jsonl")).unwrap();
+    assert!(!events.lines().any(|l| l.contains(data.to_str().unwrap()) && l.contains("\"file\"")), "the agent reported writes to its own data dir");
+    assert!(!events.lines().filter(|l| l.contains("\"category\":[\"file\"]")).any(|l| l.contains(&format!("\"pid\":{agent_pid},"))), "the agent reported its own file activity");
+
+    // Status shows the live collectors.
+    let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["status", "--json", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<String> = status["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
+    eprintln!("collectors: {modes:?}");
+    assert!(modes.iter().any(|m| m.starts_with("process=netlink")), "{modes:?}");
+    assert!(modes.iter().any(|m| m.starts_with("file=fanotify")), "{modes:?}");
+}
