@@ -22,6 +22,37 @@ pub struct AgentConfig {
     /// management endpoints for isolation, protected names, per-pack grants
     /// (`[respond.packs."<pack id>"] actions = [...], mode = "simulate"|"enforce"`).
     pub respond: toml::Table,
+    pub store: StoreSection,
+}
+
+/// `[store]`: the always-on record of every event, alert and action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub enabled: bool,
+    /// The SQLite file (relative paths are under `data_dir`).
+    pub path: PathBuf,
+    /// Events older than this many days are deleted (0: no age limit).
+    pub max_age_days: u64,
+    /// The store is kept under this many MiB, oldest events first (0: no limit).
+    pub max_size_mb: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { enabled: true, path: PathBuf::from("events.db"), max_age_days: 30, max_size_mb: 10 * 1024 }
+    }
+}
+
+impl AgentConfig {
+    /// The store's configuration.
+    pub fn store_config(&self) -> edr_store::StoreConfig {
+        let path = self.data_path(&self.store.path).unwrap_or_else(|| self.data_dir.join("events.db"));
+        let mut c = edr_store::StoreConfig::new(path);
+        c.max_age = (self.store.max_age_days > 0).then(|| std::time::Duration::from_secs(self.store.max_age_days * 86_400));
+        c.max_bytes = (self.store.max_size_mb > 0).then(|| self.store.max_size_mb << 20);
+        c
+    }
 }
 
 impl Default for AgentConfig {
@@ -35,6 +66,7 @@ impl Default for AgentConfig {
             packs: PacksSection::default(),
             trust: TrustSection::default(),
             respond: toml::Table::new(),
+            store: StoreSection::default(),
         }
     }
 }
@@ -191,7 +223,8 @@ pub struct OutputSection {
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::from("events.jsonl") }
+        // Every event goes to the store; the JSONL copy is opt-in.
+        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::new() }
     }
 }
 

@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A batch of events shared by all plugins: the events, and their wire form.
+/// A batch of events shared by all plugins and the record: the events
+/// (shared, never copied), and their wire form.
 pub struct Batch {
-    pub events: Vec<Event>,
+    pub events: Arc<Vec<Event>>,
     pub wire: EncodedBatch,
 }
 
@@ -32,7 +33,7 @@ impl Batch {
     /// Encodes the events for the plugins.
     pub fn new(events: Vec<Event>) -> Arc<Self> {
         let wire = EncodedBatch::encode(&events);
-        Arc::new(Batch { events, wire })
+        Arc::new(Batch { events: Arc::new(events), wire })
     }
 
     /// Number of events.

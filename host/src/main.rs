@@ -32,6 +32,16 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Response actions (kill, quarantine, isolate, block, ...) and their undo, through the running agent.
     Respond(cmd::respond::RespondArgs),
+    /// Run SQL over the event record (read-only views: process, file, network, login, alert, action).
+    Query(cmd::investigate::QueryArgs),
+    /// The storyline of an alert: its process, ancestors, descendants and their activity.
+    Storyline(cmd::investigate::StorylineArgs),
+    /// Everything recorded for a pid, an entity id or a path.
+    Timeline(cmd::investigate::TimelineArgs),
+    /// Find events by command-line text.
+    Search(cmd::investigate::SearchArgs),
+    /// Export recorded events as ECS JSONL (what `edr replay` reads: retro-hunting).
+    Export(cmd::investigate::ExportArgs),
     /// Make, sign, verify and manage detection packs.
     #[command(subcommand)]
     Pack(cmd::pack::PackCommand),
@@ -59,6 +69,11 @@ fn main() -> ExitCode {
         Command::Plugin(c) => cmd::plugin::run(c),
         Command::Status(a) => cmd::status::run(a),
         Command::Respond(a) => cmd::respond::run(a),
+        Command::Query(a) => cmd::investigate::query(a),
+        Command::Storyline(a) => cmd::investigate::storyline(a),
+        Command::Timeline(a) => cmd::investigate::timeline(a),
+        Command::Search(a) => cmd::investigate::search(a),
+        Command::Export(a) => cmd::investigate::export(a),
         Command::Pack(c) => cmd::pack::run(c),
         Command::Keygen(a) => cmd::pack::keygen(a),
         Command::Sigma(c) => match cmd::sigma::run(c) {

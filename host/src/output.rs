@@ -12,6 +12,7 @@ pub struct AlertWriter {
     ctx: EcsContext,
     stdout: bool,
     file: Option<BufWriter<File>>,
+    store: Option<edr_store::StoreWriter>,
     written: u64,
 }
 
@@ -28,7 +29,13 @@ impl AlertWriter {
             }
             None => None,
         };
-        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file, written: 0 })
+        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file, store: None, written: 0 })
+    }
+
+    /// Also records every alert in the store.
+    pub fn with_store(mut self, store: edr_store::StoreWriter) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Writes one alert to every output. The file is flushed per alert:
@@ -44,6 +51,11 @@ impl AlertWriter {
         if let Some(f) = &mut self.file {
             f.write_all(line.as_bytes())?;
             f.flush()?;
+        }
+        if let Some(s) = &self.store {
+            if let Err(e) = s.append_alert(alert) {
+                tracing::error!("alert {} not recorded in the store: {e}", alert.id);
+            }
         }
         self.written += 1;
         Ok(())
@@ -66,7 +78,7 @@ pub fn events_file_tap(path: &Path) -> anyhow::Result<Box<dyn FnMut(&std::sync::
     let path = path.to_path_buf();
     Ok(Box::new(move |batch| {
         let mut result = Ok(());
-        for e in &batch.events {
+        for e in batch.events.iter() {
             result = serde_json::to_writer(&mut out, &edr_event::ecs::event_to_ecs(e, &ctx)).map_err(std::io::Error::from).and_then(|_| out.write_all(b"\n"));
             if result.is_err() {
                 break;

@@ -62,10 +62,33 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
     let rt = plugins::runtime(&cfg)?;
     let services = Arc::new(AgentServices::new(Some(cfg.data_dir.join("state")))?);
+    // The record: every event, alert and action; ids continue where it left off.
+    let store = if cfg.store.enabled {
+        let sc = cfg.store_config();
+        Some(edr_store::Store::open(sc.clone()).with_context(|| format!("cannot open the event store {}", sc.path.display()))?)
+    } else {
+        None
+    };
+    let (first_event, first_alert, first_action) = match &store {
+        Some(s) => (s.max_event_id()? + 1, s.max_alert_id()? + 1, s.max_action_id()? + 1),
+        None => (1, 1, 1),
+    };
     let alerts_file = cfg.data_path(&cfg.output.alerts_file);
-    let writer = AlertWriter::new(cfg.output.stdout, alerts_file.as_deref())?;
+    let mut writer = AlertWriter::new(cfg.output.stdout, alerts_file.as_deref())?;
+    if let Some(s) = &store {
+        writer = writer.with_store(s.writer());
+    }
     let wait = Duration::from_millis(cfg.runtime.call_deadline_ms * 2);
-    let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), 1, 1)?;
+    let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), first_event, first_alert)?;
+    if let Some(s) = &store {
+        let w = s.writer();
+        pipeline.add_tap(Box::new(move |batch| {
+            // Never blocks: a full store queue is counted by the store (status shows it).
+            if let Err(e) = w.append_events(batch.events.clone()) {
+                tracing::warn!(events = batch.len(), "events not recorded: {e}");
+            }
+        }));
+    }
     let (quarantine_tx, quarantine_rx) = crossbeam_channel::unbounded::<Quarantined>();
     pipeline.notify_quarantines(quarantine_tx);
     if let Some(path) = cfg.data_path(&cfg.output.events_file) {
@@ -110,7 +133,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // The response engine: operator requests over the control socket, plugin
     // requests through the `respond` import (pack grant and manifest both needed).
-    let responder = start_responder(&cfg, &services, health.clone());
+    let responder = start_responder(&cfg, &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)));
 
     // The control socket.
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
@@ -147,7 +170,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             recv(control_rx) -> req => if let Ok(req) = req {
                 tracing::debug!(uid = req.uid, request = ?req.request, "control request");
                 let reply = match req.request {
-                    Request::Status => Reply::ok(status(&cfg, &pipeline, &pack_status, collectors.as_ref(), started)),
+                    Request::Status => Reply::ok(status(&cfg, &pipeline, &pack_status, collectors.as_ref(), store.as_ref(), responder.as_deref(), started)),
                     Request::Reenable { plugin } => {
                         let key = resolve_key(&pipeline, &plugin);
                         match key {
@@ -188,6 +211,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let summary = pipeline.finish();
     services.flush_state();
+    if let Some(s) = store {
+        // Commits everything queued (events, alerts, actions) before exiting.
+        drop(s);
+    }
     let _ = std::fs::remove_file(control::socket_path(&cfg.data_dir));
     for l in super::plugin_health_lines(&summary.plugins) {
         tracing::warn!("{l}");
@@ -198,7 +225,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Starts the response engine; its audit records go to `<data_dir>/actions.jsonl`
 /// and the log. A failure to start disables response, loudly, not the agent.
-fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>) -> Option<Arc<edr_respond::Responder>> {
+fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>) -> Option<Arc<edr_respond::Responder>> {
     let rc = match cfg.respond_config() {
         Ok(rc) => rc,
         Err(e) => {
@@ -224,10 +251,33 @@ fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc
         }
     };
     let sink = write_audit.clone();
+    let next_action = Arc::new(std::sync::atomic::AtomicU64::new(store.as_ref().map(|(_, first)| *first).unwrap_or(1)));
     responder.audit_sink(move |record| {
         let line = serde_json::to_string(record).unwrap_or_default();
         tracing::info!(target: "edr::respond::audit", decision = ?record.decision, action = record.action.as_str(), target = %record.target, "{line}");
         sink(line);
+        if let Some((w, _)) = &store {
+            let requester = match &record.requester {
+                edr_respond::Requester::Operator { uid } => format!("operator uid {uid}"),
+                edr_respond::Requester::Pack { pack, plugin } => format!("pack {pack} plugin {plugin}"),
+            };
+            let outcome = serde_json::to_value(&record.outcome).ok().and_then(|o| o["status"].as_str().map(str::to_string)).unwrap_or_default();
+            let row = edr_store::ActionRecord {
+                id: next_action.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                time: record.time,
+                requester,
+                action: record.action.as_str().to_string(),
+                target: record.target.clone(),
+                decision: record.decision,
+                outcome,
+                reason: record.reason.clone(),
+                alert_id: None,
+                detail: serde_json::to_value(record).unwrap_or_default(),
+            };
+            if let Err(e) = w.append_action(row) {
+                tracing::error!("action record not stored: {e}");
+            }
+        }
     });
     let responder = Arc::new(responder);
     let r = responder.clone();
@@ -263,7 +313,16 @@ fn resolve_key(pipeline: &Pipeline, plugin: &str) -> Option<String> {
     status.iter().find(|p| p.key == plugin).or_else(|| status.iter().find(|p| p.name == plugin)).map(|p| p.key.clone())
 }
 
-fn status(cfg: &AgentConfig, pipeline: &Pipeline, packs: &Mutex<PackStatus>, collectors: Option<&edr_collect::Collectors>, started: Instant) -> serde_json::Value {
+#[allow(clippy::too_many_arguments)]
+fn status(
+    cfg: &AgentConfig,
+    pipeline: &Pipeline,
+    packs: &Mutex<PackStatus>,
+    collectors: Option<&edr_collect::Collectors>,
+    store: Option<&edr_store::Store>,
+    responder: Option<&edr_respond::Responder>,
+    started: Instant,
+) -> serde_json::Value {
     let packs = packs.lock().unwrap_or_else(|p| p.into_inner());
     let collectors: Vec<serde_json::Value> = collectors
         .map(|c| c.status())
@@ -271,7 +330,10 @@ fn status(cfg: &AgentConfig, pipeline: &Pipeline, packs: &Mutex<PackStatus>, col
         .into_iter()
         .map(|c| json!({"name": c.name, "mode": c.mode, "events": c.events, "partial": c.partial, "dropped": c.dropped, "lost": c.lost, "overflows": c.overflows, "unresolved": c.unresolved, "events_per_sec": c.events_per_sec}))
         .collect();
+    let response = responder.map(|r| json!({"isolation": r.isolation_state(), "quarantined": r.quarantined().len(), "blocks": r.blocks().len(), "block_stats": r.block_stats()}));
     json!({
+        "store": store.map(|s| s.stats()),
+        "response": response,
         "source": cfg.collect.source,
         "collectors": collectors,
         "agent": {
