@@ -31,6 +31,9 @@ pub struct Pipeline {
     alert_thread: JoinHandle<u64>,
     /// Extra consumers of every batch (the event record).
     taps: Vec<Box<dyn FnMut(&Arc<Batch>) + Send>>,
+    /// Number every event, ignoring ids it arrived with (the agent: its
+    /// record's ids must never collide). Replay keeps given ids instead.
+    renumber: bool,
 }
 
 impl Pipeline {
@@ -59,7 +62,13 @@ impl Pipeline {
             batches: 0,
             alert_thread,
             taps: Vec::new(),
+            renumber: false,
         })
+    }
+
+    /// Numbers every event from now on, whatever id it carries.
+    pub fn renumber_all(&mut self) {
+        self.renumber = true;
     }
 
     /// Quarantine notices go to `tx` (for automatic rollback).
@@ -105,8 +114,12 @@ impl Pipeline {
 
     /// Adds an event (numbering it if it has no id); dispatches a full batch.
     pub fn push(&mut self, mut event: Event) {
-        if event.id == 0 {
+        if event.id == 0 || self.renumber {
             event.id = self.next_event_id;
+        }
+        if event.time == 0 {
+            // No time given (an ECS line without @timestamp): the time it arrived.
+            event.time = edr_event::time::now();
         }
         self.next_event_id = self.next_event_id.max(event.id + 1);
         if let EventBody::ProcessExec(x) = &event.body {

@@ -80,6 +80,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let wait = Duration::from_millis(cfg.runtime.call_deadline_ms * 2);
     let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), first_event, first_alert)?;
+    pipeline.renumber_all();
     if let Some(s) = &store {
         let w = s.writer();
         pipeline.add_tap(Box::new(move |batch| {

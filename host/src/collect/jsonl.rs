@@ -10,18 +10,18 @@ pub enum Line {
     Malformed { line: u64, error: EcsError },
 }
 
-/// Reads ECS JSONL, numbering events that carry no numeric `event.id`.
-/// Blank lines and lines starting with `#` are skipped silently.
+/// Reads ECS JSONL. Events keep a numeric `event.id` if they carry one
+/// (id 0 otherwise: the pipeline numbers them). Blank lines and lines
+/// starting with `#` are skipped silently.
 pub struct JsonlReader<R> {
     input: R,
     line_no: u64,
-    next_id: u64,
     buf: String,
 }
 
 impl<R: BufRead> JsonlReader<R> {
     pub fn new(input: R) -> Self {
-        Self { input, line_no: 0, next_id: 1, buf: String::new() }
+        Self { input, line_no: 0, buf: String::new() }
     }
 }
 
@@ -47,13 +47,7 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                 continue;
             }
             return Some(Ok(match event_from_json(text) {
-                Ok(mut e) => {
-                    if e.id == 0 {
-                        e.id = self.next_id;
-                    }
-                    self.next_id = self.next_id.max(e.id + 1);
-                    Line::Event(e)
-                }
+                Ok(e) => Line::Event(e),
                 Err(error) => Line::Malformed { line: self.line_no, error },
             }));
         }
@@ -65,7 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_events_and_reports_bad_lines_by_number() {
+    fn keeps_given_ids_and_reports_bad_lines_by_number() {
         let input = "{\"process\":{\"executable\":\"/bin/a\"}}\n\n# c\nnot json\n{\"event\":{\"id\":\"40\"},\"process\":{\"executable\":\"/bin/b\"}}\n{\"process\":{\"executable\":\"/bin/c\"}}\n";
         let mut ids = Vec::new();
         let mut bad = Vec::new();
@@ -75,7 +69,7 @@ mod tests {
                 Line::Malformed { line, .. } => bad.push(line),
             }
         }
-        assert_eq!(ids, vec![1, 40, 41]);
+        assert_eq!(ids, vec![0, 40, 0]);
         assert_eq!(bad, vec![4]);
     }
 
