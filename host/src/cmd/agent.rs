@@ -198,7 +198,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         if last_health.elapsed() >= health_every {
             last_health = Instant::now();
             for c in collectors.iter().flat_map(|c| c.status()) {
-                tracing::info!(collector = c.name, mode = %c.mode, events = c.events, partial = c.partial, dropped = c.dropped, lost = c.lost, rate = format!("{:.1}/s", c.events_per_sec), "health");
+                tracing::info!(collector = c.name, mode = %c.mode, events = c.events, partial = c.partial, exe_recovered = c.exe_recovered, exe_missing = c.exe_missing, dropped = c.dropped, lost = c.lost, rate = format!("{:.1}/s", c.events_per_sec), "health");
             }
             for p in pipeline.status() {
                 let m = &p.metrics;
@@ -329,7 +329,7 @@ fn status(
         .map(|c| c.status())
         .unwrap_or_default()
         .into_iter()
-        .map(|c| json!({"name": c.name, "mode": c.mode, "events": c.events, "partial": c.partial, "dropped": c.dropped, "lost": c.lost, "overflows": c.overflows, "unresolved": c.unresolved, "events_per_sec": c.events_per_sec}))
+        .map(|c| json!({"name": c.name, "mode": c.mode, "events": c.events, "partial": c.partial, "dropped": c.dropped, "lost": c.lost, "overflows": c.overflows, "unresolved": c.unresolved, "exe_recovered": c.exe_recovered, "exe_missing": c.exe_missing, "events_per_sec": c.events_per_sec}))
         .collect();
     let response = responder.map(|r| json!({"isolation": r.isolation_state(), "quarantined": r.quarantined().len(), "blocks": r.blocks().len(), "block_stats": r.block_stats()}));
     json!({

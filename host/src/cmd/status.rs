@@ -35,10 +35,20 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
     let collectors = s["collectors"].as_array().cloned().unwrap_or_default();
     if !collectors.is_empty() {
         println!("\ncollectors:");
-        println!("  {:<9} {:<48} {:>9} {:>8} {:>8} {:>8} {:>8}", "name", "mode", "events", "partial", "dropped", "lost", "per sec");
+        println!("  {:<9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  mode", "name", "events", "partial", "no exe", "dropped", "lost", "per sec");
         for c in collectors {
             let n = |k: &str| c[k].as_u64().unwrap_or(0);
-            println!("  {:<9} {:<48} {:>9} {:>8} {:>8} {:>8} {:>8.1}", c["name"].as_str().unwrap_or("?"), c["mode"].as_str().unwrap_or("?"), n("events"), n("partial"), n("dropped"), n("lost"), c["events_per_sec"].as_f64().unwrap_or(0.0));
+            println!(
+                "  {:<9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8.1}  {}",
+                c["name"].as_str().unwrap_or("?"),
+                n("events"),
+                n("partial"),
+                n("exe_missing"),
+                n("dropped"),
+                n("lost"),
+                c["events_per_sec"].as_f64().unwrap_or(0.0),
+                c["mode"].as_str().unwrap_or("?")
+            );
         }
     } else {
         println!("source: {}", s["source"].as_str().unwrap_or("?"));

@@ -12,6 +12,7 @@
 //! for the live agent (CPU, memory, exec-to-alert latency).
 
 mod agent;
+mod sigma;
 mod workload;
 
 use edr_event::wire::{EncodedBatch, WireEvent};
@@ -51,7 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn wasm(package: &str) -> Vec<u8> {
+pub(crate) fn wasm(package: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("EDR_BENCH_PLUGIN_DIR")).join(format!("{package}.wasm"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -63,7 +64,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// ns/event of `plugin` over `batches` (encoded once, as the dispatcher
 /// does, and filtered to the plugin's subscriptions outside the timing).
-fn time_wasm(plugin: &mut Plugin, batches: &[EncodedBatch], runs: usize) -> (f64, usize) {
+pub(crate) fn time_wasm(plugin: &mut Plugin, batches: &[EncodedBatch], runs: usize) -> (f64, usize) {
     let refs: Vec<Vec<&WireEvent>> = batches.iter().map(|b| b.events.iter().filter(|e| plugin.wants(e.kind())).collect()).collect();
     let n: usize = refs.iter().map(Vec::len).sum();
     let mut findings = 0;
@@ -87,8 +88,13 @@ fn time_wasm(plugin: &mut Plugin, batches: &[EncodedBatch], runs: usize) -> (f64
 
 /// ns/event of the same detector compiled natively, called directly on the
 /// SDK's views of the same batches (decoded outside the timing).
-fn time_native<D: Detector>(batches: &[EncodedBatch], runs: usize) -> (f64, usize) {
-    let mut d = D::init(&edr_sdk::Config { settings: vec![], files: vec![] }).unwrap();
+pub(crate) fn time_native<D: Detector>(batches: &[EncodedBatch], runs: usize) -> (f64, usize) {
+    time_native_with::<D>(batches, runs, edr_sdk::Config { settings: vec![], files: vec![] })
+}
+
+/// [`time_native`] with a configuration.
+pub(crate) fn time_native_with<D: Detector>(batches: &[EncodedBatch], runs: usize, config: edr_sdk::Config) -> (f64, usize) {
+    let mut d = D::init(&config).unwrap();
     let wants = |k: edr_event::EventKind| D::SUBSCRIPTIONS.iter().any(|s| s.as_str() == k.as_str());
     let filtered: Vec<EncodedBatch> = batches
         .iter()
@@ -123,8 +129,10 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("agent") {
-        return agent::run(std::env::args().skip(2));
+    match std::env::args().nth(1).as_deref() {
+        Some("agent") => return agent::run(std::env::args().skip(2)),
+        Some("sigma") => return sigma::run(std::env::args().skip(2)),
+        _ => {}
     }
     let args = parse_args()?;
     let rt = Runtime::new(RuntimeConfig::default())?;

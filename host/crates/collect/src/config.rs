@@ -119,6 +119,11 @@ pub struct ProcessConfig {
     pub retain_exited: Duration,
     /// At most this many exited processes are kept (oldest evicted first).
     pub max_exited: usize,
+    /// In `netlink` mode, learn the executable of processes that exit
+    /// before `/proc/<pid>/exe` can be read from fanotify `FAN_OPEN_EXEC`
+    /// (a group with a mark on every local filesystem; needs root /
+    /// CAP_SYS_ADMIN, skipped with the reason in the mode otherwise).
+    pub exec_paths: bool,
 }
 
 impl Default for ProcessConfig {
@@ -129,6 +134,7 @@ impl Default for ProcessConfig {
             netlink_rcvbuf: 16 << 20,
             retain_exited: Duration::from_secs(600),
             max_exited: 100_000,
+            exec_paths: true,
         }
     }
 }

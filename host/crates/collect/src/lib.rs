@@ -8,14 +8,16 @@
 //!
 //! | collector | best mode (root) | degraded mode |
 //! |---|---|---|
-//! | [`process`](ProcessConfig) | `netlink`: CN_PROC fork/exec/exit, enriched from `/proc` | `poll`: `sysinfo` table diff |
+//! | [`process`](ProcessConfig) | `netlink`: CN_PROC fork/exec/exit, enriched from `/proc`; the exe of processes gone before that from fanotify `FAN_OPEN_EXEC` | `netlink` without those exes (not root); `poll`: `sysinfo` table diff |
 //! | [`file`](FileConfig) | `fanotify`: filesystem marks, pid-attributed | `inotify` (`notify` crate), no pid |
 //! | [`network`](NetworkConfig) | `procfs`: `/proc/net/{tcp,udp}{,6}` polled, inode -> pid | same, pids of other users unknown |
 //! | [`login`](LoginConfig) | tail the auth log + wtmp/btmp | same |
 //!
 //! [`Collectors::status`] reports, per collector, the mode in use (and why it
 //! is degraded), the events sent, the partial events, the events dropped on
-//! a full channel, what the kernel reported lost, and the event rate.
+//! a full channel, what the kernel reported lost, and the event rate; for
+//! processes also how many exec events got their exe from fanotify
+//! (`exe_recovered`) and how many have none (`exe_missing`).
 //! [`Collectors::process_tree`] gives the lineage of any process the agent
 //! saw, including ones that already exited.
 //!

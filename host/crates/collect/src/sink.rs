@@ -13,8 +13,10 @@ use std::time::Instant;
 pub struct CollectorStatus {
     /// `process`, `file`, `network` or `login`.
     pub name: &'static str,
-    /// The facility in use, e.g. `netlink`, `fanotify`,
-    /// `poll 100ms (degraded: <why>)`, `inotify (degraded: <why>)`, `off`.
+    /// The facility in use, e.g. `netlink + fanotify exec paths on 4
+    /// filesystems`, `netlink (no exec paths from fanotify: <why>; ...)`,
+    /// `fanotify`, `poll 100ms (degraded: <why>)`,
+    /// `inotify (degraded: <why>)`, `off`.
     pub mode: String,
     /// Events sent into the channel.
     pub events: u64,
@@ -24,15 +26,24 @@ pub struct CollectorStatus {
     pub dropped: u64,
     /// What the kernel reported lost: for `process`, netlink messages (from
     /// gaps in the connector's per-CPU sequence numbers after ENOBUFS,
-    /// counted when that CPU next reports an event; at least `overflows`);
-    /// for `file`, queue-overflow
+    /// counted when that CPU next reports an event; at least `overflows`),
+    /// plus one per overflow of the exec-path fanotify queue or exec-path
+    /// record the kernel could not hand over; for `file`, queue-overflow
     /// notifications (fanotify/inotify do not say how many events each cost).
     pub lost: u64,
-    /// Kernel overflow notifications (ENOBUFS, FAN_Q_OVERFLOW, IN_Q_OVERFLOW).
+    /// Kernel overflow notifications (ENOBUFS, FAN_Q_OVERFLOW, IN_Q_OVERFLOW;
+    /// for `process`, of the connector and of the exec-path fanotify group).
     pub overflows: u64,
     /// Kernel events that could not be turned into an event (e.g. a file
     /// event whose directory was gone before its path could be resolved).
     pub unresolved: u64,
+    /// `process` only: exec events whose process was gone before `/proc`
+    /// could be read, and whose executable was recovered from fanotify
+    /// `FAN_OPEN_EXEC` (they stay `partial` when argv or cwd are unknown).
+    /// Counted when emitted (sent or dropped), as `partial` is.
+    pub exe_recovered: u64,
+    /// `process` only: exec events emitted without an executable.
+    pub exe_missing: u64,
     /// Events per second since the previous `status()` call (at least one
     /// second apart; the first call measures since start).
     pub events_per_sec: f64,
@@ -50,6 +61,8 @@ pub(crate) struct Counters {
     pub lost: AtomicU64,
     pub overflows: AtomicU64,
     pub unresolved: AtomicU64,
+    pub exe_recovered: AtomicU64,
+    pub exe_missing: AtomicU64,
     rate: Mutex<Rate>,
 }
 
@@ -71,6 +84,8 @@ impl Counters {
             lost: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
             unresolved: AtomicU64::new(0),
+            exe_recovered: AtomicU64::new(0),
+            exe_missing: AtomicU64::new(0),
             rate: Mutex::new(Rate {
                 at: Instant::now(),
                 events: 0,
@@ -115,6 +130,8 @@ impl Counters {
                 .max(self.overflows.load(Ordering::Relaxed)),
             overflows: self.overflows.load(Ordering::Relaxed),
             unresolved: self.unresolved.load(Ordering::Relaxed),
+            exe_recovered: self.exe_recovered.load(Ordering::Relaxed),
+            exe_missing: self.exe_missing.load(Ordering::Relaxed),
             events_per_sec: eps,
         }
     }

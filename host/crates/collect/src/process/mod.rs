@@ -7,8 +7,17 @@
 //!   `/proc/<pid>` (exe, argv, cwd, effective uid, start time). A process that
 //!   is gone before that (short-lived; its `/proc/<pid>/exe` no longer
 //!   resolves) still yields an exec event with what is known (pid, ppid, the
-//!   parent from the tree, its comm as argv when `/proc/<pid>/stat` was still
-//!   readable), marked partial and counted. When the socket buffer overflows
+//!   parent from the tree), marked partial and counted. Its executable comes
+//!   from fanotify `FAN_OPEN_EXEC` where that is available (root: mode
+//!   `netlink + fanotify exec paths ...`; a separate fd-mode group with a
+//!   filesystem mark on every local filesystem, read on this collector's
+//!   thread right after each exec message, which the kernel sends only
+//!   once the exec's files were reported: the private modules `exec_paths`
+//!   and `exec_match` document the details), counted in
+//!   `exe_recovered`; its argv is then the executed files (`[exe]`, or
+//!   `[interpreter, script]`), else its comm when `/proc/<pid>/stat` was
+//!   still readable. Without fanotify the mode says why, and such execs
+//!   have no exe (`exe_missing` counts them). When the socket buffer overflows
 //!   the kernel drops messages and `recv` fails with ENOBUFS: that is counted
 //!   (`overflows`), logged, and the number of messages lost is recovered from
 //!   gaps in the connector's per-CPU sequence numbers (`lost`).
@@ -21,9 +30,12 @@
 //! Both seed the tree from `/proc` at start. Exit codes: the exit status for
 //! a normal exit, minus the signal number for a process killed by a signal.
 
+pub(crate) mod exec_match;
+pub(crate) mod exec_paths;
 mod netlink;
 mod poll;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -51,12 +63,23 @@ pub(crate) fn start(
         }
         ProcessMode::Auto | ProcessMode::Netlink => match netlink::CnProc::open(cfg.netlink_rcvbuf) {
             Ok(sock) => {
-                // Subscribed first, then seeded: nothing starts unseen in between.
+                let paths = if cfg.exec_paths {
+                    exec_paths::ExecPaths::open(&ctx.exclude_pids).map_err(|e| e.to_string())
+                } else {
+                    Err("off in the configuration".to_string())
+                };
+                // Subscribed and marked first, then seeded: nothing starts
+                // unseen in between.
                 let n = seed(ctx);
-                tracing::info!(processes = n, "process collector: netlink process connector, tree seeded from /proc");
-                counters.set_mode("netlink");
+                let mode = netlink_mode(paths.as_ref().map(|p| p.describe()).map_err(|e| e.as_str()));
+                match &paths {
+                    Err(why) if cfg.exec_paths => tracing::warn!("process collector: no exec paths from fanotify ({why}): processes that exit at once may lack their executable"),
+                    _ => {}
+                }
+                tracing::info!(processes = n, mode = %mode, "process collector: netlink process connector, tree seeded from /proc");
+                counters.set_mode(mode);
                 let ctx = ctx.clone();
-                spawn("process", move || netlink::run(sock, &ctx, &sink))
+                spawn("process", move || netlink::run(sock, paths.ok(), &ctx, &sink))
             }
             Err(e) if cfg.mode == ProcessMode::Netlink => Err(CollectError::Unavailable {
                 collector: "process",
@@ -93,6 +116,38 @@ fn start_poll(
     let ctx = ctx.clone();
     let interval = cfg.poll_interval;
     spawn("process", move || poller.run(&ctx, &sink, interval))
+}
+
+/// The mode string of the netlink collector, with or without exec paths
+/// (`Err`: why not).
+pub(crate) fn netlink_mode(paths: Result<String, &str>) -> String {
+    match paths {
+        Ok(p) => format!("netlink + {p}"),
+        Err(why) => format!("netlink (no exec paths from fanotify: {why}; processes that exit at once may lack their exe)"),
+    }
+}
+
+/// What is known of an exec's image from elsewhere than `/proc/<pid>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExecImage {
+    /// The executable, as `/proc/<pid>/exe` would have named it.
+    pub exe: String,
+    /// Stands in for an unreadable `/proc/<pid>/cmdline` (empty: the comm).
+    pub argv: Vec<String>,
+    /// Learnt from fanotify (counted in `exe_recovered` when used).
+    pub recovered: bool,
+}
+
+impl ExecImage {
+    /// The image of an exec from its `FAN_OPEN_EXEC` records, when they name
+    /// the executable.
+    pub fn recovered(chain: &exec_match::Chain) -> Option<ExecImage> {
+        Some(ExecImage {
+            exe: chain.exe()?.to_string(),
+            argv: chain.argv(),
+            recovered: true,
+        })
+    }
 }
 
 pub(crate) fn spawn(
@@ -250,14 +305,15 @@ pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
 /// An exec: enrich from `/proc` now (the snapshot is read by the caller as
 /// early as possible), update the tree, emit the event.
 /// `ts_ns` is the kernel's event time, used only to estimate a start time
-/// for a process that is gone and was never seen forking.
+/// for a process that is gone and was never seen forking. `fallback` fills
+/// the exe (and the argv) that `/proc` could not give.
 pub(crate) fn on_exec(
     ctx: &Ctx,
     sink: &Sink,
     pid: u32,
     snap: Snapshot,
     ts_ns: Option<u64>,
-    fallback_exe: Option<String>,
+    fallback: Option<ExecImage>,
 ) {
     let known = ctx.tree.live_node(pid);
     let start_ticks = snap
@@ -285,17 +341,24 @@ pub(crate) fn on_exec(
     }
     let partial = !snap.complete();
     let mut node = node_from_snapshot(ctx, pid, &snap, start_ticks, parent_entity, known.as_ref());
+    let mut used = None;
     if node.info.exe.is_empty() {
-        if let Some(exe) = fallback_exe {
-            node.info.exe = exe;
+        if let Some(img) = fallback.filter(|f| !f.exe.is_empty()) {
+            node.info.exe = img.exe.clone();
+            used = Some(img);
         }
     }
     // What the process is now: not its parent's image any more. A process
-    // gone before enrichment is known by its comm at best.
+    // gone before enrichment is known by the files it executed, else by its
+    // comm, at best.
     let mut argv = snap.argv.clone().unwrap_or_default();
-    if argv.is_empty() && !node.comm.is_empty() {
-        argv = vec![node.comm.clone()];
-        node.info.argv = argv.clone();
+    if argv.is_empty() {
+        argv = match &used {
+            Some(img) if !img.argv.is_empty() => img.argv.clone(),
+            _ if !node.comm.is_empty() => vec![node.comm.clone()],
+            _ => Vec::new(),
+        };
+        node.info.argv = Node::cap_argv(&argv);
     }
     if snap.cwd.is_none() {
         node.cwd = known.as_ref().map(|k| k.cwd.clone()).unwrap_or_default();
@@ -319,6 +382,12 @@ pub(crate) fn on_exec(
     ctx.tree.insert_live(node, Instant::now());
     if ctx.exclude_pids.contains(&pid) {
         return;
+    }
+    if used.as_ref().is_some_and(|i| i.recovered) {
+        sink.counters.exe_recovered.fetch_add(1, Ordering::Relaxed);
+    }
+    if exec.exe.is_empty() {
+        sink.counters.exe_missing.fetch_add(1, Ordering::Relaxed);
     }
     let (parent, ancestry) = ctx.tree.lineage(entity);
     let (parent_exe, parent_argv) = parent

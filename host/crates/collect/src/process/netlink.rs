@@ -12,6 +12,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::exec_paths::ExecPaths;
+use super::ExecImage;
 use crate::procfs::Snapshot;
 use crate::sink::Sink;
 use crate::Ctx;
@@ -302,6 +304,8 @@ pub(crate) struct Reader {
     sock: CnProc,
     seqs: SeqTracker,
     buf: Vec<u8>,
+    /// Exec paths from fanotify, when available.
+    paths: Option<ExecPaths>,
 }
 
 impl Reader {
@@ -310,6 +314,7 @@ impl Reader {
             sock,
             seqs: SeqTracker::default(),
             buf: vec![0u8; 64 * 1024],
+            paths: None,
         }
     }
 
@@ -330,8 +335,11 @@ impl Reader {
                                 lost = gap,
                                 "process connector: kernel dropped messages (counted as lost)"
                             );
+                            if let Some(p) = self.paths.as_mut() {
+                                p.messages_lost(c);
+                            }
                         }
-                        handle(ctx, sink, m);
+                        handle(ctx, sink, m, self.paths.as_mut());
                     }
                 }
                 Ok(None) => {}
@@ -340,6 +348,9 @@ impl Reader {
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     let n = c.overflows.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(overflows = n, "process connector: receive buffer overflowed (ENOBUFS), the kernel dropped events; counted, lineage may be incomplete");
+                    if let Some(p) = self.paths.as_mut() {
+                        p.messages_lost(c);
+                    }
                 }
                 Err(e) => {
                     tracing::error!("process connector: recv failed: {e}");
@@ -351,20 +362,52 @@ impl Reader {
     }
 }
 
-/// The collector loop: read, handle, repeat until stopped.
-pub(crate) fn run(sock: CnProc, ctx: &Ctx, sink: &Sink) {
+/// The collector loop: read, handle, repeat until stopped. With exec
+/// paths, the mount table is watched too (new mounts get marked). The
+/// fanotify group is not polled: its records are read when an exec or exit
+/// message needs them (and every second), which keeps its queue short
+/// without waking this thread a second time for every exec.
+pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink) {
     let fd = sock.fd.as_raw_fd();
     let mut reader = Reader::new(sock);
+    reader.paths = paths;
     let mut last_evict = Instant::now();
     let mut last_sweep = Instant::now();
+    let pollfd = |fd, events| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     while !ctx.stopping() {
-        if wait_readable(fd, 200) {
-            reader.drain(ctx, sink);
+        let mut fds = [pollfd(fd, libc::POLLIN), pollfd(-1, libc::POLLPRI)];
+        let mut nfds = 1;
+        if let Some(p) = &reader.paths {
+            fds[1].fd = p.mountinfo_fd();
+            nfds = 2;
+        }
+        // SAFETY: fds holds at least nfds valid pollfds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 200) } > 0;
+        if ready {
+            if let Some(p) = reader.paths.as_mut() {
+                if fds[1].revents != 0 && p.mounts_changed() {
+                    sink.counters
+                        .set_mode(super::netlink_mode(Ok(p.describe())));
+                }
+            }
+            if fds[0].revents != 0 {
+                reader.drain(ctx, sink);
+            }
         }
         let now = Instant::now();
         if now.duration_since(last_evict) >= Duration::from_secs(1) {
             ctx.tree.evict(now);
             last_evict = now;
+            if let Some(p) = reader.paths.as_mut() {
+                if p.housekeeping(&sink.counters) {
+                    sink.counters
+                        .set_mode(super::netlink_mode(Ok(p.describe())));
+                }
+            }
         }
         if now.duration_since(last_sweep) >= Duration::from_secs(30) {
             let n = super::sweep(ctx);
@@ -379,7 +422,7 @@ pub(crate) fn run(sock: CnProc, ctx: &Ctx, sink: &Sink) {
     }
 }
 
-fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg) {
+fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg, paths: Option<&mut ExecPaths>) {
     match m.event {
         ProcEvent::Fork {
             parent_tgid,
@@ -387,10 +430,20 @@ fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg) {
             child_tgid,
         } if child_pid == child_tgid => {
             super::on_fork(ctx, parent_tgid, child_pid, m.ts_ns);
+            if let Some(p) = paths {
+                p.forked(child_pid, m.ts_ns);
+            }
         }
         ProcEvent::Exec { tgid, .. } => {
+            // /proc first: the process may be exiting right now.
             let snap = Snapshot::read(tgid);
-            super::on_exec(ctx, sink, tgid, snap, Some(m.ts_ns), None);
+            // The records are claimed either way, so that they cannot stand
+            // in for a later exec of the pid; used when /proc was too late.
+            let chain = paths.and_then(|p| p.take(tgid, m.ts_ns, &sink.counters));
+            let image = chain
+                .filter(|_| snap.exe.is_none())
+                .and_then(|c| ExecImage::recovered(&c));
+            super::on_exec(ctx, sink, tgid, snap, Some(m.ts_ns), image);
         }
         ProcEvent::Exit {
             pid,
@@ -398,6 +451,9 @@ fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg) {
             exit_code,
         } if pid == tgid => {
             super::on_exit(ctx, sink, tgid, Some(exit_code));
+            if let Some(p) = paths {
+                p.exited(tgid, m.ts_ns, &sink.counters);
+            }
         }
         ProcEvent::Ack { err } if err != 0 => {
             tracing::warn!("process connector refused the subscription: errno {err}");

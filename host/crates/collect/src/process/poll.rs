@@ -129,7 +129,10 @@ impl Poller {
                             current.insert(pid, s.clone());
                             continue;
                         }
-                        let fallback = exe.as_ref().map(|e| e.to_string_lossy().into_owned());
+                        let fallback = exe.as_ref().map(|e| super::ExecImage {
+                            exe: e.to_string_lossy().into_owned(),
+                            ..Default::default()
+                        });
                         super::on_exec(ctx, sink, pid, snap, None, fallback);
                     }
                     current.insert(
@@ -161,7 +164,10 @@ impl Poller {
                 continue;
             }
             let ticks = snap.stat.as_ref().map_or(0, |s| s.start_ticks);
-            let fallback = exe.as_ref().map(|e| e.to_string_lossy().into_owned());
+            let fallback = exe.as_ref().map(|e| super::ExecImage {
+                exe: e.to_string_lossy().into_owned(),
+                ..Default::default()
+            });
             let parent = snap.stat.as_ref().and_then(|s| ctx.tree.live_node(s.ppid));
             let fork_only = match (&parent, &snap.exe, &snap.argv) {
                 (Some(p), Some(e), Some(a)) => {
