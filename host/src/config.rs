@@ -157,7 +157,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         Self {
             batch_size: 256,
-            batch_timeout_ms: 20,
+            batch_timeout_ms: 10,
             call_deadline_ms: 100,
             init_deadline_ms: 5000,
             memory_mb: 64,

@@ -34,6 +34,8 @@ pub struct Pipeline {
     /// Number every event, ignoring ids it arrived with (the agent: its
     /// record's ids must never collide). Replay keeps given ids instead.
     renumber: bool,
+    /// When the oldest event of the pending batch arrived.
+    pending_since: Option<std::time::Instant>,
 }
 
 impl Pipeline {
@@ -63,6 +65,7 @@ impl Pipeline {
             alert_thread,
             taps: Vec::new(),
             renumber: false,
+            pending_since: None,
         })
     }
 
@@ -126,10 +129,20 @@ impl Pipeline {
             self.services.remember_exec(x);
         }
         self.events += 1;
+        if self.batch.is_empty() {
+            self.pending_since = Some(std::time::Instant::now());
+        }
         self.batch.push(event);
         if self.batch.len() >= self.batch_size {
             self.dispatch_partial();
         }
+    }
+
+    /// How long until the pending batch is due (`None`: nothing pending).
+    /// A batch is dispatched when full or when its oldest event has waited
+    /// `timeout`, however busy the source is.
+    pub fn due_in(&self, timeout: std::time::Duration) -> Option<std::time::Duration> {
+        self.pending_since.map(|t| timeout.saturating_sub(t.elapsed()))
     }
 
     /// Dispatches whatever is batched (called on the batch timeout).
@@ -137,17 +150,13 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
+        self.pending_since = None;
         let batch = Batch::new(std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size)));
         self.batches += 1;
         self.dispatcher.dispatch(batch.clone());
         for tap in &mut self.taps {
             tap(&batch);
         }
-    }
-
-    /// True when events wait for the next batch.
-    pub fn has_pending(&self) -> bool {
-        !self.batch.is_empty()
     }
 
     /// Per-plugin status.

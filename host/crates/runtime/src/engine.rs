@@ -45,6 +45,35 @@ struct Inner {
     linker: Linker<PluginState>,
     config: RuntimeConfig,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker: advances the engine's epoch every tick while at least
+/// one plugin call is running, and sleeps otherwise (an idle agent should
+/// not wake a hundred times a second for deadlines nobody is waiting on).
+pub(crate) struct Ticker {
+    in_flight: std::sync::atomic::AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Held for the duration of a plugin call.
+pub(crate) struct Ticking<'a>(&'a Ticker);
+
+impl Ticker {
+    pub(crate) fn enter(&self) -> Ticking<'_> {
+        if self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+        Ticking(self)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Runtime {
@@ -67,11 +96,12 @@ impl Runtime {
         let mut linker = Linker::<PluginState>::new(&engine);
         add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("cannot link the host imports: {e}"))?;
-        spawn_epoch_ticker(&engine, config.epoch_tick);
+        let ticker = Arc::new(Ticker { in_flight: std::sync::atomic::AtomicUsize::new(0), thread: std::sync::OnceLock::new() });
+        spawn_epoch_ticker(&engine, config.epoch_tick, ticker.clone());
         if let Some(dir) = &config.cache_dir {
             create_private_dir(dir).map_err(|e| anyhow::anyhow!("cannot create compile cache {}: {e}", dir.display()))?;
         }
-        Ok(Self { inner: Arc::new(Inner { engine, linker, config, compiled: Mutex::new(HashMap::new()) }) })
+        Ok(Self { inner: Arc::new(Inner { engine, linker, config, compiled: Mutex::new(HashMap::new()), ticker }) })
     }
 
     /// The wasmtime engine.
@@ -82,6 +112,11 @@ impl Runtime {
     /// The epoch tick (deadline granularity).
     pub fn epoch_tick(&self) -> Duration {
         self.inner.config.epoch_tick
+    }
+
+    /// Keeps the epoch ticking while the returned guard lives (one per call).
+    pub(crate) fn ticking(&self) -> Ticking<'_> {
+        self.inner.ticker.enter()
     }
 
     /// Compiles a component, once per distinct content: from memory, then
@@ -186,12 +221,22 @@ fn version_supported(v: &str) -> bool {
     }
 }
 
-/// One thread per engine advances the epoch; it stops once the engine is gone.
-fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
+/// One thread per engine advances the epoch while calls run; it stops once
+/// the engine is gone.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration, ticker: Arc<Ticker>) {
     let weak = engine.weak();
-    std::thread::Builder::new()
+    let slot = ticker.clone();
+    let handle = std::thread::Builder::new()
         .name("edr-epoch".into())
         .spawn(move || loop {
+            if ticker.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                // Woken by the next call; the timeout notices a dropped engine.
+                std::thread::park_timeout(Duration::from_secs(1));
+                if weak.upgrade().is_none() {
+                    break;
+                }
+                continue;
+            }
             std::thread::sleep(tick);
             match weak.upgrade() {
                 Some(engine) => engine.increment_epoch(),
@@ -199,6 +244,8 @@ fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
             }
         })
         .expect("spawning the epoch ticker thread");
+    // Set before the runtime is returned, so no call can miss the wake-up.
+    let _ = slot.thread.set(handle.thread().clone());
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {

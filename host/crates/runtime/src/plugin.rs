@@ -170,6 +170,8 @@ impl Plugin {
     fn instantiate(&mut self) -> Result<PluginInfo, StartError> {
         self.live = None;
         let state = PluginState::new(self.identity.clone(), self.services.clone(), self.metrics.clone(), &self.limits);
+        let runtime = self.runtime.clone();
+        let _ticking = runtime.ticking();
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -249,6 +251,8 @@ impl Plugin {
             }
         }
         let ticks = self.ticks(self.limits.call_deadline);
+        let runtime = self.runtime.clone();
+        let _ticking = runtime.ticking();
         let live = self.live.as_mut().expect("instantiated above");
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().limiter.hit_cap = false;
