@@ -197,7 +197,7 @@ fn a_version_published_at_the_update_url_is_activated() {
     std::fs::create_dir_all(&site).unwrap();
     let url = serve(site.clone());
     let mut agent = Agent::start(dir.path(), &format!("{}[packs]\nupdate_url = {url:?}\npoll_interval_secs = 1\n", config(&vendor)));
-    let mut publish = |version: &str| {
+    let publish = |version: &str| {
         let archive = vendor.pack(PACK, version, "stateful", "edr-test-stateful", EXEC, r#"["log", "state"]"#);
         let name = archive.file_name().unwrap().to_string_lossy().into_owned();
         std::fs::copy(&archive, site.join(&name)).unwrap();

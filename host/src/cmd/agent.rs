@@ -137,11 +137,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // requests through the `respond` import (pack grant and manifest both needed).
     let responder = start_responder(&cfg, &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)));
 
-    // The control socket.
+    let (events_rx, collectors) = start_source(&cfg, &services)?;
+
+    // The control socket, last: once it exists the agent is fully up (the
+    // collectors are subscribed), which is what `edr status` and tests wait for.
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
     control::serve(&cfg.data_dir, control_tx, responder.clone())?;
-
-    let (events_rx, collectors) = start_source(&cfg, &services)?;
     tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, packs_dir = %drop_dir.display(), source = %cfg.collect.source, plugins = pipeline.plugin_count(), "agent started");
 
     let started = Instant::now();

@@ -151,12 +151,18 @@ impl Sink {
 
     /// Sends one event (id 0, time now). Returns whether it was queued.
     pub fn emit(&self, body: EventBody, partial: bool) -> bool {
+        self.emit_at(edr_event::time::now(), body, partial)
+    }
+
+    /// [`Sink::emit`] for an event observed at `time` (ns since the epoch)
+    /// and emitted later, e.g. after waiting for its process to be known.
+    pub fn emit_at(&self, time: u64, body: EventBody, partial: bool) -> bool {
         if partial {
             self.counters.partial.fetch_add(1, Ordering::Relaxed);
         }
         let event = Event {
             id: 0,
-            time: edr_event::time::now(),
+            time,
             partial,
             body,
         };

@@ -117,6 +117,7 @@ pub(crate) fn start(
                     sensitive,
                     sink,
                     modes: ModeCache::default(),
+                    pending: Default::default(),
                 };
                 c.run();
             })?;
@@ -219,13 +220,17 @@ struct FanCollector {
     sensitive: HashSet<String>,
     sink: Sink,
     modes: ModeCache,
+    /// Events waiting for their process's image, oldest first.
+    pending: std::collections::VecDeque<Pending>,
 }
 
 impl FanCollector {
     fn run(&mut self) {
         let mut buf = vec![0u8; 256 * 1024];
         while !self.ctx.stopping() {
-            if !crate::process::wait_readable(self.fan.fd.as_raw_fd(), 200) {
+            self.flush_pending();
+            let wait_ms = if self.pending.is_empty() { 200 } else { 10 };
+            if !crate::process::wait_readable(self.fan.fd.as_raw_fd(), wait_ms) {
                 continue;
             }
             // Bounded, so that a busy filesystem cannot keep stop() waiting.
@@ -245,6 +250,10 @@ impl FanCollector {
                     }
                 }
             }
+        }
+        // Stopping: what still waits for its process goes out as it is.
+        for p in std::mem::take(&mut self.pending) {
+            self.send(p);
         }
     }
 
@@ -352,7 +361,7 @@ impl FanCollector {
     }
 
     fn emit(
-        &self,
+        &mut self,
         pid: u32,
         op: FileOp,
         path: String,
@@ -361,7 +370,6 @@ impl FanCollector {
         partial: bool,
     ) {
         let who = attribute(&self.ctx, pid);
-        let partial = partial || !who.complete();
         let ev = FileEvent {
             op,
             path,
@@ -372,8 +380,61 @@ impl FanCollector {
             exe: who.exe,
             uid: who.uid,
         };
-        self.sink.emit(EventBody::File(ev), partial);
+        let p = Pending {
+            since: std::time::Instant::now(),
+            time: edr_event::time::now(),
+            ev,
+            partial,
+        };
+        // A process known by its entity but not yet by its image (it exited
+        // before `/proc` was read and the process collector has not handled
+        // its exec yet) waits a little for the tree; events queue behind it
+        // so that the collector's order is kept.
+        if (p.ev.exe.is_none() && p.ev.entity_id.is_some()) || !self.pending.is_empty() {
+            self.pending.push_back(p);
+            self.flush_pending();
+        } else {
+            self.send(p);
+        }
     }
+
+    /// Emits one event; partial when its process is not fully known.
+    fn send(&self, p: Pending) {
+        let partial = p.partial || p.ev.exe.is_none() || p.ev.entity_id.is_none();
+        self.sink.emit_at(p.time, EventBody::File(p.ev), partial);
+    }
+
+    /// Emits the waiting events, in order, up to the first one whose
+    /// process is still unknown and younger than [`ATTRIBUTION_WAIT`].
+    fn flush_pending(&mut self) {
+        while let Some(front) = self.pending.front_mut() {
+            if front.ev.exe.is_none() {
+                if let Some(node) = front.ev.entity_id.and_then(|e| self.ctx.tree.node(e)) {
+                    if !node.inherited && !node.info.exe.is_empty() {
+                        front.ev.exe = Some(node.info.exe);
+                        front.ev.uid = Some(node.info.uid);
+                    }
+                }
+                if front.ev.exe.is_none() && front.since.elapsed() < ATTRIBUTION_WAIT {
+                    return;
+                }
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            self.send(p);
+        }
+    }
+}
+
+/// How long a file event waits for the process tree to learn the image of
+/// the process that caused it before it is emitted as partial.
+const ATTRIBUTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A file event waiting for its process's image.
+struct Pending {
+    since: std::time::Instant,
+    time: u64,
+    ev: FileEvent,
+    partial: bool,
 }
 
 /// The last mode seen per path, to tell `chmod` from other attribute changes.
