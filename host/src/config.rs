@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Where the agent keeps its state (alerts file, compile cache, ...).
@@ -23,10 +23,36 @@ pub struct AgentConfig {
     /// (`[respond.packs."<pack id>"] actions = [...], mode = "simulate"|"enforce"`).
     pub respond: toml::Table,
     pub store: StoreSection,
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the Prometheus endpoint. Off unless `listen` is set; it is
+/// unauthenticated, so only loopback addresses are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `127.0.0.1:9477`, `[::1]:9477`, or `localhost:9477`: serves `GET /metrics`.
+    pub listen: Option<String>,
+}
+
+impl MetricsSection {
+    /// The address to listen on, checked to be loopback.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(listen) = &self.listen else { return Ok(None) };
+        let addr: std::net::SocketAddr = match listen.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}").parse(),
+            None => listen.parse(),
+        }
+        .map_err(|e| format!("not an address:port ({e})"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("{} is not a loopback address: the metrics endpoint has no authentication, so it only listens on 127.0.0.1 or ::1", addr.ip()));
+        }
+        Ok(Some(addr))
+    }
 }
 
 /// `[store]`: the always-on record of every event, alert and action.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub enabled: bool,
@@ -67,12 +93,13 @@ impl Default for AgentConfig {
             trust: TrustSection::default(),
             respond: toml::Table::new(),
             store: StoreSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
 
 /// `[packs]`: where signed detection packs come from and how many are kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacksSection {
     /// Drop-in directory watched for `*.edrpack` + `*.edrpack.minisig`
@@ -107,7 +134,7 @@ impl Default for PacksSection {
 }
 
 /// `[trust]`: the publisher keys packs must be signed with.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustSection {
     pub keys: Vec<TrustedKey>,
@@ -115,7 +142,7 @@ pub struct TrustSection {
 
 /// One pinned publisher key: the minisign public key (its base64 line, as
 /// in the second line of a `.pub` file), or a path to the `.pub` file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKey {
     pub name: String,
@@ -124,7 +151,7 @@ pub struct TrustedKey {
 }
 
 /// `[runtime]`: batching and the limits every plugin runs under.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// Events per batch handed to a plugin.
@@ -172,7 +199,7 @@ impl Default for RuntimeSection {
 }
 
 /// `[plugins]`: which plugins to load and their settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsSection {
     /// Load the built-in detection plugins.
@@ -200,7 +227,7 @@ impl Default for PluginsSection {
 }
 
 /// Limits one plugin runs under instead of the `[runtime]` defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     pub call_deadline_ms: Option<u64>,
@@ -210,7 +237,7 @@ pub struct LimitOverrides {
 }
 
 /// `[output]`: where alerts go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     /// One ECS JSON alert per line on standard output.
@@ -221,6 +248,13 @@ pub struct OutputSection {
     pub events_file: PathBuf,
 }
 
+impl OutputSection {
+    /// The outputs beyond stdout and the JSONL files, described for people.
+    pub fn extra_outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 impl Default for OutputSection {
     fn default() -> Self {
         // Every event goes to the store; the JSONL copy is opt-in.
@@ -229,7 +263,7 @@ impl Default for OutputSection {
 }
 
 /// `[collect]`: where events come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectSection {
     /// `live` (the host's own telemetry), `stdin`, or a path to an ECS JSONL file.
@@ -296,9 +330,9 @@ pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: `{key}`: {message}")]
-    Invalid { path: PathBuf, key: &'static str, message: String },
+    Parse { path: PathBuf, line: Option<usize>, message: String },
+    #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
 }
 
 impl AgentConfig {
@@ -310,13 +344,15 @@ impl AgentConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: describe_toml_error(&e, text) })?;
-        cfg.validate(origin)?;
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)), message: describe_toml_error(&e, text) })?;
+        cfg.validate(origin, text)?;
         Ok(cfg)
     }
 
-    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), key, message });
+    /// Checks what the types cannot: ranges, addresses, keys, grants. Each
+    /// error names the key and, when it is in `text`, its line.
+    fn validate(&self, origin: &Path, text: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), line: key_line(text, key), key: key.to_string(), message });
         let r = &self.runtime;
         if !(1..=65_536).contains(&r.batch_size) {
             return bad("runtime.batch_size", format!("{} is out of range 1..=65536", r.batch_size));
@@ -369,27 +405,32 @@ impl AgentConfig {
         }
         for (plugin, l) in &self.plugins.limits {
             if l.call_deadline_ms.is_some_and(|d| d == 0 || d > 60_000) {
-                return bad("plugins.limits", format!("[plugins.limits.{plugin}] call_deadline_ms is out of range 1..=60000"));
+                return bad(&format!("plugins.limits.{plugin}.call_deadline_ms"), "out of range 1..=60000".into());
             }
             if l.init_deadline_ms.is_some_and(|d| d == 0 || d > 600_000) {
-                return bad("plugins.limits", format!("[plugins.limits.{plugin}] init_deadline_ms is out of range 1..=600000"));
+                return bad(&format!("plugins.limits.{plugin}.init_deadline_ms"), "out of range 1..=600000".into());
             }
             if l.memory_mb.is_some_and(|m| m == 0 || m > 1024) {
-                return bad("plugins.limits", format!("[plugins.limits.{plugin}] memory_mb is out of range 1..=1024"));
+                return bad(&format!("plugins.limits.{plugin}.memory_mb"), "out of range 1..=1024".into());
             }
         }
         for (plugin, caps) in &self.plugins.capabilities {
             for c in caps {
                 if edr_runtime::Capability::parse(c).is_none() {
-                    return bad("plugins.capabilities", format!("{plugin}: unknown capability `{c}`; expected log, clock, state, process or respond"));
+                    return bad(&format!("plugins.capabilities.{plugin}"), format!("unknown capability `{c}`; expected log, clock, state, process or respond"));
                 }
             }
         }
         for (plugin, table) in &self.plugins.settings {
             for (key, value) in table {
                 if setting_string(value).is_none() {
-                    return bad("plugins.settings", format!("[plugins.settings.{plugin}] {key}: use a string, number, boolean or array of those"));
+                    return bad(&format!("plugins.settings.{plugin}.{key}"), "use a string, number, boolean or array of those".into());
                 }
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if let Err(e) = self.metrics.address() {
+                return bad("metrics.listen", format!("`{listen}`: {e}"));
             }
         }
         Ok(())
@@ -458,11 +499,47 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+            let line = line_of(text, span.start);
+            // Name the key with its table when the span is a key (unknown field).
+            let word = text.get(span.clone()).unwrap_or("");
+            let is_key = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && text[span.end.min(text.len())..].trim_start().starts_with('=');
+            if is_key {
+                let table = text[..span.start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+                let key = match table {
+                    Some(t) if !t.is_empty() => format!("{t}.{word}"),
+                    _ => word.to_string(),
+                };
+                format!("line {line}: `{key}`: {msg}")
+            } else {
+                format!("line {line}: {msg}")
+            }
         }
         None => msg,
     }
+}
+
+/// The line (1-based) of a dotted key in the config text: the deepest part
+/// of the path that is present (`plugins.limits.x.memory_mb` falls back to
+/// `[plugins.limits.x]` when the key itself is absent).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut found = None;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Some((k, v)) = table.get_key_value(part) else { break };
+        found = Some(k.span().start);
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => break,
+        }
+    }
+    found.map(|at| line_of(text, at))
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod dispatch;
 mod health;
+mod metrics;
 mod output;
 mod packs;
 mod pipeline;
@@ -50,6 +51,9 @@ enum Command {
     /// Build and inspect plugins.
     #[command(subcommand)]
     Plugin(cmd::plugin::PluginCommand),
+    /// Check a configuration file; print the documented example.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
     /// Sigma rules: check which load.
     #[command(subcommand)]
     Sigma(cmd::sigma::SigmaCommand),
@@ -76,6 +80,11 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::investigate::export(a),
         Command::Pack(c) => cmd::pack::run(c),
         Command::Keygen(a) => cmd::pack::keygen(a),
+        Command::Config(c) => match cmd::config::run(c) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Sigma(c) => match cmd::sigma::run(c) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),

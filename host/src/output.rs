@@ -19,17 +19,24 @@ pub struct AlertWriter {
 impl AlertWriter {
     /// Outputs: stdout when `stdout`, and the JSONL file at `file` (appended).
     pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
-        let file = match file {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                }
-                let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open alerts file {}", path.display()))?;
-                Some(BufWriter::new(f))
-            }
-            None => None,
-        };
-        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file, store: None, written: 0 })
+        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file: open_alerts_file(file)?, store: None, written: 0 })
+    }
+
+    /// Replaces the outputs (a config reload): the alert thread calls this
+    /// between two alerts, with outputs opened beforehand by [`OutputSet::open`].
+    pub fn install(&mut self, set: OutputSet) {
+        if let Some(old) = &mut self.file {
+            let _ = old.flush();
+        }
+        self.stdout = set.stdout;
+        self.file = set.file;
+    }
+
+    /// Flushes every output; called once when the agent stops.
+    pub fn shutdown(&mut self) {
+        if let Some(f) = &mut self.file {
+            let _ = f.flush();
+        }
     }
 
     /// Also records every alert in the store.
@@ -65,6 +72,30 @@ impl AlertWriter {
     pub fn written(&self) -> u64 {
         self.written
     }
+}
+
+/// Outputs opened from a configuration, ready to be installed in the
+/// running [`AlertWriter`]; opening fails before anything is replaced.
+pub struct OutputSet {
+    stdout: bool,
+    file: Option<BufWriter<File>>,
+}
+
+impl OutputSet {
+    /// Opens the outputs `cfg` asks for.
+    pub fn open(cfg: &crate::config::AgentConfig) -> anyhow::Result<OutputSet> {
+        Ok(OutputSet { stdout: cfg.output.stdout, file: open_alerts_file(cfg.data_path(&cfg.output.alerts_file).as_deref())? })
+    }
+}
+
+/// Opens (appends to) the JSONL alerts file, creating its directory.
+fn open_alerts_file(file: Option<&Path>) -> anyhow::Result<Option<BufWriter<File>>> {
+    let Some(path) = file else { return Ok(None) };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open alerts file {}", path.display()))?;
+    Ok(Some(BufWriter::new(f)))
 }
 
 /// Appends every event of every batch to a JSONL file (ECS documents).

@@ -29,6 +29,9 @@ pub struct Pipeline {
     events: u64,
     batches: u64,
     alert_thread: JoinHandle<u64>,
+    /// Changes to the alert outputs (a config reload), run on the alert
+    /// thread between two alerts: none is lost or written twice.
+    writer_tx: crossbeam_channel::Sender<WriterChange>,
     /// Extra consumers of every batch (the event record).
     taps: Vec<Box<dyn FnMut(&Arc<Batch>) + Send>>,
     /// Number every event, ignoring ids it arrived with (the agent: its
@@ -38,20 +41,36 @@ pub struct Pipeline {
     pending_since: Option<std::time::Instant>,
 }
 
+/// A change to the alert outputs, run on the alert thread.
+pub type WriterChange = Box<dyn FnOnce(&mut AlertWriter) + Send>;
+
 impl Pipeline {
     /// A pipeline with no plugins yet. Events without an id are numbered
     /// from `first_event_id`; alerts from `first_alert_id`.
     pub fn new(batch_size: usize, queue: usize, backpressure: Backpressure, mut writer: AlertWriter, services: Arc<AgentServices>, first_event_id: u64, first_alert_id: u64) -> anyhow::Result<Self> {
         let (alert_tx, alert_rx) = crossbeam_channel::bounded::<Alert>(4096);
+        let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<WriterChange>();
         let alert_thread = std::thread::Builder::new().name("edr-alerts".into()).spawn(move || {
-            for alert in alert_rx {
-                if let Err(e) = writer.write(&alert) {
-                    // A closed stdout (e.g. `| head`) ends output, not the run.
-                    if e.kind() != std::io::ErrorKind::BrokenPipe {
-                        tracing::error!("cannot write alert {}: {e}", alert.id);
+            let mut changes_open = true;
+            let never = crossbeam_channel::never::<WriterChange>();
+            loop {
+                crossbeam_channel::select! {
+                    recv(alert_rx) -> alert => {
+                        let Ok(alert) = alert else { break };
+                        if let Err(e) = writer.write(&alert) {
+                            // A closed stdout (e.g. `| head`) ends output, not the run.
+                            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                                tracing::error!("cannot write alert {}: {e}", alert.id);
+                            }
+                        }
+                    }
+                    recv(if changes_open { &writer_rx } else { &never }) -> change => match change {
+                        Ok(change) => change(&mut writer),
+                        Err(_) => changes_open = false,
                     }
                 }
             }
+            writer.shutdown();
             writer.written()
         })?;
         Ok(Self {
@@ -63,10 +82,16 @@ impl Pipeline {
             events: 0,
             batches: 0,
             alert_thread,
+            writer_tx,
             taps: Vec::new(),
             renumber: false,
             pending_since: None,
         })
+    }
+
+    /// Runs `change` on the alert writer, between two alerts.
+    pub fn change_outputs(&self, change: WriterChange) {
+        let _ = self.writer_tx.send(change);
     }
 
     /// Numbers every event from now on, whatever id it carries.

@@ -50,13 +50,16 @@ struct PackStatus {
 /// Requests for the pack manager thread.
 enum PackRequest {
     Rollback { pack: String, reply: Sender<Reply> },
+    /// A reloaded `[[trust.keys]]`: packs offered from now on are checked against it.
+    Trust(edr_pack::TrustStore),
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = super::load_config(args.config.as_deref())?;
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
     }
+    let mut config_status = ConfigStatus { file: args.config.clone(), loaded_at: edr_event::time::now(), ..Default::default() };
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let cfg = Arc::new(cfg);
     let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
@@ -100,6 +103,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, terminate.clone()).context("installing signal handlers")?;
     }
+    // SIGHUP: re-read the config file between two batches (see `reload`).
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone()).context("installing the SIGHUP handler")?;
 
     // Packs: what was active before, then the built-in pack.
     let mut manager = PackManager::new(cfg.clone(), rt.clone(), services.clone())?;
@@ -135,14 +141,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // The response engine: operator requests over the control socket, plugin
     // requests through the `respond` import (pack grant and manifest both needed).
-    let responder = start_responder(&cfg, &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)));
+    let action_counts = Arc::new(ActionCounts::default());
+    let responder = start_responder(&cfg, &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
 
     let (events_rx, collectors) = start_source(&cfg, &services)?;
 
     // The control socket, last: once it exists the agent is fully up (the
     // collectors are subscribed), which is what `edr status` and tests wait for.
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
-    control::serve(&cfg.data_dir, control_tx, responder.clone())?;
+    control::serve(&cfg.data_dir, control_tx.clone(), responder.clone())?;
+    let mut metrics = start_metrics(&cfg, &control_tx, &health);
+    let mut current = cfg.clone();
     tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, packs_dir = %drop_dir.display(), source = %cfg.collect.source, plugins = pipeline.plugin_count(), "agent started");
 
     let started = Instant::now();
@@ -155,6 +164,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         if terminate.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!("termination requested; finishing queued work");
             break;
+        }
+        if hangup.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            match reload(&args) {
+                Ok(Some(new)) => {
+                    let new = Arc::new(new);
+                    let applied = apply_reload(&current, &new, &pipeline, &mut metrics, &control_tx, &pack_req_tx, &health);
+                    config_status.record_reload(applied);
+                    current = new;
+                }
+                Ok(None) => tracing::info!("SIGHUP: the agent runs on built-in defaults (no --config); nothing to reload"),
+                Err(e) => {
+                    health.record("config-reload-failed", true, &format!("SIGHUP: the configuration was not reloaded, the running one stays: {e}"), json!({"error": e.to_string()}));
+                    config_status.reload_failures += 1;
+                    config_status.last_error = Some(e.to_string());
+                }
+            }
         }
         select! {
             recv(events_rx) -> e => match e {
@@ -174,7 +199,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             recv(control_rx) -> req => if let Ok(req) = req {
                 tracing::debug!(uid = req.uid, request = ?req.request, "control request");
                 let reply = match req.request {
-                    Request::Status => Reply::ok(status(&cfg, &pipeline, &pack_status, collectors.as_ref(), store.as_ref(), responder.as_deref(), started)),
+                    Request::Status => {
+                        let mut s = status(&cfg, &pipeline, &pack_status, collectors.as_ref(), store.as_ref(), responder.as_deref(), &config_status, started);
+                        s["actions"] = action_counts.snapshot();
+                        s["pipeline"]["queued_events"] = json!(events_rx.len());
+                        Reply::ok(s)
+                    }
                     Request::Reenable { plugin } => {
                         let key = resolve_key(&pipeline, &plugin);
                         match key {
@@ -230,9 +260,159 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Response requests since the agent started, by what became of them.
+#[derive(Debug, Default)]
+struct ActionCounts {
+    done: std::sync::atomic::AtomicU64,
+    simulated: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl ActionCounts {
+    fn count(&self, decision: edr_event::Decision, failed: bool) {
+        let c = match decision {
+            edr_event::Decision::Refused => &self.refused,
+            edr_event::Decision::Simulated => &self.simulated,
+            edr_event::Decision::Enforced if failed => &self.failed,
+            edr_event::Decision::Enforced => &self.done,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        json!({"done": l(&self.done), "simulated": l(&self.simulated), "refused": l(&self.refused), "failed": l(&self.failed)})
+    }
+}
+
+/// The configuration's provenance and reloads, for status.
+#[derive(Debug, Default, serde::Serialize)]
+struct ConfigStatus {
+    /// The file, or none (built-in defaults).
+    file: Option<PathBuf>,
+    /// When the running configuration was loaded, ns since the epoch.
+    loaded_at: u64,
+    reloads: u64,
+    reload_failures: u64,
+    /// Why the last reload was refused.
+    last_error: Option<String>,
+    /// Sections changed by reloads that only take effect at the next start.
+    restart_needed: Vec<String>,
+}
+
+impl ConfigStatus {
+    fn record_reload(&mut self, applied: ReloadOutcome) {
+        self.reloads += 1;
+        self.loaded_at = edr_event::time::now();
+        self.last_error = applied.error;
+        for s in applied.restart_needed {
+            if !self.restart_needed.contains(&s) {
+                self.restart_needed.push(s);
+            }
+        }
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+struct ReloadOutcome {
+    applied: Vec<String>,
+    restart_needed: Vec<String>,
+    /// A part that could not be applied (its old setting stays).
+    error: Option<String>,
+}
+
+/// Re-reads the config file (SIGHUP). `Ok(None)`: there is no file.
+fn reload(args: &AgentArgs) -> anyhow::Result<Option<AgentConfig>> {
+    let Some(path) = &args.config else { return Ok(None) };
+    let mut cfg = AgentConfig::load(path)?;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(Some(cfg))
+}
+
+/// Applies what can change while running: `[output]` (between two alerts,
+/// none lost or doubled), `[metrics]`, and `[[trust.keys]]` (for packs
+/// offered from now on). Every other changed section is reported as needing
+/// a restart. Events keep flowing throughout: this runs on the pipeline
+/// thread between two batches.
+#[allow(clippy::too_many_arguments)]
+fn apply_reload(old: &AgentConfig, new: &Arc<AgentConfig>, pipeline: &Pipeline, metrics: &mut Option<crate::metrics::MetricsServer>, control_tx: &Sender<Incoming>, packs: &Sender<PackRequest>, health: &HealthLog) -> ReloadOutcome {
+    let mut out = ReloadOutcome::default();
+    let mut errors = Vec::new();
+    for (section, changed) in changed_sections(old, new) {
+        if !changed {
+            continue;
+        }
+        match section {
+            "output" => match crate::output::OutputSet::open(new) {
+                Ok(set) => {
+                    pipeline.change_outputs(Box::new(move |w| w.install(set)));
+                    out.applied.push(section.into());
+                }
+                Err(e) => errors.push(format!("[output] not applied: {e:#}")),
+            },
+            "metrics" => {
+                // Drop the old endpoint first: the new one may want its port.
+                *metrics = None;
+                *metrics = start_metrics(new, control_tx, health);
+                out.applied.push(section.into());
+            }
+            "trust" => match packs::trust_store(new) {
+                Ok(t) => {
+                    let _ = packs.send(PackRequest::Trust(t));
+                    out.applied.push(section.into());
+                }
+                Err(e) => errors.push(format!("[trust] not applied: {e:#}")),
+            },
+            other => out.restart_needed.push(other.into()),
+        }
+    }
+    out.error = (!errors.is_empty()).then(|| errors.join("; "));
+    let message = format!(
+        "SIGHUP: configuration reloaded; applied: {}; takes effect at the next start: {}{}",
+        if out.applied.is_empty() { "nothing changed".to_string() } else { out.applied.join(", ") },
+        if out.restart_needed.is_empty() { "-".to_string() } else { out.restart_needed.join(", ") },
+        out.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
+    );
+    health.record("config-reloaded", out.error.is_some(), &message, json!({"applied": out.applied, "restart_needed": out.restart_needed, "error": out.error}));
+    out
+}
+
+/// Which top-level sections differ between two configurations.
+fn changed_sections(a: &AgentConfig, b: &AgentConfig) -> Vec<(&'static str, bool)> {
+    vec![
+        ("data_dir", a.data_dir != b.data_dir),
+        ("runtime", a.runtime != b.runtime),
+        ("plugins", a.plugins != b.plugins),
+        ("output", a.output != b.output),
+        ("collect", a.collect != b.collect),
+        ("packs", a.packs != b.packs),
+        ("trust", a.trust != b.trust),
+        ("respond", a.respond != b.respond),
+        ("store", a.store != b.store),
+        ("metrics", a.metrics != b.metrics),
+    ]
+}
+
+/// Starts the Prometheus endpoint when `[metrics] listen` is set; a failure
+/// (port taken) is reported and leaves the agent running without it.
+fn start_metrics(cfg: &AgentConfig, control_tx: &Sender<Incoming>, health: &HealthLog) -> Option<crate::metrics::MetricsServer> {
+    let addr = cfg.metrics.address().ok().flatten()?;
+    match crate::metrics::MetricsServer::start(addr, control_tx.clone()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            health.record("metrics-failed", true, &format!("the metrics endpoint did not start: {e:#}"), json!({"listen": addr.to_string()}));
+            None
+        }
+    }
+}
+
 /// Starts the response engine; its audit records go to `<data_dir>/actions.jsonl`
 /// and the log. A failure to start disables response, loudly, not the agent.
-fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>) -> Option<Arc<edr_respond::Responder>> {
+fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>, counts: Arc<ActionCounts>) -> Option<Arc<edr_respond::Responder>> {
     let rc = match cfg.respond_config() {
         Ok(rc) => rc,
         Err(e) => {
@@ -259,7 +439,9 @@ fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc
     };
     let sink = write_audit.clone();
     let next_action = Arc::new(std::sync::atomic::AtomicU64::new(store.as_ref().map(|(_, first)| *first).unwrap_or(1)));
+    let refused_counts = counts.clone();
     responder.audit_sink(move |record| {
+        counts.count(record.decision, matches!(record.outcome, edr_respond::Outcome::Error(_)));
         let line = serde_json::to_string(record).unwrap_or_default();
         tracing::info!(target: "edr::respond::audit", decision = ?record.decision, action = record.action.as_str(), target = %record.target, "{line}");
         sink(line);
@@ -297,6 +479,7 @@ fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc
             // Refused before the engine sees it; audited all the same.
             let refusal = format!("`{kind}` is not declared in the plugin's pack manifest");
             tracing::warn!(target: "edr::respond::audit", plugin = %who.plugin, action = kind, "refused: {refusal}");
+            refused_counts.count(edr_event::Decision::Refused, false);
             write_audit(json!({
                 "time": edr_event::time::now(),
                 "requester": requester,
@@ -338,6 +521,7 @@ fn status(
     collectors: Option<&edr_collect::Collectors>,
     store: Option<&edr_store::Store>,
     responder: Option<&edr_respond::Responder>,
+    config: &ConfigStatus,
     started: Instant,
 ) -> serde_json::Value {
     let packs = packs.lock().unwrap_or_else(|p| p.into_inner());
@@ -362,6 +546,7 @@ fn status(
         "pipeline": { "events": pipeline.events() },
         "plugins": pipeline.status(),
         "packs": &*packs,
+        "config": config,
     })
 }
 
@@ -410,6 +595,10 @@ fn spawn_pack_thread(
                     Err(_) => return,
                 },
                 recv(requests) -> r => match r {
+                    Ok(PackRequest::Trust(trust)) => {
+                        manager.set_trust(trust);
+                        None
+                    }
                     Ok(PackRequest::Rollback { pack, reply }) => {
                         let result = manager.rollback(&pack, "rolled back by the operator");
                         let _ = reply.send(match &result {

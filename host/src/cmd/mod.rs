@@ -1,6 +1,7 @@
 //! The `edr` subcommands.
 
 pub mod agent;
+pub mod config;
 pub mod investigate;
 pub mod pack;
 pub mod plugin;

@@ -31,7 +31,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
     }
     let agent = &s["agent"];
     println!("edr {} (pid {}), up {} s, data dir {}", agent["version"].as_str().unwrap_or("?"), agent["pid"], agent["uptime_secs"], agent["data_dir"].as_str().unwrap_or("?"));
-    println!("events received: {}", s["pipeline"]["events"]);
+    println!("events received: {} ({} waiting for the pipeline)", s["pipeline"]["events"], s["pipeline"]["queued_events"].as_u64().unwrap_or(0));
     let collectors = s["collectors"].as_array().cloned().unwrap_or_default();
     if !collectors.is_empty() {
         println!("\ncollectors:");
@@ -52,6 +52,60 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
         }
     } else {
         println!("source: {}", s["source"].as_str().unwrap_or("?"));
+    }
+    let store = &s["store"];
+    if store.is_object() {
+        let n = |k: &str| store[k].as_u64().unwrap_or(0);
+        println!(
+            "\nrecord: {} events, {} alerts, {} actions, {:.1} MiB on disk; {} writes queued, {} events dropped",
+            n("events"),
+            n("alerts"),
+            n("actions"),
+            n("bytes_on_disk") as f64 / 1048576.0,
+            n("writes_queued"),
+            n("events_dropped")
+        );
+    }
+    let r = &s["response"];
+    if r.is_object() {
+        let iso = &r["isolation"];
+        let state = if iso["isolated"].as_bool() == Some(true) {
+            format!("ISOLATED{} (management: {})", if iso["intact"].as_bool() == Some(true) { "" } else { ", rules modified by hand" }, iso["management"].as_array().map(|m| m.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default())
+        } else {
+            "not isolated".to_string()
+        };
+        println!("response: {state}; {} files quarantined; {} execution blocks", r["quarantined"], r["blocks"]);
+        let a = &s["actions"];
+        if a.is_object() {
+            println!("actions: {} carried out, {} simulated, {} refused, {} failed", a["done"], a["simulated"], a["refused"], a["failed"]);
+        }
+    }
+    let outputs = s["outputs"].as_array().cloned().unwrap_or_default();
+    if !outputs.is_empty() {
+        println!("\noutputs:");
+        for o in outputs {
+            let n = |k: &str| o[k].as_u64().unwrap_or(0);
+            println!(
+                "  {:<10} {:<40} delivered {:>7}  queued {:>5}  dropped {:>4}{}",
+                o["name"].as_str().unwrap_or("?"),
+                o["target"].as_str().unwrap_or(""),
+                n("delivered"),
+                n("queued"),
+                n("dropped"),
+                o["last_error"].as_str().map(|e| format!("  last error: {e}")).unwrap_or_default()
+            );
+        }
+    }
+    let c = &s["config"];
+    if c.is_object() {
+        println!(
+            "\nconfig: {}; {} reloads, {} refused{}{}",
+            c["file"].as_str().unwrap_or("built-in defaults"),
+            c["reloads"],
+            c["reload_failures"],
+            c["last_error"].as_str().map(|e| format!("; last problem: {e}")).unwrap_or_default(),
+            c["restart_needed"].as_array().filter(|a| !a.is_empty()).map(|a| format!("; restart to apply: {}", a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))).unwrap_or_default()
+        );
     }
     println!("\npacks:");
     for p in s["packs"]["active"].as_array().into_iter().flatten() {

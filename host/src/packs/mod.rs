@@ -125,6 +125,11 @@ impl PackManager {
     }
 
     /// The active packs.
+    pub fn set_trust(&mut self, trust: TrustStore) {
+        self.trust = trust;
+    }
+
+    /// The active packs.
     pub fn active(&self) -> Vec<ActivePack> {
         self.active.values().cloned().collect()
     }
