@@ -51,6 +51,9 @@ enum Command {
     /// Build and inspect plugins.
     #[command(subcommand)]
     Plugin(cmd::plugin::PluginCommand),
+    /// Install or remove the agent as a systemd service.
+    #[command(subcommand)]
+    Service(cmd::service::ServiceCommand),
     /// Check a configuration file; print the documented example.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::investigate::export(a),
         Command::Pack(c) => cmd::pack::run(c),
         Command::Keygen(a) => cmd::pack::keygen(a),
+        Command::Service(c) => cmd::service::run(c),
         Command::Config(c) => match cmd::config::run(c) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -7,6 +7,7 @@ pub mod pack;
 pub mod plugin;
 pub mod replay;
 pub mod respond;
+pub mod service;
 pub mod sigma;
 pub mod status;
 
