@@ -308,3 +308,28 @@ fn edr_toml_of(root: &Path) -> String {
     let text = std::fs::read_to_string(root.join("etc/edr/edr.toml")).unwrap();
     text.replace("data_dir = \"/var/lib/edr\"", &format!("data_dir = {:?}", root.join("var/lib/edr")))
 }
+
+#[test]
+fn an_operator_reenables_a_quarantined_plugin_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(common::plugin_path("edr-hostile-panic"), plugins.join("hostile-panic.wasm")).unwrap();
+    let mut agent = Agent::start(dir.path(), &format!("{BASE}max_strikes = 2\n[plugins]\nbuiltin = false\ndir = {plugins:?}\n"));
+    let health = |a: &Agent| a.status()["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile-panic").map(|p| p["health"].as_str().unwrap().to_string());
+    assert_eq!(health(&agent).as_deref(), Some("active"));
+    for i in 0..3 {
+        agent.send(&exec_line("/usr/bin/id", 7000 + i));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.wait_for("quarantine", Duration::from_secs(20), |a| health(a).is_some_and(|h| h != "active"));
+    let data = agent.data_dir.to_str().unwrap().to_string();
+    let out = edr(&["plugin", "reenable", "hostile-panic", "--data-dir", &data]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-enabled hostile-panic"));
+    assert_eq!(health(&agent).as_deref(), Some("active"));
+    let out = edr(&["plugin", "reenable", "no-such-plugin", "--data-dir", &data]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin `no-such-plugin`"));
+    agent.stop();
+}

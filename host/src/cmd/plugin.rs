@@ -10,6 +10,20 @@ pub enum PluginCommand {
     Build(BuildArgs),
     /// Show what a component imports and exports, and whether it loads.
     Inspect(InspectArgs),
+    /// Put a quarantined plugin back to work in the running agent (its
+    /// strikes are forgotten; `edr status` shows why it was quarantined).
+    Reenable(ReenableArgs),
+}
+
+/// Arguments of `edr plugin reenable`.
+#[derive(Debug, clap::Args)]
+pub struct ReenableArgs {
+    /// The plugin: its key (`pack-id/plugin`) or bare name, as `edr status` shows it.
+    pub plugin: String,
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Arguments of `edr plugin build`.
@@ -33,7 +47,21 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
         PluginCommand::Build(a) => build(a),
         PluginCommand::Inspect(a) => inspect(a),
+        PluginCommand::Reenable(a) => reenable(a),
     }
+}
+
+fn reenable(a: ReenableArgs) -> anyhow::Result<()> {
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => super::load_config(a.config.as_deref())?.data_dir,
+    };
+    let reply = crate::control::call(&data_dir, &crate::control::Request::Reenable { plugin: a.plugin.clone() })?;
+    if !reply.ok {
+        anyhow::bail!("{}", reply.error.unwrap_or_default());
+    }
+    println!("re-enabled {}", reply.result.as_ref().and_then(|r| r["reenabled"].as_str()).unwrap_or(&a.plugin));
+    Ok(())
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
