@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 # Plugins compile to wasm32-unknown-unknown (see host/crates/wasm-build).
 rustup target add wasm32-unknown-unknown
 
-# Debian packages some tests use: minisign (pack signature interop) and
-# nftables (host isolation). Installed when we can (root with apt-get, as in
+# Debian packages some tests use: minisign (pack signature interop),
+# nftables (host isolation) and nats-server (the NATS JetStream output). Installed when we can (root with apt-get, as in
 # CI); otherwise those tests print why they skip.
-packages=(minisign nftables)
+packages=(minisign nftables nats-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -237,7 +237,7 @@ pub struct LimitOverrides {
 }
 
 /// `[output]`: where alerts go.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     /// One ECS JSON alert per line on standard output.
@@ -246,19 +246,40 @@ pub struct OutputSection {
     pub alerts_file: PathBuf,
     /// Every event as ECS JSONL (relative paths are under `data_dir`; "" disables).
     pub events_file: PathBuf,
+    /// `[output.syslog]` (or `[[output.syslog]]` for several): RFC 5424 receivers.
+    #[serde(deserialize_with = "edr_output::one_or_many")]
+    pub syslog: Vec<edr_output::SyslogConfig>,
+    /// `[output.webhook]`: HTTP POST with a disk spool and retries.
+    #[serde(deserialize_with = "edr_output::one_or_many")]
+    pub webhook: Vec<edr_output::WebhookConfig>,
+    /// `[output.nats]`: NATS JetStream with a disk spool and publish acks.
+    #[serde(deserialize_with = "edr_output::one_or_many")]
+    pub nats: Vec<edr_output::NatsConfig>,
 }
 
 impl OutputSection {
+    /// The outputs that leave the host (syslog, webhook, NATS).
+    pub fn remote(&self) -> edr_output::OutputsConfig {
+        edr_output::OutputsConfig { syslog: self.syslog.clone(), webhook: self.webhook.clone(), nats: self.nats.clone() }
+    }
+
     /// The outputs beyond stdout and the JSONL files, described for people.
     pub fn extra_outputs(&self) -> Vec<String> {
-        Vec::new()
+        self.remote().describe()
+    }
+}
+
+// The remote outputs' config types compare by their (complete) Debug form.
+impl PartialEq for OutputSection {
+    fn eq(&self, other: &Self) -> bool {
+        self.stdout == other.stdout && self.alerts_file == other.alerts_file && self.events_file == other.events_file && format!("{:?}", self.remote()) == format!("{:?}", other.remote())
     }
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
         // Every event goes to the store; the JSONL copy is opt-in.
-        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::new() }
+        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::new(), syslog: Vec::new(), webhook: Vec::new(), nats: Vec::new() }
     }
 }
 
@@ -427,6 +448,12 @@ impl AgentConfig {
                     return bad(&format!("plugins.settings.{plugin}.{key}"), "use a string, number, boolean or array of those".into());
                 }
             }
+        }
+        if let Err(e) = self.output.remote().validate(&self.data_dir) {
+            return match e {
+                edr_output::OutputError::Config { key, message } => bad(&format!("output.{key}"), message),
+                other => bad("output", other.to_string()),
+            };
         }
         if let Some(listen) = &self.metrics.listen {
             if let Err(e) = self.metrics.address() {

@@ -1,11 +1,16 @@
-//! Alert outputs: standard output and a JSONL file, one ECS document a line.
+//! Alert outputs: standard output and a JSONL file, one ECS document a line,
+//! and the outputs that leave the host (syslog, webhook, NATS: `edr-output`),
+//! which spool or queue and never block this thread.
 
 use anyhow::Context;
 use edr_event::ecs::{alert_to_ecs, EcsContext};
 use edr_event::Alert;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use edr_output::{AlertOutput, OutgoingAlert};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Writes alerts to the configured outputs.
 pub struct AlertWriter {
@@ -13,13 +18,51 @@ pub struct AlertWriter {
     stdout: bool,
     file: Option<BufWriter<File>>,
     store: Option<edr_store::StoreWriter>,
+    remote: RemoteOutputs,
     written: u64,
 }
+
+/// The running remote outputs, shared with status.
+#[derive(Clone, Default)]
+pub struct RemoteOutputs(Arc<Mutex<Vec<Box<dyn AlertOutput>>>>);
+
+impl RemoteOutputs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn AlertOutput>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What each output did, for `edr status` and metrics.
+    pub fn status(&self) -> Vec<edr_output::OutputStatus> {
+        self.lock().iter().map(|o| o.status()).collect()
+    }
+
+    /// Stops every output (spooled alerts stay for the next start).
+    fn shutdown(&self, deadline: Duration) {
+        for o in self.lock().iter_mut() {
+            o.shutdown(deadline);
+        }
+    }
+}
+
+/// How long stopping (or reloading) waits for the remote outputs to deliver.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 
 impl AlertWriter {
     /// Outputs: stdout when `stdout`, and the JSONL file at `file` (appended).
     pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
-        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file: open_alerts_file(file)?, store: None, written: 0 })
+        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file: open_alerts_file(file)?, store: None, remote: RemoteOutputs::default(), written: 0 })
+    }
+
+    /// Starts the remote outputs `cfg` names (`[output.syslog]`, ...).
+    pub fn with_remote(self, cfg: &edr_output::OutputsConfig, data_dir: &Path) -> anyhow::Result<Self> {
+        let outputs = edr_output::build(cfg, data_dir, self.ctx.hostname.as_deref().unwrap_or("localhost")).context("starting the alert outputs")?;
+        *self.remote.lock() = outputs;
+        Ok(self)
+    }
+
+    /// The remote outputs, for status.
+    pub fn remote(&self) -> RemoteOutputs {
+        self.remote.clone()
     }
 
     /// Replaces the outputs (a config reload): the alert thread calls this
@@ -30,6 +73,17 @@ impl AlertWriter {
         }
         self.stdout = set.stdout;
         self.file = set.file;
+        // The old remote outputs stop first: the new ones reopen their spools.
+        self.remote.shutdown(SHUTDOWN_DEADLINE);
+        let host = self.ctx.hostname.clone().unwrap_or_else(|| "localhost".into());
+        let outputs = match edr_output::build(&set.remote, &set.data_dir, &host) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("alert outputs not restarted after the reload: {e}; alerts still go to stdout/the alerts file as configured, and spooled ones wait on disk");
+                Vec::new()
+            }
+        };
+        *self.remote.lock() = outputs;
     }
 
     /// Flushes every output; called once when the agent stops.
@@ -37,6 +91,7 @@ impl AlertWriter {
         if let Some(f) = &mut self.file {
             let _ = f.flush();
         }
+        self.remote.shutdown(SHUTDOWN_DEADLINE);
     }
 
     /// Also records every alert in the store.
@@ -59,6 +114,24 @@ impl AlertWriter {
             f.write_all(line.as_bytes())?;
             f.flush()?;
         }
+        {
+            let mut remote = self.remote.lock();
+            if !remote.is_empty() {
+                let out = OutgoingAlert {
+                    id: alert.id,
+                    json: line.trim_end(),
+                    severity: alert.finding.severity.ecs_score(),
+                    rule_id: &alert.finding.rule_id,
+                    hostname: self.ctx.hostname.as_deref().unwrap_or("localhost"),
+                };
+                for o in remote.iter_mut() {
+                    // Refusals are counted by the output (status shows them).
+                    if let Err(e) = o.send(&out) {
+                        tracing::warn!(output = o.name(), "alert {} not taken: {e}", alert.id);
+                    }
+                }
+            }
+        }
         if let Some(s) = &self.store {
             if let Err(e) = s.append_alert(alert) {
                 tracing::error!("alert {} not recorded in the store: {e}", alert.id);
@@ -79,12 +152,15 @@ impl AlertWriter {
 pub struct OutputSet {
     stdout: bool,
     file: Option<BufWriter<File>>,
+    /// Started by [`AlertWriter::install`], after the old ones stop.
+    remote: edr_output::OutputsConfig,
+    data_dir: std::path::PathBuf,
 }
 
 impl OutputSet {
     /// Opens the outputs `cfg` asks for.
     pub fn open(cfg: &crate::config::AgentConfig) -> anyhow::Result<OutputSet> {
-        Ok(OutputSet { stdout: cfg.output.stdout, file: open_alerts_file(cfg.data_path(&cfg.output.alerts_file).as_deref())? })
+        Ok(OutputSet { stdout: cfg.output.stdout, file: open_alerts_file(cfg.data_path(&cfg.output.alerts_file).as_deref())?, remote: cfg.output.remote(), data_dir: cfg.data_dir.clone() })
     }
 }
 

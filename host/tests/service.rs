@@ -333,3 +333,137 @@ fn an_operator_reenables_a_quarantined_plugin_from_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin `no-such-plugin`"));
     agent.stop();
 }
+
+/// A minimal HTTP receiver: records the `X-Edr-Alert-Ids` of every POST and answers 200.
+fn webhook_receiver(port: u16, ids: std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let ids = ids.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        headers.push(line.trim_end().to_string());
+                    }
+                    let header = |name: &str| headers.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
+                    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body).unwrap();
+                    if let Some(v) = header("x-edr-alert-ids") {
+                        ids.lock().unwrap().extend(v.split(',').map(|x| x.trim().parse::<u64>().unwrap()));
+                    }
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn webhook_down_for_a_while_then_up_gets_every_alert_exactly_once_and_syslog_gets_rfc5424() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    syslog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let config = format!(
+        "{BASE}[output.webhook]\nurl = \"http://127.0.0.1:{port}/alerts\"\nretry_initial_ms = 100\nretry_max_ms = 300\n[output.syslog]\naddress = \"udp://{}\"\n",
+        syslog.local_addr().unwrap()
+    );
+    let mut agent = Agent::start(dir.path(), &config);
+    // The receiver is down: 40 alerts are spooled on disk.
+    let mut lines = String::new();
+    for i in 0..40 {
+        lines.push_str(&exec_line(&format!("/tmp/payload-{i}"), 60_000 + i));
+    }
+    agent.send(&lines);
+    let webhook_status = |a: &Agent| a.status()["outputs"].as_array().unwrap().iter().find(|o| o["kind"] == "webhook").cloned().unwrap();
+    agent.wait_for("40 alerts spooled", Duration::from_secs(20), |a| webhook_status(a)["queued"] == 40);
+    assert!(webhook_status(&agent)["last_error"].is_string());
+    // Syslog (UDP) got them meanwhile, as RFC 5424.
+    let mut buf = vec![0u8; 65536];
+    let n = syslog.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with('<') && msg.contains(">1 "), "not RFC 5424: {msg}");
+    assert!(msg.contains("edr") && msg.contains("[edr@32473 ") && msg.contains("edr.writable.exec-world-writable"), "{msg}");
+    // An agent restart keeps the spool.
+    agent.stop();
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.send(&exec_line("/tmp/payload-after-restart", 61_000));
+    agent.wait_for("41 alerts spooled", Duration::from_secs(20), |a| webhook_status(a)["queued"] == 41);
+    // The receiver comes up: every alert arrives, exactly once.
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    webhook_receiver(port, ids.clone());
+    agent.wait_for("the spool to drain", Duration::from_secs(30), |a| webhook_status(a)["queued"] == 0);
+    let status = webhook_status(&agent);
+    assert_eq!(status["delivered"], 41, "{status}");
+    agent.stop();
+    let got = ids.lock().unwrap().clone();
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(got.len(), 41, "every alert once: {got:?}");
+    assert_eq!(unique.len(), 41, "no alert twice: {got:?}");
+    let written: Vec<u64> = common::agent::read_jsonl(&dir.path().join("data/alerts.jsonl")).iter().map(|a| a["edr"]["alert_id"].as_u64().or_else(|| a["event"]["id"].as_str().and_then(|s| s.parse().ok())).unwrap()).collect();
+    let mut written_sorted = written.clone();
+    written_sorted.sort();
+    assert_eq!(written_sorted, unique, "the webhook got exactly the alerts the agent wrote");
+}
+
+#[test]
+fn nats_jetstream_collects_alerts_from_the_agent() {
+    let Ok(server) = which("nats-server") else {
+        eprintln!("skipped: nats-server not on PATH (Debian package nats-server; scripts/test.sh installs it as root)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut nats = Command::new(server).args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(dir.path().join("js")).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        assert!(nats.try_wait().unwrap().is_none(), "nats-server exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _nats = Kill(nats);
+    let mut agent = Agent::start(dir.path(), &format!("{BASE}[output.nats]\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"edr.alerts.{{host}}\"\nstream = \"EDR_ALERTS\"\n"));
+    let mut lines = String::new();
+    for i in 0..25 {
+        lines.push_str(&exec_line(&format!("/dev/shm/implant-{i}"), 62_000 + i));
+    }
+    agent.send(&lines);
+    let nats_status = |a: &Agent| a.status()["outputs"].as_array().unwrap().iter().find(|o| o["kind"] == "nats").cloned().unwrap();
+    agent.wait_for("25 alerts acknowledged by JetStream", Duration::from_secs(30), |a| nats_status(a)["delivered"] == 25);
+    let s = nats_status(&agent);
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["dropped"], 0, "{s}");
+    agent.stop();
+    // The stream holds them (JetStream's own account of it, over its HTTP-less API: the server's storage dir).
+    let stored = walk_bytes(&dir.path().join("js"));
+    assert!(stored > 0, "JetStream stored nothing");
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into()]).map(|d| d.join(cmd)).find(|p| p.is_file()).ok_or(())
+}
+
+fn walk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum()).unwrap_or(0)
+}

@@ -77,7 +77,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => (1, 1, 1),
     };
     let alerts_file = cfg.data_path(&cfg.output.alerts_file);
-    let mut writer = AlertWriter::new(cfg.output.stdout, alerts_file.as_deref())?;
+    let mut writer = AlertWriter::new(cfg.output.stdout, alerts_file.as_deref())?.with_remote(&cfg.output.remote(), &cfg.data_dir)?;
+    let remote_outputs = writer.remote();
     if let Some(s) = &store {
         writer = writer.with_store(s.writer());
     }
@@ -203,6 +204,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                         let mut s = status(&cfg, &pipeline, &pack_status, collectors.as_ref(), store.as_ref(), responder.as_deref(), &config_status, started);
                         s["actions"] = action_counts.snapshot();
                         s["pipeline"]["queued_events"] = json!(events_rx.len());
+                        s["outputs"] = json!(remote_outputs.status());
                         Reply::ok(s)
                     }
                     Request::Reenable { plugin } => {

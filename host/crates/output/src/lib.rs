@@ -46,6 +46,7 @@ mod worker;
 pub use error::OutputError;
 pub use nats::{Nats, NatsConfig};
 pub use syslog::{Facility, Syslog, SyslogConfig};
+pub use util::one_or_many;
 pub use webhook::{Webhook, WebhookConfig};
 
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,9 @@ pub struct OutgoingAlert<'a> {
     pub severity: u8,
     /// The detection rule that fired, e.g. `edr.revshell.dev-tcp`.
     pub rule_id: &'a str,
-    /// This host's name.
+    /// This host's name: the syslog HOSTNAME. (The webhook and NATS outputs
+    /// build their dedupe keys from the name given to [`build`], which must
+    /// stay the same across restarts.)
     pub hostname: &'a str,
 }
 
@@ -88,8 +91,11 @@ pub trait AlertOutput: Send {
 
     /// Stops taking alerts, delivers what it can within `deadline`, and stops
     /// the delivery thread. A spooled output keeps what is left for its next
-    /// start; syslog counts it as dropped. Further `send`s fail. Dropping an
-    /// output without calling this stops it with a deadline of zero.
+    /// start and releases its spool directory (a new output may open it);
+    /// syslog counts what is left as dropped. Further `send`s fail. Waits at
+    /// most `deadline` plus one second (a request in flight is then left to
+    /// finish on its own). Dropping an output without calling this stops it
+    /// with a deadline of zero.
     fn shutdown(&mut self, deadline: Duration);
 }
 
@@ -266,9 +272,13 @@ impl SharedCounters {
         self.lock().last_error = Some((SystemTime::now(), error.into()));
     }
 
-    /// A status with these counters.
-    pub(crate) fn status(&self, name: &str, kind: &str, target: &str, queued: u64, queued_bytes: u64) -> OutputStatus {
+    /// A status with these counters. `queue` gives the queue depth and
+    /// bytes; it is read under the counters' lock, which the delivery
+    /// thread holds from a commit to the counting of what it committed, so
+    /// the status never shows an alert as neither queued nor delivered.
+    pub(crate) fn status(&self, name: &str, kind: &str, target: &str, queue: impl FnOnce() -> (u64, u64)) -> OutputStatus {
         let c = self.lock();
+        let (queued, queued_bytes) = queue();
         OutputStatus {
             name: name.to_string(),
             kind: kind.to_string(),

@@ -139,7 +139,10 @@ impl NatsConfig {
             return Err(OutputError::config(k("subject"), format!("{:?}: the only placeholder is {{host}}", self.subject)));
         }
         if subject.is_empty() || subject.split('.').any(|t| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace)) {
-            return Err(OutputError::config(k("subject"), format!("{:?} is not a publish subject: dot-separated non-empty tokens, no spaces, no wildcards (* >)", self.subject)));
+            return Err(OutputError::config(
+                k("subject"),
+                format!("{:?} is not a publish subject: dot-separated non-empty tokens, no spaces, no wildcards (* >)", self.subject),
+            ));
         }
         if let Some(s) = &self.stream {
             if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')) {
@@ -301,21 +304,25 @@ impl NatsTransport {
             opts = opts.add_root_certificates(ca.clone());
         }
         if let Some(creds) = self.cfg.credentials_file.clone() {
-            opts = self
-                .block_on(opts.credentials_file(&creds))
-                .ok_or("runtime gone")?
-                .map_err(|e| format!("nats.credentials_file {}: {e}", creds.display()))?;
+            opts =
+                self.block_on(opts.credentials_file(&creds)).ok_or("runtime gone")?.map_err(|e| format!("nats.credentials_file {}: {e}", creds.display()))?;
         }
         let url = self.cfg.url.clone();
         let timeout = self.timeout;
-        let client = self
-            .block_on(async move { tokio::time::timeout(timeout * 2, opts.connect(url)).await })
+        let conn = self
+            .block_on(async move {
+                let client = tokio::time::timeout(timeout * 2, opts.connect(url)).await.map_err(|_| None)?.map_err(Some)?;
+                // The context spawns its acker task: inside the runtime.
+                let mut js = jetstream::new(client.clone());
+                js.set_timeout(timeout);
+                Ok::<_, Option<async_nats::ConnectError>>((client, js))
+            })
             .ok_or("runtime gone")?
-            .map_err(|_| format!("cannot connect to {}: timed out", self.target))?
-            .map_err(|e| format!("cannot connect to {}: {e}", self.target))?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(self.timeout);
-        self.conn = Some((client, js));
+            .map_err(|e| match e {
+                None => format!("cannot connect to {}: timed out", self.target),
+                Some(e) => format!("cannot connect to {}: {e}", self.target),
+            })?;
+        self.conn = Some(conn);
         Ok(())
     }
 
@@ -335,7 +342,11 @@ impl NatsTransport {
             .map_err(|e| format!("cannot find or create stream {name}: {e}"))?;
         let subjects = &stream.cached_info().config.subjects;
         if !subjects.contains(&self.subject) {
-            tracing::warn!("nats {}: stream {name} exists and lists subjects {subjects:?}, not {:?}; alerts go to whichever stream captures the subject", self.target, self.subject);
+            tracing::warn!(
+                "nats {}: stream {name} exists and lists subjects {subjects:?}, not {:?}; alerts go to whichever stream captures the subject",
+                self.target,
+                self.subject
+            );
         }
         self.stream_ready = true;
         Ok(())
@@ -358,7 +369,9 @@ impl Transport for NatsTransport {
                 // Publishing now would only fill the client's buffer.
                 return Outcome::retry(i, format!("not connected to {} (reconnecting)", self.target), None);
             }
-            let publish = jetstream::message::PublishMessage::build().payload(bytes::Bytes::from(rec.json.clone())).message_id(format!("{}-{}", self.msg_id_prefix, rec.id));
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(bytes::Bytes::from(rec.json.clone()))
+                .message_id(format!("{}-{}", self.msg_id_prefix, rec.id));
             let (js, subject, timeout) = (js.clone(), self.subject.clone(), self.timeout);
             let result = self.block_on(async move {
                 tokio::time::timeout(timeout * 2, async move {
@@ -384,7 +397,9 @@ impl Transport for NatsTransport {
                         _ => Outcome::retry(i, what, None),
                     };
                 }
-                Some(Err(_)) => return Outcome::retry(i, format!("publish of alert {} to {}: no acknowledgement within {:?}", rec.id, self.target, timeout * 2), None),
+                Some(Err(_)) => {
+                    return Outcome::retry(i, format!("publish of alert {} to {}: no acknowledgement within {:?}", rec.id, self.target, timeout * 2), None)
+                }
                 None => return Outcome::retry(i, "runtime gone".into(), None),
             }
         }

@@ -248,7 +248,7 @@ impl Spool {
             }
             if let Some(bad_at) = bad {
                 let dropped = file_len - bad_at;
-                if Some(n) == last {
+                if Some(n) == last && torn_tail(&file, bad_at, file_len).map_err(|e| self.io_err(&path, "cannot read", e))? {
                     tracing::warn!(spool = %self.dir.display(), "{}: segment {n} ends with {dropped} bytes of an incomplete record (the agent stopped during an append); truncated. No acknowledged alert is lost.", self.label);
                 } else {
                     self.save_corrupt(&file, n, bad_at, file_len)?;
@@ -449,8 +449,15 @@ impl Spool {
         let (Some(first), Some(last)) = (delivered.first(), delivered.last()) else { return Ok(()) };
         let mut st = self.lock_state();
         let start = first.start;
-        if start != st.committed && !(start.offset == 0 && st.committed.offset == st.segments.get(&st.committed.segment).copied().unwrap_or(0) && start.segment > st.committed.segment) {
-            return Err(OutputError::Start { output: self.label.clone(), message: format!("commit of records starting at {start:?} while the spool is at {:?}", st.committed) });
+        if start != st.committed
+            && !(start.offset == 0
+                && st.committed.offset == st.segments.get(&st.committed.segment).copied().unwrap_or(0)
+                && start.segment > st.committed.segment)
+        {
+            return Err(OutputError::Start {
+                output: self.label.clone(),
+                message: format!("commit of records starting at {start:?} while the spool is at {:?}", st.committed),
+            });
         }
         self.write_committed(last.end)?;
         st.committed = last.end;
@@ -504,7 +511,11 @@ impl Spool {
     /// `rejected.ndjson` with `reason` (synced), then commits past it.
     pub fn reject(&self, record: &Record, reason: &str) -> Result<(), OutputError> {
         let path = self.rejected_path();
-        let alert = if serde_json::from_str::<serde::de::IgnoredAny>(&record.json).is_ok() { record.json.clone() } else { serde_json::Value::String(record.json.clone()).to_string() };
+        let alert = if serde_json::from_str::<serde::de::IgnoredAny>(&record.json).is_ok() {
+            record.json.clone()
+        } else {
+            serde_json::Value::String(record.json.clone()).to_string()
+        };
         let line = format!(
             "{{\"rejected_at\":{},\"alert_id\":{},\"reason\":{},\"alert\":{}}}\n",
             serde_json::Value::String(crate::util::rfc3339(SystemTime::now())),
@@ -541,7 +552,8 @@ impl Spool {
 /// Takes `dir/lock`, waiting up to [`LOCK_WAIT`] for another owner.
 fn lock_dir(dir: &Path, label: &str) -> Result<File, OutputError> {
     let path = dir.join("lock");
-    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(|e| OutputError::io(label, &path, "cannot create", e))?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(|e| OutputError::io(label, &path, "cannot create", e))?;
     let started = Instant::now();
     loop {
         match file.try_lock() {
@@ -550,7 +562,12 @@ fn lock_dir(dir: &Path, label: &str) -> Result<File, OutputError> {
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(OutputError::Start {
                     output: label.to_string(),
-                    message: format!("spool directory {} is in use by another output or process (lock {} held for {}s); give each output its own spool_dir", dir.display(), path.display(), LOCK_WAIT.as_secs()),
+                    message: format!(
+                        "spool directory {} is in use by another output or process (lock {} held for {}s); give each output its own spool_dir",
+                        dir.display(),
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    ),
                 })
             }
             Err(fs::TryLockError::Error(e)) => return Err(OutputError::io(label, &path, "cannot lock", e)),
@@ -611,6 +628,25 @@ fn read_record(file: &File, off: u64, limit: u64) -> io::Result<Option<(u64, Str
         Ok(json) => Ok(Some((id, json, next))),
         Err(_) => Ok(None),
     }
+}
+
+/// Whether the bad bytes from `off` to `len` look like an append cut short
+/// (the record reaches past the end of the file, or the rest is zeros, as a
+/// file system leaves a size extension whose data never reached the disk)
+/// rather than damage in the middle of good data.
+fn torn_tail(file: &File, off: u64, len: u64) -> io::Result<bool> {
+    if len - off < RECORD_HEADER as u64 {
+        return Ok(true);
+    }
+    let mut header = [0u8; 4];
+    file.read_exact_at(&mut header, off)?;
+    let claimed = u32::from_le_bytes(header) as u64;
+    if off + RECORD_HEADER as u64 + claimed >= len {
+        return Ok(true);
+    }
+    let mut rest = vec![0u8; usize::try_from(len - off).unwrap_or(usize::MAX).min(MAX_RECORD + RECORD_HEADER)];
+    file.read_exact_at(&mut rest, off)?;
+    Ok(rest.iter().all(|&b| b == 0))
 }
 
 /// fsync of a directory, so that created, renamed and deleted entries are

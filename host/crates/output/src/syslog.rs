@@ -11,9 +11,9 @@
 //! * PRI = facility × 8 + severity, the severity mapped from ECS
 //!   `event.severity` (0-100) as below.
 //! * TIMESTAMP: when the output formatted the message, UTC, microseconds.
-//! * HOSTNAME: the host name given to [`build`](crate::build) (characters
-//!   outside printable ASCII become `_`); APP-NAME: `app_name`; PROCID: the
-//!   agent's pid; MSGID: `alert`.
+//! * HOSTNAME: the alert's `hostname`, else the one given to
+//!   [`build`](crate::build) (characters outside printable ASCII become `_`);
+//!   APP-NAME: `app_name`; PROCID: the agent's pid; MSGID: `alert`.
 //! * STRUCTURED-DATA: one element `edr@32473`. 32473 is the private
 //!   enterprise number IANA reserves for documentation and examples (RFC
 //!   5612); an organisation with its own number can change it here.
@@ -57,12 +57,12 @@
 //! at shutdown, are counted as `dropped`. Alerts that must arrive belong in
 //! the webhook or NATS outputs, which spool to disk.
 //!
-//! UDP and Unix datagrams are cut to `max_datagram_bytes` (default 8192:
+//! UDP and Unix socket messages are cut to `max_datagram_bytes` (default 8192:
 //! rsyslog's default maximum message size, and within the 65 507-byte UDP
 //! limit; RFC 5426 only guarantees 480 and recommends receivers take 2048).
 //! A cut JSON document is no longer valid JSON: such messages carry
-//! `original_bytes` and are counted in `truncated`. TCP and Unix stream
-//! sockets send whole messages.
+//! `original_bytes` and are counted in `truncated`. TCP sends whole
+//! messages.
 //!
 //! A Unix socket path is tried as a datagram socket first (what `/dev/log`
 //! is), then as a stream socket, where each message ends with a NUL byte as
@@ -175,8 +175,9 @@ pub struct SyslogConfig {
     /// for UTF-8 text. Default true; false for receivers that keep the BOM
     /// as part of the JSON.
     pub bom: bool,
-    /// UDP and Unix datagram messages are cut to this many bytes (480 to
-    /// 65507). Default 8192, rsyslog's default maximum message size.
+    /// UDP and Unix socket messages are cut to this many bytes (480 to
+    /// 65507). Default 8192, rsyslog's default maximum message size. TCP
+    /// sends whole messages.
     pub max_datagram_bytes: usize,
     /// Messages held in memory while the receiver is slow or unreachable;
     /// beyond, alerts are dropped (and counted). Default 10000.
@@ -245,8 +246,10 @@ impl Target {
         }
     }
 
-    fn is_datagram_only(&self) -> bool {
-        matches!(self, Target::Udp(..))
+    /// UDP, or a Unix socket, which is a datagram socket in practice
+    /// (`/dev/log`); a Unix stream socket gets the same size limit.
+    fn is_datagram(&self) -> bool {
+        matches!(self, Target::Udp(..) | Target::Unix(..))
     }
 }
 
@@ -260,10 +263,16 @@ impl SyslogConfig {
     pub fn validate(&self, key: &str) -> Result<(), OutputError> {
         Target::parse(&self.address).map_err(|m| OutputError::config(format!("{key}.address"), m))?;
         if self.app_name.is_empty() || self.app_name.len() > 48 || !self.app_name.bytes().all(|b| (33..=126).contains(&b)) {
-            return Err(OutputError::config(format!("{key}.app_name"), format!("{:?}: use 1 to 48 printable ASCII characters without spaces (RFC 5424 APP-NAME)", self.app_name)));
+            return Err(OutputError::config(
+                format!("{key}.app_name"),
+                format!("{:?}: use 1 to 48 printable ASCII characters without spaces (RFC 5424 APP-NAME)", self.app_name),
+            ));
         }
         if !(480..=65_507).contains(&self.max_datagram_bytes) {
-            return Err(OutputError::config(format!("{key}.max_datagram_bytes"), format!("{} is out of range: use 480 (RFC 5426's minimum) to 65507 (the UDP maximum)", self.max_datagram_bytes)));
+            return Err(OutputError::config(
+                format!("{key}.max_datagram_bytes"),
+                format!("{} is out of range: use 480 (RFC 5426's minimum) to 65507 (the UDP maximum)", self.max_datagram_bytes),
+            ));
         }
         if !(1..=1_000_000).contains(&self.queue) {
             return Err(OutputError::config(format!("{key}.queue"), format!("{} is out of range: use 1 to 1000000", self.queue)));
@@ -291,11 +300,18 @@ impl Formatter {
     /// The message, and whether it was cut.
     fn format(&self, alert: &OutgoingAlert<'_>, now: SystemTime) -> (Vec<u8>, bool) {
         let pri = self.facility * 8 + syslog_severity(alert.severity);
+        let own;
+        let hostname = if alert.hostname.is_empty() {
+            &self.hostname
+        } else {
+            own = header_hostname(alert.hostname);
+            &own
+        };
         let head = |extra: &str| {
             format!(
                 "<{pri}>1 {} {} {} {} alert [edr@{ENTERPRISE_NUMBER} alert_id=\"{}\" rule_id=\"{}\" severity=\"{}\"{extra}] ",
                 rfc3339(now),
-                self.hostname,
+                hostname,
                 self.app_name,
                 self.procid,
                 alert.id,
@@ -386,7 +402,7 @@ impl Syslog {
             app_name: cfg.app_name.clone(),
             procid: std::process::id(),
             bom: cfg.bom,
-            max_datagram: target.is_datagram_only().then_some(cfg.max_datagram_bytes),
+            max_datagram: target.is_datagram().then_some(cfg.max_datagram_bytes),
         };
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
         let control = Arc::new(Control::default());
@@ -395,15 +411,21 @@ impl Syslog {
             name: name.clone(),
             target: target.clone(),
             timeout: Duration::from_millis(cfg.timeout_ms),
-            max_datagram: cfg.max_datagram_bytes,
             backoff: Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms)),
             conn: None,
             failures: 0,
         };
         let worker = {
-            let (rx, control, counters) = (rx.clone(), control.clone(), counters.clone());
-            Worker::spawn(&format!("edr-out-{name}"), move || sender.run(&rx, &control, &counters))
-                .map_err(|e| OutputError::Start { output: name.clone(), message: format!("cannot start the sending thread: {e}") })?
+            let (rx, control, counters, c2) = (rx.clone(), control.clone(), counters.clone(), counters.clone());
+            Worker::spawn(
+                &format!("edr-out-{name}"),
+                move || sender.run(&rx, &control, &counters),
+                move |e| {
+                    tracing::error!("{e}");
+                    c2.error(e);
+                },
+            )
+            .map_err(|e| OutputError::Start { output: name.clone(), message: format!("cannot start the sending thread: {e}") })?
         };
         Ok(Self { name, target: cfg.address.clone(), fmt, capacity: cfg.queue, tx: Some(tx), rx, control, counters, worker: Some(worker), dropping: 0 })
     }
@@ -440,7 +462,12 @@ impl AlertOutput for Syslog {
                         c.truncated += 1;
                         c.truncated == 1
                     };
-                    let log = format!("{}: alert {} ({} bytes) cut to max_datagram_bytes; its JSON is incomplete at the receiver", self.name, alert.id, alert.json.len());
+                    let log = format!(
+                        "{}: alert {} ({} bytes) cut to max_datagram_bytes; its JSON is incomplete at the receiver",
+                        self.name,
+                        alert.id,
+                        alert.json.len()
+                    );
                     if first {
                         tracing::warn!(output = %self.name, "{log} (further cuts are counted in status `truncated`)");
                     } else {
@@ -459,7 +486,7 @@ impl AlertOutput for Syslog {
     }
 
     fn status(&self) -> OutputStatus {
-        self.counters.status(&self.name, "syslog", &self.target, self.rx.len() as u64, 0)
+        self.counters.status(&self.name, "syslog", &self.target, || (self.rx.len() as u64, 0))
     }
 
     fn shutdown(&mut self, deadline: Duration) {
@@ -494,7 +521,6 @@ struct SendLoop {
     name: String,
     target: Target,
     timeout: Duration,
-    max_datagram: usize,
     backoff: Backoff,
     conn: Option<Conn>,
     failures: u64,
@@ -503,14 +529,12 @@ struct SendLoop {
 impl SendLoop {
     fn run(mut self, rx: &Receiver<Vec<u8>>, control: &Control, counters: &SharedCounters) {
         loop {
+            if control.must_exit() {
+                break;
+            }
             let msg = match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    if control.must_exit() {
-                        break;
-                    }
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if !self.deliver(&msg, control, counters) {
@@ -664,10 +688,7 @@ impl SendLoop {
         match self.conn.as_mut() {
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "not connected")),
             Some(Conn::Udp(s)) => s.send(msg).map(drop),
-            Some(Conn::UnixDgram(s)) => {
-                let cut = &msg[..msg.len().min(self.max_datagram)];
-                s.send(cut).map(drop)
-            }
+            Some(Conn::UnixDgram(s)) => s.send(msg).map(drop),
             Some(Conn::Tcp(s)) => {
                 peer_closed(|b| s.set_nonblocking(b), |buf| s.peek(buf))?;
                 let mut frame = Vec::with_capacity(msg.len() + 8);

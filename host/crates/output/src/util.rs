@@ -10,16 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// 5424 allows at most six fraction digits).
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.microsecond()
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", dt.year(), u8::from(dt.month()), dt.day(), dt.hour(), dt.minute(), dt.second(), dt.microsecond())
 }
 
 /// Exponential backoff with "equal jitter": the n-th delay is uniformly
@@ -140,13 +131,18 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Spawns `f` on a thread named `name`.
-    pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<Self> {
+    /// Spawns `f` on a thread named `name`; a panic in `f` is reported to
+    /// `on_panic` (the output's last error) instead of vanishing.
+    pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static, on_panic: impl FnOnce(String) + Send + 'static) -> std::io::Result<Self> {
         let (tx, done) = crossbeam_channel::bounded::<()>(0);
+        let thread = name.to_string();
         let handle = std::thread::Builder::new().name(name.to_string()).spawn(move || {
             // Dropped when `f` returns or unwinds: tells `join_within`.
             let _done = tx;
-            f();
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                on_panic(format!("delivery thread {thread} stopped by a bug (panic: {msg}); restart the agent"));
+            }
         })?;
         Ok(Self { handle: Some(handle), done })
     }
@@ -167,7 +163,8 @@ impl Worker {
 
 /// A TOML table or an array of tables, as a list: lets operators write
 /// `[webhook]` for one output and `[[webhook]]` for several.
-pub(crate) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+/// Deserializes a table or an array of tables as a list (`[x]` or `[[x]]`).
+pub fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -137,7 +137,8 @@ impl WebhookConfig {
             if RESERVED_HEADERS.contains(&parsed.as_str()) {
                 return Err(OutputError::config(&k, "set by the webhook output itself; remove it"));
             }
-            HeaderValue::from_str(value).map_err(|_| OutputError::config(&k, "the value has characters an HTTP header cannot carry (control characters or line breaks)"))?;
+            HeaderValue::from_str(value)
+                .map_err(|_| OutputError::config(&k, "the value has characters an HTTP header cannot carry (control characters or line breaks)"))?;
         }
         check_ms(key, "timeout_ms", self.timeout_ms, 100, 300_000)?;
         check_ms(key, "retry_initial_ms", self.retry_initial_ms, 1, 3_600_000)?;
@@ -156,6 +157,9 @@ impl WebhookConfig {
 fn parse_url(url: &str) -> Result<Uri, String> {
     if url.is_empty() {
         return Err("missing: set the receiver's http:// or https:// URL".into());
+    }
+    if !url.contains("://") {
+        return Err(format!("{url:?} is not an absolute URL; use http://host/path or https://host/path"));
     }
     let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
     match uri.scheme_str() {
@@ -320,7 +324,10 @@ impl Http {
         let detail = clip(text.trim(), 200);
         let what = format!("POST {}: HTTP {status}{}{detail}", self.target, if detail.is_empty() { "" } else { ": " });
         match status {
-            300..=399 => Posted::Retry(format!("{what} (redirect to {}; redirects are not followed: set the final URL)", location.as_deref().unwrap_or("?")), retry_after),
+            300..=399 => Posted::Retry(
+                format!("{what} (redirect to {}; redirects are not followed: set the final URL)", location.as_deref().unwrap_or("?")),
+                retry_after,
+            ),
             401 | 403 | 407 => Posted::Retry(format!("{what} (check the credentials in webhook.headers)"), retry_after),
             404 | 405 | 421 => Posted::Retry(format!("{what} (check webhook.url)"), retry_after),
             408 | 425 | 429 => Posted::Retry(what, retry_after),

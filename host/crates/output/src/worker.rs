@@ -74,7 +74,10 @@ pub(crate) struct Params {
 #[derive(Debug)]
 pub(crate) struct Spooled {
     p: Params,
-    spool: Arc<Spool>,
+    /// Released at shutdown (with its directory lock).
+    spool: Option<Arc<Spool>>,
+    /// Queue depth when the spool was released.
+    final_queued: (u64, u64),
     control: Arc<Control>,
     counters: SharedCounters,
     worker: Option<Worker>,
@@ -94,11 +97,18 @@ impl Spooled {
             tracing::info!(output = %p.name, "{}: {queued} undelivered alerts in the spool {}; delivering them first", p.name, spool.dir().display());
         }
         let worker = {
-            let (p2, spool, control, counters) = (p.clone(), spool.clone(), control.clone(), counters.clone());
-            Worker::spawn(&format!("edr-out-{}", p.name), move || run(transport, &p2, &spool, &control, &counters))
-                .map_err(|e| OutputError::Start { output: p.name.clone(), message: format!("cannot start the delivery thread: {e}") })?
+            let (p2, spool, control, counters, c2) = (p.clone(), spool.clone(), control.clone(), counters.clone(), counters.clone());
+            Worker::spawn(
+                &format!("edr-out-{}", p.name),
+                move || run(transport, &p2, &spool, &control, &counters),
+                move |e| {
+                    tracing::error!("{e}");
+                    c2.error(e);
+                },
+            )
+            .map_err(|e| OutputError::Start { output: p.name.clone(), message: format!("cannot start the delivery thread: {e}") })?
         };
-        Ok(Self { p, spool, control, counters, worker: Some(worker), closed: false, dropping: 0 })
+        Ok(Self { p, spool: Some(spool), final_queued: (0, 0), control, counters, worker: Some(worker), closed: false, dropping: 0 })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -106,10 +116,9 @@ impl Spooled {
     }
 
     pub(crate) fn send(&mut self, alert: &OutgoingAlert<'_>) -> Result<(), OutputError> {
-        let result = if self.closed {
-            Err(OutputError::ShutDown { output: self.p.name.clone(), id: alert.id })
-        } else {
-            self.spool.append(alert.id, &one_line(alert.json))
+        let result = match &self.spool {
+            Some(spool) if !self.closed => spool.append(alert.id, &one_line(alert.json)),
+            _ => Err(OutputError::ShutDown { output: self.p.name.clone(), id: alert.id }),
         };
         match result {
             Ok(()) => {
@@ -136,8 +145,9 @@ impl Spooled {
     }
 
     pub(crate) fn status(&self) -> OutputStatus {
-        let (queued, bytes) = (self.spool.queued(), self.spool.queued_bytes());
-        self.counters.status(&self.p.name, self.p.kind, &self.p.target, queued, bytes)
+        let spool = self.spool.as_ref();
+        let final_queued = self.final_queued;
+        self.counters.status(&self.p.name, self.p.kind, &self.p.target, || spool.map_or(final_queued, |s| (s.queued(), s.queued_bytes())))
     }
 
     pub(crate) fn shutdown(&mut self, deadline: Duration) {
@@ -151,9 +161,12 @@ impl Spooled {
                 tracing::warn!(output = %self.p.name, "{}: the delivery thread is still waiting for the receiver; left to finish on its own", self.p.name);
             }
         }
-        let left = self.spool.queued();
-        if left > 0 {
-            tracing::info!(output = %self.p.name, "{}: {left} undelivered alerts stay in the spool {} for the next start", self.p.name, self.spool.dir().display());
+        if let Some(spool) = self.spool.take() {
+            self.final_queued = (spool.queued(), spool.queued_bytes());
+            let left = self.final_queued.0;
+            if left > 0 {
+                tracing::info!(output = %self.p.name, "{}: {left} undelivered alerts stay in the spool {} for the next start", self.p.name, spool.dir().display());
+            }
         }
     }
 }
@@ -195,15 +208,17 @@ fn run(mut transport: impl Transport, p: &Params, spool: &Spool, control: &Contr
         let outcome = transport.deliver(&batch);
         let n = outcome.delivered.min(batch.len());
         if n > 0 {
+            // Commit and count under the counters' lock (see `status`).
+            let mut c = counters.lock();
             if let Err(e) = spool.commit(&batch[..n]) {
                 // They were delivered; they will be sent again (duplicates
                 // the receiver can drop by alert id) once the disk recovers.
+                c.last_error = Some((SystemTime::now(), e.to_string()));
+                drop(c);
                 tracing::error!(output = %p.name, "{e}: {n} delivered alerts will be sent again");
-                counters.error(e.to_string());
                 control.sleep(backoff.next_delay());
                 continue;
             }
-            let mut c = counters.lock();
             c.delivered += n as u64;
             c.last_delivery = Some(SystemTime::now());
             drop(c);
@@ -232,15 +247,18 @@ fn run(mut transport: impl Transport, p: &Params, spool: &Spool, control: &Contr
             }
             Next::Reject { error } => {
                 let Some(rec) = batch.get(n) else { continue };
+                let mut c = counters.lock();
                 match spool.reject(rec, &error) {
                     Ok(()) => {
-                        counters.lock().rejected += 1;
-                        counters.error(format!("alert {} rejected: {error}", rec.id));
+                        c.rejected += 1;
+                        c.last_error = Some((SystemTime::now(), format!("alert {} rejected: {error}", rec.id)));
+                        drop(c);
                         tracing::error!(output = %p.name, "{}: alert {} rejected for good: {error}; moved to {}", p.name, rec.id, spool.rejected_path().display());
                     }
                     Err(e) => {
+                        c.last_error = Some((SystemTime::now(), e.to_string()));
+                        drop(c);
                         tracing::error!(output = %p.name, "{e}: alert {} stays in the spool", rec.id);
-                        counters.error(e.to_string());
                         control.sleep(backoff.next_delay());
                     }
                 }

@@ -10,13 +10,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A webhook config for 127.0.0.1:`port` with quick retries; `extra` (TOML)
+/// adds or overrides keys.
 fn config(port: u16, extra: &str) -> WebhookConfig {
-    let text = format!("url = \"http://127.0.0.1:{port}/alerts\"\nretry_initial_ms = 20\nretry_max_ms = 200\ntimeout_ms = 2000\n{extra}");
-    toml::from_str(&text).expect("config")
+    let mut t: toml::Table =
+        toml::from_str(&format!("url = \"http://127.0.0.1:{port}/alerts\"\nretry_initial_ms = 20\nretry_max_ms = 200\ntimeout_ms = 2000")).unwrap();
+    t.extend(toml::from_str::<toml::Table>(extra).expect("extra config"));
+    t.try_into().expect("config")
 }
 
 fn spool_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".seg")).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".seg")).collect();
     v.sort();
     v
 }
@@ -70,10 +75,7 @@ fn receiver_down_then_up_gets_every_alert_once_in_order() {
 fn server_errors_are_retried_until_accepted_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let rx = Receiver::scripted(
-        port,
-        vec![(500, vec![]), (503, vec![]), (429, vec![("Retry-After".into(), "1".into())]), (500, vec![])],
-    );
+    let rx = Receiver::scripted(port, vec![(500, vec![]), (503, vec![]), (429, vec![("Retry-After".into(), "1".into())]), (500, vec![])]);
     // retry_max_ms caps Retry-After: 2 s allows the 1 s asked for.
     let cfg = config(port, "retry_max_ms = 2000");
     let mut out = Webhook::start(&cfg, tmp.path(), "test-host").unwrap();
@@ -130,15 +132,17 @@ fn restart_on_the_same_spool_loses_and_repeats_nothing() {
 fn refused_alert_goes_to_the_rejected_file_and_delivery_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    // The alerts queue up while the receiver is down, so they go as one
-    // batch, which the receiver refuses as a whole.
-    let cfg = config(port, "batch_max = 10");
-    let mut out = Webhook::start(&cfg, tmp.path(), "test-host").unwrap();
-    for id in 1..=10 {
-        let json = if id == 5 { serde_json::json!({"id": id, "bad": true}).to_string() } else { alert_json(id, 10) };
-        send(&mut out, id, &json).unwrap();
+    // The alerts are already spooled when the output starts (as after an
+    // outage), so they go as one batch, which the receiver refuses whole.
+    {
+        let spool = Spool::open(&tmp.path().join("spool/webhook"), "webhook spool", SpoolOptions::with_max_bytes(1 << 20)).unwrap();
+        for id in 1..=10 {
+            let json = if id == 5 { serde_json::json!({"id": id, "bad": true}).to_string() } else { alert_json(id, 10) };
+            spool.append(id, &json).unwrap();
+        }
     }
     let rx = Receiver::with(port, Arc::new(|r| if r.body.contains("\"bad\"") { (400, vec![]) } else { (200, vec![]) }));
+    let out = Webhook::start(&config(port, "batch_max = 10"), tmp.path(), "test-host").unwrap();
     assert!(wait_until(Duration::from_secs(5), || out.status().queued == 0), "{}", show(&out.status()));
     assert_eq!(rx.accepted_ids(), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
     let all = rx.all();
@@ -233,6 +237,7 @@ fn unreachable_receiver_keeps_alerts_and_reports_why() {
     let started = Instant::now();
     out.shutdown(Duration::from_millis(100));
     assert!(started.elapsed() < Duration::from_secs(2), "shutdown is bounded");
+    assert_eq!(out.status().queued, 1, "status still reports the spool depth");
     // Still there for the next start.
     let again = Webhook::start(&cfg, tmp.path(), "h").unwrap();
     assert_eq!(again.status().queued, 1);

@@ -21,7 +21,11 @@ pub struct Request {
 impl Request {
     /// Alert ids in the body (each line's `"id"`).
     pub fn body_ids(&self) -> Vec<u64> {
-        self.body.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["id"].as_u64().expect("id")).collect()
+        self.body
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["id"].as_u64().expect("id"))
+            .collect()
     }
     /// Ids in `X-Edr-Alert-Ids`.
     pub fn header_ids(&self) -> Vec<u64> {
