@@ -595,9 +595,9 @@ mod tests {
     #[test]
     fn errors_name_line_and_key() {
         let e = parse("[runtime]\nbatch_size = 0\n").unwrap_err().to_string();
-        assert_eq!(e, "test.toml: `runtime.batch_size`: 0 is out of range 1..=65536");
+        assert_eq!(e, "test.toml: line 2: `runtime.batch_size`: 0 is out of range 1..=65536");
         let e = parse("[runtime]\n\nbatch_sise = 5\n").unwrap_err().to_string();
-        assert!(e.starts_with("test.toml: line 3: unknown field `batch_sise`"), "{e}");
+        assert!(e.starts_with("test.toml: line 3: `runtime.batch_sise`: unknown field `batch_sise`"), "{e}");
         let e = parse("[runtime]\nbatch_size = \"big\"\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml: line 2: invalid type"), "{e}");
         let e = parse("data_dir = [").unwrap_err().to_string();

@@ -146,55 +146,30 @@ pub fn render(s: &Value) -> String {
         }
     }
     let plugins = s["plugins"].as_array().cloned().unwrap_or_default();
-    let plugin_labels = |p: &Value| -> Vec<(String, String)> { vec![("plugin".into(), p["key"].as_str().unwrap_or("?").into()), ("version".into(), p["version"].as_str().unwrap_or("?").into())] };
-    for (metric, key, kind, help) in [
-        ("edr_plugin_calls_total", "calls", "counter", "Batches delivered to a plugin."),
-        ("edr_plugin_events_total", "events", "counter", "Events delivered to a plugin."),
-        ("edr_plugin_findings_total", "findings", "counter", "Findings a plugin returned."),
-        ("edr_plugin_errors_total", "errors", "counter", "Failed calls (traps, timeouts, out of memory)."),
-        ("edr_plugin_timeouts_total", "timeouts", "counter", "Calls stopped at their deadline."),
-        ("edr_plugin_memory_bytes", "memory_bytes", "gauge", "Linear memory of the plugin's live instance."),
-    ] {
-        let mut f = family(o, metric, kind, help);
+    let metric = |key: &'static str| move |p: &Value| num(&p["metrics"][key]);
+    let per_plugin: [(&str, &str, &str, Box<dyn Fn(&Value) -> f64>); 9] = [
+        ("edr_plugin_calls_total", "counter", "Batches delivered to a plugin.", Box::new(metric("calls"))),
+        ("edr_plugin_events_total", "counter", "Events delivered to a plugin.", Box::new(metric("events"))),
+        ("edr_plugin_findings_total", "counter", "Findings a plugin returned.", Box::new(metric("findings"))),
+        ("edr_plugin_errors_total", "counter", "Failed calls (traps, timeouts, out of memory).", Box::new(metric("errors"))),
+        ("edr_plugin_timeouts_total", "counter", "Calls stopped at their deadline.", Box::new(metric("timeouts"))),
+        ("edr_plugin_memory_bytes", "gauge", "Linear memory of the plugin's live instance.", Box::new(metric("memory_bytes"))),
+        ("edr_plugin_dropped_events_total", "counter", "Events a plugin never saw because its queue was full.", Box::new(|p: &Value| num(&p["dropped_events"]))),
+        ("edr_plugin_queued_batches", "gauge", "Batches waiting in a plugin's queue.", Box::new(|p: &Value| num(&p["queued_batches"]))),
+        ("edr_plugin_quarantined", "gauge", "1 when a plugin is quarantined after repeated failures.", Box::new(|p: &Value| if p["health"].as_str() == Some("active") { 0.0 } else { 1.0 })),
+    ];
+    for (name, kind, help, value) in &per_plugin {
+        let mut f = family(o, name, kind, help);
         for p in &plugins {
-            let l = plugin_labels(p);
-            let l: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            f.sample(metric, &l, num(&p["metrics"][key]));
+            f.sample(name, &[("plugin", p["key"].as_str().unwrap_or("?")), ("version", p["version"].as_str().unwrap_or("?"))], value(p));
         }
     }
     {
         let mut f = family(o, "edr_plugin_call_seconds", "gauge", "Recent call duration quantiles.");
         for p in &plugins {
-            let l = plugin_labels(p);
             for (q, key) in [("0.5", "p50_us"), ("0.99", "p99_us")] {
-                let mut l: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-                l.push(("quantile", q));
-                f.sample("edr_plugin_call_seconds", &l, num(&p["metrics"][key]) / 1e6);
+                f.sample("edr_plugin_call_seconds", &[("plugin", p["key"].as_str().unwrap_or("?")), ("version", p["version"].as_str().unwrap_or("?")), ("quantile", q)], num(&p["metrics"][key]) / 1e6);
             }
-        }
-    }
-    {
-        let mut f = family(o, "edr_plugin_dropped_events_total", "counter", "Events a plugin never saw because its queue was full.");
-        for p in &plugins {
-            let l = plugin_labels(p);
-            let l: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            f.sample("edr_plugin_dropped_events_total", &l, num(&p["dropped_events"]));
-        }
-    }
-    {
-        let mut f = family(o, "edr_plugin_queued_batches", "gauge", "Batches waiting in a plugin's queue.");
-        for p in &plugins {
-            let l = plugin_labels(p);
-            let l: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            f.sample("edr_plugin_queued_batches", &l, num(&p["queued_batches"]));
-        }
-    }
-    {
-        let mut f = family(o, "edr_plugin_quarantined", "gauge", "1 when a plugin is quarantined after repeated failures.");
-        for p in &plugins {
-            let l = plugin_labels(p);
-            let l: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            f.sample("edr_plugin_quarantined", &l, if p["health"].as_str() == Some("active") { 0.0 } else { 1.0 });
         }
     }
     {

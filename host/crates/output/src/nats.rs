@@ -42,7 +42,7 @@
 use crate::spool::{Record, Spool, SpoolOptions};
 use crate::util::token_safe;
 use crate::worker::{Outcome, Params, Spooled, Transport};
-use crate::{check_ms, spool_dir, AlertOutput, OutgoingAlert, OutputError, OutputStatus};
+use crate::{check_ms, spool_dir, OutputError};
 use async_nats::jetstream::{self, context::PublishErrorKind, ErrorCode};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -228,20 +228,7 @@ impl Nats {
     }
 }
 
-impl AlertOutput for Nats {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn send(&mut self, alert: &OutgoingAlert<'_>) -> Result<(), OutputError> {
-        self.inner.send(alert)
-    }
-    fn status(&self) -> OutputStatus {
-        self.inner.status()
-    }
-    fn shutdown(&mut self, deadline: Duration) {
-        self.inner.shutdown(deadline)
-    }
-}
+crate::worker::spooled_output!(Nats);
 
 /// The NATS side, on the delivery thread.
 struct NatsTransport {

@@ -52,7 +52,7 @@
 use crate::spool::{Record, Spool, SpoolOptions};
 use crate::util::{clip, token_safe};
 use crate::worker::{Outcome, Params, Spooled, Transport};
-use crate::{check_ms, spool_dir, AlertOutput, OutgoingAlert, OutputError, OutputStatus};
+use crate::{check_ms, spool_dir, OutputError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -232,20 +232,7 @@ impl Webhook {
     }
 }
 
-impl AlertOutput for Webhook {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn send(&mut self, alert: &OutgoingAlert<'_>) -> Result<(), OutputError> {
-        self.inner.send(alert)
-    }
-    fn status(&self) -> OutputStatus {
-        self.inner.status()
-    }
-    fn shutdown(&mut self, deadline: Duration) {
-        self.inner.shutdown(deadline)
-    }
-}
+crate::worker::spooled_output!(Webhook);
 
 /// The HTTP side, on the delivery thread.
 struct Http {

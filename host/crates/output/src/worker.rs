@@ -171,6 +171,28 @@ impl Spooled {
     }
 }
 
+/// Implements [`AlertOutput`] for a newtype whose `inner` field is a
+/// [`Spooled`] (the webhook and NATS outputs).
+macro_rules! spooled_output {
+    ($t:ty) => {
+        impl $crate::AlertOutput for $t {
+            fn name(&self) -> &str {
+                self.inner.name()
+            }
+            fn send(&mut self, alert: &$crate::OutgoingAlert<'_>) -> Result<(), $crate::OutputError> {
+                self.inner.send(alert)
+            }
+            fn status(&self) -> $crate::OutputStatus {
+                self.inner.status()
+            }
+            fn shutdown(&mut self, deadline: std::time::Duration) {
+                self.inner.shutdown(deadline)
+            }
+        }
+    };
+}
+pub(crate) use spooled_output;
+
 impl Drop for Spooled {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
