@@ -54,19 +54,43 @@ fn live_config(vendor: &Publisher, grant: &str, extra: &str) -> String {
     )
 }
 
-/// Starts a "reverse shell": a copy of bash in /tmp connected to a local listener.
+/// Starts a "reverse shell": a copy of bash in /tmp connected to a local
+/// listener. It stays bash (a real reverse shell does): bash `exec`s the
+/// last command of `-c` in place, and a shell that becomes `sleep` within a
+/// millisecond leaves a busy collector only the exe of the bash exec (its
+/// argv is gone from /proc; the event is partial), not the `/dev/tcp` the
+/// plugin looks for.
 fn start_reverse_shell(copy: &Path, port: u16) -> Child {
     std::fs::copy("/bin/bash", copy).unwrap();
-    Command::new(copy).arg("-c").arg(format!("exec 5<>/dev/tcp/127.0.0.1/{port}; sleep 60")).stdout(Stdio::null()).spawn().unwrap()
+    let child = Command::new(copy).arg("-c").arg(format!("exec 5<>/dev/tcp/127.0.0.1/{port}; sleep 60; exit 0")).stdout(Stdio::null()).spawn().unwrap();
+    SHELL.store(child.id(), std::sync::atomic::Ordering::Relaxed);
+    child
 }
+
+/// The pid of the last reverse shell, for failure messages.
+static SHELL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn audit(agent: &Agent) -> Vec<serde_json::Value> {
     read_jsonl(&agent.data_dir.join("actions.jsonl"))
 }
 
 fn wait_records(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
-    agent.wait_for(&format!("{n} audit records"), Duration::from_secs(20), |a| audit(a).len() >= n);
+    let start = Instant::now();
+    while audit(agent).len() < n {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {n} audit records\n{}", diagnose(agent));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     audit(agent)
+}
+
+/// What the agent recorded and did, for a failure message.
+fn diagnose(agent: &Agent) -> String {
+    let pid = SHELL.load(std::sync::atomic::Ordering::Relaxed);
+    let recorded = edr(&["query", "--data-dir", agent.data_dir.to_str().unwrap(), &format!("select id, ts, action, pid, ppid, exe, command_line, partial from process where exe like '/tmp/edr-revshell%' or pid = {pid} or ppid = {pid}")]).1;
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let proc_stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+    let recorded = format!("shell pid {pid}\n{proc_status}\nkernel stack:\n{proc_stack}\n{recorded}");
+    format!("audit: {:#?}\n--- recorded ---\n{recorded}\n--- status ---\n{:#}\n--- agent log ---\n{}", audit(agent), agent.status(), agent.log())
 }
 
 fn exited_within(child: &mut Child, limit: Duration) -> bool {
@@ -131,7 +155,7 @@ mode = "simulate""#, "", true);
         let agent = start_agent(r#"actions = ["kill-process"]
 mode = "enforce""#, "#b\n", true);
         let mut shell = start_reverse_shell(&copy, port);
-        assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed");
+        assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed; {}", diagnose(&agent));
         let records = wait_records(&agent, 2);
         let kill = records.iter().find(|r| r["action"] == "kill-process").unwrap();
         assert_eq!(kill["decision"], "enforced", "{kill}");
@@ -147,7 +171,7 @@ mode = "enforce""#, "#b\n", true);
         let agent = start_agent(r#"actions = ["kill-process", "quarantine-file"]
 mode = "enforce""#, "#c\n", true);
         let mut shell = start_reverse_shell(&copy, port);
-        assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed");
+        assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed; {}", diagnose(&agent));
         agent.wait_for("the binary quarantined", Duration::from_secs(20), |_| !copy.exists());
         let records = wait_records(&agent, 2);
         assert!(records.iter().all(|r| r["decision"] == "enforced"), "{records:#?}");

@@ -181,6 +181,18 @@ fn metrics_endpoint_serves_live_figures_on_loopback_only_when_enabled() {
     }
     agent.send(&lines);
     agent.wait_for("500 events", Duration::from_secs(20), |a| a.status()["pipeline"]["events"] == 500);
+    // `pipeline.events` counts receipt; wait for the plugins to have seen every exec too,
+    // so the scrape and the status below describe the same, settled agent.
+    // Plugins also see a few agent events besides the execs, so wait for their
+    // counts to pass 500 and hold still between two polls.
+    let mut last = Vec::new();
+    agent.wait_for("the plugins to see 500 execs", Duration::from_secs(20), |a| {
+        let seen: Vec<u64> = a.status()["plugins"].as_array().unwrap().iter().map(|p| p["metrics"]["events"].as_u64().unwrap()).collect();
+        let settled = seen.iter().any(|n| *n >= 500) && seen == last;
+        last = seen;
+        std::thread::sleep(Duration::from_millis(200));
+        settled
+    });
     let (code, text) = http_get(port, "/metrics");
     assert_eq!(code, 200, "{text}");
     assert_eq!(sample(&text, "edr_events_received_total"), 500.0);

@@ -23,6 +23,11 @@ pub(crate) struct Stat {
     pub ppid: u32,
     /// Field 22: start time in clock ticks since boot.
     pub start_ticks: u64,
+    /// Fields 48 and 49: where the argv lives in the address space. A new
+    /// image (exec) gets a new one (randomised by ASLR), so two reads that
+    /// differ bracket an exec. `None` on old kernels, and `(0, 0)` where the
+    /// reader may not look into the process.
+    pub arg_area: Option<(u64, u64)>,
 }
 
 /// Parses `/proc/<pid>/stat`. The comm field is everything between the
@@ -39,11 +44,13 @@ pub(crate) fn parse_stat(s: &str) -> Option<Stat> {
     let state = rest.first()?.chars().next()?;
     let ppid = rest.get(1)?.parse().ok()?;
     let start_ticks = rest.get(22 - 3)?.parse().ok()?;
+    let field = |n: usize| rest.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     Some(Stat {
         comm,
         state,
         ppid,
         start_ticks,
+        arg_area: field(48).zip(field(49)),
     })
 }
 
@@ -142,18 +149,61 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Reads what it can, the race-prone `exe` first: a short-lived process
     /// is often gone by the time its exec event is handled.
+    ///
+    /// The reads are bracketed by two reads of `stat`: when the process
+    /// exec'd in between (`env prog`, `sh -c 'exec prog'`), exe and argv may
+    /// come from different images, or the argv be torn, so neither is kept
+    /// (the event is partial and its exe comes from fanotify).
     pub fn read(pid: u32) -> Snapshot {
-        let exe = read_exe(pid).ok();
-        let argv = read_cmdline(pid).ok().filter(|a| !a.is_empty());
-        let stat = read_stat(pid).ok();
+        let before = read_stat(pid).ok();
+        let mut exe = read_exe(pid).ok();
+        let mut argv = read_cmdline(pid).ok().filter(|a| !a.is_empty());
         let euid = read_euid(pid).ok();
         let cwd = read_cwd(pid).ok();
+        let stat = read_stat(pid).ok();
+        // (0, 0): not ours to see, or the process has exited (no address
+        // space): no evidence of an exec.
+        let area = |s: &Option<Stat>| s.as_ref().and_then(|s| s.arg_area).filter(|a| *a != (0, 0));
+        if let (Some(a), Some(b)) = (area(&before), area(&stat)) {
+            if a != b {
+                exe = None;
+                argv = None;
+            }
+        }
         Snapshot {
             exe,
             argv,
-            stat,
+            stat: stat.or(before),
             cwd,
             euid,
+        }
+    }
+
+    /// Drops what belongs to a later image than the exec being handled,
+    /// whose executable was `exe` (from fanotify): a process that exec'd
+    /// again before `/proc` was read (`sh -c 'exec prog'`, `env prog`,
+    /// `nohup`, ...) shows the later program there, and reporting that for
+    /// the earlier exec would hide the earlier one. Its exe and argv are
+    /// then unknown (the caller takes the exe from fanotify, and the event
+    /// is partial) and its comm is the exe's file name, as the kernel sets
+    /// it. Returns whether it did.
+    pub fn forget_later_image(&mut self, exe: &str) -> bool {
+        let plain = |p: &str| p.strip_suffix(" (deleted)").unwrap_or(p).to_string();
+        match &self.exe {
+            Some(now) if plain(now) != plain(exe) => {
+                self.exe = None;
+                self.argv = None;
+                if let Some(stat) = self.stat.as_mut() {
+                    let name = exe.rsplit('/').next().unwrap_or(exe);
+                    // TASK_COMM_LEN: 15 bytes and the NUL.
+                    stat.comm = name.chars().scan(0, |len, c| {
+                        *len += c.len_utf8();
+                        (*len <= 15).then_some(c)
+                    }).collect();
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -321,14 +371,42 @@ mod tests {
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
-        let s = "4242 (my (evil) proc) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 987654 10000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let s = "4242 (my (evil) proc) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 987654 10000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 140737488347000 140737488347100 140737488347200 0";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.comm, "my (evil) proc");
         assert_eq!(st.state, 'S');
         assert_eq!(st.ppid, 1);
         assert_eq!(st.start_ticks, 987654);
+        assert_eq!(st.arg_area, Some((140737488347000, 140737488347100)));
         assert!(parse_stat("12 (x) S 1").is_none());
         assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn a_later_image_in_proc_is_not_taken_for_the_exec_being_handled() {
+        let snap = || Snapshot {
+            exe: Some("/usr/bin/sleep".into()),
+            argv: Some(vec!["sleep".into(), "60".into()]),
+            stat: parse_stat("7 (sleep) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0 0"),
+            cwd: Some("/root".into()),
+            euid: Some(0),
+        };
+        // Same image (a deleted file counts as itself): kept.
+        let mut same = snap();
+        assert!(!same.forget_later_image("/usr/bin/sleep"));
+        assert!(!same.forget_later_image("/usr/bin/sleep (deleted)"));
+        assert!(same.complete());
+        // The exec being handled ran a reverse shell that has since exec'd sleep.
+        let mut later = snap();
+        assert!(later.forget_later_image("/tmp/edr-revshell-with-a-long-name"));
+        assert_eq!((later.exe, later.argv), (None, None));
+        let stat = later.stat.unwrap();
+        assert_eq!(stat.comm, "edr-revshell-wi", "the kernel's 15-byte comm of the earlier image");
+        assert_eq!((stat.ppid, stat.start_ticks), (1, 99), "the process itself is the same");
+        assert_eq!(later.cwd.as_deref(), Some("/root"));
+        // Nothing read from /proc: nothing to forget.
+        let mut gone = Snapshot::default();
+        assert!(!gone.forget_later_image("/tmp/x"));
     }
 
     #[test]

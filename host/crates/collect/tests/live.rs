@@ -584,6 +584,85 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
     collectors.stop();
 }
 
+/// A process that execs again at once (`env prog`, `sh -c 'exec prog'`,
+/// `nohup`) shows the later program in `/proc` by the time a busy collector
+/// reads it. Each exec must still report its own image: the earlier one is
+/// what a detection looks for (a reverse shell that then execs `sleep`).
+#[test]
+fn an_exec_chain_reports_each_image_with_its_own_exe() {
+    let _s = serial();
+    if !is_root() {
+        eprintln!("skipped: fanotify exec paths need root");
+        return;
+    }
+    const N: usize = 100;
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let env = canon(copy_binary(dir.path(), "/usr/bin/env"));
+    let sleep = canon("/bin/sleep");
+    let (tx, rx) = crossbeam_channel::bounded(65_536);
+    let Some(collectors) = start_netlink(tx) else {
+        return;
+    };
+    // Keep the collector busy meanwhile, as a loaded host does: that is
+    // when /proc is read after the second exec.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let script = format!("i=0; while [ $i -lt {N} ]; do '{env}' '{sleep}' 0.01; i=$((i+1)); done");
+    let mut sh = Command::new("/bin/sh").arg("-c").arg(&script).spawn().unwrap();
+    let sh_pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    for mut b in busy {
+        let _ = b.wait();
+    }
+    let children = |evs: &[Event]| {
+        evs.iter()
+            .filter(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid))
+            .count()
+    };
+    let events = collect_until(&rx, Duration::from_secs(30), |evs| children(evs) >= 2 * N);
+    let st = collectors.status()[0].clone();
+    let mut by_pid: std::collections::BTreeMap<u32, Vec<(bool, &edr_event::ProcessExec)>> = Default::default();
+    for e in &events {
+        if let EventBody::ProcessExec(x) = &e.body {
+            if x.ppid == sh_pid {
+                by_pid.entry(x.pid).or_default().push((e.partial, x));
+            }
+        }
+    }
+    let superseded = by_pid.values().filter(|v| v.first().is_some_and(|(p, x)| *p && x.exe == env)).count();
+    eprintln!(
+        "exec chains: {} pids, {superseded} first execs read after the second (partial, exe from fanotify); lost {}",
+        by_pid.len(),
+        st.lost
+    );
+    if st.lost == 0 {
+        assert_eq!(by_pid.len(), N, "{st:?}");
+    }
+    for (pid, execs) in &by_pid {
+        if st.lost > 0 && execs.len() != 2 {
+            continue;
+        }
+        let images: Vec<&str> = execs.iter().map(|(_, x)| x.exe.as_str()).collect();
+        assert_eq!(images, vec![env.as_str(), sleep.as_str()], "pid {pid}: {execs:#?}");
+        let (partial, first) = execs[0];
+        if partial {
+            assert_eq!(first.argv, vec![env.clone()], "unknown argv is the executed file, never the later one's");
+        } else {
+            assert_eq!(first.argv, vec![env.clone(), sleep.clone(), "0.01".into()]);
+        }
+        assert_eq!(execs[1].1.argv, vec![sleep.clone(), "0.01".into()]);
+        assert_eq!(execs[0].1.entity_id, execs[1].1.entity_id, "one process");
+    }
+    collectors.stop();
+}
+
 #[test]
 fn poll_mode_synthesises_exec_and_exit_without_root() {
     let _s = serial();

@@ -262,8 +262,7 @@ impl Plugin {
         let result = func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events));
         self.metrics.record_call_time(start.elapsed());
         self.metrics.calls.fetch_add(1, Relaxed);
-        self.metrics.events.fetch_add(events.len() as u64, Relaxed);
-        match result {
+        let outcome = match result {
             Ok((mut findings,)) => {
                 self.metrics.set_memory(live.store.data().limiter.current);
                 self.bound(&mut findings);
@@ -278,7 +277,10 @@ impl Plugin {
                 self.fail(&err);
                 CallOutcome { findings: Vec::new(), error: Some(err) }
             }
-        }
+        };
+        // Counted last (release), so a reader who sees the events also sees their findings.
+        self.metrics.events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Release);
+        outcome
     }
 
     /// Counts a failure, logs it, and quarantines after too many strikes.

@@ -436,10 +436,15 @@ fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg, paths: Option<&mut ExecPaths>) {
         }
         ProcEvent::Exec { tgid, .. } => {
             // /proc first: the process may be exiting right now.
-            let snap = Snapshot::read(tgid);
+            let mut snap = Snapshot::read(tgid);
             // The records are claimed either way, so that they cannot stand
             // in for a later exec of the pid; used when /proc was too late.
             let chain = paths.and_then(|p| p.take(tgid, m.ts_ns, &sink.counters));
+            if let Some(then) = chain.as_ref().and_then(|c| c.exe()) {
+                if snap.forget_later_image(then) {
+                    tracing::debug!(pid = tgid, exe = then, "exec superseded by a later exec before /proc was read; its image comes from fanotify");
+                }
+            }
             let image = chain
                 .filter(|_| snap.exe.is_none())
                 .and_then(|c| ExecImage::recovered(&c));
