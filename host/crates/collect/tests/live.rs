@@ -657,7 +657,13 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
         } else {
             assert_eq!(first.argv, vec![env.clone(), sleep.clone(), "0.01".into()]);
         }
-        assert_eq!(execs[1].1.argv, vec![sleep.clone(), "0.01".into()]);
+        let (partial, second) = execs[1];
+        if partial {
+            // `sleep 0.01` may be gone too on a loaded host.
+            assert!(second.argv == vec![sleep.clone()] || second.argv == vec!["sleep".to_string()], "{second:#?}");
+        } else {
+            assert_eq!(second.argv, vec![sleep.clone(), "0.01".into()]);
+        }
         assert_eq!(execs[0].1.entity_id, execs[1].1.entity_id, "one process");
     }
     collectors.stop();

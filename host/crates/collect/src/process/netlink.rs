@@ -570,35 +570,36 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(100_000);
         let sink = Sink::new(tx, crate::sink::Counters::new("process", "netlink"));
         let mut reader = Reader::new(sock);
-        // Baselines of the per-CPU sequences, read as they come.
-        for _ in 0..20 {
-            spawn(1);
-            reader.drain(&ctx, &sink);
-        }
+        // A CPU's sequence is known (and its losses show) once that CPU
+        // reports an event: run a few processes pinned to each CPU.
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+        let visit_every_cpu = |reader: &mut Reader| {
+            for cpu in 0..cpus {
+                for _ in 0..3 {
+                    let mut cmd = std::process::Command::new("/bin/true");
+                    // SAFETY: only async-signal-safe calls between fork and exec.
+                    unsafe {
+                        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                            let mut set: libc::cpu_set_t = std::mem::zeroed();
+                            libc::CPU_SET(cpu, &mut set);
+                            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                            Ok(())
+                        });
+                    }
+                    cmd.status().unwrap();
+                    reader.drain(&ctx, &sink);
+                }
+            }
+        };
+        // Baselines of the per-CPU sequences, read as they come (a CPU not
+        // seen before the burst could not count what it lost in it).
+        visit_every_cpu(&mut reader);
         let before = sink.counters.status();
         // 300 processes (900 messages) while nobody reads.
         spawn(300);
         reader.drain(&ctx, &sink);
-        // A CPU's losses show when that CPU next reports an event: run a
-        // few processes pinned to each CPU.
-        // SAFETY: sysconf has no preconditions.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
-        for cpu in 0..cpus {
-            for _ in 0..3 {
-                let mut cmd = std::process::Command::new("/bin/true");
-                // SAFETY: only async-signal-safe calls between fork and exec.
-                unsafe {
-                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(cpu, &mut set);
-                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                        Ok(())
-                    });
-                }
-                cmd.status().unwrap();
-                reader.drain(&ctx, &sink);
-            }
-        }
+        visit_every_cpu(&mut reader);
         let st = sink.counters.status();
         eprintln!(
             "overflow test: overflows {} lost {} (before the burst: {}) events {}",
