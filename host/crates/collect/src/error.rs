@@ -39,3 +39,9 @@ pub enum CollectError {
         source: std::io::Error,
     },
 }
+
+impl From<edr_procfs::ProcError> for CollectError {
+    fn from(e: edr_procfs::ProcError) -> CollectError {
+        CollectError::Proc { path: e.path, source: e.source }
+    }
+}

@@ -23,8 +23,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
+use edr_procfs::{read_stat, BootInfo, Stat, PF_KTHREAD};
 
 /// How long a kill waits for its targets to exit before reporting survivors.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -40,7 +39,7 @@ pub enum ProcessIdentity {
     /// `edr_event::ProcessExec::start_time` (boot time + start ticks).
     StartTime(u64),
     /// The agent's entity id (`edr_event::ProcessExec::entity_id`): a hash of
-    /// the boot id, the pid and the start ticks, as `edr_collect::entity_id`
+    /// the boot id, the pid and the start ticks, as `edr_procfs::entity_id`
     /// computes it.
     EntityId(u64),
 }
@@ -54,108 +53,23 @@ impl std::fmt::Display for ProcessIdentity {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` we use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub pid: u32,
-    pub comm: String,
-    pub state: char,
-    pub ppid: u32,
-    pub flags: u64,
-    pub start_ticks: u64,
-}
-
-/// Parses a `/proc/<pid>/stat` line. `comm` may contain spaces and
-/// parentheses, so the fields are counted from the last `)`.
-pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
-    let open = line.find('(')?;
-    let close = line.rfind(')')?;
-    let pid = line[..open].trim().parse().ok()?;
-    let comm = line.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    let state = rest.first()?.chars().next()?;
-    let ppid = rest.get(1)?.parse().ok()?;
-    let flags = rest.get(6)?.parse().ok()?;
-    let start_ticks = rest.get(19)?.parse().ok()?;
-    Some(Stat { pid, comm, state, ppid, flags, start_ticks })
-}
-
-/// Reads `/proc/<pid>/stat`.
-pub(crate) fn read_stat(pid: u32) -> io::Result<Stat> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&s).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse /proc/{pid}/stat")))
-}
-
-/// Boot id, boot time and tick rate, for start times and entity ids.
-struct Boot {
-    boot_id: String,
-    btime: u64,
-    clk_tck: u64,
-}
-
-fn boot() -> &'static Boot {
-    static BOOT: OnceLock<Boot> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default();
-        let btime = fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok())))
-            .unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Boot { boot_id, btime, clk_tck: if tck > 0 { tck as u64 } else { 100 } }
-    })
-}
-
-/// Start time in ns since the epoch from start ticks (the collector's formula).
-pub(crate) fn start_time_ns(ticks: u64) -> u64 {
-    let b = boot();
-    b.btime * 1_000_000_000 + ticks * (1_000_000_000 / b.clk_tck)
-}
-
-/// The agent's entity id of (boot, pid, start ticks). Must stay identical to
-/// `edr_collect::entity_id` (FNV-1a then a SplitMix64 finaliser; never 0).
-pub(crate) fn entity_id(boot_id: &str, pid: u32, start_ticks: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    feed(boot_id.as_bytes());
-    feed(&[0xff]);
-    feed(&pid.to_le_bytes());
-    feed(&start_ticks.to_le_bytes());
-    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    if z == 0 {
-        1
-    } else {
-        z
-    }
-}
-
 /// The identity of a live process, in the form of `want`.
 fn identity_of(stat: &Stat, want: ProcessIdentity) -> ProcessIdentity {
     match want {
-        ProcessIdentity::StartTime(_) => ProcessIdentity::StartTime(start_time_ns(stat.start_ticks)),
-        ProcessIdentity::EntityId(_) => ProcessIdentity::EntityId(entity_id(&boot().boot_id, stat.pid, stat.start_ticks)),
+        ProcessIdentity::StartTime(_) => ProcessIdentity::StartTime(BootInfo::current().start_time_ns(stat.start_ticks)),
+        ProcessIdentity::EntityId(_) => ProcessIdentity::EntityId(BootInfo::current().entity_id(stat.pid, stat.start_ticks)),
     }
 }
 
 /// The entity id of a process, as the collector computes it (for tests and
 /// for callers that only have a pid).
 pub fn current_entity_id(pid: u32) -> Option<u64> {
-    read_stat(pid).ok().map(|s| entity_id(&boot().boot_id, pid, s.start_ticks))
+    read_stat(pid).ok().map(|s| BootInfo::current().entity_id(pid, s.start_ticks))
 }
 
 /// The start time (ns since the epoch) of a process, as the collector computes it.
 pub fn current_start_time(pid: u32) -> Option<u64> {
-    read_stat(pid).ok().map(|s| start_time_ns(s.start_ticks))
+    read_stat(pid).ok().map(|s| BootInfo::current().start_time_ns(s.start_ticks))
 }
 
 /// Which processes are never killed or suspended.
@@ -611,32 +525,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_stat_with_awkward_comm() {
-        let line = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
-        let s = parse_stat(line).unwrap();
-        assert_eq!(s.pid, 4242);
-        assert_eq!(s.comm, "a) b (c)");
-        assert_eq!(s.state, 'S');
-        assert_eq!(s.ppid, 17);
-        assert_eq!(s.flags, 4194560);
-        assert_eq!(s.start_ticks, 987654);
-    }
-
-    #[test]
-    fn entity_id_matches_the_collector() {
-        // Value computed with edr_collect::entity_id for the same inputs.
-        assert_eq!(entity_id("6f1c2f1e-0000-4000-8000-000000000001", 4242, 1000), 18099858270816193952);
-        assert_ne!(entity_id("6f1c2f1e-0000-4000-8000-000000000001", 4242, 1001), 18099858270816193952);
-    }
-
-    #[test]
     fn self_and_init_and_kthreadd_are_protected() {
         let prot = Protection::new(&[]);
         let me = read_stat(std::process::id()).unwrap();
         assert_eq!(prot.why(&me).as_deref(), Some("the agent itself"));
-        let init = Stat { pid: 1, comm: "init".into(), state: 'S', ppid: 0, flags: 0, start_ticks: 1 };
+        let init = Stat { pid: 1, comm: "init".into(), state: 'S', ppid: 0, flags: 0, start_ticks: 1, arg_area: None };
         assert!(prot.why(&init).is_some());
-        let kthread = Stat { pid: 77, comm: "kworker/0:1".into(), state: 'I', ppid: 2, flags: PF_KTHREAD, start_ticks: 1 };
+        let kthread = Stat { pid: 77, comm: "kworker/0:1".into(), state: 'I', ppid: 2, flags: PF_KTHREAD, start_ticks: 1, arg_area: None };
         assert!(prot.why(&kthread).unwrap().contains("kernel thread"));
         let parent = read_stat(me.ppid).unwrap();
         if parent.pid > 1 {
@@ -647,7 +542,7 @@ mod tests {
     #[test]
     fn identity_check_detects_reuse() {
         let me = read_stat(std::process::id()).unwrap();
-        let st = start_time_ns(me.start_ticks);
+        let st = BootInfo::current().start_time_ns(me.start_ticks);
         assert!(check_identity(&me, Some(ProcessIdentity::StartTime(st))).is_ok());
         assert!(matches!(check_identity(&me, Some(ProcessIdentity::StartTime(st + 1))), Err(RespondError::PidReused { .. })));
         let eid = current_entity_id(me.pid).unwrap();

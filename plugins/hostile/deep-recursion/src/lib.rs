@@ -4,6 +4,8 @@ use edr_sdk::prelude::*;
 /// Recurses forever.
 pub struct DeepRecursion;
 
+// Endless on purpose: the fixture exists to hit the stack limit.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn descend(depth: u64, pad: [u64; 16]) -> u64 {
     let next = std::hint::black_box([pad[0].wrapping_add(depth); 16]);
