@@ -237,7 +237,7 @@ pub struct LimitOverrides {
 }
 
 /// `[output]`: where alerts go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     /// One ECS JSON alert per line on standard output.
@@ -266,13 +266,6 @@ impl OutputSection {
     /// The outputs beyond stdout and the JSONL files, described for people.
     pub fn extra_outputs(&self) -> Vec<String> {
         self.remote().describe()
-    }
-}
-
-// The remote outputs' config types compare by their (complete) Debug form.
-impl PartialEq for OutputSection {
-    fn eq(&self, other: &Self) -> bool {
-        self.stdout == other.stdout && self.alerts_file == other.alerts_file && self.events_file == other.events_file && format!("{:?}", self.remote()) == format!("{:?}", other.remote())
     }
 }
 

@@ -107,6 +107,13 @@ fn hot_swap_refusals_rollback_and_restart() {
     expect_refusal(&mut agent, "a plugin failing the canary", "staging_failed", &trapping);
     let overreaching = vendor.pack(PACK, "1.2.4", "stateful", "edr-test-stateful", EXEC, r#"["log"]"#);
     expect_refusal(&mut agent, "a plugin importing an ungranted capability", "staging_failed", &overreaching);
+    // Judged archives leave the drop-in directory: refused ones with their reason.
+    let reason = std::fs::read_to_string(incoming.join("rejected").join(format!("{}.reason", foreign.file_name().unwrap().to_str().unwrap()))).unwrap();
+    assert!(reason.contains("key"), "{reason}");
+    assert!(incoming.join("rejected").join(foreign.file_name().unwrap()).exists());
+    assert!(incoming.join("done").join(v11.file_name().unwrap()).exists());
+    let waiting: Vec<_> = std::fs::read_dir(&incoming).unwrap().flatten().filter(|e| e.path().is_file()).map(|e| e.file_name()).collect();
+    assert!(waiting.is_empty(), "judged archives stay in the drop-in directory: {waiting:?}");
     let log = agent.log();
     assert!(log.contains("failed the canary batch"), "{log}");
     assert!(log.contains("edr:plugin/state@0.1.0") && log.contains("was not granted"), "the refusal names the import");

@@ -582,6 +582,10 @@ fn spawn_pack_thread(
                             Some(sig) => manager.offer(&c.archive, sig, &c.origin),
                             None => Err(packs::OfferError::Rejected(edr_pack::Rejection::MissingSignature { path: edr_pack::signature_path(std::path::Path::new(&c.origin)) })),
                         };
+                        if let Some(file) = &c.dropped {
+                            let refused = result.as_ref().err().filter(|e| !e.is_benign()).map(|e| e.to_string());
+                            packs::retire_dropped(file, refused.as_deref());
+                        }
                         Some((result, origin))
                     }
                     Err(_) => return,

@@ -24,7 +24,7 @@ mod canary;
 mod sources;
 mod state;
 
-pub use sources::{poll_update_url, watch_drop_dir, Candidate};
+pub use sources::{poll_update_url, retire_dropped, watch_drop_dir, Candidate};
 pub use state::PackState;
 
 use crate::config::AgentConfig;

@@ -19,6 +19,9 @@ pub struct Candidate {
     pub signature: Option<String>,
     /// Where it came from, for logs (a path or a URL).
     pub origin: String,
+    /// The file in the drop-in directory, to be moved out once judged
+    /// ([`retire_dropped`]); `None` for downloads.
+    pub dropped: Option<PathBuf>,
 }
 
 /// Largest archive fetched (the verifier applies its own, equal, limit).
@@ -29,7 +32,7 @@ const SIGNATURE_GRACE: Duration = Duration::from_secs(5);
 
 /// Watches `dir` for `*.edrpack` files (with `*.edrpack.minisig` beside
 /// them) and sends each new or changed one once its size and mtime have
-/// settled. inotify wakes it at once; a rescan every second covers file
+/// settled; the pack thread moves it out once judged ([`retire_dropped`]). inotify wakes it at once; a rescan every second covers file
 /// systems where notifications do not arrive.
 pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create packs drop-in directory {}: {e}", dir.display()))?;
@@ -56,7 +59,11 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
         while !stop.load(Ordering::Relaxed) {
             let wait = if pending.is_empty() { Duration::from_secs(1) } else { Duration::from_millis(200) };
             let _ = wake_rx.recv_timeout(wait);
-            for archive in list_archives(&dir) {
+            let archives = list_archives(&dir);
+            // Judged files are moved out: forget them, so that the same file
+            // dropped again (even with the same size and mtime) is judged again.
+            sent.retain(|p, _| archives.contains(p));
+            for archive in archives {
                 let Some(meta) = stat(&archive) else { continue };
                 if sent.get(&archive) == Some(&meta) {
                     continue;
@@ -72,7 +79,7 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
                         match std::fs::read(&archive) {
                             Ok(bytes) => {
                                 let origin = archive.display().to_string();
-                                if tx.send(Candidate { archive: bytes, signature, origin }).is_err() {
+                                if tx.send(Candidate { archive: bytes, signature, origin, dropped: Some(archive.clone()) }).is_err() {
                                     return;
                                 }
                                 sent.insert(archive.clone(), meta);
@@ -90,6 +97,41 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
         }
     })?;
     Ok(handle)
+}
+
+/// Where a judged drop-in archive goes, under the drop-in directory.
+pub const DONE_DIR: &str = "done";
+/// Where a refused drop-in archive goes, with a `.reason` file beside it.
+pub const REJECTED_DIR: &str = "rejected";
+
+/// Moves a judged drop-in archive and its signature out of the watched
+/// directory, so that what is left there is what waits, and a restart does
+/// not judge (and report) the same files again: to `done/` when it was
+/// activated or already installed, to `rejected/` otherwise, with the reason
+/// in `<archive>.reason`. A file of the same name there is replaced. A
+/// failure to move is logged; the archive is then judged again at the next
+/// start, which is harmless.
+pub fn retire_dropped(archive: &Path, refused: Option<&str>) {
+    let Some(dir) = archive.parent() else { return };
+    let Some(name) = archive.file_name() else { return };
+    let to = dir.join(if refused.is_some() { REJECTED_DIR } else { DONE_DIR });
+    let sig = edr_pack::signature_path(archive);
+    let moved = std::fs::create_dir_all(&to).and_then(|()| {
+        if let Some(reason) = refused {
+            let mut note = name.to_os_string();
+            note.push(".reason");
+            std::fs::write(to.join(note), format!("{reason}\n"))?;
+        }
+        std::fs::rename(archive, to.join(name))?;
+        match std::fs::rename(&sig, to.join(sig.file_name().unwrap_or_default())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    });
+    match moved {
+        Ok(()) => tracing::debug!(archive = %archive.display(), to = %to.display(), "drop-in archive judged; moved out of the watched directory"),
+        Err(e) => tracing::warn!(archive = %archive.display(), "cannot move a judged pack to {}: {e}; it will be judged again at the next start", to.display()),
+    }
 }
 
 fn list_archives(dir: &Path) -> Vec<PathBuf> {
@@ -167,7 +209,7 @@ pub fn poll_update_url(
                 let signature = fetch(&agent, &format!("{url}.minisig"), 4096).ok().and_then(|b| String::from_utf8(b).ok());
                 tried.insert((entry.id.clone(), entry.version.clone()));
                 tracing::info!(%url, pack = %entry.id, version = %entry.version, "downloaded pack update");
-                if tx.send(Candidate { archive, signature, origin: url }).is_err() {
+                if tx.send(Candidate { archive, signature, origin: url, dropped: None }).is_err() {
                     return;
                 }
             }

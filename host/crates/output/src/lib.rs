@@ -137,7 +137,7 @@ pub struct OutputStatus {
 /// The outputs section of the agent's config: any number of each kind.
 /// Each kind accepts a table (`[webhook]`) or an array of tables
 /// (`[[webhook]]`); several of a kind need distinct `name`s.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputsConfig {
     /// Syslog receivers (RFC 5424).

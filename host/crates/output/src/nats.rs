@@ -52,7 +52,7 @@ use std::time::Duration;
 const BATCH: usize = 64;
 
 /// `[nats]`: publish alerts to NATS JetStream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Names this output in status and logs, and its default spool

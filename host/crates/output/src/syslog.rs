@@ -153,7 +153,7 @@ pub fn syslog_severity(ecs: u8) -> u8 {
 }
 
 /// `[syslog]`: send alerts to a syslog receiver (RFC 5424).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyslogConfig {
     /// Names this output in status and logs; needed only to tell several

@@ -66,7 +66,7 @@ const BATCH_BYTES: usize = 1 << 20;
 const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "transfer-encoding", "host", "connection", "idempotency-key", "x-edr-alert-ids"];
 
 /// `[webhook]`: POST alerts to an HTTP(S) URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// Names this output in status and logs, and its default spool

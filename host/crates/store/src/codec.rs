@@ -49,64 +49,41 @@ pub fn kind_code(kind: EventKind) -> u8 {
     }
 }
 
-/// The store's code for a file operation (the `events.op` column of file events).
-pub fn file_op_code(op: FileOp) -> u8 {
-    match op {
-        FileOp::Create => 1,
-        FileOp::Modify => 2,
-        FileOp::Delete => 3,
-        FileOp::Rename => 4,
-        FileOp::Chmod => 5,
-        FileOp::Attrib => 6,
-        FileOp::Read => 7,
+/// Declares the stable store code of each variant of an enum, both ways,
+/// from one table: `$to` (public: the columns use it) and `$from` (decoding).
+macro_rules! stable_codes {
+    ($(#[$doc:meta])* $to:ident, $from:ident, $ty:ident, $what:literal { $($variant:ident = $code:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        pub fn $to(v: $ty) -> u8 {
+            match v {
+                $($ty::$variant => $code,)+
+            }
+        }
+
+        fn $from(code: u64) -> Result<$ty, DecodeError> {
+            Ok(match code {
+                $($code => $ty::$variant,)+
+                other => return Err(DecodeError(format!(concat!("unknown ", $what, " code {}"), other))),
+            })
+        }
+    };
+}
+
+stable_codes! {
+    /// The store's code for a file operation (the `events.op` column of file events).
+    file_op_code, file_op_from, FileOp, "file op" {
+        Create = 1, Modify = 2, Delete = 3, Rename = 4, Chmod = 5, Attrib = 6, Read = 7,
     }
 }
 
-fn file_op_from(code: u64) -> Result<FileOp, DecodeError> {
-    Ok(match code {
-        1 => FileOp::Create,
-        2 => FileOp::Modify,
-        3 => FileOp::Delete,
-        4 => FileOp::Rename,
-        5 => FileOp::Chmod,
-        6 => FileOp::Attrib,
-        7 => FileOp::Read,
-        other => return Err(DecodeError(format!("unknown file op code {other}"))),
-    })
+stable_codes! {
+    /// The store's code for a network operation (the `events.op` column of network events).
+    network_op_code, network_op_from, NetworkOp, "network op" { Connect = 1, Accept = 2, Listen = 3 }
 }
 
-/// The store's code for a network operation (the `events.op` column of network events).
-pub fn network_op_code(op: NetworkOp) -> u8 {
-    match op {
-        NetworkOp::Connect => 1,
-        NetworkOp::Accept => 2,
-        NetworkOp::Listen => 3,
-    }
-}
-
-fn network_op_from(code: u64) -> Result<NetworkOp, DecodeError> {
-    Ok(match code {
-        1 => NetworkOp::Connect,
-        2 => NetworkOp::Accept,
-        3 => NetworkOp::Listen,
-        other => return Err(DecodeError(format!("unknown network op code {other}"))),
-    })
-}
-
-/// The IP protocol number of a transport (the `events.transport` column).
-pub fn transport_code(t: Transport) -> u8 {
-    match t {
-        Transport::Tcp => 6,
-        Transport::Udp => 17,
-    }
-}
-
-fn transport_from(code: u64) -> Result<Transport, DecodeError> {
-    Ok(match code {
-        6 => Transport::Tcp,
-        17 => Transport::Udp,
-        other => return Err(DecodeError(format!("unknown transport code {other}"))),
-    })
+stable_codes! {
+    /// The IP protocol number of a transport (the `events.transport` column).
+    transport_code, transport_from, Transport, "transport" { Tcp = 6, Udp = 17 }
 }
 
 struct Out<'a>(&'a mut Vec<u8>);
