@@ -17,11 +17,13 @@
 //! assert_eq!(exec.ancestry, vec!["/usr/sbin/nginx".to_string()]);
 //! ```
 
+pub mod capability;
 pub mod ecs;
 pub mod model;
 pub mod time;
 pub mod wire;
 
+pub use capability::Capability;
 pub use model::*;
 
 /// A name that is not one of an enum's contract names (for example an unknown

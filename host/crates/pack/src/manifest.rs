@@ -17,44 +17,9 @@ pub const MANIFEST_FILE: &str = "pack.toml";
 /// Most plugins one pack may hold.
 pub const MAX_PLUGINS: usize = 64;
 
-/// A host capability a plugin may import (one WIT interface each). The names
-/// match the agent runtime's `Capability` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Capability {
-    /// `log`: write log lines.
-    Log,
-    /// `clock`: read the time.
-    Clock,
-    /// `state`: per-plugin key-value state.
-    State,
-    /// `process`: process ancestry lookups.
-    Process,
-    /// `respond`: request response actions.
-    Respond,
-}
-
-impl Capability {
-    /// Every capability.
-    pub const ALL: [Capability; 5] = [Capability::Log, Capability::Clock, Capability::State, Capability::Process, Capability::Respond];
-
-    /// The name used in manifests and in the plugin contract.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Log => "log",
-            Capability::Clock => "clock",
-            Capability::State => "state",
-            Capability::Process => "process",
-            Capability::Respond => "respond",
-        }
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A host capability a plugin may import (one WIT interface each), shared
+/// with the runtime that enforces it.
+pub use edr_event::Capability;
 
 /// A kind of response action a plugin may request (the names of
 /// `edr_event::Action`'s variants).

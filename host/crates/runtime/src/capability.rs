@@ -3,49 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// One host interface of the contract. A pack requests capabilities; the
-/// agent's policy grants a subset; a component importing anything else is
-/// refused at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Capability {
-    /// `edr:plugin/log`: write to the agent's log.
-    Log,
-    /// `edr:plugin/clock`: read the wall clock.
-    Clock,
-    /// `edr:plugin/state`: persistent per-plugin key-value state.
-    State,
-    /// `edr:plugin/process`: process ancestry lookups.
-    Process,
-    /// `edr:plugin/respond`: request response actions.
-    Respond,
-}
-
-impl Capability {
-    /// Every capability.
-    pub const ALL: [Capability; 5] = [Capability::Log, Capability::Clock, Capability::State, Capability::Process, Capability::Respond];
-
-    /// The interface name in the contract (and in manifests).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Log => "log",
-            Capability::Clock => "clock",
-            Capability::State => "state",
-            Capability::Process => "process",
-            Capability::Respond => "respond",
-        }
-    }
-
-    /// Parses an interface name.
-    pub fn parse(name: &str) -> Option<Capability> {
-        Capability::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use edr_event::Capability;
 
 /// The capabilities granted to one plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
