@@ -561,7 +561,15 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
     // Only a loss the kernel reported (counted) may cost an exec event or
     // its exe; a wrong exe is never acceptable.
     if st.lost == 0 {
-        assert_eq!(execs.len(), N, "{st:?}");
+        // Name what else was seen, so a miss can be told from a wrong parent.
+        let strays: Vec<&edr_event::ProcessExec> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::ProcessExec(x) if x.ppid != sh_pid && (x.exe == bin_s || x.argv.first().is_some_and(|a| a.ends_with("true"))) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(execs.len(), N, "{st:?}\nexecs of the copy with another parent: {strays:#?}");
     }
     for (partial, x) in &execs {
         if x.exe.is_empty() && st.lost > 0 {
