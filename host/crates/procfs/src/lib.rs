@@ -33,7 +33,10 @@ pub struct Stat {
     pub comm: String,
     /// Field 3 (`R`, `S`, `Z`, `T`, `I`, ...).
     pub state: char,
-    /// Field 4.
+    /// Field 4. `0` means unknown for any process but the roots (pid 1 and
+    /// kthreadd) and those whose parent is outside the reader's pid
+    /// namespace: the kernel also prints 0 for a task being reaped, whose
+    /// signal handlers it can no longer lock. Use [`Stat::parent`].
     pub ppid: u32,
     /// Field 9: the kernel's `PF_*` flags (`PF_KTHREAD` marks kernel threads).
     pub flags: u64,
@@ -44,6 +47,15 @@ pub struct Stat {
     /// differ bracket an exec. `None` on old kernels, and `(0, 0)` where the
     /// reader may not look into the process or it has exited.
     pub arg_area: Option<(u64, u64)>,
+}
+
+impl Stat {
+    /// The parent's pid, `None` when the kernel printed 0 (see
+    /// [`Stat::ppid`]): a process caught while being reaped must not be
+    /// reported as an orphan.
+    pub fn parent(&self) -> Option<u32> {
+        (self.ppid != 0).then_some(self.ppid)
+    }
 }
 
 /// `PF_KTHREAD` in [`Stat::flags`].
@@ -230,6 +242,10 @@ mod tests {
         assert_eq!(st.flags, 4194560);
         assert_eq!(st.start_ticks, 987654);
         assert_eq!(st.arg_area, Some((140737488347000, 140737488347100)));
+        assert_eq!(st.parent(), Some(1));
+        // A task being reaped: the kernel prints ppid 0 and no arg area.
+        let reaped = parse_stat("9 (true) Z 0 0 0 0 -1 4227852 0 0 0 0 0 0 0 0 20 0 0 0 99 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0").unwrap();
+        assert_eq!((reaped.ppid, reaped.parent(), reaped.arg_area), (0, None, Some((0, 0))));
         // An old kernel's shorter line: no arg area.
         assert_eq!(parse_stat("7 (x) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0").unwrap().arg_area, None);
         assert!(parse_stat("12 (x) S 1").is_none());

@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use edr_event::{EventBody, ProcessExec, ProcessExit};
 
-use crate::procfs::{self, Snapshot};
+use crate::procfs::{self, Snapshot, Stat};
 use crate::sink::Sink;
 use crate::tree::Node;
 use crate::{CollectError, Ctx, ProcessConfig, ProcessMode};
@@ -223,7 +223,7 @@ fn node_from_snapshot(
         ppid: snap
             .stat
             .as_ref()
-            .map(|s| s.ppid)
+            .and_then(Stat::parent)
             .or(fallback.map(|f| f.ppid))
             .unwrap_or(0),
         parent_entity,
@@ -325,10 +325,11 @@ pub(crate) fn on_exec(
         .unwrap_or(0);
     // The fork-time node, unless the pid was reused since.
     let known = known.filter(|k| k.start_ticks == start_ticks);
+    // A process being reaped reads as ppid 0: the fork-time node knows.
     let ppid = snap
         .stat
         .as_ref()
-        .map(|s| s.ppid)
+        .and_then(Stat::parent)
         .or(known.as_ref().map(|k| k.ppid))
         .unwrap_or(0);
     let mut parent_entity = known.as_ref().map_or(0, |k| k.parent_entity);
@@ -467,5 +468,68 @@ mod tests {
         assert_eq!(decode_exit_status(255 << 8), 255);
         assert_eq!(decode_exit_status(9), -9);
         assert_eq!(decode_exit_status(11 | 0x80), -11, "core dumped");
+    }
+
+    /// The kernel prints ppid 0 in the `stat` of a task it is reaping (it
+    /// can no longer lock its signal handlers). An exec read at that moment
+    /// keeps the parent the fork gave it; seen in CI as shell-loop children
+    /// reported with ppid 0 and the right parent entity.
+    #[test]
+    fn an_exec_read_while_reaped_keeps_its_forked_parent() {
+        use std::time::Duration;
+        let ctx = Ctx::new(
+            procfs::BootInfo::read().unwrap(),
+            Arc::new(crate::ProcessTree::new(crate::tree::Retention {
+                max_age: Duration::from_secs(60),
+                max_exited: 1000,
+            })),
+            Default::default(),
+        );
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let sink = Sink::new(tx, crate::sink::Counters::new("process", "test"));
+        // Pids far above pid_max, so /proc has nothing to add.
+        let (shell, child, ticks) = (4_000_001, 4_000_002, 777);
+        let node = |pid, ppid, parent_entity, exe: &str| Node {
+            info: edr_event::ProcessInfo {
+                pid,
+                entity_id: ctx.boot.entity_id(pid, ticks),
+                exe: exe.into(),
+                argv: vec![exe.into()],
+                ..Default::default()
+            },
+            ppid,
+            parent_entity,
+            start_ticks: ticks,
+            ..Node::default()
+        };
+        let sh = node(shell, 1, 0, "/usr/bin/dash");
+        let sh_entity = sh.info.entity_id;
+        ctx.tree.insert_live(sh, Instant::now());
+        ctx.tree.insert_live(node(child, shell, sh_entity, "/usr/bin/dash"), Instant::now());
+        let reaped = |ppid| Snapshot {
+            exe: Some("/tmp/x/true".into()),
+            argv: Some(vec!["/tmp/x/true".into()]),
+            stat: Some(Stat {
+                pid: child,
+                comm: "true".into(),
+                state: 'Z',
+                ppid,
+                flags: 0,
+                start_ticks: ticks,
+                arg_area: Some((0, 0)),
+            }),
+            cwd: None,
+            euid: Some(0),
+        };
+        on_exec(&ctx, &sink, child, reaped(0), None, None);
+        let ev = rx.try_recv().unwrap();
+        let EventBody::ProcessExec(x) = ev.body else { panic!("{ev:?}") };
+        assert_eq!((x.ppid, x.parent_entity_id), (shell, sh_entity), "{x:?}");
+        assert_eq!(x.parent_exe, "/usr/bin/dash");
+        // A real ppid in stat wins over the fork-time one (reparenting).
+        on_exec(&ctx, &sink, child, reaped(1), None, None);
+        let ev = rx.try_recv().unwrap();
+        let EventBody::ProcessExec(x) = ev.body else { panic!("{ev:?}") };
+        assert_eq!(x.ppid, 1, "{x:?}");
     }
 }
