@@ -44,12 +44,10 @@ use edr_event::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -257,72 +255,34 @@ enum Watch {
     Denied(i32, String),
 }
 
-/// Filesystem types never marked: pseudo filesystems, FUSE and network filesystems.
-const SKIP_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs", "pstore", "bpf", "configfs",
-    "fusectl", "binfmt_misc", "autofs", "nsfs", "efivarfs", "selinuxfs", "rpc_pipefs", "nfsd", "fuse", "fuseblk", "nfs", "nfs4",
-    "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "ocfs2", "gfs2", "lustre", "virtiofs",
-];
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// (device, mount point, fs type) of each mount, one per device, from mountinfo text.
-fn parse_mountinfo(text: &str) -> Vec<(String, PathBuf, String)> {
+/// The mounts to mark, one per filesystem (a filesystem mark covers all
+/// its mounts): pseudo, network and FUSE filesystems are left out.
+fn mark_targets(mounts: &[edr_fanotify::Mount]) -> Vec<&edr_fanotify::Mount> {
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        let (Some(dev), Some(mnt), Some(fstype)) = (fields.get(2), fields.get(4), fields.get(sep + 1)) else { continue };
-        if SKIP_FS.contains(fstype) || fstype.starts_with("fuse.") {
-            continue;
-        }
-        if seen.insert(dev.to_string()) {
-            out.push((dev.to_string(), PathBuf::from(unescape(mnt)), fstype.to_string()));
-        }
-    }
-    out
+    mounts
+        .iter()
+        .filter(|m| !edr_fanotify::is_pseudo(&m.fstype) && !edr_fanotify::is_remote_or_fuse(&m.fstype))
+        .filter(|m| seen.insert(m.dev))
+        .collect()
 }
 
 /// Marks every local filesystem for exec permission events. Returns how many.
-fn mark_all(fan: RawFd) -> usize {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+fn mark_all(fan: BorrowedFd<'_>) -> usize {
+    let mounts = edr_fanotify::read_mountinfo().unwrap_or_default();
     let mut marked = 0;
-    for (dev, mnt, fstype) in parse_mountinfo(&text) {
-        let Ok(c) = CString::new(mnt.as_os_str().as_bytes()) else { continue };
-        // SAFETY: valid fd and NUL-terminated path.
-        let rc = unsafe {
-            libc::fanotify_mark(fan, libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, libc::AT_FDCWD, c.as_ptr())
-        };
-        if rc == 0 {
-            marked += 1;
-        } else {
-            tracing::debug!(dev, mount = %mnt.display(), fstype, error = %io::Error::last_os_error(), "cannot mark filesystem for exec blocking");
+    for m in mark_targets(&mounts) {
+        match edr_fanotify::mark(fan, libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, Path::new(&m.mount_point)) {
+            Ok(()) => marked += 1,
+            Err(e) => tracing::debug!(dev = ?m.dev, mount = %m.mount_point, fstype = %m.fstype, error = %e, "cannot mark filesystem for exec blocking"),
         }
     }
     marked
 }
 
 /// Removes every filesystem mark of the group: no new events after this.
-fn flush_marks(fan: RawFd) {
-    // SAFETY: valid fd; FLUSH ignores the path.
-    unsafe {
-        libc::fanotify_mark(fan, libc::FAN_MARK_FLUSH | libc::FAN_MARK_FILESYSTEM, 0, libc::AT_FDCWD, std::ptr::null());
+fn flush_marks(fan: BorrowedFd<'_>) {
+    if let Err(e) = edr_fanotify::flush_filesystem_marks(fan) {
+        tracing::warn!(error = %e, "cannot remove the exec blocking marks");
     }
 }
 
@@ -409,7 +369,7 @@ impl Engine {
                 return Err(spawn_err(e));
             }
         }
-        engine.marked = mark_all(fan.as_raw_fd());
+        engine.marked = mark_all(fan.as_fd());
         if engine.marked == 0 {
             engine.stop();
             return Err(RespondError::Fanotify {
@@ -423,12 +383,12 @@ impl Engine {
 
     /// Picks up filesystems mounted since the last scan.
     fn remark(&mut self) {
-        self.marked = mark_all(self.fan.as_raw_fd());
+        self.marked = mark_all(self.fan.as_fd());
     }
 
     /// Flushes the marks, stops the threads and closes the group.
     fn stop(&mut self) {
-        flush_marks(self.fan.as_raw_fd());
+        flush_marks(self.fan.as_fd());
         let one: u64 = 1;
         // SAFETY: writes 8 bytes to our eventfd.
         unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -459,7 +419,7 @@ fn reader_main(fan: Arc<OwnedFd>, stop: OwnedFd, shared: Arc<Shared>, hash_tx: S
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader_loop(&fan, &stop, &shared, &hash_tx, &watch_tx)));
     if r.is_err() {
         shared.counters.errors.fetch_add(1, Relaxed);
-        flush_marks(fan.as_raw_fd());
+        flush_marks(fan.as_fd());
         let mut buf = vec![0u8; 64 * 1024];
         drain_allow(fan.as_raw_fd(), &mut buf, &shared.counters);
     }
@@ -1030,10 +990,9 @@ mod tests {
                     30 24 0:27 / /dev/shm rw - tmpfs tmpfs rw\n\
                     31 27 0:50 / /mnt/s rw - fuse.sshfs host: rw\n\
                     32 27 0:51 / /mnt/n rw - nfs4 srv:/x rw\n";
-        let m = parse_mountinfo(text);
-        let mounts: Vec<_> = m.iter().map(|(_, p, t)| (p.to_str().unwrap().to_string(), t.as_str())).collect();
-        assert_eq!(mounts, vec![("/".to_string(), "ext4"), ("/dev/shm".to_string(), "tmpfs")]);
-        assert_eq!(unescape("/srv\\040data"), "/srv data");
+        let all = edr_fanotify::parse_mountinfo(text);
+        let mounts: Vec<_> = mark_targets(&all).iter().map(|m| (m.mount_point.as_str(), m.fstype.as_str())).collect();
+        assert_eq!(mounts, vec![("/", "ext4"), ("/dev/shm", "tmpfs")]);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -226,23 +226,7 @@ impl Fanotify {
     }
 
     fn mark(&self, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let rc = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                libc::FAN_MARK_ADD | flags,
-                mask,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        edr_fanotify::mark(self.fd.as_fd(), flags, mask, path)
     }
 
     /// Marks the filesystem holding `dir` (unless already marked) and keeps

@@ -46,7 +46,6 @@
 //! opened comes as an error instead of a silently dropped event.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -61,116 +60,8 @@ use crate::sink::Counters;
 /// (Linux 6.13; not in the `libc` crate yet).
 const FAN_REPORT_FD_ERROR: libc::c_uint = 0x0000_2000;
 
-/// Filesystems nothing is executed from.
-const PSEUDO_FS: &[&str] = &[
-    "proc",
-    "sysfs",
-    "cgroup",
-    "cgroup2",
-    "devpts",
-    "mqueue",
-    "debugfs",
-    "tracefs",
-    "securityfs",
-    "pstore",
-    "bpf",
-    "configfs",
-    "fusectl",
-    "binfmt_misc",
-    "efivarfs",
-    "nsfs",
-    "autofs",
-    "rpc_pipefs",
-    "selinuxfs",
-    "hugetlbfs",
-];
-
-/// Filesystems whose mount point may hang a lookup.
-fn remote_or_fuse(fstype: &str) -> bool {
-    matches!(
-        fstype,
-        "nfs" | "nfs4" | "cifs" | "smb3" | "smbfs" | "ceph" | "glusterfs" | "lustre" | "afs" | "9p"
-    ) || fstype == "fuse"
-        || fstype == "fuseblk"
-        || fstype.starts_with("fuse.")
-}
-
 /// Events per read at most: the buffer is this many bytes (24 per event).
 const READ_BUF: usize = 4096;
-
-/// One line of `/proc/self/mountinfo`, the fields used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mount {
-    pub id: u32,
-    pub dev: (u32, u32),
-    pub mount_point: String,
-    pub fstype: String,
-    /// Mounted `noexec`: an exec from it fails after the open.
-    pub noexec: bool,
-}
-
-/// Parses `/proc/self/mountinfo` (mount points unescaped: `\040` etc.).
-pub(crate) fn parse_mountinfo(s: &str) -> Vec<Mount> {
-    s.lines()
-        .filter_map(|line| {
-            let mut f = line.split(' ');
-            let id = f.next()?.parse().ok()?;
-            let _parent = f.next()?;
-            let (maj, min) = f.next()?.split_once(':')?;
-            let _root = f.next()?;
-            let mount_point = unescape(f.next()?);
-            let noexec = f.next()?.split(',').any(|o| o == "noexec");
-            // Optional fields end at " - ".
-            let mut rest = f.skip_while(|x| *x != "-");
-            rest.next()?;
-            let fstype = rest.next()?.to_string();
-            Some(Mount {
-                id,
-                dev: (maj.parse().ok()?, min.parse().ok()?),
-                mount_point,
-                fstype,
-                noexec,
-            })
-        })
-        .collect()
-}
-
-/// Whether `path` lies on a `noexec` mount: the mount with the longest
-/// mount point above it (the last one mounted there, when several are).
-pub(crate) fn is_noexec(mounts: &[Mount], path: &str) -> bool {
-    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-    let mut best: Option<&Mount> = None;
-    for m in mounts {
-        let mp = m.mount_point.as_str();
-        let under = mp == "/"
-            || path == mp
-            || (path.starts_with(mp) && path.as_bytes().get(mp.len()) == Some(&b'/'));
-        if under && best.is_none_or(|b| mp.len() >= b.mount_point.len()) {
-            best = Some(m);
-        }
-    }
-    best.is_some_and(|m| m.noexec)
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// CLOCK_MONOTONIC in ns: the clock of the connector's timestamps.
 pub(crate) fn monotonic_ns() -> u64 {
@@ -247,30 +138,19 @@ fn elf_interp(f: &File, head: &[u8]) -> Option<String> {
         2 => false,
         _ => return None,
     };
-    let u16_ = |b: &[u8], o: usize| -> Option<u64> {
-        let a: [u8; 2] = b.get(o..o + 2)?.try_into().ok()?;
-        Some(u64::from(if le {
-            u16::from_le_bytes(a)
-        } else {
-            u16::from_be_bytes(a)
-        }))
-    };
-    let u32_ = |b: &[u8], o: usize| -> Option<u64> {
-        let a: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
-        Some(u64::from(if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }))
-    };
-    let u64_ = |b: &[u8], o: usize| -> Option<u64> {
-        let a: [u8; 8] = b.get(o..o + 8)?.try_into().ok()?;
+    // An unsigned field of `n` bytes at `o`, in the file's byte order.
+    let uint = |b: &[u8], o: usize, n: usize| -> Option<u64> {
+        let bytes = b.get(o..o.checked_add(n)?)?;
+        let fold = |v: u64, x: &u8| (v << 8) | u64::from(*x);
         Some(if le {
-            u64::from_le_bytes(a)
+            bytes.iter().rev().fold(0, fold)
         } else {
-            u64::from_be_bytes(a)
+            bytes.iter().fold(0, fold)
         })
     };
+    let u16_ = |b: &[u8], o| uint(b, o, 2);
+    let u32_ = |b: &[u8], o| uint(b, o, 4);
+    let u64_ = |b: &[u8], o| uint(b, o, 8);
     let (phoff, phentsize, phnum) = if class64 {
         (u64_(head, 0x20)?, u16_(head, 0x36)?, u16_(head, 0x38)?)
     } else {
@@ -318,7 +198,7 @@ pub(crate) struct ExecPaths {
     /// Mount ids present at the last scan.
     seen_mounts: HashSet<u32>,
     /// The mount table as last read.
-    mounts: Vec<Mount>,
+    mounts: Vec<edr_fanotify::Mount>,
     /// Filesystems (st_dev) marked, of the mounts present.
     filesystems: HashSet<(u32, u32)>,
     /// Network and FUSE mounts left unmarked.
@@ -420,7 +300,7 @@ impl ExecPaths {
         let mut text = String::new();
         self.mountinfo.rewind()?;
         self.mountinfo.read_to_string(&mut text)?;
-        self.mounts = parse_mountinfo(&text);
+        self.mounts = edr_fanotify::parse_mountinfo(&text);
         // A filesystem stays marked while a mount of it seen marked before
         // is still there (a superblock outlives none of its mounts); a
         // device number seen again only on new mounts may be a new
@@ -435,10 +315,10 @@ impl ExecPaths {
         let mut skipped = 0;
         for m in &self.mounts {
             seen.insert(m.id);
-            if m.noexec || PSEUDO_FS.contains(&m.fstype.as_str()) {
+            if m.noexec || edr_fanotify::is_pseudo(&m.fstype) {
                 continue;
             }
-            if remote_or_fuse(&m.fstype) {
+            if edr_fanotify::is_remote_or_fuse(&m.fstype) {
                 if !self.seen_mounts.contains(&m.id) {
                     tracing::info!(mount = %m.mount_point, fstype = %m.fstype, "exec paths: network/FUSE mount not marked; execs from it may lack their exe");
                 }
@@ -475,22 +355,13 @@ impl ExecPaths {
     }
 
     fn mark(&self, path: &str) -> io::Result<()> {
-        let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let rc = unsafe {
-            libc::fanotify_mark(
-                self.fan.as_raw_fd(),
-                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
-                libc::FAN_OPEN_EXEC,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        use std::os::fd::AsFd;
+        edr_fanotify::mark(
+            self.fan.as_fd(),
+            libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_OPEN_EXEC,
+            std::path::Path::new(path),
+        )
     }
 
     /// The mount table changed (`poll` reported it, which re-arms the
@@ -615,7 +486,7 @@ impl ExecPaths {
             let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if !path.is_empty() && is_noexec(&self.mounts, &path) {
+            if !path.is_empty() && edr_fanotify::is_noexec(&self.mounts, &path) {
                 continue;
             }
             // An exec from overlayfs opens the layer's file first (reported
@@ -702,44 +573,8 @@ impl ExecPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
     use std::io::Write;
-
-    #[test]
-    fn mountinfo_lines() {
-        let s = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
-                 30 22 0:25 / /tmp/with\\040space rw,nosuid,noexec - tmpfs tmpfs rw\n\
-                 31 22 0:26 / /mnt/nfs rw master:3 shared:4 - nfs4 srv:/x rw\n\
-                 garbage\n";
-        let m = parse_mountinfo(s);
-        assert_eq!(m.len(), 3);
-        assert_eq!(
-            m[0],
-            Mount {
-                id: 22,
-                dev: (8, 1),
-                mount_point: "/".into(),
-                fstype: "ext4".into(),
-                noexec: false,
-            }
-        );
-        assert_eq!(m[1].mount_point, "/tmp/with space");
-        assert_eq!((m[2].fstype.as_str(), m[2].dev), ("nfs4", (0, 26)));
-        assert!(!m[0].noexec && m[1].noexec && !m[2].noexec);
-        assert!(remote_or_fuse("nfs4") && remote_or_fuse("fuse.sshfs") && !remote_or_fuse("tmpfs"));
-        // The deepest mount decides; the last one mounted on a point wins.
-        let s = "1 0 8:1 / / rw - ext4 a rw\n\
-                 2 1 0:30 / /tmp rw,noexec - tmpfs b rw\n\
-                 3 2 0:31 / /tmp/ok rw - tmpfs c rw\n\
-                 4 1 0:32 / /srv rw - tmpfs d rw\n\
-                 5 1 0:33 / /srv rw,noexec - tmpfs e rw\n";
-        let m = parse_mountinfo(s);
-        assert!(is_noexec(&m, "/tmp/x/dropper"));
-        assert!(is_noexec(&m, "/tmp/dropper (deleted)"));
-        assert!(!is_noexec(&m, "/tmp/ok/dropper"));
-        assert!(!is_noexec(&m, "/tmpx/dropper"));
-        assert!(!is_noexec(&m, "/usr/bin/true"));
-        assert!(is_noexec(&m, "/srv/a"));
-    }
 
     fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut t = tempfile::NamedTempFile::new().unwrap();
