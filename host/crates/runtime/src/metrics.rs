@@ -1,6 +1,6 @@
 //! Per-plugin counters and call-time percentiles.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -96,7 +96,9 @@ impl PluginMetrics {
         };
         MetricsSnapshot {
             calls: self.calls.load(Relaxed),
-            events: self.events.load(Relaxed),
+            // Acquire, pairing with the call's Release: the findings read
+            // next include those of every event counted here.
+            events: self.events.load(Acquire),
             findings: self.findings.load(Relaxed),
             errors: self.errors.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),

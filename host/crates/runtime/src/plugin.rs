@@ -9,7 +9,7 @@ use crate::metrics::PluginMetrics;
 use edr_event::wire::{EncodedBatch, WireEvent};
 use edr_event::{Event, EventKind, Finding, PackRef, PluginConfig, PluginInfo};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Func, InstancePre, TypedFunc};
@@ -278,8 +278,9 @@ impl Plugin {
                 CallOutcome { findings: Vec::new(), error: Some(err) }
             }
         };
-        // Counted last (release), so a reader who sees the events also sees their findings.
-        self.metrics.events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Release);
+        // Counted last (Release; `Metrics::snapshot` loads it with Acquire
+        // before the findings), so a reader who sees the events also sees their findings.
+        self.metrics.events.fetch_add(events.len() as u64, Release);
         outcome
     }
 
