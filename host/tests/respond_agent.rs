@@ -75,11 +75,8 @@ fn audit(agent: &Agent) -> Vec<serde_json::Value> {
 }
 
 fn wait_records(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
-    let start = Instant::now();
-    while audit(agent).len() < n {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {n} audit records\n{}", diagnose(agent));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let done = agent.poll_until(Duration::from_secs(20), |a| audit(a).len() >= n);
+    assert!(done.is_some(), "timed out waiting for {n} audit records\n{}", diagnose(agent));
     audit(agent)
 }
 

@@ -279,10 +279,9 @@ impl PackManager {
         let mut files: Vec<edr_event::DataFile> = p.data.iter().map(|(name, content)| edr_event::DataFile { name: name.clone(), content: content.clone() }).collect();
         // The operator's own data files for this plugin come after the pack's.
         files.extend(plugins::data_files(&self.cfg, &p.name).map_err(|e| format!("{e:#}"))?);
-        let requested: Vec<edr_runtime::Capability> = p.capabilities.clone();
         let allowed = self.cfg.plugin_grants(&p.name);
         let respond_granted = self.cfg.respond_grants_pack(&pack.manifest.id);
-        let grants = edr_runtime::Grants::only(requested.into_iter().filter(|c| allowed.allows(*c) || (*c == edr_runtime::Capability::Respond && respond_granted)));
+        let grants = edr_runtime::Grants::only(p.capabilities.iter().copied().filter(|c| allowed.allows(*c) || (*c == edr_runtime::Capability::Respond && respond_granted)));
         let mut limits = plugins::limits(&self.cfg, &p.name);
         if !self.cfg.plugins.limits.contains_key(&p.name) {
             // The pack's requests, within the operator's ceilings.

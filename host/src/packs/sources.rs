@@ -32,8 +32,9 @@ const SIGNATURE_GRACE: Duration = Duration::from_secs(5);
 
 /// Watches `dir` for `*.edrpack` files (with `*.edrpack.minisig` beside
 /// them) and sends each new or changed one once its size and mtime have
-/// settled; the pack thread moves it out once judged ([`retire_dropped`]). inotify wakes it at once; a rescan every second covers file
-/// systems where notifications do not arrive.
+/// settled; the pack thread moves it out once judged ([`retire_dropped`]).
+/// inotify wakes it at once; a rescan every second covers file systems
+/// where notifications do not arrive.
 pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create packs drop-in directory {}: {e}", dir.display()))?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);

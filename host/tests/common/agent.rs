@@ -78,15 +78,24 @@ impl Agent {
     }
 
     /// Polls `cond` until it holds; panics with the agent's log after `limit`.
-    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Agent) -> bool) -> Duration {
+    pub fn wait_for(&self, what: &str, limit: Duration, cond: impl FnMut(&Agent) -> bool) -> Duration {
+        match self.poll_until(limit, cond) {
+            Some(took) => took,
+            None => panic!("timed out after {limit:?} waiting for {what}\n--- agent log ---\n{}", self.log()),
+        }
+    }
+
+    /// Polls `cond` every 50 ms for up to `limit`: how long it took to hold,
+    /// or `None` (for callers that explain a timeout themselves).
+    pub fn poll_until(&self, limit: Duration, mut cond: impl FnMut(&Agent) -> bool) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < limit {
             if cond(self) {
-                return start.elapsed();
+                return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("timed out after {limit:?} waiting for {what}\n--- agent log ---\n{}", self.log());
+        None
     }
 
     /// Closes stdin and sends SIGTERM (a live agent runs until told to

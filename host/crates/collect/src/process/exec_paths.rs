@@ -48,7 +48,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -355,7 +355,6 @@ impl ExecPaths {
     }
 
     fn mark(&self, path: &str) -> io::Result<()> {
-        use std::os::fd::AsFd;
         edr_fanotify::mark(
             self.fan.as_fd(),
             libc::FAN_MARK_FILESYSTEM,
