@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown
 
 # Debian packages some tests use: minisign (pack signature interop),
-# nftables (host isolation) and nats-server (the NATS JetStream output). Installed when we can (root with apt-get, as in
+# nftables (host isolation), nats-server (the NATS JetStream output) and
+# systemd (`systemd-analyze verify` of the unit). Installed when we can (root with apt-get, as in
 # CI); otherwise those tests print why they skip.
-packages=(minisign nftables nats-server)
+packages=(minisign nftables nats-server systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -27,5 +28,25 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "scripts/test.sh: not root: ${missing[*]} not installed; the tests that need them will skip"
     fi
 fi
+
+# Every test that cannot run here says why in this file (edr-testkit); the
+# summary below lists them, so a run shows what it did not test. With CI=true
+# as root a skip fails its test instead.
+export EDR_SKIP_LOG="$PWD/target/test-skips.tsv"
+mkdir -p target
+: > "$EDR_SKIP_LOG"
+
+summarize_skips() {
+    local n
+    n=$(wc -l < "$EDR_SKIP_LOG")
+    if [ "$n" -eq 0 ]; then
+        echo "scripts/test.sh: every test ran (0 skipped)"
+        return
+    fi
+    echo "scripts/test.sh: $n tests did not run here, by reason:"
+    cut -f2,3 "$EDR_SKIP_LOG" | sort | uniq -c | sort -rn | sed 's/^/    /'
+    echo "  (each test and its reason: $EDR_SKIP_LOG)"
+}
+trap summarize_skips EXIT
 
 cargo test --release --workspace "$@"

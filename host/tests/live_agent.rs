@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
+use edr_testkit::is_root;
 
 /// Removes what a test created, even when it fails.
 struct Cleanup(Vec<PathBuf>);
@@ -56,7 +54,7 @@ fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn
 #[test]
 fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     if !is_root() {
-        eprintln!("skipped: live telemetry needs root (CN_PROC, fanotify)");
+        edr_testkit::skip("live telemetry needs root (CN_PROC, fanotify)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
+use edr_testkit::is_root;
 
 const PACK: &str = "com.example.response";
 
@@ -104,7 +102,7 @@ fn exited_within(child: &mut Child, limit: Duration) -> bool {
 #[test]
 fn response_pack_policies_and_operator_actions() {
     if !is_root() {
-        eprintln!("skipped: response actions and live telemetry need root");
+        edr_testkit::skip("response actions and live telemetry need root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

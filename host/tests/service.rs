@@ -13,9 +13,7 @@ fn edr(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_edr")).args(args).output().unwrap()
 }
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
+use edr_testkit::is_root;
 
 /// `edr config check --json FILE` on `text`.
 fn check(dir: &Path, text: &str) -> (bool, serde_json::Value) {
@@ -249,13 +247,13 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
     std::fs::write(&checked, &here.stdout).unwrap();
     match Command::new("systemd-analyze").arg("verify").arg(&checked).output() {
         Ok(o) => assert!(o.status.success() && o.stderr.is_empty(), "systemd-analyze verify: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(_) => eprintln!("skipped the systemd-analyze check: systemd-analyze is not installed"),
+        Err(_) => edr_testkit::skip("the systemd-analyze check: systemd-analyze is not installed (Debian package systemd)"),
     }
 
     // What systemd would run, with the staged paths: ExecStartPre, ExecStart,
     // ExecReload, stop. (systemd itself does not run this machine.)
     if !is_root() {
-        eprintln!("skipped running the unit's command lines: the live agent needs root (CN_PROC, fanotify)");
+        edr_testkit::skip("running the unit's command lines: the live agent needs root (CN_PROC, fanotify)");
         return;
     }
     std::fs::write(root.join("etc/edr/edr.toml"), edr_toml_of(&root)).unwrap();
@@ -434,7 +432,7 @@ fn webhook_down_for_a_while_then_up_gets_every_alert_exactly_once_and_syslog_get
 #[test]
 fn nats_jetstream_collects_alerts_from_the_agent() {
     let Ok(server) = which("nats-server") else {
-        eprintln!("skipped: nats-server not on PATH (Debian package nats-server; scripts/test.sh installs it as root)");
+        edr_testkit::skip("nats-server not on PATH (Debian package nats-server; scripts/test.sh installs it as root)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -62,7 +62,7 @@ fn fires(plugin: &mut edr_runtime::Plugin, event: &serde_json::Value, rule_id: &
 #[test]
 fn sigmahq_cases_through_the_wasm_plugin() {
     let Some(corpus) = corpus() else {
-        eprintln!("skipped: the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
+        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
         return;
     };
     let mut plugin = sigma_plugin(rule_files(&corpus));
@@ -97,7 +97,7 @@ fn our_own_rules_through_the_wasm_plugin() {
 #[test]
 fn sigma_check_serves_every_process_file_and_network_rule() {
     let Some(corpus) = corpus() else {
-        eprintln!("skipped: the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
+        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["sigma", "check", corpus.to_str().unwrap(), "--json"]).output().unwrap();
@@ -115,7 +115,7 @@ fn sigma_check_serves_every_process_file_and_network_rule() {
 #[test]
 fn sigma_matches_appear_in_replay_with_the_author_credited() {
     let Some(corpus) = corpus() else {
-        eprintln!("skipped: the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
+        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -23,10 +23,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use edr_testkit::is_root;
 
 /// Collects events until `done` says so or `timeout` passes.
 fn collect_until(
@@ -78,7 +75,7 @@ fn start_netlink(tx: crossbeam_channel::Sender<Event>) -> Option<Collectors> {
             Some(c)
         }
         Err(e) => {
-            eprintln!("skipped: {e}");
+            edr_testkit::skip(format!("{e}"));
             None
         }
     }
@@ -190,7 +187,7 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
 fn file_events_are_attributed_to_the_writing_process() {
     let _s = serial();
     if !is_root() {
-        eprintln!("skipped: fanotify filesystem marks need root");
+        edr_testkit::skip("fanotify filesystem marks need root");
         return;
     }
     let dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -514,7 +511,7 @@ fn burst_of_2000_processes_is_accounted_for() {
 fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
     let _s = serial();
     if !is_root() {
-        eprintln!("skipped: fanotify exec paths need root");
+        edr_testkit::skip("fanotify exec paths need root");
         return;
     }
     const N: usize = 200;
@@ -600,7 +597,7 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
 fn an_exec_chain_reports_each_image_with_its_own_exe() {
     let _s = serial();
     if !is_root() {
-        eprintln!("skipped: fanotify exec paths need root");
+        edr_testkit::skip("fanotify exec paths need root");
         return;
     }
     const N: usize = 100;

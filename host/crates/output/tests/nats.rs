@@ -50,8 +50,7 @@ impl Drop for Server {
 fn have_server() -> bool {
     let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
     if !found {
-        println!("skipped: nats-server not on PATH (Debian package nats-server)");
-        eprintln!("skipped: nats-server not on PATH (Debian package nats-server)");
+        edr_testkit::skip("nats-server not on PATH (Debian package nats-server)");
     }
     found
 }

@@ -39,7 +39,7 @@ fn cli_keypair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 macro_rules! require_minisign {
     () => {
         if !minisign_cli() {
-            eprintln!("skipped: the minisign binary is not installed (apt-get install -y minisign)");
+            edr_testkit::skip("the minisign binary is not installed (apt-get install -y minisign)");
             return;
         }
     };

@@ -37,7 +37,7 @@ fn block(r: &Responder, target: BlockTarget) -> bool {
     let rec = r.request(operator(), ResponseAction::BlockExec(target), "test block");
     if let Outcome::Error(e) = &rec.outcome {
         if e.contains("fanotify") {
-            eprintln!("skipped: {e}");
+            edr_testkit::skip(format!("{e}"));
             return false;
         }
     }
@@ -191,7 +191,7 @@ fn files_over_the_hash_limit_are_allowed_not_hashed() {
 #[test]
 fn blocking_without_root_reports_a_clear_error() {
     if is_root() {
-        eprintln!("skipped: runs as root (this checks the error a non-root agent gets)");
+        edr_testkit::not_applicable("runs as root (this checks the error a non-root agent gets)");
         return;
     }
     let store = tempfile::tempdir().unwrap();

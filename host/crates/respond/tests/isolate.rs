@@ -85,11 +85,11 @@ fn nft_available() -> bool {
 fn isolate_and_release_inside_a_namespace() {
     require_root!();
     if !nft_available() {
-        eprintln!("skipped: nft not installed (Debian package nftables)");
+        edr_testkit::skip("nft not installed (Debian package nftables)");
         return;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: ip (iproute2) not installed");
+        edr_testkit::skip("ip (iproute2) not installed");
         return;
     }
     assert!(!host_has_isolation_table(), "the host must not be isolated before the test");
@@ -97,7 +97,7 @@ fn isolate_and_release_inside_a_namespace() {
     let agent = match Netns::add(format!("edrt-a-{suffix}")) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("skipped: cannot create a network namespace: {e}");
+            edr_testkit::skip(format!("cannot create a network namespace: {e}"));
             return;
         }
     };

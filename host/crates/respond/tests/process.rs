@@ -107,7 +107,7 @@ fn the_agents_ancestors_are_protected() {
     let dir = tempfile::tempdir().unwrap();
     let (r, _) = responder_with(dir.path(), |c| c.operator_mode = edr_respond::Mode::Simulate);
     let Some(parent) = ppid_of(std::process::id()).filter(|p| *p > 1) else {
-        eprintln!("skipped: the test process is a child of pid 1");
+        edr_testkit::skip("the test process is a child of pid 1");
         return;
     };
     for action in [ResponseAction::Kill { pid: parent, tree: false, expect: None }, ResponseAction::Suspend(parent)] {

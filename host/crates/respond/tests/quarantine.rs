@@ -107,11 +107,11 @@ fn quarantine_across_filesystems() {
     require_root!();
     let store = tempfile::tempdir().unwrap();
     let Ok(work) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("skipped: no /dev/shm");
+        edr_testkit::skip("no /dev/shm");
         return;
     };
     if fs::metadata(work.path()).unwrap().dev() == fs::metadata(store.path()).unwrap().dev() {
-        eprintln!("skipped: /dev/shm and the temp dir are on the same filesystem");
+        edr_testkit::skip("/dev/shm and the temp dir are on the same filesystem");
         return;
     }
     round_trip(work.path(), store.path(), 0o755, true);

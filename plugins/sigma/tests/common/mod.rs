@@ -13,7 +13,7 @@ pub fn corpus() -> Option<&'static Path> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipped: SigmaHQ corpus not found at {CORPUS}");
+        edr_testkit::skip(format!("SigmaHQ corpus not found at {CORPUS}"));
         None
     }
 }

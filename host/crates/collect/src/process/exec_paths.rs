@@ -646,7 +646,7 @@ mod tests {
     fn system_binaries() {
         let f = File::open("/bin/true").unwrap();
         let Kind::Elf { interp: Some(ld) } = classify(&f) else {
-            eprintln!("skipped: /bin/true is not a dynamically linked ELF here");
+            edr_testkit::skip("/bin/true is not a dynamically linked ELF here");
             return;
         };
         assert!(ld.contains("ld"), "{ld}");
@@ -673,7 +673,7 @@ mod tests {
         let mut paths = match ExecPaths::open(&HashSet::from([excluded.id()])) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                edr_testkit::skip(format!("{e}"));
                 return;
             }
         };
@@ -741,7 +741,7 @@ mod tests {
         let mut paths = match ExecPaths::open(&HashSet::new()) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                edr_testkit::skip(format!("{e}"));
                 return;
             }
         };
@@ -751,7 +751,7 @@ mod tests {
         let _unmount = match mount("tmpfs", &d, "size=8m") {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("skipped: cannot mount a tmpfs here: {e}");
+                edr_testkit::skip(format!("cannot mount a tmpfs here: {e}"));
                 return;
             }
         };
@@ -797,7 +797,7 @@ mod tests {
         let _unmount = match mount("overlay", &merged, &opts) {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("skipped: cannot mount an overlay here: {e}");
+                edr_testkit::skip(format!("cannot mount an overlay here: {e}"));
                 return;
             }
         };
@@ -805,7 +805,7 @@ mod tests {
         let mut paths = match ExecPaths::open(&HashSet::new()) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                edr_testkit::skip(format!("{e}"));
                 return;
             }
         };
@@ -831,7 +831,7 @@ mod tests {
         let mut paths = match ExecPaths::open(&HashSet::new()) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                edr_testkit::skip(format!("{e}"));
                 return;
             }
         };

@@ -8,18 +8,14 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Whether the tests run as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use edr_testkit::is_root;
 
 /// Returns from the test with `skipped: <reason>` unless running as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !common::is_root() {
-            eprintln!("skipped: needs root");
+            edr_testkit::skip("needs root");
             return;
         }
     };
