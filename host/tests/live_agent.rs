@@ -53,6 +53,14 @@ fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn
     panic!("no alert for {what} within 20 s\nalerts:\n{}\nprocess rows:\n{rows}", std::fs::read_to_string(alerts).unwrap_or_default());
 }
 
+/// One live agent at a time: each watches the whole host, and the latency
+/// checks should not pay for another's start.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Stops a process with SIGTERM and reaps it on drop (also when an
 /// assertion fails).
 struct Kill(std::process::Child);
@@ -98,6 +106,7 @@ fn a_memfd_exec_on_the_host_raises_the_fileless_alert_with_its_exe_and_argv() {
         eprintln!("skipped: live telemetry needs root (CN_PROC, fanotify)");
         return;
     }
+    let _s = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _agent = start_agent(dir.path(), &data);
@@ -156,6 +165,7 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     let exe = PathBuf::from(format!("/tmp/edr-live-test-{tag}"));
     let home = PathBuf::from(format!("/home/edr-test-{tag}"));
     let _cleanup = Cleanup(vec![exe.clone(), home.clone()]);
+    let _s = serial();
 
     let _agent = start_agent(dir.path(), &data);
     let agent_pid = _agent.0.id();

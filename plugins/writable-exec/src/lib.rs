@@ -275,7 +275,8 @@ mod tests {
         assert_eq!(hits_argv(&mut h, "/opt/app/bin/app (deleted)", &["app"]), vec![(DELETED_SYSTEM.id.to_string(), Severity::Low)]);
         assert_eq!(hits_argv(&mut h, "/usrx/bin/a (deleted)", &["a"]), vec![(DELETED.id.to_string(), Severity::High)], "not under /usr");
         // A memfd script: the kernel hands its fd path to the interpreter.
-        for argv in [&["/bin/sh", "/proc/self/fd/5", "arg"][..], &["bash", "/dev/fd/63"], &["sh", "-e", "/dev/fd/3"], &["python3.12", "/proc/self/fd/4"]] {
+        let scripts: &[&[&str]] = &[&["/bin/sh", "/proc/self/fd/5", "arg"], &["bash", "/dev/fd/63"], &["sh", "-e", "/dev/fd/3"], &["python3.12", "/proc/self/fd/4"]];
+        for &argv in scripts {
             let exe = if argv[0].starts_with('/') { argv[0].to_string() } else { format!("/usr/bin/{}", argv[0]) };
             assert_eq!(hits_argv(&mut h, &exe, argv), vec![(FD_SCRIPT.id.to_string(), Severity::Medium)], "{argv:?}");
         }
@@ -284,9 +285,9 @@ mod tests {
     #[test]
     fn descriptor_paths_elsewhere_and_look_alikes_are_quiet() {
         let mut h = Harness::<WritableExec>::new().unwrap();
-        for (exe, argv) in [
+        let quiet: &[(&str, &[&str])] = &[
             // diff <(a) <(b), cat /dev/fd/0: not interpreters.
-            ("/usr/bin/diff", &["diff", "/dev/fd/63", "/dev/fd/62"][..]),
+            ("/usr/bin/diff", &["diff", "/dev/fd/63", "/dev/fd/62"]),
             ("/usr/bin/cat", &["cat", "/dev/fd/0"]),
             // An interpreter with a script on disk, or a command string.
             ("/usr/bin/bash", &["bash", "/usr/local/bin/backup.sh"]),
@@ -298,7 +299,8 @@ mod tests {
             ("/usr/bin/memfd:tool", &["memfd:tool"]),
             ("/usr/bin/deleted", &["deleted"]),
             ("/proc/self/fdinfo/3", &["x"]),
-        ] {
+        ];
+        for &(exe, argv) in quiet {
             assert!(hits_argv(&mut h, exe, argv).is_empty(), "{exe} {argv:?}");
         }
         // `allow` covers them too (runc's self-clone, where an operator wants it).
