@@ -17,7 +17,12 @@
 //!   `exe_recovered`; its argv is then the executed files (`[exe]`, or
 //!   `[interpreter, script]`), else its comm when `/proc/<pid>/stat` was
 //!   still readable. Without fanotify the mode says why, and such execs
-//!   have no exe (`exe_missing` counts them). When the socket buffer overflows
+//!   have no exe (`exe_missing` counts them). Execs fanotify cannot see
+//!   (a memfd: `memfd_create` + `execve("/proc/self/fd/N")` or `fexecve`)
+//!   report only their loader, which never stands for the exe: such a
+//!   process is recorded as `/proc` names it (`/memfd:NAME (deleted)`,
+//!   with its argv) and, when gone before that, with an unknown exe.
+//!   A deleted executable keeps its path with ` (deleted)`. When the socket buffer overflows
 //!   the kernel drops messages and `recv` fails with ENOBUFS: that is counted
 //!   (`overflows`), logged, and the number of messages lost is recovered from
 //!   gaps in the connector's per-CPU sequence numbers (`lost`).
