@@ -51,6 +51,106 @@ fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn
     panic!("no alert for {what} within 20 s\nalerts:\n{}\nprocess rows:\n{rows}", std::fs::read_to_string(alerts).unwrap_or_default());
 }
 
+/// One live agent at a time: each watches the whole host, and the latency
+/// checks should not pay for another's start.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops a process with SIGTERM and reaps it on drop (also when an
+/// assertion fails).
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// The agent on its defaults (no config file; only the data dir is given),
+/// once its control socket is up; its log goes to `dir/agent.log`.
+fn start_agent(dir: &std::path::Path, data: &std::path::Path) -> Kill {
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_edr"))
+        .args(["agent", "--data-dir", data.to_str().unwrap()])
+        .env("EDR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("agent.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.join("control.sock").exists() {
+        assert!(Instant::now() < deadline, "agent did not start: {}", std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default());
+        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Kill(agent)
+}
+
+/// Fileless execution on the host (issue 14, item 3): a copy of `sleep`
+/// written into a memfd and run as `/proc/self/fd/N` with a forged argv.
+/// It used to be recorded as the dynamic loader, partial, without its
+/// command line, and raised nothing. Now the alert names the memfd as the
+/// executable, with the process's own argv, and the record holds it
+/// complete.
+#[test]
+fn a_memfd_exec_on_the_host_raises_the_fileless_alert_with_its_exe_and_argv() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipped: live telemetry needs root (CN_PROC, fanotify)");
+        return;
+    }
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _agent = start_agent(dir.path(), &data);
+    let alerts = data.join("alerts.jsonl");
+
+    let name = format!("edr-live-fileless-{}", std::process::id());
+    let cname = std::ffi::CString::new(name.clone()).unwrap();
+    // No MFD_CLOEXEC: the child inherits it and execs it by its fd path.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::io::copy(&mut std::fs::File::open("/bin/sleep").unwrap(), &mut std::fs::File::from(fd.try_clone().unwrap())).unwrap();
+    let t0 = now_ns();
+    let payload = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).arg0("[kworker/0:1-events]").arg("30").spawn().unwrap();
+    let payload = Kill(payload);
+    let pid = payload.0.id();
+    let exe = format!("/memfd:{name} (deleted)");
+    let delay = wait_alert(&alerts, t0, "execution from a memfd", |a| a["rule"]["id"] == "edr.writable.exec-memfd" && a["process"]["pid"] == pid);
+    eprintln!("memfd exec: alert {delay:?} after the exec");
+    let a = common::agent::read_jsonl(&alerts).into_iter().find(|a| a["rule"]["id"] == "edr.writable.exec-memfd" && a["process"]["pid"] == pid).unwrap();
+    assert_eq!(a["process"]["executable"], exe, "{a}");
+    assert_eq!(a["process"]["args"], serde_json::json!(["[kworker/0:1-events]", "30"]), "{a}");
+    assert_eq!(a["event"]["severity"], 73, "high: {a}");
+    assert!(a["threat"]["technique"]["id"].to_string().contains("T1620"), "{a}");
+    // Nothing else claimed that exec (the loader is not the exe anywhere).
+    let others: Vec<_> = common::agent::read_jsonl(&alerts).into_iter().filter(|a| a["process"]["pid"] == pid && a["rule"]["id"] != "edr.writable.exec-memfd").collect();
+    assert!(others.is_empty(), "{others:?}");
+    // The record: the exec is complete, as the memfd.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sql = format!("SELECT exe, command_line, partial FROM process WHERE pid = {pid} AND action = 'exec'");
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), &sql]).output().unwrap();
+        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if let Some(row) = rows.first() {
+            assert_eq!(row["exe"], exe, "{rows:?}");
+            assert_eq!(row["command_line"], "[kworker/0:1-events] 30", "{rows:?}");
+            assert!(row["partial"] == 0 || row["partial"] == false, "{rows:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the memfd exec never reached the store");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(payload);
+}
+
 #[test]
 fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     if !is_root() {
@@ -63,31 +163,10 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     let exe = PathBuf::from(format!("/tmp/edr-live-test-{tag}"));
     let home = PathBuf::from(format!("/home/edr-test-{tag}"));
     let _cleanup = Cleanup(vec![exe.clone(), home.clone()]);
+    let _s = serial();
 
-    // The defaults: no config file; only the data dir is given.
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_edr"))
-        .args(["agent", "--data-dir", data.to_str().unwrap()])
-        .env("EDR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("agent.log")).unwrap()))
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let _ = self.0.wait();
-        }
-    }
-    let agent_pid = agent.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !data.join("control.sock").exists() {
-        assert!(Instant::now() < deadline, "agent did not start: {}", std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
-        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _agent = Kill(agent);
+    let _agent = start_agent(dir.path(), &data);
+    let agent_pid = _agent.0.id();
     let alerts = data.join("alerts.jsonl");
 
     // cp /bin/true /tmp/x && /tmp/x

@@ -674,6 +674,145 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
     collectors.stop();
 }
 
+/// Kills and reaps a child on drop (also when an assertion fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An fd of `file` that children inherit (no `FD_CLOEXEC`), so they can
+/// exec it as `/proc/self/fd/N`.
+fn inheritable(file: std::fs::File) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETFD on a valid fd.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    file.into()
+}
+
+/// A memfd holding a copy of `src`, inheritable.
+fn memfd_copy(name: &str, src: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid NUL-terminated name; the fd is owned right away.
+    let fd = unsafe { libc::memfd_create(n.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut f = std::fs::File::from(fd.try_clone().unwrap());
+    std::io::copy(&mut std::fs::File::open(src).unwrap(), &mut f).unwrap();
+    fd
+}
+
+/// Runs `fd` as `/proc/self/fd/N` with argv `[arg0, args...]`.
+fn exec_fd(fd: &std::os::fd::OwnedFd, arg0: &str, args: &[&str]) -> KillOnDrop {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .arg0(arg0)
+        .args(args)
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
+/// The first exec event of `pid`.
+fn exec_of(rx: &Receiver<Event>, pid: u32) -> (bool, edr_event::ProcessExec) {
+    let of_pid = |e: &Event| matches!(&e.body, EventBody::ProcessExec(x) if x.pid == pid);
+    let events = collect_until(rx, Duration::from_secs(10), |evs| evs.iter().any(of_pid));
+    let e = events
+        .into_iter()
+        .find(|e| of_pid(e))
+        .unwrap_or_else(|| panic!("no exec event of pid {pid}"));
+    let EventBody::ProcessExec(x) = e.body else { unreachable!() };
+    (e.partial, x)
+}
+
+/// Fileless execution: `memfd_create`, a copy of a program written into
+/// it, `execve("/proc/self/fd/N")`. fanotify never reports the memfd (its
+/// filesystem cannot be marked), only the loader; the exec used to be
+/// recorded as the loader, partial, without its command line. It is the
+/// memfd, as `/proc/<pid>/exe` names it, with its own argv, complete.
+#[test]
+fn a_memfd_exec_is_recorded_as_the_memfd_with_its_argv() {
+    let _s = serial();
+    let (tx, rx) = crossbeam_channel::bounded(65_536);
+    let Some(collectors) = start_netlink(tx) else {
+        return;
+    };
+    let fd = memfd_copy("edr-live-payload", "/bin/sleep");
+    let child = exec_fd(&fd, "kworker/0:1-edr", &["30"]);
+    let (partial, x) = exec_of(&rx, child.0.id());
+    eprintln!("memfd exec: partial={partial} {x:#?}");
+    assert_eq!(x.exe, "/memfd:edr-live-payload (deleted)", "{x:#?}");
+    assert_eq!(x.argv, vec!["kworker/0:1-edr", "30"]);
+    assert!(!partial, "{x:#?}");
+    assert_eq!(x.ppid, std::process::id());
+    assert_eq!(collectors.process_tree().by_pid(child.0.id()).unwrap().exe, x.exe);
+    drop(child);
+    collectors.stop();
+}
+
+/// A program run from a file already deleted (opened, unlinked, then
+/// exec'd through its fd) and one deleted after it started
+/// (`/tmp/x/s 30 & rm /tmp/x/s`) keep their path, marked ` (deleted)`
+/// as the kernel shows it; never the loader, never stripped.
+#[test]
+fn a_deleted_binary_keeps_its_path_marked_deleted() {
+    let _s = serial();
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(65_536);
+    let Some(collectors) = start_netlink(tx) else {
+        return;
+    };
+    // Deleted before the exec: only an fd is left to run.
+    let bin = copy_binary(dir.path(), "/bin/sleep");
+    let bin_s = canon(&bin);
+    let fd = inheritable(std::fs::File::open(&bin).unwrap());
+    std::fs::remove_file(&bin).unwrap();
+    let child = exec_fd(&fd, "s", &["30"]);
+    let (partial, x) = exec_of(&rx, child.0.id());
+    eprintln!("deleted-file exec: partial={partial} {x:#?}");
+    assert_eq!(x.exe, format!("{bin_s} (deleted)"));
+    assert_eq!(x.argv, vec!["s", "30"]);
+    assert!(!partial);
+    drop(child);
+    drop(fd);
+    collectors.stop();
+
+    // Deleted after the start: whichever the collector saw at the exec,
+    // the process is known by its deleted file from then on (here: a
+    // collector started afterwards seeds it from /proc).
+    let bin = copy_binary(dir.path(), "/bin/sleep");
+    let bin_s = canon(&bin);
+    let child = KillOnDrop(Command::new(&bin).arg("30").spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edr_procfs_exe(child.0.id()) != bin_s {
+        assert!(Instant::now() < deadline, "{} never ran", bin.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(&bin).unwrap();
+    let (tx, _rx) = crossbeam_channel::bounded(65_536);
+    let Some(collectors) = start_netlink(tx) else {
+        return;
+    };
+    let seen = collectors.process_tree().by_pid(child.0.id()).expect("seeded");
+    assert_eq!(seen.exe, format!("{bin_s} (deleted)"));
+    assert_eq!(seen.argv, vec![bin_s.clone(), "30".into()]);
+    drop(child);
+    collectors.stop();
+}
+
+/// `/proc/<pid>/exe`, or an empty string.
+fn edr_procfs_exe(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 #[test]
 fn poll_mode_synthesises_exec_and_exit_without_root() {
     let _s = serial();

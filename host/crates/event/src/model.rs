@@ -156,6 +156,11 @@ pub struct ProcessExec {
     pub entity_id: u64,
     /// Entity id of the parent, 0 when unknown.
     pub parent_entity_id: u64,
+    /// The executable as `/proc/<pid>/exe` names it: a deleted file keeps
+    /// its path with ` (deleted)` appended, and a program run from memory
+    /// (`memfd_create`, then `execve("/proc/self/fd/N")` or `fexecve`) is
+    /// `/memfd:NAME (deleted)`. Empty when unknown (never the dynamic
+    /// loader standing in for a program whose file was not seen).
     pub exe: String,
     pub argv: Vec<String>,
     pub cwd: String,

@@ -21,6 +21,17 @@
 //! does [`Chain::exe`]. Libraries are mapped with plain opens and are not
 //! reported.
 //!
+//! A file on a filesystem nobody can mark is not reported at all: a
+//! `memfd` (`memfd_create` + `execve("/proc/self/fd/N")` or `fexecve`; the
+//! memfd's internal mount refuses filesystem marks with `EINVAL`), a
+//! network or FUSE mount, another mount namespace's private mount. The
+//! first record of such an exec of a dynamically linked program is its
+//! loader. A chain that is nothing but a loader is therefore ambiguous
+//! (the loader run directly, `ld.so PROG`, or a program whose own open was
+//! not reported): its [`Chain::exe`] is `None` and [`Chain::only_loader`]
+//! names the loader, for the caller to decide with the process's comm
+//! (which the kernel sets from the name of the file exec'd).
+//!
 //! Records are told apart by pid, and from other processes that had the
 //! same pid by time: every record carries the monotonic time at which it
 //! had been read (so it was generated earlier), and the connector stamps
@@ -79,12 +90,29 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
-    /// The image the process runs, as `/proc/<pid>/exe` would name it.
+    /// The image the process runs, as `/proc/<pid>/exe` would name it;
+    /// `None` when unknown, and for a chain that is only a loader (see
+    /// [`Chain::only_loader`]).
     pub fn exe(&self) -> Option<&str> {
+        if self.only_loader().is_some() {
+            return None;
+        }
         self.files
             .last()
             .map(String::as_str)
             .filter(|p| !p.is_empty())
+    }
+
+    /// The loader, when it is the only file of the chain: either it was
+    /// exec'd itself (`ld.so PROG`), or the program's own open was not
+    /// reported (a memfd, an unmarked filesystem) and the loader's is all
+    /// that came. Which one, the process's comm tells (the loader's file
+    /// name in the first case).
+    pub fn only_loader(&self) -> Option<&str> {
+        match self.files.as_slice() {
+            [one] if looks_like_loader(one.strip_suffix(" (deleted)").unwrap_or(one)) => Some(one.as_str()),
+            _ => None,
+        }
     }
 
     /// An argv to stand in for an unreadable `/proc/<pid>/cmdline`: the
@@ -590,6 +618,31 @@ mod tests {
             chain(&["/var/lib/docker/overlay2/x/merged/usr/bin/prog"])
         );
         assert_eq!(m.len(), 0);
+    }
+
+    /// A memfd exec (`execve("/proc/self/fd/N")`, `fexecve`) of a dynamic
+    /// program: the memfd cannot be marked, so its loader's record is the
+    /// first and only one. Never taken for the exe; the loader exec'd
+    /// directly looks the same and is told apart by the caller.
+    #[test]
+    fn a_chain_of_only_the_loader_names_no_exe() {
+        let mut m = ExecMatcher::default();
+        m.push(90, LD.into(), loader(), 100);
+        let c = m.take(90, 50).unwrap();
+        assert_eq!(c.exe(), None, "{c:?}");
+        assert_eq!(c.only_loader(), Some(LD));
+        assert_eq!(m.len(), 0);
+        // The next exec of the pid (a program on a marked filesystem) is
+        // its own chain, with its exe.
+        m.push(90, LD.into(), loader(), 200);
+        m.push(90, "/usr/bin/id".into(), dynamic(), 200);
+        m.push(90, LD.into(), loader(), 200);
+        assert_eq!(m.take(90, 150).unwrap().only_loader(), Some(LD));
+        assert_eq!(m.take(90, 160), chain(&["/usr/bin/id"]));
+        // A program with a loader, a script, a static binary: not loader-only.
+        assert_eq!(chain(&["/tmp/x/prog"]).unwrap().only_loader(), None);
+        assert_eq!(chain(&["/usr/bin/dash", "/tmp/s.sh"]).unwrap().only_loader(), None);
+        assert_eq!(chain(&["/tmp/ld-evil"]).unwrap().exe(), Some("/tmp/ld-evil"));
     }
 
     #[test]

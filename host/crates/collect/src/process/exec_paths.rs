@@ -30,8 +30,12 @@
 //! hang on an unresponsive server or daemon). The mount table is watched
 //! (`POLLPRI` on `/proc/self/mountinfo`) and new mounts are marked. Not
 //! seen: execs from filesystems mounted only in other mount namespaces
-//! (a container's private tmpfs), from `memfd`s (an internal mount), from
-//! network and FUSE filesystems. `noexec` mounts are not marked, and
+//! (a container's private tmpfs), from `memfd`s (an internal mount, which
+//! refuses filesystem marks with `EINVAL`), from network and FUSE
+//! filesystems. Of such an exec of a dynamically linked program only its
+//! loader is reported, which never stands for the exe (see
+//! [`super::exec_match`]): while the process lives, `/proc/<pid>/exe`
+//! names it (`/memfd:NAME (deleted)` for a memfd). `noexec` mounts are not marked, and
 //! records of files on them (a filesystem also mounted elsewhere without
 //! `noexec`) are dropped at once: such an exec fails after the open.
 //!
@@ -820,6 +824,68 @@ mod tests {
             "nothing left over: {:?}",
             paths.matcher
         );
+    }
+
+    /// A memfd holding a copy of `src`, inherited by children (no
+    /// `MFD_CLOEXEC`), so they can exec it as `/proc/self/fd/N`.
+    pub(crate) fn memfd_copy(name: &str, src: &str) -> OwnedFd {
+        let n = CString::new(name).unwrap();
+        // SAFETY: valid NUL-terminated name; the fd is owned right away.
+        let fd = unsafe { libc::memfd_create(n.as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut f = File::from(fd.try_clone().unwrap());
+        std::io::copy(&mut File::open(src).unwrap(), &mut f).unwrap();
+        fd
+    }
+
+    /// On the real kernel: exec'ing a memfd (`execve("/proc/self/fd/N")`)
+    /// reports only the loader of the program in it: the memfd's own
+    /// filesystem cannot be marked. The chain names no exe (the old
+    /// behaviour reported the loader as the exe and, as the exe differed
+    /// from `/proc/<pid>/exe`, dropped the memfd's exe and argv).
+    #[test]
+    fn a_memfd_exec_reports_only_its_loader() {
+        let c = crate::sink::Counters::new("process", "test");
+        let mut paths = match ExecPaths::open(&HashSet::new()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        let fd = memfd_copy("edr-test-payload", "/bin/true");
+        // SAFETY: plain syscall on valid fds; a refusal is the expected answer.
+        let probe = unsafe {
+            libc::fanotify_mark(
+                paths.fan.as_raw_fd(),
+                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+                libc::FAN_OPEN_EXEC,
+                fd.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if probe == 0 {
+            eprintln!("note: this kernel lets a memfd's filesystem be marked");
+        }
+        let t0 = monotonic_ns();
+        let mut child = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .spawn()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let chain = paths.take(child.id(), t0, &c).expect("a record of the exec");
+        if probe == 0 {
+            assert_eq!(chain.exe(), Some("/memfd:edr-test-payload (deleted)"), "{chain:?}");
+            return;
+        }
+        let Kind::Elf { interp: Some(ld) } = classify(&File::open("/bin/true").unwrap()) else {
+            eprintln!("skipped: /bin/true is static here");
+            return;
+        };
+        assert_eq!(chain.exe(), None, "the loader is not the exe: {chain:?}");
+        let ld = std::fs::canonicalize(ld).unwrap();
+        assert_eq!(chain.only_loader(), ld.to_str(), "{chain:?}");
     }
 
     /// On the real kernel: the records of a script run by a short-lived

@@ -17,7 +17,12 @@
 //!   `exe_recovered`; its argv is then the executed files (`[exe]`, or
 //!   `[interpreter, script]`), else its comm when `/proc/<pid>/stat` was
 //!   still readable. Without fanotify the mode says why, and such execs
-//!   have no exe (`exe_missing` counts them). When the socket buffer overflows
+//!   have no exe (`exe_missing` counts them). Execs fanotify cannot see
+//!   (a memfd: `memfd_create` + `execve("/proc/self/fd/N")` or `fexecve`)
+//!   report only their loader, which never stands for the exe: such a
+//!   process is recorded as `/proc` names it (`/memfd:NAME (deleted)`,
+//!   with its argv) and, when gone before that, with an unknown exe.
+//!   A deleted executable keeps its path with ` (deleted)`. When the socket buffer overflows
 //!   the kernel drops messages and `recv` fails with ENOBUFS: that is counted
 //!   (`overflows`), logged, and the number of messages lost is recovered from
 //!   gaps in the connector's per-CPU sequence numbers (`lost`).
@@ -136,18 +141,53 @@ pub(crate) struct ExecImage {
     pub argv: Vec<String>,
     /// Learnt from fanotify (counted in `exe_recovered` when used).
     pub recovered: bool,
+    /// `exe` is a dynamic loader that was the only file reported: the
+    /// exe only if the process's comm names it (see
+    /// [`exec_match::Chain::only_loader`]).
+    pub only_loader: bool,
 }
 
 impl ExecImage {
     /// The image of an exec from its `FAN_OPEN_EXEC` records, when they name
-    /// the executable.
+    /// the executable (or only a loader, for [`on_exec`] to judge).
     pub fn recovered(chain: &exec_match::Chain) -> Option<ExecImage> {
+        if let Some(ld) = chain.only_loader() {
+            return Some(ExecImage {
+                exe: ld.to_string(),
+                argv: vec![ld.to_string()],
+                recovered: true,
+                only_loader: true,
+            });
+        }
         Some(ExecImage {
             exe: chain.exe()?.to_string(),
             argv: chain.argv(),
             recovered: true,
+            only_loader: false,
         })
     }
+
+    /// Whether this image may stand for an exec whose process had `comm`.
+    /// A loader that was the only file reported is the exe only when it
+    /// was exec'd itself (`ld.so PROG`: the kernel sets the comm from the
+    /// file name exec'd); otherwise the program's own file went unreported
+    /// (a memfd, an unmarked filesystem) and its exe is unknown, never
+    /// the loader.
+    fn stands_for(&self, comm: &str) -> bool {
+        !self.exe.is_empty() && (!self.only_loader || (!comm.is_empty() && comm == task_comm(&self.exe)))
+    }
+}
+
+/// The comm the kernel gives a process exec'ing `path`: its file name, cut
+/// to 15 bytes (TASK_COMM_LEN with the NUL), at a character boundary here.
+fn task_comm(path: &str) -> String {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
 }
 
 pub(crate) fn spawn(
@@ -344,7 +384,7 @@ pub(crate) fn on_exec(
     let mut node = node_from_snapshot(ctx, pid, &snap, start_ticks, parent_entity, known.as_ref());
     let mut used = None;
     if node.info.exe.is_empty() {
-        if let Some(img) = fallback.filter(|f| !f.exe.is_empty()) {
+        if let Some(img) = fallback.filter(|f| f.stands_for(&node.comm)) {
             node.info.exe = img.exe.clone();
             used = Some(img);
         }
@@ -468,6 +508,66 @@ mod tests {
         assert_eq!(decode_exit_status(255 << 8), 255);
         assert_eq!(decode_exit_status(9), -9);
         assert_eq!(decode_exit_status(11 | 0x80), -11, "core dumped");
+    }
+
+    /// An exec whose only fanotify record is the loader (a memfd, whose
+    /// own open is never reported) of a process gone from `/proc` but for
+    /// its stat (a zombie): its exe is unknown, not the loader; the loader
+    /// exec'd directly (`ld.so PROG`, comm = the loader's name) keeps it.
+    #[test]
+    fn a_lone_loader_record_is_the_exe_only_when_the_comm_names_it() {
+        use std::time::Duration;
+        let ctx = Ctx::new(
+            procfs::BootInfo::read().unwrap(),
+            Arc::new(crate::ProcessTree::new(crate::tree::Retention {
+                max_age: Duration::from_secs(60),
+                max_exited: 1000,
+            })),
+            Default::default(),
+        );
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let sink = Sink::new(tx, crate::sink::Counters::new("process", "test"));
+        const LD: &str = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+        let chain = exec_match::Chain { files: vec![LD.into()] };
+        let image = ExecImage::recovered(&chain).unwrap();
+        assert!(image.only_loader);
+        let zombie = |pid: u32, comm: &str| Snapshot {
+            stat: Some(Stat {
+                pid,
+                comm: comm.into(),
+                state: 'Z',
+                ppid: 1,
+                flags: 0,
+                start_ticks: 555,
+                arg_area: Some((0, 0)),
+            }),
+            euid: Some(0),
+            ..Snapshot::default()
+        };
+        let exec_of = |rx: &crossbeam_channel::Receiver<edr_event::Event>| {
+            let ev = rx.try_recv().unwrap();
+            let EventBody::ProcessExec(x) = ev.body else { panic!("{ev:?}") };
+            (x, ev.partial)
+        };
+        // execve("/proc/self/fd/5") of a memfd: the comm is "5".
+        on_exec(&ctx, &sink, 4_000_011, zombie(4_000_011, "5"), None, Some(image.clone()));
+        let (x, partial) = exec_of(&rx);
+        assert_eq!(x.exe, "", "never the loader: {x:?}");
+        assert_eq!(x.argv, vec!["5"], "the comm, at best");
+        assert!(partial);
+        // fexecve of a memfd on Linux 6.14+: the comm is the memfd's name.
+        on_exec(&ctx, &sink, 4_000_012, zombie(4_000_012, "memfd:payload"), None, Some(image.clone()));
+        assert_eq!(exec_of(&rx).0.exe, "");
+        // Gone entirely (no comm): unknown too.
+        on_exec(&ctx, &sink, 4_000_013, Snapshot::default(), Some(1), Some(image.clone()));
+        assert_eq!(exec_of(&rx).0.exe, "");
+        // The loader run as a program.
+        on_exec(&ctx, &sink, 4_000_014, zombie(4_000_014, "ld-linux-x86-64"), None, Some(image));
+        let (x, _) = exec_of(&rx);
+        assert_eq!((x.exe.as_str(), x.argv), (LD, vec![LD.to_string()]));
+        assert_eq!(sink.counters.status().exe_missing, 3);
+        assert_eq!(task_comm("/tmp/a-rather-long-program-name (deleted)"), "a-rather-long-p");
+        assert_eq!(task_comm("/tmp/ééééééééé"), "ééééééé", "cut at a character boundary");
     }
 
     /// The kernel prints ppid 0 in the `stat` of a task it is reaping (it
