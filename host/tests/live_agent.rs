@@ -101,7 +101,7 @@ fn a_memfd_exec_on_the_host_raises_the_fileless_alert_with_its_exe_and_argv() {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
     if !is_root() {
-        eprintln!("skipped: live telemetry needs root (CN_PROC, fanotify)");
+        edr_testkit::skip("live telemetry needs root (CN_PROC, fanotify)");
         return;
     }
     let _s = serial();
