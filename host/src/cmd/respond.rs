@@ -35,7 +35,13 @@ pub enum RespondAction {
     /// Continue a suspended process (SIGCONT).
     Resume { pid: u32 },
     /// Move a file into the quarantine store. Undo: restore.
-    Quarantine { path: PathBuf },
+    Quarantine {
+        path: PathBuf,
+        /// Quarantine it even if it is a protected path (the agent's files, account files, the
+        /// loader, libc, system shells, `[respond] protected_paths`); audited as an override.
+        #[arg(long)]
+        override_protection: bool,
+    },
     /// Put a quarantined file back, byte-exact, with its owner, mode and times.
     Restore {
         id: String,
@@ -44,7 +50,12 @@ pub enum RespondAction {
         force: bool,
     },
     /// Delete a file (its hash and metadata are recorded first). No undo.
-    Delete { path: PathBuf },
+    Delete {
+        path: PathBuf,
+        /// Delete it even if it is a protected path; audited as an override.
+        #[arg(long)]
+        override_protection: bool,
+    },
     /// Cut the host off the network except loopback and the management endpoints. Undo: release.
     Isolate,
     /// Remove exactly what isolation added.
@@ -78,9 +89,9 @@ pub fn run(a: RespondArgs) -> anyhow::Result<()> {
         RespondAction::Kill { pid, tree } => json!({"action": "kill", "target": {"pid": pid, "tree": tree, "expect": null}}),
         RespondAction::Suspend { pid } => json!({"action": "suspend", "target": pid}),
         RespondAction::Resume { pid } => json!({"action": "resume", "target": pid}),
-        RespondAction::Quarantine { path } => json!({"action": "quarantine", "target": path}),
+        RespondAction::Quarantine { path, override_protection } => overriding(json!({"action": "quarantine", "target": path}), *override_protection),
         RespondAction::Restore { id, force } => json!({"action": "restore", "target": {"id": id, "force": force}}),
-        RespondAction::Delete { path } => json!({"action": "delete", "target": path}),
+        RespondAction::Delete { path, override_protection } => overriding(json!({"action": "delete", "target": path}), *override_protection),
         RespondAction::Isolate => json!({"action": "isolate"}),
         RespondAction::Release => json!({"action": "release"}),
         RespondAction::Block { target: t } => json!({"action": "block-exec", "target": target(t)}),
@@ -106,6 +117,15 @@ pub fn run(a: RespondArgs) -> anyhow::Result<()> {
         anyhow::bail!("the action failed: {}", record["outcome"]["message"].as_str().unwrap_or("?"));
     }
     Ok(())
+}
+
+/// The action wrapped in `override-protection` (`edr_respond::ResponseAction::OverrideProtection`) when asked.
+fn overriding(action: serde_json::Value, override_protection: bool) -> serde_json::Value {
+    if override_protection {
+        json!({"action": "override-protection", "target": action})
+    } else {
+        action
+    }
 }
 
 /// `{"status": "error", "message": "..."}` as `error: ...`.
