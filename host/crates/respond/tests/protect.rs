@@ -119,9 +119,9 @@ fn blocking_python_is_not_refused_because_a_renamed_python_runs() {
     };
     let store = tempfile::tempdir().unwrap();
     let (sim, _) = responder_with(store.path(), |c| c.operator_mode = Mode::Simulate);
-    let py = spawn(Command::new(&python).args(["-c", "import time; time.sleep(60)"])).unwrap();
-    // What prctl(PR_SET_NAME) in the script would do, from outside.
-    fs::write(format!("/proc/{}/comm", py.pid()), "auditd").unwrap();
+    // The script renames itself: prctl(PR_SET_NAME, "auditd").
+    let script = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'auditd', 0, 0, 0); time.sleep(60)";
+    let py = spawn(Command::new(&python).args(["-c", script])).unwrap();
     assert!(wait_for(Duration::from_secs(5), || comm_of(py.pid()) == "auditd"));
     let rec = sim.request(operator(), ResponseAction::BlockExec(BlockTarget::Path(python.clone())), "");
     assert_eq!(rec.decision, Decision::Simulated, "python is not shielded by a process called auditd: {rec:?}");
