@@ -136,3 +136,27 @@ fn describe(outcome: &serde_json::Value) -> String {
         None => status.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        respond: RespondArgs,
+    }
+
+    #[test]
+    fn override_protection_wraps_quarantine_and_delete() {
+        let cli = Cli::try_parse_from(["edr", "quarantine", "/etc/edr/old.toml", "--override-protection"]).unwrap();
+        let RespondAction::Quarantine { path, override_protection } = cli.respond.action else { panic!("parsed as quarantine") };
+        assert!(override_protection);
+        let action: edr_respond::ResponseAction = serde_json::from_value(overriding(json!({"action": "quarantine", "target": path}), true)).unwrap();
+        assert_eq!(action, edr_respond::ResponseAction::OverrideProtection(Box::new(edr_respond::ResponseAction::Quarantine("/etc/edr/old.toml".into()))));
+        let plain: edr_respond::ResponseAction = serde_json::from_value(overriding(json!({"action": "delete", "target": "/tmp/x"}), false)).unwrap();
+        assert_eq!(plain, edr_respond::ResponseAction::Delete("/tmp/x".into()), "no flag, no override");
+        assert!(Cli::try_parse_from(["edr", "kill", "5", "--override-protection"]).is_err(), "only quarantine and delete take the flag");
+    }
+}
