@@ -152,7 +152,7 @@ pub struct ResponseConfig {
     pub protected_names: Vec<String>,
     /// More files or directories (with everything in them) that quarantine
     /// and delete refuse, and block refuses when they are files, on top of
-    /// the built-in ones (see [`protect::PathGuard`]).
+    /// the built-in ones (see [`protect`]).
     #[serde(default)]
     pub protected_paths: Vec<PathBuf>,
     /// The agent's data dir: protected with everything in it. Set by the

@@ -108,6 +108,7 @@ pub(crate) fn verified_executable(pid: u32) -> Result<VerifiedExe, String> {
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(&link)
         .map_err(|e| format!("cannot open {link}: {e}"))?;
+    // SAFETY: libc::stat is plain data; all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd and a stat buffer of the right type.
     if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
@@ -133,7 +134,11 @@ fn uids(pid: u32) -> Option<(u32, u32)> {
 /// put a process there (containers and user managers have their own
 /// subtrees, which are deeper or elsewhere).
 pub(crate) fn system_service(pid: u32) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    service_in_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The `NAME.service` directly under `/system.slice` in a `/proc/PID/cgroup` text.
+fn service_in_cgroup(s: &str) -> Option<String> {
     s.lines().find_map(|l| {
         let path = l.splitn(3, ':').nth(2)?;
         let unit = path.strip_prefix("/system.slice/")?;
@@ -329,6 +334,20 @@ mod tests {
         assert!(libc_path.exists(), "{}", libc_path.display());
         if let Some(l) = loader {
             assert!(l.file_name().unwrap().to_string_lossy().starts_with("ld-"), "{}", l.display());
+        }
+    }
+
+    #[test]
+    fn service_identity_comes_only_from_a_system_service_cgroup() {
+        assert_eq!(service_in_cgroup("0::/system.slice/ssh.service\n").as_deref(), Some("ssh.service"));
+        assert_eq!(service_in_cgroup("1:name=systemd:/system.slice/auditd.service\n").as_deref(), Some("auditd.service"));
+        for text in [
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/ssh.service\n",
+            "0::/system.slice/docker-0123.scope\n",
+            "0::/system.slice/docker-0123.scope/system.slice/ssh.service\n",
+            "0::/init.scope\n",
+        ] {
+            assert_eq!(service_in_cgroup(text), None, "{text}");
         }
     }
 
