@@ -143,7 +143,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The response engine: operator requests over the control socket, plugin
     // requests through the `respond` import (pack grant and manifest both needed).
     let action_counts = Arc::new(ActionCounts::default());
-    let responder = start_responder(&cfg, &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
+    let responder = start_responder(&cfg, args.config.as_deref(), &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
 
     let (events_rx, collectors) = start_source(&cfg, &services)?;
 
@@ -414,14 +414,19 @@ fn start_metrics(cfg: &AgentConfig, control_tx: &Sender<Incoming>, health: &Heal
 
 /// Starts the response engine; its audit records go to `<data_dir>/actions.jsonl`
 /// and the log. A failure to start disables response, loudly, not the agent.
-fn start_responder(cfg: &AgentConfig, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>, counts: Arc<ActionCounts>) -> Option<Arc<edr_respond::Responder>> {
-    let rc = match cfg.respond_config() {
+fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>, counts: Arc<ActionCounts>) -> Option<Arc<edr_respond::Responder>> {
+    let mut rc = match cfg.respond_config() {
         Ok(rc) => rc,
         Err(e) => {
             tracing::error!("[respond]: {e}; response actions are disabled");
             return None;
         }
     };
+    // The agent's own files: quarantine and delete refuse them (edr_respond::protect).
+    rc.data_dir = Some(cfg.data_dir.clone());
+    rc.config_file = config_file.map(std::path::Path::to_path_buf);
+    rc.trust_keys = cfg.trust.keys.iter().filter_map(|k| k.public_key_file.clone()).collect();
+    rc.agent_binary = std::env::current_exe().ok();
     let mut responder = match edr_respond::Responder::new(rc) {
         Ok(r) => r,
         Err(e) => {

@@ -35,7 +35,13 @@ pub enum RespondAction {
     /// Continue a suspended process (SIGCONT).
     Resume { pid: u32 },
     /// Move a file into the quarantine store. Undo: restore.
-    Quarantine { path: PathBuf },
+    Quarantine {
+        path: PathBuf,
+        /// Quarantine it even if it is a protected path (the agent's files, account files, the
+        /// loader, libc, system shells, `[respond] protected_paths`); audited as an override.
+        #[arg(long)]
+        override_protection: bool,
+    },
     /// Put a quarantined file back, byte-exact, with its owner, mode and times.
     Restore {
         id: String,
@@ -44,7 +50,12 @@ pub enum RespondAction {
         force: bool,
     },
     /// Delete a file (its hash and metadata are recorded first). No undo.
-    Delete { path: PathBuf },
+    Delete {
+        path: PathBuf,
+        /// Delete it even if it is a protected path; audited as an override.
+        #[arg(long)]
+        override_protection: bool,
+    },
     /// Cut the host off the network except loopback and the management endpoints. Undo: release.
     Isolate,
     /// Remove exactly what isolation added.
@@ -78,9 +89,9 @@ pub fn run(a: RespondArgs) -> anyhow::Result<()> {
         RespondAction::Kill { pid, tree } => json!({"action": "kill", "target": {"pid": pid, "tree": tree, "expect": null}}),
         RespondAction::Suspend { pid } => json!({"action": "suspend", "target": pid}),
         RespondAction::Resume { pid } => json!({"action": "resume", "target": pid}),
-        RespondAction::Quarantine { path } => json!({"action": "quarantine", "target": path}),
+        RespondAction::Quarantine { path, override_protection } => overriding(json!({"action": "quarantine", "target": path}), *override_protection),
         RespondAction::Restore { id, force } => json!({"action": "restore", "target": {"id": id, "force": force}}),
-        RespondAction::Delete { path } => json!({"action": "delete", "target": path}),
+        RespondAction::Delete { path, override_protection } => overriding(json!({"action": "delete", "target": path}), *override_protection),
         RespondAction::Isolate => json!({"action": "isolate"}),
         RespondAction::Release => json!({"action": "release"}),
         RespondAction::Block { target: t } => json!({"action": "block-exec", "target": target(t)}),
@@ -108,11 +119,44 @@ pub fn run(a: RespondArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The action wrapped in `override-protection` (`edr_respond::ResponseAction::OverrideProtection`) when asked.
+fn overriding(action: serde_json::Value, override_protection: bool) -> serde_json::Value {
+    if override_protection {
+        json!({"action": "override-protection", "target": action})
+    } else {
+        action
+    }
+}
+
 /// `{"status": "error", "message": "..."}` as `error: ...`.
 fn describe(outcome: &serde_json::Value) -> String {
     let status = outcome["status"].as_str().unwrap_or("?");
     match outcome["message"].as_str() {
         Some(m) => format!("{status}: {m}"),
         None => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        respond: RespondArgs,
+    }
+
+    #[test]
+    fn override_protection_wraps_quarantine_and_delete() {
+        let cli = Cli::try_parse_from(["edr", "quarantine", "/etc/edr/old.toml", "--override-protection"]).unwrap();
+        let RespondAction::Quarantine { path, override_protection } = cli.respond.action else { panic!("parsed as quarantine") };
+        assert!(override_protection);
+        let action: edr_respond::ResponseAction = serde_json::from_value(overriding(json!({"action": "quarantine", "target": path}), true)).unwrap();
+        assert_eq!(action, edr_respond::ResponseAction::OverrideProtection(Box::new(edr_respond::ResponseAction::Quarantine("/etc/edr/old.toml".into()))));
+        let plain: edr_respond::ResponseAction = serde_json::from_value(overriding(json!({"action": "delete", "target": "/tmp/x"}), false)).unwrap();
+        assert_eq!(plain, edr_respond::ResponseAction::Delete("/tmp/x".into()), "no flag, no override");
+        assert!(Cli::try_parse_from(["edr", "kill", "5", "--override-protection"]).is_err(), "only quarantine and delete take the flag");
     }
 }

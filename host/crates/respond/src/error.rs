@@ -44,6 +44,12 @@ pub enum RespondError {
         /// Which protection applies.
         why: String,
     },
+    /// Only the operator may override path protection, explicitly.
+    #[error("{requester} asked to override path protection; only the operator may, explicitly (`edr respond quarantine|delete PATH --override-protection`), and a pack never may")]
+    OverrideRefused {
+        /// Who asked.
+        requester: String,
+    },
     /// The pid now belongs to another process than the one the request named.
     #[error("pid {pid} is no longer the process the request named (expected {expected}, found {found}); the pid was reused, nothing was done")]
     PidReused {
@@ -159,6 +165,7 @@ impl RespondError {
                 | RespondError::OperatorOnly { .. }
                 | RespondError::Protected { .. }
                 | RespondError::ProtectedFile { .. }
+                | RespondError::OverrideRefused { .. }
                 | RespondError::PidReused { .. }
                 | RespondError::InvalidTarget { .. }
                 | RespondError::Occupied { .. }

@@ -19,9 +19,14 @@
 //! [`ResponseConfig::operator_mode`]); a pack only what its [`PackGrant`]
 //! lists, in the grant's mode ([`Mode::Simulate`] records what would happen
 //! and changes nothing). Undo actions are operator-only. Protected processes
-//! (pid 1, the agent and its ancestors, kernel threads, configured names) are
-//! never killed or suspended, whoever asks; critical executables are never
-//! blocked, quarantined or deleted.
+//! (pid 1, the agent and its ancestors, kernel threads, configured names
+//! that match a verified system executable: see [`protect`]) are never
+//! killed or suspended, whoever asks; critical executables are never
+//! blocked, quarantined or deleted. Protected paths (the agent's data dir,
+//! config, trust keys and binary, the loader and libc, account files, the
+//! system shells, `protected_paths`) are refused by quarantine and delete in
+//! both modes; only the operator may override that, explicitly
+//! ([`ResponseAction::OverrideProtection`]), and the audit record says so.
 //!
 //! # Threads
 //!
@@ -64,6 +69,7 @@ mod fsutil;
 pub mod isolate;
 pub mod policy;
 pub mod process;
+pub mod protect;
 pub mod quarantine;
 
 pub use audit::{AuditRecord, Outcome};
@@ -134,10 +140,34 @@ pub struct ResponseConfig {
     /// Let DHCP (v4 and v6) through while isolated so the lease is renewed (default true).
     #[serde(default = "default_true")]
     pub allow_dhcp: bool,
-    /// Process names never killed or suspended (matched against `comm` and
-    /// the executable's file name). The agent's own name is always added.
+    /// Executables whose processes are never killed or suspended (key kept
+    /// as `protected_names` for compatibility). An entry is an executable
+    /// file name (`sshd`), an absolute executable path (`/usr/sbin/sshd`) or
+    /// a system service (`ssh.service`), and it protects a process only when
+    /// the process's executable is verified (a root-owned file in a system
+    /// location no one else can write, see [`protect`]) and the process runs
+    /// as root or in a system service. Process names (`comm`) are never
+    /// trusted. The agent's own executable name is always added.
     #[serde(default = "default_protected_names")]
     pub protected_names: Vec<String>,
+    /// More files or directories (with everything in them) that quarantine
+    /// and delete refuse, and block refuses when they are files, on top of
+    /// the built-in ones (see [`protect`]).
+    #[serde(default)]
+    pub protected_paths: Vec<PathBuf>,
+    /// The agent's data dir: protected with everything in it. Set by the
+    /// agent, not read from the configuration.
+    #[serde(skip)]
+    pub data_dir: Option<PathBuf>,
+    /// The agent's configuration file: protected. Set by the agent.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// The agent's trust key files: protected. Set by the agent.
+    #[serde(skip)]
+    pub trust_keys: Vec<PathBuf>,
+    /// The agent's executable: protected (`/proc/self/exe` always is). Set by the agent.
+    #[serde(skip)]
+    pub agent_binary: Option<PathBuf>,
     /// Grants per pack id.
     #[serde(default)]
     pub packs: BTreeMap<String, PackGrant>,
@@ -175,6 +205,11 @@ impl ResponseConfig {
             allow_dns: false,
             allow_dhcp: true,
             protected_names: default_protected_names(),
+            protected_paths: Vec::new(),
+            data_dir: None,
+            config_file: None,
+            trust_keys: Vec::new(),
+            agent_binary: None,
             packs: BTreeMap::new(),
             operator_mode: Mode::Enforce,
             isolation_netns: None,
@@ -227,6 +262,12 @@ pub enum ResponseAction {
     Unblock(BlockTarget),
     /// Copy a file into the evidence store.
     Fetch(PathBuf),
+    /// The wrapped quarantine or delete, carried out even though its target
+    /// is a protected path (the operator's explicit override; the audit
+    /// record says protection was overridden and why the path was
+    /// protected). A pack can never override; the agent's own stores, its
+    /// block list and kernel pseudo-filesystems stay refused.
+    OverrideProtection(Box<ResponseAction>),
 }
 
 impl ResponseAction {
@@ -244,6 +285,7 @@ impl ResponseAction {
             ResponseAction::BlockExec(_) => ActionKind::BlockExec,
             ResponseAction::Unblock(_) => ActionKind::UnblockExec,
             ResponseAction::Fetch(_) => ActionKind::FetchFile,
+            ResponseAction::OverrideProtection(a) => a.kind(),
         }
     }
 
@@ -256,6 +298,7 @@ impl ResponseAction {
             ResponseAction::Restore { id, .. } => format!("quarantine entry {id}"),
             ResponseAction::Isolate | ResponseAction::Release => "host".to_string(),
             ResponseAction::BlockExec(t) | ResponseAction::Unblock(t) => t.to_string(),
+            ResponseAction::OverrideProtection(a) => a.target(),
         }
     }
 }
@@ -293,6 +336,7 @@ enum Verdict {
 struct Inner {
     cfg: ResponseConfig,
     protection: process::Protection,
+    paths: protect::PathGuard,
     quarantine: quarantine::QuarantineStore,
     evidence: fetch::EvidenceStore,
     isolator: isolate::Isolator,
@@ -346,12 +390,16 @@ impl Inner {
             Ok(m) => m,
             Err(e) => return Verdict::Refused(e),
         };
+        let (action, overriding) = match unwrap_override(who, action) {
+            Ok(a) => a,
+            Err(e) => return Verdict::Refused(e),
+        };
         match mode {
-            Mode::Simulate => match self.simulate(action) {
+            Mode::Simulate => match self.simulate(action, overriding) {
                 Err(e) if e.is_refusal() => Verdict::Refused(e),
                 r => Verdict::Simulated(r),
             },
-            Mode::Enforce => match self.enforce(who, action, reason) {
+            Mode::Enforce => match self.enforce(who, action, reason, overriding) {
                 Err(e) if e.is_refusal() => Verdict::Refused(e),
                 r => Verdict::Enforced(r),
             },
@@ -361,11 +409,13 @@ impl Inner {
     /// Policy, then the cheap safety checks of the target. Only refusals
     /// come out of here; other failures are left for the action to report.
     fn decide(&self, who: &Requester, action: &ResponseAction) -> Result<Mode, RespondError> {
+        let (inner, overriding) = unwrap_override(who, action)?;
         let mode = policy::decide(&self.cfg.packs, self.cfg.operator_mode, who, action.kind())?;
+        let action = inner;
         let check = match action {
             ResponseAction::Kill { pid, expect, .. } => process::check(*pid, *expect, &self.protection),
             ResponseAction::Suspend(pid) => process::check(*pid, None, &self.protection),
-            ResponseAction::Quarantine(p) | ResponseAction::Delete(p) => self.check_file_target(p),
+            ResponseAction::Quarantine(p) | ResponseAction::Delete(p) => self.check_file_target(p, overriding).map(|_| ()),
             ResponseAction::Fetch(p) => self.check_store_paths(p),
             ResponseAction::Isolate if self.cfg.management.is_empty() => Err(RespondError::Config(
                 "no management endpoints are configured; isolating would cut the agent off from its console, so it is refused".into(),
@@ -381,6 +431,7 @@ impl Inner {
 
     fn protected_executables(&self) -> Vec<(PathBuf, String)> {
         let mut v = block::critical_executables();
+        v.extend(self.paths.executables());
         v.extend(process::protected_executables(&self.protection));
         v
     }
@@ -404,21 +455,33 @@ impl Inner {
     }
 
     /// Refuses files that quarantine or delete must not touch: kernel
-    /// pseudo-filesystems, the agent's stores, and critical or protected executables.
-    fn check_file_target(&self, path: &Path) -> Result<(), RespondError> {
+    /// pseudo-filesystems and the agent's stores (always), protected paths
+    /// and critical or protected executables (unless `overriding`: then the
+    /// detail for the audit record says what protection was overridden).
+    fn check_file_target(&self, path: &Path, overriding: bool) -> Result<Detail, RespondError> {
         self.check_store_paths(path)?;
         let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let pseudo = canon.starts_with("/proc") || canon.starts_with("/sys") || (canon.starts_with("/dev") && !canon.starts_with("/dev/shm"));
         if pseudo {
             return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why: "on a kernel pseudo-filesystem".into() });
         }
-        for (p, why) in self.protected_executables() {
-            let pc = std::fs::canonicalize(&p).unwrap_or(p);
-            if pc == canon {
-                return Err(RespondError::ProtectedFile { path: path.to_path_buf(), why });
+        let why = self.paths.why(path).or_else(|| {
+            self.protected_executables().into_iter().find_map(|(p, why)| {
+                let pc = std::fs::canonicalize(&p).unwrap_or(p);
+                (pc == canon).then_some(why)
+            })
+        });
+        match why {
+            None => Ok(Detail::new()),
+            Some(why) if overriding => {
+                tracing::warn!(path = %path.display(), protected_because = %why, "operator overrides path protection");
+                Ok(Detail::from([("protection_overridden".into(), "true".into()), ("protected_because".into(), why)]))
             }
+            Some(why) => Err(RespondError::ProtectedFile {
+                path: path.to_path_buf(),
+                why: format!("{why}; an operator may override with --override-protection"),
+            }),
         }
-        Ok(())
     }
 
     fn isolation_spec(&self) -> isolate::IsolationSpec {
@@ -433,19 +496,21 @@ impl Inner {
     }
 
     /// What the action would do, changing nothing.
-    fn simulate(&self, action: &ResponseAction) -> Result<Detail, RespondError> {
+    fn simulate(&self, action: &ResponseAction, overriding: bool) -> Result<Detail, RespondError> {
         match action {
             ResponseAction::Kill { pid, tree, expect } => process::plan_kill(*pid, *tree, *expect, &self.protection),
             ResponseAction::Suspend(pid) => process::plan_suspend(*pid, &self.protection),
             ResponseAction::Resume(pid) => process::plan_resume(*pid),
             ResponseAction::Quarantine(p) => {
-                self.check_file_target(p)?;
-                self.quarantine.preview(p)
+                let mut d = self.check_file_target(p, overriding)?;
+                d.extend(self.quarantine.preview(p)?);
+                Ok(d)
             }
             ResponseAction::Restore { id, force } => self.quarantine.plan_restore(id, *force),
             ResponseAction::Delete(p) => {
-                self.check_file_target(p)?;
-                delete::plan_delete(p)
+                let mut d = self.check_file_target(p, overriding)?;
+                d.extend(delete::plan_delete(p)?);
+                Ok(d)
             }
             ResponseAction::Isolate => self.isolator.plan(&self.isolation_spec()),
             ResponseAction::Release => {
@@ -461,20 +526,21 @@ impl Inner {
                 self.check_store_paths(p)?;
                 self.evidence.preview(p)
             }
+            ResponseAction::OverrideProtection(_) => Err(nested_override(action)),
         }
     }
 
     /// Carries the action out.
-    fn enforce(&self, who: &Requester, action: &ResponseAction, reason: &str) -> Result<Detail, RespondError> {
+    fn enforce(&self, who: &Requester, action: &ResponseAction, reason: &str, overriding: bool) -> Result<Detail, RespondError> {
         let by = who.to_string();
         match action {
             ResponseAction::Kill { pid, tree, expect } => process::kill(*pid, *tree, *expect, &self.protection),
             ResponseAction::Suspend(pid) => process::suspend(*pid, &self.protection),
             ResponseAction::Resume(pid) => process::resume(*pid),
             ResponseAction::Quarantine(p) => {
-                self.check_file_target(p)?;
+                let mut d = self.check_file_target(p, overriding)?;
                 let e = self.quarantine.quarantine(p, reason, &by)?;
-                Ok(Detail::from([
+                d.extend([
                     ("quarantine_id".into(), e.id),
                     ("sha256".into(), e.sha256),
                     ("size".into(), e.size.to_string()),
@@ -482,15 +548,17 @@ impl Inner {
                     ("mode".into(), format!("{:04o}", e.meta.mode)),
                     ("stored_path".into(), e.stored_path.display().to_string()),
                     ("copied_across_filesystems".into(), e.copied_across_filesystems.to_string()),
-                ]))
+                ]);
+                Ok(d)
             }
             ResponseAction::Restore { id, force } => {
                 let e = self.quarantine.restore(id, *force)?;
                 Ok(Detail::from([("path".into(), e.original_path.display().to_string()), ("sha256".into(), e.sha256)]))
             }
             ResponseAction::Delete(p) => {
-                self.check_file_target(p)?;
-                delete::delete(p)
+                let mut d = self.check_file_target(p, overriding)?;
+                d.extend(delete::delete(p)?);
+                Ok(d)
             }
             ResponseAction::Isolate => {
                 let spec = self.isolation_spec();
@@ -513,7 +581,31 @@ impl Inner {
                     ("stored_path".into(), e.stored_path.display().to_string()),
                 ]))
             }
+            ResponseAction::OverrideProtection(_) => Err(nested_override(action)),
         }
+    }
+}
+
+/// `run` unwraps the override before acting, so a wrapper here was nested.
+fn nested_override(action: &ResponseAction) -> RespondError {
+    RespondError::invalid(action.target(), "a protection override cannot wrap another override")
+}
+
+/// The action an [`ResponseAction::OverrideProtection`] wraps (or the action
+/// itself) and whether it overrides path protection. Refuses an override a
+/// pack asks for, and one around anything but a quarantine or delete.
+fn unwrap_override<'a>(who: &Requester, action: &'a ResponseAction) -> Result<(&'a ResponseAction, bool), RespondError> {
+    let ResponseAction::OverrideProtection(inner) = action else { return Ok((action, false)) };
+    if !matches!(who, Requester::Operator { .. }) {
+        return Err(RespondError::OverrideRefused { requester: who.to_string() });
+    }
+    match inner.as_ref() {
+        a @ (ResponseAction::Quarantine(_) | ResponseAction::Delete(_)) => Ok((a, true)),
+        nested @ ResponseAction::OverrideProtection(_) => Err(nested_override(nested)),
+        other => Err(RespondError::invalid(
+            other.target(),
+            format!("protection can be overridden only for quarantine and delete, not for `{}`", other.kind()),
+        )),
     }
 }
 
@@ -550,6 +642,7 @@ impl Responder {
         let blocker = block::Blocker::new(cfg.block.clone(), cfg.blocklist_file.clone())?;
         let inner = Arc::new(Inner {
             protection: process::Protection::new(&cfg.protected_names),
+            paths: protect::PathGuard::new(&cfg),
             isolator: isolate::Isolator::new(cfg.isolation_netns.clone()),
             quarantine,
             evidence,
@@ -741,5 +834,25 @@ mod tests {
         assert_eq!(serde_json::from_value::<ResponseAction>(j).unwrap(), a);
         let u = serde_json::to_value(ResponseAction::Unblock(BlockTarget::Sha256("ab".into()))).unwrap();
         assert_eq!(u["target"]["sha256"], "ab");
+    }
+
+    #[test]
+    fn override_json_shape_is_what_the_cli_sends() {
+        let j = serde_json::json!({"action": "override-protection", "target": {"action": "delete", "target": "/tmp/x"}});
+        let a: ResponseAction = serde_json::from_value(j).unwrap();
+        assert_eq!(a, ResponseAction::OverrideProtection(Box::new(ResponseAction::Delete("/tmp/x".into()))));
+        assert_eq!(a.kind(), ActionKind::DeleteFile, "policy sees the wrapped action");
+        assert_eq!(a.target(), "/tmp/x");
+    }
+
+    #[test]
+    fn the_agents_own_paths_are_not_configurable_keys() {
+        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e","protected_paths":["/srv/keep"]}"#).unwrap();
+        assert_eq!(cfg.protected_paths, vec![PathBuf::from("/srv/keep")]);
+        assert!(cfg.data_dir.is_none() && cfg.config_file.is_none() && cfg.trust_keys.is_empty());
+        for key in ["data_dir", "config_file", "trust_keys", "agent_binary"] {
+            let j = format!(r#"{{"quarantine_dir":"/q","evidence_dir":"/e","{key}":"/x"}}"#);
+            assert!(serde_json::from_str::<ResponseConfig>(&j).is_err(), "`{key}` is set by the agent, not by the config");
+        }
     }
 }

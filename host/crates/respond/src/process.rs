@@ -13,7 +13,7 @@
 //! otherwise. Protected descendants are spared (not stopped, not killed, their
 //! own children left alone) and listed in the audit detail.
 
-use crate::{Detail, RespondError};
+use crate::{protect, Detail, RespondError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -73,6 +73,12 @@ pub fn current_start_time(pid: u32) -> Option<u64> {
 }
 
 /// Which processes are never killed or suspended.
+///
+/// Protection rests only on what an unprivileged user cannot forge (see
+/// [`crate::protect`]): the pid (1, the agent, its ancestors), kernel
+/// threads, and for configured names a *verified* system executable run by
+/// root or a system service. A process's `comm` and the file name of an
+/// unverified executable count for nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct Protection {
     own_pid: u32,
@@ -81,8 +87,10 @@ pub(crate) struct Protection {
 
 impl Protection {
     /// The agent itself (`std::process::id()`), its ancestors, pid 1, kernel
-    /// threads and processes called one of `names` (matched against `comm`
-    /// and the executable's file name). The agent's own name is added.
+    /// threads, and processes matching one of `names`: a plain name matches
+    /// the file name of a verified executable, an absolute path its path, a
+    /// `NAME.service` the system service the process is in (its executable
+    /// still verified). The agent's own executable name is added.
     pub(crate) fn new(names: &[String]) -> Protection {
         let mut names: Vec<String> = names.iter().filter(|n| !n.is_empty()).cloned().collect();
         if let Some(own) = fs::read_link("/proc/self/exe").ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
@@ -91,11 +99,6 @@ impl Protection {
             }
         }
         Protection { own_pid: std::process::id(), names }
-    }
-
-    /// The configured (and implied) protected names.
-    pub(crate) fn names(&self) -> &[String] {
-        &self.names
     }
 
     /// Why a process is protected, or `None`.
@@ -110,8 +113,7 @@ impl Protection {
         if pid == 2 || stat.ppid == 2 || stat.flags & PF_KTHREAD != 0 {
             return Some(format!("kernel thread `{}`", stat.comm));
         }
-        let exe = fs::read_link(format!("/proc/{pid}/exe"));
-        if let Err(e) = &exe {
+        if let Err(e) = fs::read_link(format!("/proc/{pid}/exe")) {
             if e.kind() == io::ErrorKind::NotFound && stat.state != 'Z' && stat.state != 'X' {
                 return Some(format!("kernel thread `{}` (no executable)", stat.comm));
             }
@@ -119,16 +121,24 @@ impl Protection {
         if self.ancestors().contains(&pid) {
             return Some("an ancestor of the agent".into());
         }
-        let exe_name = exe.ok().and_then(|p| {
-            p.file_name().map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
-        });
-        for name in &self.names {
-            let comm_form = if name.len() > 15 { name.get(..15).unwrap_or(name) } else { name.as_str() };
-            if stat.comm == comm_form || exe_name.as_deref() == Some(name.as_str()) {
-                return Some(format!("protected name `{name}`"));
-            }
+        self.by_name(pid)
+    }
+
+    /// The configured name `pid` matches through its verified executable
+    /// (run by root or a system service), or `None`.
+    fn by_name(&self, pid: u32) -> Option<String> {
+        // Cheap candidates first (a /proc scan asks this of every process), then the checks.
+        let link = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let service = protect::system_service(pid);
+        let name = self.names.iter().find(|n| {
+            link.file_name().and_then(|f| f.to_str()) == Some(n.as_str()) || Path::new(n.as_str()) == link || service.as_deref() == Some(n.as_str())
+        })?;
+        let exe = protect::verified_executable(pid).ok()?;
+        if exe.path != link {
+            return None;
         }
-        None
+        let runner = protect::trusted_runner(pid)?;
+        Some(format!("protected name `{name}`: verified system executable {} ({runner})", exe.path.display()))
     }
 
     /// The agent's ancestors (its parent chain), read now.
@@ -499,7 +509,9 @@ pub(crate) fn resume(pid: u32) -> Result<Detail, RespondError> {
     ]))
 }
 
-/// The executables of running processes whose name is protected, and of pid 1.
+/// The executables of pid 1 and of running processes protected by name
+/// (so only verified system executables: a renamed interpreter or a copy
+/// named like a daemon shields nothing).
 pub(crate) fn protected_executables(prot: &Protection) -> Vec<(std::path::PathBuf, String)> {
     let mut out = Vec::new();
     if let Ok(p) = fs::read_link("/proc/1/exe") {
@@ -508,13 +520,13 @@ pub(crate) fn protected_executables(prot: &Protection) -> Vec<(std::path::PathBu
     let Ok(dir) = fs::read_dir("/proc") else { return out };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(st) = read_stat(pid) else { continue };
-        if prot.names().iter().any(|n| st.comm == *n || (n.len() > 15 && n.get(..15) == Some(st.comm.as_str()))) {
-            if let Ok(p) = fs::read_link(format!("/proc/{pid}/exe")) {
-                if !out.iter().any(|(q, _)| *q == p) {
-                    out.push((p, format!("the executable of protected process `{}`", st.comm)));
-                }
-            }
+        if pid <= 2 {
+            continue;
+        }
+        let Some(why) = prot.by_name(pid) else { continue };
+        let Ok(p) = fs::read_link(format!("/proc/{pid}/exe")) else { continue };
+        if !out.iter().any(|(q, _)| *q == p) {
+            out.push((p, format!("the executable of protected process {pid} ({why})")));
         }
     }
     out

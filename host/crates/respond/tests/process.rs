@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use edr_respond::process::{current_entity_id, current_start_time};
 use edr_respond::{Decision, Outcome, ProcessIdentity, ResponseAction};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
@@ -71,16 +70,20 @@ fn suspend_then_resume() {
 #[test]
 fn protected_processes_are_refused_and_audited() {
     let dir = tempfile::tempdir().unwrap();
-    // A copy of sleep under a protected name.
-    let bin = dir.path().join("edrprotectd");
-    std::fs::copy("/bin/sleep", &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (r, recs) = responder_with(dir.path(), |c| c.protected_names.push("edrprotectd".into()));
-    let named = spawn(Command::new(&bin).arg("60")).unwrap();
-    assert!(wait_for(Duration::from_secs(2), || std::fs::read_to_string(format!("/proc/{}/comm", named.pid())).map(|c| c.trim() == "edrprotectd").unwrap_or(false)));
+    // A real system binary named in the list (a copy elsewhere no longer
+    // counts: see tests/protect.rs). Name protection needs a process run by
+    // root or a system service, so that case needs root.
+    let (r, recs) = responder_with(dir.path(), |c| c.protected_names.push("sleep".into()));
+    let named = spawn(Command::new("/bin/sleep").arg("60")).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || std::fs::read_to_string(format!("/proc/{}/comm", named.pid())).map(|c| c.trim() == "sleep").unwrap_or(false)));
 
     let me = std::process::id();
-    let mut targets = vec![(1, "init"), (me, "the agent itself"), (named.pid(), "protected name")];
+    let mut targets = vec![(1, "init"), (me, "the agent itself")];
+    if is_root() {
+        targets.push((named.pid(), "protected name"));
+    } else {
+        eprintln!("note: not root; the protected-name case is not checked here");
+    }
     if std::fs::read_to_string("/proc/2/comm").map(|c| c.trim() == "kthreadd").unwrap_or(false) {
         targets.push((2, "kernel thread"));
     } else {
