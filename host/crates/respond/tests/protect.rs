@@ -114,7 +114,7 @@ fn a_copy_named_sshd_can_be_killed_quarantined_deleted_and_blocked() {
 fn blocking_python_is_not_refused_because_a_renamed_python_runs() {
     require_root!();
     let Ok(python) = fs::canonicalize("/usr/bin/python3") else {
-        eprintln!("skipped: no /usr/bin/python3");
+        edr_testkit::skip("no /usr/bin/python3");
         return;
     };
     let store = tempfile::tempdir().unwrap();
@@ -268,7 +268,7 @@ fn a_hard_link_to_etc_passwd_is_refused() {
     require_root!();
     // A temp dir on the filesystem of /etc (a hard link cannot cross filesystems).
     let Ok(dir) = tempfile::tempdir_in("/etc") else {
-        eprintln!("skipped: cannot create a temp dir in /etc");
+        edr_testkit::skip("cannot create a temp dir in /etc");
         return;
     };
     let link = dir.path().join("not-passwd");
