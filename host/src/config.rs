@@ -355,10 +355,11 @@ impl NumberRange {
 /// Every number of the configuration with its allowed range: what `edr
 /// config check` and the agent at start (the same [`AgentConfig::parse`])
 /// enforce, and what the README's configuration table documents. The
-/// bounds keep the agent alive on a 1 GiB host: queues are allocated up
-/// front (`collect.queue` slots of about 200 bytes: 1 Mi slots is ~200
-/// MiB; `runtime.plugin_queue` batches per plugin), and a zero in a
-/// count or deadline would silently turn a feature off. The output
+/// bounds keep the agent alive on a 1 GiB host: the collectors' queue is
+/// allocated (and touched) up front, one 240-byte slot per event
+/// (`size_of::<Event>()` is 232), so 262144 slots are 60 MiB; each plugin
+/// holds up to `runtime.plugin_queue` batches; and a zero in a count or
+/// deadline would silently turn a feature off. The output
 /// sections (`output.syslog`, `.webhook`, `.nats`) check their own.
 /// `plugins.limits.<plugin>.<key>` takes the range of `runtime.<key>`.
 pub const NUMBER_RANGES: &[(&str, NumberRange)] = &[
@@ -371,7 +372,7 @@ pub const NUMBER_RANGES: &[(&str, NumberRange)] = &[
     ("runtime.max_strikes", NumberRange { min: 1, max: 1000 }),
     ("runtime.strike_window_secs", NumberRange { min: 1, max: 604_800 }),
     ("runtime.plugin_queue", NumberRange { min: 1, max: 4096 }),
-    ("collect.queue", NumberRange { min: 1, max: 1_048_576 }),
+    ("collect.queue", NumberRange { min: 1, max: 262_144 }),
     ("store.max_age_days", NumberRange { min: 0, max: 36_500 }),
     ("store.max_size_mb", NumberRange { min: 0, max: 16_777_216 }),
     ("packs.poll_interval_secs", NumberRange { min: 1, max: 604_800 }),
@@ -694,7 +695,7 @@ mod tests {
     fn the_configs_that_crashed_the_agent_are_refused_with_their_range() {
         // Issue 14: an allocation abort, an OOM kill, and no alerts at all.
         let e = parse("[collect]\nqueue = 99999999999\n").unwrap_err().to_string();
-        assert_eq!(e, "test.toml: line 2: `collect.queue`: 99999999999 is out of range 1..=1048576");
+        assert_eq!(e, "test.toml: line 2: `collect.queue`: 99999999999 is out of range 1..=262144");
         let e = parse("[runtime]\nplugin_queue = 100000000\n").unwrap_err().to_string();
         assert_eq!(e, "test.toml: line 2: `runtime.plugin_queue`: 100000000 is out of range 1..=4096");
         let e = parse("[runtime]\nbatch_size = 8\nmax_findings_per_batch = 0\n").unwrap_err().to_string();

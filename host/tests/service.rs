@@ -71,7 +71,7 @@ fn config_check_names_the_line_and_key_of_every_error() {
 /// The three configs of issue 14 that `config check` accepted and that
 /// crashed the agent (allocation abort, OOM kill, no alerts at all).
 const CRASHING_CONFIGS: &[(&str, &str, &str)] = &[
-    ("[collect]\nqueue = 99999999999\n", "collect.queue", "99999999999 is out of range 1..=1048576"),
+    ("[collect]\nqueue = 99999999999\n", "collect.queue", "99999999999 is out of range 1..=262144"),
     ("[runtime]\nplugin_queue = 100000000\n", "runtime.plugin_queue", "100000000 is out of range 1..=4096"),
     ("[runtime]\nmax_findings_per_batch = 0\n", "runtime.max_findings_per_batch", "0 is out of range 1..=65536"),
 ];
