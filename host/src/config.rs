@@ -338,6 +338,58 @@ impl CollectSection {
     }
 }
 
+/// The allowed range of a number in the configuration (both ends included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberRange {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl NumberRange {
+    /// Whether `value` is in the range.
+    pub fn contains(self, value: u64) -> bool {
+        (self.min..=self.max).contains(&value)
+    }
+}
+
+/// Every number of the configuration with its allowed range: what `edr
+/// config check` and the agent at start (the same [`AgentConfig::parse`])
+/// enforce, and what the README's configuration table documents. The
+/// bounds keep the agent alive on a 1 GiB host: the collectors' queue is
+/// allocated (and touched) up front, one 240-byte slot per event
+/// (`size_of::<Event>()` is 232), so 262144 slots are 60 MiB; each plugin
+/// holds up to `runtime.plugin_queue` batches; and a zero in a count or
+/// deadline would silently turn a feature off. The output
+/// sections (`output.syslog`, `.webhook`, `.nats`) check their own.
+/// `plugins.limits.<plugin>.<key>` takes the range of `runtime.<key>`.
+pub const NUMBER_RANGES: &[(&str, NumberRange)] = &[
+    ("runtime.batch_size", NumberRange { min: 1, max: 65_536 }),
+    ("runtime.batch_timeout_ms", NumberRange { min: 1, max: 60_000 }),
+    ("runtime.call_deadline_ms", NumberRange { min: 1, max: 60_000 }),
+    ("runtime.init_deadline_ms", NumberRange { min: 1, max: 600_000 }),
+    ("runtime.memory_mb", NumberRange { min: 1, max: 1024 }),
+    ("runtime.max_findings_per_batch", NumberRange { min: 1, max: 65_536 }),
+    ("runtime.max_strikes", NumberRange { min: 1, max: 1000 }),
+    ("runtime.strike_window_secs", NumberRange { min: 1, max: 604_800 }),
+    ("runtime.plugin_queue", NumberRange { min: 1, max: 4096 }),
+    ("collect.queue", NumberRange { min: 1, max: 262_144 }),
+    ("store.max_age_days", NumberRange { min: 0, max: 36_500 }),
+    ("store.max_size_mb", NumberRange { min: 0, max: 16_777_216 }),
+    ("packs.poll_interval_secs", NumberRange { min: 1, max: 604_800 }),
+    ("packs.keep_versions", NumberRange { min: 1, max: 100 }),
+    ("packs.max_call_deadline_ms", NumberRange { min: 1, max: 60_000 }),
+    ("packs.max_memory_mb", NumberRange { min: 1, max: 1024 }),
+];
+
+/// The allowed range of a (dotted) number key, if it has one.
+pub fn number_range(key: &str) -> Option<NumberRange> {
+    let key = match key.strip_prefix("plugins.limits.").and_then(|rest| rest.rsplit_once('.')) {
+        Some((_, field)) => format!("runtime.{field}"),
+        None => key.to_string(),
+    };
+    NUMBER_RANGES.iter().find(|(k, _)| *k == key).map(|(_, r)| *r)
+}
+
 /// A configuration problem, located.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -367,24 +419,12 @@ impl AgentConfig {
     /// error names the key and, when it is in `text`, its line.
     fn validate(&self, origin: &Path, text: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), line: key_line(text, key), key: key.to_string(), message });
-        let r = &self.runtime;
-        if !(1..=65_536).contains(&r.batch_size) {
-            return bad("runtime.batch_size", format!("{} is out of range 1..=65536", r.batch_size));
-        }
-        if r.call_deadline_ms == 0 || r.call_deadline_ms > 60_000 {
-            return bad("runtime.call_deadline_ms", format!("{} is out of range 1..=60000", r.call_deadline_ms));
-        }
-        if r.init_deadline_ms == 0 || r.init_deadline_ms > 600_000 {
-            return bad("runtime.init_deadline_ms", format!("{} is out of range 1..=600000", r.init_deadline_ms));
-        }
-        if !(1..=1024).contains(&r.memory_mb) {
-            return bad("runtime.memory_mb", format!("{} is out of range 1..=1024", r.memory_mb));
-        }
-        if r.max_strikes == 0 {
-            return bad("runtime.max_strikes", "must be at least 1".into());
-        }
-        if r.plugin_queue == 0 {
-            return bad("runtime.plugin_queue", "must be at least 1".into());
+        for (key, value) in self.numbers() {
+            if let Some(range) = number_range(&key) {
+                if !range.contains(value) {
+                    return bad(&key, format!("{value} is out of range {}..={}", range.min, range.max));
+                }
+            }
         }
         for (i, k) in self.trust.keys.iter().enumerate() {
             match (&k.public_key, &k.public_key_file) {
@@ -397,35 +437,15 @@ impl AgentConfig {
                 }
             }
         }
-        if self.collect.queue == 0 {
-            return bad("collect.queue", "must be at least 1".into());
-        }
         if let Err(e) = self.collect.collect_config(&self.data_dir) {
             return bad("collect", e);
         }
         if let Err(e) = self.respond_config() {
             return bad("respond", e);
         }
-        if self.packs.keep_versions == 0 {
-            return bad("packs.keep_versions", "must be at least 1".into());
-        }
-        if self.packs.poll_interval_secs == 0 {
-            return bad("packs.poll_interval_secs", "must be at least 1".into());
-        }
         if let Some(url) = &self.packs.update_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return bad("packs.update_url", format!("`{url}` is not an http:// or https:// URL"));
-            }
-        }
-        for (plugin, l) in &self.plugins.limits {
-            if l.call_deadline_ms.is_some_and(|d| d == 0 || d > 60_000) {
-                return bad(&format!("plugins.limits.{plugin}.call_deadline_ms"), "out of range 1..=60000".into());
-            }
-            if l.init_deadline_ms.is_some_and(|d| d == 0 || d > 600_000) {
-                return bad(&format!("plugins.limits.{plugin}.init_deadline_ms"), "out of range 1..=600000".into());
-            }
-            if l.memory_mb.is_some_and(|m| m == 0 || m > 1024) {
-                return bad(&format!("plugins.limits.{plugin}.memory_mb"), "out of range 1..=1024".into());
             }
         }
         for (plugin, caps) in &self.plugins.capabilities {
@@ -454,6 +474,59 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Every range-checked number with its dotted key (see [`NUMBER_RANGES`]).
+    fn numbers(&self) -> Vec<(String, u64)> {
+        let (r, p) = (&self.runtime, &self.packs);
+        let n = |k: &str, v: u64| (k.to_string(), v);
+        let mut out = vec![
+            n("runtime.batch_size", r.batch_size as u64),
+            n("runtime.batch_timeout_ms", r.batch_timeout_ms),
+            n("runtime.call_deadline_ms", r.call_deadline_ms),
+            n("runtime.init_deadline_ms", r.init_deadline_ms),
+            n("runtime.memory_mb", r.memory_mb as u64),
+            n("runtime.max_findings_per_batch", r.max_findings_per_batch as u64),
+            n("runtime.max_strikes", r.max_strikes as u64),
+            n("runtime.strike_window_secs", r.strike_window_secs),
+            n("runtime.plugin_queue", r.plugin_queue as u64),
+            n("collect.queue", self.collect.queue as u64),
+            n("store.max_age_days", self.store.max_age_days),
+            n("store.max_size_mb", self.store.max_size_mb),
+            n("packs.poll_interval_secs", p.poll_interval_secs),
+            n("packs.keep_versions", p.keep_versions as u64),
+            n("packs.max_call_deadline_ms", p.max_call_deadline_ms),
+            n("packs.max_memory_mb", p.max_memory_mb as u64),
+        ];
+        for (plugin, l) in &self.plugins.limits {
+            let k = |f: &str| format!("plugins.limits.{plugin}.{f}");
+            out.extend(l.call_deadline_ms.map(|v| (k("call_deadline_ms"), v)));
+            out.extend(l.init_deadline_ms.map(|v| (k("init_deadline_ms"), v)));
+            out.extend(l.memory_mb.map(|v| (k("memory_mb"), v as u64)));
+            out.extend(l.max_findings_per_batch.map(|v| (k("max_findings_per_batch"), v as u64)));
+        }
+        out
+    }
+
+    /// Valid settings that weaken the agent's protection, for `edr config
+    /// check` and the agent's log at start: an isolation management
+    /// endpoint that covers most of the internet (isolation would isolate
+    /// nothing), and an alerts file outside the data dir (the agent appends
+    /// to whatever is there, with the data dir's protection not covering it).
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Ok(rc) = self.respond_config() {
+            for m in rc.management.iter().filter(|m| m.prefix < CATCH_ALL_PREFIX) {
+                w.push(format!("respond.management `{m}` covers most of the internet (prefix /{} is shorter than /{CATCH_ALL_PREFIX}): isolating the host would leave it reachable from, and able to reach, almost anywhere; list the management hosts or subnets themselves", m.prefix));
+            }
+        }
+        if let Some(file) = self.data_path(&self.output.alerts_file) {
+            let (file, dir) = (lexical_absolute(&file), lexical_absolute(&self.data_dir));
+            if !file.starts_with(&dir) {
+                w.push(format!("output.alerts_file {} is outside data_dir {}: the agent (root) appends alerts to it without the data dir's checks; keep it under data_dir, or make sure only root can write its directory", file.display(), dir.display()));
+            }
+        }
+        w
     }
 
     /// The response engine's configuration: `[respond]`, with the quarantine
@@ -500,6 +573,27 @@ impl AgentConfig {
             .map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), setting_string(v)?))).collect())
             .unwrap_or_default()
     }
+}
+
+/// A management endpoint with a prefix shorter than this is a catch-all.
+const CATCH_ALL_PREFIX: u8 = 8;
+
+/// `path` made absolute against the current directory, with `.` and `..`
+/// resolved by their names (no file system access: the file may not exist).
+fn lexical_absolute(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A setting value as a string: arrays become comma-separated lists.
@@ -595,6 +689,58 @@ mod tests {
         assert!(e.starts_with("test.toml: line 2: invalid type"), "{e}");
         let e = parse("data_dir = [").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn the_configs_that_crashed_the_agent_are_refused_with_their_range() {
+        // Issue 14: an allocation abort, an OOM kill, and no alerts at all.
+        let e = parse("[collect]\nqueue = 99999999999\n").unwrap_err().to_string();
+        assert_eq!(e, "test.toml: line 2: `collect.queue`: 99999999999 is out of range 1..=262144");
+        let e = parse("[runtime]\nplugin_queue = 100000000\n").unwrap_err().to_string();
+        assert_eq!(e, "test.toml: line 2: `runtime.plugin_queue`: 100000000 is out of range 1..=4096");
+        let e = parse("[runtime]\nbatch_size = 8\nmax_findings_per_batch = 0\n").unwrap_err().to_string();
+        assert_eq!(e, "test.toml: line 3: `runtime.max_findings_per_batch`: 0 is out of range 1..=65536");
+        let e = parse("[plugins.limits.x]\nmax_findings_per_batch = 0\n").unwrap_err().to_string();
+        assert_eq!(e, "test.toml: line 2: `plugins.limits.x.max_findings_per_batch`: 0 is out of range 1..=65536");
+        let e = parse("[store]\nmax_size_mb = 99999999999999\n").unwrap_err().to_string();
+        assert!(e.contains("`store.max_size_mb`: 99999999999999 is out of range 0..=16777216"), "{e}");
+    }
+
+    #[test]
+    fn every_ranged_number_is_checked_and_the_defaults_are_in_range() {
+        let c = AgentConfig::default();
+        let checked: Vec<String> = c.numbers().into_iter().map(|(k, v)| {
+            assert!(number_range(&k).unwrap().contains(v), "default {k} = {v} out of its range");
+            k
+        }).collect();
+        for (key, range) in NUMBER_RANGES {
+            assert!(checked.iter().any(|k| k == key), "{key} has a range but is not checked");
+            assert!(range.min <= range.max);
+            // The ends are accepted, one beyond is refused.
+            let section = key.split('.').next().unwrap();
+            let field = key.split('.').nth(1).unwrap();
+            assert!(parse(&format!("[{section}]\n{field} = {}\n", range.max)).is_ok(), "{key} = max");
+            let e = parse(&format!("[{section}]\n{field} = {}\n", range.max + 1)).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`: {} is out of range {}..={}", range.max + 1, range.min, range.max)), "{e}");
+        }
+    }
+
+    #[test]
+    fn catch_all_management_and_an_alerts_file_outside_the_data_dir_warn() {
+        let c = parse("data_dir = \"/var/lib/edr\"\n[respond]\nmanagement = [\"0.0.0.0/0\", \"::/0\", \"10.0.0.0/4\", \"10.1.2.3:443\"]\n").unwrap();
+        let w = c.exposure_warnings();
+        assert_eq!(w.iter().filter(|w| w.contains("covers most of the internet")).count(), 3, "{w:?}");
+        assert!(w.iter().any(|w| w.contains("`0.0.0.0/0`")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("`::/0`")), "{w:?}");
+        assert!(!w.iter().any(|w| w.contains("10.1.2.3")), "{w:?}");
+        assert!(!w.iter().any(|w| w.contains("alerts_file")), "the default alerts file is inside: {w:?}");
+        for outside in ["/root/secret", "../../etc/alerts.jsonl"] {
+            let c = parse(&format!("data_dir = \"/var/lib/edr\"\n[output]\nalerts_file = {outside:?}\n")).unwrap();
+            let w = c.exposure_warnings();
+            assert!(w.iter().any(|w| w.contains("output.alerts_file") && w.contains("outside data_dir /var/lib/edr")), "{outside}: {w:?}");
+        }
+        let c = parse("data_dir = \"/var/lib/edr\"\n[output]\nalerts_file = \"/var/lib/edr/a/alerts.jsonl\"\n").unwrap();
+        assert!(c.exposure_warnings().is_empty());
     }
 
     #[test]

@@ -70,6 +70,9 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        restore_default_sigpipe();
+    }
     let result = match cli.command {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Replay(a) => cmd::replay::run(a),
@@ -98,8 +101,41 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edr: error: {e:#}");
+            eprintln!("edr: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every command but the agent dies quietly of SIGPIPE when its output is a
+/// closed pipe (`edr config check F | head -1`), as `cat` does, instead of
+/// panicking in `println!` on EPIPE (Rust ignores SIGPIPE by default).
+///
+/// The agent keeps SIGPIPE ignored: it must not be killed because a reader
+/// of its stdout, a syslog or webhook peer, or a control-socket client went
+/// away; there a write fails with EPIPE, which is handled and counted.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL at start, before
+    // any thread that could be affected exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The error and its causes, `: `-separated, each said once: a library
+/// error that already puts its source in its message (`cannot read K: No
+/// such file`) would otherwise print that source twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -107,8 +107,15 @@ impl AlertWriter {
         line.push('\n');
         if self.stdout {
             let mut out = std::io::stdout().lock();
-            out.write_all(line.as_bytes())?;
-            out.flush()?;
+            match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+                // The reader of stdout went away (`edr agent | head`): stdout
+                // output ends, the file, the record and remote outputs go on.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    tracing::warn!("stdout is a closed pipe: alerts are no longer printed there (the alerts file, the record and remote outputs still get them)");
+                    self.stdout = false;
+                }
+                r => r?,
+            }
         }
         if let Some(f) = &mut self.file {
             f.write_all(line.as_bytes())?;

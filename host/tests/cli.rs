@@ -125,3 +125,59 @@ fn every_hostile_fixture_beside_the_builtins_loses_no_alert() {
         eprintln!("{f}: 40/40 writable-exec alerts; {}", err.lines().filter(|l| l.contains(&package) || l.contains("does not") || l.contains("imports")).collect::<Vec<_>>().join(" | "));
     }
 }
+
+/// Runs `edr ARGS` with its stdout a pipe whose reader is already gone.
+fn into_a_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edr")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn commands_exit_quietly_when_their_reader_goes_away() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edr.toml");
+    std::fs::write(&cfg, include_str!("../../examples/edr.toml")).unwrap();
+    for args in [&["config", "example"][..], &["config", "check", cfg.to_str().unwrap()], &["config", "check", "--json", cfg.to_str().unwrap()]] {
+        let (status, err) = into_a_closed_pipe(args);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "edr {args:?}: {err}");
+        assert!(status.success() || status.signal() == Some(libc::SIGPIPE), "edr {args:?}: {status:?} {err}");
+    }
+    // `| head -1`: the reader takes one line and leaves.
+    let out = Command::new("sh").arg("-c").arg(format!("{:?} config check {:?} | head -1", env!("CARGO_BIN_EXE_edr"), cfg)).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn pack_sign_with_a_missing_key_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("x.edrpack");
+    std::fs::write(&archive, b"not a pack").unwrap();
+    let key = dir.path().join("absent.key");
+    let (_, err, ok) = edr(&["pack", "sign", archive.to_str().unwrap(), "--key", key.to_str().unwrap()], "");
+    assert!(!ok);
+    assert!(err.contains("absent.key"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "the cause is said once: {err}");
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one error line: {err}");
+}
+
+#[test]
+fn the_agent_with_a_closed_stdout_still_writes_its_alerts_file() {
+    // The agent keeps SIGPIPE ignored: a reader of its stdout that went away
+    // ends stdout output only, never the run nor the other outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, format!("{EXAMPLE}\n")).unwrap();
+    let cfg = dir.path().join("edr.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n[output]\nstdout = true\n[collect]\nsource = {:?}\n", dir.path().join("data"), events)).unwrap();
+    let (status, err) = into_a_closed_pipe(&["agent", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("stdout is a closed pipe"), "{err}");
+    let written = std::fs::read_to_string(dir.path().join("data/alerts.jsonl")).unwrap();
+    assert_eq!(alerts(&written).len(), 2, "both alerts reach the alerts file");
+}

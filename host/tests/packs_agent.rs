@@ -225,3 +225,39 @@ fn a_version_published_at_the_update_url_is_activated() {
     assert!(alert["edr"]["pack"]["signer"].as_str().unwrap().starts_with("test-publisher ("), "{alert}");
     agent.stop();
 }
+
+/// Issue 14: deleting `packs/state.json` reset the anti-rollback floor, so
+/// an older (perhaps vulnerable) version was accepted after a restart. The
+/// floor is in the record too, and the agent takes the higher of the two.
+#[test]
+fn deleting_the_state_file_does_not_reset_the_anti_rollback_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let vendor = Publisher::new(dir.path(), "vendor");
+    let agent = Agent::start(dir.path(), &config(&vendor));
+    let incoming = agent.data_dir.join("packs-incoming");
+    let v2 = vendor.pack(PACK, "2.0.0", "stateful", "edr-test-stateful", EXEC, r#"["log", "state"]"#);
+    drop_pack(&v2, &incoming);
+    agent.wait_for("2.0.0 active", Duration::from_secs(30), |a| a.active_version(PACK).as_deref() == Some("2.0.0"));
+    let data_dir = agent.data_dir.clone();
+    agent.stop();
+
+    // The attack: remove the one file that held the floor, restart.
+    let state = data_dir.join("packs/state.json");
+    std::fs::remove_file(&state).unwrap();
+    let agent = Agent::start(dir.path(), &config(&vendor));
+    assert!(agent.log().contains("lacked the anti-rollback floor the record holds"), "{}", agent.log());
+    let restored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(restored["packs"][PACK]["highest"], "2.0.0", "state.json gets the floor back: {restored}");
+    let v1 = vendor.pack(PACK, "1.0.0", "stateful", "edr-test-stateful", EXEC, r#"["log", "state"]"#);
+    let before = rejections(&agent).len();
+    drop_pack(&v1, &incoming);
+    agent.wait_for("1.0.0 refused", Duration::from_secs(30), |a| rejections(a).len() > before);
+    assert_eq!(rejections(&agent).last().unwrap(), "rollback", "1.0.0 is older than 2.0.0, the highest ever activated");
+    let refusal = agent.health().into_iter().filter(|h| h["event"]["action"] == "pack-rejected").last().unwrap();
+    assert!(refusal["message"].as_str().unwrap().contains("older than the installed 2.0.0"), "{refusal}");
+    assert_eq!(agent.active_version(PACK), None, "1.0.0 was not activated");
+    // The version at the floor itself may come back (it is no rollback).
+    drop_pack(&v2, &incoming);
+    agent.wait_for("2.0.0 active again", Duration::from_secs(30), |a| a.active_version(PACK).as_deref() == Some("2.0.0"));
+    agent.stop();
+}

@@ -66,6 +66,85 @@ fn config_check_names_the_line_and_key_of_every_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
 }
 
+/// The three configs of issue 14 that `config check` accepted and that
+/// crashed the agent (allocation abort, OOM kill, no alerts at all).
+const CRASHING_CONFIGS: &[(&str, &str, &str)] = &[
+    ("[collect]\nqueue = 99999999999\n", "collect.queue", "99999999999 is out of range 1..=262144"),
+    ("[runtime]\nplugin_queue = 100000000\n", "runtime.plugin_queue", "100000000 is out of range 1..=4096"),
+    ("[runtime]\nmax_findings_per_batch = 0\n", "runtime.max_findings_per_batch", "0 is out of range 1..=65536"),
+];
+
+#[test]
+fn config_check_refuses_the_numbers_that_crashed_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, message) in CRASHING_CONFIGS {
+        let (ok, v) = check(dir.path(), text);
+        assert!(!ok, "accepted: {text}");
+        assert_eq!(v["error"]["key"].as_str(), Some(*key), "{v}");
+        assert_eq!(v["error"]["line"].as_u64(), Some(2), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(message), "{v}");
+        // The human form: exit status non-zero, the line, key, value and range on stderr.
+        let f = dir.path().join("check.toml");
+        let out = edr(&["config", "check", f.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("line 2: `{key}`: {message}")), "{err}");
+    }
+}
+
+#[test]
+fn the_agent_refuses_the_numbers_that_crashed_it_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, message) in CRASHING_CONFIGS {
+        let f = dir.path().join("agent.toml");
+        // Dotted keys: the same setting beside a stdin source (never live collection).
+        let value = message.split(' ').next().unwrap();
+        std::fs::write(&f, format!("data_dir = {:?}\ncollect.source = \"stdin\"\noutput.stdout = false\n{key} = {value}\n", dir.path().join("data"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edr"))
+            .args(["agent", "--config", f.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the agent started on {text:?} instead of refusing it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), None, "killed by a signal (abort/OOM) on {text:?}: {err}");
+        assert_eq!(status.code(), Some(1), "{text:?}: {err}");
+        assert!(err.contains(&format!("`{key}`: {message}")), "{err}");
+        assert!(!err.contains("panicked") && !err.contains("memory allocation"), "{err}");
+    }
+}
+
+#[test]
+fn config_check_warns_of_catch_all_isolation_and_an_alerts_file_outside_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\n[output]\nalerts_file = \"/root/secret\"\n[respond]\nmanagement = [\"0.0.0.0/0\", \"10.0.0.5:8443\"]\n",
+        dir.path().join("data")
+    );
+    let (ok, v) = check(dir.path(), &text);
+    assert!(ok, "warnings, not errors: {v}");
+    let warnings: Vec<String> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+    assert!(warnings.iter().any(|w| w.contains("respond.management `0.0.0.0/0` covers most of the internet")), "{warnings:?}");
+    assert!(!warnings.iter().any(|w| w.contains("10.0.0.5")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("output.alerts_file /root/secret is outside data_dir")), "{warnings:?}");
+    let (_, v) = check(dir.path(), "[respond]\nmanagement = [\"::/0\"]\n");
+    assert!(v["warnings"].to_string().contains("`::/0` covers most of the internet"), "{v}");
+}
+
 const BASE: &str = "[collect]\nsource = \"stdin\"\n[output]\nstdout = false\n[runtime]\nbatch_timeout_ms = 10\n";
 
 fn store_count(data_dir: &Path, sql: &str) -> u64 {

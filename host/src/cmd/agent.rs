@@ -59,6 +59,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
+    for w in cfg.exposure_warnings() {
+        tracing::warn!("config: {w}");
+    }
     let mut config_status = ConfigStatus { file: args.config.clone(), loaded_at: edr_event::time::now(), ..Default::default() };
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let cfg = Arc::new(cfg);
@@ -110,6 +113,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // Packs: what was active before, then the built-in pack.
     let mut manager = PackManager::new(cfg.clone(), rt.clone(), services.clone())?;
+    if let Some(s) = &store {
+        manager = manager.with_record(s.pack_floors())?;
+    }
     for a in manager.startup() {
         health.record("pack-activated", false, &format!("pack {} {} active (signed by {})", a.pack.id, a.pack.version, a.pack.signer), json!({"pack": &a.pack}));
         pipeline.activate(a);

@@ -130,6 +130,7 @@ fn warnings(cfg: &AgentConfig) -> Vec<String> {
             }
         }
     }
+    w.extend(cfg.exposure_warnings());
     if cfg.packs.update_url.is_some() && cfg.trust.keys.is_empty() {
         w.push("packs.update_url is set but [[trust.keys]] is empty: only packs signed with the built-in development key can be activated".into());
     }

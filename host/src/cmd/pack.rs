@@ -289,7 +289,8 @@ fn list(data_dir: &Path) -> anyhow::Result<()> {
         println!("no packs installed in {}", data_dir.display());
     }
     for (id, e) in &state.packs {
-        println!("{id}: active {} (highest ever {}), kept: {}", e.active, e.highest, e.good.join(", "));
+        let active = if e.active.is_empty() { "none" } else { &e.active };
+        println!("{id}: active {active} (highest ever {}), kept: {}", e.highest, e.good.join(", "));
         for b in &e.bad {
             println!("  rolled back from {} at {}: {}", b.version, b.time, b.reason);
         }

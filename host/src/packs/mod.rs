@@ -7,7 +7,8 @@
 //! 1. verification by `edr-pack` against the pinned keys (fail closed);
 //! 2. anti-rollback: its version must be above the highest version of that
 //!    pack ever activated on this host (kept in `<data_dir>/packs/state.json`
-//!    across restarts);
+//!    and in the record's `pack_floors` table across restarts: the agent
+//!    takes the higher of the two, so deleting the file resets nothing);
 //! 3. staging: every plugin is compiled, checked against its grants,
 //!    instantiated and initialised, must subscribe to no more than its
 //!    manifest says, and must get through a canary batch under its deadline;
@@ -105,6 +106,8 @@ pub struct PackManager {
     services: Arc<dyn HostServices>,
     cfg: Arc<AgentConfig>,
     active: BTreeMap<String, ActivePack>,
+    /// The record's copy of the anti-rollback floors, when the store is on.
+    floors: Option<edr_store::PackFloors>,
 }
 
 impl PackManager {
@@ -114,14 +117,50 @@ impl PackManager {
         std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", root.display()))?;
         let trust = trust_store(&cfg)?;
         let state = PackState::load(&root.join("state.json"))?;
-        Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new() })
+        Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None })
     }
 
     /// A manager that verifies and stages packs but writes nothing to disk
     /// and applies no anti-rollback floor (for `edr replay`).
     pub fn ephemeral(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
         let trust = trust_store(&cfg)?;
-        Ok(Self { root: None, trust, state: PackState::default(), keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new() })
+        Ok(Self { root: None, trust, state: PackState::default(), keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None })
+    }
+
+    /// Keeps the anti-rollback floors in the record as well: raises the
+    /// state's floors to the record's (state.json may have been deleted or
+    /// replaced), then writes the merged floors back to both.
+    pub fn with_record(mut self, floors: edr_store::PackFloors) -> anyhow::Result<Self> {
+        let recorded = floors.all().map_err(|e| anyhow::anyhow!("cannot read the anti-rollback floors from the record: {e}; the agent does not start without them (fix or move the store aside knowingly)"))?;
+        let mut restored = false;
+        for (id, version) in &recorded {
+            match Version::parse(version) {
+                Ok(v) if self.state.raise_floor(id, &v) => {
+                    tracing::warn!(pack = %id, floor = %v, "packs/state.json lacked the anti-rollback floor the record holds (deleted or replaced?): restored; older versions stay refused");
+                    restored = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(pack = %id, version, "unreadable anti-rollback floor in the record ({e}); state.json's is used"),
+            }
+        }
+        if restored {
+            self.save_state();
+        }
+        self.floors = Some(floors);
+        // Floors only state.json had (a store older than the floors table, or a new one).
+        let missing: Vec<String> = self.state.packs.iter().filter(|(id, e)| !recorded.iter().any(|(r, v)| r == *id && *v == e.highest)).map(|(id, _)| id.clone()).collect();
+        for id in missing {
+            self.record_floor(&id);
+        }
+        Ok(self)
+    }
+
+    /// Writes `id`'s floor (the state's highest) to the record.
+    fn record_floor(&self, id: &str) {
+        let (Some(floors), Some(e)) = (&self.floors, self.state.get(id)) else { return };
+        if let Err(err) = floors.record(id, &e.highest) {
+            tracing::error!(pack = %id, floor = %e.highest, "cannot record the anti-rollback floor in the store: {err}; state.json still holds it");
+        }
     }
 
     /// The active packs.
@@ -217,7 +256,10 @@ impl PackManager {
         // anti-rollback floor for that id.
         let pack = edr_pack::verify_bytes(archive, signature, &self.trust, &self.policy())?;
         let id = pack.manifest.id.clone();
-        if let Some(highest) = self.state.highest(&id) {
+        // A pack known only by its floor (state.json was lost) may come back
+        // at that very version; anything older is a rollback.
+        let floor_only = self.state.floor_only(&id) && self.state.highest(&id).as_ref() == Some(&pack.manifest.version);
+        if let Some(highest) = self.state.highest(&id).filter(|_| !floor_only) {
             let mut policy = self.policy();
             policy.expected_id = Some(id.clone());
             policy.installed_version = Some(highest);
@@ -242,6 +284,7 @@ impl PackManager {
                     }
                 }
                 self.save_state();
+                self.record_floor(&id);
                 Ok(a)
             }
             Err(e) => {

@@ -1,5 +1,8 @@
 //! What this host remembers about its packs, across restarts:
-//! `<data_dir>/packs/state.json`.
+//! `<data_dir>/packs/state.json`. The anti-rollback floors are kept in the
+//! record (`events.db`, table `pack_floors`) too: the agent raises these to
+//! the record's at start ([`PackState::raise_floor`]), so deleting this
+//! file does not reset them.
 
 use edr_pack::semver::Version;
 use serde::{Deserialize, Serialize};
@@ -60,9 +63,27 @@ impl PackState {
         Ok(())
     }
 
-    /// Installed pack ids.
+    /// Installed pack ids (not the packs known only by their floor).
     pub fn ids(&self) -> Vec<String> {
-        self.packs.keys().cloned().collect()
+        self.packs.iter().filter(|(_, e)| !e.active.is_empty()).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Whether `id` is known only by its anti-rollback floor (the floor came
+    /// from the record; no version of it is installed).
+    pub fn floor_only(&self, id: &str) -> bool {
+        self.packs.get(id).is_some_and(|e| e.active.is_empty())
+    }
+
+    /// Raises `id`'s anti-rollback floor to `version` when it is higher (a
+    /// floor from the record); a pack not installed gets an entry holding
+    /// only its floor. Returns whether the floor changed.
+    pub fn raise_floor(&mut self, id: &str, version: &Version) -> bool {
+        let e = self.packs.entry(id.to_string()).or_default();
+        let higher = Version::parse(&e.highest).map(|h| *version > h).unwrap_or(true);
+        if higher {
+            e.highest = version.to_string();
+        }
+        higher
     }
 
     /// One pack's history.
@@ -139,6 +160,26 @@ mod tests {
         assert_eq!(e.active, "1.2.0");
         assert_eq!(back.highest("a.b"), Some(Version::parse("1.3.0").unwrap()), "the floor stays at the highest ever activated");
         assert_eq!(e.good, vec!["1.1.0", "1.2.0"]);
+    }
+
+    #[test]
+    fn a_floor_from_the_record_is_kept_and_only_raises() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        // state.json deleted: only the record's floor is left.
+        let mut s = PackState::default();
+        assert!(s.raise_floor("a.b", &v("2.0.0")));
+        assert_eq!(s.highest("a.b"), Some(v("2.0.0")));
+        assert!(s.floor_only("a.b"));
+        assert!(s.ids().is_empty(), "nothing to reactivate");
+        assert!(!s.raise_floor("a.b", &v("1.0.0")), "a lower floor never lowers it");
+        assert_eq!(s.highest("a.b"), Some(v("2.0.0")));
+        // An installed pack whose state.json floor was lowered by hand.
+        s.activated("c.d", &v("1.5.0"), 3);
+        assert!(!s.floor_only("c.d"));
+        assert!(s.raise_floor("c.d", &v("3.0.0")));
+        assert_eq!(s.highest("c.d"), Some(v("3.0.0")));
+        assert_eq!(s.get("c.d").unwrap().active, "1.5.0");
+        assert_eq!(s.ids(), vec!["c.d".to_string()]);
     }
 
     #[test]

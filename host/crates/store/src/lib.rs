@@ -43,6 +43,8 @@
 //! * `actions`: the audit of response actions ([`ActionRecord`]).
 //! * `meta`: row counts and id high-water marks, updated in the same
 //!   transactions as the rows.
+//! * `pack_floors`: the highest version of each pack ever activated, the
+//!   agent's anti-rollback floor ([`PackFloors`]).
 //! * Views, the operators' query surface: `process`, `file`, `network`,
 //!   `login`, `alert`, `action`, with friendly names, decoded enums, RFC
 //!   3339 times (`ts`) and ECS-form entity ids.
@@ -68,6 +70,7 @@ pub mod action;
 pub mod codec;
 mod error;
 mod investigate;
+mod pack_floor;
 mod read;
 pub mod retention;
 pub mod schema;
@@ -75,6 +78,7 @@ mod writer;
 
 pub use action::ActionRecord;
 pub use error::{Backpressure, StoreError};
+pub use pack_floor::PackFloors;
 pub use investigate::{AlertRecord, Role, StoryEvent, StoryProcess, Storyline, StorylineOptions, TimelineKey};
 pub use read::{parse_entity, QueryResult};
 pub use retention::{RetentionPolicy, RetentionReport};

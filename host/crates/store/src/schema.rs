@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Page size of new stores (fixed at creation, like auto_vacuum). 16 KiB
 /// pages were measured too: no faster ingest, and a WAL four times larger.
@@ -157,8 +157,15 @@ SELECT id, time, strftime('%Y-%m-%dT%H:%M:%fZ', time / 1e9, 'unixepoch') AS ts,
 FROM actions;
 "#;
 
+/// Version 2: the anti-rollback floors of packs (see `PackFloors`).
+const V2: &str = r#"
+-- The highest version of each pack ever activated on this host, so that
+-- deleting packs/state.json does not reset the agent's anti-rollback floor.
+CREATE TABLE pack_floors (pack_id TEXT PRIMARY KEY, version TEXT NOT NULL, time INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
 /// The migration steps: `STEPS[i]` takes a file from version `i` to `i + 1`.
-const STEPS: &[&str] = &[V1];
+const STEPS: &[&str] = &[V1, V2];
 
 /// Sets the per-connection pragmas of the writing connection.
 ///

@@ -626,4 +626,22 @@ mod tests {
         assert_eq!(t.observe(1, u32::MAX), 0, "implausible jump ignored");
         assert_eq!(t.observe(1, 1), 1, "wraps");
     }
+
+    #[test]
+    fn a_lost_sequence_range_counts_every_message_in_it() {
+        // Issue 14: after a flood while the agent was stopped, the kernel
+        // dropped the messages between seq N and M on a CPU: M - N - 1 of
+        // them, not one per overflow.
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(3, 100), 0);
+        assert_eq!(t.observe(3, 11_811), 11_710);
+        assert_eq!(t.observe(3, 11_812), 0);
+        // The other CPUs' sequences are their own.
+        assert_eq!(t.observe(0, 5), 0);
+        assert_eq!(t.observe(0, 9), 3);
+        assert_eq!(t.observe(3, 11_815), 2);
+        // Across the u32 wrap too.
+        assert_eq!(t.observe(1, u32::MAX - 1), 0);
+        assert_eq!(t.observe(1, 4), 5);
+    }
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use edr_testkit::is_root;
 
 /// Returns from the test with `skipped: <reason>` unless running as root.
