@@ -5,7 +5,7 @@
 use anyhow::Context;
 use edr_event::ecs::{alert_to_ecs, EcsContext};
 use edr_event::Alert;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use edr_output::{AlertOutput, OutgoingAlert};
 use std::path::Path;
@@ -174,19 +174,14 @@ impl OutputSet {
 /// Opens (appends to) the JSONL alerts file, creating its directory.
 fn open_alerts_file(file: Option<&Path>) -> anyhow::Result<Option<BufWriter<File>>> {
     let Some(path) = file else { return Ok(None) };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open alerts file {}", path.display()))?;
+    // Never through a link, created 0600 (issue 14, items 2 and 8).
+    let f = edr_datadir::open_append_path(path).context("cannot open the alerts file")?;
     Ok(Some(BufWriter::new(f)))
 }
 
 /// Appends every event of every batch to a JSONL file (ECS documents).
 pub fn events_file_tap(path: &Path) -> anyhow::Result<Box<dyn FnMut(&std::sync::Arc<crate::dispatch::Batch>) + Send>> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open events file {}", path.display()))?;
+    let f = edr_datadir::open_append_path(path).context("cannot open the events file")?;
     let mut out = BufWriter::with_capacity(1 << 16, f);
     let ctx = EcsContext { hostname: hostname() };
     let path = path.to_path_buf();

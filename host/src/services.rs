@@ -44,7 +44,7 @@ impl AgentServices {
     pub fn new(state_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut namespaces = HashMap::new();
         if let Some(dir) = &state_dir {
-            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create plugin state directory {}: {e}", dir.display()))?;
+            edr_datadir::private_dir_all(dir).map_err(|e| anyhow::anyhow!("plugin state directory: {e}"))?;
             for entry in std::fs::read_dir(dir)?.flatten() {
                 let path = entry.path();
                 if path.extension().is_some_and(|x| x == "json") {
@@ -134,14 +134,10 @@ struct NamespaceFile {
 }
 
 fn write_namespace(dir: &Path, ns: &str, map: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
-    use std::io::Write;
     let file = NamespaceFile { namespace: ns.to_string(), entries: map.iter().map(|(k, v)| (k.clone(), hex::encode(v))).collect() };
     let path = namespace_file(dir, ns);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(&file).expect("state serializes"))?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    // 0600, never through a link (issue 14).
+    Ok(edr_datadir::write_atomically_path(&path, &serde_json::to_vec(&file).expect("state serializes"))?)
 }
 
 fn read_namespace(path: &Path) -> anyhow::Result<(String, BTreeMap<String, Vec<u8>>)> {

@@ -63,7 +63,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::warn!("config: {w}");
     }
     let mut config_status = ConfigStatus { file: args.config.clone(), loaded_at: edr_event::time::now(), ..Default::default() };
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    // Refused unless only the agent's user can change it; created 0700 (issue 14, items 2 and 8).
+    edr_datadir::DataDir::open_or_create(&cfg.data_dir, edr_datadir::agent_uid()).context("the data directory (data_dir)")?;
     let cfg = Arc::new(cfg);
     let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
     let rt = plugins::runtime(&cfg)?;
@@ -440,7 +441,8 @@ fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, ser
             return None;
         }
     };
-    let audit = Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(cfg.data_dir.join("actions.jsonl")).ok()));
+    let audit = edr_datadir::open_append_path(&cfg.data_dir.join("actions.jsonl")).map_err(|e| tracing::error!("{e}; response audit records go to the log and the store only")).ok();
+    let audit = Arc::new(Mutex::new(audit));
     let write_audit = {
         let audit = audit.clone();
         move |line: String| {
@@ -589,9 +591,10 @@ fn spawn_pack_thread(
                 recv(candidates) -> c => match c {
                     Ok(c) => {
                         let origin = c.origin.clone();
-                        let result = match &c.signature {
-                            Some(sig) => manager.offer(&c.archive, sig, &c.origin),
-                            None => Err(packs::OfferError::Rejected(edr_pack::Rejection::MissingSignature { path: edr_pack::signature_path(std::path::Path::new(&c.origin)) })),
+                        let result = match (&c.refused, &c.signature) {
+                            (Some(r), _) => Err(packs::OfferError::Rejected(r.clone())),
+                            (None, Some(sig)) => manager.offer(&c.archive, sig, &c.origin),
+                            (None, None) => Err(packs::OfferError::Rejected(edr_pack::Rejection::MissingSignature { path: edr_pack::signature_path(std::path::Path::new(&c.origin)) })),
                         };
                         if let Some(file) = &c.dropped {
                             let refused = result.as_ref().err().filter(|e| !e.is_benign()).map(|e| e.to_string());

@@ -114,7 +114,7 @@ impl PackManager {
     /// Loads the trust store from the config and the state from disk.
     pub fn new(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
         let root = cfg.data_dir.join("packs");
-        std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", root.display()))?;
+        edr_datadir::private_dir_all(&root)?;
         let trust = trust_store(&cfg)?;
         let state = PackState::load(&root.join("state.json"))?;
         Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None })
@@ -398,14 +398,8 @@ pub fn trust_store(cfg: &AgentConfig) -> anyhow::Result<TrustStore> {
     Ok(trust)
 }
 
+/// Stores `bytes` at `path` (0600, never through a link) in its 0700 directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let dir = edr_datadir::private_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(dir.write_atomically(&path.file_name().unwrap_or_default().to_string_lossy(), bytes)?)
 }

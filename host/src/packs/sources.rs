@@ -3,6 +3,7 @@
 //! by the pack manager's verification, never by where a file came from.
 
 use crossbeam_channel::Sender;
+use edr_datadir::{DataDir, DataDirError};
 use edr_pack::semver::Version;
 use notify::Watcher;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,9 @@ pub struct Candidate {
     /// The file in the drop-in directory, to be moved out once judged
     /// ([`retire_dropped`]); `None` for downloads.
     pub dropped: Option<PathBuf>,
+    /// Refused before verification (too big to read, a link, unreadable):
+    /// `archive` is then empty.
+    pub refused: Option<edr_pack::Rejection>,
 }
 
 /// Largest archive fetched (the verifier applies its own, equal, limit).
@@ -36,7 +40,8 @@ const SIGNATURE_GRACE: Duration = Duration::from_secs(5);
 /// inotify wakes it at once; a rescan every second covers file systems
 /// where notifications do not arrive.
 pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create packs drop-in directory {}: {e}", dir.display()))?;
+    // The same rules as the data dir: what is dropped here gets installed.
+    let drop_dir = DataDir::open_or_create(&dir, edr_datadir::agent_uid()).map_err(|e| anyhow::anyhow!("packs drop-in directory: {e}"))?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Only changes wake the scanner. Reading the directory (the scan
@@ -64,6 +69,7 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
             // Judged files are moved out: forget them, so that the same file
             // dropped again (even with the same size and mtime) is judged again.
             sent.retain(|p, _| archives.contains(p));
+            pending.retain(|p, _| archives.contains(p));
             for archive in archives {
                 let Some(meta) = stat(&archive) else { continue };
                 if sent.get(&archive) == Some(&meta) {
@@ -72,21 +78,11 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
                 match pending.get(&archive) {
                     // Unchanged since the last scan: the writer is done.
                     Some((m, first_seen)) if *m == meta => {
-                        let sig_path = edr_pack::signature_path(&archive);
-                        let signature = std::fs::read_to_string(&sig_path).ok();
-                        if signature.is_none() && first_seen.elapsed() < SIGNATURE_GRACE {
-                            continue;
+                        let Some(candidate) = read_dropped(&drop_dir, &archive, *first_seen) else { continue };
+                        if tx.send(candidate).is_err() {
+                            return;
                         }
-                        match std::fs::read(&archive) {
-                            Ok(bytes) => {
-                                let origin = archive.display().to_string();
-                                if tx.send(Candidate { archive: bytes, signature, origin, dropped: Some(archive.clone()) }).is_err() {
-                                    return;
-                                }
-                                sent.insert(archive.clone(), meta);
-                            }
-                            Err(e) => tracing::warn!(path = %archive.display(), "cannot read pack: {e}"),
-                        }
+                        sent.insert(archive.clone(), meta);
                         pending.remove(&archive);
                     }
                     _ => {
@@ -100,6 +96,46 @@ pub fn watch_drop_dir(dir: PathBuf, tx: Sender<Candidate>, stop: Arc<AtomicBool>
     Ok(handle)
 }
 
+/// Reads a settled drop-in archive and its signature through the directory's
+/// fd, never through a link, each size checked on the opened file before
+/// reading and reading stopped one byte past the limit (the archive limit,
+/// 64 KiB for a signature): a file that is too big, a link or unreadable
+/// becomes a refused candidate, reported and moved to `rejected/` like any
+/// other. `None`: wait (no signature yet, within the grace period) or the
+/// archive is gone.
+fn read_dropped(dir: &DataDir, archive: &Path, first_seen: Instant) -> Option<Candidate> {
+    let name = archive.file_name()?.to_str()?;
+    let sig_name = format!("{name}{}", edr_pack::SIGNATURE_SUFFIX);
+    let signature = dir.read_limited(&sig_name, edr_pack::MAX_SIGNATURE_BYTES);
+    if matches!(signature, Ok(None)) && first_seen.elapsed() < SIGNATURE_GRACE {
+        return None;
+    }
+    let unreadable = |e: DataDirError| edr_pack::Rejection::Unreadable { path: archive.to_path_buf(), message: e.to_string() };
+    let mut c = Candidate { archive: Vec::new(), signature: None, origin: archive.display().to_string(), dropped: Some(archive.to_path_buf()), refused: None };
+    match dir.read_limited(name, MAX_DOWNLOAD) {
+        Ok(Some(bytes)) => c.archive = bytes,
+        Ok(None) => return None,
+        Err(DataDirError::TooLarge { size, limit, .. }) => c.refused = Some(edr_pack::Rejection::TooLarge { size, limit }),
+        Err(e) => c.refused = Some(unreadable(e)),
+    }
+    if c.refused.is_none() {
+        match signature {
+            Ok(s) => match s.map(String::from_utf8).transpose() {
+                Ok(s) => c.signature = s,
+                Err(_) => c.refused = Some(edr_pack::Rejection::MalformedSignature { message: format!("{sig_name} is not UTF-8 text") }),
+            },
+            Err(DataDirError::TooLarge { size, limit, .. }) => {
+                c.refused = Some(edr_pack::Rejection::MalformedSignature { message: format!("the signature file {sig_name} is {size} bytes, more than the limit of {limit} bytes (a minisign signature is under 64 KiB); refused without reading it") })
+            }
+            Err(e) => c.refused = Some(unreadable(e)),
+        }
+    }
+    if let Some(r) = &c.refused {
+        tracing::warn!(path = %archive.display(), "drop-in pack refused before verification: {r}");
+    }
+    Some(c)
+}
+
 /// Where a judged drop-in archive goes, under the drop-in directory.
 pub const DONE_DIR: &str = "done";
 /// Where a refused drop-in archive goes, with a `.reason` file beside it.
@@ -109,26 +145,28 @@ pub const REJECTED_DIR: &str = "rejected";
 /// directory, so that what is left there is what waits, and a restart does
 /// not judge (and report) the same files again: to `done/` when it was
 /// activated or already installed, to `rejected/` otherwise, with the reason
-/// in `<archive>.reason`. A file of the same name there is replaced. A
-/// failure to move is logged; the archive is then judged again at the next
+/// in `<archive>.reason`. A file of the same name there is replaced (a link
+/// there is replaced, never written through: everything goes through the
+/// directories' fds, `done/` and `rejected/` themselves must not be links).
+/// A failure to move is logged; the archive is then judged again at the next
 /// start, which is harmless.
 pub fn retire_dropped(archive: &Path, refused: Option<&str>) {
     let Some(dir) = archive.parent() else { return };
-    let Some(name) = archive.file_name() else { return };
+    let Some(name) = archive.file_name().and_then(|n| n.to_str()) else { return };
     let to = dir.join(if refused.is_some() { REJECTED_DIR } else { DONE_DIR });
-    let sig = edr_pack::signature_path(archive);
-    let moved = std::fs::create_dir_all(&to).and_then(|()| {
+    let sig = format!("{name}{}", edr_pack::SIGNATURE_SUFFIX);
+    let moved = (|| -> std::io::Result<()> {
+        let from = DataDir::open_or_create(dir, edr_datadir::agent_uid())?;
+        let to = from.subdir(if refused.is_some() { REJECTED_DIR } else { DONE_DIR })?;
         if let Some(reason) = refused {
-            let mut note = name.to_os_string();
-            note.push(".reason");
-            std::fs::write(to.join(note), format!("{reason}\n"))?;
+            to.write_atomically(&format!("{name}.reason"), format!("{reason}\n").as_bytes())?;
         }
-        std::fs::rename(archive, to.join(name))?;
-        match std::fs::rename(&sig, to.join(sig.file_name().unwrap_or_default())) {
+        from.rename_to(name, &to, name)?;
+        match from.rename_to(&sig, &to, &sig) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
-    });
+    })();
     match moved {
         Ok(()) => tracing::debug!(archive = %archive.display(), to = %to.display(), "drop-in archive judged; moved out of the watched directory"),
         Err(e) => tracing::warn!(archive = %archive.display(), "cannot move a judged pack to {}: {e}; it will be judged again at the next start", to.display()),
@@ -143,9 +181,11 @@ fn list_archives(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Size and mtime of a drop-in file, not following a link: a link is
+/// offered too, and refused when read (it is never followed).
 fn stat(p: &Path) -> Option<(u64, SystemTime)> {
-    let m = std::fs::metadata(p).ok()?;
-    m.is_file().then(|| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+    let m = std::fs::symlink_metadata(p).ok()?;
+    (m.is_file() || m.is_symlink()).then(|| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
 }
 
 /// The update server's `index.json`.
@@ -210,7 +250,7 @@ pub fn poll_update_url(
                 let signature = fetch(&agent, &format!("{url}.minisig"), 4096).ok().and_then(|b| String::from_utf8(b).ok());
                 tried.insert((entry.id.clone(), entry.version.clone()));
                 tracing::info!(%url, pack = %entry.id, version = %entry.version, "downloaded pack update");
-                if tx.send(Candidate { archive, signature, origin: url, dropped: None }).is_err() {
+                if tx.send(Candidate { archive, signature, origin: url, dropped: None, refused: None }).is_err() {
                     return;
                 }
             }

@@ -49,18 +49,10 @@ impl PackState {
         }
     }
 
-    /// Writes the state durably (temp file, fsync, rename).
+    /// Writes the state durably (0600 temp file, fsync, rename, never
+    /// through a link).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(self).expect("state serializes").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        Ok(edr_datadir::write_atomically_path(path, serde_json::to_string_pretty(self).expect("state serializes").as_bytes())?)
     }
 
     /// Installed pack ids (not the packs known only by their floor).

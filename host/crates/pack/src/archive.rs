@@ -9,6 +9,7 @@ use std::rc::Rc;
 use tar::EntryType;
 
 use crate::error::Rejection;
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// The zstd frame magic number, little-endian `0xFD2FB528`.
 pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
@@ -151,6 +152,11 @@ pub(crate) fn read_files(bytes: &[u8], limits: ReadLimits) -> Result<BTreeMap<St
         }
         if files.contains_key(&path) {
             return Err(Rejection::DuplicateEntry { path });
+        }
+        if path == MANIFEST_FILE && size > MAX_MANIFEST_BYTES {
+            return Err(Rejection::MalformedManifest {
+                message: format!("{MANIFEST_FILE} is {size} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes (a manifest is a few KiB); refused without reading it, report it to the publisher"),
+            });
         }
         let remaining = limits.max_unpacked_bytes - unpacked;
         if size > remaining {

@@ -13,8 +13,7 @@ use crate::keys::SecretKey;
 use crate::manifest::{Manifest, Mode, MANIFEST_FILE};
 use crate::verify::{self, archive_file_name, signature_path, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_UNPACKED_BYTES};
 
-/// Largest manifest template the builder reads.
-const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+use crate::manifest::MAX_MANIFEST_BYTES;
 /// Longest note `sign` accepts in the trusted comment.
 const MAX_NOTE_CHARS: usize = 1024;
 

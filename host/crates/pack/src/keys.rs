@@ -319,16 +319,25 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PackError> {
 
 /// Reads a key file, refusing anything implausibly large for a key.
 fn read_small_text(path: &Path, what: &'static str) -> Result<String, PackError> {
+    use std::io::Read;
     const MAX_KEY_FILE: u64 = 16 * 1024;
-    let meta = fs::metadata(path).map_err(|e| PackError::io("cannot read", path, e))?;
-    if meta.len() > MAX_KEY_FILE {
-        return Err(PackError::InvalidKey {
-            kind: if what == "public key" { "public" } else { "secret" },
-            origin: path.display().to_string(),
-            message: format!("the file is {} bytes; a minisign key file is under 1 KiB", meta.len()),
-        });
+    let too_big = |len: u64| PackError::InvalidKey {
+        kind: if what == "public key" { "public" } else { "secret" },
+        origin: path.display().to_string(),
+        message: format!("the file is {len} bytes; a minisign key file is under 1 KiB"),
+    };
+    // The size of the opened file, then at most one byte past the limit.
+    let file = fs::File::open(path).map_err(|e| PackError::io("cannot read", path, e))?;
+    let len = file.metadata().map_err(|e| PackError::io("cannot read", path, e))?.len();
+    if len > MAX_KEY_FILE {
+        return Err(too_big(len));
     }
-    fs::read_to_string(path).map_err(|e| PackError::io("cannot read", path, e))
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE + 1).read_to_string(&mut text).map_err(|e| PackError::io("cannot read", path, e))?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(text)
 }
 
 fn invalid_public(origin: &str, message: &str) -> PackError {

@@ -17,6 +17,10 @@ pub const MANIFEST_FILE: &str = "pack.toml";
 /// Most plugins one pack may hold.
 pub const MAX_PLUGINS: usize = 64;
 
+/// Largest `pack.toml` accepted (1 MiB; a real manifest is a few KiB): a
+/// bigger one is refused before it is read or parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
 /// A host capability a plugin may import (one WIT interface each), shared
 /// with the runtime that enforces it.
 pub use edr_event::Capability;
@@ -250,6 +254,9 @@ impl Manifest {
     }
 
     pub(crate) fn parse(text: &str, mode: Mode) -> Result<Manifest, String> {
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(format!("{MANIFEST_FILE} is {} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes", text.len()));
+        }
         let mut manifest: Manifest = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
         manifest.validate(mode)?;
         Ok(manifest)

@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_FILES: usize = 1000;
 pub const CURRENT_CONTRACT: &str = "0.1";
 /// Largest signature file accepted (a minisign signature is ~300 bytes plus
 /// its trusted comment).
-const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+pub const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 /// Suffix of a detached signature file.
 pub const SIGNATURE_SUFFIX: &str = ".minisig";
 /// Suffix of a pack archive file.
@@ -270,7 +270,9 @@ fn read_signature(path: &Path) -> Result<String, Rejection> {
     let bytes = match read_bounded(path, MAX_SIGNATURE_BYTES) {
         Ok(b) => b,
         Err(Rejection::TooLarge { size, .. }) => {
-            return Err(Rejection::MalformedSignature { message: format!("the signature file is {size} bytes, a minisign signature is under 64 KiB") })
+            return Err(Rejection::MalformedSignature {
+                message: format!("the signature file is {size} bytes, more than the limit of {MAX_SIGNATURE_BYTES} bytes (a minisign signature is under 64 KiB); refused without reading it"),
+            })
         }
         Err(e) => return Err(e),
     };

@@ -285,6 +285,31 @@ fn missing_manifest() {
     assert_eq!(rejected(&f, &path), Rejection::MissingFile { file: "pack.toml".into() });
 }
 
+/// Issue 14, item 12: a signed pack whose `pack.toml` carries a 40 MiB
+/// comment is refused by size, before the manifest is read into memory or
+/// parsed (the entry is under the unpacked-size budget, so only the
+/// manifest cap stops it).
+#[test]
+fn a_40_mib_manifest_is_refused_before_parsing() {
+    let f = Fixture::new();
+    let mut files = good_files(&f);
+    let manifest = files.iter_mut().find(|(n, _)| n == "pack.toml").unwrap();
+    let mut padded = b"# ".to_vec();
+    padded.resize(40 << 20, b'x');
+    padded.extend_from_slice(b"\n");
+    padded.extend_from_slice(&manifest.1);
+    let size = padded.len();
+    manifest.1 = padded;
+    let path = f.signed_raw("bigmanifest.edrpack", &pack(&entries(&files)));
+    let r = rejected(&f, &path);
+    let msg = r.to_string();
+    assert_eq!(r.reason_code(), "malformed_manifest", "{r:?}");
+    assert!(msg.contains(&format!("pack.toml is {size} bytes, more than the limit of 1048576 bytes")), "{msg}");
+    // And `edr pack inspect` (no signature check) refuses it the same way.
+    let e = edr_pack::inspect(&path).unwrap_err();
+    assert_eq!(e.reason_code(), "malformed_manifest", "{e:?}");
+}
+
 #[test]
 fn unlisted_file() {
     let f = Fixture::new();

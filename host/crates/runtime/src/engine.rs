@@ -257,7 +257,11 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 fn write_cache(path: &std::path::Path, component: &Component) -> anyhow::Result<()> {
     let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    // 0600 like everything in the data dir (issue 14, item 8).
+    let _ = std::fs::remove_file(&tmp);
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, &bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

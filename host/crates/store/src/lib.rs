@@ -87,6 +87,7 @@ pub use writer::StoreWriter;
 use edr_event::{Event, Timestamp};
 use read::ReadPool;
 use rusqlite::{Connection, OpenFlags};
+use std::os::unix::fs::DirBuilderExt;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -228,8 +229,25 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The database and its `-wal` / `-shm` files: 0600 (SQLite gives the
+/// latter the database's mode), never links; the database is created here,
+/// empty, so that it never exists with a wider mode.
+fn prepare_files(path: &Path) -> Result<(), StoreError> {
+    let refused = |source: edr_datadir::DataDirError| StoreError::Io { what: "preparing the event store's files".into(), source: source.into() };
+    edr_datadir::open_private_path(path, edr_datadir::Access::ReadWrite).map_err(refused)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        edr_datadir::open_private_path(Path::new(&p), edr_datadir::Access::Existing).map_err(refused)?;
+    }
+    Ok(())
+}
+
 fn open_writable(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    prepare_files(path)?;
+    // NOFOLLOW: SQLite itself refuses a link in place of the database.
+    let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     schema::configure_writer(&conn, path)?;
     Ok(conn)
 }
@@ -240,16 +258,17 @@ impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let path = cfg.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|source| StoreError::Io { what: format!("creating the store directory {}", dir.display()), source })?;
         }
         let lock = lock_path(&path);
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(|source| StoreError::Io { what: format!("opening the store lock file {}", lock.display()), source })?;
+        // 0600, never through a link.
+        let lock_file = edr_datadir::open_private_path(&lock, edr_datadir::Access::ReadWrite)
+            .map_err(|e| StoreError::Io { what: "opening the store lock file".into(), source: e.into() })?
+            .expect("ReadWrite creates the file");
         match lock_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path, lock }),
