@@ -7,7 +7,7 @@
 //! the host until a permission event is answered. A thread cannot answer
 //! while its process is stopped; a process of its own can. fanotify has no
 //! kernel-side timeout for permission events (checked on Linux 6.18:
-//! `fanotify_get_response` waits killable with no deadline; the
+//! `fanotify_get_response` waits (killable, freezable) with no deadline; the
 //! `fs.fanotify` sysctls only cap queue, marks and groups), so the deadline
 //! is ours to keep.
 //!
