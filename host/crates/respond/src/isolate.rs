@@ -836,6 +836,19 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_ignores_handles_and_sees_changes() {
+        let a = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "edr_isolation", "handle": 2}},
+          {"chain": {"family": "inet", "table": "edr_isolation", "name": "input", "handle": 1, "hook": "input", "policy": "drop"}},
+          {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 4, "comment": "edr:loopback since=1", "expr": [{"accept": null}]}}]}"#;
+        let reloaded = a.replace(r#""handle": 2"#, r#""handle": 9"#).replace(r#""handle": 4"#, r#""handle": 12"#).replace("1.0.6", "1.1.0");
+        assert_eq!(fingerprint_of(a).unwrap(), fingerprint_of(&reloaded).unwrap(), "a re-applied table compares equal");
+        let weakened = a.replace(r#""policy": "drop""#, r#""policy": "accept""#);
+        assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&weakened).unwrap());
+        let extra = a.replace("]}}]}", r#"]}}, {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 5, "expr": [{"accept": null}]}}]}"#);
+        assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&extra).unwrap(), "an added rule is an alteration");
+    }
+
+    #[test]
     fn isolating_without_management_is_refused() {
         let iso = Isolator::new(None);
         let err = iso.isolate(&IsolationSpec { management: vec![], dns: vec![], allow_dhcp: true }).unwrap_err();

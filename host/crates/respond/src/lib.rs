@@ -763,6 +763,22 @@ mod tests {
     }
 
     #[test]
+    fn block_deadline_is_range_checked_when_read() {
+        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e"}"#).unwrap();
+        assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (250, BlockFailMode::Allow));
+        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":40,"block_fail_mode":"deny"}"#).unwrap();
+        assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (40, BlockFailMode::Deny));
+        for bad in [0u64, 9, 10_001, u64::MAX] {
+            let e = serde_json::from_str::<ResponseConfig>(&format!(r#"{{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":{bad}}}"#)).unwrap_err();
+            assert!(e.to_string().contains("out of range 10..=10000"), "{bad}: {e}");
+        }
+        let mut cfg = ResponseConfig::new("/tmp/q-never-made", "/tmp/e-never-made");
+        cfg.block_deadline_ms = 0;
+        let err = Responder::new(cfg).err().expect("refused");
+        assert!(err.to_string().contains("block_deadline_ms = 0 is out of range"), "{err}");
+    }
+
+    #[test]
     fn action_json_shape() {
         let a = ResponseAction::Kill { pid: 5, tree: false, expect: Some(ProcessIdentity::StartTime(9)) };
         let j = serde_json::to_value(&a).unwrap();
