@@ -251,6 +251,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(c) = collectors {
         c.stop();
     }
+    if let Some(r) = &responder {
+        // The tamper hook holds a sender of the alert channel: drop it, or finish() waits forever.
+        r.on_isolation_tamper(|_| {});
+    }
     let summary = pipeline.finish();
     services.flush_state();
     if let Some(s) = store {
