@@ -99,6 +99,23 @@ pub struct PluginStatus {
     pub metrics: MetricsSnapshot,
 }
 
+/// Raises alerts of the agent itself (not of a plugin, e.g. isolation
+/// tampering) on the same path as findings: stdout, alerts file, store,
+/// remote outputs. Plugin name `edr-agent`.
+#[derive(Clone)]
+pub struct AgentAlerts {
+    alerts: Sender<Alert>,
+    ids: Arc<AtomicU64>,
+}
+
+impl AgentAlerts {
+    /// Sends `finding` as an alert; false when the alert path is full or closed.
+    pub fn raise(&self, finding: edr_event::Finding) -> bool {
+        let alert = Alert { id: self.ids.fetch_add(1, Relaxed), time: time::now(), plugin: "edr-agent".into(), pack: None, finding, event: None };
+        self.alerts.try_send(alert).is_ok()
+    }
+}
+
 /// Fans batches out to the plugin workers.
 pub struct Dispatcher {
     workers: BTreeMap<String, Worker>,
@@ -113,6 +130,11 @@ impl Dispatcher {
     /// A dispatcher with no plugins yet; alerts go to `alerts`, numbered from `first_alert_id`.
     pub fn new(alerts: Sender<Alert>, queue_batches: usize, backpressure: Backpressure, first_alert_id: u64) -> Self {
         Self { workers: BTreeMap::new(), backpressure, queue_batches, alerts, next_alert_id: Arc::new(AtomicU64::new(first_alert_id.max(1))), quarantines: None }
+    }
+
+    /// A handle for alerts the agent raises itself, numbered with the plugins' alerts.
+    pub fn agent_alerts(&self) -> AgentAlerts {
+        AgentAlerts { alerts: self.alerts.clone(), ids: self.next_alert_id.clone() }
     }
 
     /// Where quarantine notices go.

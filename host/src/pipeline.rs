@@ -89,6 +89,11 @@ impl Pipeline {
         })
     }
 
+    /// A handle for alerts the agent raises itself.
+    pub fn agent_alerts(&self) -> crate::dispatch::AgentAlerts {
+        self.dispatcher.agent_alerts()
+    }
+
     /// Runs `change` on the alert writer, between two alerts.
     pub fn change_outputs(&self, change: WriterChange) {
         let _ = self.writer_tx.send(change);

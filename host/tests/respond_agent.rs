@@ -7,7 +7,7 @@
 
 mod common;
 use common::agent::*;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,16 @@ impl Drop for Cleanup {
         for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
+    }
+}
+
+/// Sends SIGCONT on drop, so a failing test never leaves the agent stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
 
@@ -227,8 +237,53 @@ mode = "enforce""#, "#c\n", true);
     let (ok, out) = edr(&["respond", "isolate", "--data-dir", &d]);
     assert!(ok, "{out}");
     assert!(tables().contains("edr_isolation"), "{}", tables());
+    // Issue 14 item 10: the table deleted behind the agent's back comes back,
+    // with an alert and the count in status.
+    assert!(Command::new("ip").args(["netns", "exec", &ns, "nft", "delete", "table", "inet", "edr_isolation"]).status().unwrap().success());
+    let back = agent.poll_until(Duration::from_secs(15), |a| a.status()["response"]["isolation"]["tamper_count"].as_u64().unwrap_or(0) >= 1);
+    assert!(back.is_some(), "the deleted isolation table is not re-applied\n{}", diagnose(&agent));
+    assert!(tables().contains("edr_isolation"), "re-applied: {}", tables());
+    let alerted = agent.poll_until(Duration::from_secs(10), |a| a.alerts().iter().any(|al| al["rule"]["id"] == "edr.tamper.isolation-removed"));
+    assert!(alerted.is_some(), "no edr.tamper.isolation-removed alert: {:#?}", agent.alerts());
+    let (_, human) = edr(&["status", "--data-dir", &d]);
+    assert!(human.contains("isolation tampering: re-applied 1 times"), "{human}");
     assert!(edr(&["respond", "release", "--data-dir", &d]).0);
     assert!(!tables().contains("edr_isolation"), "release removes what isolation added");
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(!tables().contains("edr_isolation"), "nothing is re-applied after release");
+    // Issue 14 item 9: with a block active, a stopped agent delays execs by
+    // the deadline instead of freezing them; the deadline answers are counted.
+    let blocked = PathBuf::from(format!("/tmp/edr-blocked-{tag}"));
+    let free = PathBuf::from(format!("/tmp/edr-free-{tag}"));
+    for (p, n) in [(&blocked, "blocked"), (&free, "free")] {
+        std::fs::copy("/bin/true", p).unwrap();
+        std::fs::OpenOptions::new().append(true).open(p).unwrap().write_all(format!("edr-test {n} {tag}").as_bytes()).unwrap();
+        cleanup.paths.push(p.clone());
+    }
+    let (ok, out) = edr(&["respond", "block", blocked.to_str().unwrap(), "--data-dir", &d]);
+    assert!(ok, "{out}");
+    assert!(Command::new(&blocked).status().is_err(), "blocked while the agent runs");
+    {
+        let agent_pid = agent.child.id() as i32;
+        let _resume = Resume(agent_pid);
+        // SAFETY: plain kill(2) of our child; `_resume` sends SIGCONT whatever happens.
+        unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = free.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let _ = tx.send((Command::new(&f).status().map(|s| s.success()).unwrap_or(false), t.elapsed()));
+        });
+        let (ran, took) = rx.recv_timeout(Duration::from_secs(10)).expect("an exec hangs while the agent is stopped");
+        assert!(ran, "allowed by the fail mode");
+        eprintln!("exec while the agent is stopped: {took:?}");
+    }
+    assert!(Command::new(&blocked).status().is_err(), "blocked again once the agent runs");
+    let st = agent.status();
+    assert!(st["response"]["block_stats"]["deadline_answers"].as_u64().unwrap_or(0) >= 1, "{:#}", st["response"]);
+    let (_, human) = edr(&["status", "--data-dir", &d]);
+    assert!(human.contains("answered by the deadline (250 ms, fail mode allow)"), "{human}");
+    assert!(edr(&["respond", "unblock", blocked.to_str().unwrap(), "--data-dir", &d]).0);
     // Protected processes are refused, and that is audited.
     let (ok, out) = edr(&["respond", "kill", "1", "--data-dir", &d]);
     assert!(!ok, "killing pid 1 must be refused: {out}");

@@ -151,6 +151,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // requests through the `respond` import (pack grant and manifest both needed).
     let action_counts = Arc::new(ActionCounts::default());
     let responder = start_responder(&cfg, args.config.as_deref(), &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
+    if let Some(r) = &responder {
+        alert_on_isolation_tamper(r, pipeline.agent_alerts(), health.clone());
+    }
 
     let (events_rx, collectors) = start_source(&cfg, &services)?;
 
@@ -254,6 +257,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(c) = collectors {
         c.stop();
+    }
+    if let Some(r) = &responder {
+        // The tamper hook holds a sender of the alert channel: drop it, or finish() waits forever.
+        r.on_isolation_tamper(|_| {});
     }
     let summary = pipeline.finish();
     services.flush_state();
@@ -510,6 +517,32 @@ fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, ser
         r.submit(requester, edr_respond::ResponseAction::from(action), &reason)
     }));
     Some(responder)
+}
+
+/// Isolation removed or altered behind the agent's back (it re-applies it):
+/// an alert `edr.tamper.isolation-removed` and a health event.
+fn alert_on_isolation_tamper(r: &edr_respond::Responder, alerts: crate::dispatch::AgentAlerts, health: Arc<HealthLog>) {
+    r.on_isolation_tamper(move |t| {
+        let outcome = match &t.error {
+            None => "re-applied".to_string(),
+            Some(e) => format!("re-applying FAILED: {e}"),
+        };
+        let management = t.management.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ");
+        let finding = edr_event::Finding {
+            rule_id: "edr.tamper.isolation-removed".into(),
+            title: "Host isolation removed or altered behind the agent's back".into(),
+            severity: edr_event::Severity::High,
+            techniques: vec!["T1562.004".into()],
+            message: format!("{} while the host is isolated; {outcome} (tampering #{})", t.what, t.count),
+            author: "edr".into(),
+            event_ids: Vec::new(),
+            evidence: vec![("what".into(), t.what.clone()), ("reapplied".into(), t.reapplied.to_string()), ("management".into(), management), ("count".into(), t.count.to_string())],
+        };
+        if !alerts.raise(finding) {
+            tracing::error!("the isolation tampering alert could not be queued (alert path full or closed)");
+        }
+        health.record("isolation-tampered", true, &format!("{}; {outcome}", t.what), json!({"tamper": t}));
+    });
 }
 
 /// Compiling plugins (cranelift) allocates and frees tens of MB; glibc keeps

@@ -201,6 +201,14 @@ fn render_response_outputs(o: &mut String, s: &Value) {
             "not isolated".to_string()
         };
         outln!(o, "response: {state}; {} files quarantined; {} execution blocks", r["quarantined"], r["blocks"]);
+        let (b, n) = (&r["block_stats"], |v: &serde_json::Value| v.as_u64().unwrap_or(0));
+        if b["running"].as_bool() == Some(true) || n(&b["deadline_answers"]) > 0 {
+            outln!(o, "exec blocking: {} execs seen, {} denied, {} answered by the deadline ({} ms, fail mode {})", n(&b["events"]), n(&b["denied"]), n(&b["deadline_answers"]), n(&b["deadline_ms"]), b["fail_mode"].as_str().unwrap_or("?"));
+        }
+        if n(&iso["tamper_count"]) > 0 {
+            let when = iso["last_tamper"].as_u64().map(edr_event::time::to_rfc3339).unwrap_or_default();
+            outln!(o, "isolation tampering: re-applied {} times, last at {when}: {}", n(&iso["tamper_count"]), iso["last_tamper_what"].as_str().unwrap_or("?"));
+        }
         let a = &s["actions"];
         if a.is_object() {
             outln!(o, "actions: {} carried out, {} simulated, {} refused, {} failed", a["done"], a["simulated"], a["refused"], a["failed"]);

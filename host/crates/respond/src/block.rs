@@ -7,8 +7,17 @@
 //! opening of the ELF interpreter) until the agent answers. A stuck answer
 //! would freeze the host, so:
 //!
-//! * **The reader thread** (`edr-exec-perm`) reads the events and answers
-//!   what it can at once: ALLOW when nothing is blocked, DENY/ALLOW by path
+//! * **The watchdog process** (`edr-exec-dog`, forked when blocking starts;
+//!   see `block_watchdog.rs`) is the only reader of the group. It hands each
+//!   event (with a dup of its fd) to the agent over a socketpair and writes
+//!   the agent's verdict; an event the agent has not answered within
+//!   [`BlockSettings::deadline_ms`] (`[respond] block_deadline_ms`) is
+//!   answered with the fail mode ([`BlockFailMode`], allow by default) and
+//!   counted ([`BlockStats::deadline_answers`]). A stopped agent (SIGSTOP
+//!   stops every thread) therefore delays each exec by the deadline instead
+//!   of freezing the host.
+//! * **The reader thread** (`edr-exec-perm`) receives the events from the
+//!   watchdog and answers what it can at once: ALLOW when nothing is blocked, DENY/ALLOW by path
 //!   (`readlink /proc/self/fd/N`, in-kernel), and by sha256 when the file's
 //!   hash is cached under (dev, inode, size, mtime, ctime). It never reads a
 //!   file, takes a slow lock, logs, or waits on a channel.
@@ -18,7 +27,11 @@
 //!   A full hasher queue means ALLOW (counted).
 //! * **The watchdog thread** (`edr-exec-watchdog`) answers ALLOW to any
 //!   event still unanswered after [`BlockSettings::hash_timeout_ms`] (a hash
-//!   stuck on a slow disk), counts it, and writes the deny log lines.
+//!   stuck on a slow disk), counts it, and writes the deny log lines. While
+//!   an event is being hashed the watchdog process waits up to
+//!   `hash_timeout_ms + deadline_ms` for it (the agent tells it so), so a
+//!   stopped agent delays such an exec by that much at most. The thread also
+//!   resumes (SIGCONT) a stopped watchdog process and counts it.
 //! * Any internal error answers ALLOW and is counted ([`BlockStats::errors`]).
 //!   Each event is answered exactly once (an atomic flag per event).
 //!
@@ -29,9 +42,18 @@
 //! request.
 //!
 //! When the last block is removed the engine stops: marks are flushed first
-//! (no new events), queued events are answered ALLOW, the threads exit and
-//! the group fd is closed (the kernel allows anything still pending). If the
-//! agent dies, the kernel closes the fd and allows everything pending too.
+//! (no new events), the watchdog process answers ALLOW to what it holds and
+//! exits, the threads exit and the group fd is closed (the kernel allows
+//! anything still pending). If the agent dies, the watchdog sees its socket
+//! close, allows what it holds and exits, and the kernel releases the group.
+//! If the watchdog process is killed, the agent sees the socket close,
+//! flushes the marks (no new events are held), records the error and
+//! restarts the engine at the next block request; execs the dead process
+//! had read stay held until then (the group is still open).
+//!
+//! Cost: each exec takes one more socket round trip with an fd passed
+//! (measured in BENCHMARKS-style numbers in the `exec_latency` test of
+//! `tests/block.rs`).
 //!
 //! Limits: only direct execution is seen. `sh script.sh` or
 //! `/lib64/ld-linux-x86-64.so.2 ./binary` read the file with a plain open
@@ -54,6 +76,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+#[path = "block_watchdog.rs"]
+mod watchdog;
+use watchdog::Watchdog;
+
+/// How a permission event the agent did not answer in time is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockFailMode {
+    /// Let the exec run (default: a stopped agent must not stop the host).
+    #[default]
+    Allow,
+    /// Refuse the exec (fail closed: nothing new runs while the agent is stopped).
+    Deny,
+}
+
+/// Smallest and largest `[respond] block_deadline_ms`.
+pub const BLOCK_DEADLINE_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=10_000;
+
+/// Default `[respond] block_deadline_ms`.
+pub const DEFAULT_BLOCK_DEADLINE_MS: u64 = 250;
+
+/// Reads `block_deadline_ms`, refusing values outside [`BLOCK_DEADLINE_MS_RANGE`].
+pub fn deserialize_deadline_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if !BLOCK_DEADLINE_MS_RANGE.contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "block_deadline_ms = {v} is out of range {}..={} (ms an exec waits for the agent's verdict before the fail mode answers it)",
+            BLOCK_DEADLINE_MS_RANGE.start(),
+            BLOCK_DEADLINE_MS_RANGE.end()
+        )));
+    }
+    Ok(v)
+}
 
 /// What to block.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,11 +166,18 @@ pub struct BlockSettings {
     pub hash_timeout_ms: u64,
     /// Hashing threads (default 2).
     pub hashers: usize,
+    /// How long an exec waits for the agent before the watchdog process
+    /// answers it with `fail_mode` (set from `[respond] block_deadline_ms`).
+    #[serde(skip)]
+    pub deadline_ms: u64,
+    /// The answer when the deadline passes (set from `[respond] block_fail_mode`).
+    #[serde(skip)]
+    pub fail_mode: BlockFailMode,
 }
 
 impl Default for BlockSettings {
     fn default() -> Self {
-        BlockSettings { hash_max_bytes: 256 << 20, hash_timeout_ms: 2000, hashers: 2 }
+        BlockSettings { hash_max_bytes: 256 << 20, hash_timeout_ms: 2000, hashers: 2, deadline_ms: DEFAULT_BLOCK_DEADLINE_MS, fail_mode: BlockFailMode::Allow }
     }
 }
 
@@ -143,6 +206,21 @@ pub struct BlockStats {
     pub hashed: u64,
     /// Hashes found in the cache.
     pub cache_hits: u64,
+    /// The deadline of a permission event, ms.
+    pub deadline_ms: u64,
+    /// How an event is answered when the deadline passes.
+    pub fail_mode: BlockFailMode,
+    /// Events the watchdog process answered with the fail mode because the
+    /// agent did not answer in time (the agent was stopped or overloaded).
+    pub deadline_answers: u64,
+    /// Verdicts of the agent that came after the deadline had answered.
+    pub late_verdicts: u64,
+    /// Events the watchdog could not hand to the agent (left to the deadline).
+    pub undelivered: u64,
+    /// Times the agent found the watchdog process stopped and resumed it.
+    pub watchdog_resumed: u64,
+    /// The pid of the watchdog process, while it runs.
+    pub watchdog_pid: Option<i32>,
     /// The last error starting or running the engine.
     pub last_error: Option<String>,
 }
@@ -158,6 +236,11 @@ struct Counters {
     too_large: AtomicU64,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
+    /// Watchdog process counters of engines that stopped (a running one adds its own).
+    deadline_answers: AtomicU64,
+    late_verdicts: AtomicU64,
+    undelivered: AtomicU64,
+    watchdog_resumed: AtomicU64,
 }
 
 /// What the permission threads check against.
@@ -224,7 +307,8 @@ fn respond(fan: RawFd, fd: RawFd, allow: bool) -> io::Result<()> {
 /// An event handed to a hasher, answered exactly once.
 struct Pending {
     fd: OwnedFd,
-    fan: Arc<OwnedFd>,
+    dog: Arc<Watchdog>,
+    id: u64,
     answered: AtomicBool,
     deadline: Instant,
     key: Key,
@@ -237,7 +321,7 @@ impl Pending {
         if self.answered.swap(true, Relaxed) {
             return false;
         }
-        if respond(self.fan.as_raw_fd(), self.fd.as_raw_fd(), allow).is_err() {
+        if !self.dog.answer(self.id, allow) {
             c.errors.fetch_add(1, Relaxed);
         }
         if allow {
@@ -310,6 +394,7 @@ fn hash_fd(file: &File, max: u64) -> io::Result<[u8; 32]> {
 /// The running permission engine.
 struct Engine {
     fan: Arc<OwnedFd>,
+    dog: Arc<Watchdog>,
     stop: OwnedFd,
     reader: Option<JoinHandle<()>>,
     watchdog: Option<JoinHandle<()>>,
@@ -340,15 +425,19 @@ impl Engine {
         // SAFETY: a fresh fd owned by nobody else.
         let stop = unsafe { OwnedFd::from_raw_fd(efd) };
         let stop_for_reader = stop.try_clone().map_err(|e| RespondError::Sys { what: "dup eventfd".into(), source: e })?;
+        let st = &shared.settings;
+        let deadline = Duration::from_millis(st.deadline_ms.max(1));
+        let extend = deadline + Duration::from_millis(st.hash_timeout_ms);
+        let dog = Arc::new(Watchdog::spawn(fan.as_raw_fd(), deadline, extend, st.fail_mode == BlockFailMode::Allow)?);
 
         let (hash_tx, hash_rx) = bounded::<Arc<Pending>>(256);
         let (watch_tx, watch_rx) = bounded::<Watch>(4096);
         shared.alive.store(true, Relaxed);
         let spawn_err = |e: io::Error| RespondError::Sys { what: "cannot start an exec-permission thread".into(), source: e };
 
-        let mut engine = Engine { fan: fan.clone(), stop, reader: None, watchdog: None, hashers: Vec::new(), marked: 0 };
-        let s = shared.clone();
-        engine.watchdog = Some(std::thread::Builder::new().name("edr-exec-watchdog".into()).spawn(move || watchdog_loop(watch_rx, s)).map_err(spawn_err)?);
+        let mut engine = Engine { fan: fan.clone(), dog: dog.clone(), stop, reader: None, watchdog: None, hashers: Vec::new(), marked: 0 };
+        let (s, d) = (shared.clone(), dog.clone());
+        engine.watchdog = Some(std::thread::Builder::new().name("edr-exec-watchdog".into()).spawn(move || watchdog_loop(watch_rx, s, d)).map_err(spawn_err)?);
         for _ in 0..shared.settings.hashers.max(1) {
             let (rx, s) = (hash_rx.clone(), shared.clone());
             match std::thread::Builder::new().name("edr-exec-hash".into()).spawn(move || hasher_loop(rx, s)) {
@@ -361,8 +450,8 @@ impl Engine {
             }
         }
         drop(hash_rx);
-        let (s, f) = (shared.clone(), fan.clone());
-        match std::thread::Builder::new().name("edr-exec-perm".into()).spawn(move || reader_main(f, stop_for_reader, s, hash_tx, watch_tx)) {
+        let (s, f, d) = (shared.clone(), fan.clone(), dog.clone());
+        match std::thread::Builder::new().name("edr-exec-perm".into()).spawn(move || reader_main(f, d, stop_for_reader, s, hash_tx, watch_tx)) {
             Ok(h) => engine.reader = Some(h),
             Err(e) => {
                 engine.stop();
@@ -377,7 +466,7 @@ impl Engine {
                 source: io::Error::other("no filesystem could be marked"),
             });
         }
-        tracing::info!(filesystems = engine.marked, "exec blocking started");
+        tracing::info!(filesystems = engine.marked, watchdog_pid = dog.pid(), deadline_ms = st.deadline_ms, fail_mode = ?st.fail_mode, "exec blocking started");
         Ok(engine)
     }
 
@@ -398,6 +487,8 @@ impl Engine {
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
+        // Allows what the watchdog process holds, then it exits.
+        self.dog.stop();
         let until = Instant::now() + Duration::from_secs(2);
         while self.hashers.iter().any(|h| !h.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
@@ -415,15 +506,25 @@ impl Engine {
 
 /// Reader thread entry: runs the loop; on a panic, removes the marks and
 /// answers what is queued so nothing stays frozen.
-fn reader_main(fan: Arc<OwnedFd>, stop: OwnedFd, shared: Arc<Shared>, hash_tx: Sender<Arc<Pending>>, watch_tx: Sender<Watch>) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader_loop(&fan, &stop, &shared, &hash_tx, &watch_tx)));
-    if r.is_err() {
+fn reader_main(fan: Arc<OwnedFd>, dog: Arc<Watchdog>, stop: OwnedFd, shared: Arc<Shared>, hash_tx: Sender<Arc<Pending>>, watch_tx: Sender<Watch>) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader_loop(&dog, &stop, &shared, &hash_tx, &watch_tx)));
+    if !matches!(r, Ok(ReaderEnd::Stopped)) {
+        // A panic, or the watchdog process died: no new events, allow what is queued.
         shared.counters.errors.fetch_add(1, Relaxed);
         flush_marks(fan.as_fd());
+        dog.stop();
         let mut buf = vec![0u8; 64 * 1024];
         drain_allow(fan.as_raw_fd(), &mut buf, &shared.counters);
     }
     shared.alive.store(false, Relaxed);
+}
+
+/// Why the reader loop ended.
+enum ReaderEnd {
+    /// The engine is stopping.
+    Stopped,
+    /// The watchdog process is gone (killed): the engine must be restarted.
+    WatchdogGone,
 }
 
 const META_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
@@ -486,13 +587,11 @@ fn drain_allow(fan: RawFd, buf: &mut [u8], c: &Counters) {
     }
 }
 
-fn reader_loop(fan: &Arc<OwnedFd>, stop: &OwnedFd, shared: &Arc<Shared>, hash_tx: &Sender<Arc<Pending>>, watch_tx: &Sender<Watch>) {
-    let fanfd = fan.as_raw_fd();
+fn reader_loop(dog: &Arc<Watchdog>, stop: &OwnedFd, shared: &Arc<Shared>, hash_tx: &Sender<Arc<Pending>>, watch_tx: &Sender<Watch>) -> ReaderEnd {
     let c = &shared.counters;
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds = [
-            libc::pollfd { fd: fanfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: dog.fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: two valid pollfds.
@@ -505,23 +604,23 @@ fn reader_loop(fan: &Arc<OwnedFd>, stop: &OwnedFd, shared: &Arc<Shared>, hash_tx
             continue;
         }
         if fds[1].revents != 0 {
-            drain_allow(fanfd, &mut buf, c);
-            return;
+            return ReaderEnd::Stopped;
         }
         if fds[0].revents == 0 {
             continue;
         }
         loop {
-            let r = read_events(fanfd, &mut buf, c, |mask, fd, pid| {
-                if mask & libc::FAN_OPEN_EXEC_PERM == 0 {
-                    return;
+            match dog.recv() {
+                Ok(Some(req)) => {
+                    c.events.fetch_add(1, Relaxed);
+                    handle(dog, req.id, req.fd, req.pid, shared, hash_tx, watch_tx);
                 }
-                c.events.fetch_add(1, Relaxed);
-                handle(fan, fd, pid, shared, hash_tx, watch_tx);
-            });
-            match r {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok(None) => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    let err = format!("the exec watchdog process (pid {}) is gone; exec blocking stopped until the next block request restarts it", dog.pid());
+                    tracing::error!("{err}");
+                    return ReaderEnd::WatchdogGone;
+                }
                 Err(_) => {
                     c.errors.fetch_add(1, Relaxed);
                     break;
@@ -532,11 +631,10 @@ fn reader_loop(fan: &Arc<OwnedFd>, stop: &OwnedFd, shared: &Arc<Shared>, hash_tx
 }
 
 /// Decides one event, or hands it to a hasher. Never blocks.
-fn handle(fan: &Arc<OwnedFd>, fd: OwnedFd, pid: i32, shared: &Arc<Shared>, hash_tx: &Sender<Arc<Pending>>, watch_tx: &Sender<Watch>) {
+fn handle(dog: &Arc<Watchdog>, id: u64, fd: OwnedFd, pid: i32, shared: &Arc<Shared>, hash_tx: &Sender<Arc<Pending>>, watch_tx: &Sender<Watch>) {
     let c = &shared.counters;
-    let fanfd = fan.as_raw_fd();
     let answer = |allow: bool| {
-        if respond(fanfd, fd.as_raw_fd(), allow).is_err() {
+        if !dog.answer(id, allow) {
             c.errors.fetch_add(1, Relaxed);
         }
         if allow {
@@ -592,7 +690,9 @@ fn handle(fan: &Arc<OwnedFd>, fd: OwnedFd, pid: i32, shared: &Arc<Shared>, hash_
         return answer(true);
     }
     let deadline = Instant::now() + Duration::from_millis(shared.settings.hash_timeout_ms);
-    let p = Arc::new(Pending { fd, fan: fan.clone(), answered: AtomicBool::new(false), deadline, key, pid });
+    let p = Arc::new(Pending { fd, dog: dog.clone(), id, answered: AtomicBool::new(false), deadline, key, pid });
+    // The watchdog process waits `hash_timeout_ms + deadline_ms` for a hashed file.
+    dog.extend(id);
     if watch_tx.try_send(Watch::Pending(p.clone())).is_err() {
         c.overloaded.fetch_add(1, Relaxed);
         p.answer(true, c);
@@ -644,10 +744,18 @@ fn hasher_loop(rx: Receiver<Arc<Pending>>, shared: Arc<Shared>) {
     }
 }
 
-fn watchdog_loop(rx: Receiver<Watch>, shared: Arc<Shared>) {
+fn watchdog_loop(rx: Receiver<Watch>, shared: Arc<Shared>, dog: Arc<Watchdog>) {
     let c = &shared.counters;
     let mut pending: Vec<Arc<Pending>> = Vec::new();
+    let mut last_check = Instant::now();
     loop {
+        if last_check.elapsed() >= Duration::from_millis(500) {
+            last_check = Instant::now();
+            if dog.resume_if_stopped() {
+                c.watchdog_resumed.fetch_add(1, Relaxed);
+                tracing::warn!(pid = dog.pid(), "the exec watchdog process was stopped; resumed it (a stopped watchdog holds every exec)");
+            }
+        }
         let first = rx.recv_timeout(Duration::from_millis(20));
         let mut msgs = Vec::new();
         match first {
@@ -747,6 +855,7 @@ impl Blocker {
                 return Ok(e.marked);
             }
             e.stop();
+            fold_dog_counters(&self.shared.counters, &e.dog);
             *eng = None;
         }
         match Engine::start(self.shared.clone()) {
@@ -765,6 +874,7 @@ impl Blocker {
     fn stop_engine(&self) {
         if let Some(mut e) = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take() {
             e.stop();
+            fold_dog_counters(&self.shared.counters, &e.dog);
         }
     }
 
@@ -887,6 +997,8 @@ impl Blocker {
     pub(crate) fn stats(&self) -> BlockStats {
         let c = &self.shared.counters;
         let eng = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let dog = eng.as_ref().map(|e| e.dog.counters());
+        let with_dog = |base: &AtomicU64, f: fn(&watchdog::DogCounters) -> &AtomicU64| base.load(Relaxed) + dog.map_or(0, |d| f(d).load(Relaxed));
         BlockStats {
             running: eng.is_some() && self.shared.alive.load(Relaxed),
             filesystems_marked: eng.as_ref().map_or(0, |e| e.marked),
@@ -899,6 +1011,13 @@ impl Blocker {
             too_large: c.too_large.load(Relaxed),
             hashed: c.hashed.load(Relaxed),
             cache_hits: c.cache_hits.load(Relaxed),
+            deadline_ms: self.shared.settings.deadline_ms,
+            fail_mode: self.shared.settings.fail_mode,
+            deadline_answers: with_dog(&c.deadline_answers, |d| &d.deadline_answers),
+            late_verdicts: with_dog(&c.late_verdicts, |d| &d.late_verdicts),
+            undelivered: with_dog(&c.undelivered, |d| &d.undelivered),
+            watchdog_resumed: c.watchdog_resumed.load(Relaxed),
+            watchdog_pid: eng.as_ref().filter(|_| self.shared.alive.load(Relaxed)).map(|e| e.dog.pid()),
             last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
@@ -908,6 +1027,15 @@ impl Drop for Blocker {
     fn drop(&mut self) {
         self.stop_engine();
     }
+}
+
+/// Adds a stopped engine's watchdog counters to the totals.
+fn fold_dog_counters(c: &Counters, dog: &Watchdog) {
+    let d = dog.counters();
+    c.deadline_answers.fetch_add(d.deadline_answers.load(Relaxed), Relaxed);
+    c.late_verdicts.fetch_add(d.late_verdicts.load(Relaxed), Relaxed);
+    c.undelivered.fetch_add(d.undelivered.load(Relaxed), Relaxed);
+    c.errors.fetch_add(d.errors.load(Relaxed), Relaxed);
 }
 
 /// Checks a target and puts it in canonical form: lowercase hashes; absolute

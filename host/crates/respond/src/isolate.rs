@@ -34,6 +34,18 @@
 //! whole script as one kernel transaction, and the script is readable in the
 //! audit record.
 //!
+//! **The guard.** While isolated, a thread (`edr-iso-guard`) compares the
+//! table in the kernel with what the agent applied (the `nft -j` listing
+//! without handles) every [`GUARD_INTERVAL`], and at once when nftables
+//! reports a ruleset change (a `NETLINK_NETFILTER` socket subscribed to
+//! `NFNLGRP_NFTABLES`, thread `edr-iso-netlink`). When the table is gone or
+//! differs (`nft delete table inet edr_isolation`, a rule added or removed,
+//! a policy changed) it re-applies the isolation, logs a warning, counts it
+//! in [`IsolationState::tamper_count`] / [`IsolationState::last_tamper`] and
+//! calls the tamper hook ([`Isolator::on_tamper`]; the agent raises the alert
+//! `edr.tamper.isolation-removed`). Release stops the guard first, under
+//! the same lock, so nothing is re-applied after release.
+//!
 //! `ResponseConfig::isolation_netns` (a path such as `/run/netns/NAME`)
 //! makes `nft` run in that network namespace (the child calls `setns` before
 //! exec); without it the agent's own namespace (the host's) is isolated.
@@ -49,7 +61,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The nftables family and name of the isolation table.
@@ -191,7 +204,42 @@ pub struct IsolationState {
     pub dns: Vec<IpAddr>,
     /// Why the state could not be read (nft missing, ...), if so.
     pub error: Option<String>,
+    /// The agent watches the table and re-applies it when it is removed or altered.
+    #[serde(default)]
+    pub guarded: bool,
+    /// Times the table was found removed or altered and re-applied (since the agent started).
+    #[serde(default)]
+    pub tamper_count: u64,
+    /// When that last happened, ns since the epoch.
+    #[serde(default)]
+    pub last_tamper: Option<Timestamp>,
+    /// What was found then (e.g. "the table inet edr_isolation was deleted").
+    #[serde(default)]
+    pub last_tamper_what: Option<String>,
 }
+
+/// Isolation found removed or altered behind the agent's back (see the guard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TamperEvent {
+    /// When it was found, ns since the epoch.
+    pub time: Timestamp,
+    /// What was found.
+    pub what: String,
+    /// The isolation was re-applied and reads back as applied.
+    pub reapplied: bool,
+    /// Why re-applying failed, if it did.
+    pub error: Option<String>,
+    /// Tamper events so far, this one included.
+    pub count: u64,
+    /// The management endpoints of the re-applied isolation.
+    pub management: Vec<Endpoint>,
+}
+
+/// Called on each [`TamperEvent`].
+pub type TamperHook = Arc<dyn Fn(&TamperEvent) + Send + Sync>;
+
+/// How often the guard checks the table when nftables reports no change.
+pub const GUARD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What to let through while isolated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,16 +368,63 @@ pub(crate) fn system_resolvers() -> Vec<IpAddr> {
         .collect()
 }
 
+/// What the agent applied, as the guard compares it.
+#[derive(Clone)]
+struct Applied {
+    spec: IsolationSpec,
+    since: Timestamp,
+    /// The table's `nft -j` listing without handles, read back after applying.
+    fingerprint: String,
+}
+
+/// State shared by the isolator and its guard threads.
+#[derive(Default)]
+struct Guard {
+    /// What to keep in place; None when not isolated (the guard threads exit).
+    applied: Mutex<Option<Applied>>,
+    /// Set to wake the guard (a ruleset change or release).
+    wake: Mutex<bool>,
+    woken: Condvar,
+    running: AtomicBool,
+    stats: Mutex<(u64, Option<Timestamp>, Option<String>)>,
+    hook: Mutex<Option<TamperHook>>,
+}
+
+impl Guard {
+    fn notify(&self) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.woken.notify_all();
+    }
+
+    /// Waits for a wake-up or `t`.
+    fn wait(&self, t: Duration) {
+        let g = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut g, _) = self.woken.wait_timeout_while(g, t, |w| !*w).unwrap_or_else(|p| p.into_inner());
+        *g = false;
+    }
+
+    fn active(&self) -> bool {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
 /// Runs `nft`, in the configured network namespace.
+#[derive(Clone)]
 pub(crate) struct Isolator {
     netns: Option<PathBuf>,
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
+    guard: Arc<Guard>,
 }
 
 impl Isolator {
     /// An isolator for `netns` (`None`: the agent's own network namespace).
     pub(crate) fn new(netns: Option<PathBuf>) -> Isolator {
-        Isolator { netns, lock: Mutex::new(()) }
+        Isolator { netns, lock: Arc::new(Mutex::new(())), guard: Arc::new(Guard::default()) }
+    }
+
+    /// Registers the function called when isolation is found removed or altered.
+    pub(crate) fn on_tamper(&self, hook: TamperHook) {
+        *self.guard.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Runs nft with `args`, feeding `stdin`; returns stdout.
@@ -418,12 +513,172 @@ impl Isolator {
         parse_state(&out).map_err(|e| RespondError::Nft { what: "list table".into(), stderr: e })
     }
 
-    /// The state, with any error inside it.
+    /// The state, with any error inside it, and the guard's counters.
     pub(crate) fn state(&self) -> IsolationState {
-        match self.read_state() {
+        let mut st = match self.read_state() {
             Ok(s) => s,
             Err(e) => IsolationState { error: Some(e.to_string()), ..IsolationState::default() },
+        };
+        st.guarded = self.guard.active() && self.guard.running.load(Ordering::Relaxed);
+        let (n, last, what) = self.guard.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (st.tamper_count, st.last_tamper, st.last_tamper_what) = (n, last, what);
+        st
+    }
+
+    /// The table as the guard compares it: the `nft -j` listing without
+    /// handles and version info; None when the table does not exist.
+    fn fingerprint(&self) -> Result<Option<String>, RespondError> {
+        if !self.table_exists()? {
+            return Ok(None);
         }
+        let out = self.nft("list table", &["-j", "list", "table", "inet", TABLE_NAME], None)?;
+        fingerprint_of(&out).map(Some).map_err(|e| RespondError::Nft { what: "list table".into(), stderr: e })
+    }
+
+    /// Keeps `spec` in place from now on (called with the lock held).
+    fn guard_applied(&self, spec: &IsolationSpec, since: Timestamp) {
+        let fingerprint = match self.fingerprint() {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => String::new(),
+        };
+        *self.guard.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(Applied { spec: spec.clone(), since, fingerprint });
+        if !self.guard.running.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            let started = std::thread::Builder::new().name("edr-iso-guard".into()).spawn(move || me.guard_loop());
+            if let Err(e) = started {
+                self.guard.running.store(false, Ordering::Release);
+                tracing::error!(error = %e, "cannot start the isolation guard: removal of the isolation table will go unnoticed");
+                return;
+            }
+            let me = self.clone();
+            if let Err(e) = std::thread::Builder::new().name("edr-iso-netlink".into()).spawn(move || me.netlink_loop()) {
+                tracing::warn!(error = %e, "cannot watch nftables changes; the isolation table is checked every {GUARD_INTERVAL:?} only");
+            }
+        }
+    }
+
+    /// Stops guarding (the table stays as it is).
+    pub(crate) fn stop_guard(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        *self.guard.applied.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.guard.notify();
+    }
+
+    /// Keeps an isolation found at start in place (the agent restarted while
+    /// the host was isolated), re-applying `spec` if it is removed.
+    pub(crate) fn adopt(&self, spec: &IsolationSpec) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(st) = self.read_state() {
+            if st.isolated && !spec.management.is_empty() {
+                tracing::info!("the host is isolated (since before this start); guarding the isolation table");
+                self.guard_applied(spec, st.since.unwrap_or_else(edr_event::time::now));
+            }
+        }
+    }
+
+    fn guard_loop(self) {
+        loop {
+            self.guard.wait(GUARD_INTERVAL);
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(applied) = self.guard.applied.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                // Still under the lock: an isolate() after this starts a new guard.
+                self.guard.running.store(false, Ordering::Release);
+                break;
+            };
+            let what = match self.fingerprint() {
+                Ok(Some(f)) if f == applied.fingerprint => continue,
+                Ok(Some(_)) => format!("the table {TABLE} was altered (its chains or rules differ from what the agent applied)"),
+                Ok(None) => format!("the table {TABLE} was deleted"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "isolation guard: cannot read the table");
+                    continue;
+                }
+            };
+            self.reapply(&applied, what);
+        }
+        self.guard.notify();
+    }
+
+    /// Re-applies after tampering; counts, logs and calls the hook.
+    fn reapply(&self, applied: &Applied, what: String) {
+        let result = self.nft("re-isolate", &["-f", "-"], Some(&script(&applied.spec, applied.since)));
+        let (reapplied, error) = match result.and_then(|_| self.fingerprint()) {
+            Ok(Some(f)) => {
+                if let Some(a) = self.guard.applied.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    a.fingerprint = f;
+                }
+                (true, None)
+            }
+            Ok(None) => (false, Some("the table does not read back after re-applying".to_string())),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        let time = edr_event::time::now();
+        let count = {
+            let mut st = self.guard.stats.lock().unwrap_or_else(|p| p.into_inner());
+            *st = (st.0 + 1, Some(time), Some(what.clone()));
+            st.0
+        };
+        match &error {
+            None => tracing::warn!(count, "isolation tampered with: {what}; re-applied"),
+            Some(e) => tracing::error!(count, "isolation tampered with: {what}; re-applying FAILED: {e}"),
+        }
+        let ev = TamperEvent { time, what, reapplied, error, count, management: applied.spec.management.clone() };
+        let hook = self.guard.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h(&ev);
+        }
+    }
+
+    /// Wakes the guard on every nftables ruleset change in the namespace
+    /// (`NETLINK_NETFILTER`, group `NFNLGRP_NFTABLES`); ends with the guard.
+    fn netlink_loop(self) {
+        let sock = match self.nftables_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch nftables changes; the isolation table is checked every {GUARD_INTERVAL:?} only");
+                return;
+            }
+        };
+        let mut buf = [0u8; 8192];
+        while self.guard.active() {
+            // SAFETY: reads into our buffer; SO_RCVTIMEO bounds the wait.
+            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let overrun = n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS);
+            if n > 0 || overrun {
+                self.guard.notify();
+            }
+        }
+    }
+
+    /// A netlink socket in the isolated namespace subscribed to nftables changes.
+    fn nftables_socket(&self) -> Result<std::os::fd::OwnedFd, RespondError> {
+        use std::os::fd::FromRawFd;
+        if let Some(p) = &self.netns {
+            let f = std::fs::File::open(p).map_err(|e| RespondError::io("cannot open the network namespace", p, e))?;
+            // SAFETY: setns on this (dedicated) thread only.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(RespondError::sys(format!("setns into {}", p.display())));
+            }
+        }
+        // SAFETY: plain syscall; the result is a new fd or -1.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        if fd < 0 {
+            return Err(RespondError::sys("socket(AF_NETLINK, NETLINK_NETFILTER)"));
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_nl is valid; bind and setsockopt read live structs.
+        unsafe {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as u16;
+            sa.nl_groups = 1 << (libc::NFNLGRP_NFTABLES - 1);
+            if libc::bind(fd, (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32) != 0 {
+                return Err(RespondError::sys("bind to the nftables netlink group"));
+            }
+            let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        }
+        Ok(sock)
     }
 
     /// What isolating would install (simulate mode).
@@ -449,6 +704,7 @@ impl Isolator {
         if !after.intact {
             return Err(RespondError::Nft { what: "isolate".into(), stderr: "the table was installed but does not read back complete".into() });
         }
+        self.guard_applied(spec, since);
         tracing::warn!(management = %join(&spec.management), "host isolated");
         let detail = Detail::from([
             ("table".into(), TABLE.to_string()),
@@ -463,6 +719,9 @@ impl Isolator {
     /// Removes the isolation table (and nothing else). Returns whether the host was isolated.
     pub(crate) fn release(&self) -> Result<bool, RespondError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The guard stops first: nothing is re-applied after this.
+        *self.guard.applied.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.guard.notify();
         let was = self.table_exists()?;
         self.nft("release", &["-f", "-"], Some(&format!("table {TABLE}\ndelete table {TABLE}\n")))?;
         if self.table_exists()? {
@@ -471,6 +730,26 @@ impl Isolator {
         tracing::warn!(was_isolated = was, "host isolation released");
         Ok(was)
     }
+}
+
+/// The `nft -j` listing without the parts that change on every load
+/// (handles, version info): equal listings mean an unchanged table.
+pub(crate) fn fingerprint_of(json: &str) -> Result<String, String> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("cannot parse nft JSON: {e}"))?;
+    let items = v.get_mut("nftables").and_then(|x| x.as_array_mut()).ok_or("nft JSON has no `nftables` array")?;
+    items.retain(|i| i.get("metainfo").is_none());
+    strip(&mut v);
+    Ok(v.to_string())
 }
 
 fn join<T: fmt::Display>(items: &[T]) -> String {
@@ -554,6 +833,19 @@ mod tests {
         let partial = json.replace(r#""hook": "forward", "prio": -10, "policy": "drop""#, r#""hook": "forward", "prio": -10, "policy": "accept""#);
         assert_ne!(partial, json);
         assert!(!parse_state(&partial).unwrap().intact);
+    }
+
+    #[test]
+    fn fingerprint_ignores_handles_and_sees_changes() {
+        let a = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "edr_isolation", "handle": 2}},
+          {"chain": {"family": "inet", "table": "edr_isolation", "name": "input", "handle": 1, "hook": "input", "policy": "drop"}},
+          {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 4, "comment": "edr:loopback since=1", "expr": [{"accept": null}]}}]}"#;
+        let reloaded = a.replace(r#""handle": 2"#, r#""handle": 9"#).replace(r#""handle": 4"#, r#""handle": 12"#).replace("1.0.6", "1.1.0");
+        assert_eq!(fingerprint_of(a).unwrap(), fingerprint_of(&reloaded).unwrap(), "a re-applied table compares equal");
+        let weakened = a.replace(r#""policy": "drop""#, r#""policy": "accept""#);
+        assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&weakened).unwrap());
+        let extra = a.replace("]}}]}", r#"]}}, {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 5, "expr": [{"accept": null}]}}]}"#);
+        assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&extra).unwrap(), "an added rule is an alteration");
     }
 
     #[test]

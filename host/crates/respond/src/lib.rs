@@ -73,12 +73,12 @@ pub mod protect;
 pub mod quarantine;
 
 pub use audit::{AuditRecord, Outcome};
-pub use block::{BlockEntry, BlockSettings, BlockStats, BlockTarget};
+pub use block::{BlockEntry, BlockFailMode, BlockSettings, BlockStats, BlockTarget};
 pub use edr_event::Decision;
 pub use error::RespondError;
 pub use fetch::EvidenceEntry;
 pub use fsutil::FileMeta;
-pub use isolate::{Endpoint, IsolationState};
+pub use isolate::{Endpoint, IsolationState, TamperEvent};
 pub use policy::{ActionKind, Mode, PackGrant, Requester};
 pub use process::ProcessIdentity;
 pub use quarantine::QuarantineEntry;
@@ -110,6 +110,9 @@ fn default_operator_mode() -> Mode {
 }
 fn default_fetch_max() -> u64 {
     1 << 30
+}
+fn default_block_deadline_ms() -> u64 {
+    block::DEFAULT_BLOCK_DEADLINE_MS
 }
 fn default_queue() -> usize {
     256
@@ -187,6 +190,15 @@ pub struct ResponseConfig {
     /// Tuning of exec blocking.
     #[serde(default)]
     pub block: BlockSettings,
+    /// How long an exec may wait for the agent's verdict while a block is
+    /// active, ms (10-10000, default 250); then the watchdog process answers
+    /// it with `block_fail_mode` and counts it (a stopped agent must not
+    /// freeze the host).
+    #[serde(default = "default_block_deadline_ms", deserialize_with = "block::deserialize_deadline_ms")]
+    pub block_deadline_ms: u64,
+    /// The answer when `block_deadline_ms` passes: `allow` (default) or `deny`.
+    #[serde(default)]
+    pub block_fail_mode: BlockFailMode,
     /// Requests `submit` may queue before refusing more (default 256).
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
@@ -216,6 +228,8 @@ impl ResponseConfig {
             blocklist_file: None,
             fetch_max_bytes: default_fetch_max(),
             block: BlockSettings::default(),
+            block_deadline_ms: default_block_deadline_ms(),
+            block_fail_mode: BlockFailMode::Allow,
             queue_capacity: default_queue(),
         }
     }
@@ -634,12 +648,17 @@ impl Responder {
         if cfg.queue_capacity == 0 {
             return Err(RespondError::Config("queue_capacity must be at least 1".into()));
         }
+        if !block::BLOCK_DEADLINE_MS_RANGE.contains(&cfg.block_deadline_ms) {
+            let r = block::BLOCK_DEADLINE_MS_RANGE;
+            return Err(RespondError::Config(format!("block_deadline_ms = {} is out of range {}..={}", cfg.block_deadline_ms, r.start(), r.end())));
+        }
         if let Some(ns) = &cfg.isolation_netns {
             std::fs::metadata(ns).map_err(|e| RespondError::io("isolation_netns: cannot find the network namespace", ns, e))?;
         }
         let quarantine = quarantine::QuarantineStore::open(&cfg.quarantine_dir)?;
         let evidence = fetch::EvidenceStore::open(&cfg.evidence_dir, cfg.fetch_max_bytes)?;
-        let blocker = block::Blocker::new(cfg.block.clone(), cfg.blocklist_file.clone())?;
+        let block_settings = BlockSettings { deadline_ms: cfg.block_deadline_ms, fail_mode: cfg.block_fail_mode, ..cfg.block.clone() };
+        let blocker = block::Blocker::new(block_settings, cfg.blocklist_file.clone())?;
         let inner = Arc::new(Inner {
             protection: process::Protection::new(&cfg.protected_names),
             paths: protect::PathGuard::new(&cfg),
@@ -652,6 +671,8 @@ impl Responder {
             queued: AtomicUsize::new(0),
             cfg,
         });
+        // An isolation left from before this start stays guarded.
+        inner.isolator.adopt(&inner.isolation_spec());
         let (tx, rx) = bounded::<Job>(inner.cfg.queue_capacity);
         let w = inner.clone();
         let worker = std::thread::Builder::new()
@@ -750,6 +771,13 @@ impl Responder {
         self.inner.isolator.state()
     }
 
+    /// Registers the function called when the isolation table is found
+    /// removed or altered while isolated (it has been re-applied, or that
+    /// failed: see the event). Runs on the guard thread; keep it quick.
+    pub fn on_isolation_tamper(&self, f: impl Fn(&TamperEvent) + Send + Sync + 'static) {
+        self.inner.isolator.on_tamper(Arc::new(f));
+    }
+
     /// Registers a consumer of audit records (the agent's store). Sinks run
     /// on the thread that completed the request; keep them quick.
     pub fn audit_sink(&mut self, f: impl Fn(&AuditRecord) + Send + Sync + 'static) {
@@ -764,9 +792,11 @@ impl Responder {
 
 impl Drop for Responder {
     /// Stops the worker (queued requests are audited as refused: shutting
-    /// down) and the exec-blocking threads. Isolation stays in place.
+    /// down), the exec-blocking threads and the isolation guard. Isolation
+    /// stays in place.
     fn drop(&mut self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
+        self.inner.isolator.stop_guard();
         drop(self.queue.take());
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -823,6 +853,22 @@ mod tests {
         assert_eq!(cfg.management[0].port, Some(8443));
         assert_eq!(cfg.packs["acme"].mode, Mode::Enforce);
         assert!(serde_json::from_str::<ResponseConfig>(r#"{"quarantine_dir":"/q","evidence_dir":"/e","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn block_deadline_is_range_checked_when_read() {
+        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e"}"#).unwrap();
+        assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (250, BlockFailMode::Allow));
+        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":40,"block_fail_mode":"deny"}"#).unwrap();
+        assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (40, BlockFailMode::Deny));
+        for bad in [0u64, 9, 10_001, u64::MAX] {
+            let e = serde_json::from_str::<ResponseConfig>(&format!(r#"{{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":{bad}}}"#)).unwrap_err();
+            assert!(e.to_string().contains("out of range 10..=10000"), "{bad}: {e}");
+        }
+        let mut cfg = ResponseConfig::new("/tmp/q-never-made", "/tmp/e-never-made");
+        cfg.block_deadline_ms = 0;
+        let err = Responder::new(cfg).err().expect("refused");
+        assert!(err.to_string().contains("block_deadline_ms = 0 is out of range"), "{err}");
     }
 
     #[test]

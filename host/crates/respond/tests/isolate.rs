@@ -216,3 +216,76 @@ fn edr_respond_rand() -> String {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{:x}", t ^ (std::process::id() << 8))
 }
+
+/// Runs `nft ARGS` inside the network namespace `ns`.
+fn nft_in(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft"]).args(args).output().unwrap();
+    assert!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 14 item 10: `nft delete table inet edr_isolation` (or a rule slipped
+/// into the table) while isolated used to go unnoticed. The guard puts the
+/// table back, counts it, reports it in the state and calls the tamper hook;
+/// after release it re-applies nothing. Confined to a namespace the test creates.
+#[test]
+fn isolation_removed_or_altered_is_reapplied_until_release() {
+    require_root!();
+    if !nft_available() || Command::new("ip").arg("-V").output().is_err() {
+        edr_testkit::skip("nft or ip not installed");
+        return;
+    }
+    let ns = match Netns::add(format!("edrt-g-{}-{}", std::process::id(), edr_respond_rand())) {
+        Ok(n) => n,
+        Err(e) => {
+            edr_testkit::skip(format!("cannot create a network namespace: {e}"));
+            return;
+        }
+    };
+    let store = tempfile::tempdir().unwrap();
+    let (r, _) = responder_with(store.path(), |c| {
+        c.isolation_netns = Some(ns.path());
+        c.management = vec![Endpoint::host_port(MGMT_IP.parse().unwrap(), MGMT_PORT)];
+    });
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<edr_respond::TamperEvent>::new()));
+    let sink = events.clone();
+    r.on_isolation_tamper(move |e| sink.lock().unwrap().push(e.clone()));
+    let rec = r.request(operator(), ResponseAction::Isolate, "contain");
+    assert_eq!(rec.outcome, Outcome::Ok, "{rec:?}");
+    let st = r.isolation_state();
+    assert!(st.isolated && st.intact && st.guarded && st.tamper_count == 0, "{st:?}");
+    let since = st.since;
+
+    nft_in(&ns, &["delete", "table", "inet", "edr_isolation"]);
+    let back = common::wait_for(Duration::from_secs(10), || {
+        let st = r.isolation_state();
+        st.isolated && st.intact && st.tamper_count >= 1
+    });
+    assert!(back, "the deleted isolation table is not re-applied: {:?}", r.isolation_state());
+    let st = r.isolation_state();
+    assert_eq!(st.since, since, "the re-applied table keeps the start time");
+    assert_eq!(st.management, vec![Endpoint::host_port(MGMT_IP.parse().unwrap(), MGMT_PORT)]);
+    assert!(st.last_tamper.is_some() && st.last_tamper_what.as_deref().unwrap_or("").contains("deleted"), "{st:?}");
+    {
+        let ev = events.lock().unwrap();
+        assert!(!ev.is_empty() && ev[0].reapplied && ev[0].what.contains("deleted") && ev[0].error.is_none(), "{ev:?}");
+    }
+
+    // A rule slipped in that accepts everything is an alteration too.
+    nft_in(&ns, &["insert", "rule", "inet", "edr_isolation", "input", "accept"]);
+    let fixed = common::wait_for(Duration::from_secs(10), || r.isolation_state().tamper_count >= 2);
+    assert!(fixed, "an altered isolation table is not re-applied: {:?}", r.isolation_state());
+    let listing = nft_in(&ns, &["list", "chain", "inet", "edr_isolation", "input"]);
+    assert!(!listing.lines().any(|l| l.trim() == "accept"), "the inserted rule is gone:\n{listing}");
+    assert!(r.isolation_state().last_tamper_what.unwrap_or_default().contains("altered"));
+
+    let rec = r.request(operator(), ResponseAction::Release, "done");
+    assert_eq!(rec.outcome, Outcome::Ok, "{rec:?}");
+    let st = r.isolation_state();
+    assert!(!st.isolated && !st.guarded, "{st:?}");
+    let count = st.tamper_count;
+    std::thread::sleep(edr_respond::isolate::GUARD_INTERVAL * 2 + Duration::from_millis(500));
+    let tables = nft_in(&ns, &["list", "tables"]);
+    assert!(!tables.contains("edr_isolation"), "nothing is re-applied after release: {tables}");
+    assert_eq!(r.isolation_state().tamper_count, count, "release is not tampering");
+}
