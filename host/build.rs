@@ -41,7 +41,15 @@ fn main() {
         Some(d) => root.join(d),
         None => root.join("target"),
     };
-    for dir in ["plugins", "sdk/src", "wit", "examples/hello-detector/src", "examples/hello-detector/Cargo.toml", "examples/response-pack/src", "examples/response-pack/Cargo.toml"] {
+    for dir in [
+        "plugins",
+        "sdk/src",
+        "wit",
+        "examples/hello-detector/src",
+        "examples/hello-detector/Cargo.toml",
+        "examples/response-pack/src",
+        "examples/response-pack/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -53,12 +61,7 @@ fn main() {
     packages.push("hello-detector".into());
     packages.push("edr-example-response".into());
 
-    let spec = edr_wasm_build::GuestBuild {
-        manifest_path: root.join("Cargo.toml"),
-        packages,
-        target_dir: target_dir.join("wasm"),
-        profile: "plugin".into(),
-    };
+    let spec = edr_wasm_build::GuestBuild { manifest_path: root.join("Cargo.toml"), packages, target_dir: target_dir.join("wasm"), profile: "plugin".into() };
     let plugin_dir = out.join("plugins");
     let built = match edr_wasm_build::build(&spec, &plugin_dir) {
         Ok(b) => b,
@@ -122,13 +125,7 @@ fn builtin_pack(out: &Path, built: &[edr_wasm_build::BuiltPlugin]) -> BuiltinPac
 /// Package names of the crates directly under `dir`.
 fn crates_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("Cargo.toml"))
-                .filter(|m| m.exists())
-                .filter_map(|m| edr_wasm_build::package_name(&m).ok())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.path().join("Cargo.toml")).filter(|m| m.exists()).filter_map(|m| edr_wasm_build::package_name(&m).ok()).collect())
         .unwrap_or_default();
     names.sort();
     names

@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 # Plugins compile to wasm32-unknown-unknown (see host/crates/wasm-build).
 rustup target add wasm32-unknown-unknown
 
+# Formatting is checked first (rustfmt.toml): a second's work, before the build.
+rustup component add rustfmt >/dev/null 2>&1 || true
+cargo fmt --all --check || { echo "scripts/test.sh: run 'cargo fmt --all' (rustfmt.toml) and commit"; exit 1; }
+
 # Debian packages some tests use: minisign (pack signature interop),
 # nftables (host isolation), nats-server (the NATS JetStream output) and
 # systemd (`systemd-analyze verify` of the unit). Installed when we can (root with apt-get, as in

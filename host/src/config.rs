@@ -222,7 +222,15 @@ pub struct PluginsSection {
 
 impl Default for PluginsSection {
     fn default() -> Self {
-        Self { builtin: true, dir: None, disable: Vec::new(), settings: BTreeMap::new(), data: BTreeMap::new(), limits: BTreeMap::new(), capabilities: BTreeMap::new() }
+        Self {
+            builtin: true,
+            dir: None,
+            disable: Vec::new(),
+            settings: BTreeMap::new(),
+            data: BTreeMap::new(),
+            limits: BTreeMap::new(),
+            capabilities: BTreeMap::new(),
+        }
     }
 }
 
@@ -272,7 +280,14 @@ impl OutputSection {
 impl Default for OutputSection {
     fn default() -> Self {
         // Every event goes to the store; the JSONL copy is opt-in.
-        Self { stdout: true, alerts_file: PathBuf::from("alerts.jsonl"), events_file: PathBuf::new(), syslog: Vec::new(), webhook: Vec::new(), nats: Vec::new() }
+        Self {
+            stdout: true,
+            alerts_file: PathBuf::from("alerts.jsonl"),
+            events_file: PathBuf::new(),
+            syslog: Vec::new(),
+            webhook: Vec::new(),
+            nats: Vec::new(),
+        }
     }
 }
 
@@ -410,7 +425,11 @@ impl AgentConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)), message: describe_toml_error(&e, text) })?;
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: describe_toml_error(&e, text),
+        })?;
         cfg.validate(origin, text)?;
         Ok(cfg)
     }
@@ -418,7 +437,8 @@ impl AgentConfig {
     /// Checks what the types cannot: ranges, addresses, keys, grants. Each
     /// error names the key and, when it is in `text`, its line.
     fn validate(&self, origin: &Path, text: &str) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), line: key_line(text, key), key: key.to_string(), message });
+        let bad =
+            |key: &str, message: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), line: key_line(text, key), key: key.to_string(), message });
         for (key, value) in self.numbers() {
             if let Some(range) = number_range(&key) {
                 if !range.contains(value) {
@@ -567,11 +587,7 @@ impl AgentConfig {
 
     /// The settings for one plugin as the contract's key/value strings.
     pub fn plugin_settings(&self, plugin: &str) -> Vec<(String, String)> {
-        self.plugins
-            .settings
-            .get(plugin)
-            .map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), setting_string(v)?))).collect())
-            .unwrap_or_default()
+        self.plugins.settings.get(plugin).map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), setting_string(v)?))).collect()).unwrap_or_default()
     }
 }
 
@@ -616,9 +632,16 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
             let line = line_of(text, span.start);
             // Name the key with its table when the span is a key (unknown field).
             let word = text.get(span.clone()).unwrap_or("");
-            let is_key = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && text[span.end.min(text.len())..].trim_start().starts_with('=');
+            let is_key = !word.is_empty()
+                && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && text[span.end.min(text.len())..].trim_start().starts_with('=');
             if is_key {
-                let table = text[..span.start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+                let table = text[..span.start]
+                    .lines()
+                    .rev()
+                    .map(str::trim)
+                    .find(|l| l.starts_with('['))
+                    .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
                 let key = match table {
                     Some(t) if !t.is_empty() => format!("{t}.{word}"),
                     _ => word.to_string(),
@@ -709,10 +732,14 @@ mod tests {
     #[test]
     fn every_ranged_number_is_checked_and_the_defaults_are_in_range() {
         let c = AgentConfig::default();
-        let checked: Vec<String> = c.numbers().into_iter().map(|(k, v)| {
-            assert!(number_range(&k).unwrap().contains(v), "default {k} = {v} out of its range");
-            k
-        }).collect();
+        let checked: Vec<String> = c
+            .numbers()
+            .into_iter()
+            .map(|(k, v)| {
+                assert!(number_range(&k).unwrap().contains(v), "default {k} = {v} out of its range");
+                k
+            })
+            .collect();
         for (key, range) in NUMBER_RANGES {
             assert!(checked.iter().any(|k| k == key), "{key} has a range but is not checked");
             assert!(range.min <= range.max);

@@ -154,7 +154,8 @@ use std::io::Read as _;
 /// Sends one request to the agent with this data dir.
 pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Reply> {
     let path = socket_path(data_dir);
-    let mut stream = UnixStream::connect(&path).map_err(|e| anyhow::anyhow!("cannot reach the agent at {} ({e}); is `edr agent` running with this data dir?", path.display()))?;
+    let mut stream = UnixStream::connect(&path)
+        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {} ({e}); is `edr agent` running with this data dir?", path.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(130)))?;
     stream.write_all(serde_json::to_string(request)?.as_bytes())?;
     stream.write_all(b"\n")?;

@@ -12,10 +12,10 @@
 //! batches. Batches queued before it finish on the old version, batches after
 //! it run on the new one, and none is skipped or seen twice.
 
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use edr_event::wire::{EncodedBatch, WireEvent};
 use edr_event::{time, Alert, Event, PackRef};
 use edr_runtime::{Health, MetricsSnapshot, Plugin, PluginMetrics};
-use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -129,7 +129,14 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher with no plugins yet; alerts go to `alerts`, numbered from `first_alert_id`.
     pub fn new(alerts: Sender<Alert>, queue_batches: usize, backpressure: Backpressure, first_alert_id: u64) -> Self {
-        Self { workers: BTreeMap::new(), backpressure, queue_batches, alerts, next_alert_id: Arc::new(AtomicU64::new(first_alert_id.max(1))), quarantines: None }
+        Self {
+            workers: BTreeMap::new(),
+            backpressure,
+            queue_batches,
+            alerts,
+            next_alert_id: Arc::new(AtomicU64::new(first_alert_id.max(1))),
+            quarantines: None,
+        }
     }
 
     /// A handle for alerts the agent raises itself, numbered with the plugins' alerts.
@@ -160,7 +167,13 @@ impl Dispatcher {
             metrics: plugin.metrics(),
             health: plugin.health().clone(),
         }));
-        let ctx = WorkerContext { key: key.clone(), alerts: self.alerts.clone(), ids: self.next_alert_id.clone(), shared: shared.clone(), quarantines: self.quarantines.clone() };
+        let ctx = WorkerContext {
+            key: key.clone(),
+            alerts: self.alerts.clone(),
+            ids: self.next_alert_id.clone(),
+            shared: shared.clone(),
+            quarantines: self.quarantines.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("plugin-{}", plugin.name()))
             .spawn(move || run_worker(plugin, rx, ctx))
@@ -275,7 +288,8 @@ fn run_worker(mut plugin: Plugin, rx: Receiver<Msg>, ctx: WorkerContext) {
                 tracing::info!(plugin = %ctx.key, from = %plugin.info().version, to = %next.info().version, "plugin version swapped");
                 plugin = *next;
                 let mut s = ctx.shared.lock().unwrap_or_else(|p| p.into_inner());
-                *s = Shared { version: plugin.info().version.clone(), pack: plugin.pack().cloned(), metrics: plugin.metrics(), health: plugin.health().clone() };
+                *s =
+                    Shared { version: plugin.info().version.clone(), pack: plugin.pack().cloned(), metrics: plugin.metrics(), health: plugin.health().clone() };
                 continue;
             }
             Msg::Reenable => {
@@ -304,14 +318,8 @@ fn run_worker(mut plugin: Plugin, rx: Receiver<Msg>, ctx: WorkerContext) {
         }
         for finding in outcome.findings {
             let event = finding.event_ids.first().and_then(|id| batch.events.iter().find(|e| e.id == *id)).cloned();
-            let alert = Alert {
-                id: ctx.ids.fetch_add(1, Relaxed),
-                time: time::now(),
-                plugin: plugin.name().to_string(),
-                pack: plugin.pack().cloned(),
-                finding,
-                event,
-            };
+            let alert =
+                Alert { id: ctx.ids.fetch_add(1, Relaxed), time: time::now(), plugin: plugin.name().to_string(), pack: plugin.pack().cloned(), finding, event };
             if ctx.alerts.send(alert).is_err() {
                 return;
             }

@@ -18,7 +18,8 @@ impl HealthLog {
     /// Appends to `<data_dir>/health.jsonl`; `None` logs only.
     pub fn new(data_dir: Option<&Path>) -> Self {
         // Never through a link, created 0600 (issue 14).
-        let file = data_dir.and_then(|d| edr_datadir::open_append_path(&d.join("health.jsonl")).map_err(|e| tracing::error!("cannot open health.jsonl: {e}")).ok());
+        let file =
+            data_dir.and_then(|d| edr_datadir::open_append_path(&d.join("health.jsonl")).map_err(|e| tracing::error!("cannot open health.jsonl: {e}")).ok());
         Self { file: Mutex::new(file) }
     }
 

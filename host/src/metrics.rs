@@ -132,7 +132,11 @@ pub fn render(s: &Value) -> String {
     let o = &mut out;
     family(o, "edr_up", "gauge", "1 while the agent answers.").sample("edr_up", &[], 1.0);
     family(o, "edr_uptime_seconds", "gauge", "Seconds since the agent started.").sample("edr_uptime_seconds", &[], num(&s["agent"]["uptime_secs"]));
-    family(o, "edr_events_received_total", "counter", "Events the pipeline received from the collectors.").sample("edr_events_received_total", &[], num(&s["pipeline"]["events"]));
+    family(o, "edr_events_received_total", "counter", "Events the pipeline received from the collectors.").sample(
+        "edr_events_received_total",
+        &[],
+        num(&s["pipeline"]["events"]),
+    );
     let collectors = s["collectors"].as_array().cloned().unwrap_or_default();
     for (metric, key, help) in [
         ("edr_collector_events_total", "events", "Events a collector produced."),
@@ -154,9 +158,19 @@ pub fn render(s: &Value) -> String {
         ("edr_plugin_errors_total", "counter", "Failed calls (traps, timeouts, out of memory).", Box::new(metric("errors"))),
         ("edr_plugin_timeouts_total", "counter", "Calls stopped at their deadline.", Box::new(metric("timeouts"))),
         ("edr_plugin_memory_bytes", "gauge", "Linear memory of the plugin's live instance.", Box::new(metric("memory_bytes"))),
-        ("edr_plugin_dropped_events_total", "counter", "Events a plugin never saw because its queue was full.", Box::new(|p: &Value| num(&p["dropped_events"]))),
+        (
+            "edr_plugin_dropped_events_total",
+            "counter",
+            "Events a plugin never saw because its queue was full.",
+            Box::new(|p: &Value| num(&p["dropped_events"])),
+        ),
         ("edr_plugin_queued_batches", "gauge", "Batches waiting in a plugin's queue.", Box::new(|p: &Value| num(&p["queued_batches"]))),
-        ("edr_plugin_quarantined", "gauge", "1 when a plugin is quarantined after repeated failures.", Box::new(|p: &Value| if p["health"].as_str() == Some("active") { 0.0 } else { 1.0 })),
+        (
+            "edr_plugin_quarantined",
+            "gauge",
+            "1 when a plugin is quarantined after repeated failures.",
+            Box::new(|p: &Value| if p["health"].as_str() == Some("active") { 0.0 } else { 1.0 }),
+        ),
     ];
     for (name, kind, help, value) in &per_plugin {
         let mut f = family(o, name, kind, help);
@@ -168,14 +182,26 @@ pub fn render(s: &Value) -> String {
         let mut f = family(o, "edr_plugin_call_seconds", "gauge", "Recent call duration quantiles.");
         for p in &plugins {
             for (q, key) in [("0.5", "p50_us"), ("0.99", "p99_us")] {
-                f.sample("edr_plugin_call_seconds", &[("plugin", p["key"].as_str().unwrap_or("?")), ("version", p["version"].as_str().unwrap_or("?")), ("quantile", q)], num(&p["metrics"][key]) / 1e6);
+                f.sample(
+                    "edr_plugin_call_seconds",
+                    &[("plugin", p["key"].as_str().unwrap_or("?")), ("version", p["version"].as_str().unwrap_or("?")), ("quantile", q)],
+                    num(&p["metrics"][key]) / 1e6,
+                );
             }
         }
     }
     {
         let mut f = family(o, "edr_pack_info", "gauge", "The active version of each detection pack.");
         for p in s["packs"]["active"].as_array().into_iter().flatten() {
-            f.sample("edr_pack_info", &[("pack", p["id"].as_str().unwrap_or("?")), ("version", p["version"].as_str().unwrap_or("?")), ("signer", p["signer"].as_str().unwrap_or("?"))], 1.0);
+            f.sample(
+                "edr_pack_info",
+                &[
+                    ("pack", p["id"].as_str().unwrap_or("?")),
+                    ("version", p["version"].as_str().unwrap_or("?")),
+                    ("signer", p["signer"].as_str().unwrap_or("?")),
+                ],
+                1.0,
+            );
         }
     }
     let store = &s["store"];
@@ -194,7 +220,11 @@ pub fn render(s: &Value) -> String {
     }
     let response = &s["response"];
     if response.is_object() {
-        family(o, "edr_isolated", "gauge", "1 while the host is isolated from the network.").sample("edr_isolated", &[], if response["isolation"]["isolated"].as_bool() == Some(true) { 1.0 } else { 0.0 });
+        family(o, "edr_isolated", "gauge", "1 while the host is isolated from the network.").sample(
+            "edr_isolated",
+            &[],
+            if response["isolation"]["isolated"].as_bool() == Some(true) { 1.0 } else { 0.0 },
+        );
         family(o, "edr_quarantined_files", "gauge", "Files in the quarantine store.").sample("edr_quarantined_files", &[], num(&response["quarantined"]));
         family(o, "edr_exec_blocks", "gauge", "Active execution blocks.").sample("edr_exec_blocks", &[], num(&response["blocks"]));
     }
@@ -209,8 +239,16 @@ pub fn render(s: &Value) -> String {
             f.sample(metric, &[("output", out["name"].as_str().unwrap_or("?"))], num(&out[key]));
         }
     }
-    family(o, "edr_config_reloads_total", "counter", "Successful configuration reloads (SIGHUP).").sample("edr_config_reloads_total", &[], num(&s["config"]["reloads"]));
-    family(o, "edr_config_reload_failures_total", "counter", "Configuration reloads refused (the old configuration stayed).").sample("edr_config_reload_failures_total", &[], num(&s["config"]["reload_failures"]));
+    family(o, "edr_config_reloads_total", "counter", "Successful configuration reloads (SIGHUP).").sample(
+        "edr_config_reloads_total",
+        &[],
+        num(&s["config"]["reloads"]),
+    );
+    family(o, "edr_config_reload_failures_total", "counter", "Configuration reloads refused (the old configuration stayed).").sample(
+        "edr_config_reload_failures_total",
+        &[],
+        num(&s["config"]["reload_failures"]),
+    );
     out
 }
 

@@ -5,9 +5,9 @@
 use anyhow::Context;
 use edr_event::ecs::{alert_to_ecs, EcsContext};
 use edr_event::Alert;
+use edr_output::{AlertOutput, OutgoingAlert};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use edr_output::{AlertOutput, OutgoingAlert};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,7 +79,9 @@ impl AlertWriter {
         let outputs = match edr_output::build(&set.remote, &set.data_dir, &host) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!("alert outputs not restarted after the reload: {e}; alerts still go to stdout/the alerts file as configured, and spooled ones wait on disk");
+                tracing::error!(
+                    "alert outputs not restarted after the reload: {e}; alerts still go to stdout/the alerts file as configured, and spooled ones wait on disk"
+                );
                 Vec::new()
             }
         };
@@ -111,7 +113,9 @@ impl AlertWriter {
                 // The reader of stdout went away (`edr agent | head`): stdout
                 // output ends, the file, the record and remote outputs go on.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    tracing::warn!("stdout is a closed pipe: alerts are no longer printed there (the alerts file, the record and remote outputs still get them)");
+                    tracing::warn!(
+                        "stdout is a closed pipe: alerts are no longer printed there (the alerts file, the record and remote outputs still get them)"
+                    );
                     self.stdout = false;
                 }
                 r => r?,
@@ -167,7 +171,12 @@ pub struct OutputSet {
 impl OutputSet {
     /// Opens the outputs `cfg` asks for.
     pub fn open(cfg: &crate::config::AgentConfig) -> anyhow::Result<OutputSet> {
-        Ok(OutputSet { stdout: cfg.output.stdout, file: open_alerts_file(cfg.data_path(&cfg.output.alerts_file).as_deref())?, remote: cfg.output.remote(), data_dir: cfg.data_dir.clone() })
+        Ok(OutputSet {
+            stdout: cfg.output.stdout,
+            file: open_alerts_file(cfg.data_path(&cfg.output.alerts_file).as_deref())?,
+            remote: cfg.output.remote(),
+            data_dir: cfg.data_dir.clone(),
+        })
     }
 }
 

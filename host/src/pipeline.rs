@@ -47,7 +47,15 @@ pub type WriterChange = Box<dyn FnOnce(&mut AlertWriter) + Send>;
 impl Pipeline {
     /// A pipeline with no plugins yet. Events without an id are numbered
     /// from `first_event_id`; alerts from `first_alert_id`.
-    pub fn new(batch_size: usize, queue: usize, backpressure: Backpressure, mut writer: AlertWriter, services: Arc<AgentServices>, first_event_id: u64, first_alert_id: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        batch_size: usize,
+        queue: usize,
+        backpressure: Backpressure,
+        mut writer: AlertWriter,
+        services: Arc<AgentServices>,
+        first_event_id: u64,
+        first_alert_id: u64,
+    ) -> anyhow::Result<Self> {
         let (alert_tx, alert_rx) = crossbeam_channel::bounded::<Alert>(4096);
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<WriterChange>();
         let alert_thread = std::thread::Builder::new().name("edr-alerts".into()).spawn(move || {

@@ -16,7 +16,13 @@ pub fn runtime(cfg: &AgentConfig) -> anyhow::Result<Runtime> {
         let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
         Some(base.join("edr").join("compiled"))
     };
-    let cache_dir = if cfg.runtime.compile_cache { Some(cfg.data_dir.join("cache")) } else if cfg.runtime.user_cache { user_cache() } else { None };
+    let cache_dir = if cfg.runtime.compile_cache {
+        Some(cfg.data_dir.join("cache"))
+    } else if cfg.runtime.user_cache {
+        user_cache()
+    } else {
+        None
+    };
     let largest = cfg.plugins.limits.values().filter_map(|l| l.memory_mb).chain([cfg.runtime.memory_mb]).max().unwrap_or(64);
     let max_memory_bytes = (largest << 20).max(RuntimeConfig::default().max_memory_bytes);
     Runtime::new(RuntimeConfig { cache_dir, max_memory_bytes, ..RuntimeConfig::default() })

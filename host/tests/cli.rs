@@ -101,9 +101,15 @@ fn every_hostile_fixture_beside_the_builtins_loses_no_alert() {
     // 40 batches of 8 events: one attack per batch for writable-exec.
     let mut events = String::new();
     for i in 0..40 {
-        events.push_str(&format!("{{\"process\":{{\"pid\":{},\"executable\":\"/tmp/drop{i}\",\"args\":[\"x\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n", 1000 + i));
+        events.push_str(&format!(
+            "{{\"process\":{{\"pid\":{},\"executable\":\"/tmp/drop{i}\",\"args\":[\"x\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n",
+            1000 + i
+        ));
         for j in 0..7 {
-            events.push_str(&format!("{{\"process\":{{\"pid\":{},\"executable\":\"/usr/bin/ls\",\"args\":[\"ls\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n", 5000 + i * 10 + j));
+            events.push_str(&format!(
+                "{{\"process\":{{\"pid\":{},\"executable\":\"/usr/bin/ls\",\"args\":[\"ls\"],\"parent\":{{\"pid\":1,\"executable\":\"/usr/bin/bash\"}}}}}}\n",
+                5000 + i * 10 + j
+            ));
         }
     }
     let input = dir.path().join("events.jsonl");
@@ -116,13 +122,20 @@ fn every_hostile_fixture_beside_the_builtins_loses_no_alert() {
         let package = format!("edr-hostile-{f}");
         let cfg = dir.path().join("edr.toml");
         // Short deadlines for the hostile plugin; the built-ins keep theirs.
-        std::fs::write(&cfg, format!("[runtime]\nbatch_size = 8\nmax_strikes = 3\n[plugins.limits.{package}]\ncall_deadline_ms = 30\ninit_deadline_ms = 300\nmemory_mb = 16\n")).unwrap();
+        std::fs::write(
+            &cfg,
+            format!("[runtime]\nbatch_size = 8\nmax_strikes = 3\n[plugins.limits.{package}]\ncall_deadline_ms = 30\ninit_deadline_ms = 300\nmemory_mb = 16\n"),
+        )
+        .unwrap();
         let wasm = common::plugin_path(&package);
         let (out, err, ok) = edr(&["replay", "--config", cfg.to_str().unwrap(), "--plugin", wasm.to_str().unwrap(), input.to_str().unwrap()], "");
         assert!(ok, "{f}: {err}");
         let good = alerts(&out).into_iter().filter(|a| a["edr"]["plugin"] == "writable-exec").count();
         assert_eq!(good, 40, "{f}: the built-in writable-exec lost alerts\n{err}");
-        eprintln!("{f}: 40/40 writable-exec alerts; {}", err.lines().filter(|l| l.contains(&package) || l.contains("does not") || l.contains("imports")).collect::<Vec<_>>().join(" | "));
+        eprintln!(
+            "{f}: 40/40 writable-exec alerts; {}",
+            err.lines().filter(|l| l.contains(&package) || l.contains("does not") || l.contains("imports")).collect::<Vec<_>>().join(" | ")
+        );
     }
 }
 

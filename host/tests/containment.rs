@@ -148,10 +148,14 @@ fn a_plugin_hanging_in_init_fails_to_load_at_the_init_deadline() {
 #[test]
 fn state_corrupted_by_a_trap_is_never_seen_again() {
     let mut p = hostile("corrupt-after-trap", fast_limits());
-    let clean = events(r#"{"process":{"pid":1,"executable":"/bin/a"}}
-{"process":{"pid":2,"executable":"/bin/b"}}"#);
-    let poison = events(r#"{"process":{"pid":3,"executable":"/bin/c"}}
-{"process":{"pid":4,"executable":"/poison"}}"#);
+    let clean = events(
+        r#"{"process":{"pid":1,"executable":"/bin/a"}}
+{"process":{"pid":2,"executable":"/bin/b"}}"#,
+    );
+    let poison = events(
+        r#"{"process":{"pid":3,"executable":"/bin/c"}}
+{"process":{"pid":4,"executable":"/poison"}}"#,
+    );
     let out = run(&mut p, &clean);
     assert_eq!(out.findings.len(), 2);
     // The trap lands between the two halves of an update.

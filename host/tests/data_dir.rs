@@ -82,7 +82,12 @@ fn a_data_dir_made_by_another_user_is_refused() {
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let v = victim(t.path());
     let d = t.path().join("d");
-    let made = Command::new("sh").args(["-c", &format!("mkdir {0} && ln -s {1} {0}/alerts.jsonl", d.display(), v.display())]).uid(NOBODY).gid(NOBODY).status().unwrap();
+    let made = Command::new("sh")
+        .args(["-c", &format!("mkdir {0} && ln -s {1} {0}/alerts.jsonl", d.display(), v.display())])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap();
     assert!(made.success());
     assert_eq!(std::fs::metadata(&d).unwrap().uid(), NOBODY);
     let err = agent_refuses(t.path(), &d);
@@ -189,7 +194,9 @@ fn a_planted_reason_link_is_not_followed() {
     std::fs::write(incoming.join("evil.edrpack.minisig"), "not a signature\n").unwrap();
     std::fs::write(incoming.join("evil.edrpack"), b"not a pack").unwrap();
     agent.wait_for("the rejection", Duration::from_secs(30), |a| !rejected(a).is_empty());
-    agent.wait_for("the reason file", Duration::from_secs(10), |_| std::fs::symlink_metadata(rejected_dir.join("evil.edrpack.reason")).is_ok_and(|m| m.is_file()));
+    agent.wait_for("the reason file", Duration::from_secs(10), |_| {
+        std::fs::symlink_metadata(rejected_dir.join("evil.edrpack.reason")).is_ok_and(|m| m.is_file())
+    });
     agent.stop();
     assert_victim_unchanged(&v);
     let reason = std::fs::read_to_string(rejected_dir.join("evil.edrpack.reason")).unwrap();

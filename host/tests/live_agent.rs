@@ -44,7 +44,12 @@ fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn
         std::thread::sleep(Duration::from_millis(20));
     }
     let rows = Command::new(env!("CARGO_BIN_EXE_edr"))
-        .args(["query", "--data-dir", data.to_str().unwrap(), "SELECT ts, action, pid, ppid, exe, command_line, partial FROM process WHERE command_line LIKE '%edr-live-test%' OR exe LIKE '/tmp/%'"])
+        .args([
+            "query",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "SELECT ts, action, pid, ppid, exe, command_line, partial FROM process WHERE command_line LIKE '%edr-live-test%' OR exe LIKE '/tmp/%'",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
@@ -130,7 +135,8 @@ fn a_memfd_exec_on_the_host_raises_the_fileless_alert_with_its_exe_and_argv() {
     assert_eq!(a["event"]["severity"], 73, "high: {a}");
     assert!(a["threat"]["technique"]["id"].to_string().contains("T1620"), "{a}");
     // Nothing else claimed that exec (the loader is not the exe anywhere).
-    let others: Vec<_> = common::agent::read_jsonl(&alerts).into_iter().filter(|a| a["process"]["pid"] == pid && a["rule"]["id"] != "edr.writable.exec-memfd").collect();
+    let others: Vec<_> =
+        common::agent::read_jsonl(&alerts).into_iter().filter(|a| a["process"]["pid"] == pid && a["rule"]["id"] != "edr.writable.exec-memfd").collect();
     assert!(others.is_empty(), "{others:?}");
     // The record: the exec is complete, as the memfd.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -174,7 +180,8 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     std::fs::copy("/bin/true", &exe).unwrap();
     assert!(Command::new(&exe).status().unwrap().success());
     let exe_s = exe.to_str().unwrap().to_string();
-    let delay = wait_alert(&alerts, t0, "execution from /tmp", |a| a["rule"]["id"] == "edr.writable.exec-world-writable" && a["process"]["executable"] == exe_s);
+    let delay =
+        wait_alert(&alerts, t0, "execution from /tmp", |a| a["rule"]["id"] == "edr.writable.exec-world-writable" && a["process"]["executable"] == exe_s);
     eprintln!("exec from /tmp: alert {delay:?} after the copy began");
     assert!(delay < Duration::from_secs(1), "alert after {delay:?}");
 
@@ -182,14 +189,20 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     let keys = home.join(".ssh/authorized_keys");
     let t1 = now_ns();
-    assert!(Command::new("sh").arg("-c").arg(format!("echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST edr-test' >> {}", keys.display())).status().unwrap().success());
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST edr-test' >> {}", keys.display()))
+        .status()
+        .unwrap()
+        .success());
     let keys_s = keys.to_str().unwrap().to_string();
     let delay = wait_alert(&alerts, t1, "authorized_keys", |a| a["rule"]["id"] == "edr.persistence.authorized-keys" && a["file"]["path"] == keys_s);
     eprintln!("authorized_keys append: alert {delay:?} after the write");
     assert!(delay < Duration::from_secs(1), "alert after {delay:?}");
 
     // The writing process is attributed, and the agent's own files are not reported.
-    let a = common::agent::read_jsonl(&alerts).into_iter().find(|a| a["file"]["path"] == keys_s && a["rule"]["id"] == "edr.persistence.authorized-keys").unwrap();
+    let a =
+        common::agent::read_jsonl(&alerts).into_iter().find(|a| a["file"]["path"] == keys_s && a["rule"]["id"] == "edr.persistence.authorized-keys").unwrap();
     assert!(a["process"]["executable"].as_str().unwrap_or("").ends_with("sh"), "{a}");
     // The record (the store) holds the write, and nothing the agent wrote itself.
     let query = |sql: &str| -> Vec<serde_json::Value> {
@@ -208,7 +221,8 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     // Status shows the live collectors.
     let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["status", "--json", "--data-dir", data.to_str().unwrap()]).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let modes: Vec<String> = status["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
+    let modes: Vec<String> =
+        status["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
     eprintln!("collectors: {modes:?}");
     assert!(modes.iter().any(|m| m.starts_with("process=netlink")), "{modes:?}");
     assert!(modes.iter().any(|m| m.starts_with("file=fanotify")), "{modes:?}");

@@ -17,7 +17,10 @@ const EXEC: &str = r#"["process-exec"]"#;
 
 fn config(publisher: &Publisher) -> String {
     // No built-in pack: these tests are about the test publisher's packs.
-    format!("[plugins]\nbuiltin = false\n[collect]\nsource = \"stdin\"\n[output]\nstdout = false\n[runtime]\nbatch_timeout_ms = 10\n{}", publisher.trust_config("test-publisher"))
+    format!(
+        "[plugins]\nbuiltin = false\n[collect]\nsource = \"stdin\"\n[output]\nstdout = false\n[runtime]\nbatch_timeout_ms = 10\n{}",
+        publisher.trust_config("test-publisher")
+    )
 }
 
 /// Probe alerts so far: (count reported, pack version), in the order the
@@ -74,7 +77,11 @@ fn hot_swap_refusals_rollback_and_restart() {
     let first_new = seen.iter().position(|(_, v)| v == "1.1.0").expect("the new version processed events");
     assert!(first_new > 0, "the old version processed the first events");
     assert!(seen[first_new..].iter().all(|(_, v)| v == "1.1.0"), "once swapped, only the new version runs");
-    eprintln!("swap during the stream: events 1..{first_new} on 1.0.0, {}..{total} on 1.1.0 (dropped at event 101, {:?} before the stream ended)", first_new + 1, swap_started.unwrap().elapsed());
+    eprintln!(
+        "swap during the stream: events 1..{first_new} on 1.0.0, {}..{total} on 1.1.0 (dropped at event 101, {:?} before the stream ended)",
+        first_new + 1,
+        swap_started.unwrap().elapsed()
+    );
     assert_eq!(agent.active_version(PACK).as_deref(), Some("1.1.0"));
 
     // 3. Every bad variant is refused; 1.1.0 stays active and keeps alerting.
@@ -135,7 +142,10 @@ fn hot_swap_refusals_rollback_and_restart() {
     assert_eq!(probes(&agent).last().unwrap(), &(count, "1.1.0".to_string()));
 
     // 5. Manual rollback through the running agent.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edr")).args(["pack", "rollback", PACK, "--data-dir", agent.data_dir.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edr"))
+        .args(["pack", "rollback", PACK, "--data-dir", agent.data_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     agent.wait_for("manual rollback to 1.0.0", Duration::from_secs(30), |a| a.active_version(PACK).as_deref() == Some("1.0.0"));
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_edr")).args(["pack", "list", "--data-dir", agent.data_dir.to_str().unwrap()]).output().unwrap();

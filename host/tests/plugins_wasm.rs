@@ -68,11 +68,8 @@ fn a_grant_without_an_imported_capability_is_refused_naming_the_import() {
     let rt = runtime();
     let component = rt.compile("lineage", &plugin_wasm("edr-plugin-lineage")).unwrap();
     let imports = rt.imports(&component);
-    let needed: Vec<Capability> = imports
-        .iter()
-        .filter_map(|i| i.strip_prefix("edr:plugin/"))
-        .filter_map(|i| Capability::parse(i.split('@').next().unwrap()))
-        .collect();
+    let needed: Vec<Capability> =
+        imports.iter().filter_map(|i| i.strip_prefix("edr:plugin/")).filter_map(|i| Capability::parse(i.split('@').next().unwrap())).collect();
     let Some(&missing) = needed.first() else {
         edr_testkit::skip(format!("lineage imports no capability ({imports:?})"));
         return;

@@ -91,7 +91,15 @@ fn wait_records(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
 /// What the agent recorded and did, for a failure message.
 fn diagnose(agent: &Agent) -> String {
     let pid = SHELL.load(std::sync::atomic::Ordering::Relaxed);
-    let recorded = edr(&["query", "--data-dir", agent.data_dir.to_str().unwrap(), &format!("select id, ts, action, pid, ppid, exe, command_line, partial from process where exe like '/tmp/edr-revshell%' or pid = {pid} or ppid = {pid}")]).1;
+    let recorded = edr(&[
+        "query",
+        "--data-dir",
+        agent.data_dir.to_str().unwrap(),
+        &format!(
+            "select id, ts, action, pid, ppid, exe, command_line, partial from process where exe like '/tmp/edr-revshell%' or pid = {pid} or ppid = {pid}"
+        ),
+    ])
+    .1;
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let proc_stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
     let recorded = format!("shell pid {pid}\n{proc_status}\nkernel stack:\n{proc_stack}\n{recorded}");
@@ -128,7 +136,15 @@ fn response_pack_policies_and_operator_actions() {
     let tag = std::process::id();
     let copy = PathBuf::from(format!("/tmp/edr-revshell-{tag}"));
     let mut cleanup = Cleanup { paths: vec![copy.clone()], netns: Vec::new(), children: Vec::new() };
-    let pack = vendor.pack_with_actions(PACK, "0.1.0", "kill-revshell", "edr-example-response", r#"["process-exec"]"#, r#"["log", "respond"]"#, r#"["kill-process", "quarantine-file"]"#);
+    let pack = vendor.pack_with_actions(
+        PACK,
+        "0.1.0",
+        "kill-revshell",
+        "edr-example-response",
+        r#"["process-exec"]"#,
+        r#"["log", "respond"]"#,
+        r#"["kill-process", "quarantine-file"]"#,
+    );
 
     let start_agent = |grant: &str, extra: &str, with_pack: bool| {
         let agent_dir = dir.path().join(format!("agent-{}", grant.len() + extra.len()));
@@ -143,8 +159,12 @@ fn response_pack_policies_and_operator_actions() {
 
     // A: simulate: everything recorded, nothing done.
     {
-        let agent = start_agent(r#"actions = ["kill-process", "quarantine-file"]
-mode = "simulate""#, "", true);
+        let agent = start_agent(
+            r#"actions = ["kill-process", "quarantine-file"]
+mode = "simulate""#,
+            "",
+            true,
+        );
         let mut shell = start_reverse_shell(&copy, port);
         let records = wait_records(&agent, 2);
         assert!(records.iter().all(|r| r["decision"] == "simulated"), "{records:#?}");
@@ -157,8 +177,12 @@ mode = "simulate""#, "", true);
 
     // B: only kill granted: the kill is enforced, the quarantine refused (and audited).
     {
-        let agent = start_agent(r#"actions = ["kill-process"]
-mode = "enforce""#, "#b\n", true);
+        let agent = start_agent(
+            r#"actions = ["kill-process"]
+mode = "enforce""#,
+            "#b\n",
+            true,
+        );
         let mut shell = start_reverse_shell(&copy, port);
         assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed; {}", diagnose(&agent));
         let records = wait_records(&agent, 2);
@@ -173,8 +197,12 @@ mode = "enforce""#, "#b\n", true);
 
     // C: both granted: killed, and the dropped binary quarantined; restore is byte-exact.
     {
-        let agent = start_agent(r#"actions = ["kill-process", "quarantine-file"]
-mode = "enforce""#, "#c\n", true);
+        let agent = start_agent(
+            r#"actions = ["kill-process", "quarantine-file"]
+mode = "enforce""#,
+            "#c\n",
+            true,
+        );
         let mut shell = start_reverse_shell(&copy, port);
         assert!(exited_within(&mut shell, Duration::from_secs(10)), "the reverse shell was not killed; {}", diagnose(&agent));
         agent.wait_for("the binary quarantined", Duration::from_secs(20), |_| !copy.exists());
@@ -184,7 +212,12 @@ mode = "enforce""#, "#c\n", true);
         let (ok, out) = edr(&["respond", "list", "--data-dir", d]);
         assert!(ok, "{out}");
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let entry = list["quarantined"].as_array().unwrap().iter().find(|q| q["original_path"] == copy.to_str().unwrap()).unwrap_or_else(|| panic!("not in the quarantine list: {list}"));
+        let entry = list["quarantined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["original_path"] == copy.to_str().unwrap())
+            .unwrap_or_else(|| panic!("not in the quarantine list: {list}"));
         let id = entry["id"].as_str().unwrap().to_string();
         let (ok, out) = edr(&["respond", "restore", &id, "--data-dir", d, "--reason", "false positive"]);
         assert!(ok, "{out}");
@@ -202,7 +235,8 @@ mode = "enforce""#, "#c\n", true);
     let sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = sleeper.id().to_string();
     cleanup.children.push(sleeper);
-    let state = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_string();
+    let state =
+        |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_string();
     assert!(edr(&["respond", "suspend", &pid, "--data-dir", &d]).0);
     assert_eq!(state(&pid), "T");
     assert!(edr(&["respond", "resume", &pid, "--data-dir", &d]).0);
@@ -231,7 +265,15 @@ mode = "enforce""#, "#c\n", true);
     // Isolation, inside the throw-away namespace, and its release.
     let tables = || {
         let mut s = String::new();
-        Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "tables"]).stdout(Stdio::piped()).spawn().unwrap().stdout.unwrap().read_to_string(&mut s).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "list", "tables"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+            .stdout
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         s
     };
     let (ok, out) = edr(&["respond", "isolate", "--data-dir", &d]);

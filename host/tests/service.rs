@@ -52,7 +52,10 @@ fn config_check_names_the_line_and_key_of_every_error() {
         assert!(e["message"].as_str().unwrap().contains(words), "message for {text:?} lacks {words:?}: {e}");
     }
     // A valid file passes, with a summary and warnings for what will not work as meant.
-    let (ok, v) = check(dir.path(), "[packs]\nupdate_url = \"https://updates.example\"\n[[trust.keys]]\nname = \"vendor\"\npublic_key_file = \"/nonexistent/vendor.pub\"\n");
+    let (ok, v) = check(
+        dir.path(),
+        "[packs]\nupdate_url = \"https://updates.example\"\n[[trust.keys]]\nname = \"vendor\"\npublic_key_file = \"/nonexistent/vendor.pub\"\n",
+    );
     assert!(ok, "{v}");
     let warnings: Vec<String> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
     assert!(warnings.iter().any(|w| w.contains("/nonexistent/vendor.pub")), "{warnings:?}");
@@ -180,7 +183,13 @@ fn sighup_reloads_without_losing_events_and_sigterm_flushes_everything() {
         agent.send(&lines);
         match round {
             // Valid: alerts go to a second file from now on; a restart-only change too.
-            10 => std::fs::write(&config, original.replace("stdout = false\n", "stdout = false\nalerts_file = \"alerts-after.jsonl\"\n").replace("batch_timeout_ms = 10", "batch_timeout_ms = 20")).unwrap(),
+            10 => std::fs::write(
+                &config,
+                original
+                    .replace("stdout = false\n", "stdout = false\nalerts_file = \"alerts-after.jsonl\"\n")
+                    .replace("batch_timeout_ms = 10", "batch_timeout_ms = 20"),
+            )
+            .unwrap(),
             // Invalid: refused, the running config stays.
             20 => std::fs::write(&config, format!("{original}\n[metrics]\nlisten = \"0.0.0.0:9477\"\n")).unwrap(),
             _ => {}
@@ -203,12 +212,14 @@ fn sighup_reloads_without_losing_events_and_sigterm_flushes_everything() {
     assert!(health.iter().any(|h| h["event"]["action"] == "config-reload-failed" && h["message"].as_str().unwrap().contains("line")), "{health:?}");
     let data = agent.data_dir.clone();
     agent.stop(); // SIGTERM: flush the queues and the store, exit 0.
-    // Every event is in the record, every flagged exec has exactly one alert
-    // across the two files: none lost, none doubled by the switch.
+                  // Every event is in the record, every flagged exec has exactly one alert
+                  // across the two files: none lost, none doubled by the switch.
     assert_eq!(store_count(&data, "SELECT count(*) AS n FROM process"), sent as u64, "events lost across reloads");
     let before = common::agent::read_jsonl(&data.join("alerts.jsonl"));
     let after = common::agent::read_jsonl(&data.join("alerts-after.jsonl"));
-    let ids = |v: &[serde_json::Value]| v.iter().filter(|a| a["rule"]["id"] == "edr.writable.exec-world-writable").map(|a| a["process"]["pid"].as_u64().unwrap()).collect::<Vec<_>>();
+    let ids = |v: &[serde_json::Value]| {
+        v.iter().filter(|a| a["rule"]["id"] == "edr.writable.exec-world-writable").map(|a| a["process"]["pid"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
     let (b, a) = (ids(&before), ids(&after));
     assert!(!b.is_empty() && !a.is_empty(), "alerts before ({}) and after ({}) the reload", b.len(), a.len());
     let mut all: Vec<u64> = b.iter().chain(a.iter()).copied().collect();
@@ -279,7 +290,8 @@ fn metrics_endpoint_serves_live_figures_on_loopback_only_when_enabled() {
     // Agrees with `edr status --json`.
     let status = agent.status();
     let findings: u64 = status["plugins"].as_array().unwrap().iter().map(|p| p["metrics"]["findings"].as_u64().unwrap()).sum();
-    let scraped: f64 = text.lines().filter(|l| l.starts_with("edr_plugin_findings_total{")).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum();
+    let scraped: f64 =
+        text.lines().filter(|l| l.starts_with("edr_plugin_findings_total{")).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum();
     assert_eq!(scraped, findings as f64);
     assert!(findings >= 10, "the /dev/shm execs were flagged");
     let (code, _) = http_get(port, "/");
@@ -310,7 +322,13 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
     assert_eq!(mode("etc/edr/edr.toml"), 0o640);
     assert_eq!(mode("var/lib/edr"), 0o700);
     assert_eq!(mode("usr/local/bin/edr"), 0o755);
-    for line in ["ExecStart=/usr/local/bin/edr agent --config /etc/edr/edr.toml", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes", "StateDirectory=edr", "ConfigurationDirectory=edr"] {
+    for line in [
+        "ExecStart=/usr/local/bin/edr agent --config /etc/edr/edr.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "StateDirectory=edr",
+        "ConfigurationDirectory=edr",
+    ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks {line}");
     }
     // A second install keeps the operator's config.
@@ -337,7 +355,17 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
     }
     std::fs::write(root.join("etc/edr/edr.toml"), edr_toml_of(&root)).unwrap();
     let map = |cmd: &str| -> Vec<String> {
-        cmd.split_whitespace().map(|w| if w == "/usr/local/bin/edr" { root.join("usr/local/bin/edr").to_string_lossy().into_owned() } else if w == "/etc/edr/edr.toml" { root.join("etc/edr/edr.toml").to_string_lossy().into_owned() } else { w.to_string() }).collect()
+        cmd.split_whitespace()
+            .map(|w| {
+                if w == "/usr/local/bin/edr" {
+                    root.join("usr/local/bin/edr").to_string_lossy().into_owned()
+                } else if w == "/etc/edr/edr.toml" {
+                    root.join("etc/edr/edr.toml").to_string_lossy().into_owned()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect()
     };
     let directive = |name: &str| unit.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap().to_string();
     let pre = map(&directive("ExecStartPre"));
@@ -345,7 +373,14 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
     assert!(o.status.success(), "ExecStartPre: {}", String::from_utf8_lossy(&o.stderr));
     let start = map(&directive("ExecStart"));
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut child = Command::new(&start[0]).args(&start[1..]).env("EDR_LOG", "info").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+    let mut child = Command::new(&start[0])
+        .args(&start[1..])
+        .env("EDR_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     struct Stop(u32);
     impl Drop for Stop {
         fn drop(&mut self) {
@@ -371,7 +406,8 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let modes: Vec<String> = s["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
+    let modes: Vec<String> =
+        s["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
     eprintln!("service: collectors {modes:?}, {} events", s["pipeline"]["events"]);
     assert!(modes.iter().any(|m| m.starts_with("process=netlink")), "{modes:?}");
     // ExecReload.
@@ -405,7 +441,8 @@ fn an_operator_reenables_a_quarantined_plugin_from_the_cli() {
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(common::plugin_path("edr-hostile-panic"), plugins.join("hostile-panic.wasm")).unwrap();
     let mut agent = Agent::start(dir.path(), &format!("{BASE}max_strikes = 2\n[plugins]\nbuiltin = false\ndir = {plugins:?}\n"));
-    let health = |a: &Agent| a.status()["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile-panic").map(|p| p["health"].as_str().unwrap().to_string());
+    let health =
+        |a: &Agent| a.status()["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile-panic").map(|p| p["health"].as_str().unwrap().to_string());
     assert_eq!(health(&agent).as_deref(), Some("active"));
     for i in 0..3 {
         agent.send(&exec_line("/usr/bin/id", 7000 + i));
@@ -444,7 +481,9 @@ fn webhook_receiver(port: u16, ids: std::sync::Arc<std::sync::Mutex<Vec<u64>>>) 
                         }
                         headers.push(line.trim_end().to_string());
                     }
-                    let header = |name: &str| headers.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
+                    let header = |name: &str| {
+                        headers.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+                    };
                     let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
                     let mut body = vec![0u8; len];
                     reader.read_exact(&mut body).unwrap();
@@ -502,7 +541,10 @@ fn webhook_down_for_a_while_then_up_gets_every_alert_exactly_once_and_syslog_get
     unique.dedup();
     assert_eq!(got.len(), 41, "every alert once: {got:?}");
     assert_eq!(unique.len(), 41, "no alert twice: {got:?}");
-    let written: Vec<u64> = common::agent::read_jsonl(&dir.path().join("data/alerts.jsonl")).iter().map(|a| a["edr"]["alert_id"].as_u64().or_else(|| a["event"]["id"].as_str().and_then(|s| s.parse().ok())).unwrap()).collect();
+    let written: Vec<u64> = common::agent::read_jsonl(&dir.path().join("data/alerts.jsonl"))
+        .iter()
+        .map(|a| a["edr"]["alert_id"].as_u64().or_else(|| a["event"]["id"].as_str().and_then(|s| s.parse().ok())).unwrap())
+        .collect();
     let mut written_sorted = written.clone();
     written_sorted.sort();
     assert_eq!(written_sorted, unique, "the webhook got exactly the alerts the agent wrote");
@@ -516,7 +558,13 @@ fn nats_jetstream_collects_alerts_from_the_agent() {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut nats = Command::new(server).args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(dir.path().join("js")).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut nats = Command::new(server)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path().join("js"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -531,7 +579,10 @@ fn nats_jetstream_collects_alerts_from_the_agent() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _nats = Kill(nats);
-    let mut agent = Agent::start(dir.path(), &format!("{BASE}[output.nats]\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"edr.alerts.{{host}}\"\nstream = \"EDR_ALERTS\"\n"));
+    let mut agent = Agent::start(
+        dir.path(),
+        &format!("{BASE}[output.nats]\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"edr.alerts.{{host}}\"\nstream = \"EDR_ALERTS\"\n"),
+    );
     let mut lines = String::new();
     for i in 0..25 {
         lines.push_str(&exec_line(&format!("/dev/shm/implant-{i}"), 62_000 + i));
@@ -554,5 +605,7 @@ fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
 }
 
 fn walk_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum())
+        .unwrap_or(0)
 }

@@ -46,7 +46,13 @@ fn cases(file: &str) -> Vec<(String, String, String, serde_json::Value, serde_js
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["rule"].as_str().unwrap().into(), v["id"].as_str().unwrap().into(), v["note"].as_str().unwrap_or("").into(), v["positive"].clone(), v["negative"].clone())
+            (
+                v["rule"].as_str().unwrap().into(),
+                v["id"].as_str().unwrap().into(),
+                v["note"].as_str().unwrap_or("").into(),
+                v["positive"].clone(),
+                v["negative"].clone(),
+            )
         })
         .collect()
 }
@@ -104,7 +110,10 @@ fn sigma_check_serves_every_process_file_and_network_rule() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     let text = report.to_string();
     for (category, count) in [("process_creation", 122), ("file_event", 8), ("network_connection", 5)] {
-        let loaded = report["summary"]["by_logsource"].as_object().and_then(|m| m.iter().find(|(k, _)| k.contains(category))).map(|(_, v)| v["loaded"].as_u64().unwrap_or(0));
+        let loaded = report["summary"]["by_logsource"]
+            .as_object()
+            .and_then(|m| m.iter().find(|(k, _)| k.contains(category)))
+            .map(|(_, v)| v["loaded"].as_u64().unwrap_or(0));
         assert_eq!(loaded, Some(count), "{category}: {text}");
     }
     // auditd and builtin rules are reported as not served, not silently dropped.
@@ -124,7 +133,11 @@ fn sigma_matches_appear_in_replay_with_the_author_credited() {
     let events: String = cases("cases.jsonl").iter().take(10).map(|(_, _, _, pos, _)| pos.to_string() + "\n").collect();
     let input = dir.path().join("events.jsonl");
     std::fs::write(&input, events).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]).env("EDR_LOG", "warn").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edr"))
+        .args(["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()])
+        .env("EDR_LOG", "warn")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let alerts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let sigma: Vec<&serde_json::Value> = alerts.iter().filter(|a| a["edr"]["plugin"] == "sigma").collect();

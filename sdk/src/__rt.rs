@@ -1,7 +1,7 @@
 //! Glue between [`crate::export_detector!`] and a [`Detector`]; not public API.
 
-use crate::detector::{Detector, Findings};
 use crate::bindings::edr::plugin::types as wit;
+use crate::detector::{Detector, Findings};
 use crate::types::{decode, Config, Finding, LogLevel, PluginInfo};
 use std::any::Any;
 use std::cell::RefCell;
@@ -14,12 +14,7 @@ thread_local! {
 
 /// The plugin-info a detector declares.
 pub fn info<D: Detector>() -> PluginInfo {
-    PluginInfo {
-        name: D::NAME.to_string(),
-        version: D::VERSION.to_string(),
-        description: D::DESCRIPTION.to_string(),
-        subscriptions: D::SUBSCRIPTIONS.to_vec(),
-    }
+    PluginInfo { name: D::NAME.to_string(), version: D::VERSION.to_string(), description: D::DESCRIPTION.to_string(), subscriptions: D::SUBSCRIPTIONS.to_vec() }
 }
 
 /// Builds the detector and keeps it for later batches.

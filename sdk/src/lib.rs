@@ -87,8 +87,8 @@ pub mod __rt;
 
 pub use detector::{Detector, Findings, Rule};
 pub use types::{
-    Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent,
-    NetworkEvent, NetworkOp, PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
+    Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent, NetworkEvent, NetworkOp,
+    PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
 };
 
 /// Everything a plugin usually needs: `use edr_sdk::prelude::*;`.
@@ -97,8 +97,8 @@ pub mod prelude {
     pub use crate::host;
     pub use crate::matchers::*;
     pub use crate::{
-        Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent,
-        NetworkEvent, NetworkOp, PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
+        Action, Config, DataFile, Decision, Event, EventBody, EventKind, FileEvent, FileOp, Finding, KillTarget, LogLevel, LoginEvent, NetworkEvent, NetworkOp,
+        PluginInfo, ProcessExec, ProcessExit, ProcessInfo, Severity, Strs, Transport,
     };
 }
 
@@ -130,7 +130,7 @@ macro_rules! export_detector {
                     $crate::__rt::on_events::<$detector>(text, lists, events)
                 }
             }
-            $crate::bindings::__export_detector_bindings!(__EdrExports with_types_in $crate::bindings);
+    $crate::bindings::__export_detector_bindings!(__EdrExports with_types_in $crate::bindings);
         };
     };
 }

@@ -48,10 +48,7 @@ impl<D: Detector> Harness<D> {
 
     /// A harness with the given settings.
     pub fn with_settings(settings: &[(&str, &str)]) -> Result<Self, String> {
-        Self::with_config(Config {
-            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            files: Vec::new(),
-        })
+        Self::with_config(Config { settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), files: Vec::new() })
     }
 
     /// A harness with a full configuration (settings and data files).
@@ -129,14 +126,7 @@ impl<D: Detector> Harness<D> {
 
 fn remember_process(x: &ProcessExec) {
     native::with(|h| {
-        let info = ProcessInfo {
-            pid: x.pid,
-            entity_id: x.entity_id,
-            exe: x.exe.clone(),
-            argv: x.argv.clone(),
-            uid: x.uid,
-            start_time: x.start_time,
-        };
+        let info = ProcessInfo { pid: x.pid, entity_id: x.entity_id, exe: x.exe.clone(), argv: x.argv.clone(), uid: x.uid, start_time: x.start_time };
         h.processes.insert(x.entity_id, (info, x.parent_entity_id));
     });
 }
@@ -281,7 +271,6 @@ pub fn connect(exe: &str, remote_ip: &str, remote_port: u16) -> Event {
     }
 }
 
-
 /// A batch in wire form as the SDK's generated types: what a plugin receives
 /// in `on-events`. For benchmarks that call detectors natively.
 pub fn wire_batch(b: &model::wire::EncodedBatch) -> (String, Vec<u32>, Vec<crate::bindings::edr::plugin::types::Event>) {
@@ -289,10 +278,6 @@ pub fn wire_batch(b: &model::wire::EncodedBatch) -> (String, Vec<u32>, Vec<crate
 }
 
 /// Views over a batch in wire form (what the export glue hands a detector).
-pub fn decode<'a>(
-    text: &'a str,
-    lists: &'a [u32],
-    events: &'a [crate::bindings::edr::plugin::types::Event],
-) -> Vec<crate::Event<'a>> {
+pub fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [crate::bindings::edr::plugin::types::Event]) -> Vec<crate::Event<'a>> {
     crate::types::decode(text, lists, events)
 }

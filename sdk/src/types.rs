@@ -11,8 +11,7 @@ use crate::matchers::basename;
 use std::fmt;
 
 pub use wit::{
-    Action, Config, DataFile, Decision, EventKind, FileOp, Finding, KillTarget, LogLevel, NetworkOp, PluginInfo, ProcessExit,
-    ProcessInfo, Severity, Transport,
+    Action, Config, DataFile, Decision, EventKind, FileOp, Finding, KillTarget, LogLevel, NetworkOp, PluginInfo, ProcessExit, ProcessInfo, Severity, Transport,
 };
 
 /// A list of strings of the batch (argv, ancestry). Cheap to copy.
@@ -432,9 +431,7 @@ impl Config {
 
     /// A comma-separated list setting, trimmed, empty items dropped.
     pub fn get_list(&self, key: &str) -> Vec<String> {
-        self.get(key)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default()
+        self.get(key).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
     }
 
     /// The content of a data file shipped with the pack.

@@ -24,8 +24,7 @@ pub struct KillRevshell;
 const DROP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
 fn is_reverse_shell(exec: &ProcessExec<'_>) -> bool {
-    redirects_to_dev_net(&exec.command_line())
-        || (matches!(exec.name(), "nc" | "ncat" | "netcat") && exec.argv.iter().any(|a| a == "-e" || a == "--sh-exec"))
+    redirects_to_dev_net(&exec.command_line()) || (matches!(exec.name(), "nc" | "ncat" | "netcat") && exec.argv.iter().any(|a| a == "-e" || a == "--sh-exec"))
 }
 
 impl Detector for KillRevshell {
@@ -48,7 +47,10 @@ impl Detector for KillRevshell {
         let f = findings.report(&RULE, event, format!("reverse shell pid {} ({}): kill {}", exec.pid, exec.exe, decision(kill)));
         f.evidence.push(("kill".into(), decision(kill).into()));
         if DROP_DIRS.iter().any(|d| is_under(exec.exe, d)) {
-            let q = host::request(&Action::QuarantineFile(exec.exe.to_string()), &format!("binary of a reverse shell, dropped in a world-writable directory: {}", exec.exe));
+            let q = host::request(
+                &Action::QuarantineFile(exec.exe.to_string()),
+                &format!("binary of a reverse shell, dropped in a world-writable directory: {}", exec.exe),
+            );
             f.evidence.push(("quarantine".into(), decision(q).into()));
         }
     }

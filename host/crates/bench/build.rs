@@ -13,7 +13,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("plugins");
-    let packages = ["edr-plugin-lineage", "edr-plugin-reverse-shell", "edr-plugin-writable-exec", "edr-plugin-persistence", "edr-plugin-sigma", "edr-test-noop"];
+    let packages =
+        ["edr-plugin-lineage", "edr-plugin-reverse-shell", "edr-plugin-writable-exec", "edr-plugin-persistence", "edr-plugin-sigma", "edr-test-noop"];
     let spec = edr_wasm_build::GuestBuild {
         manifest_path: root.join("Cargo.toml"),
         packages: packages.iter().map(|s| s.to_string()).collect(),

@@ -11,7 +11,7 @@ use crate::control::{self, Incoming, Reply, Request};
 use crate::dispatch::{Backpressure, Quarantined};
 use crate::health::HealthLog;
 use crate::output::AlertWriter;
-use crate::packs::{self, ActivePack, Activation, Candidate, PackManager};
+use crate::packs::{self, Activation, ActivePack, Candidate, PackManager};
 use crate::pipeline::Pipeline;
 use crate::plugins;
 use crate::services::AgentServices;
@@ -49,7 +49,10 @@ struct PackStatus {
 
 /// Requests for the pack manager thread.
 enum PackRequest {
-    Rollback { pack: String, reply: Sender<Reply> },
+    Rollback {
+        pack: String,
+        reply: Sender<Reply>,
+    },
     /// A reloaded `[[trust.keys]]`: packs offered from now on are checked against it.
     Trust(edr_pack::TrustStore),
 }
@@ -87,7 +90,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         writer = writer.with_store(s.writer());
     }
     let wait = Duration::from_millis(cfg.runtime.call_deadline_ms * 2);
-    let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), first_event, first_alert)?;
+    let mut pipeline =
+        Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::DropAfter(wait), writer, services.clone(), first_event, first_alert)?;
     pipeline.renumber_all();
     if let Some(s) = &store {
         let w = s.writer();
@@ -118,7 +122,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         manager = manager.with_record(s.pack_floors())?;
     }
     for a in manager.startup() {
-        health.record("pack-activated", false, &format!("pack {} {} active (signed by {})", a.pack.id, a.pack.version, a.pack.signer), json!({"pack": &a.pack}));
+        health.record(
+            "pack-activated",
+            false,
+            &format!("pack {} {} active (signed by {})", a.pack.id, a.pack.version, a.pack.signer),
+            json!({"pack": &a.pack}),
+        );
         pipeline.activate(a);
     }
     let (loaded, _) = plugins::load_all(&rt, &cfg, plugins::sources(&cfg)?, services.clone());
@@ -141,7 +150,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(url) = &cfg.packs.update_url {
         let floors = Arc::new(Mutex::new(manager.state().clone()));
         let f = floors.clone();
-        packs::poll_update_url(url.clone(), Duration::from_secs(cfg.packs.poll_interval_secs), candidate_tx.clone(), Arc::new(move |id: &str| f.lock().unwrap().highest(id)), stop.clone())?;
+        packs::poll_update_url(
+            url.clone(),
+            Duration::from_secs(cfg.packs.poll_interval_secs),
+            candidate_tx.clone(),
+            Arc::new(move |id: &str| f.lock().unwrap().highest(id)),
+            stop.clone(),
+        )?;
         spawn_pack_thread(manager, candidate_rx, quarantine_rx, pack_req_rx, activation_tx, pack_status.clone(), health.clone(), Some(floors));
     } else {
         spawn_pack_thread(manager, candidate_rx, quarantine_rx, pack_req_rx, activation_tx, pack_status.clone(), health.clone(), None);
@@ -150,7 +165,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The response engine: operator requests over the control socket, plugin
     // requests through the `respond` import (pack grant and manifest both needed).
     let action_counts = Arc::new(ActionCounts::default());
-    let responder = start_responder(&cfg, args.config.as_deref(), &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
+    let responder =
+        start_responder(&cfg, args.config.as_deref(), &services, health.clone(), store.as_ref().map(|s| (s.writer(), first_action)), action_counts.clone());
     if let Some(r) = &responder {
         alert_on_isolation_tamper(r, pipeline.agent_alerts(), health.clone());
     }
@@ -186,7 +202,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 Ok(None) => tracing::info!("SIGHUP: the agent runs on built-in defaults (no --config); nothing to reload"),
                 Err(e) => {
-                    health.record("config-reload-failed", true, &format!("SIGHUP: the configuration was not reloaded, the running one stays: {e}"), json!({"error": e.to_string()}));
+                    health.record(
+                        "config-reload-failed",
+                        true,
+                        &format!("SIGHUP: the configuration was not reloaded, the running one stays: {e}"),
+                        json!({"error": e.to_string()}),
+                    );
                     config_status.reload_failures += 1;
                     config_status.last_error = Some(e.to_string());
                 }
@@ -355,7 +376,15 @@ fn reload(args: &AgentArgs) -> anyhow::Result<Option<AgentConfig>> {
 /// a restart. Events keep flowing throughout: this runs on the pipeline
 /// thread between two batches.
 #[allow(clippy::too_many_arguments)]
-fn apply_reload(old: &AgentConfig, new: &Arc<AgentConfig>, pipeline: &Pipeline, metrics: &mut Option<crate::metrics::MetricsServer>, control_tx: &Sender<Incoming>, packs: &Sender<PackRequest>, health: &HealthLog) -> ReloadOutcome {
+fn apply_reload(
+    old: &AgentConfig,
+    new: &Arc<AgentConfig>,
+    pipeline: &Pipeline,
+    metrics: &mut Option<crate::metrics::MetricsServer>,
+    control_tx: &Sender<Incoming>,
+    packs: &Sender<PackRequest>,
+    health: &HealthLog,
+) -> ReloadOutcome {
     let mut out = ReloadOutcome::default();
     let mut errors = Vec::new();
     for (section, changed) in changed_sections(old, new) {
@@ -428,7 +457,14 @@ fn start_metrics(cfg: &AgentConfig, control_tx: &Sender<Incoming>, health: &Heal
 
 /// Starts the response engine; its audit records go to `<data_dir>/actions.jsonl`
 /// and the log. A failure to start disables response, loudly, not the agent.
-fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, services: &Arc<AgentServices>, health: Arc<HealthLog>, store: Option<(edr_store::StoreWriter, u64)>, counts: Arc<ActionCounts>) -> Option<Arc<edr_respond::Responder>> {
+fn start_responder(
+    cfg: &AgentConfig,
+    config_file: Option<&std::path::Path>,
+    services: &Arc<AgentServices>,
+    health: Arc<HealthLog>,
+    store: Option<(edr_store::StoreWriter, u64)>,
+    counts: Arc<ActionCounts>,
+) -> Option<Arc<edr_respond::Responder>> {
     let mut rc = match cfg.respond_config() {
         Ok(rc) => rc,
         Err(e) => {
@@ -444,11 +480,18 @@ fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, ser
     let mut responder = match edr_respond::Responder::new(rc) {
         Ok(r) => r,
         Err(e) => {
-            health.record("respond-disabled", true, &format!("the response engine did not start: {e}; response actions are disabled"), json!({"error": e.to_string()}));
+            health.record(
+                "respond-disabled",
+                true,
+                &format!("the response engine did not start: {e}; response actions are disabled"),
+                json!({"error": e.to_string()}),
+            );
             return None;
         }
     };
-    let audit = edr_datadir::open_append_path(&cfg.data_dir.join("actions.jsonl")).map_err(|e| tracing::error!("{e}; response audit records go to the log and the store only")).ok();
+    let audit = edr_datadir::open_append_path(&cfg.data_dir.join("actions.jsonl"))
+        .map_err(|e| tracing::error!("{e}; response audit records go to the log and the store only"))
+        .ok();
     let audit = Arc::new(Mutex::new(audit));
     let write_audit = {
         let audit = audit.clone();
@@ -502,16 +545,19 @@ fn start_responder(cfg: &AgentConfig, config_file: Option<&std::path::Path>, ser
             let refusal = format!("`{kind}` is not declared in the plugin's pack manifest");
             tracing::warn!(target: "edr::respond::audit", plugin = %who.plugin, action = kind, "refused: {refusal}");
             refused_counts.count(edr_event::Decision::Refused, false);
-            write_audit(json!({
-                "time": edr_event::time::now(),
-                "requester": requester,
-                "action": kind,
-                "request": edr_respond::ResponseAction::from(action),
-                "decision": "refused",
-                "outcome": "not-run",
-                "reason": reason,
-                "refusal": refusal,
-            }).to_string());
+            write_audit(
+                json!({
+                    "time": edr_event::time::now(),
+                    "requester": requester,
+                    "action": kind,
+                    "request": edr_respond::ResponseAction::from(action),
+                    "decision": "refused",
+                    "outcome": "not-run",
+                    "reason": reason,
+                    "refusal": refusal,
+                })
+                .to_string(),
+            );
             return edr_event::Decision::Refused;
         }
         r.submit(requester, edr_respond::ResponseAction::from(action), &reason)
@@ -536,7 +582,12 @@ fn alert_on_isolation_tamper(r: &edr_respond::Responder, alerts: crate::dispatch
             message: format!("{} while the host is isolated; {outcome} (tampering #{})", t.what, t.count),
             author: "edr".into(),
             event_ids: Vec::new(),
-            evidence: vec![("what".into(), t.what.clone()), ("reapplied".into(), t.reapplied.to_string()), ("management".into(), management), ("count".into(), t.count.to_string())],
+            evidence: vec![
+                ("what".into(), t.what.clone()),
+                ("reapplied".into(), t.reapplied.to_string()),
+                ("management".into(), management),
+                ("count".into(), t.count.to_string()),
+            ],
         };
         if !alerts.raise(finding) {
             tracing::error!("the isolation tampering alert could not be queued (alert path full or closed)");
@@ -579,7 +630,8 @@ fn status(
         .into_iter()
         .map(|c| json!({"name": c.name, "mode": c.mode, "events": c.events, "partial": c.partial, "dropped": c.dropped, "lost": c.lost, "overflows": c.overflows, "unresolved": c.unresolved, "exe_recovered": c.exe_recovered, "exe_missing": c.exe_missing, "events_per_sec": c.events_per_sec}))
         .collect();
-    let response = responder.map(|r| json!({"isolation": r.isolation_state(), "quarantined": r.quarantined().len(), "blocks": r.blocks().len(), "block_stats": r.block_stats()}));
+    let response = responder
+        .map(|r| json!({"isolation": r.isolation_state(), "quarantined": r.quarantined().len(), "blocks": r.blocks().len(), "block_stats": r.block_stats()}));
     json!({
         "store": store.map(|s| s.stats()),
         "response": response,

@@ -80,7 +80,8 @@ fn check(a: CheckArgs) -> anyhow::Result<bool> {
 /// What the agent will do with this configuration, one line per area.
 fn summary(cfg: &AgentConfig) -> Vec<(&'static str, String)> {
     let c = &cfg.collect;
-    let source = if c.source == "live" { format!("live (process {}, file {}, network {}, login {})", c.process, c.file, c.network, c.login) } else { c.source.clone() };
+    let source =
+        if c.source == "live" { format!("live (process {}, file {}, network {}, login {})", c.process, c.file, c.network, c.login) } else { c.source.clone() };
     let mut outputs = Vec::new();
     if cfg.output.stdout {
         outputs.push("stdout".to_string());
@@ -100,16 +101,35 @@ fn summary(cfg: &AgentConfig) -> Vec<(&'static str, String)> {
         if cfg.packs.trust_builtin_key { " + the built-in development key" } else { "" }
     );
     let respond = match cfg.respond_config() {
-        Ok(rc) => format!("{} pack grant(s); management endpoints: {}", rc.packs.len(), if rc.management.is_empty() { "none".to_string() } else { rc.management.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ") }),
+        Ok(rc) => format!(
+            "{} pack grant(s); management endpoints: {}",
+            rc.packs.len(),
+            if rc.management.is_empty() { "none".to_string() } else { rc.management.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ") }
+        ),
         Err(e) => format!("invalid: {e}"),
     };
     vec![
         ("data dir", cfg.data_dir.display().to_string()),
         ("source", source),
-        ("plugins", format!("built-in pack {}; extra dir {}; disabled: {}", if cfg.plugins.builtin { "on" } else { "off" }, cfg.plugins.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "-".into()), if cfg.plugins.disable.is_empty() { "-".into() } else { cfg.plugins.disable.join(", ") })),
+        (
+            "plugins",
+            format!(
+                "built-in pack {}; extra dir {}; disabled: {}",
+                if cfg.plugins.builtin { "on" } else { "off" },
+                cfg.plugins.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "-".into()),
+                if cfg.plugins.disable.is_empty() { "-".into() } else { cfg.plugins.disable.join(", ") }
+            ),
+        ),
         ("packs", packs),
         ("outputs", outputs.join(", ")),
-        ("store", if cfg.store.enabled { format!("{} (max {} days, {} MiB)", cfg.store_config().path.display(), cfg.store.max_age_days, cfg.store.max_size_mb) } else { "off".into() }),
+        (
+            "store",
+            if cfg.store.enabled {
+                format!("{} (max {} days, {} MiB)", cfg.store_config().path.display(), cfg.store.max_age_days, cfg.store.max_size_mb)
+            } else {
+                "off".into()
+            },
+        ),
         ("respond", respond),
         ("metrics", cfg.metrics.listen.as_ref().map(|l| format!("http://{l}/metrics")).unwrap_or_else(|| "off".into())),
     ]

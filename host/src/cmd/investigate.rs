@@ -72,7 +72,8 @@ pub fn query(a: QueryArgs) -> anyhow::Result<()> {
     if a.schema {
         for view in ["process", "file", "network", "login", "alert", "action"] {
             let r = store.query(&format!("SELECT name, type FROM pragma_table_info('{view}')"))?;
-            let cols: Vec<String> = r.rows.iter().map(|row| format!("{} {}", row[0].as_str().unwrap_or("?"), row[1].as_str().unwrap_or("")).trim().to_string()).collect();
+            let cols: Vec<String> =
+                r.rows.iter().map(|row| format!("{} {}", row[0].as_str().unwrap_or("?"), row[1].as_str().unwrap_or("")).trim().to_string()).collect();
             println!("{view}: {}", cols.join(", "));
         }
         return Ok(());
@@ -123,11 +124,34 @@ fn describe(e: &Event) -> String {
     let t = t.get(..23).unwrap_or(&t);
     let partial = if e.partial { " (partial)" } else { "" };
     match &e.body {
-        EventBody::ProcessExec(x) => format!("{t}  exec    pid {:<7} {} {}{partial}", x.pid, x.exe, x.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")),
+        EventBody::ProcessExec(x) => {
+            format!("{t}  exec    pid {:<7} {} {}{partial}", x.pid, x.exe, x.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" "))
+        }
         EventBody::ProcessExit(x) => format!("{t}  exit    pid {:<7} code {}", x.pid, x.exit_code),
-        EventBody::File(f) => format!("{t}  file    pid {:<7} {} {}{}", f.pid.map(|p| p.to_string()).unwrap_or_default(), f.op, f.path, f.old_path.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default()),
-        EventBody::Network(n) => format!("{t}  net     pid {:<7} {} {}:{} -> {}:{} ({})", n.pid.map(|p| p.to_string()).unwrap_or_default(), n.op, n.local_ip, n.local_port, n.remote_ip, n.remote_port, n.transport),
-        EventBody::Login(l) => format!("{t}  login   {} from {} via {} ({})", l.user, l.source_ip.as_deref().unwrap_or("local"), l.service, if l.success { "ok" } else { "failed" }),
+        EventBody::File(f) => format!(
+            "{t}  file    pid {:<7} {} {}{}",
+            f.pid.map(|p| p.to_string()).unwrap_or_default(),
+            f.op,
+            f.path,
+            f.old_path.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default()
+        ),
+        EventBody::Network(n) => format!(
+            "{t}  net     pid {:<7} {} {}:{} -> {}:{} ({})",
+            n.pid.map(|p| p.to_string()).unwrap_or_default(),
+            n.op,
+            n.local_ip,
+            n.local_port,
+            n.remote_ip,
+            n.remote_port,
+            n.transport
+        ),
+        EventBody::Login(l) => format!(
+            "{t}  login   {} from {} via {} ({})",
+            l.user,
+            l.source_ip.as_deref().unwrap_or("local"),
+            l.service,
+            if l.success { "ok" } else { "failed" }
+        ),
     }
 }
 

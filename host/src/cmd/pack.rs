@@ -145,10 +145,13 @@ fn new(name: &str, dir: Option<PathBuf>, id: Option<String>) -> anyhow::Result<(
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
     let sdk = sdk.canonicalize().unwrap_or(sdk);
     let krate = name.replace('-', "_");
-    let ty: String = name.split('-').map(|w| {
-        let mut c = w.chars();
-        c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
-    }).collect();
+    let ty: String = name
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect();
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::create_dir_all(dir.join("tests"))?;
     std::fs::write(
@@ -226,10 +229,19 @@ fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
         let plugins = template.get("plugin").and_then(|p| p.as_array()).cloned().unwrap_or_default();
         let package = edr_wasm_build::package_name(&dir.join("Cargo.toml"))?;
         let name_of = |p: &toml::Value| p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
-        let plugin = plugins.iter().find(|p| name_of(p) == package || name_of(p) == package.replace('_', "-")).or(plugins.first()).context("the manifest lists no [[plugin]]")?;
+        let plugin = plugins
+            .iter()
+            .find(|p| name_of(p) == package || name_of(p) == package.replace('_', "-"))
+            .or(plugins.first())
+            .context("the manifest lists no [[plugin]]")?;
         let file = plugin.get("file").and_then(|f| f.as_str()).context("the manifest's [[plugin]] has no `file`")?;
         eprintln!("edr pack build: compiling {package} for {}", edr_wasm_build::TARGET);
-        let spec = edr_wasm_build::GuestBuild { manifest_path: dir.join("Cargo.toml"), packages: Vec::new(), target_dir: dir.join("target"), profile: "release".into() };
+        let spec = edr_wasm_build::GuestBuild {
+            manifest_path: dir.join("Cargo.toml"),
+            packages: Vec::new(),
+            target_dir: dir.join("target"),
+            profile: "release".into(),
+        };
         let built = edr_wasm_build::build(&spec, &dir.join("target/edr-component"))?;
         let dest = dir.join(file);
         std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
@@ -237,7 +249,15 @@ fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let out = out.unwrap_or_else(|| dir.join("dist"));
     let b = edr_pack::build(dir, &out)?;
-    println!("built {} ({} {}; {} bytes, {} unpacked; sha256 {})", b.path.display(), b.manifest.id, b.manifest.version, b.archive_bytes, b.unpacked_bytes, b.archive_sha256);
+    println!(
+        "built {} ({} {}; {} bytes, {} unpacked; sha256 {})",
+        b.path.display(),
+        b.manifest.id,
+        b.manifest.version,
+        b.archive_bytes,
+        b.unpacked_bytes,
+        b.archive_sha256
+    );
     Ok(())
 }
 
@@ -278,7 +298,14 @@ fn inspect(archive: &Path) -> anyhow::Result<()> {
         println!("  {} ({} bytes)", f.path, f.size);
     }
     for p in &m.plugins {
-        println!("plugin {}: file {}, subscriptions {:?}, capabilities {:?}, actions {:?}", p.name, p.file, p.subscriptions, p.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(), p.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>());
+        println!(
+            "plugin {}: file {}, subscriptions {:?}, capabilities {:?}, actions {:?}",
+            p.name,
+            p.file,
+            p.subscriptions,
+            p.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            p.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }
@@ -314,7 +341,13 @@ fn rollback(data_dir: &Path, id: &str) -> anyhow::Result<()> {
     let mut state = PackState::load(&path)?;
     let entry = state.get(id).cloned().with_context(|| format!("pack `{id}` is not installed in {}", data_dir.display()))?;
     let current = Version::parse(&entry.active)?;
-    let previous = entry.good.iter().filter_map(|v| Version::parse(v).ok()).filter(|v| *v < current).max().with_context(|| format!("pack `{id}` has no good version older than {current}"))?;
+    let previous = entry
+        .good
+        .iter()
+        .filter_map(|v| Version::parse(v).ok())
+        .filter(|v| *v < current)
+        .max()
+        .with_context(|| format!("pack `{id}` has no good version older than {current}"))?;
     state.mark_bad(id, &current, "rolled back by the operator (agent stopped)");
     state.set_active(id, &previous);
     state.save(&path)?;

@@ -68,12 +68,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let manifest = args.dir.join("Cargo.toml");
     anyhow::ensure!(manifest.exists(), "{} has no Cargo.toml: give the directory of a plugin crate", args.dir.display());
     let package = edr_wasm_build::package_name(&manifest)?;
-    let spec = edr_wasm_build::GuestBuild {
-        manifest_path: manifest,
-        packages: Vec::new(),
-        target_dir: args.dir.join("target"),
-        profile: "release".into(),
-    };
+    let spec = edr_wasm_build::GuestBuild { manifest_path: manifest, packages: Vec::new(), target_dir: args.dir.join("target"), profile: "release".into() };
     let staging = args.dir.join("target").join("edr-component");
     eprintln!("edr plugin build: compiling {package} for {}", edr_wasm_build::TARGET);
     let built = edr_wasm_build::build(&spec, &staging)?;

@@ -54,7 +54,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let rt = plugins::runtime(&cfg)?;
     let services = Arc::new(AgentServices::new(None)?);
     // Replay writes alerts to stdout only; it is a query, not the agent.
-    let mut pipeline = Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::Block, AlertWriter::new(true, None)?, services.clone(), 1, 1)?;
+    let mut pipeline =
+        Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::Block, AlertWriter::new(true, None)?, services.clone(), 1, 1)?;
 
     let mut packs = PackManager::ephemeral(cfg.clone(), rt.clone(), services.clone())?;
     for a in packs.startup() {

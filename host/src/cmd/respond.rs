@@ -103,7 +103,13 @@ pub fn run(a: RespondArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else if !record.is_null() {
-        println!("{} {}: {} ({})", record["decision"].as_str().unwrap_or("?"), record["action"].as_str().unwrap_or("?"), record["target"].as_str().unwrap_or("?"), describe(&record["outcome"]));
+        println!(
+            "{} {}: {} ({})",
+            record["decision"].as_str().unwrap_or("?"),
+            record["action"].as_str().unwrap_or("?"),
+            record["target"].as_str().unwrap_or("?"),
+            describe(&record["outcome"])
+        );
         if let Some(d) = record["detail"].as_object().filter(|d| !d.is_empty()) {
             for (k, v) in d {
                 println!("  {k}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));

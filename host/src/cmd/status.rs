@@ -149,7 +149,14 @@ fn render(s: &Value, losses: &LossSummary) -> String {
 /// The agent, its collectors and the record.
 fn render_pipeline(o: &mut String, s: &Value, losses: &LossSummary) {
     let agent = &s["agent"];
-    outln!(o, "edr {} (pid {}), up {} s, data dir {}", agent["version"].as_str().unwrap_or("?"), agent["pid"], agent["uptime_secs"], agent["data_dir"].as_str().unwrap_or("?"));
+    outln!(
+        o,
+        "edr {} (pid {}), up {} s, data dir {}",
+        agent["version"].as_str().unwrap_or("?"),
+        agent["pid"],
+        agent["uptime_secs"],
+        agent["data_dir"].as_str().unwrap_or("?")
+    );
     outln!(o, "events received: {} ({} waiting for the pipeline)", s["pipeline"]["events"], s["pipeline"]["queued_events"].as_u64().unwrap_or(0));
     outln!(o, "losses: {}", losses.overall_text());
     let collectors = s["collectors"].as_array().cloned().unwrap_or_default();
@@ -196,14 +203,26 @@ fn render_response_outputs(o: &mut String, s: &Value) {
     if r.is_object() {
         let iso = &r["isolation"];
         let state = if iso["isolated"].as_bool() == Some(true) {
-            format!("ISOLATED{} (management: {})", if iso["intact"].as_bool() == Some(true) { "" } else { ", rules modified by hand" }, iso["management"].as_array().map(|m| m.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default())
+            format!(
+                "ISOLATED{} (management: {})",
+                if iso["intact"].as_bool() == Some(true) { "" } else { ", rules modified by hand" },
+                iso["management"].as_array().map(|m| m.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+            )
         } else {
             "not isolated".to_string()
         };
         outln!(o, "response: {state}; {} files quarantined; {} execution blocks", r["quarantined"], r["blocks"]);
         let (b, n) = (&r["block_stats"], |v: &serde_json::Value| v.as_u64().unwrap_or(0));
         if b["running"].as_bool() == Some(true) || n(&b["deadline_answers"]) > 0 {
-            outln!(o, "exec blocking: {} execs seen, {} denied, {} answered by the deadline ({} ms, fail mode {})", n(&b["events"]), n(&b["denied"]), n(&b["deadline_answers"]), n(&b["deadline_ms"]), b["fail_mode"].as_str().unwrap_or("?"));
+            outln!(
+                o,
+                "exec blocking: {} execs seen, {} denied, {} answered by the deadline ({} ms, fail mode {})",
+                n(&b["events"]),
+                n(&b["denied"]),
+                n(&b["deadline_answers"]),
+                n(&b["deadline_ms"]),
+                b["fail_mode"].as_str().unwrap_or("?")
+            );
         }
         if n(&iso["tamper_count"]) > 0 {
             let when = iso["last_tamper"].as_u64().map(edr_event::time::to_rfc3339).unwrap_or_default();
@@ -240,7 +259,11 @@ fn render_response_outputs(o: &mut String, s: &Value) {
             c["reloads"],
             c["reload_failures"],
             c["last_error"].as_str().map(|e| format!("; last problem: {e}")).unwrap_or_default(),
-            c["restart_needed"].as_array().filter(|a| !a.is_empty()).map(|a| format!("; restart to apply: {}", a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))).unwrap_or_default()
+            c["restart_needed"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map(|a| format!("; restart to apply: {}", a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")))
+                .unwrap_or_default()
         );
     }
 }
@@ -249,13 +272,33 @@ fn render_response_outputs(o: &mut String, s: &Value) {
 fn render_packs_plugins(o: &mut String, s: &Value) {
     outln!(o, "\npacks:");
     for p in s["packs"]["active"].as_array().into_iter().flatten() {
-        outln!(o, "  {} {} (signed by {}; {} plugins)", p["id"].as_str().unwrap_or("?"), p["version"].as_str().unwrap_or("?"), p["signer"].as_str().unwrap_or("?"), p["plugins"].as_array().map(|a| a.len()).unwrap_or(0));
+        outln!(
+            o,
+            "  {} {} (signed by {}; {} plugins)",
+            p["id"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["signer"].as_str().unwrap_or("?"),
+            p["plugins"].as_array().map(|a| a.len()).unwrap_or(0)
+        );
     }
     for r in s["packs"]["recent"].as_array().into_iter().flatten().rev().take(5) {
         outln!(o, "  {} {}: {}", r["time"].as_str().unwrap_or(""), r["action"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""));
     }
     outln!(o, "\nplugins:");
-    outln!(o, "  {:<32} {:<9} {:<8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>9}", "plugin", "version", "health", "events", "findings", "errors", "tmouts", "p50 us", "p99 us", "mem KiB");
+    outln!(
+        o,
+        "  {:<32} {:<9} {:<8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>9}",
+        "plugin",
+        "version",
+        "health",
+        "events",
+        "findings",
+        "errors",
+        "tmouts",
+        "p50 us",
+        "p99 us",
+        "mem KiB"
+    );
     for p in s["plugins"].as_array().into_iter().flatten() {
         let m = &p["metrics"];
         let health = p["health"].as_str().unwrap_or("?");

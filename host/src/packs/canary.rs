@@ -34,7 +34,16 @@ pub fn run(plugin: &mut Plugin) -> Result<(), String> {
             id: 3,
             time: now,
             partial: false,
-            body: EventBody::File(FileEvent { op: FileOp::Modify, path: "/var/lib/edr-canary".into(), old_path: None, mode: Some(0o100644), pid: Some(4242), entity_id: Some(0xca1a_0001), exe: Some("/usr/bin/true".into()), uid: Some(0) }),
+            body: EventBody::File(FileEvent {
+                op: FileOp::Modify,
+                path: "/var/lib/edr-canary".into(),
+                old_path: None,
+                mode: Some(0o100644),
+                pid: Some(4242),
+                entity_id: Some(0xca1a_0001),
+                exe: Some("/usr/bin/true".into()),
+                uid: Some(0),
+            }),
         },
         Event {
             id: 4,
@@ -53,7 +62,19 @@ pub fn run(plugin: &mut Plugin) -> Result<(), String> {
                 uid: Some(0),
             }),
         },
-        Event { id: 5, time: now, partial: false, body: EventBody::Login(LoginEvent { user: "root".into(), source_ip: None, service: "login".into(), method: "password".into(), success: true, pid: Some(1) }) },
+        Event {
+            id: 5,
+            time: now,
+            partial: false,
+            body: EventBody::Login(LoginEvent {
+                user: "root".into(),
+                source_ip: None,
+                service: "login".into(),
+                method: "password".into(),
+                success: true,
+                pid: Some(1),
+            }),
+        },
     ];
     let outcome = plugin.run(&events);
     match outcome.error {

@@ -124,14 +124,28 @@ impl PackManager {
     /// and applies no anti-rollback floor (for `edr replay`).
     pub fn ephemeral(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
         let trust = trust_store(&cfg)?;
-        Ok(Self { root: None, trust, state: PackState::default(), keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None })
+        Ok(Self {
+            root: None,
+            trust,
+            state: PackState::default(),
+            keep: cfg.packs.keep_versions,
+            runtime,
+            services,
+            cfg,
+            active: BTreeMap::new(),
+            floors: None,
+        })
     }
 
     /// Keeps the anti-rollback floors in the record as well: raises the
     /// state's floors to the record's (state.json may have been deleted or
     /// replaced), then writes the merged floors back to both.
     pub fn with_record(mut self, floors: edr_store::PackFloors) -> anyhow::Result<Self> {
-        let recorded = floors.all().map_err(|e| anyhow::anyhow!("cannot read the anti-rollback floors from the record: {e}; the agent does not start without them (fix or move the store aside knowingly)"))?;
+        let recorded = floors.all().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the anti-rollback floors from the record: {e}; the agent does not start without them (fix or move the store aside knowingly)"
+            )
+        })?;
         let mut restored = false;
         for (id, version) in &recorded {
             match Version::parse(version) {
@@ -148,7 +162,8 @@ impl PackManager {
         }
         self.floors = Some(floors);
         // Floors only state.json had (a store older than the floors table, or a new one).
-        let missing: Vec<String> = self.state.packs.iter().filter(|(id, e)| !recorded.iter().any(|(r, v)| r == *id && *v == e.highest)).map(|(id, _)| id.clone()).collect();
+        let missing: Vec<String> =
+            self.state.packs.iter().filter(|(id, e)| !recorded.iter().any(|(r, v)| r == *id && *v == e.highest)).map(|(id, _)| id.clone()).collect();
         for id in missing {
             self.record_floor(&id);
         }
@@ -302,14 +317,25 @@ impl PackManager {
         let pack_ref = PackRef { id: id.clone(), version: version.to_string(), signer: format!("{} ({})", pack.signer.name, pack.signer.key_id) };
         let mut plugins = Vec::new();
         for p in &pack.plugins {
-            let plugin = self.stage_plugin(&pack, p, &pack_ref).map_err(|reason| OfferError::Staging { pack: id.clone(), version: version.clone(), plugin: p.name.clone(), reason })?;
+            let plugin = self.stage_plugin(&pack, p, &pack_ref).map_err(|reason| OfferError::Staging {
+                pack: id.clone(),
+                version: version.clone(),
+                plugin: p.name.clone(),
+                reason,
+            })?;
             plugins.push((format!("{id}/{}", p.name), plugin));
         }
         let keys: Vec<String> = plugins.iter().map(|(k, _)| k.clone()).collect();
         let removed = self.active.get(&id).map(|a| a.plugins.iter().filter(|k| !keys.contains(k)).cloned().collect()).unwrap_or_default();
         self.active.insert(
             id.clone(),
-            ActivePack { id: id.clone(), version: version.to_string(), signer: pack_ref.signer.clone(), publisher: pack.manifest.publisher.clone(), plugins: keys },
+            ActivePack {
+                id: id.clone(),
+                version: version.to_string(),
+                signer: pack_ref.signer.clone(),
+                publisher: pack.manifest.publisher.clone(),
+                plugins: keys,
+            },
         );
         let declared_actions = pack.plugins.iter().map(|p| (p.name.clone(), p.actions.iter().map(|a| a.as_str().to_string()).collect())).collect();
         Ok(Activation { pack: pack_ref, plugins, removed, declared_actions, active_after: self.active() })
@@ -319,12 +345,15 @@ impl PackManager {
         // Settings: the pack's defaults, then the operator's overrides.
         let mut settings: BTreeMap<String, String> = p.settings.clone();
         settings.extend(self.cfg.plugin_settings(&p.name));
-        let mut files: Vec<edr_event::DataFile> = p.data.iter().map(|(name, content)| edr_event::DataFile { name: name.clone(), content: content.clone() }).collect();
+        let mut files: Vec<edr_event::DataFile> =
+            p.data.iter().map(|(name, content)| edr_event::DataFile { name: name.clone(), content: content.clone() }).collect();
         // The operator's own data files for this plugin come after the pack's.
         files.extend(plugins::data_files(&self.cfg, &p.name).map_err(|e| format!("{e:#}"))?);
         let allowed = self.cfg.plugin_grants(&p.name);
         let respond_granted = self.cfg.respond_grants_pack(&pack.manifest.id);
-        let grants = edr_runtime::Grants::only(p.capabilities.iter().copied().filter(|c| allowed.allows(*c) || (*c == edr_runtime::Capability::Respond && respond_granted)));
+        let grants = edr_runtime::Grants::only(
+            p.capabilities.iter().copied().filter(|c| allowed.allows(*c) || (*c == edr_runtime::Capability::Respond && respond_granted)),
+        );
         let mut limits = plugins::limits(&self.cfg, &p.name);
         if !self.cfg.plugins.limits.contains_key(&p.name) {
             // The pack's requests, within the operator's ceilings.
@@ -338,7 +367,14 @@ impl PackManager {
                 limits.max_findings_per_batch = n as usize;
             }
         }
-        let spec = PluginSpec { name: p.name.clone(), wasm: p.wasm.clone(), config: PluginConfig { settings: settings.into_iter().collect(), files }, limits, grants, pack: Some(pack_ref.clone()) };
+        let spec = PluginSpec {
+            name: p.name.clone(),
+            wasm: p.wasm.clone(),
+            config: PluginConfig { settings: settings.into_iter().collect(), files },
+            limits,
+            grants,
+            pack: Some(pack_ref.clone()),
+        };
         let mut plugin = self.runtime.load(spec, self.services.clone()).map_err(|e| e.to_string())?;
         let declared = &pack.manifest.plugin(&p.name).map(|m| m.subscriptions.clone()).unwrap_or_default();
         if let Some(extra) = plugin.info().subscriptions.iter().find(|k| !declared.contains(k)) {

@@ -174,9 +174,8 @@ pub fn retire_dropped(archive: &Path, refused: Option<&str>) {
 }
 
 fn list_archives(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "edrpack")).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "edrpack")).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -224,13 +223,14 @@ pub fn poll_update_url(
                 continue;
             }
             next = Instant::now() + interval;
-            let index: Index = match fetch(&agent, &format!("{base}/index.json"), 1 << 20).and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("index.json: {e}"))) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(url = %base, "update check failed: {e}");
-                    continue;
-                }
-            };
+            let index: Index =
+                match fetch(&agent, &format!("{base}/index.json"), 1 << 20).and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("index.json: {e}"))) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(url = %base, "update check failed: {e}");
+                        continue;
+                    }
+                };
             for entry in index.packs {
                 let Ok(version) = Version::parse(&entry.version) else {
                     tracing::warn!(url = %base, pack = %entry.id, "index.json: `{}` is not a version", entry.version);
@@ -239,7 +239,11 @@ pub fn poll_update_url(
                 if installed(&entry.id).is_some_and(|v| v >= version) || tried.contains(&(entry.id.clone(), entry.version.clone())) {
                     continue;
                 }
-                let url = if entry.file.starts_with("http://") || entry.file.starts_with("https://") { entry.file.clone() } else { format!("{base}/{}", entry.file.trim_start_matches('/')) };
+                let url = if entry.file.starts_with("http://") || entry.file.starts_with("https://") {
+                    entry.file.clone()
+                } else {
+                    format!("{base}/{}", entry.file.trim_start_matches('/'))
+                };
                 let archive = match fetch(&agent, &url, MAX_DOWNLOAD) {
                     Ok(a) => a,
                     Err(e) => {

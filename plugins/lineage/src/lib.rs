@@ -49,28 +49,90 @@ const ONE_LINER_SHELL: Rule = Rule {
 
 /// Programs that serve the network (or open documents) and should not start shells.
 const SERVICES: &[&str] = &[
-    "nginx", "apache2", "httpd", "lighttpd", "caddy", "traefik", "haproxy", "php-fpm", "php-cgi", "uwsgi", "gunicorn",
-    "tomcat", "catalina.sh", "jetty", "node", "mysqld", "mariadbd", "postgres", "postmaster", "redis-server", "mongod",
-    "memcached", "couchdb", "elasticsearch", "soffice.bin", "soffice", "libreoffice", "oosplash", "evince", "smbd",
-    "vsftpd", "proftpd", "named", "dovecot", "exim4", "postfix", "sendmail",
+    "nginx",
+    "apache2",
+    "httpd",
+    "lighttpd",
+    "caddy",
+    "traefik",
+    "haproxy",
+    "php-fpm",
+    "php-cgi",
+    "uwsgi",
+    "gunicorn",
+    "tomcat",
+    "catalina.sh",
+    "jetty",
+    "node",
+    "mysqld",
+    "mariadbd",
+    "postgres",
+    "postmaster",
+    "redis-server",
+    "mongod",
+    "memcached",
+    "couchdb",
+    "elasticsearch",
+    "soffice.bin",
+    "soffice",
+    "libreoffice",
+    "oosplash",
+    "evince",
+    "smbd",
+    "vsftpd",
+    "proftpd",
+    "named",
+    "dovecot",
+    "exim4",
+    "postfix",
+    "sendmail",
 ];
 
 /// Programs with a shell-escape feature that do not normally start shells.
 const ESCAPERS: &[&str] = &[
-    "awk", "gawk", "mawk", "nawk", "find", "vim", "vi", "nvim", "view", "rvim", "less", "more", "man", "ed", "gdb",
-    "nmap", "ftp", "tftp", "zip", "tar", "rsync", "expect", "script", "strace", "ltrace", "busctl", "journalctl",
-    "systemctl", "mysql", "sqlite3", "git", "dmesg", "flock", "ionice", "nice", "taskset", "timeout", "xargs",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "find",
+    "vim",
+    "vi",
+    "nvim",
+    "view",
+    "rvim",
+    "less",
+    "more",
+    "man",
+    "ed",
+    "gdb",
+    "nmap",
+    "ftp",
+    "tftp",
+    "zip",
+    "tar",
+    "rsync",
+    "expect",
+    "script",
+    "strace",
+    "ltrace",
+    "busctl",
+    "journalctl",
+    "systemctl",
+    "mysql",
+    "sqlite3",
+    "git",
+    "dmesg",
+    "flock",
+    "ionice",
+    "nice",
+    "taskset",
+    "timeout",
+    "xargs",
 ];
 
 /// Interpreters and the flag that introduces inline code.
-const ONE_LINERS: &[(&str, &[&str])] = &[
-    ("python", &["-c"]),
-    ("perl", &["-e", "-E"]),
-    ("ruby", &["-e"]),
-    ("php", &["-r"]),
-    ("lua", &["-e"]),
-    ("node", &["-e", "--eval"]),
-];
+const ONE_LINERS: &[(&str, &[&str])] =
+    &[("python", &["-c"]), ("perl", &["-e", "-E"]), ("ruby", &["-e"]), ("php", &["-r"]), ("lua", &["-e"]), ("node", &["-e", "--eval"])];
 
 /// `python3.11` -> `python`, `php8.2` -> `php`, `php-fpm8.2` -> `php-fpm`.
 fn family(name: &str) -> &str {
@@ -149,7 +211,9 @@ mod tests {
     #[test]
     fn service_spawning_shell() {
         let mut h = Harness::<Lineage>::new().unwrap();
-        for parent in ["/usr/sbin/nginx", "/usr/sbin/apache2", "/usr/sbin/php-fpm8.2", "/usr/lib/postgresql/15/bin/postgres", "/usr/lib/libreoffice/program/soffice.bin"] {
+        for parent in
+            ["/usr/sbin/nginx", "/usr/sbin/apache2", "/usr/sbin/php-fpm8.2", "/usr/lib/postgresql/15/bin/postgres", "/usr/lib/libreoffice/program/soffice.bin"]
+        {
             let e = exec("/bin/sh", &["sh", "-c", "id"]).parent(parent, &["x"]).build();
             assert_eq!(rules(&mut h, &[e]), vec![SERVICE_SHELL.id], "{parent}");
         }

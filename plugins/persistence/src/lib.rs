@@ -28,10 +28,38 @@ macro_rules! rule {
 
 rule!(CRON, "edr.persistence.cron", "Cron schedule written", Medium, ["T1053.003"], "A crontab or cron directory entry was created or changed.");
 rule!(SYSTEMD, "edr.persistence.systemd", "systemd unit written", Medium, ["T1543.002"], "A systemd service or timer unit was created or changed.");
-rule!(AUTHORIZED_KEYS, "edr.persistence.authorized-keys", "SSH authorized_keys changed", High, ["T1098.004"], "A key was added to (or the file replaced in) an account's authorized_keys: whoever holds the key can log in.");
-rule!(LD_PRELOAD, "edr.persistence.ld-preload", "/etc/ld.so.preload written", Critical, ["T1574.006"], "Libraries listed in /etc/ld.so.preload are loaded into every dynamically linked program: a classic userland rootkit.");
-rule!(SHELL_RC, "edr.persistence.shell-rc", "Shell start-up file written", Medium, ["T1546.004"], "A shell profile or rc file runs at every login or shell start.");
-rule!(ACCOUNTS, "edr.persistence.account-files", "Account database written", High, ["T1136.001", "T1098"], "/etc/passwd, /etc/shadow or /etc/group changed: accounts or privileges were added or altered.");
+rule!(
+    AUTHORIZED_KEYS,
+    "edr.persistence.authorized-keys",
+    "SSH authorized_keys changed",
+    High,
+    ["T1098.004"],
+    "A key was added to (or the file replaced in) an account's authorized_keys: whoever holds the key can log in."
+);
+rule!(
+    LD_PRELOAD,
+    "edr.persistence.ld-preload",
+    "/etc/ld.so.preload written",
+    Critical,
+    ["T1574.006"],
+    "Libraries listed in /etc/ld.so.preload are loaded into every dynamically linked program: a classic userland rootkit."
+);
+rule!(
+    SHELL_RC,
+    "edr.persistence.shell-rc",
+    "Shell start-up file written",
+    Medium,
+    ["T1546.004"],
+    "A shell profile or rc file runs at every login or shell start."
+);
+rule!(
+    ACCOUNTS,
+    "edr.persistence.account-files",
+    "Account database written",
+    High,
+    ["T1136.001", "T1098"],
+    "/etc/passwd, /etc/shadow or /etc/group changed: accounts or privileges were added or altered."
+);
 rule!(SUDOERS, "edr.persistence.sudoers", "sudoers changed", High, ["T1548.003"], "The sudo policy changed: someone may have granted themselves root.");
 
 /// (glob, rule). The first matching glob wins.
@@ -87,7 +115,8 @@ const PLACES: &[(&str, &Rule)] = &[
     ("/etc/sudoers.d/*", &SUDOERS),
 ];
 
-const PACKAGE_MANAGERS: &[&str] = &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr", "unattended-upgrade", "rpm", "dnf", "yum", "microdnf", "zypper", "pacman", "apk"];
+const PACKAGE_MANAGERS: &[&str] =
+    &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr", "unattended-upgrade", "rpm", "dnf", "yum", "microdnf", "zypper", "pacman", "apk"];
 
 /// Persistence-write detector.
 pub struct Persistence {

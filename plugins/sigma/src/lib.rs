@@ -184,11 +184,7 @@ impl Sigma {
 
         let loaded = detector.loaded();
         if loaded == 0 {
-            let first = detector
-                .outcomes
-                .iter()
-                .find_map(|o| o.error.as_ref().map(|e| format!(" (first problem: {}: {e})", o.file)))
-                .unwrap_or_default();
+            let first = detector.outcomes.iter().find_map(|o| o.error.as_ref().map(|e| format!(" (first problem: {}: {e})", o.file))).unwrap_or_default();
             return Err(format!(
                 "no Sigma rule loaded: {rule_files} rule file(s) (.yml/.yaml) in the pack{}, {} rule(s) failed{first}. \
                  Ship Sigma detection rules with `product: linux` and a category among {} as pack data files",
@@ -208,11 +204,8 @@ impl Sigma {
                 detector.skipped()
             ),
         );
-        let failed: Vec<&RuleOutcome> = detector
-            .outcomes
-            .iter()
-            .filter(|o| o.error.as_ref().is_some_and(|e| !matches!(e, LoadError::CategoryDisabled { .. })))
-            .collect();
+        let failed: Vec<&RuleOutcome> =
+            detector.outcomes.iter().filter(|o| o.error.as_ref().is_some_and(|e| !matches!(e, LoadError::CategoryDisabled { .. }))).collect();
         for o in failed.iter().take(MAX_LOGGED_FAILURES) {
             if let Some(e) = &o.error {
                 host::log(LogLevel::Warn, &format!("sigma: {}: rule \"{}\" not loaded: {e}", o.file, o.name()));
@@ -221,10 +214,7 @@ impl Sigma {
         if failed.len() > MAX_LOGGED_FAILURES {
             host::log(
                 LogLevel::Warn,
-                &format!(
-                    "sigma: ... and {} more rule(s) not loaded; `edr sigma check DIR` lists them all",
-                    failed.len() - MAX_LOGGED_FAILURES
-                ),
+                &format!("sigma: ... and {} more rule(s) not loaded; `edr sigma check DIR` lists them all", failed.len() - MAX_LOGGED_FAILURES),
             );
         }
         Ok(detector)

@@ -31,8 +31,7 @@ pub enum Category {
 
 impl Category {
     /// Every category, in a stable order.
-    pub const ALL: [Category; 5] =
-        [Category::ProcessCreation, Category::FileEvent, Category::FileDelete, Category::FileAccess, Category::NetworkConnection];
+    pub const ALL: [Category; 5] = [Category::ProcessCreation, Category::FileEvent, Category::FileDelete, Category::FileAccess, Category::NetworkConnection];
 
     /// The Sigma `logsource.category` value.
     pub fn as_str(self) -> &'static str {
@@ -76,8 +75,7 @@ pub const PROCESS_FIELDS: &[&str] =
     &["Image", "CommandLine", "CurrentDirectory", "User", "UserId", "ProcessId", "ParentImage", "ParentCommandLine", "ParentProcessId"];
 
 /// Fields set on `file_event`, `file_delete` and `file_access` events.
-pub const FILE_FIELDS: &[&str] =
-    &["TargetFilename", "SourceFilename", "Image", "ProcessId", "UserId", "FileOperation", "FileMode", "SetuidBit", "SetgidBit"];
+pub const FILE_FIELDS: &[&str] = &["TargetFilename", "SourceFilename", "Image", "ProcessId", "UserId", "FileOperation", "FileMode", "SetuidBit", "SetgidBit"];
 
 /// Fields set on `network_connection` events.
 pub const NETWORK_FIELDS: &[&str] = &[
@@ -280,11 +278,8 @@ pub fn map_event<'a>(body: &EventBody<'a>, scratch: &'a Scratch) -> Option<Sigma
                 NetworkOp::Listen => return None,
             };
             // As in our ECS mapping: the source is the side that initiated.
-            let ((source_ip, source_port), (destination_ip, destination_port)) = if initiated {
-                ((n.local_ip, n.local_port), (n.remote_ip, n.remote_port))
-            } else {
-                ((n.remote_ip, n.remote_port), (n.local_ip, n.local_port))
-            };
+            let ((source_ip, source_port), (destination_ip, destination_port)) =
+                if initiated { ((n.local_ip, n.local_port), (n.remote_ip, n.remote_port)) } else { ((n.remote_ip, n.remote_port), (n.local_ip, n.local_port)) };
             Some(SigmaEvent::Network(NetworkFields {
                 image: n.exe,
                 pid: n.pid,
@@ -555,8 +550,7 @@ mod tests {
             assert_eq!(p.field(name), Some(v), "{name}");
             seen.push(name);
         });
-        let expected: Vec<&str> =
-            PROCESS_FIELDS.iter().copied().filter(|f| !matches!(*f, "CurrentDirectory" | "ParentCommandLine")).collect();
+        let expected: Vec<&str> = PROCESS_FIELDS.iter().copied().filter(|f| !matches!(*f, "CurrentDirectory" | "ParentCommandLine")).collect();
         assert_eq!(seen, expected, "empty strings are absent");
         assert_eq!(p.field("commandline"), Some(EventValue::Str(Cow::Borrowed("a b"))), "case-insensitive fallback");
         assert_eq!(p.field("TargetFilename"), None);

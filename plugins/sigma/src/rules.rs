@@ -123,9 +123,7 @@ impl LoadError {
             EvalError::Parser(SigmaParserError::UnknownModifier(m)) => {
                 LoadError::UnsupportedModifier { modifier: m.clone(), reason: "not a Sigma modifier".into() }
             }
-            EvalError::InvalidModifiers(m) => {
-                LoadError::UnsupportedModifier { modifier: m.clone(), reason: "invalid modifier combination".into() }
-            }
+            EvalError::InvalidModifiers(m) => LoadError::UnsupportedModifier { modifier: m.clone(), reason: "invalid modifier combination".into() },
             other => {
                 let text = other.to_string();
                 match condition_message(&text) {
@@ -352,13 +350,7 @@ pub struct Loader {
 impl Loader {
     /// A loader; `enabled` limits the categories that load (`None`: all).
     pub fn new(enabled: Option<Vec<Category>>) -> Self {
-        Loader {
-            enabled,
-            compiled: Category::ALL.iter().map(|_| Vec::new()).collect(),
-            rules: Vec::new(),
-            seen: HashMap::new(),
-            outcomes: Vec::new(),
-        }
+        Loader { enabled, compiled: Category::ALL.iter().map(|_| Vec::new()).collect(), rules: Vec::new(), seen: HashMap::new(), outcomes: Vec::new() }
     }
 
     /// Records that a file could not be read at all.
@@ -502,8 +494,7 @@ fn check_modifiers(rule: &SigmaRule) -> Result<(), LoadError> {
             };
             if result.is_ok() {
                 // `Modifier` serializes to its Sigma spelling (`expand`, `hour`, ...).
-                let modifier =
-                    serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{m:?}"));
+                let modifier = serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{m:?}"));
                 result = Err(LoadError::UnsupportedModifier { modifier, reason: reason.to_string() });
             }
         }
@@ -558,19 +549,11 @@ mod tests {
 
     #[test]
     fn technique_tags() {
-        let tags: Vec<String> = [
-            "attack.execution",
-            "attack.t1059.004",
-            "attack.T1105",
-            "attack.g0032",
-            "attack.s0002",
-            "attack.t1059.004",
-            "cve.2021-44228",
-            "attack.t12",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let tags: Vec<String> =
+            ["attack.execution", "attack.t1059.004", "attack.T1105", "attack.g0032", "attack.s0002", "attack.t1059.004", "cve.2021-44228", "attack.t12"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         assert_eq!(techniques(&tags), vec!["T1059.004", "T1105"]);
     }
 

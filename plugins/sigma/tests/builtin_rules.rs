@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 
 #[test]
 fn builtin_rules_are_embedded_and_all_load() {
-    let files: BTreeSet<String> =
-        std::fs::read_dir(builtin_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let files: BTreeSet<String> = std::fs::read_dir(builtin_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let embedded: BTreeSet<String> = BUILTIN_RULES.iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(files, embedded, "every file of rules/ is embedded in BUILTIN_RULES and vice versa");
     for (name, yaml) in BUILTIN_RULES {
@@ -100,7 +99,9 @@ fn every_case_fires_its_rule_on_the_positive_only() {
 #[test]
 fn setuid_rule_reports_the_mode() {
     let mut h = Harness::<Sigma>::new().unwrap();
-    let hits = h.run_jsonl(r#"{"event":{"category":["file"],"action":"chmod"},"file":{"path":"/tmp/.bash","mode":"4755"},"process":{"pid":7,"executable":"/usr/bin/chmod"}}"#);
+    let hits = h.run_jsonl(
+        r#"{"event":{"category":["file"],"action":"chmod"},"file":{"path":"/tmp/.bash","mode":"4755"},"process":{"pid":7,"executable":"/usr/bin/chmod"}}"#,
+    );
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(hits[0].severity, Severity::High);
     assert!(hits[0].evidence.contains(&("match.SetuidBit".to_string(), "true".to_string())), "{:?}", hits[0].evidence);

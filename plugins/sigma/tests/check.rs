@@ -22,12 +22,8 @@ fn corpus_report_counts() {
     // without any category, 7 of other log services).
     assert_eq!(counts("linux/service:auditd"), CategoryCounts { loaded: 0, not_loaded: 53 });
     assert_eq!(counts("linux/(no category)"), CategoryCounts { loaded: 0, not_loaded: 15 });
-    let other_services: usize = s
-        .by_logsource
-        .iter()
-        .filter(|(k, _)| k.starts_with("linux/service:") && *k != "linux/service:auditd")
-        .map(|(_, c)| c.not_loaded)
-        .sum();
+    let other_services: usize =
+        s.by_logsource.iter().filter(|(k, _)| k.starts_with("linux/service:") && *k != "linux/service:auditd").map(|(_, c)| c.not_loaded).sum();
     assert_eq!(other_services, 7);
     assert_eq!(s.by_reason.get("unsupported_logsource"), Some(&75));
     assert_eq!(s.by_reason.len(), 1, "{:?}", s.by_reason);
@@ -43,9 +39,7 @@ fn corpus_report_counts() {
     assert!(text.contains("210 file(s), 135 rule(s) load, 75 do not"), "{text}");
     assert!(text.contains("linux/service:auditd"), "{text}");
     assert!(
-        text.contains(
-            "auditd/path/lnx_auditd_ld_so_preload_mod.yml: \"Modification of ld.so.preload\": unsupported logsource linux/service:auditd"
-        ),
+        text.contains("auditd/path/lnx_auditd_ld_so_preload_mod.yml: \"Modification of ld.so.preload\": unsupported logsource linux/service:auditd"),
         "{text}"
     );
 
@@ -74,15 +68,9 @@ fn broken_rules_report() {
     write("expand.yml", &format!("title: Expand\n{head}detection:\n    s:\n        Image|expand: '%bins%'\n    condition: s\n"));
     write("bad_condition.yml", &format!("title: Bad Condition\n{head}detection:\n    s:\n        Image: 'x'\n    condition: s and (\n"));
     write("bad_regex.yml", &format!("title: Bad Regex\n{head}detection:\n    s:\n        CommandLine|re: '(x'\n    condition: s\n"));
-    write(
-        "builtin.yml",
-        "title: Builtin\nlogsource:\n    product: linux\ndetection:\n    keywords:\n        - 'x'\n    condition: keywords\n",
-    );
+    write("builtin.yml", "title: Builtin\nlogsource:\n    product: linux\ndetection:\n    keywords:\n        - 'x'\n    condition: keywords\n");
     write("corr.yml", "title: Corr\nid: corr\ncorrelation:\n    type: event_count\n    rules:\n        - ok\n    group-by:\n        - User\n    timespan: 5m\n    condition:\n        gte: 10\n");
-    write(
-        "bad_level.yml",
-        &format!("title: Bad Level\nid: bad-level\n{head}detection:\n    s:\n        Image: '/y'\n    condition: s\nlevel: severe\n"),
-    );
+    write("bad_level.yml", &format!("title: Bad Level\nid: bad-level\n{head}detection:\n    s:\n        Image: '/y'\n    condition: s\nlevel: severe\n"));
     write("readme.md", "not a rule");
     let report = check_dir(dir.path());
     let text = report.render_text();

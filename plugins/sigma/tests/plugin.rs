@@ -17,12 +17,7 @@ fn rule(id: &str, category: &str, detection: &str) -> String {
 fn probes(category: &str, fields: &[(&str, &str)]) -> Vec<edr_sdk::DataFile> {
     fields
         .iter()
-        .map(|(f, v)| {
-            yaml(
-                &format!("{f}.yml"),
-                &rule(&format!("probe-{f}"), category, &format!("    selection:\n        {f}: {v}\n    condition: selection")),
-            )
-        })
+        .map(|(f, v)| yaml(&format!("{f}.yml"), &rule(&format!("probe-{f}"), category, &format!("    selection:\n        {f}: {v}\n    condition: selection"))))
         .collect()
 }
 
@@ -72,14 +67,7 @@ fn process_creation_fields() {
 #[test]
 fn process_fields_from_ecs_and_unknown_values_are_absent() {
     let rules = vec![
-        yaml(
-            "a.yml",
-            &rule(
-                "user-null",
-                "process_creation",
-                "    selection:\n        Image|endswith: '/id'\n        User: null\n    condition: selection",
-            ),
-        ),
+        yaml("a.yml", &rule("user-null", "process_creation", "    selection:\n        Image|endswith: '/id'\n        User: null\n    condition: selection")),
         yaml(
             "b.yml",
             &rule(
@@ -119,15 +107,10 @@ fn file_fields_and_operations() {
 #[test]
 fn file_operations_map_to_categories() {
     let on = |category: &str| {
-        yaml(
-            &format!("{category}.yml"),
-            &rule(category, category, "    selection:\n        TargetFilename: '/etc/x'\n    condition: selection"),
-        )
+        yaml(&format!("{category}.yml"), &rule(category, category, "    selection:\n        TargetFilename: '/etc/x'\n    condition: selection"))
     };
     let mut h = harness(vec![on("file_event"), on("file_delete"), on("file_access")]);
-    let run = |h: &mut Harness<Sigma>, op| {
-        ids(&h.run(&[file(op, "/etc/x").by(9, "/usr/bin/x").build()])).into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
+    let run = |h: &mut Harness<Sigma>, op| ids(&h.run(&[file(op, "/etc/x").by(9, "/usr/bin/x").build()])).into_iter().map(str::to_string).collect::<Vec<_>>();
     use model::FileOp::*;
     for op in [Create, Modify, Rename, Chmod] {
         assert_eq!(run(&mut h, op), vec!["file_event"], "{op:?}");
@@ -176,22 +159,15 @@ fn network_fields_connect_and_accept() {
     let accept = r#"{"event":{"category":["network"],"action":"connection_accepted"},"network":{"transport":"udp"},"source":{"ip":"2001:db8::7","port":53000},"destination":{"ip":"2001:db8::1","port":53},"process":{"pid":1,"executable":"/usr/sbin/named"}}"#;
     assert_eq!(sorted(&h.run_jsonl(accept)), expect(IN));
     // A listener has no peer: not a network_connection.
-    let listen =
-        r#"{"event":{"category":["network"],"action":"listen"},"destination":{"ip":"0.0.0.0","port":53},"network":{"transport":"udp"}}"#;
+    let listen = r#"{"event":{"category":["network"],"action":"listen"},"destination":{"ip":"0.0.0.0","port":53},"network":{"transport":"udp"}}"#;
     assert!(h.run_jsonl(listen).is_empty());
 }
 
 #[test]
 fn numbers_compare_as_numbers_and_as_text() {
     let rules = vec![
-        yaml(
-            "gt.yml",
-            &rule("port-gt", "network_connection", "    selection:\n        DestinationPort|gt: 1024\n    condition: selection"),
-        ),
-        yaml(
-            "cidr.yml",
-            &rule("cidr", "network_connection", "    selection:\n        DestinationIp|cidr: '198.51.100.0/24'\n    condition: selection"),
-        ),
+        yaml("gt.yml", &rule("port-gt", "network_connection", "    selection:\n        DestinationPort|gt: 1024\n    condition: selection")),
+        yaml("cidr.yml", &rule("cidr", "network_connection", "    selection:\n        DestinationIp|cidr: '198.51.100.0/24'\n    condition: selection")),
         yaml("re.yml", &rule("mode-re", "file_event", "    selection:\n        FileMode|re: '^[2367]'\n    condition: selection")),
     ];
     let mut h = harness(rules);
@@ -202,8 +178,7 @@ fn numbers_compare_as_numbers_and_as_text() {
 
 #[test]
 fn keyword_rules_search_every_string_field() {
-    let mut h =
-        harness(vec![yaml("k.yml", &rule("kw", "process_creation", "    keywords:\n        - 'nightmare'\n    condition: keywords"))]);
+    let mut h = harness(vec![yaml("k.yml", &rule("kw", "process_creation", "    keywords:\n        - 'nightmare'\n    condition: keywords"))]);
     assert_eq!(ids(&h.run(&[exec("/usr/bin/x", &["x", "--name=Nightmare"]).build()])), vec!["kw"]);
     assert_eq!(ids(&h.run(&[exec("/usr/bin/x", &["x"]).parent("/opt/nightmare/bin/y", &["y"]).build()])), vec!["kw"]);
     assert!(h.run(&[exec("/usr/bin/x", &["x", "dream"]).build()]).is_empty());
@@ -289,10 +264,20 @@ fn broken_rules_beside_good_ones() {
         yaml("bad_modifier.yml", &rule("bad-mod", "process_creation", "    selection:\n        Image|containz: 'x'\n    condition: selection")),
         yaml("bad_regex.yml", &rule("bad-re", "process_creation", "    selection:\n        CommandLine|re: '(unclosed'\n    condition: selection")),
         yaml("bad_condition.yml", &rule("bad-cond", "process_creation", "    selection:\n        Image: 'x'\n    condition: selection and not filter")),
-        yaml("auditd.yml", "title: Auditd\nid: aud\nlogsource:\n    product: linux\n    service: auditd\ndetection:\n    s:\n        type: EXECVE\n    condition: s\n"),
+        yaml(
+            "auditd.yml",
+            "title: Auditd\nid: aud\nlogsource:\n    product: linux\n    service: auditd\ndetection:\n    s:\n        type: EXECVE\n    condition: s\n",
+        ),
         yaml("windows.yml", &rule("win", "process_creation", "    s:\n        Image: 'x'\n    condition: s").replace("product: linux", "product: windows")),
         yaml("duplicate.yml", &good),
-        yaml("multi.yaml", &format!("{}\n---\n{}", rule("multi-good", "file_event", "    s:\n        TargetFilename: '/etc/x'\n    condition: s"), "title: no detection\nlogsource:\n    product: linux\n    category: file_event\n")),
+        yaml(
+            "multi.yaml",
+            &format!(
+                "{}\n---\n{}",
+                rule("multi-good", "file_event", "    s:\n        TargetFilename: '/etc/x'\n    condition: s"),
+                "title: no detection\nlogsource:\n    product: linux\n    category: file_event\n"
+            ),
+        ),
         yaml("notes.txt", "not a rule file: ignored"),
         edr_sdk::DataFile { name: "binary.yml".into(), content: vec![0xff, 0xfe, 0x00] },
     ];
@@ -334,10 +319,8 @@ fn parse_errors_carry_a_position() {
 
 #[test]
 fn init_fails_only_when_no_rule_loads() {
-    let only_bad = vec![yaml(
-        "auditd.yml",
-        "title: A\nlogsource:\n    product: linux\n    service: auditd\ndetection:\n    s:\n        type: PATH\n    condition: s\n",
-    )];
+    let only_bad =
+        vec![yaml("auditd.yml", "title: A\nlogsource:\n    product: linux\n    service: auditd\ndetection:\n    s:\n        type: PATH\n    condition: s\n")];
     let err = Harness::<Sigma>::with_config(config(only_bad.clone(), &[("builtin_rules", "false")])).err().expect("must fail");
     assert!(err.starts_with("no Sigma rule loaded: 1 rule file(s)"), "{err}");
     assert!(err.contains("auditd.yml") && err.contains("unsupported logsource"), "{err}");
@@ -354,11 +337,8 @@ fn categories_setting() {
         yaml("p.yml", &rule("p", "process_creation", "    s:\n        Image: '/x'\n    condition: s")),
         yaml("f.yml", &rule("f", "file_event", "    s:\n        TargetFilename: '/x'\n    condition: s")),
     ];
-    let mut h = Harness::<Sigma>::with_config(config(
-        files.clone(),
-        &[("categories", "process_creation, network_connection"), ("builtin_rules", "false")],
-    ))
-    .unwrap();
+    let mut h =
+        Harness::<Sigma>::with_config(config(files.clone(), &[("categories", "process_creation, network_connection"), ("builtin_rules", "false")])).unwrap();
     assert_eq!((h.detector().loaded(), h.detector().skipped(), h.detector().failed()), (1, 1, 0));
     assert_eq!(ids(&h.run(&[exec("/x", &["x"]).build()])), vec!["p"]);
     assert!(h.run(&[file(model::FileOp::Create, "/x").build()]).is_empty());

@@ -23,11 +23,7 @@ fn mix(n: usize) -> Vec<Event> {
         ("/usr/bin/grep", &["grep", "-rn", "TODO", "src/"], "/usr/bin/bash"),
         ("/usr/bin/git", &["git", "status", "--porcelain=v2", "--branch"], "/usr/bin/zsh"),
         ("/usr/bin/python3.11", &["python3", "/opt/app/manage.py", "runworker", "--queue", "default"], "/usr/lib/systemd/systemd"),
-        (
-            "/usr/bin/bash",
-            &["/bin/sh", "-c", "test -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }"],
-            "/usr/sbin/cron",
-        ),
+        ("/usr/bin/bash", &["/bin/sh", "-c", "test -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }"], "/usr/sbin/cron"),
         ("/usr/bin/cat", &["cat", "/proc/meminfo"], "/usr/bin/bash"),
         ("/usr/sbin/sshd", &["sshd: alice [priv]"], "/usr/sbin/sshd"),
         ("/usr/bin/sudo", &["sudo", "systemctl", "restart", "nginx"], "/usr/bin/bash"),
@@ -54,12 +50,7 @@ fn mix(n: usize) -> Vec<Event> {
             }
             0..=5 => {
                 let (exe, argv, parent) = EXECS[i % EXECS.len()];
-                exec(exe, argv)
-                    .parent(parent, &[parent])
-                    .cwd("/home/alice/project")
-                    .user(1000, "alice")
-                    .pid(10_000 + i as u32, 9_000)
-                    .build()
+                exec(exe, argv).parent(parent, &[parent]).cwd("/home/alice/project").user(1000, "alice").pid(10_000 + i as u32, 9_000).build()
             }
             6..=8 => {
                 let (op, path) = match i % 7 {

@@ -97,7 +97,8 @@ const FD_SCRIPT: Rule = Rule {
     severity: Severity::Medium,
     techniques: &["T1059", "T1027.011"],
     author: AUTHOR,
-    description: "A shell or script interpreter ran a script from /dev/fd/N or /proc/*/fd/N: a script in a memfd, or piped in (bash <(curl ...)), with nothing on disk.",
+    description:
+        "A shell or script interpreter ran a script from /dev/fd/N or /proc/*/fd/N: a script in a memfd, or piped in (bash <(curl ...)), with nothing on disk.",
 };
 
 /// Root-owned system trees: a deleted program there is most often an upgrade.
@@ -112,8 +113,24 @@ const WRITABLE_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/v
 
 /// Hidden directories that legitimately hold executables.
 const KNOWN_HIDDEN: &[&str] = &[
-    "/.cargo/", "/.rustup/", "/.local/", "/.npm/", "/.nvm/", "/.pyenv/", "/.rbenv/", "/.sdkman/", "/.vscode-server/",
-    "/.cache/", "/.config/", "/.git/", "/.venv/", "/.deno/", "/.bun/", "/.dotnet/", "/.gradle/", "/.m2/",
+    "/.cargo/",
+    "/.rustup/",
+    "/.local/",
+    "/.npm/",
+    "/.nvm/",
+    "/.pyenv/",
+    "/.rbenv/",
+    "/.sdkman/",
+    "/.vscode-server/",
+    "/.cache/",
+    "/.config/",
+    "/.git/",
+    "/.venv/",
+    "/.deno/",
+    "/.bun/",
+    "/.dotnet/",
+    "/.gradle/",
+    "/.m2/",
 ];
 
 /// Execution-from-writable-places detector.
@@ -146,17 +163,19 @@ impl Detector for WritableExec {
             return;
         }
         if let Some((rule, message)) = fileless(exec) {
-            findings
-                .report(rule, event, message)
-                .evidence
-                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.to_string()), ("command_line".into(), exec.command_line())]);
+            findings.report(rule, event, message).evidence.extend([
+                ("exe".into(), exe.to_string()),
+                ("parent".into(), exec.parent_exe.to_string()),
+                ("command_line".into(), exec.command_line()),
+            ]);
             return;
         }
         if let Some(dir) = self.dirs.iter().find(|d| is_under(exe, d)) {
-            findings
-                .report(&WORLD_WRITABLE, event, format!("{exe} executed from {dir}"))
-                .evidence
-                .extend([("exe".into(), exe.to_string()), ("parent".into(), exec.parent_exe.to_string()), ("command_line".into(), exec.command_line())]);
+            findings.report(&WORLD_WRITABLE, event, format!("{exe} executed from {dir}")).evidence.extend([
+                ("exe".into(), exe.to_string()),
+                ("parent".into(), exec.parent_exe.to_string()),
+                ("command_line".into(), exec.command_line()),
+            ]);
             return;
         }
         if in_hidden_dir(exe) && !KNOWN_HIDDEN.iter().any(|k| exe.contains(k)) {
@@ -206,10 +225,7 @@ fn is_fd_path(path: &str) -> bool {
 
 /// A shell, or a script interpreter by name, with or without its version.
 fn is_interpreter(name: &str) -> bool {
-    is_shell(name)
-        || INTERPRETERS.iter().any(|i| {
-            name.strip_prefix(i).is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
-        })
+    is_shell(name) || INTERPRETERS.iter().any(|i| name.strip_prefix(i).is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.')))
 }
 
 edr_sdk::export_detector!(WritableExec);
@@ -259,7 +275,8 @@ mod tests {
     #[test]
     fn execution_from_memory_or_a_deleted_file() {
         let mut h = Harness::<WritableExec>::new().unwrap();
-        let memfd = h.run(&[exec("/memfd:payload (deleted)", &["kworker/0:1", "-c", "10.0.0.1"]).parent("/usr/bin/python3", &["python3", "loader.py"]).build()]);
+        let memfd =
+            h.run(&[exec("/memfd:payload (deleted)", &["kworker/0:1", "-c", "10.0.0.1"]).parent("/usr/bin/python3", &["python3", "loader.py"]).build()]);
         assert_eq!(memfd.len(), 1, "{memfd:?}");
         assert_eq!((memfd[0].rule_id.as_str(), memfd[0].severity), (MEMFD.id, Severity::High));
         assert!(memfd[0].message.contains("memfd:payload"), "{}", memfd[0].message);
@@ -275,7 +292,8 @@ mod tests {
         assert_eq!(hits_argv(&mut h, "/opt/app/bin/app (deleted)", &["app"]), vec![(DELETED_SYSTEM.id.to_string(), Severity::Low)]);
         assert_eq!(hits_argv(&mut h, "/usrx/bin/a (deleted)", &["a"]), vec![(DELETED.id.to_string(), Severity::High)], "not under /usr");
         // A memfd script: the kernel hands its fd path to the interpreter.
-        let scripts: &[&[&str]] = &[&["/bin/sh", "/proc/self/fd/5", "arg"], &["bash", "/dev/fd/63"], &["sh", "-e", "/dev/fd/3"], &["python3.12", "/proc/self/fd/4"]];
+        let scripts: &[&[&str]] =
+            &[&["/bin/sh", "/proc/self/fd/5", "arg"], &["bash", "/dev/fd/63"], &["sh", "-e", "/dev/fd/3"], &["python3.12", "/proc/self/fd/4"]];
         for &argv in scripts {
             let exe = if argv[0].starts_with('/') { argv[0].to_string() } else { format!("/usr/bin/{}", argv[0]) };
             assert_eq!(hits_argv(&mut h, &exe, argv), vec![(FD_SCRIPT.id.to_string(), Severity::Medium)], "{argv:?}");

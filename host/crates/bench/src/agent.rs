@@ -86,7 +86,12 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     // First start: compiles the plugins (cold). Measure it, stop, then measure
     // a restart on the warm compile cache: what an installed agent runs as.
     {
-        let child = Command::new(&a.edr).args(["agent", "--data-dir", data.to_str().unwrap()]).env("EDR_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
+        let child = Command::new(&a.edr)
+            .args(["agent", "--data-dir", data.to_str().unwrap()])
+            .env("EDR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let pid = child.id();
         let _stop = Stop(child);
         let start = Instant::now();

@@ -163,18 +163,18 @@ fn main() -> anyhow::Result<()> {
                 if args.only.as_deref().is_some_and(|o| !$name.contains(o)) {
                     (0.0, 0.0)
                 } else {
-                let mut p = load($package, $name);
-                let (wasm_ns, findings) = time_wasm(&mut p, &encoded, args.runs);
-                let (native_ns, native_findings) = time_native::<$ty>(&encoded, args.runs);
-                assert_eq!(findings, native_findings, "{}: Wasm and native must find the same", $name);
-                let events = batches.iter().flatten().filter(|e| p.wants(e.kind())).count();
-                if events == 0 {
-                    // Nothing this plugin subscribes to in this workload.
-                    (0.0, 0.0)
-                } else {
-                    rows.push(Row { name: $name, workload: wname, events, wasm_ns, native_ns, findings });
-                    (wasm_ns * events as f64, native_ns * events as f64)
-                }
+                    let mut p = load($package, $name);
+                    let (wasm_ns, findings) = time_wasm(&mut p, &encoded, args.runs);
+                    let (native_ns, native_findings) = time_native::<$ty>(&encoded, args.runs);
+                    assert_eq!(findings, native_findings, "{}: Wasm and native must find the same", $name);
+                    let events = batches.iter().flatten().filter(|e| p.wants(e.kind())).count();
+                    if events == 0 {
+                        // Nothing this plugin subscribes to in this workload.
+                        (0.0, 0.0)
+                    } else {
+                        rows.push(Row { name: $name, workload: wname, events, wasm_ns, native_ns, findings });
+                        (wasm_ns * events as f64, native_ns * events as f64)
+                    }
                 }
             }};
         }
@@ -191,7 +191,14 @@ fn main() -> anyhow::Result<()> {
         let total_events: usize = batches.iter().map(Vec::len).sum();
         let (w, n): (f64, f64) = parts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
         let findings = rows.iter().filter(|r| r.workload == *wname && r.name != "noop").map(|r| r.findings).sum();
-        rows.push(Row { name: "all built-ins", workload: wname, events: total_events, wasm_ns: w / total_events as f64, native_ns: n / total_events as f64, findings });
+        rows.push(Row {
+            name: "all built-ins",
+            workload: wname,
+            events: total_events,
+            wasm_ns: w / total_events as f64,
+            native_ns: n / total_events as f64,
+            findings,
+        });
     }
 
     println!("Batches of {} events, {} batches per run, median of {} runs; epoch deadline on every call.", args.batch_size, args.batches, args.runs);

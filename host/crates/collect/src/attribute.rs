@@ -29,27 +29,15 @@ pub(crate) fn attribute(ctx: &Ctx, pid: u32) -> Attribution {
             Some(n) if !n.partial => Some(n.info.uid),
             _ => procfs::read_euid(pid).ok(),
         };
-        return Attribution {
-            entity_id: Some(entity),
-            exe: Some(exe),
-            uid,
-        };
+        return Attribution { entity_id: Some(entity), exe: Some(exe), uid };
     }
     // A fork-time copy of the parent's image may predate an exec the process
     // collector has not handled yet: not trusted for the exe.
     if let Some(node) = ctx.tree.recent_node(pid) {
         if !node.info.exe.is_empty() && !node.inherited {
-            return Attribution {
-                entity_id: Some(node.info.entity_id),
-                exe: Some(node.info.exe),
-                uid: Some(node.info.uid),
-            };
+            return Attribution { entity_id: Some(node.info.entity_id), exe: Some(node.info.exe), uid: Some(node.info.uid) };
         }
     }
     let stat = procfs::read_stat(pid).ok();
-    Attribution {
-        entity_id: stat.map(|s| ctx.boot.entity_id(pid, s.start_ticks)),
-        exe: None,
-        uid: procfs::read_euid(pid).ok(),
-    }
+    Attribution { entity_id: stat.map(|s| ctx.boot.entity_id(pid, s.start_ticks)), exe: None, uid: procfs::read_euid(pid).ok() }
 }

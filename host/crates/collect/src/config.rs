@@ -237,10 +237,7 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig {
-            mode: NetworkMode::Auto,
-            interval: Duration::from_millis(250),
-        }
+        NetworkConfig { mode: NetworkMode::Auto, interval: Duration::from_millis(250) }
     }
 }
 
@@ -264,10 +261,7 @@ impl Default for LoginConfig {
     fn default() -> Self {
         LoginConfig {
             mode: LoginMode::Auto,
-            auth_logs: vec![
-                PathBuf::from("/var/log/auth.log"),
-                PathBuf::from("/var/log/secure"),
-            ],
+            auth_logs: vec![PathBuf::from("/var/log/auth.log"), PathBuf::from("/var/log/secure")],
             wtmp: Some(PathBuf::from("/var/log/wtmp")),
             btmp: Some(PathBuf::from("/var/log/btmp")),
             interval: Duration::from_millis(500),

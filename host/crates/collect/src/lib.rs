@@ -49,8 +49,8 @@ mod sink;
 mod tree;
 
 pub use config::{
-    CollectConfig, FileConfig, FileMode, LoginConfig, LoginMode, NetworkConfig, NetworkMode,
-    ProcessConfig, ProcessMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DEFAULT_SENSITIVE,
+    CollectConfig, FileConfig, FileMode, LoginConfig, LoginMode, NetworkConfig, NetworkMode, ProcessConfig, ProcessMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE,
+    DEFAULT_SENSITIVE,
 };
 pub use error::CollectError;
 pub use procfs::entity_id;
@@ -82,14 +82,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn new(boot: BootInfo, tree: Arc<ProcessTree>, exclude_pids: HashSet<u32>) -> Ctx {
-        Ctx {
-            boot,
-            tree,
-            users: Users::new("/etc/passwd"),
-            exclude_pids,
-            stop: AtomicBool::new(false),
-            wake: (Mutex::new(()), Condvar::new()),
-        }
+        Ctx { boot, tree, users: Users::new("/etc/passwd"), exclude_pids, stop: AtomicBool::new(false), wake: (Mutex::new(()), Condvar::new()) }
     }
 
     /// Whether the collectors are being stopped.
@@ -139,53 +132,27 @@ impl Collectors {
     /// that is unavailable is an error.
     pub fn start(cfg: CollectConfig, tx: Sender<Event>) -> Result<Collectors, CollectError> {
         let boot = BootInfo::read()?;
-        let tree = Arc::new(ProcessTree::new(tree::Retention {
-            max_age: cfg.process.retain_exited,
-            max_exited: cfg.process.max_exited,
-        }));
-        let ctx = Arc::new(Ctx::new(
-            boot,
-            tree,
-            cfg.exclude_pids.iter().copied().collect(),
-        ));
-        let mut me = Collectors {
-            ctx: ctx.clone(),
-            counters: Vec::new(),
-            threads: Vec::new(),
-            _keep: Vec::new(),
-        };
+        let tree = Arc::new(ProcessTree::new(tree::Retention { max_age: cfg.process.retain_exited, max_exited: cfg.process.max_exited }));
+        let ctx = Arc::new(Ctx::new(boot, tree, cfg.exclude_pids.iter().copied().collect()));
+        let mut me = Collectors { ctx: ctx.clone(), counters: Vec::new(), threads: Vec::new(), _keep: Vec::new() };
 
         let c = Counters::new("process", "starting");
         me.counters.push(c.clone());
-        me.threads.extend(process::start(
-            &cfg.process,
-            &ctx,
-            Sink::new(tx.clone(), c),
-        )?);
+        me.threads.extend(process::start(&cfg.process, &ctx, Sink::new(tx.clone(), c))?);
 
         let c = Counters::new("file", "starting");
         me.counters.push(c.clone());
-        let (threads, keep) = file::start(
-            &cfg.file,
-            &cfg.exclude_paths,
-            &ctx,
-            Sink::new(tx.clone(), c),
-        )?;
+        let (threads, keep) = file::start(&cfg.file, &cfg.exclude_paths, &ctx, Sink::new(tx.clone(), c))?;
         me.threads.extend(threads);
         me._keep.extend(keep);
 
         let c = Counters::new("network", "starting");
         me.counters.push(c.clone());
-        me.threads.extend(network::start(
-            &cfg.network,
-            &ctx,
-            Sink::new(tx.clone(), c),
-        )?);
+        me.threads.extend(network::start(&cfg.network, &ctx, Sink::new(tx.clone(), c))?);
 
         let c = Counters::new("login", "starting");
         me.counters.push(c.clone());
-        me.threads
-            .extend(login::start(&cfg.login, &ctx, Sink::new(tx, c))?);
+        me.threads.extend(login::start(&cfg.login, &ctx, Sink::new(tx, c))?);
         Ok(me)
     }
 

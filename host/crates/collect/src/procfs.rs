@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-pub(crate) use edr_procfs::{list_pids, read_cmdline, read_cwd, read_euid, read_exe, read_stat, BootInfo, Stat};
 pub use edr_procfs::entity_id;
+pub(crate) use edr_procfs::{list_pids, read_cmdline, read_cwd, read_euid, read_exe, read_stat, BootInfo, Stat};
 
 /// What `/proc/<pid>` said about a process; `None` fields could not be read.
 #[derive(Debug, Clone, Default)]
@@ -45,13 +45,7 @@ impl Snapshot {
                 argv = None;
             }
         }
-        Snapshot {
-            exe,
-            argv,
-            stat: stat.or(before),
-            cwd,
-            euid,
-        }
+        Snapshot { exe, argv, stat: stat.or(before), cwd, euid }
     }
 
     /// Drops what belongs to a later image than the exec being handled,
@@ -71,10 +65,13 @@ impl Snapshot {
                 if let Some(stat) = self.stat.as_mut() {
                     let name = exe.rsplit('/').next().unwrap_or(exe);
                     // TASK_COMM_LEN: 15 bytes and the NUL.
-                    stat.comm = name.chars().scan(0, |len, c| {
-                        *len += c.len_utf8();
-                        (*len <= 15).then_some(c)
-                    }).collect();
+                    stat.comm = name
+                        .chars()
+                        .scan(0, |len, c| {
+                            *len += c.len_utf8();
+                            (*len <= 15).then_some(c)
+                        })
+                        .collect();
                 }
                 true
             }
@@ -84,11 +81,7 @@ impl Snapshot {
 
     /// Whether every field was read.
     pub fn complete(&self) -> bool {
-        self.exe.is_some()
-            && self.argv.is_some()
-            && self.stat.is_some()
-            && self.cwd.is_some()
-            && self.euid.is_some()
+        self.exe.is_some() && self.argv.is_some() && self.stat.is_some() && self.cwd.is_some() && self.euid.is_some()
     }
 }
 
@@ -110,31 +103,19 @@ struct UsersState {
 
 impl Users {
     pub fn new(path: impl Into<PathBuf>) -> Users {
-        Users {
-            path: path.into(),
-            state: Mutex::new(UsersState::default()),
-        }
+        Users { path: path.into(), state: Mutex::new(UsersState::default()) }
     }
 
     /// The user name of `uid`, or an empty string when unknown.
     pub fn name(&self, uid: u32) -> String {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = st
-            .checked
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
-        if stale
-            || (!st.names.contains_key(&uid)
-                && st
-                    .checked
-                    .is_none_or(|t| t.elapsed() > Duration::from_millis(500)))
-        {
+        let stale = st.checked.is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        if stale || (!st.names.contains_key(&uid) && st.checked.is_none_or(|t| t.elapsed() > Duration::from_millis(500))) {
             st.checked = Some(Instant::now());
             let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
             if mtime != st.mtime || st.names.is_empty() {
                 st.mtime = mtime;
-                st.names = fs::read_to_string(&self.path)
-                    .map(|s| parse_passwd(&s))
-                    .unwrap_or_default();
+                st.names = fs::read_to_string(&self.path).map(|s| parse_passwd(&s)).unwrap_or_default();
             }
         }
         st.names.get(&uid).cloned().unwrap_or_default()
@@ -196,10 +177,7 @@ mod tests {
     fn snapshot_of_this_process_is_complete() {
         let snap = Snapshot::read(std::process::id());
         assert!(snap.complete(), "{snap:?}");
-        assert_eq!(
-            snap.exe.as_deref(),
-            Some(std::env::current_exe().unwrap().to_str().unwrap())
-        );
+        assert_eq!(snap.exe.as_deref(), Some(std::env::current_exe().unwrap().to_str().unwrap()));
         let gone = Snapshot::read(u32::MAX - 1);
         assert!(gone.exe.is_none() && gone.stat.is_none() && !gone.complete());
     }

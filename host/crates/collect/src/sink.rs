@@ -86,11 +86,7 @@ impl Counters {
             unresolved: AtomicU64::new(0),
             exe_recovered: AtomicU64::new(0),
             exe_missing: AtomicU64::new(0),
-            rate: Mutex::new(Rate {
-                at: Instant::now(),
-                events: 0,
-                eps: 0.0,
-            }),
+            rate: Mutex::new(Rate { at: Instant::now(), events: 0, eps: 0.0 }),
         })
     }
 
@@ -124,10 +120,7 @@ impl Counters {
             dropped: self.dropped.load(Ordering::Relaxed),
             // Each overflow lost at least one message, even before a gap
             // could be measured.
-            lost: self
-                .lost
-                .load(Ordering::Relaxed)
-                .max(self.overflows.load(Ordering::Relaxed)),
+            lost: self.lost.load(Ordering::Relaxed).max(self.overflows.load(Ordering::Relaxed)),
             overflows: self.overflows.load(Ordering::Relaxed),
             unresolved: self.unresolved.load(Ordering::Relaxed),
             exe_recovered: self.exe_recovered.load(Ordering::Relaxed),
@@ -160,12 +153,7 @@ impl Sink {
         if partial {
             self.counters.partial.fetch_add(1, Ordering::Relaxed);
         }
-        let event = Event {
-            id: 0,
-            time,
-            partial,
-            body,
-        };
+        let event = Event { id: 0, time, partial, body };
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
@@ -174,21 +162,14 @@ impl Sink {
             Err(TrySendError::Full(_)) => {
                 let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if n.is_power_of_two() {
-                    tracing::warn!(
-                        collector = self.counters.name,
-                        dropped = n + 1,
-                        "event channel full: dropping events (counted)"
-                    );
+                    tracing::warn!(collector = self.counters.name, dropped = n + 1, "event channel full: dropping events (counted)");
                 }
                 false
             }
             Err(TrySendError::Disconnected(_)) => {
                 let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if n == 0 {
-                    tracing::warn!(
-                        collector = self.counters.name,
-                        "event channel closed: dropping events (counted)"
-                    );
+                    tracing::warn!(collector = self.counters.name, "event channel closed: dropping events (counted)");
                 }
                 false
             }
@@ -202,11 +183,7 @@ mod tests {
     use edr_event::ProcessExit;
 
     fn exit() -> EventBody {
-        EventBody::ProcessExit(ProcessExit {
-            pid: 1,
-            entity_id: 2,
-            exit_code: 0,
-        })
+        EventBody::ProcessExit(ProcessExit { pid: 1, entity_id: 2, exit_code: 0 })
     }
 
     #[test]

@@ -82,10 +82,7 @@ pub struct ProcessTree {
 
 impl ProcessTree {
     pub(crate) fn new(retention: Retention) -> ProcessTree {
-        ProcessTree {
-            inner: RwLock::new(Inner::default()),
-            retention,
-        }
+        ProcessTree { inner: RwLock::new(Inner::default()), retention }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -120,11 +117,7 @@ impl ProcessTree {
     /// The live process with this pid.
     pub fn by_pid(&self, pid: u32) -> Option<ProcessInfo> {
         let inner = self.read();
-        inner
-            .live
-            .get(&pid)
-            .and_then(|e| inner.nodes.get(e))
-            .map(|n| n.info.clone())
+        inner.live.get(&pid).and_then(|e| inner.nodes.get(e)).map(|n| n.info.clone())
     }
 
     /// The process with this entity id, live or exited (within retention).
@@ -135,10 +128,7 @@ impl ProcessTree {
     /// Processes known: (live, exited).
     pub fn len(&self) -> (usize, usize) {
         let inner = self.read();
-        (
-            inner.live.len(),
-            inner.nodes.len() - inner.live.len().min(inner.nodes.len()),
-        )
+        (inner.live.len(), inner.nodes.len() - inner.live.len().min(inner.nodes.len()))
     }
 
     /// Whether the tree knows no process at all.
@@ -149,23 +139,14 @@ impl ProcessTree {
     /// The live node of `pid`.
     pub(crate) fn live_node(&self, pid: u32) -> Option<Node> {
         let inner = self.read();
-        inner
-            .live
-            .get(&pid)
-            .and_then(|e| inner.nodes.get(e))
-            .cloned()
+        inner.live.get(&pid).and_then(|e| inner.nodes.get(e)).cloned()
     }
 
     /// The live node of `pid`, or else the last one that exited with it: for
     /// attributing a file or network event to a process that is already gone.
     pub(crate) fn recent_node(&self, pid: u32) -> Option<Node> {
         let inner = self.read();
-        inner
-            .live
-            .get(&pid)
-            .or_else(|| inner.recent.get(&pid))
-            .and_then(|e| inner.nodes.get(e))
-            .cloned()
+        inner.live.get(&pid).or_else(|| inner.recent.get(&pid)).and_then(|e| inner.nodes.get(e)).cloned()
     }
 
     pub(crate) fn node(&self, entity: u64) -> Option<Node> {
@@ -179,11 +160,7 @@ impl ProcessTree {
         let Some(node) = inner.nodes.get(&entity) else {
             return (None, Vec::new());
         };
-        let parent = inner
-            .nodes
-            .get(&node.parent_entity)
-            .filter(|_| node.parent_entity != entity)
-            .cloned();
+        let parent = inner.nodes.get(&node.parent_entity).filter(|_| node.parent_entity != entity).cloned();
         let mut exes = Vec::new();
         let mut cur = node.parent_entity;
         let mut prev = entity;
@@ -261,11 +238,7 @@ impl ProcessTree {
     /// retires processes whose exit was lost).
     pub(crate) fn live_pids(&self) -> Vec<(u32, u64)> {
         let inner = self.read();
-        inner
-            .live
-            .iter()
-            .filter_map(|(pid, e)| inner.nodes.get(e).map(|n| (*pid, n.start_ticks)))
-            .collect()
+        inner.live.iter().filter_map(|(pid, e)| inner.nodes.get(e).map(|n| (*pid, n.start_ticks))).collect()
     }
 }
 
@@ -275,14 +248,7 @@ mod tests {
 
     fn node(pid: u32, entity: u64, parent: u64, exe: &str) -> Node {
         Node {
-            info: ProcessInfo {
-                pid,
-                entity_id: entity,
-                exe: exe.into(),
-                argv: vec![exe.into()],
-                uid: 0,
-                start_time: 1,
-            },
+            info: ProcessInfo { pid, entity_id: entity, exe: exe.into(), argv: vec![exe.into()], uid: 0, start_time: 1 },
             ppid: 0,
             parent_entity: parent,
             ..Node::default()
@@ -290,10 +256,7 @@ mod tests {
     }
 
     fn tree() -> ProcessTree {
-        ProcessTree::new(Retention {
-            max_age: Duration::from_secs(600),
-            max_exited: 3,
-        })
+        ProcessTree::new(Retention { max_age: Duration::from_secs(600), max_exited: 3 })
     }
 
     #[test]
@@ -308,10 +271,7 @@ mod tests {
         assert!(t.exit(200, now).is_some());
         assert!(t.exit(100, now).is_some());
         let chain: Vec<String> = t.ancestry(13).into_iter().map(|p| p.exe).collect();
-        assert_eq!(
-            chain,
-            ["/usr/bin/curl", "/bin/sh", "/usr/sbin/nginx", "/sbin/init"]
-        );
+        assert_eq!(chain, ["/usr/bin/curl", "/bin/sh", "/usr/sbin/nginx", "/sbin/init"]);
         let (parent, exes) = t.lineage(13);
         assert_eq!(parent.unwrap().info.exe, "/bin/sh");
         assert_eq!(exes, ["/bin/sh", "/usr/sbin/nginx", "/sbin/init"]);
@@ -335,10 +295,7 @@ mod tests {
         assert!(t.get(102).is_some() && t.get(104).is_some());
         assert_eq!(t.len(), (1, 3));
         t.evict(t0 + Duration::from_secs(604));
-        assert!(
-            t.get(102).is_none() && t.get(103).is_none(),
-            "older than 10 minutes"
-        );
+        assert!(t.get(102).is_none() && t.get(103).is_none(), "older than 10 minutes");
         assert!(t.get(104).is_some());
         assert!(t.get(1).is_some(), "live processes are never evicted");
     }

@@ -26,11 +26,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 use edr_testkit::is_root;
 
 /// Collects events until `done` says so or `timeout` passes.
-fn collect_until(
-    rx: &Receiver<Event>,
-    timeout: Duration,
-    mut done: impl FnMut(&[Event]) -> bool,
-) -> Vec<Event> {
+fn collect_until(rx: &Receiver<Event>, timeout: Duration, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     while Instant::now() < deadline {
@@ -46,10 +42,7 @@ fn collect_until(
 }
 
 fn canon(p: impl AsRef<Path>) -> String {
-    std::fs::canonicalize(p)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    std::fs::canonicalize(p).unwrap().to_string_lossy().into_owned()
 }
 
 /// The process collector alone, on the process connector; `None` (after
@@ -62,15 +55,9 @@ fn start_netlink(tx: crossbeam_channel::Sender<Event>) -> Option<Collectors> {
         Ok(c) => {
             let mode = c.status()[0].mode.clone();
             if is_root() {
-                assert!(
-                    mode.starts_with("netlink + fanotify exec paths on "),
-                    "{mode}"
-                );
+                assert!(mode.starts_with("netlink + fanotify exec paths on "), "{mode}");
             } else {
-                assert!(
-                    mode.starts_with("netlink (no exec paths from fanotify: fanotify_init: "),
-                    "{mode}"
-                );
+                assert!(mode.starts_with("netlink (no exec paths from fanotify: fanotify_init: "), "{mode}");
             }
             Some(c)
         }
@@ -100,12 +87,7 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
     };
 
     // `read` keeps the shell alive until we are done looking; its only child is the copy.
-    let mut sh = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("'{bin_s}'; read x; exit 3"))
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sh = Command::new("/bin/sh").arg("-c").arg(format!("'{bin_s}'; read x; exit 3")).stdin(Stdio::piped()).spawn().unwrap();
     let sh_pid = sh.id();
     let is_copy = |e: &Event| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid && (x.exe == bin_s || e.partial));
     let events = collect_until(&rx, Duration::from_secs(10), |evs| evs.iter().any(is_copy));
@@ -114,13 +96,8 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
 
     let shell = canon("/bin/sh");
     let me = canon(std::env::current_exe().unwrap());
-    let exec = events
-        .iter()
-        .find(|e| is_copy(e))
-        .unwrap_or_else(|| panic!("no exec event for {bin_s} in {} events", events.len()));
-    let EventBody::ProcessExec(x) = &exec.body else {
-        unreachable!()
-    };
+    let exec = events.iter().find(|e| is_copy(e)).unwrap_or_else(|| panic!("no exec event for {bin_s} in {} events", events.len()));
+    let EventBody::ProcessExec(x) = &exec.body else { unreachable!() };
     eprintln!("exec: partial={} {x:#?}", exec.partial);
     assert_eq!(exec.id, 0);
     assert!(exec.time > 0);
@@ -131,28 +108,12 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
         assert_eq!(x.uid, unsafe { libc::geteuid() });
         assert!(!x.user.is_empty());
         // Started moments ago (stat's start time, with btime, in ns since the epoch).
-        assert!(
-            x.start_time.abs_diff(exec.time) < 10_000_000_000,
-            "start {} vs now {}",
-            x.start_time,
-            exec.time
-        );
+        assert!(x.start_time.abs_diff(exec.time) < 10_000_000_000, "start {} vs now {}", x.start_time, exec.time);
     }
     assert_eq!(x.parent_exe, shell, "parent is the shell");
-    assert_eq!(
-        x.parent_argv,
-        vec![
-            "/bin/sh".to_string(),
-            "-c".into(),
-            format!("'{bin_s}'; read x; exit 3")
-        ]
-    );
+    assert_eq!(x.parent_argv, vec!["/bin/sh".to_string(), "-c".into(), format!("'{bin_s}'; read x; exit 3")]);
     assert_eq!(x.ancestry.first(), Some(&shell));
-    let me_at = x
-        .ancestry
-        .iter()
-        .position(|a| *a == me)
-        .unwrap_or_else(|| panic!("{me} not in {:?}", x.ancestry));
+    let me_at = x.ancestry.iter().position(|a| *a == me).unwrap_or_else(|| panic!("{me} not in {:?}", x.ancestry));
     assert!(me_at >= 1, "the test process is above the shell");
     assert_ne!(x.entity_id, 0);
     assert_ne!(x.parent_entity_id, 0);
@@ -160,13 +121,8 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
     // The shell's exit carries its exit code, and lineage outlives it.
     let sh_exit = |e: &Event| matches!(&e.body, EventBody::ProcessExit(x) if x.pid == sh_pid);
     let events = collect_until(&rx, Duration::from_secs(5), |evs| evs.iter().any(sh_exit));
-    let exit = events
-        .iter()
-        .find(|e| sh_exit(e))
-        .expect("exit event of the shell");
-    let EventBody::ProcessExit(ex) = &exit.body else {
-        unreachable!()
-    };
+    let exit = events.iter().find(|e| sh_exit(e)).expect("exit event of the shell");
+    let EventBody::ProcessExit(ex) = &exit.body else { unreachable!() };
     assert_eq!(ex.exit_code, 3);
     assert_eq!(ex.entity_id, x.parent_entity_id);
     let tree = collectors.process_tree();
@@ -174,11 +130,7 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
     assert_eq!(chain[0].entity_id, x.entity_id);
     assert_eq!(chain[1].exe, shell, "the exited shell is still in the tree");
     assert!(chain.iter().skip(2).any(|p| p.exe == me));
-    assert!(
-        tree.by_pid(sh_pid)
-            .is_none_or(|p| p.entity_id != ex.entity_id),
-        "exited: not live"
-    );
+    assert!(tree.by_pid(sh_pid).is_none_or(|p| p.entity_id != ex.entity_id), "exited: not live");
     assert_eq!(tree.by_pid(std::process::id()).unwrap().exe, me);
     collectors.stop();
 }
@@ -210,21 +162,13 @@ fn file_events_are_attributed_to_the_writing_process() {
 
     // Our own write is self-noise: never reported.
     std::fs::write(dir.path().join("self-noise"), "x").unwrap();
-    let script =
-        "echo hello > f; chmod 4755 f; mv f g; echo no > excluded/x; cat shadow > /dev/null; rm g";
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
-        .spawn()
-        .unwrap();
+    let script = "echo hello > f; chmod 4755 f; mv f g; echo no > excluded/x; cat shadow > /dev/null; rm g";
+    let mut child = Command::new("/bin/sh").arg("-c").arg(script).current_dir(dir.path()).spawn().unwrap();
     let pid = child.id();
     assert!(child.wait().unwrap().success());
     let g = format!("{d}/g");
-    let events = collect_until(&rx, Duration::from_secs(10), |evs| {
-        evs.iter()
-            .any(|e| matches!(&e.body, EventBody::File(f) if f.op == FileOp::Delete && f.path == g))
-    });
+    let events =
+        collect_until(&rx, Duration::from_secs(10), |evs| evs.iter().any(|e| matches!(&e.body, EventBody::File(f) if f.op == FileOp::Delete && f.path == g)));
     let files: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.body {
@@ -233,82 +177,39 @@ fn file_events_are_attributed_to_the_writing_process() {
         })
         .collect();
     for f in &files {
-        eprintln!(
-            "{:?} {} old={:?} mode={:?} pid={:?} exe={:?}",
-            f.op,
-            f.path,
-            f.old_path,
-            f.mode.map(|m| format!("{m:o}")),
-            f.pid,
-            f.exe
-        );
+        eprintln!("{:?} {} old={:?} mode={:?} pid={:?} exe={:?}", f.op, f.path, f.old_path, f.mode.map(|m| format!("{m:o}")), f.pid, f.exe);
     }
     let f_path = format!("{d}/f");
     let ops: Vec<(FileOp, &str)> = files.iter().map(|f| (f.op, f.path.as_str())).collect();
     assert!(ops.contains(&(FileOp::Create, f_path.as_str())), "{ops:?}");
     assert!(ops.contains(&(FileOp::Modify, f_path.as_str())), "{ops:?}");
-    let chmod = files
-        .iter()
-        .find(|f| f.op == FileOp::Chmod && f.path == f_path)
-        .expect("chmod event");
-    assert_eq!(
-        chmod.mode.unwrap() & 0o7777,
-        0o4755,
-        "setuid visible in mode"
-    );
-    let mv = files
-        .iter()
-        .find(|f| f.op == FileOp::Rename)
-        .expect("rename event");
-    assert_eq!(
-        (mv.path.as_str(), mv.old_path.as_deref()),
-        (g.as_str(), Some(f_path.as_str()))
-    );
+    let chmod = files.iter().find(|f| f.op == FileOp::Chmod && f.path == f_path).expect("chmod event");
+    assert_eq!(chmod.mode.unwrap() & 0o7777, 0o4755, "setuid visible in mode");
+    let mv = files.iter().find(|f| f.op == FileOp::Rename).expect("rename event");
+    assert_eq!((mv.path.as_str(), mv.old_path.as_deref()), (g.as_str(), Some(f_path.as_str())));
     assert!(ops.contains(&(FileOp::Delete, g.as_str())), "{ops:?}");
-    let read = files
-        .iter()
-        .find(|f| f.op == FileOp::Read)
-        .expect("read of the sensitive file");
+    let read = files.iter().find(|f| f.op == FileOp::Read).expect("read of the sensitive file");
     assert_eq!(read.path, format!("{d}/shadow"));
     // Attribution: the shell wrote f itself (`echo` is a builtin); chmod, mv,
     // cat and rm are its children.
-    for f in files
-        .iter()
-        .filter(|f| f.path == f_path && matches!(f.op, FileOp::Create | FileOp::Modify))
-    {
+    for f in files.iter().filter(|f| f.path == f_path && matches!(f.op, FileOp::Create | FileOp::Modify)) {
         assert_eq!(f.pid, Some(pid), "{f:?}");
         // The shell may be gone before the event is handled and, on a busy
         // host, before the process collector recorded it: then exe is unknown
         // (and the event partial), never wrong.
-        assert!(
-            f.exe.is_none() || f.exe.as_deref() == Some(canon("/bin/sh").as_str()),
-            "{f:?}"
-        );
+        assert!(f.exe.is_none() || f.exe.as_deref() == Some(canon("/bin/sh").as_str()), "{f:?}");
     }
     for (f, tool) in [(chmod, "chmod"), (mv, "mv"), (read, "cat")] {
-        assert!(
-            f.pid.is_some_and(|p| p != pid && p != std::process::id()),
-            "{f:?}"
-        );
+        assert!(f.pid.is_some_and(|p| p != pid && p != std::process::id()), "{f:?}");
         if let Some(exe) = &f.exe {
             assert!(exe.ends_with(&format!("/{tool}")), "{f:?}");
         }
     }
-    assert!(
-        !files.iter().any(|f| f.path.contains("excluded")),
-        "excluded path reported"
-    );
-    assert!(
-        !files.iter().any(|f| f.path.ends_with("self-noise")),
-        "excluded pid reported"
-    );
+    assert!(!files.iter().any(|f| f.path.contains("excluded")), "excluded path reported");
+    assert!(!files.iter().any(|f| f.path.ends_with("self-noise")), "excluded pid reported");
     let st = &collectors.status()[1];
     eprintln!("file status: {st:?}");
-    assert_eq!(
-        files.iter().filter(|f| f.exe.is_none()).count() as u64 > 0,
-        st.partial > 0,
-        "partial events are counted"
-    );
+    assert_eq!(files.iter().filter(|f| f.exe.is_none()).count() as u64 > 0, st.partial > 0, "partial events are counted");
     assert!(st.events >= 6);
     collectors.stop();
 }
@@ -332,9 +233,7 @@ fn tcp_connect_accept_and_listen_carry_the_pid() {
         let ops: HashSet<NetworkOp> = evs
             .iter()
             .filter_map(|e| match &e.body {
-                EventBody::Network(n) if n.local_port == port || n.local_port == client_port => {
-                    Some(n.op)
-                }
+                EventBody::Network(n) if n.local_port == port || n.local_port == client_port => Some(n.op),
                 _ => None,
             })
             .collect();
@@ -345,45 +244,25 @@ fn tcp_connect_accept_and_listen_carry_the_pid() {
     let mine: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.body {
-            EventBody::Network(n) if n.local_port == port || n.local_port == client_port => {
-                Some((e.partial, n.clone()))
-            }
+            EventBody::Network(n) if n.local_port == port || n.local_port == client_port => Some((e.partial, n.clone())),
             _ => None,
         })
         .collect();
     for m in &mine {
         eprintln!("{m:?}");
     }
-    let find = |op| {
-        mine.iter()
-            .find(|(_, n)| n.op == op)
-            .unwrap_or_else(|| panic!("no {op:?} event in {mine:?}"))
-    };
+    let find = |op| mine.iter().find(|(_, n)| n.op == op).unwrap_or_else(|| panic!("no {op:?} event in {mine:?}"));
     let (partial, c) = find(NetworkOp::Connect);
-    assert_eq!(
-        (c.local_ip.as_str(), c.remote_ip.as_str(), c.remote_port),
-        ("127.0.0.1", "127.0.0.1", port)
-    );
+    assert_eq!((c.local_ip.as_str(), c.remote_ip.as_str(), c.remote_port), ("127.0.0.1", "127.0.0.1", port));
     assert_eq!(c.pid, Some(me), "connecting pid");
-    assert_eq!(
-        c.exe.as_deref(),
-        Some(canon(std::env::current_exe().unwrap()).as_str())
-    );
+    assert_eq!(c.exe.as_deref(), Some(canon(std::env::current_exe().unwrap()).as_str()));
     assert!(!partial);
     let (_, a) = find(NetworkOp::Accept);
-    assert_eq!(
-        (a.local_port, a.remote_port, a.pid),
-        (port, client_port, Some(me))
-    );
+    assert_eq!((a.local_port, a.remote_port, a.pid), (port, client_port, Some(me)));
     let (_, l) = find(NetworkOp::Listen);
     assert_eq!((l.local_port, l.pid), (port, Some(me)));
     let st = &collectors.status()[2];
-    assert!(
-        st.mode
-            .contains("misses connections shorter than the interval"),
-        "{}",
-        st.mode
-    );
+    assert!(st.mode.contains("misses connections shorter than the interval"), "{}", st.mode);
     collectors.stop();
 }
 
@@ -398,11 +277,7 @@ fn collector_cpu_ns() -> u64 {
             continue;
         }
         let st = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        total += st
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        total += st.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     total
 }
@@ -440,10 +315,7 @@ fn burst_of_2000_processes_is_accounted_for() {
     let (mut partial, mut no_exe, mut wrong_exe) = (0usize, 0usize, Vec::new());
     let mut quiet_since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline
-        && quiet_since.elapsed() < Duration::from_secs(2)
-        && seen.len() < N
-    {
+    while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(2) && seen.len() < N {
         if let Ok(e) = rx.recv_timeout(Duration::from_millis(50)) {
             if let EventBody::ProcessExec(x) = &e.body {
                 if pids.contains(&x.pid) && seen.insert(x.pid) {
@@ -485,23 +357,14 @@ fn burst_of_2000_processes_is_accounted_for() {
         N as u64 - seen.len() as u64 - st.lost - st.dropped
     );
     if st.overflows > 0 {
-        assert!(
-            st.lost > 0,
-            "the kernel reported overflow: lost must be counted"
-        );
+        assert!(st.lost > 0, "the kernel reported overflow: lost must be counted");
     }
     assert!(st.partial >= partial as u64);
-    assert!(
-        wrong_exe.is_empty(),
-        "execs with a wrong exe: {wrong_exe:#?}"
-    );
+    assert!(wrong_exe.is_empty(), "execs with a wrong exe: {wrong_exe:#?}");
     assert!(st.exe_missing >= no_exe as u64, "{st:?}");
     if exec_paths {
         // Every exec names the copy, unless the kernel lost events (counted).
-        assert!(
-            no_exe == 0 || st.lost > 0,
-            "{no_exe} execs without exe and no loss counted: {st:?}"
-        );
+        assert!(no_exe == 0 || st.lost > 0, "{no_exe} execs without exe and no loss counted: {st:?}");
         assert!(st.exe_recovered <= st.partial, "{st:?}");
     }
     collectors.stop();
@@ -523,20 +386,12 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
         return;
     };
     let script = format!("i=0; while [ $i -lt {N} ]; do '{bin_s}'; i=$((i+1)); done");
-    let mut sh = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&script)
-        .spawn()
-        .unwrap();
+    let mut sh = Command::new("/bin/sh").arg("-c").arg(&script).spawn().unwrap();
     let sh_pid = sh.id();
     assert!(sh.wait().unwrap().success());
     // The shell's children are the copy's runs (`[` and `$((...))` are
     // builtins).
-    let runs = |evs: &[Event]| {
-        evs.iter()
-            .filter(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid))
-            .count()
-    };
+    let runs = |evs: &[Event]| evs.iter().filter(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid)).count();
     let events = collect_until(&rx, Duration::from_secs(20), |evs| runs(evs) >= N);
     let st = collectors.status()[0].clone();
     let execs: Vec<(bool, &edr_event::ProcessExec)> = events
@@ -577,10 +432,7 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
         if *partial {
             // Gone before /proc was read: argv is the executed file (or the
             // comm, when /proc/<pid>/exe was read but not the cmdline).
-            assert!(
-                x.argv == vec![bin_s.clone()] || x.argv == vec!["true".to_string()],
-                "{x:#?}"
-            );
+            assert!(x.argv == vec![bin_s.clone()] || x.argv == vec!["true".to_string()], "{x:#?}");
         } else {
             assert_eq!(x.argv, vec![bin_s.clone()]);
         }
@@ -610,15 +462,8 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
     };
     // Keep the collector busy meanwhile, as a loaded host does: that is
     // when /proc is read after the second exec.
-    let busy: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new("/bin/sh")
-                .arg("-c")
-                .arg("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done")
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let busy: Vec<_> =
+        (0..2).map(|_| Command::new("/bin/sh").arg("-c").arg("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done").spawn().unwrap()).collect();
     let script = format!("i=0; while [ $i -lt {N} ]; do '{env}' '{sleep}' 0.01; i=$((i+1)); done");
     let mut sh = Command::new("/bin/sh").arg("-c").arg(&script).spawn().unwrap();
     let sh_pid = sh.id();
@@ -626,11 +471,7 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
     for mut b in busy {
         let _ = b.wait();
     }
-    let children = |evs: &[Event]| {
-        evs.iter()
-            .filter(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid))
-            .count()
-    };
+    let children = |evs: &[Event]| evs.iter().filter(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.ppid == sh_pid)).count();
     let events = collect_until(&rx, Duration::from_secs(30), |evs| children(evs) >= 2 * N);
     let st = collectors.status()[0].clone();
     let mut by_pid: std::collections::BTreeMap<u32, Vec<(bool, &edr_event::ProcessExec)>> = Default::default();
@@ -642,11 +483,7 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
         }
     }
     let superseded = by_pid.values().filter(|v| v.first().is_some_and(|(p, x)| *p && x.exe == env)).count();
-    eprintln!(
-        "exec chains: {} pids, {superseded} first execs read after the second (partial, exe from fanotify); lost {}",
-        by_pid.len(),
-        st.lost
-    );
+    eprintln!("exec chains: {} pids, {superseded} first execs read after the second (partial, exe from fanotify); lost {}", by_pid.len(), st.lost);
     if st.lost == 0 {
         assert_eq!(by_pid.len(), N, "{st:?}");
     }
@@ -711,11 +548,7 @@ fn memfd_copy(name: &str, src: &str) -> std::os::fd::OwnedFd {
 fn exec_fd(fd: &std::os::fd::OwnedFd, arg0: &str, args: &[&str]) -> KillOnDrop {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let child = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .arg0(arg0)
-        .args(args)
-        .spawn()
-        .unwrap();
+    let child = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).arg0(arg0).args(args).spawn().unwrap();
     KillOnDrop(child)
 }
 
@@ -723,10 +556,7 @@ fn exec_fd(fd: &std::os::fd::OwnedFd, arg0: &str, args: &[&str]) -> KillOnDrop {
 fn exec_of(rx: &Receiver<Event>, pid: u32) -> (bool, edr_event::ProcessExec) {
     let of_pid = |e: &Event| matches!(&e.body, EventBody::ProcessExec(x) if x.pid == pid);
     let events = collect_until(rx, Duration::from_secs(10), |evs| evs.iter().any(of_pid));
-    let e = events
-        .into_iter()
-        .find(|e| of_pid(e))
-        .unwrap_or_else(|| panic!("no exec event of pid {pid}"));
+    let e = events.into_iter().find(|e| of_pid(e)).unwrap_or_else(|| panic!("no exec event of pid {pid}"));
     let EventBody::ProcessExec(x) = e.body else { unreachable!() };
     (e.partial, x)
 }
@@ -808,9 +638,7 @@ fn a_deleted_binary_keeps_its_path_marked_deleted() {
 
 /// `/proc/<pid>/exe`, or an empty string.
 fn edr_procfs_exe(pid: u32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[test]
@@ -824,17 +652,10 @@ fn poll_mode_synthesises_exec_and_exit_without_root() {
     cfg.process.poll_interval = Duration::from_millis(20);
     let (tx, rx) = crossbeam_channel::bounded(10_000);
     let collectors = Collectors::start(cfg, tx).unwrap();
-    assert!(
-        collectors.status()[0].mode.starts_with("poll 20ms"),
-        "{}",
-        collectors.status()[0].mode
-    );
+    assert!(collectors.status()[0].mode.starts_with("poll 20ms"), "{}", collectors.status()[0].mode);
     let mut child = Command::new(&bin).arg("0.5").spawn().unwrap();
     let pid = child.id();
-    let events = collect_until(&rx, Duration::from_secs(5), |evs| {
-        evs.iter()
-            .any(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.pid == pid))
-    });
+    let events = collect_until(&rx, Duration::from_secs(5), |evs| evs.iter().any(|e| matches!(&e.body, EventBody::ProcessExec(x) if x.pid == pid)));
     child.wait().unwrap();
     let exec = events.iter().find_map(|e| match &e.body {
         EventBody::ProcessExec(x) if x.pid == pid => Some(x.clone()),
@@ -845,14 +666,8 @@ fn poll_mode_synthesises_exec_and_exit_without_root() {
     assert_eq!(exec.argv, vec![bin_s.clone(), "0.5".to_string()]);
     assert_eq!(exec.ppid, std::process::id());
     assert_eq!(exec.parent_exe, canon(std::env::current_exe().unwrap()));
-    let exit = collect_until(&rx, Duration::from_secs(5), |evs| {
-        evs.iter()
-            .any(|e| matches!(&e.body, EventBody::ProcessExit(x) if x.pid == pid))
-    });
-    let exit = exit
-        .iter()
-        .find(|e| matches!(&e.body, EventBody::ProcessExit(x) if x.pid == pid))
-        .expect("exit event");
+    let exit = collect_until(&rx, Duration::from_secs(5), |evs| evs.iter().any(|e| matches!(&e.body, EventBody::ProcessExit(x) if x.pid == pid)));
+    let exit = exit.iter().find(|e| matches!(&e.body, EventBody::ProcessExit(x) if x.pid == pid)).expect("exit event");
     assert!(exit.partial, "poll mode has no exit code");
     assert_eq!(exit.entity_id(), Some(exec.entity_id));
     collectors.stop();
@@ -877,42 +692,14 @@ fn inotify_mode_reports_changes_without_pid() {
     std::fs::write(&p, "x").unwrap();
     std::fs::rename(&p, format!("{d}/sub/file2")).unwrap();
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s");
-    let events = collect_until(&rx, Duration::from_secs(5), |evs| {
-        evs.iter()
-            .any(|e| matches!(&e.body, EventBody::File(f) if f.op == FileOp::Read))
-    });
-    let files: Vec<_> = events
-        .iter()
-        .filter_map(|e| {
-            if let EventBody::File(f) = &e.body {
-                Some(f.clone())
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert!(
-        files.iter().any(|f| f.op == FileOp::Create && f.path == p),
-        "{files:?}"
-    );
-    assert!(
-        files.iter().any(|f| f.op == FileOp::Modify && f.path == p),
-        "{files:?}"
-    );
+    let events = collect_until(&rx, Duration::from_secs(5), |evs| evs.iter().any(|e| matches!(&e.body, EventBody::File(f) if f.op == FileOp::Read)));
+    let files: Vec<_> = events.iter().filter_map(|e| if let EventBody::File(f) = &e.body { Some(f.clone()) } else { None }).collect();
+    assert!(files.iter().any(|f| f.op == FileOp::Create && f.path == p), "{files:?}");
+    assert!(files.iter().any(|f| f.op == FileOp::Modify && f.path == p), "{files:?}");
     let r = files.iter().find(|f| f.op == FileOp::Rename).unwrap();
     assert_eq!(r.old_path.as_deref(), Some(p.as_str()));
-    assert!(
-        files
-            .iter()
-            .any(|f| f.op == FileOp::Read && f.path == secret),
-        "{files:?}"
-    );
-    assert!(
-        !files
-            .iter()
-            .any(|f| f.op == FileOp::Read && f.path != secret),
-        "only sensitive files are reads: {files:?}"
-    );
+    assert!(files.iter().any(|f| f.op == FileOp::Read && f.path == secret), "{files:?}");
+    assert!(!files.iter().any(|f| f.op == FileOp::Read && f.path != secret), "only sensitive files are reads: {files:?}");
     assert!(files.iter().all(|f| f.pid.is_none() && f.exe.is_none()));
     collectors.stop();
 }
@@ -931,10 +718,7 @@ fn login_collector_tails_a_log() {
     cfg.login.interval = Duration::from_millis(20);
     let (tx, rx) = crossbeam_channel::bounded(100);
     let collectors = Collectors::start(cfg, tx).unwrap();
-    assert_eq!(
-        collectors.status()[3].mode,
-        format!("tail {}", log.display())
-    );
+    assert_eq!(collectors.status()[3].mode, format!("tail {}", log.display()));
     std::fs::OpenOptions::new()
         .append(true)
         .open(&log)
@@ -942,13 +726,8 @@ fn login_collector_tails_a_log() {
         .write_all(b"Jun  1 10:00:00 h sshd[4242]: Failed password for invalid user admin from 2001:db8::66 port 2222 ssh2\n")
         .unwrap();
     let events = collect_until(&rx, Duration::from_secs(5), |evs| !evs.is_empty());
-    let EventBody::Login(l) = &events[0].body else {
-        panic!("{events:?}")
-    };
-    assert_eq!(
-        (l.user.as_str(), l.source_ip.as_deref(), l.success, l.pid),
-        ("admin", Some("2001:db8::66"), false, Some(4242))
-    );
+    let EventBody::Login(l) = &events[0].body else { panic!("{events:?}") };
+    assert_eq!((l.user.as_str(), l.source_ip.as_deref(), l.success, l.pid), ("admin", Some("2001:db8::66"), false, Some(4242)));
     collectors.stop();
 }
 
@@ -970,39 +749,20 @@ fn start_status_and_stop() {
         assert!(!s.mode.is_empty() && s.mode != "starting");
     }
     if is_root() {
-        assert!(
-            st[0].mode.starts_with("netlink + fanotify exec paths"),
-            "{}",
-            st[0].mode
-        );
+        assert!(st[0].mode.starts_with("netlink + fanotify exec paths"), "{}", st[0].mode);
         assert!(st[1].mode.starts_with("fanotify"), "{}", st[1].mode);
     } else {
         // Recent kernels let anyone listen to the process connector, but
         // fanotify needs root: no exec paths, and the mode says so.
-        assert!(
-            st[0]
-                .mode
-                .starts_with("netlink (no exec paths from fanotify: fanotify_init: ")
-                || st[0].mode.contains("degraded"),
-            "{}",
-            st[0].mode
-        );
-        assert!(
-            st[1].mode.starts_with("inotify (degraded: fanotify"),
-            "{}",
-            st[1].mode
-        );
+        assert!(st[0].mode.starts_with("netlink (no exec paths from fanotify: fanotify_init: ") || st[0].mode.contains("degraded"), "{}", st[0].mode);
+        assert!(st[1].mode.starts_with("inotify (degraded: fanotify"), "{}", st[1].mode);
     }
     assert!(st[3].mode.contains("no auth log"), "{}", st[3].mode);
     // The channel (16) fills up with the host's activity: counted, never blocking.
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     collectors.stop();
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "stop took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(2), "stop took {:?}", t.elapsed());
 }
 
 #[test]
@@ -1017,20 +777,13 @@ fn an_explicit_mode_that_is_unavailable_is_an_error() {
     let (tx, _rx) = crossbeam_channel::bounded(16);
     match Collectors::start(cfg, tx) {
         Ok(c) => {
-            assert!(
-                is_root(),
-                "fanotify filesystem marks without root: {:?}",
-                c.status()
-            );
+            assert!(is_root(), "fanotify filesystem marks without root: {:?}", c.status());
             assert_eq!(c.status()[1].mode, "fanotify");
         }
         Err(e) => {
             assert!(!is_root(), "root must get fanotify: {e}");
             let msg = e.to_string();
-            assert!(
-                msg.contains("fanotify") && msg.contains("CAP_SYS_ADMIN") && msg.contains("auto"),
-                "{msg}"
-            );
+            assert!(msg.contains("fanotify") && msg.contains("CAP_SYS_ADMIN") && msg.contains("auto"), "{msg}");
         }
     }
     let mut cfg = CollectConfig::all_off();
@@ -1040,8 +793,5 @@ fn an_explicit_mode_that_is_unavailable_is_an_error() {
     cfg.login.btmp = None;
     let (tx, _rx) = crossbeam_channel::bounded(16);
     let err = Collectors::start(cfg, tx).unwrap_err().to_string();
-    assert!(
-        err.contains("/nonexistent/auth.log") && err.contains("/nonexistent/wtmp"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/auth.log") && err.contains("/nonexistent/wtmp"), "{err}");
 }

@@ -115,7 +115,8 @@ impl DataDir {
     /// agent's euid, see [`agent_uid`]) could change, and tightens one that
     /// others can read to 0700.
     pub fn open_or_create(path: &Path, uid: u32) -> Result<DataDir, DataDirError> {
-        let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().map_err(|e| DataDirError::io("cannot resolve", path, e))?.join(path) };
+        let abs =
+            if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().map_err(|e| DataDirError::io("cannot resolve", path, e))?.join(path) };
         let name = last_component(&abs)?;
         let parent = abs.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
         std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(|e| DataDirError::io("cannot create", parent, e))?;
@@ -216,7 +217,8 @@ impl DataDir {
     /// Opens `path` as a directory without checking it (a parent given by
     /// the configuration, or one already checked).
     fn open_unchecked(path: &Path, uid: u32) -> Result<DataDir, DataDirError> {
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| DataDirError::io("cannot open directory", path, e))?;
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| DataDirError::io("cannot open directory", path, e))?;
         Ok(DataDir { path: path.to_path_buf(), fd: File::from(fd), uid })
     }
 
@@ -264,7 +266,11 @@ impl DataDir {
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
                     return DataDirError::Symlink { path: path.to_path_buf() };
                 }
-                return DataDirError::Unsafe { path: path.to_path_buf(), problem: format!("it is not what the agent expects there (mode {:o})", st.st_mode), fix: "move it aside".into() };
+                return DataDirError::Unsafe {
+                    path: path.to_path_buf(),
+                    problem: format!("it is not what the agent expects there (mode {:o})", st.st_mode),
+                    fix: "move it aside".into(),
+                };
             }
         }
         DataDirError::io(what, path, e)
@@ -278,10 +284,17 @@ fn check_owned(f: &File, path: &Path, uid: u32, what: &str, mode: u32) -> Result
     let found = meta.mode() & 0o7777;
     let fix = || {
         let owner = if uid == 0 { "root:root".to_string() } else { format!("{uid}") };
-        format!("only the agent's user (uid {uid}) may own or write it: fix it with `chown {owner} {p} && chmod {mode:04o} {p}`, or choose another path", p = path.display())
+        format!(
+            "only the agent's user (uid {uid}) may own or write it: fix it with `chown {owner} {p} && chmod {mode:04o} {p}`, or choose another path",
+            p = path.display()
+        )
     };
     if meta.uid() != uid {
-        return Err(DataDirError::Unsafe { path: path.to_path_buf(), problem: format!("this {what} is owned by uid {} (mode {found:04o}), not by the agent's user (uid {uid})", meta.uid()), fix: fix() });
+        return Err(DataDirError::Unsafe {
+            path: path.to_path_buf(),
+            problem: format!("this {what} is owned by uid {} (mode {found:04o}), not by the agent's user (uid {uid})", meta.uid()),
+            fix: fix(),
+        });
     }
     if found & 0o022 != 0 {
         let who = if found & 0o002 != 0 { "every user" } else { "its group" };
@@ -323,7 +336,11 @@ fn check_parents(dir: &Path, uid: u32) -> Result<(), DataDirError> {
 fn last_component(path: &Path) -> Result<&OsStr, DataDirError> {
     match path.components().next_back() {
         Some(Component::Normal(n)) => Ok(n),
-        _ => Err(DataDirError::Unsafe { path: path.to_path_buf(), problem: "the path does not end with a directory name".into(), fix: "give the data directory as a plain path (e.g. /var/lib/edr)".into() }),
+        _ => Err(DataDirError::Unsafe {
+            path: path.to_path_buf(),
+            problem: "the path does not end with a directory name".into(),
+            fix: "give the data directory as a plain path (e.g. /var/lib/edr)".into(),
+        }),
     }
 }
 

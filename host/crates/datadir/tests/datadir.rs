@@ -87,7 +87,10 @@ fn a_data_dir_made_by_another_user_with_a_planted_link_is_refused() {
     let e = DataDir::open_or_create(&path, 0).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, DataDirError::Unsafe { .. }), "{e:?}");
-    assert!(msg.contains(&path.display().to_string()) && msg.contains("owned by uid 65534") && msg.contains("chown root:root") && msg.contains("chmod 0700"), "{msg}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("owned by uid 65534") && msg.contains("chown root:root") && msg.contains("chmod 0700"),
+        "{msg}"
+    );
     assert_victim_unchanged(&v);
 }
 

@@ -70,8 +70,7 @@ pub fn entity_id_from_str(s: &str) -> u64 {
         return v;
     }
     // FNV-1a: stable across runs and platforms.
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// The last component of a path.
@@ -265,8 +264,7 @@ pub fn alert_to_ecs(alert: &Alert, ctx: &EcsContext) -> Value {
         put(&mut d, "edr.pack.signer", p.signer.clone().into());
     }
     if !f.evidence.is_empty() {
-        let evidence: Map<String, Value> =
-            f.evidence.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let evidence: Map<String, Value> = f.evidence.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         put(&mut d, "edr.evidence", Value::Object(evidence));
     }
     Value::Object(d)
@@ -374,10 +372,7 @@ impl<'a> Doc<'a> {
             None => Ok(None),
             Some(Value::String(s)) => parse_rfc3339(s).map(Some).map_err(|e| field_err(path, e)),
             // Epoch milliseconds, as some shippers write them.
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(|ms| Some(ms.saturating_mul(1_000_000)))
-                .ok_or_else(|| field_err(path, format!("`{n}` is not a time"))),
+            Some(Value::Number(n)) => n.as_u64().map(|ms| Some(ms.saturating_mul(1_000_000))).ok_or_else(|| field_err(path, format!("`{n}` is not a time"))),
             Some(other) => Err(field_err(path, format!("expected a time, found {}", kind_name(other)))),
         }
     }
@@ -434,10 +429,7 @@ pub fn event_from_ecs(v: &Value) -> Result<Event, EcsError> {
     } else if has("authentication") {
         read_login(&d)?
     } else if !categories.is_empty() {
-        return Err(field_err(
-            "event.category",
-            format!("unsupported category {:?}; expected process, file, network or authentication", categories),
-        ));
+        return Err(field_err("event.category", format!("unsupported category {:?}; expected process, file, network or authentication", categories)));
     } else if d.get("file.path").is_some() {
         read_file(&d, action.as_deref(), &types)?
     } else if d.get("destination.ip").is_some() || d.get("network.transport").is_some() {

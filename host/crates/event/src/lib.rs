@@ -60,4 +60,3 @@ pub struct Alert {
     /// The first event named by `finding.event_ids`, when the agent still had it.
     pub event: Option<Event>,
 }
-

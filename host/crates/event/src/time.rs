@@ -5,10 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The current time.
 pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as Timestamp)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Timestamp).unwrap_or(0)
 }
 
 /// RFC 3339 in UTC with nanoseconds, as ECS `@timestamp` wants it.
@@ -22,10 +19,7 @@ pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
     let s = s.trim();
     let (base, offset_secs) = split_offset(s)?;
     let t = humantime::parse_rfc3339_weak(base).map_err(|e| format!("bad timestamp `{s}`: {e}"))?;
-    let nanos = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("timestamp `{s}` is before 1970"))?
-        .as_nanos() as i128;
+    let nanos = t.duration_since(UNIX_EPOCH).map_err(|_| format!("timestamp `{s}` is before 1970"))?.as_nanos() as i128;
     let utc = nanos - offset_secs as i128 * 1_000_000_000;
     u64::try_from(utc).map_err(|_| format!("timestamp `{s}` is out of range"))
 }

@@ -45,13 +45,7 @@ pub fn parse_mountinfo(s: &str) -> Vec<Mount> {
             let mut rest = f.skip_while(|x| *x != "-");
             rest.next()?;
             let fstype = rest.next()?.to_string();
-            Some(Mount {
-                id,
-                dev: (maj.parse().ok()?, min.parse().ok()?),
-                mount_point,
-                fstype,
-                noexec,
-            })
+            Some(Mount { id, dev: (maj.parse().ok()?, min.parse().ok()?), mount_point, fstype, noexec })
         })
         .collect()
 }
@@ -80,8 +74,27 @@ fn unescape(s: &str) -> String {
 
 /// Filesystems nothing is executed from and no detection watches.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
-    "configfs", "fusectl", "binfmt_misc", "efivarfs", "nsfs", "autofs", "rpc_pipefs", "nfsd", "selinuxfs", "hugetlbfs",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "binfmt_misc",
+    "efivarfs",
+    "nsfs",
+    "autofs",
+    "rpc_pipefs",
+    "nfsd",
+    "selinuxfs",
+    "hugetlbfs",
 ];
 
 /// Whether `fstype` is a pseudo filesystem (never marked).
@@ -94,8 +107,7 @@ pub fn is_pseudo(fstype: &str) -> bool {
 pub fn is_remote_or_fuse(fstype: &str) -> bool {
     matches!(
         fstype,
-        "nfs" | "nfs4" | "cifs" | "smb3" | "smbfs" | "ceph" | "glusterfs" | "lustre" | "afs" | "9p" | "ocfs2" | "gfs2"
-            | "virtiofs" | "fuse" | "fuseblk"
+        "nfs" | "nfs4" | "cifs" | "smb3" | "smbfs" | "ceph" | "glusterfs" | "lustre" | "afs" | "9p" | "ocfs2" | "gfs2" | "virtiofs" | "fuse" | "fuseblk"
     ) || fstype.starts_with("fuse.")
 }
 
@@ -107,8 +119,7 @@ pub fn is_noexec(mounts: &[Mount], path: &str) -> bool {
     let mut best: Option<&Mount> = None;
     for m in mounts {
         let mp = m.mount_point.as_str();
-        let under =
-            mp == "/" || path == mp || (path.starts_with(mp) && path.as_bytes().get(mp.len()) == Some(&b'/'));
+        let under = mp == "/" || path == mp || (path.starts_with(mp) && path.as_bytes().get(mp.len()) == Some(&b'/'));
         if under && best.is_none_or(|b| mp.len() >= b.mount_point.len()) {
             best = Some(m);
         }
@@ -132,9 +143,7 @@ pub fn mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &Path) -> io::Resul
 /// Removes every filesystem mark of the group: no new events after this.
 pub fn flush_filesystem_marks(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a valid fd; FLUSH ignores the path.
-    let rc = unsafe {
-        libc::fanotify_mark(fd.as_raw_fd(), libc::FAN_MARK_FLUSH | libc::FAN_MARK_FILESYSTEM, 0, libc::AT_FDCWD, std::ptr::null())
-    };
+    let rc = unsafe { libc::fanotify_mark(fd.as_raw_fd(), libc::FAN_MARK_FLUSH | libc::FAN_MARK_FILESYSTEM, 0, libc::AT_FDCWD, std::ptr::null()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -155,10 +164,7 @@ mod tests {
                  32 22 x:1 / /bad rw - ext4 a rw\n";
         let m = parse_mountinfo(s);
         assert_eq!(m.len(), 3);
-        assert_eq!(
-            m[0],
-            Mount { id: 22, dev: (8, 1), mount_point: "/".into(), fstype: "ext4".into(), noexec: false }
-        );
+        assert_eq!(m[0], Mount { id: 22, dev: (8, 1), mount_point: "/".into(), fstype: "ext4".into(), noexec: false });
         assert_eq!(m[1].mount_point, "/tmp/with space");
         assert_eq!((m[2].fstype.as_str(), m[2].dev), ("nfs4", (0, 26)));
         assert!(!m[0].noexec && m[1].noexec && !m[2].noexec);

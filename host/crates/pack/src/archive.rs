@@ -94,11 +94,9 @@ pub(crate) fn read_files(bytes: &[u8], limits: ReadLimits) -> Result<BTreeMap<St
         .saturating_add((limits.max_files as u64).saturating_add(1).saturating_mul(TAR_OVERHEAD_PER_ENTRY))
         .saturating_add(TAR_OVERHEAD_FIXED);
     let source: Box<dyn Read + '_> = if bytes.starts_with(&ZSTD_MAGIC) {
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(bytes)
-            .map_err(|e| Rejection::MalformedArchive { message: format!("cannot start zstd decoding: {e}") })?;
-        decoder
-            .window_log_max(ZSTD_WINDOW_LOG_MAX)
-            .map_err(|e| Rejection::MalformedArchive { message: format!("cannot configure zstd decoding: {e}") })?;
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| Rejection::MalformedArchive { message: format!("cannot start zstd decoding: {e}") })?;
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| Rejection::MalformedArchive { message: format!("cannot configure zstd decoding: {e}") })?;
         Box::new(decoder)
     } else if bytes.len() >= 512 && &bytes[257..262] == b"ustar" {
         Box::new(bytes)
@@ -167,9 +165,7 @@ pub(crate) fn read_files(bytes: &[u8], limits: ReadLimits) -> Result<BTreeMap<St
         let mut data = Vec::with_capacity(size.min(64 * 1024) as usize);
         (&mut entry).take(size).read_to_end(&mut data).map_err(|e| stream_error(e, &format!("reading `{path}`")))?;
         if (data.len() as u64) != size {
-            return Err(Rejection::MalformedArchive {
-                message: format!("`{path}` is truncated: {} of {size} bytes", data.len()),
-            });
+            return Err(Rejection::MalformedArchive { message: format!("`{path}` is truncated: {} of {size} bytes", data.len()) });
         }
         unpacked += size;
         tracing::trace!(path = %path, size, "read pack entry");

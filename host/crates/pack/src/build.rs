@@ -46,8 +46,7 @@ pub struct BuiltPack {
 pub fn build(dir: &Path, out_dir: &Path) -> Result<BuiltPack, PackError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let template = read_limited(&manifest_path, MAX_MANIFEST_BYTES)?;
-    let template = String::from_utf8(template)
-        .map_err(|_| PackError::Manifest { path: manifest_path.clone(), message: "not UTF-8 text".into() })?;
+    let template = String::from_utf8(template).map_err(|_| PackError::Manifest { path: manifest_path.clone(), message: "not UTF-8 text".into() })?;
     let mut manifest = Manifest::parse(&template, Mode::Template).map_err(|message| PackError::Manifest { path: manifest_path.clone(), message })?;
 
     // Read every named file and pin (or check) its hash.
@@ -57,9 +56,9 @@ pub fn build(dir: &Path, out_dir: &Path) -> Result<BuiltPack, PackError> {
         let path = dir.join(rel);
         let remaining = DEFAULT_MAX_UNPACKED_BYTES.saturating_sub(unpacked);
         let data = read_limited(&path, remaining).map_err(|e| match e {
-            PackError::ExceedsLimits { .. } => PackError::ExceedsLimits {
-                message: format!("with `{rel}` the pack unpacks to more than {DEFAULT_MAX_UNPACKED_BYTES} bytes"),
-            },
+            PackError::ExceedsLimits { .. } => {
+                PackError::ExceedsLimits { message: format!("with `{rel}` the pack unpacks to more than {DEFAULT_MAX_UNPACKED_BYTES} bytes") }
+            }
             other => other,
         })?;
         unpacked += data.len() as u64;
@@ -81,16 +80,16 @@ pub fn build(dir: &Path, out_dir: &Path) -> Result<BuiltPack, PackError> {
 
     // The final manifest must itself be valid and round-trip exactly.
     let text = manifest.to_toml();
-    let reparsed = Manifest::parse(&text, Mode::Final).map_err(|message| PackError::Manifest {
-        path: manifest_path.clone(),
-        message: format!("the final manifest is invalid: {message}"),
-    })?;
+    let reparsed = Manifest::parse(&text, Mode::Final)
+        .map_err(|message| PackError::Manifest { path: manifest_path.clone(), message: format!("the final manifest is invalid: {message}") })?;
     if reparsed != manifest {
         return Err(PackError::Manifest { path: manifest_path, message: "the final manifest does not read back identically (a bug in edr-pack)".into() });
     }
     let unpacked_bytes = unpacked + text.len() as u64;
     if unpacked_bytes > DEFAULT_MAX_UNPACKED_BYTES {
-        return Err(PackError::ExceedsLimits { message: format!("the pack unpacks to {unpacked_bytes} bytes, agents accept {DEFAULT_MAX_UNPACKED_BYTES} by default") });
+        return Err(PackError::ExceedsLimits {
+            message: format!("the pack unpacks to {unpacked_bytes} bytes, agents accept {DEFAULT_MAX_UNPACKED_BYTES} by default"),
+        });
     }
     if contents.len() + 1 > DEFAULT_MAX_FILES {
         return Err(PackError::ExceedsLimits { message: format!("the pack has {} files, agents accept {DEFAULT_MAX_FILES} by default", contents.len() + 1) });

@@ -25,7 +25,9 @@ pub enum Rejection {
     },
 
     /// The archive file is bigger than the policy allows.
-    #[error("the archive is {size} bytes, more than the limit of {limit} bytes (max_archive_bytes); raise the limit only if the publisher confirms a pack this big")]
+    #[error(
+        "the archive is {size} bytes, more than the limit of {limit} bytes (max_archive_bytes); raise the limit only if the publisher confirms a pack this big"
+    )]
     TooLarge {
         /// The archive's size in bytes (at least; reading stops past the limit).
         size: u64,
@@ -146,7 +148,9 @@ pub enum Rejection {
     },
 
     /// The archive holds a file the manifest does not name.
-    #[error("the archive holds `{path}`, which the manifest does not name; packs may contain only pack.toml and the files it lists, report it to the publisher")]
+    #[error(
+        "the archive holds `{path}`, which the manifest does not name; packs may contain only pack.toml and the files it lists, report it to the publisher"
+    )]
     UnlistedFile {
         /// The unlisted path.
         path: String,

@@ -117,10 +117,7 @@ impl PublicKey {
 
     fn parse_line(line: &str, origin: &str) -> Result<PublicKey, PackError> {
         if line.len() != PUBLIC_KEY_B64_LEN {
-            return Err(invalid_public(
-                origin,
-                &format!("the base64 key line must be {PUBLIC_KEY_B64_LEN} characters, got {}", line.len()),
-            ));
+            return Err(invalid_public(origin, &format!("the base64 key line must be {PUBLIC_KEY_B64_LEN} characters, got {}", line.len())));
         }
         let bytes = Base64::decode_to_vec(line, None).map_err(|e| invalid_public(origin, &format!("not base64: {e}")))?;
         if bytes.len() != PUBLIC_KEY_BYTES {
@@ -200,9 +197,7 @@ impl SecretKey {
             };
             match sk_box.into_secret_key(Some(password.to_string())) {
                 Ok(sk) => sk,
-                Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => {
-                    return Err(PackError::WrongPassword { path: path.to_path_buf() })
-                }
+                Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => return Err(PackError::WrongPassword { path: path.to_path_buf() }),
                 Err(e) => return Err(invalid(e.to_string())),
             }
         } else {
@@ -373,9 +368,7 @@ impl TrustStore {
             return Err(PackError::TrustStore { message: format!("key {} has an empty name", key.id) });
         }
         if let Some((existing, _)) = self.keys.get(&key.id) {
-            return Err(PackError::TrustStore {
-                message: format!("key id {} is pinned twice (as `{existing}` and `{name}`)", key.id),
-            });
+            return Err(PackError::TrustStore { message: format!("key id {} is pinned twice (as `{existing}` and `{name}`)", key.id) });
         }
         if self.keys.values().any(|(n, _)| *n == name) {
             return Err(PackError::TrustStore { message: format!("two keys are named `{name}`; give each pinned key its own name") });

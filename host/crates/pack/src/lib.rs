@@ -52,12 +52,11 @@ pub use error::{PackError, Rejection};
 pub use keys::{keygen, KeyId, KeyPairPaths, PublicKey, SecretKey, TrustStore};
 pub use manifest::{ActionKind, Capability, DataFile, DateTime, Limits, Manifest, PluginManifest, MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_PLUGINS};
 pub use verify::{
-    archive_file_name, inspect, signature_path, verify, verify_bytes, InspectedFile, PackPlugin, Signer, UnverifiedPack,
-    VerifiedPack, VerifyPolicy, ARCHIVE_SUFFIX, CURRENT_CONTRACT, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_FILES,
-    DEFAULT_MAX_UNPACKED_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX,
+    archive_file_name, inspect, signature_path, verify, verify_bytes, InspectedFile, PackPlugin, Signer, UnverifiedPack, VerifiedPack, VerifyPolicy,
+    ARCHIVE_SUFFIX, CURRENT_CONTRACT, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_UNPACKED_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX,
 };
 
-/// The `semver` crate, whose `Version` appears in this API.
-pub use semver;
 /// The event kinds plugins subscribe to (from `edr-event`).
 pub use edr_event::EventKind;
+/// The `semver` crate, whose `Version` appears in this API.
+pub use semver;

@@ -105,9 +105,7 @@ impl DateTime {
 impl FromStr for DateTime {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map(DateTime)
-            .map_err(|e| format!("`{s}` is not an RFC 3339 date-time such as 2027-01-01T00:00:00Z: {e}"))
+        OffsetDateTime::parse(s, &Rfc3339).map(DateTime).map_err(|e| format!("`{s}` is not an RFC 3339 date-time such as 2027-01-01T00:00:00Z: {e}"))
     }
 }
 
@@ -277,10 +275,7 @@ impl Manifest {
     /// Every file the manifest names (plugins' components and data files),
     /// with its pinned hash.
     pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.plugins
-            .iter()
-            .map(|p| (p.file.as_str(), p.sha256.as_str()))
-            .chain(self.data.iter().map(|d| (d.path.as_str(), d.sha256.as_str())))
+        self.plugins.iter().map(|p| (p.file.as_str(), p.sha256.as_str())).chain(self.data.iter().map(|d| (d.path.as_str(), d.sha256.as_str())))
     }
 
     /// Checks every rule of FORMAT.md, normalising hashes to lower case.

@@ -238,7 +238,9 @@ pub fn verify_bytes(archive: &[u8], signature: &str, trust: &TrustStore, policy:
 
 fn log_outcome(what: &str, result: &Result<VerifiedPack, Rejection>) {
     match result {
-        Ok(p) => tracing::info!(archive = %what, pack = %p.manifest.id, version = %p.manifest.version, signer = %p.signer.name, key_id = %p.signer.key_id, "pack verified"),
+        Ok(p) => {
+            tracing::info!(archive = %what, pack = %p.manifest.id, version = %p.manifest.version, signer = %p.signer.name, key_id = %p.signer.key_id, "pack verified")
+        }
         Err(r) if r.is_benign() => tracing::debug!(archive = %what, reason = r.reason_code(), "pack already installed"),
         Err(r) => tracing::warn!(archive = %what, reason = r.reason_code(), "pack rejected: {r}"),
     }
@@ -327,9 +329,8 @@ fn check_signature(archive: &[u8], text: &str, trust: &TrustStore) -> Result<(Si
         signer: name.to_string(),
         message: e.to_string(),
     })?;
-    let trusted_comment = sig_box
-        .trusted_comment()
-        .map_err(|e| Rejection::MalformedSignature { message: format!("the trusted comment is unreadable: {e}") })?;
+    let trusted_comment =
+        sig_box.trusted_comment().map_err(|e| Rejection::MalformedSignature { message: format!("the trusted comment is unreadable: {e}") })?;
     Ok((Signer { key_id, name: name.to_string() }, trusted_comment))
 }
 

@@ -7,9 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use edr_pack::semver::Version;
-use edr_pack::{
-    inspect, keygen, signature_path, verify, verify_bytes, ActionKind, Capability, EventKind, PublicKey, Rejection, TrustStore,
-};
+use edr_pack::{inspect, keygen, signature_path, verify, verify_bytes, ActionKind, Capability, EventKind, PublicKey, Rejection, TrustStore};
 
 fn verify_default(f: &Fixture, archive: &std::path::Path) -> Result<edr_pack::VerifiedPack, Rejection> {
     verify(archive, &signature_path(archive), &f.trust, &policy())
@@ -523,10 +521,7 @@ fn signed_comment_naming_another_version_is_refused() {
     let built = f.built("1.0.0", "");
     sign_raw(&built.path, &f.keys.secret, Some("timestamp:1\tpack:com.example.test-pack\tversion:2.0.0"));
     let r = rejected(&f, &built.path);
-    assert_eq!(
-        r,
-        Rejection::SignedCommentMismatch { field: "version", signed: "2.0.0".into(), manifest: "1.0.0".into() }
-    );
+    assert_eq!(r, Rejection::SignedCommentMismatch { field: "version", signed: "2.0.0".into(), manifest: "1.0.0".into() });
     sign_raw(&built.path, &f.keys.secret, Some("timestamp:1\tpack:com.example.other"));
     assert_eq!(rejected(&f, &built.path).reason_code(), "signed_comment_mismatch");
     // minisign's default comment (no pack fields) is fine.

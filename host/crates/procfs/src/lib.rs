@@ -133,9 +133,7 @@ pub fn read_cwd(pid: u32) -> io::Result<String> {
 /// The effective uid.
 pub fn read_euid(pid: u32) -> io::Result<u32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_status_uids(&s)
-        .map(|(_, e)| e)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no Uid line in /proc/{pid}/status")))
+    parse_status_uids(&s).map(|(_, e)| e).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no Uid line in /proc/{pid}/status")))
 }
 
 /// The pids in `/proc` (processes, not threads).
@@ -166,10 +164,8 @@ impl BootInfo {
     pub fn read() -> Result<BootInfo, ProcError> {
         let read = |p: &str| fs::read_to_string(p).map_err(|source| ProcError { path: PathBuf::from(p), source });
         let boot_id = read("/proc/sys/kernel/random/boot_id")?.trim().to_string();
-        let btime = parse_btime(&read("/proc/stat")?).ok_or_else(|| ProcError {
-            path: PathBuf::from("/proc/stat"),
-            source: io::Error::new(io::ErrorKind::InvalidData, "no btime line"),
-        })?;
+        let btime = parse_btime(&read("/proc/stat")?)
+            .ok_or_else(|| ProcError { path: PathBuf::from("/proc/stat"), source: io::Error::new(io::ErrorKind::InvalidData, "no btime line") })?;
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Ok(BootInfo { boot_id, btime, clk_tck: if tck > 0 { tck as u64 } else { 100 } })
@@ -244,7 +240,10 @@ mod tests {
         assert_eq!(st.arg_area, Some((140737488347000, 140737488347100)));
         assert_eq!(st.parent(), Some(1));
         // A task being reaped: the kernel prints ppid 0 and no arg area.
-        let reaped = parse_stat("9 (true) Z 0 0 0 0 -1 4227852 0 0 0 0 0 0 0 0 20 0 0 0 99 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0").unwrap();
+        let reaped = parse_stat(
+            "9 (true) Z 0 0 0 0 -1 4227852 0 0 0 0 0 0 0 0 20 0 0 0 99 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0",
+        )
+        .unwrap();
         assert_eq!((reaped.ppid, reaped.parent(), reaped.arg_area), (0, None, Some((0, 0))));
         // An old kernel's shorter line: no arg area.
         assert_eq!(parse_stat("7 (x) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0").unwrap().arg_area, None);

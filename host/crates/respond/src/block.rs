@@ -343,11 +343,7 @@ enum Watch {
 /// its mounts): pseudo, network and FUSE filesystems are left out.
 fn mark_targets(mounts: &[edr_fanotify::Mount]) -> Vec<&edr_fanotify::Mount> {
     let mut seen = HashSet::new();
-    mounts
-        .iter()
-        .filter(|m| !edr_fanotify::is_pseudo(&m.fstype) && !edr_fanotify::is_remote_or_fuse(&m.fstype))
-        .filter(|m| seen.insert(m.dev))
-        .collect()
+    mounts.iter().filter(|m| !edr_fanotify::is_pseudo(&m.fstype) && !edr_fanotify::is_remote_or_fuse(&m.fstype)).filter(|m| seen.insert(m.dev)).collect()
 }
 
 /// Marks every local filesystem for exec permission events. Returns how many.
@@ -407,10 +403,7 @@ impl Engine {
     fn start(shared: Arc<Shared>) -> Result<Engine, RespondError> {
         // SAFETY: plain syscall; the result is a new fd or -1.
         let fd = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
-                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
-            )
+            libc::fanotify_init(libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32)
         };
         if fd < 0 {
             return Err(RespondError::Fanotify { what: "fanotify_init(FAN_CLASS_CONTENT)".into(), source: io::Error::last_os_error() });
@@ -590,10 +583,8 @@ fn drain_allow(fan: RawFd, buf: &mut [u8], c: &Counters) {
 fn reader_loop(dog: &Arc<Watchdog>, stop: &OwnedFd, shared: &Arc<Shared>, hash_tx: &Sender<Arc<Pending>>, watch_tx: &Sender<Watch>) -> ReaderEnd {
     let c = &shared.counters;
     loop {
-        let mut fds = [
-            libc::pollfd { fd: dog.fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
+        let mut fds =
+            [libc::pollfd { fd: dog.fd(), events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: two valid pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
         if n < 0 {

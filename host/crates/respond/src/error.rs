@@ -133,7 +133,9 @@ pub enum RespondError {
         stderr: String,
     },
     /// fanotify is unavailable (not root, or the kernel lacks it).
-    #[error("cannot block execution: fanotify {what} failed: {source} (blocking needs root (CAP_SYS_ADMIN) and a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")]
+    #[error(
+        "cannot block execution: fanotify {what} failed: {source} (blocking needs root (CAP_SYS_ADMIN) and a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS)"
+    )]
     Fanotify {
         /// The call that failed.
         what: String,

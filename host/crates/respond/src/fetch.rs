@@ -114,8 +114,8 @@ impl EvidenceStore {
             if id.starts_with('.') {
                 continue;
             }
-            let parsed = fs::read(e.path())
-                .and_then(|b| serde_json::from_slice::<EvidenceEntry>(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)));
+            let parsed =
+                fs::read(e.path()).and_then(|b| serde_json::from_slice::<EvidenceEntry>(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)));
             match parsed {
                 Ok(mut entry) => {
                     entry.stored_path = self.dir.join(format!("{id}.bin"));

@@ -207,11 +207,7 @@ pub(crate) fn ensure_private_dir(dir: &Path, what: &str) -> Result<(), RespondEr
     let me = euid();
     if meta.uid() != me {
         if me == 0 {
-            return Err(RespondError::Config(format!(
-                "{what} {} is owned by uid {}, not root; remove it or `chown root:root` it",
-                dir.display(),
-                meta.uid()
-            )));
+            return Err(RespondError::Config(format!("{what} {} is owned by uid {}, not root; remove it or `chown root:root` it", dir.display(), meta.uid())));
         }
         return Err(RespondError::Config(format!("{what} {} is owned by uid {}, not by the agent (uid {me})", dir.display(), meta.uid())));
     }
@@ -223,12 +219,7 @@ pub(crate) fn ensure_private_dir(dir: &Path, what: &str) -> Result<(), RespondEr
 
 /// Creates a new file (`O_EXCL`, no symlink following) with `mode`.
 pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
 }
 
 /// Writes `value` as pretty JSON to `dir/name` atomically (temporary file,
@@ -290,9 +281,7 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let cfrom = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let cto = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: both strings are NUL-terminated and live across the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, cfrom.as_ptr(), libc::AT_FDCWD, cto.as_ptr(), libc::RENAME_NOREPLACE)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, cfrom.as_ptr(), libc::AT_FDCWD, cto.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
         return Ok(());
     }

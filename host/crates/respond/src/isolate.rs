@@ -146,9 +146,7 @@ impl FromStr for Endpoint {
     type Err = RespondError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
-            RespondError::Config(format!(
-                "management endpoint `{s}`: {why}; expected ip, ip/prefix, ip:port or ip/prefix:port (IPv6 in brackets with a port)"
-            ))
+            RespondError::Config(format!("management endpoint `{s}`: {why}; expected ip, ip/prefix, ip:port or ip/prefix:port (IPv6 in brackets with a port)"))
         };
         let s = s.trim();
         let (net, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -352,9 +350,7 @@ fn nft_path() -> Result<PathBuf, RespondError> {
             return Ok(PathBuf::from(p));
         }
     }
-    std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("nft")).find(|p| p.is_file()))
-        .ok_or(RespondError::NftMissing)
+    std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).map(|d| d.join("nft")).find(|p| p.is_file())).ok_or(RespondError::NftMissing)
 }
 
 /// Nameservers of `/etc/resolv.conf` that are not loopback (loopback is
@@ -498,9 +494,10 @@ impl Isolator {
         let v: serde_json::Value =
             serde_json::from_str(&out).map_err(|e| RespondError::Nft { what: "list tables".into(), stderr: format!("unparsable JSON: {e}") })?;
         Ok(v.get("nftables").and_then(|x| x.as_array()).is_some_and(|items| {
-            items.iter().filter_map(|i| i.get("table")).any(|t| {
-                t.get("family").and_then(|f| f.as_str()) == Some("inet") && t.get("name").and_then(|n| n.as_str()) == Some(TABLE_NAME)
-            })
+            items
+                .iter()
+                .filter_map(|i| i.get("table"))
+                .any(|t| t.get("family").and_then(|f| f.as_str()) == Some("inet") && t.get("name").and_then(|n| n.as_str()) == Some(TABLE_NAME))
         }))
     }
 
@@ -844,7 +841,8 @@ mod tests {
         assert_eq!(fingerprint_of(a).unwrap(), fingerprint_of(&reloaded).unwrap(), "a re-applied table compares equal");
         let weakened = a.replace(r#""policy": "drop""#, r#""policy": "accept""#);
         assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&weakened).unwrap());
-        let extra = a.replace("]}}]}", r#"]}}, {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 5, "expr": [{"accept": null}]}}]}"#);
+        let extra =
+            a.replace("]}}]}", r#"]}}, {"rule": {"family": "inet", "table": "edr_isolation", "chain": "input", "handle": 5, "expr": [{"accept": null}]}}]}"#);
         assert_ne!(fingerprint_of(a).unwrap(), fingerprint_of(&extra).unwrap(), "an added rule is an alteration");
     }
 

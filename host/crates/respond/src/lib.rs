@@ -431,9 +431,9 @@ impl Inner {
             ResponseAction::Suspend(pid) => process::check(*pid, None, &self.protection),
             ResponseAction::Quarantine(p) | ResponseAction::Delete(p) => self.check_file_target(p, overriding).map(|_| ()),
             ResponseAction::Fetch(p) => self.check_store_paths(p),
-            ResponseAction::Isolate if self.cfg.management.is_empty() => Err(RespondError::Config(
-                "no management endpoints are configured; isolating would cut the agent off from its console, so it is refused".into(),
-            )),
+            ResponseAction::Isolate if self.cfg.management.is_empty() => {
+                Err(RespondError::Config("no management endpoints are configured; isolating would cut the agent off from its console, so it is refused".into()))
+            }
             ResponseAction::BlockExec(t) => self.blocker.check(t, &self.protected_executables()).map(|_| ()),
             _ => Ok(()),
         };
@@ -491,10 +491,9 @@ impl Inner {
                 tracing::warn!(path = %path.display(), protected_because = %why, "operator overrides path protection");
                 Ok(Detail::from([("protection_overridden".into(), "true".into()), ("protected_because".into(), why)]))
             }
-            Some(why) => Err(RespondError::ProtectedFile {
-                path: path.to_path_buf(),
-                why: format!("{why}; an operator may override with --override-protection"),
-            }),
+            Some(why) => {
+                Err(RespondError::ProtectedFile { path: path.to_path_buf(), why: format!("{why}; an operator may override with --override-protection") })
+            }
         }
     }
 
@@ -616,10 +615,7 @@ fn unwrap_override<'a>(who: &Requester, action: &'a ResponseAction) -> Result<(&
     match inner.as_ref() {
         a @ (ResponseAction::Quarantine(_) | ResponseAction::Delete(_)) => Ok((a, true)),
         nested @ ResponseAction::OverrideProtection(_) => Err(nested_override(nested)),
-        other => Err(RespondError::invalid(
-            other.target(),
-            format!("protection can be overridden only for quarantine and delete, not for `{}`", other.kind()),
-        )),
+        other => Err(RespondError::invalid(other.target(), format!("protection can be overridden only for quarantine and delete, not for `{}`", other.kind()))),
     }
 }
 
@@ -859,7 +855,8 @@ mod tests {
     fn block_deadline_is_range_checked_when_read() {
         let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e"}"#).unwrap();
         assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (250, BlockFailMode::Allow));
-        let cfg: ResponseConfig = serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":40,"block_fail_mode":"deny"}"#).unwrap();
+        let cfg: ResponseConfig =
+            serde_json::from_str(r#"{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":40,"block_fail_mode":"deny"}"#).unwrap();
         assert_eq!((cfg.block_deadline_ms, cfg.block_fail_mode), (40, BlockFailMode::Deny));
         for bad in [0u64, 9, 10_001, u64::MAX] {
             let e = serde_json::from_str::<ResponseConfig>(&format!(r#"{{"quarantine_dir":"/q","evidence_dir":"/e","block_deadline_ms":{bad}}}"#)).unwrap_err();

@@ -173,9 +173,7 @@ impl fmt::Display for Requester {
 pub(crate) fn validate(packs: &BTreeMap<String, PackGrant>) -> Result<(), RespondError> {
     for (pack, grant) in packs {
         if let Some(k) = grant.actions.iter().find(|k| k.operator_only()) {
-            return Err(RespondError::Config(format!(
-                "pack `{pack}` is granted `{k}`, an undo action only the operator may take; remove it from the grant"
-            )));
+            return Err(RespondError::Config(format!("pack `{pack}` is granted `{k}`, an undo action only the operator may take; remove it from the grant")));
         }
     }
     Ok(())
@@ -195,11 +193,8 @@ pub(crate) fn decide(packs: &BTreeMap<String, PackGrant>, operator_mode: Mode, w
             if grant.actions.contains(&kind) {
                 Ok(grant.mode)
             } else {
-                let granted = if grant.actions.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    grant.actions.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                };
+                let granted =
+                    if grant.actions.is_empty() { "nothing".to_string() } else { grant.actions.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") };
                 Err(RespondError::NotGranted { requester: who.to_string(), action: kind.as_str(), granted })
             }
         }
@@ -226,10 +221,7 @@ mod tests {
         assert!(matches!(err, RespondError::NotGranted { .. }));
         assert!(err.to_string().contains("granted: kill-process"), "{err}");
         assert_eq!(decide(&p, Mode::Enforce, &Requester::pack("watch", "y"), ActionKind::QuarantineFile).unwrap(), Mode::Simulate);
-        assert!(matches!(
-            decide(&p, Mode::Enforce, &Requester::pack("unknown", "z"), ActionKind::KillProcess),
-            Err(RespondError::NotGranted { .. })
-        ));
+        assert!(matches!(decide(&p, Mode::Enforce, &Requester::pack("unknown", "z"), ActionKind::KillProcess), Err(RespondError::NotGranted { .. })));
         assert!(matches!(decide(&p, Mode::Enforce, &acme, ActionKind::RestoreFile), Err(RespondError::OperatorOnly { .. })));
         let op = Requester::Operator { uid: 0 };
         assert_eq!(decide(&p, Mode::Simulate, &op, ActionKind::ReleaseHost).unwrap(), Mode::Simulate);

@@ -200,9 +200,7 @@ impl Target {
     fn signal(&self, sig: i32) -> io::Result<()> {
         // SAFETY: plain syscalls with integer arguments; the pidfd is open.
         let rc = match &self.pidfd {
-            Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
-            },
+            Some(fd) => unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) },
             None => unsafe { libc::kill(self.pid() as libc::pid_t, sig) as libc::c_long },
         };
         if rc == 0 {
@@ -484,10 +482,7 @@ pub(crate) fn suspend(pid: u32, prot: &Protection) -> Result<Detail, RespondErro
     t.signal(libc::SIGSTOP).map_err(|e| signal_error(pid, "SIGSTOP", e))?;
     let state = wait_state(&t, |c| c == 'T' || c == 't');
     tracing::info!(pid, "suspended process");
-    Ok(Detail::from([
-        ("comm".to_string(), t.stat.comm.clone()),
-        ("state".to_string(), state.map_or_else(|| "exited".to_string(), |c| c.to_string())),
-    ]))
+    Ok(Detail::from([("comm".to_string(), t.stat.comm.clone()), ("state".to_string(), state.map_or_else(|| "exited".to_string(), |c| c.to_string()))]))
 }
 
 /// Checks a resume request without acting (simulate mode).
@@ -503,10 +498,7 @@ pub(crate) fn resume(pid: u32) -> Result<Detail, RespondError> {
     t.signal(libc::SIGCONT).map_err(|e| signal_error(pid, "SIGCONT", e))?;
     let state = wait_state(&t, |c| c != 'T' && c != 't');
     tracing::info!(pid, "resumed process");
-    Ok(Detail::from([
-        ("comm".to_string(), t.stat.comm.clone()),
-        ("state".to_string(), state.map_or_else(|| "exited".to_string(), |c| c.to_string())),
-    ]))
+    Ok(Detail::from([("comm".to_string(), t.stat.comm.clone()), ("state".to_string(), state.map_or_else(|| "exited".to_string(), |c| c.to_string()))]))
 }
 
 /// The executables of pid 1 and of running processes protected by name

@@ -103,11 +103,7 @@ pub(crate) fn verified_executable(pid: u32) -> Result<VerifiedExe, String> {
     let link = format!("/proc/{pid}/exe");
     let path = fs::read_link(&link).map_err(|e| format!("cannot read {link}: {e}"))?;
     // O_PATH follows the magic link to the inode the process runs, whatever its name now.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(&link)
-        .map_err(|e| format!("cannot open {link}: {e}"))?;
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(&link).map_err(|e| format!("cannot open {link}: {e}"))?;
     // SAFETY: libc::stat is plain data; all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd and a stat buffer of the right type.
@@ -274,11 +270,7 @@ impl PathGuard {
 
     /// The protected executables (for block), with why.
     pub(crate) fn executables(&self) -> Vec<(PathBuf, String)> {
-        self.entries
-            .iter()
-            .filter(|e| e.exec && fs::metadata(&e.path).is_ok_and(|m| m.is_file()))
-            .map(|e| (e.path.clone(), e.why.clone()))
-            .collect()
+        self.entries.iter().filter(|e| e.exec && fs::metadata(&e.path).is_ok_and(|m| m.is_file())).map(|e| (e.path.clone(), e.why.clone())).collect()
     }
 }
 
@@ -319,7 +311,9 @@ mod tests {
 
     #[test]
     fn system_locations() {
-        for p in ["/usr/bin/sshd", "/usr/sbin/sshd", "/usr/lib/systemd/systemd", "/usr/libexec/x", "/usr/lib64/x", "/bin/sh", "/sbin/init", "/lib/x", "/lib64/ld.so"] {
+        for p in
+            ["/usr/bin/sshd", "/usr/sbin/sshd", "/usr/lib/systemd/systemd", "/usr/libexec/x", "/usr/lib64/x", "/bin/sh", "/sbin/init", "/lib/x", "/lib64/ld.so"]
+        {
             assert!(in_system_location(Path::new(p)), "{p}");
         }
         for p in ["/tmp/x/sshd", "/home/u/sshd", "/usr/local/bin/sshd", "/usr/bin", "/opt/bin/x", "/usr/share/x", "bin/sh", "/bin"] {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use edr_respond::{BlockTarget, Decision, Outcome, RespondError, ResponseAction, Responder};
+use edr_respond::{BlockTarget, Decision, Outcome, RespondError, Responder, ResponseAction};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -141,11 +141,7 @@ fn critical_executables_cannot_be_blocked() {
     let _host = shared_host();
     let store = tempfile::tempdir().unwrap();
     let (r, _) = responder_with(store.path(), |_| {});
-    for t in [
-        BlockTarget::Path("/bin/sh".into()),
-        BlockTarget::Sha256(sha256_of(Path::new("/bin/sh"))),
-        BlockTarget::Path(std::env::current_exe().unwrap()),
-    ] {
+    for t in [BlockTarget::Path("/bin/sh".into()), BlockTarget::Sha256(sha256_of(Path::new("/bin/sh"))), BlockTarget::Path(std::env::current_exe().unwrap())] {
         let rec = r.request(operator(), ResponseAction::BlockExec(t.clone()), "");
         assert_eq!(rec.decision, Decision::Refused, "{t}: {rec:?}");
         assert!(rec.refusal.unwrap().contains("protected"));

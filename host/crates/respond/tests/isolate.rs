@@ -117,9 +117,7 @@ fn isolate_and_release_inside_a_namespace() {
     let (ap, mp) = (agent.path(), mgmt.path());
 
     // Listeners: management and another service in the peer namespace, one in the agent namespace.
-    let (mgmt_l, other_l) = in_netns(&mp, || {
-        (TcpListener::bind((MGMT_IP, MGMT_PORT)).unwrap(), TcpListener::bind((MGMT_IP, OTHER_PORT)).unwrap())
-    });
+    let (mgmt_l, other_l) = in_netns(&mp, || (TcpListener::bind((MGMT_IP, MGMT_PORT)).unwrap(), TcpListener::bind((MGMT_IP, OTHER_PORT)).unwrap()));
     let _agent_l = in_netns(&ap, || TcpListener::bind((AGENT_IP, AGENT_PORT)).unwrap());
     let _keep = (&other_l,);
     assert!(connects(&ap, MGMT_IP, MGMT_PORT));

@@ -129,9 +129,6 @@ fn dropping_the_responder_audits_what_was_still_queued() {
     let all = recs.lock().unwrap();
     assert_eq!(all.len(), 3, "every queued request has a record");
     for rec in all.iter() {
-        assert!(
-            rec.outcome == Outcome::Ok || rec.refusal.as_deref().is_some_and(|s| s.contains("shutting down")),
-            "{rec:?}"
-        );
+        assert!(rec.outcome == Outcome::Ok || rec.refusal.as_deref().is_some_and(|s| s.contains("shutting down")), "{rec:?}");
     }
 }

@@ -19,10 +19,7 @@ fn set_owner_mode_mtime(p: &Path, uid: u32, gid: u32, mode: u32, mtime: (i64, i6
     std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let times = [
-        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 0 },
-        libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as _ },
-    ];
+    let times = [libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 0 }, libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as _ }];
     // SAFETY: valid path and two timespecs.
     assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) }, 0);
 }

@@ -94,8 +94,7 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wcfg).map_err(|e| anyhow::anyhow!("cannot create the wasmtime engine: {e}"))?;
         let mut linker = Linker::<PluginState>::new(&engine);
-        add_to_linker(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link the host imports: {e}"))?;
+        add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("cannot link the host imports: {e}"))?;
         let ticker = Arc::new(Ticker { in_flight: std::sync::atomic::AtomicUsize::new(0), thread: std::sync::OnceLock::new() });
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker.clone());
         if let Some(dir) = &config.cache_dir {
@@ -179,7 +178,11 @@ impl Runtime {
             }
             if let Some(v) = parsed.version {
                 if !version_supported(v) {
-                    return Err(LoadError::UnsupportedContract { plugin: plugin.to_string(), import: name.to_string(), supported: crate::CONTRACT_VERSION.to_string() });
+                    return Err(LoadError::UnsupportedContract {
+                        plugin: plugin.to_string(),
+                        import: name.to_string(),
+                        supported: crate::CONTRACT_VERSION.to_string(),
+                    });
                 }
             }
             if parsed.interface == "types" {
@@ -187,7 +190,12 @@ impl Runtime {
             }
             let cap = Capability::parse(parsed.interface).ok_or_else(|| LoadError::ForeignImport { plugin: plugin.to_string(), import: name.to_string() })?;
             if !grants.allows(cap) {
-                return Err(LoadError::NotGranted { plugin: plugin.to_string(), import: name.to_string(), capability: cap.to_string(), granted: grants.to_string() });
+                return Err(LoadError::NotGranted {
+                    plugin: plugin.to_string(),
+                    import: name.to_string(),
+                    capability: cap.to_string(),
+                    granted: grants.to_string(),
+                });
             }
         }
         Ok(())

@@ -226,9 +226,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
         s.services.state_delete(&s.identity, &key);
         Ok(())
     })?;
-    linker.instance(&format!("edr:plugin/process@{v}"))?.func_wrap("ancestry", |cx: StoreContextMut<'_, PluginState>, (entity_id,): (u64,)| {
-        Ok((cx.data().services.ancestry(entity_id),))
-    })?;
+    linker
+        .instance(&format!("edr:plugin/process@{v}"))?
+        .func_wrap("ancestry", |cx: StoreContextMut<'_, PluginState>, (entity_id,): (u64,)| Ok((cx.data().services.ancestry(entity_id),)))?;
     linker.instance(&format!("edr:plugin/respond@{v}"))?.func_wrap("request", |cx: StoreContextMut<'_, PluginState>, (action, reason): (Action, String)| {
         let s = cx.data();
         Ok((s.services.request_action(&s.identity, action, reason),))

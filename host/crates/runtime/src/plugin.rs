@@ -43,7 +43,10 @@ pub enum Health {
     Active,
     /// Too many failures in the strike window; no longer called until an
     /// operator re-enables it or a new version replaces it.
-    Quarantined { reason: String, strikes: usize },
+    Quarantined {
+        reason: String,
+        strikes: usize,
+    },
 }
 
 /// The result of one batch.
@@ -189,13 +192,9 @@ impl Plugin {
         let init = instance
             .get_typed_func::<(&PluginConfig,), (Result<PluginInfo, String>,)>(&mut store, "init")
             .map_err(|e| StartError::Instantiate(format!("`init` is missing or has the wrong type: {e:#}")))?;
-        let on_events = instance
-            .get_func(&mut store, "on-events")
-            .ok_or_else(|| StartError::Instantiate("no `on-events` export".into()))?;
+        let on_events = instance.get_func(&mut store, "on-events").ok_or_else(|| StartError::Instantiate("no `on-events` export".into()))?;
         // Check the signature once; calls then use the unchecked typed func.
-        on_events
-            .typed::<OnEventsParams, (Vec<Finding>,)>(&store)
-            .map_err(|e| StartError::Instantiate(format!("`on-events` has the wrong type: {e:#}")))?;
+        on_events.typed::<OnEventsParams, (Vec<Finding>,)>(&store).map_err(|e| StartError::Instantiate(format!("`on-events` has the wrong type: {e:#}")))?;
         let info = match init.call(&mut store, (&self.config,)) {
             Ok((Ok(info),)) => info,
             Ok((Err(reason),)) => return Err(StartError::Rejected(reason)),

@@ -392,11 +392,7 @@ fn time<T>(label: &str, runs: usize, mut f: impl FnMut() -> T) -> T {
     }
     let first = times[0];
     times.sort();
-    println!(
-        "  {label:<58} first {:>8.2} ms, median {:>8.2} ms",
-        first.as_secs_f64() * 1e3,
-        times[times.len() / 2].as_secs_f64() * 1e3
-    );
+    println!("  {label:<58} first {:>8.2} ms, median {:>8.2} ms", first.as_secs_f64() * 1e3, times[times.len() / 2].as_secs_f64() * 1e3);
     out.unwrap()
 }
 
@@ -448,11 +444,15 @@ fn main() {
     }
     let s = store.stats();
     let db = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!("disk: {} events, database file {:.1} MiB, {:.0} bytes/event (file), {:.0} bytes/event (pages in use), on disk with WAL {:.1} MiB",
-        s.events, db as f64 / 1048576.0, db as f64 / s.events as f64, s.bytes_used as f64 / s.events as f64, s.bytes_on_disk as f64 / 1048576.0);
-    let share = store
-        .query("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
-        .ok();
+    println!(
+        "disk: {} events, database file {:.1} MiB, {:.0} bytes/event (file), {:.0} bytes/event (pages in use), on disk with WAL {:.1} MiB",
+        s.events,
+        db as f64 / 1048576.0,
+        db as f64 / s.events as f64,
+        s.bytes_used as f64 / s.events as f64,
+        s.bytes_on_disk as f64 / 1048576.0
+    );
+    let share = store.query("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").ok();
     if let Some(r) = share {
         for row in r.rows {
             println!("  {:<18} {:>8.1} MiB", row[0].as_str().unwrap_or(""), row[1].as_f64().unwrap_or(0.0) / 1048576.0);
@@ -466,20 +466,15 @@ fn main() {
         store.storyline(1, StorylineOptions { ancestor_activity: true, ..Default::default() }).unwrap()
     });
     println!("    -> {} events, truncated: {}", story.events.len(), story.truncated);
-    let r = time("search_command_line(\"203.0.113.50\") whole store (rare)", 3, || {
-        store.search_command_line("203.0.113.50", None, None, 100).unwrap()
-    });
+    let r = time("search_command_line(\"203.0.113.50\") whole store (rare)", 3, || store.search_command_line("203.0.113.50", None, None, 100).unwrap());
     println!("    -> {} matches", r.len());
-    let r = time("search_command_line(\"WORKER.PY\", limit 100) (common)", 3, || {
-        store.search_command_line("WORKER.PY", None, None, 100).unwrap()
-    });
+    let r = time("search_command_line(\"WORKER.PY\", limit 100) (common)", 3, || store.search_command_line("WORKER.PY", None, None, 100).unwrap());
     println!("    -> {} matches", r.len());
     let newest = s.newest_time.unwrap_or(0);
     let oldest = s.oldest_time.unwrap_or(0);
     let tenth = (newest - oldest) / 10;
-    let r = time("search_command_line(rare) in the newest 10% of time", 3, || {
-        store.search_command_line("203.0.113.50", Some(newest - tenth), None, 100).unwrap()
-    });
+    let r =
+        time("search_command_line(rare) in the newest 10% of time", 3, || store.search_command_line("203.0.113.50", Some(newest - tenth), None, 100).unwrap());
     println!("    -> {} matches", r.len());
     let r = time("search_command_line(rare) in the middle 10% of time", 3, || {
         store.search_command_line("203.0.113.50", Some(oldest + 4 * tenth), Some(oldest + 6 * tenth), 100).unwrap()
@@ -487,9 +482,7 @@ fn main() {
     println!("    -> {} matches", r.len());
     let r = time("timeline(Pid(4100001))", 5, || store.timeline(TimelineKey::Pid(4_100_001), None, None, 1000).unwrap());
     println!("    -> {} events", r.len());
-    let r = time("timeline(Entity(nginx), limit 1000)", 5, || {
-        store.timeline(TimelineKey::Entity(0x7a7a_0000_0000_0001), None, None, 1000).unwrap()
-    });
+    let r = time("timeline(Entity(nginx), limit 1000)", 5, || store.timeline(TimelineKey::Entity(0x7a7a_0000_0000_0001), None, None, 1000).unwrap());
     println!("    -> {} events", r.len());
     let r = time("timeline(Path(\"/tmp/x\"), limit 1000)", 5, || store.timeline(TimelineKey::Path("/tmp/x".into()), None, None, 1000).unwrap());
     println!("    -> {} events", r.len());

@@ -25,10 +25,7 @@
 //! | 4 network | flags (pid, entity_id, exe, uid), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
 //! | 5 login | flags (source_ip, pid, success), user, service, method, then the present options |
 
-use edr_event::{
-    Event, EventBody, EventKind, FileEvent, FileOp, LoginEvent, NetworkEvent, NetworkOp, ProcessExec, ProcessExit,
-    Timestamp, Transport,
-};
+use edr_event::{Event, EventBody, EventKind, FileEvent, FileOp, LoginEvent, NetworkEvent, NetworkOp, ProcessExec, ProcessExit, Timestamp, Transport};
 
 /// The format version written by [`encode_body`].
 pub const FORMAT: u8 = 1;
@@ -174,21 +171,7 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
     o.0.push(kind_code(event.kind()));
     match &event.body {
         EventBody::ProcessExec(e) => {
-            let ProcessExec {
-                pid,
-                ppid,
-                entity_id,
-                parent_entity_id,
-                exe,
-                argv,
-                cwd,
-                uid,
-                user,
-                start_time,
-                parent_exe,
-                parent_argv,
-                ancestry,
-            } = e;
+            let ProcessExec { pid, ppid, entity_id, parent_entity_id, exe, argv, cwd, uid, user, start_time, parent_exe, parent_argv, ancestry } = e;
             let shared_parent = ancestry.first().is_some_and(|a| a == parent_exe);
             o.uint(u64::from(shared_parent));
             o.uint(u64::from(*pid));
@@ -283,9 +266,7 @@ pub fn decode_event(id: u64, time: Timestamp, partial: bool, body: &[u8]) -> Res
     let mut r = In { buf: body, pos: 0 };
     let format = r.byte()?;
     if format != FORMAT {
-        return Err(DecodeError(format!(
-            "body format {format} is not one this agent reads (it reads {FORMAT}); was the store written by a newer agent?"
-        )));
+        return Err(DecodeError(format!("body format {format} is not one this agent reads (it reads {FORMAT}); was the store written by a newer agent?")));
     }
     let kind = r.byte()?;
     let decoded = match kind {
@@ -395,11 +376,7 @@ mod tests {
                 start_time: 1_780_000_000_000_000_000,
                 parent_exe: "/usr/sbin/nginx".into(),
                 parent_argv: vec![],
-                ancestry: if ancestry_shares_parent {
-                    vec!["/usr/sbin/nginx".into(), "/sbin/init".into()]
-                } else {
-                    vec!["/other".into()]
-                },
+                ancestry: if ancestry_shares_parent { vec!["/usr/sbin/nginx".into(), "/sbin/init".into()] } else { vec!["/other".into()] },
             }),
         }
     }
@@ -452,7 +429,14 @@ mod tests {
                 uid: Some(3),
             }),
             EventBody::Login(LoginEvent { user: "a".into(), source_ip: None, service: "sshd".into(), method: "password".into(), success: false, pid: None }),
-            EventBody::Login(LoginEvent { user: "b".into(), source_ip: Some("::1".into()), service: String::new(), method: String::new(), success: true, pid: Some(9) }),
+            EventBody::Login(LoginEvent {
+                user: "b".into(),
+                source_ip: Some("::1".into()),
+                service: String::new(),
+                method: String::new(),
+                success: true,
+                pid: Some(9),
+            }),
         ] {
             round_trip(&Event { body, ..base.clone() });
         }

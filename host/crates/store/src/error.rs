@@ -32,7 +32,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The file is a SQLite database but not an edr store.
-    #[error("{path} is not an edr event store (application_id {found:#x}, expected {expected:#x}); refusing to touch it: move it aside or choose another path")]
+    #[error(
+        "{path} is not an edr event store (application_id {found:#x}, expected {expected:#x}); refusing to touch it: move it aside or choose another path"
+    )]
     NotAStore {
         /// The database file.
         path: PathBuf,

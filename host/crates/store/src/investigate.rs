@@ -146,8 +146,7 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, St
     let time: i64 = row.get(1)?;
     let partial: bool = row.get(2)?;
     let body = row.get_ref(3)?.as_blob()?;
-    Ok(codec::decode_event(id as u64, time as u64, partial, body)
-        .map_err(|e| StoreError::Corrupt { table: "events", id: id as u64, problem: e.0 }))
+    Ok(codec::decode_event(id as u64, time as u64, partial, body).map_err(|e| StoreError::Corrupt { table: "events", id: id as u64, problem: e.0 }))
 }
 
 fn collect_events(conn: &Pooled<'_>, sql: &str, params: impl rusqlite::Params, what: &str) -> Result<Vec<Event>, StoreError> {
@@ -168,13 +167,7 @@ fn limit(n: usize) -> i64 {
     n.min(i64::MAX as usize) as i64
 }
 
-pub(crate) fn timeline(
-    conn: &Pooled<'_>,
-    key: &TimelineKey,
-    since: Option<u64>,
-    until: Option<u64>,
-    max: usize,
-) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn timeline(conn: &Pooled<'_>, key: &TimelineKey, since: Option<u64>, until: Option<u64>, max: usize) -> Result<Vec<Event>, StoreError> {
     let (lo, hi) = range(since, until);
     let what = "reading a timeline";
     match key {
@@ -192,9 +185,7 @@ pub(crate) fn timeline(
         ),
         TimelineKey::Path(p) => collect_events(
             conn,
-            &format!(
-                "SELECT {EVENT_COLS} FROM events WHERE (path = ?1 OR old_path = ?1) AND time BETWEEN ?2 AND ?3 ORDER BY time, id LIMIT ?4"
-            ),
+            &format!("SELECT {EVENT_COLS} FROM events WHERE (path = ?1 OR old_path = ?1) AND time BETWEEN ?2 AND ?3 ORDER BY time, id LIMIT ?4"),
             params![p, lo, hi, limit(max)],
             what,
         ),
@@ -215,13 +206,7 @@ fn like_pattern(needle: &str) -> String {
     p
 }
 
-pub(crate) fn search_command_line(
-    conn: &Pooled<'_>,
-    needle: &str,
-    since: Option<u64>,
-    until: Option<u64>,
-    max: usize,
-) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn search_command_line(conn: &Pooled<'_>, needle: &str, since: Option<u64>, until: Option<u64>, max: usize) -> Result<Vec<Event>, StoreError> {
     let (lo, hi) = range(since, until);
     // Newest first. LIKE folds ASCII case. When the range covers much of the
     // store, walk the table backwards by id (ids follow time) rather than the
@@ -350,8 +335,7 @@ const ACTION_COLS: &str = "id, time, requester, action, target, decision, outcom
 
 pub(crate) fn actions(conn: &Pooled<'_>, sql_where: &str, params: impl rusqlite::Params) -> Result<Vec<ActionRecord>, StoreError> {
     let what = "reading actions";
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {ACTION_COLS} FROM actions WHERE {sql_where}")).map_err(conn.err(what))?;
+    let mut stmt = conn.prepare_cached(&format!("SELECT {ACTION_COLS} FROM actions WHERE {sql_where}")).map_err(conn.err(what))?;
     let mut rows = stmt.query(params).map_err(conn.err(what))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(conn.err(what))? {
@@ -395,7 +379,12 @@ fn storyline_in_snapshot(conn: &Pooled<'_>, alert_id: u64, opts: &StorylineOptio
     let mut truncated = false;
     if let Some(root) = entity {
         let execs_of = |e: u64| {
-            collect_events(conn, &format!("SELECT {EVENT_COLS} FROM events INDEXED BY events_exec WHERE entity_id = ?1 AND kind = 1 ORDER BY time, id"), [e as i64], what)
+            collect_events(
+                conn,
+                &format!("SELECT {EVENT_COLS} FROM events INDEXED BY events_exec WHERE entity_id = ?1 AND kind = 1 ORDER BY time, id"),
+                [e as i64],
+                what,
+            )
         };
         let parent_of = |execs: &[Event]| {
             execs.iter().find_map(|e| match &e.body {
@@ -419,9 +408,8 @@ fn storyline_in_snapshot(conn: &Pooled<'_>, alert_id: u64, opts: &StorylineOptio
                      SELECT entity, min(depth) AS d FROM up WHERE depth > 0 GROUP BY entity ORDER BY d DESC",
                 )
                 .map_err(conn.err(what))?;
-            let rows = stmt
-                .query_map(params![root as i64, opts.max_depth], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i32>(1)?)))
-                .map_err(conn.err(what))?;
+            let rows =
+                stmt.query_map(params![root as i64, opts.max_depth], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i32>(1)?))).map_err(conn.err(what))?;
             for r in rows {
                 up.push(r.map_err(conn.err(what))?);
             }
@@ -454,9 +442,7 @@ fn storyline_in_snapshot(conn: &Pooled<'_>, alert_id: u64, opts: &StorylineOptio
                 )
                 .map_err(conn.err(what))?;
             let rows = stmt
-                .query_map(params![root as i64, opts.max_depth, limit(opts.max_processes) + 1], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i32>(1)?))
-                })
+                .query_map(params![root as i64, opts.max_depth, limit(opts.max_processes) + 1], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i32>(1)?)))
                 .map_err(conn.err(what))?;
             for r in rows {
                 down.push(r.map_err(conn.err(what))?);
@@ -519,7 +505,11 @@ fn storyline_in_snapshot(conn: &Pooled<'_>, alert_id: u64, opts: &StorylineOptio
 
     let mut related_alerts = Vec::new();
     for p in &processes {
-        for a in collect_alerts(conn, &format!("SELECT {ALERT_COLS} FROM alerts WHERE entity_id = ?1 AND id <> ?2 ORDER BY time LIMIT 100"), params![p.entity_id as i64, alert_id as i64])? {
+        for a in collect_alerts(
+            conn,
+            &format!("SELECT {ALERT_COLS} FROM alerts WHERE entity_id = ?1 AND id <> ?2 ORDER BY time LIMIT 100"),
+            params![p.entity_id as i64, alert_id as i64],
+        )? {
             related_alerts.push(a);
         }
     }
@@ -530,12 +520,7 @@ fn storyline_in_snapshot(conn: &Pooled<'_>, alert_id: u64, opts: &StorylineOptio
 
 /// Writes events in `[since, until]` as ECS JSON lines, oldest first, in
 /// pages (each its own short read, so a long export never pins the WAL).
-pub(crate) fn export(
-    pool: &crate::read::ReadPool,
-    since: Option<u64>,
-    until: Option<u64>,
-    out: &mut dyn Write,
-) -> Result<u64, StoreError> {
+pub(crate) fn export(pool: &crate::read::ReadPool, since: Option<u64>, until: Option<u64>, out: &mut dyn Write) -> Result<u64, StoreError> {
     const PAGE: i64 = 10_000;
     let (lo, hi) = range(since, until);
     let ctx = edr_event::ecs::EcsContext::default();
@@ -555,8 +540,7 @@ pub(crate) fn export(
         let n = page.len();
         for e in &page {
             let io = |source| StoreError::Io { what: format!("writing exported event {}", e.id), source };
-            serde_json::to_writer(&mut *out, &edr_event::ecs::event_to_ecs(e, &ctx))
-                .map_err(|err| io(std::io::Error::other(err)))?;
+            serde_json::to_writer(&mut *out, &edr_event::ecs::event_to_ecs(e, &ctx)).map_err(|err| io(std::io::Error::other(err)))?;
             out.write_all(b"\n").map_err(io)?;
             written += 1;
         }

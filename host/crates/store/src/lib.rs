@@ -78,8 +78,8 @@ mod writer;
 
 pub use action::ActionRecord;
 pub use error::{Backpressure, StoreError};
-pub use pack_floor::PackFloors;
 pub use investigate::{AlertRecord, Role, StoryEvent, StoryProcess, Storyline, StorylineOptions, TimelineKey};
+pub use pack_floor::PackFloors;
 pub use read::{parse_entity, QueryResult};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use writer::StoreWriter;
@@ -87,8 +87,8 @@ pub use writer::StoreWriter;
 use edr_event::{Event, Timestamp};
 use read::ReadPool;
 use rusqlite::{Connection, OpenFlags};
-use std::os::unix::fs::DirBuilderExt;
 use serde::Serialize;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -272,9 +272,7 @@ impl Store {
         match lock_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path, lock }),
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(StoreError::Io { what: format!("locking {}", lock.display()), source })
-            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Io { what: format!("locking {}", lock.display()), source }),
         }
         let mut conn = open_writable(&path)?;
         schema::migrate(&mut conn, &path)?;
@@ -338,9 +336,7 @@ impl Store {
 
     fn meta_max(&self, key: &str, table: &str) -> Result<u64, StoreError> {
         let conn = self.pool.get()?;
-        let sql = format!(
-            "SELECT max(coalesce((SELECT value FROM meta WHERE key = '{key}'), 0), coalesce((SELECT max(id) FROM {table}), 0))"
-        );
+        let sql = format!("SELECT max(coalesce((SELECT value FROM meta WHERE key = '{key}'), 0), coalesce((SELECT max(id) FROM {table}), 0))");
         let v: i64 = conn.query_row(&sql, [], |r| r.get(0)).map_err(conn.err(format!("reading the highest {table} id")))?;
         Ok(v.max(0) as u64)
     }
@@ -402,9 +398,7 @@ impl Store {
                 }
             }
             let (oldest, newest): (Option<i64>, Option<i64>) = conn
-                .query_row("SELECT (SELECT min(time) FROM events), (SELECT max(time) FROM events)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row("SELECT (SELECT min(time) FROM events), (SELECT max(time) FROM events)", [], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(conn.err(what))?;
             s.oldest_time = oldest.map(|t| t as u64);
             s.newest_time = newest.map(|t| t as u64);

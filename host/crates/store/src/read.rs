@@ -34,8 +34,7 @@ pub struct QueryResult {
 }
 
 /// PRAGMAs a query may read (through their table-valued forms): they only describe the schema.
-const ALLOWED_PRAGMAS: &[&str] =
-    &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
+const ALLOWED_PRAGMAS: &[&str] = &["table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"];
 
 /// PRAGMAs a query may read only without an argument: sizes and versions.
 const READABLE_PRAGMAS: &[&str] = &["page_count", "freelist_count", "page_size", "user_version", "application_id", "schema_version"];
@@ -62,9 +61,7 @@ fn authorize(ctx: &AuthContext<'_>) -> Result<(), String> {
             if describes || reads {
                 Ok(())
             } else {
-                Err(format!(
-                    "PRAGMA {pragma_name} is not allowed; queries may only read the schema with pragma_table_info() and friends"
-                ))
+                Err(format!("PRAGMA {pragma_name} is not allowed; queries may only read the schema with pragma_table_info() and friends"))
             }
         }
         AuthAction::Attach { filename } => Err(format!("ATTACH ('{filename}') is not allowed: queries read this store only")),
@@ -122,8 +119,7 @@ impl ReadPool {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let mut conn = Connection::open_with_flags(&self.path, flags).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
-        conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;")
-            .map_err(open_err)?;
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;").map_err(open_err)?;
         if self.mmap_bytes > 0 {
             conn.pragma_update(None, "mmap_size", self.mmap_bytes.min(i64::MAX as u64) as i64).map_err(open_err)?;
         }
@@ -185,10 +181,7 @@ impl Pooled<'_> {
                 }
             }
             if source.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
-                StoreError::QueryTimeout {
-                    seconds: self.started.elapsed().as_secs_f64(),
-                    limit_seconds: self.pool.query_timeout.as_secs_f64(),
-                }
+                StoreError::QueryTimeout { seconds: self.started.elapsed().as_secs_f64(), limit_seconds: self.pool.query_timeout.as_secs_f64() }
             } else {
                 StoreError::Sql { what, source }
             }
@@ -238,8 +231,7 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
         let time: i64 = ctx.get(1)?;
         let partial: bool = ctx.get(2)?;
         let body = ctx.get_raw(3).as_blob().map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-        let ev = codec::decode_event(id as u64, time as u64, partial, body)
-            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+        let ev = codec::decode_event(id as u64, time as u64, partial, body).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
         Ok(edr_event::ecs::event_to_ecs(&ev, &Default::default()).to_string())
     })?;
     Ok(())

@@ -87,15 +87,12 @@ fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
 /// Deletes up to `CHUNK` of the oldest rows of `table` (older than `cutoff`
 /// when given) in one transaction; returns how many.
 fn delete_chunk(conn: &Connection, table: &'static str, cutoff: Option<i64>) -> rusqlite::Result<u64> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE time < ?1 ORDER BY time LIMIT {CHUNK})"
-    );
+    let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE time < ?1 ORDER BY time LIMIT {CHUNK})");
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
         let n = conn.prepare_cached(&sql)?.execute([cutoff.unwrap_or(i64::MAX)])? as u64;
         if n > 0 {
-            conn.prepare_cached("UPDATE meta SET value = max(0, value - ?2) WHERE key = ?1")?
-                .execute(rusqlite::params![table, n as i64])?;
+            conn.prepare_cached("UPDATE meta SET value = max(0, value - ?2) WHERE key = ?1")?.execute(rusqlite::params![table, n as i64])?;
         }
         Ok(n)
     })();
@@ -124,11 +121,7 @@ pub(crate) fn enforce(conn: &Connection, policy: &RetentionPolicy, budget: Optio
     if let Some(age) = policy.max_age {
         let now = edr_event::time::now();
         let cutoff = now.saturating_sub(age.as_nanos().min(u64::MAX as u128) as u64) as i64;
-        for (table, counter) in [
-            ("events", &mut report.events_deleted),
-            ("alerts", &mut report.alerts_deleted),
-            ("actions", &mut report.actions_deleted),
-        ] {
+        for (table, counter) in [("events", &mut report.events_deleted), ("alerts", &mut report.alerts_deleted), ("actions", &mut report.actions_deleted)] {
             loop {
                 if over_budget() {
                     report.complete = false;
@@ -151,15 +144,12 @@ pub(crate) fn enforce(conn: &Connection, policy: &RetentionPolicy, budget: Optio
         let mut rounds = 0;
         while used > max && report.complete {
             rounds += 1;
-            let events: i64 = conn
-                .query_row("SELECT value FROM meta WHERE key = 'events'", [], |r| r.get(0))
-                .map_err(err("reading the event count"))?;
+            let events: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'events'", [], |r| r.get(0)).map_err(err("reading the event count"))?;
             let table = if events > 0 { "events" } else { "alerts" };
             let rows: i64 = if events > 0 {
                 events
             } else {
-                conn.query_row("SELECT value FROM meta WHERE key = 'alerts'", [], |r| r.get(0))
-                    .map_err(err("reading the alert count"))?
+                conn.query_row("SELECT value FROM meta WHERE key = 'alerts'", [], |r| r.get(0)).map_err(err("reading the alert count"))?
             };
             if rows == 0 {
                 tracing::warn!(used, max, "event store is over max_bytes with no events or alerts left to delete");
@@ -206,23 +196,20 @@ pub(crate) fn enforce(conn: &Connection, policy: &RetentionPolicy, budget: Optio
 /// Returns free pages to the file system in steps; returns how many.
 fn vacuum(conn: &Connection, budget: Option<Duration>) -> Result<u64, StoreError> {
     let started = Instant::now();
-    let mode: i64 =
-        conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(StoreError::sql("reading the auto_vacuum mode"))?;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(StoreError::sql("reading the auto_vacuum mode"))?;
     if mode != 2 {
         // Not incremental (a file created elsewhere): pages are reused, never returned.
         return Ok(0);
     }
     let freelist = || -> Result<u64, StoreError> {
-        let n: i64 =
-            conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(StoreError::sql("reading the freelist size"))?;
+        let n: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(StoreError::sql("reading the freelist size"))?;
         Ok(n.max(0) as u64)
     };
     let mut freed = 0;
     let mut free = freelist()?;
     while free > 0 {
         let step = free.min(VACUUM_STEP);
-        conn.execute_batch(&format!("PRAGMA incremental_vacuum({step})"))
-            .map_err(StoreError::sql("releasing free pages (incremental_vacuum)"))?;
+        conn.execute_batch(&format!("PRAGMA incremental_vacuum({step})")).map_err(StoreError::sql("releasing free pages (incremental_vacuum)"))?;
         let now_free = freelist()?;
         if now_free >= free {
             tracing::warn!(free, "incremental_vacuum released no pages; leaving the freelist for reuse");

@@ -174,10 +174,7 @@ impl StoreWriter {
             return Err(StoreError::WriterStopped(Some("shut down".into())));
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.shared
-            .events_tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| StoreError::WriterStopped(Some("its queue is closed".into())))?;
+        self.shared.events_tx.send(Msg::Flush(tx)).map_err(|_| StoreError::WriterStopped(Some("its queue is closed".into())))?;
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::WriterStopped(Some(format!("the commit failed: {e}")))),
@@ -219,8 +216,7 @@ fn spawn_checkpointer(path: &std::path::Path) -> Result<(Sender<()>, JoinHandle<
         .name("edr-store-checkpoint".into())
         .spawn(move || {
             for () in rx {
-                let r: rusqlite::Result<(i64, i64, i64)> =
-                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+                let r: rusqlite::Result<(i64, i64, i64)> = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
                 match r {
                     Ok((_, log, done)) => tracing::trace!(wal_pages = log, checkpointed = done, "event store checkpoint"),
                     Err(e) => tracing::warn!(error = %e, "event store checkpoint failed; the writer's auto-checkpoint takes over"),
@@ -235,8 +231,7 @@ fn spawn_checkpointer(path: &std::path::Path) -> Result<(Sender<()>, JoinHandle<
 pub(crate) fn spawn(conn: Connection, cfg: WriterConfig) -> Result<StoreWriter, StoreError> {
     let path = conn.path().map(std::path::PathBuf::from).unwrap_or_default();
     let (checkpoint_tx, checkpointer) = spawn_checkpointer(&path)?;
-    conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
-        .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+    conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES).map_err(|source| StoreError::Open { path: path.clone(), source })?;
     let (events_tx, events_rx) = crossbeam_channel::bounded(cfg.queue_batches.max(1));
     // Alerts and actions are rare and small; their own queue keeps them safe from event floods.
     let (control_tx, control_rx) = crossbeam_channel::bounded(cfg.queue_batches.max(1024));
@@ -262,9 +257,7 @@ pub(crate) fn spawn(conn: Connection, cfg: WriterConfig) -> Result<StoreWriter, 
         .name("edr-store-writer".into())
         .spawn(move || w.run())
         .map_err(|source| StoreError::Io { what: "starting the event store writer thread".into(), source })?;
-    Ok(StoreWriter {
-        shared: Arc::new(Shared { events_tx, control_tx, closed: AtomicBool::new(false), thread: Mutex::new(Some(thread)), counters }),
-    })
+    Ok(StoreWriter { shared: Arc::new(Shared { events_tx, control_tx, closed: AtomicBool::new(false), thread: Mutex::new(Some(thread)), counters }) })
 }
 
 /// A handle whose appends all fail with `Closed` (for a read-only store).
@@ -272,13 +265,7 @@ pub(crate) fn closed() -> StoreWriter {
     let (events_tx, _) = crossbeam_channel::bounded(1);
     let (control_tx, _) = crossbeam_channel::bounded(1);
     StoreWriter {
-        shared: Arc::new(Shared {
-            events_tx,
-            control_tx,
-            closed: AtomicBool::new(true),
-            thread: Mutex::new(None),
-            counters: Arc::new(Counters::default()),
-        }),
+        shared: Arc::new(Shared { events_tx, control_tx, closed: AtomicBool::new(true), thread: Mutex::new(None), counters: Arc::new(Counters::default()) }),
     }
 }
 

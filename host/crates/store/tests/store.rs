@@ -137,9 +137,26 @@ fn views_give_friendly_columns() {
     .unwrap();
     w.flush().unwrap();
 
-    let r = store.query("SELECT action, pid, ppid, entity_id, parent_entity_id, name, command_line, user, exit_code, partial, ts FROM process ORDER BY id").unwrap();
+    let r = store
+        .query("SELECT action, pid, ppid, entity_id, parent_entity_id, name, command_line, user, exit_code, partial, ts FROM process ORDER BY id")
+        .unwrap();
     assert_eq!(r.columns, ["action", "pid", "ppid", "entity_id", "parent_entity_id", "name", "command_line", "user", "exit_code", "partial", "ts"]);
-    assert_eq!(r.rows[0], vec![json!("exec"), json!(4242), json!(4200), json!("00000000deadbeef"), json!("000000000000feed"), json!("bash"), json!("bash -c id; uname -a"), json!("www-data"), json!(null), json!(1), json!("2026-05-28T20:26:41.000Z")]);
+    assert_eq!(
+        r.rows[0],
+        vec![
+            json!("exec"),
+            json!(4242),
+            json!(4200),
+            json!("00000000deadbeef"),
+            json!("000000000000feed"),
+            json!("bash"),
+            json!("bash -c id; uname -a"),
+            json!("www-data"),
+            json!(null),
+            json!(1),
+            json!("2026-05-28T20:26:41.000Z")
+        ]
+    );
     assert_eq!(r.rows[1][0], "exit");
     assert_eq!(r.rows[1][8], -9);
 
@@ -154,13 +171,30 @@ fn views_give_friendly_columns() {
     assert_eq!(r.rows[2][6], "fffffffffffffffe");
 
     let r = store.query("SELECT user, source_ip, service, method, success FROM login ORDER BY id").unwrap();
-    assert_eq!(r.rows, vec![
-        vec![json!("alice"), json!("198.51.100.4"), json!("sshd"), json!("publickey"), json!(1)],
-        vec![json!("root"), json!("203.0.113.66"), json!("sshd"), json!("publickey"), json!(0)],
-    ]);
+    assert_eq!(
+        r.rows,
+        vec![
+            vec![json!("alice"), json!("198.51.100.4"), json!("sshd"), json!("publickey"), json!(1)],
+            vec![json!("root"), json!("203.0.113.66"), json!("sshd"), json!("publickey"), json!(0)],
+        ]
+    );
 
-    let r = store.query("SELECT rule_id, severity, score, plugin, pack_id, signer, event_ids, entity_id, json_extract(ecs, '$.event.kind') FROM alert").unwrap();
-    assert_eq!(r.rows[0], vec![json!("edr.lineage.service-spawned-shell"), json!("high"), json!(73), json!("lineage"), json!("edr.builtin"), json!("dev"), json!("[1]"), json!("00000000deadbeef"), json!("alert")]);
+    let r =
+        store.query("SELECT rule_id, severity, score, plugin, pack_id, signer, event_ids, entity_id, json_extract(ecs, '$.event.kind') FROM alert").unwrap();
+    assert_eq!(
+        r.rows[0],
+        vec![
+            json!("edr.lineage.service-spawned-shell"),
+            json!("high"),
+            json!(73),
+            json!("lineage"),
+            json!("edr.builtin"),
+            json!("dev"),
+            json!("[1]"),
+            json!("00000000deadbeef"),
+            json!("alert")
+        ]
+    );
 
     let r = store.query("SELECT requester, action, target, decision, alert_id, json_extract(detail, '$.pid') FROM action").unwrap();
     assert_eq!(r.rows[0], vec![json!("plugin:lineage"), json!("kill-process"), json!("pid 4242"), json!("simulated"), json!(1), json!(4242)]);
@@ -549,10 +583,7 @@ fn retention_by_size_keeps_the_file_from_growing() {
     assert!(last.iter().all(|&s| s <= max + max / 2), "file sizes {sizes:?}");
     assert!(last.iter().max().unwrap() - last.iter().min().unwrap() <= max / 16, "file sizes {sizes:?}");
     let stats = store.stats();
-    let (lo, hi) = store
-        .query("SELECT min(id), max(id) FROM events")
-        .map(|r| (r.rows[0][0].as_u64().unwrap(), r.rows[0][1].as_u64().unwrap()))
-        .unwrap();
+    let (lo, hi) = store.query("SELECT min(id), max(id) FROM events").map(|r| (r.rows[0][0].as_u64().unwrap(), r.rows[0][1].as_u64().unwrap())).unwrap();
     assert!(lo > 50_000, "the oldest were deleted (oldest id now {lo})");
     assert_eq!(hi, next - 1, "the newest are kept");
     assert_eq!(stats.events, hi - lo + 1, "deleted oldest first, no holes");
@@ -619,13 +650,7 @@ fn an_action_is_recorded_at_decision_and_updated_with_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let w = store.writer();
-    let mut r = ActionRecord::for_request(
-        1,
-        T0,
-        "plugin:reverse-shell",
-        &Action::QuarantineFile("/tmp/x".into()),
-        Decision::Enforced,
-    );
+    let mut r = ActionRecord::for_request(1, T0, "plugin:reverse-shell", &Action::QuarantineFile("/tmp/x".into()), Decision::Enforced);
     r.reason = "granted quarantine-file (enforce)".into();
     w.append_action(r.clone()).unwrap();
     w.flush().unwrap();

@@ -66,10 +66,7 @@ pub fn ensure_target() -> Result<(), BuildError> {
             return Ok(());
         }
     }
-    let out = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .output()
-        .map_err(|e| BuildError::TargetMissing(e.to_string()))?;
+    let out = Command::new("rustup").args(["target", "add", TARGET]).output().map_err(|e| BuildError::TargetMissing(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -78,9 +75,7 @@ pub fn ensure_target() -> Result<(), BuildError> {
 }
 
 fn has_rlib(dir: &Path, prefix: &str) -> bool {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
-        .unwrap_or(false)
+    std::fs::read_dir(dir).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix))).unwrap_or(false)
 }
 
 /// Environment variables a parent cargo (e.g. running a build script) sets
@@ -141,12 +136,7 @@ pub fn build(spec: &GuestBuild, out_dir: &Path) -> Result<Vec<BuiltPlugin>, Buil
 
 /// Wraps a core module built with `wit-bindgen` as a component.
 pub fn componentize(core_wasm: &[u8]) -> Result<Vec<u8>, String> {
-    wit_component::ComponentEncoder::default()
-        .module(core_wasm)
-        .map_err(|e| format!("{e:#}"))?
-        .validate(true)
-        .encode()
-        .map_err(|e| format!("{e:#}"))
+    wit_component::ComponentEncoder::default().module(core_wasm).map_err(|e| format!("{e:#}"))?.validate(true).encode().map_err(|e| format!("{e:#}"))
 }
 
 /// The `[package] name` of a crate manifest.

@@ -11,14 +11,8 @@ pub struct CorruptAfterTrap {
     credits: u64,
 }
 
-const OK: Rule = Rule {
-    id: "hostile.ledger-ok",
-    title: "ledger consistent",
-    severity: Severity::Informational,
-    techniques: &["T0000"],
-    author: "hostile",
-    description: "",
-};
+const OK: Rule =
+    Rule { id: "hostile.ledger-ok", title: "ledger consistent", severity: Severity::Informational, techniques: &["T0000"], author: "hostile", description: "" };
 
 const CORRUPT: Rule = Rule {
     id: "hostile.corrupt-state-seen",

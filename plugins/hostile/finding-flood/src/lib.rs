@@ -5,14 +5,7 @@ use edr_sdk::prelude::*;
 /// Floods findings.
 pub struct FindingFlood;
 
-const RULE: Rule = Rule {
-    id: "hostile.flood",
-    title: "flood",
-    severity: Severity::Low,
-    techniques: &["T0000"],
-    author: "hostile",
-    description: "",
-};
+const RULE: Rule = Rule { id: "hostile.flood", title: "flood", severity: Severity::Low, techniques: &["T0000"], author: "hostile", description: "" };
 
 impl Detector for FindingFlood {
     const NAME: &'static str = "hostile-finding-flood";

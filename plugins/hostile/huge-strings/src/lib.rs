@@ -5,14 +5,7 @@ use edr_sdk::prelude::*;
 /// Returns oversized strings.
 pub struct HugeStrings;
 
-const RULE: Rule = Rule {
-    id: "hostile.huge",
-    title: "huge",
-    severity: Severity::Low,
-    techniques: &["T0000"],
-    author: "hostile",
-    description: "",
-};
+const RULE: Rule = Rule { id: "hostile.huge", title: "huge", severity: Severity::Low, techniques: &["T0000"], author: "hostile", description: "" };
 
 impl Detector for HugeStrings {
     const NAME: &'static str = "hostile-huge-strings";

@@ -9,7 +9,12 @@ struct RawSyscaller;
 
 impl Guest for RawSyscaller {
     fn init(_config: Config) -> Result<PluginInfo, String> {
-        Ok(PluginInfo { name: "hostile-unknown-import".into(), version: "0.0.0".into(), description: String::new(), subscriptions: vec![EventKind::ProcessExec] })
+        Ok(PluginInfo {
+            name: "hostile-unknown-import".into(),
+            version: "0.0.0".into(),
+            description: String::new(),
+            subscriptions: vec![EventKind::ProcessExec],
+        })
     }
 
     fn on_events(_text: String, _lists: Vec<u32>, events: Vec<Event>) -> Vec<Finding> {

@@ -7,8 +7,7 @@ pub struct Noop;
 impl Detector for Noop {
     const NAME: &'static str = "noop";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const SUBSCRIPTIONS: &'static [EventKind] =
-        &[EventKind::ProcessExec, EventKind::ProcessExit, EventKind::File, EventKind::Network, EventKind::Login];
+    const SUBSCRIPTIONS: &'static [EventKind] = &[EventKind::ProcessExec, EventKind::ProcessExit, EventKind::File, EventKind::Network, EventKind::Login];
 
     fn init(_: &Config) -> Result<Self, String> {
         Ok(Noop)

@@ -27,20 +27,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Events asked for on filesystem marks (kernel >= 5.17 for `FAN_RENAME`).
-pub(crate) const FS_MASK: u64 = libc::FAN_CREATE
-    | libc::FAN_DELETE
-    | libc::FAN_CLOSE_WRITE
-    | libc::FAN_ATTRIB
-    | libc::FAN_RENAME
-    | libc::FAN_ONDIR;
+pub(crate) const FS_MASK: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_CLOSE_WRITE | libc::FAN_ATTRIB | libc::FAN_RENAME | libc::FAN_ONDIR;
 /// The same for kernels before 5.17: moves come as two events.
-pub(crate) const FS_MASK_NO_RENAME: u64 = libc::FAN_CREATE
-    | libc::FAN_DELETE
-    | libc::FAN_CLOSE_WRITE
-    | libc::FAN_ATTRIB
-    | libc::FAN_MOVED_FROM
-    | libc::FAN_MOVED_TO
-    | libc::FAN_ONDIR;
+pub(crate) const FS_MASK_NO_RENAME: u64 =
+    libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_CLOSE_WRITE | libc::FAN_ATTRIB | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
 /// Events asked for on sensitive files.
 pub(crate) const READ_MASK: u64 = libc::FAN_OPEN;
 
@@ -76,20 +66,16 @@ impl RawEvent {
 const META_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
 
 fn rd_u16(b: &[u8], o: usize) -> Option<u16> {
-    b.get(o..o + 2)
-        .map(|s| u16::from_ne_bytes(s.try_into().unwrap()))
+    b.get(o..o + 2).map(|s| u16::from_ne_bytes(s.try_into().unwrap()))
 }
 fn rd_u32(b: &[u8], o: usize) -> Option<u32> {
-    b.get(o..o + 4)
-        .map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
+    b.get(o..o + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
 }
 fn rd_i32(b: &[u8], o: usize) -> Option<i32> {
-    b.get(o..o + 4)
-        .map(|s| i32::from_ne_bytes(s.try_into().unwrap()))
+    b.get(o..o + 4).map(|s| i32::from_ne_bytes(s.try_into().unwrap()))
 }
 fn rd_u64(b: &[u8], o: usize) -> Option<u64> {
-    b.get(o..o + 8)
-        .map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
+    b.get(o..o + 8).map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
 }
 
 /// Parses a buffer of fanotify events (metadata followed by info records).
@@ -101,11 +87,7 @@ pub(crate) fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
             break;
         };
         let meta_len = rd_u16(buf, off + 6).unwrap_or(0) as usize;
-        if event_len < META_LEN
-            || meta_len < META_LEN
-            || off + event_len > buf.len()
-            || meta_len > event_len
-        {
+        if event_len < META_LEN || meta_len < META_LEN || off + event_len > buf.len() || meta_len > event_len {
             break;
         }
         let ev = &buf[off..off + event_len];
@@ -132,15 +114,9 @@ pub(crate) fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
 
 fn parse_fid(kind: u8, rec: &[u8]) -> Option<FidInfo> {
     use libc::{
-        FAN_EVENT_INFO_TYPE_DFID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
-        FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
+        FAN_EVENT_INFO_TYPE_DFID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
     };
-    let has_name = matches!(
-        kind,
-        FAN_EVENT_INFO_TYPE_DFID_NAME
-            | FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
-            | FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
-    );
+    let has_name = matches!(kind, FAN_EVENT_INFO_TYPE_DFID_NAME | FAN_EVENT_INFO_TYPE_OLD_DFID_NAME | FAN_EVENT_INFO_TYPE_NEW_DFID_NAME);
     if !has_name && !matches!(kind, FAN_EVENT_INFO_TYPE_FID | FAN_EVENT_INFO_TYPE_DFID) {
         return None;
     }
@@ -155,13 +131,7 @@ fn parse_fid(kind: u8, rec: &[u8]) -> Option<FidInfo> {
     } else {
         None
     };
-    Some(FidInfo {
-        kind,
-        fsid,
-        handle_type,
-        handle,
-        name,
-    })
+    Some(FidInfo { kind, fsid, handle_type, handle, name })
 }
 
 /// Joins a directory and an entry name (`.` or empty: the directory itself).
@@ -191,17 +161,9 @@ const CACHE_MAX: usize = 16_384;
 impl Fanotify {
     /// `fanotify_init` for notifications with directory fids and names.
     pub fn init() -> io::Result<Fanotify> {
-        let flags = libc::FAN_CLASS_NOTIF
-            | libc::FAN_CLOEXEC
-            | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME;
+        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
         // SAFETY: plain syscall; the fd is owned right away.
-        let fd = unsafe {
-            libc::fanotify_init(
-                flags,
-                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
-            )
-        };
+        let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             let hint = match e.raw_os_error() {
@@ -210,19 +172,10 @@ impl Fanotify {
                 Some(libc::ENOSYS) => " (kernel built without CONFIG_FANOTIFY)",
                 _ => "",
             };
-            return Err(io::Error::new(
-                e.kind(),
-                format!("fanotify_init: {e}{hint}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}")));
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(Fanotify {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            mounts: Vec::new(),
-            cache: HashMap::new(),
-            rename: true,
-            fs_marks: 0,
-        })
+        Ok(Fanotify { fd: unsafe { OwnedFd::from_raw_fd(fd) }, mounts: Vec::new(), cache: HashMap::new(), rename: true, fs_marks: 0 })
     }
 
     fn mark(&self, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
@@ -237,11 +190,7 @@ impl Fanotify {
         if self.mounts.iter().any(|(f, _)| *f == fsid) {
             return Ok(false);
         }
-        let mask = if self.rename {
-            FS_MASK
-        } else {
-            FS_MASK_NO_RENAME
-        };
+        let mask = if self.rename { FS_MASK } else { FS_MASK_NO_RENAME };
         match self.mark(libc::FAN_MARK_FILESYSTEM, mask, dir) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.rename => {
                 // Before 5.17: no FAN_RENAME.
@@ -280,11 +229,7 @@ impl Fanotify {
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
         }
         Ok(n as usize)
     }
@@ -300,11 +245,7 @@ impl Fanotify {
         if let Some(p) = self.cache.get(&key) {
             return Some(p.clone());
         }
-        let mount = self
-            .mounts
-            .iter()
-            .find(|(f, _)| *f == info.fsid)
-            .map(|(_, fd)| fd.as_raw_fd())?;
+        let mount = self.mounts.iter().find(|(f, _)| *f == info.fsid).map(|(_, fd)| fd.as_raw_fd())?;
         // struct file_handle: handle_bytes, handle_type, f_handle[]; 8-aligned storage.
         let mut storage = vec![0u64; (8 + info.handle.len()).div_ceil(8)];
         let bytes: &mut [u8] =
@@ -314,13 +255,7 @@ impl Fanotify {
         bytes[4..8].copy_from_slice(&info.handle_type.to_ne_bytes());
         bytes[8..8 + info.handle.len()].copy_from_slice(&info.handle);
         // SAFETY: storage holds a well-formed file_handle; mount is an open fd.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount,
-                storage.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open_by_handle_at(mount, storage.as_mut_ptr().cast::<libc::file_handle>(), libc::O_PATH | libc::O_CLOEXEC) };
         if fd < 0 {
             return None;
         }
@@ -340,15 +275,9 @@ impl Fanotify {
 }
 
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: NUL-terminated path; the fd is owned right away.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -404,56 +333,21 @@ mod tests {
 
     #[test]
     fn parses_dfid_name_and_rename_records() {
-        let mut buf = event(
-            libc::FAN_CREATE | libc::FAN_CLOSE_WRITE,
-            42,
-            &[(
-                libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                &[1, 2, 3, 4, 5, 6, 7, 8],
-                "evil.sh",
-            )],
-        );
+        let mut buf = event(libc::FAN_CREATE | libc::FAN_CLOSE_WRITE, 42, &[(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, &[1, 2, 3, 4, 5, 6, 7, 8], "evil.sh")]);
         buf.extend(event(
             libc::FAN_RENAME,
             43,
-            &[
-                (libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, &[1; 8], "a"),
-                (
-                    libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME,
-                    &[2; 12],
-                    "authorized_keys",
-                ),
-            ],
+            &[(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, &[1; 8], "a"), (libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, &[2; 12], "authorized_keys")],
         ));
         let evs = parse_events(&buf);
         assert_eq!(evs.len(), 2);
         assert_eq!(evs[0].mask, libc::FAN_CREATE | libc::FAN_CLOSE_WRITE);
         assert_eq!(evs[0].pid, 42);
         let i = evs[0].info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME).unwrap();
-        assert_eq!(
-            (
-                i.fsid,
-                i.handle_type,
-                i.handle.as_slice(),
-                i.name.as_deref()
-            ),
-            ([7, 9], 1, &[1, 2, 3, 4, 5, 6, 7, 8][..], Some("evil.sh"))
-        );
-        assert_eq!(
-            evs[1]
-                .info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME)
-                .unwrap()
-                .name
-                .as_deref(),
-            Some("a")
-        );
-        let new = evs[1]
-            .info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME)
-            .unwrap();
-        assert_eq!(
-            (new.handle.len(), new.name.as_deref()),
-            (12, Some("authorized_keys"))
-        );
+        assert_eq!((i.fsid, i.handle_type, i.handle.as_slice(), i.name.as_deref()), ([7, 9], 1, &[1, 2, 3, 4, 5, 6, 7, 8][..], Some("evil.sh")));
+        assert_eq!(evs[1].info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME).unwrap().name.as_deref(), Some("a"));
+        let new = evs[1].info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME).unwrap();
+        assert_eq!((new.handle.len(), new.name.as_deref()), (12, Some("authorized_keys")));
         // A truncated buffer yields only the whole events.
         assert_eq!(parse_events(&buf[..buf.len() - 3]).len(), 1);
     }

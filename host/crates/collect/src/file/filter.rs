@@ -18,11 +18,7 @@ impl Pattern {
         if !s.starts_with('/') {
             return None;
         }
-        let parts = s
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .map(str::to_string)
-            .collect();
+        let parts = s.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
         Some(Pattern { parts })
     }
 
@@ -81,11 +77,7 @@ impl Pattern {
         if canon == base {
             return None;
         }
-        let fixed = self
-            .parts
-            .iter()
-            .take_while(|p| !p.contains(['*', '?']))
-            .count();
+        let fixed = self.parts.iter().take_while(|p| !p.contains(['*', '?'])).count();
         let mut s = canon.to_string_lossy().into_owned();
         for part in &self.parts[fixed..] {
             s.push('/');
@@ -154,13 +146,7 @@ impl PathFilter {
             out
         };
         let include = build(&mut include.iter().cloned());
-        let exclude = build(
-            &mut exclude.iter().cloned().chain(
-                exclude_paths
-                    .iter()
-                    .map(|p| p.to_string_lossy().into_owned()),
-            ),
-        );
+        let exclude = build(&mut exclude.iter().cloned().chain(exclude_paths.iter().map(|p| p.to_string_lossy().into_owned())));
         PathFilter { include, exclude }
     }
 
@@ -209,11 +195,7 @@ pub(crate) fn watch_roots(filter: &PathFilter, extra_files: &[PathBuf]) -> Vec<(
     roots.sort();
     roots.dedup();
     // Drop what a recursive root above already covers.
-    let recursive: Vec<PathBuf> = roots
-        .iter()
-        .filter(|(_, r)| *r)
-        .map(|(p, _)| p.clone())
-        .collect();
+    let recursive: Vec<PathBuf> = roots.iter().filter(|(_, r)| *r).map(|(p, _)| p.clone()).collect();
     roots.retain(|(p, r)| !recursive.iter().any(|q| (p != q || !r) && p.starts_with(q)));
     roots
 }
@@ -225,10 +207,7 @@ mod tests {
     #[test]
     fn wildcards_stay_within_a_component() {
         assert!(wildcard("*", "anything"));
-        assert!(wildcard(
-            "systemd-private-*",
-            "systemd-private-abc-chronyd.service-x"
-        ));
+        assert!(wildcard("systemd-private-*", "systemd-private-abc-chronyd.service-x"));
         assert!(wildcard(".X*-lock", ".X0-lock"));
         assert!(wildcard("a?c", "abc"));
         assert!(!wildcard("a?c", "abbc"));
@@ -256,10 +235,7 @@ mod tests {
     fn include_exclude_filtering() {
         let f = PathFilter::new(
             &["/etc".into(), "/tmp".into(), "/home/*/.bashrc".into()],
-            &crate::DEFAULT_EXCLUDE
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
+            &crate::DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             &[PathBuf::from("/var/lib/edr")],
         );
         assert!(f.allows("/etc/cron.d/evil"));
@@ -297,30 +273,14 @@ mod tests {
             std::fs::write(d.join(u).join(".bashrc"), "").unwrap();
         }
         let base = d.to_string_lossy();
-        let f = PathFilter::new(
-            &[
-                format!("{base}/*/.ssh"),
-                format!("{base}/*/.bashrc"),
-                format!("{base}/alice"),
-                format!("{base}/missing"),
-            ],
-            &[],
-            &[],
-        );
+        let f = PathFilter::new(&[format!("{base}/*/.ssh"), format!("{base}/*/.bashrc"), format!("{base}/alice"), format!("{base}/missing")], &[], &[]);
         let roots = watch_roots(&f, &[]);
         let canon = std::fs::canonicalize(d).unwrap();
-        let want: Vec<(PathBuf, bool)> = vec![
-            (canon.join("alice"), true),
-            (canon.join("bob"), false),
-            (canon.join("bob/.ssh"), true),
-        ];
+        let want: Vec<(PathBuf, bool)> = vec![(canon.join("alice"), true), (canon.join("bob"), false), (canon.join("bob/.ssh"), true)];
         for w in &want {
             assert!(roots.contains(w), "{w:?} not in {roots:?}");
         }
-        assert!(
-            !roots.iter().any(|(p, _)| p.ends_with("alice/.ssh")),
-            "covered by /alice: {roots:?}"
-        );
+        assert!(!roots.iter().any(|(p, _)| p.ends_with("alice/.ssh")), "covered by /alice: {roots:?}");
         assert!(!roots.iter().any(|(p, _)| p.ends_with("missing")));
     }
 }

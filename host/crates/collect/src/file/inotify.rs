@@ -36,10 +36,7 @@ impl Handler {
     pub fn new(filter: Arc<PathFilter>, sensitive: &[PathBuf], sink: Sink) -> Handler {
         Handler {
             filter,
-            sensitive: sensitive
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
+            sensitive: sensitive.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
             sink,
             modes: ModeCache::default(),
             pending_from: None,
@@ -57,25 +54,12 @@ impl Handler {
             return;
         }
         if let Some((lop, lpath, at)) = &self.last {
-            if *lop == op
-                && *lpath == path
-                && at.elapsed() < Duration::from_secs(1)
-                && op != FileOp::Modify
-            {
+            if *lop == op && *lpath == path && at.elapsed() < Duration::from_secs(1) && op != FileOp::Modify {
                 return;
             }
         }
         self.last = Some((op, path.clone(), Instant::now()));
-        let ev = FileEvent {
-            op,
-            path,
-            old_path,
-            mode,
-            pid: None,
-            entity_id: None,
-            exe: None,
-            uid: None,
-        };
+        let ev = FileEvent { op, path, old_path, mode, pid: None, entity_id: None, exe: None, uid: None };
         self.sink.emit(EventBody::File(ev), false);
     }
 
@@ -91,17 +75,12 @@ impl Handler {
         if ev.need_rescan() {
             let n = self.sink.counters.overflows.fetch_add(1, Ordering::Relaxed) + 1;
             self.sink.counters.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                overflows = n,
-                "inotify queue overflowed: file events were lost (counted)"
-            );
+            tracing::warn!(overflows = n, "inotify queue overflowed: file events were lost (counted)");
             return;
         }
         let path = |i: usize| ev.paths.get(i).map(|p| p.to_string_lossy().into_owned());
         match ev.kind {
-            EventKind::Create(
-                CreateKind::File | CreateKind::Folder | CreateKind::Any | CreateKind::Other,
-            ) => {
+            EventKind::Create(CreateKind::File | CreateKind::Folder | CreateKind::Any | CreateKind::Other) => {
                 if let Some(p) = path(0) {
                     self.send(FileOp::Create, p, None, None);
                 }
@@ -128,9 +107,7 @@ impl Handler {
                 self.pending_from = ev.tracker();
             }
             // Unless paired with a MOVED_FROM (then the Both event that follows says it all).
-            EventKind::Modify(ModifyKind::Name(RenameMode::To))
-                if ev.tracker().is_none() || ev.tracker() != self.pending_from =>
-            {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) if ev.tracker().is_none() || ev.tracker() != self.pending_from => {
                 if let Some(p) = path(0) {
                     self.send(FileOp::Rename, p, None, None);
                 }
@@ -152,19 +129,11 @@ impl Handler {
 }
 
 /// Starts an inotify watcher on `roots` (path, recursive).
-pub(crate) fn watch(
-    roots: &[(PathBuf, bool)],
-    mut handler: Handler,
-) -> Result<notify::RecommendedWatcher, String> {
-    let mut watcher = notify::recommended_watcher(move |res| handler.handle(res))
-        .map_err(|e| format!("inotify: {e}"))?;
+pub(crate) fn watch(roots: &[(PathBuf, bool)], mut handler: Handler) -> Result<notify::RecommendedWatcher, String> {
+    let mut watcher = notify::recommended_watcher(move |res| handler.handle(res)).map_err(|e| format!("inotify: {e}"))?;
     let mut watched = 0;
     for (root, recursive) in roots {
-        let mode = if *recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
+        let mode = if *recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
         match watcher.watch(root, mode) {
             Ok(()) => watched += 1,
             Err(e) => tracing::warn!(path = %root.display(), "inotify: cannot watch: {e}"),

@@ -57,12 +57,7 @@ use filter::PathFilter;
 type Started = (Vec<JoinHandle<()>>, Vec<Box<dyn Any + Send>>);
 
 /// Starts the file collector.
-pub(crate) fn start(
-    cfg: &FileConfig,
-    exclude_paths: &[PathBuf],
-    ctx: &Arc<Ctx>,
-    sink: Sink,
-) -> Result<Started, CollectError> {
+pub(crate) fn start(cfg: &FileConfig, exclude_paths: &[PathBuf], ctx: &Arc<Ctx>, sink: Sink) -> Result<Started, CollectError> {
     if cfg.mode == FileMode::Off {
         sink.counters.set_mode("off");
         return Ok((Vec::new(), Vec::new()));
@@ -82,52 +77,26 @@ pub(crate) fn start(
                 mode.push_str(" (no FAN_RENAME: kernel < 5.17, renames lack the old path)");
             }
             if !refused.is_empty() {
-                let roots: Vec<(PathBuf, bool)> =
-                    refused.iter().map(|(p, _)| (p.clone(), true)).collect();
-                let list: Vec<String> = refused
-                    .iter()
-                    .map(|(p, e)| format!("{} ({e})", p.display()))
-                    .collect();
-                match inotify::watch(
-                    &roots,
-                    inotify::Handler::new(filter.clone(), &[], sink.clone()),
-                ) {
+                let roots: Vec<(PathBuf, bool)> = refused.iter().map(|(p, _)| (p.clone(), true)).collect();
+                let list: Vec<String> = refused.iter().map(|(p, e)| format!("{} ({e})", p.display())).collect();
+                match inotify::watch(&roots, inotify::Handler::new(filter.clone(), &[], sink.clone())) {
                     Ok(w) => {
                         keep.push(Box::new(w));
                         mode.push_str(&format!(" + inotify without pids for {}", list.join(", ")));
                     }
-                    Err(e) => mode.push_str(&format!(
-                        " (unwatched: {}; inotify failed too: {e})",
-                        list.join(", ")
-                    )),
+                    Err(e) => mode.push_str(&format!(" (unwatched: {}; inotify failed too: {e})", list.join(", "))),
                 }
             }
             sink.counters.set_mode(mode);
             let ctx = ctx.clone();
-            let sensitive: HashSet<String> = cfg
-                .sensitive_reads
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect();
+            let sensitive: HashSet<String> = cfg.sensitive_reads.iter().map(|p| p.to_string_lossy().into_owned()).collect();
             let threads = crate::process::spawn("file", move || {
-                let mut c = FanCollector {
-                    fan,
-                    ctx,
-                    filter,
-                    sensitive,
-                    sink,
-                    modes: ModeCache::default(),
-                    pending: Default::default(),
-                };
+                let mut c = FanCollector { fan, ctx, filter, sensitive, sink, modes: ModeCache::default(), pending: Default::default() };
                 c.run();
             })?;
             Ok((threads, keep))
         }
-        Err(e) if cfg.mode == FileMode::Fanotify => Err(CollectError::Unavailable {
-            collector: "file",
-            mode: "fanotify".into(),
-            reason: e,
-        }),
+        Err(e) if cfg.mode == FileMode::Fanotify => Err(CollectError::Unavailable { collector: "file", mode: "fanotify".into(), reason: e }),
         Err(e) => {
             tracing::warn!("file collector degraded to inotify (no pid attribution): {e}");
             start_inotify(cfg, &filter, sink, Some(e))
@@ -135,19 +104,10 @@ pub(crate) fn start(
     }
 }
 
-fn start_inotify(
-    cfg: &FileConfig,
-    filter: &Arc<PathFilter>,
-    sink: Sink,
-    why: Option<String>,
-) -> Result<Started, CollectError> {
+fn start_inotify(cfg: &FileConfig, filter: &Arc<PathFilter>, sink: Sink, why: Option<String>) -> Result<Started, CollectError> {
     let roots = filter::watch_roots(filter, &cfg.sensitive_reads);
     let handler = inotify::Handler::new(filter.clone(), &cfg.sensitive_reads, sink.clone());
-    let watcher = inotify::watch(&roots, handler).map_err(|reason| CollectError::Unavailable {
-        collector: "file",
-        mode: "inotify".into(),
-        reason,
-    })?;
+    let watcher = inotify::watch(&roots, handler).map_err(|reason| CollectError::Unavailable { collector: "file", mode: "inotify".into(), reason })?;
     sink.counters.set_mode(match why {
         Some(why) => format!("inotify (degraded: {why}; no pid/exe attribution)"),
         None => "inotify (no pid/exe attribution)".to_string(),
@@ -158,10 +118,7 @@ fn start_inotify(
 /// Initialises fanotify and marks every filesystem holding an include path
 /// and every sensitive file. Returns the group and the include bases whose
 /// filesystem refused a mark.
-fn setup_fanotify(
-    cfg: &FileConfig,
-    filter: &PathFilter,
-) -> Result<(Fanotify, Vec<(PathBuf, String)>), String> {
+fn setup_fanotify(cfg: &FileConfig, filter: &PathFilter) -> Result<(Fanotify, Vec<(PathBuf, String)>), String> {
     let mut fan = Fanotify::init().map_err(|e| e.to_string())?;
     let mut refused = Vec::new();
     let (mut marked, mut failed) = (0, 0);
@@ -181,10 +138,7 @@ fn setup_fanotify(
             Ok(_) => marked += 1,
             // Unprivileged fanotify (Linux >= 5.13) allows inode marks only.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                return Err(format!(
-                    "fanotify filesystem mark on {}: {e} (needs CAP_SYS_ADMIN)",
-                    dir.display()
-                ));
+                return Err(format!("fanotify filesystem mark on {}: {e} (needs CAP_SYS_ADMIN)", dir.display()));
             }
             Err(e) => {
                 tracing::warn!(path = %dir.display(), "fanotify refused a filesystem mark: {e}");
@@ -196,9 +150,7 @@ fn setup_fanotify(
         }
     }
     if marked == 0 && failed > 0 {
-        return Err(format!(
-            "every filesystem refused a fanotify mark ({failed} tried)"
-        ));
+        return Err(format!("every filesystem refused a fanotify mark ({failed} tried)"));
     }
     for f in &cfg.sensitive_reads {
         if !crate::procfs::exists(f) {
@@ -262,10 +214,7 @@ impl FanCollector {
         if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
             let n = c.overflows.fetch_add(1, Ordering::Relaxed) + 1;
             c.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                overflows = n,
-                "fanotify queue overflowed: file events were lost (counted)"
-            );
+            tracing::warn!(overflows = n, "fanotify queue overflowed: file events were lost (counted)");
             return;
         }
         let pid = ev.pid.max(0) as u32;
@@ -274,12 +223,8 @@ impl FanCollector {
         }
         let is_dir = ev.mask & libc::FAN_ONDIR != 0;
         if ev.mask & libc::FAN_RENAME != 0 {
-            let old = ev
-                .info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME)
-                .and_then(|i| self.path_of(i));
-            let new = ev
-                .info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME)
-                .and_then(|i| self.path_of(i));
+            let old = ev.info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME).and_then(|i| self.path_of(i));
+            let new = ev.info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME).and_then(|i| self.path_of(i));
             if is_dir {
                 self.fan.clear_cache();
             }
@@ -287,8 +232,7 @@ impl FanCollector {
                 c.unresolved.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            if !(self.filter.allows(&new) || old.as_deref().is_some_and(|o| self.filter.allows(o)))
-            {
+            if !(self.filter.allows(&new) || old.as_deref().is_some_and(|o| self.filter.allows(o))) {
                 return;
             }
             let partial = old.is_none();
@@ -296,10 +240,7 @@ impl FanCollector {
             self.emit(pid, FileOp::Rename, new, old, None, partial);
             return;
         }
-        let Some(info) = ev
-            .info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME)
-            .or(ev.info(libc::FAN_EVENT_INFO_TYPE_DFID))
-        else {
+        let Some(info) = ev.info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME).or(ev.info(libc::FAN_EVENT_INFO_TYPE_DFID)) else {
             c.unresolved.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -312,10 +253,7 @@ impl FanCollector {
             self.fan.clear_cache();
         }
         // Sensitive reads are reported whatever the include set says.
-        if ev.mask & libc::FAN_OPEN != 0
-            && self.sensitive.contains(&path)
-            && !self.filter.excluded(&path)
-        {
+        if ev.mask & libc::FAN_OPEN != 0 && self.sensitive.contains(&path) && !self.filter.excluded(&path) {
             self.emit(pid, FileOp::Read, path.clone(), None, None, false);
         }
         if !self.filter.allows(&path) {
@@ -352,40 +290,15 @@ impl FanCollector {
     fn rearm(&mut self, path: &str) {
         if self.sensitive.contains(path) {
             if let Err(e) = self.fan.mark_reads(std::path::Path::new(path)) {
-                tracing::warn!(
-                    path,
-                    "fanotify: cannot re-mark a replaced sensitive file: {e}"
-                );
+                tracing::warn!(path, "fanotify: cannot re-mark a replaced sensitive file: {e}");
             }
         }
     }
 
-    fn emit(
-        &mut self,
-        pid: u32,
-        op: FileOp,
-        path: String,
-        old_path: Option<String>,
-        mode: Option<u32>,
-        partial: bool,
-    ) {
+    fn emit(&mut self, pid: u32, op: FileOp, path: String, old_path: Option<String>, mode: Option<u32>, partial: bool) {
         let who = attribute(&self.ctx, pid);
-        let ev = FileEvent {
-            op,
-            path,
-            old_path,
-            mode,
-            pid: Some(pid),
-            entity_id: who.entity_id,
-            exe: who.exe,
-            uid: who.uid,
-        };
-        let p = Pending {
-            since: std::time::Instant::now(),
-            time: edr_event::time::now(),
-            ev,
-            partial,
-        };
+        let ev = FileEvent { op, path, old_path, mode, pid: Some(pid), entity_id: who.entity_id, exe: who.exe, uid: who.uid };
+        let p = Pending { since: std::time::Instant::now(), time: edr_event::time::now(), ev, partial };
         // A process known by its entity but not yet by its image (it exited
         // before `/proc` was read and the process collector has not handled
         // its exec yet) waits a little for the tree; events queue behind it
@@ -493,10 +406,7 @@ mod tests {
         // First sight, ctime == mtime (just written): attrib.
         let (op, mode) = cache.classify(&p);
         assert_eq!(op, FileOp::Attrib);
-        assert_eq!(
-            mode.unwrap() & 0o777,
-            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777
-        );
+        assert_eq!(mode.unwrap() & 0o777, std::fs::metadata(&f).unwrap().permissions().mode() & 0o777);
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
         let (op, mode) = cache.classify(&p);
         assert_eq!(op, FileOp::Chmod);

@@ -23,11 +23,7 @@ fn split_prefix(line: &str) -> Option<(&str, Option<u32>, &str)> {
         if let Some(tag) = tok.strip_suffix(':') {
             let msg = rest[end..].trim_start();
             return match tag.split_once('[') {
-                Some((prog, pid)) => Some((
-                    prog,
-                    pid.strip_suffix(']').and_then(|p| p.parse().ok()),
-                    msg,
-                )),
+                Some((prog, pid)) => Some((prog, pid.strip_suffix(']').and_then(|p| p.parse().ok()), msg)),
                 None => Some((tag, None, msg)),
             };
         }
@@ -70,10 +66,7 @@ pub(crate) fn parse_line(line: &str) -> Vec<LoginEvent> {
 fn user_and_ip(s: &str) -> Option<(String, Option<String>)> {
     let i = s.rfind(" from ")?;
     let user = s[..i].to_string();
-    let ip = s[i + " from ".len()..]
-        .split_whitespace()
-        .next()
-        .and_then(normalize_ip);
+    let ip = s[i + " from ".len()..].split_whitespace().next().and_then(normalize_ip);
     Some((user, ip))
 }
 
@@ -88,43 +81,19 @@ fn parse_message(msg: &str) -> Option<LoginEvent> {
     if let Some(r) = msg.strip_prefix("Accepted ") {
         let (method, r) = r.split_once(" for ")?;
         let (user, ip) = user_and_ip(r)?;
-        return Some(LoginEvent {
-            user,
-            source_ip: ip,
-            method: method.into(),
-            success: true,
-            ..Default::default()
-        });
+        return Some(LoginEvent { user, source_ip: ip, method: method.into(), success: true, ..Default::default() });
     }
     if let Some(r) = msg.strip_prefix("Failed ") {
         let (method, r) = r.split_once(" for ")?;
         let r = r.strip_prefix("invalid user ").unwrap_or(r);
         let (user, ip) = user_and_ip(r)?;
-        return Some(LoginEvent {
-            user,
-            source_ip: ip,
-            method: method.into(),
-            success: false,
-            ..Default::default()
-        });
+        return Some(LoginEvent { user, source_ip: ip, method: method.into(), success: false, ..Default::default() });
     }
     if let Some(r) = msg.strip_prefix("Invalid user ") {
         // "Invalid user  from 1.2.3.4 port 5" has an empty user.
-        let (user, ip) = if let Some(r2) = r.strip_prefix("from ") {
-            (
-                String::new(),
-                r2.split_whitespace().next().and_then(normalize_ip),
-            )
-        } else {
-            user_and_ip(r)?
-        };
-        return Some(LoginEvent {
-            user,
-            source_ip: ip,
-            method: "invalid-user".into(),
-            success: false,
-            ..Default::default()
-        });
+        let (user, ip) =
+            if let Some(r2) = r.strip_prefix("from ") { (String::new(), r2.split_whitespace().next().and_then(normalize_ip)) } else { user_and_ip(r)? };
+        return Some(LoginEvent { user, source_ip: ip, method: "invalid-user".into(), success: false, ..Default::default() });
     }
     None
 }
@@ -154,10 +123,7 @@ mod tests {
             }
         );
         let e = one("2024-03-03T12:00:01.123456+00:00 web1 sshd-session[99]: Accepted keyboard-interactive/pam for bob from 2001:db8::42 port 60022 ssh2");
-        assert_eq!(
-            (e.user.as_str(), e.source_ip.as_deref(), e.method.as_str()),
-            ("bob", Some("2001:db8::42"), "keyboard-interactive/pam")
-        );
+        assert_eq!((e.user.as_str(), e.source_ip.as_deref(), e.method.as_str()), ("bob", Some("2001:db8::42"), "keyboard-interactive/pam"));
         assert_eq!(e.pid, Some(99));
         assert!(e.success);
     }
@@ -165,46 +131,24 @@ mod tests {
     #[test]
     fn failed_and_invalid_users() {
         let e = one("Mar 13 04:05:06 web1 sshd[2001]: Failed password for root from 198.51.100.9 port 41000 ssh2");
-        assert_eq!(
-            (e.user.as_str(), e.method.as_str(), e.success),
-            ("root", "password", false)
-        );
+        assert_eq!((e.user.as_str(), e.method.as_str(), e.success), ("root", "password", false));
         let e = one("Mar 13 04:05:07 web1 sshd[2002]: Failed password for invalid user admin from 198.51.100.9 port 41002 ssh2");
-        assert_eq!(
-            (e.user.as_str(), e.source_ip.as_deref()),
-            ("admin", Some("198.51.100.9"))
-        );
+        assert_eq!((e.user.as_str(), e.source_ip.as_deref()), ("admin", Some("198.51.100.9")));
         let e = one("Mar 13 04:05:07 web1 sshd[2002]: Failed none for invalid user john smith from fe80::1%eth0 port 41002 ssh2");
-        assert_eq!(
-            (e.user.as_str(), e.method.as_str(), e.source_ip.as_deref()),
-            ("john smith", "none", Some("fe80::1"))
-        );
+        assert_eq!((e.user.as_str(), e.method.as_str(), e.source_ip.as_deref()), ("john smith", "none", Some("fe80::1")));
         let e = one("Mar 13 04:05:07 web1 sshd[2002]: Accepted password for carol from gw.example.net port 41002 ssh2");
-        assert_eq!(
-            (e.user.as_str(), e.source_ip),
-            ("carol", None),
-            "a host name is not an ip"
-        );
-        let e =
-            one("Mar 13 04:05:05 web1 sshd[2002]: Invalid user admin from 198.51.100.9 port 41002");
-        assert_eq!(
-            (e.user.as_str(), e.method.as_str(), e.success),
-            ("admin", "invalid-user", false)
-        );
+        assert_eq!((e.user.as_str(), e.source_ip), ("carol", None), "a host name is not an ip");
+        let e = one("Mar 13 04:05:05 web1 sshd[2002]: Invalid user admin from 198.51.100.9 port 41002");
+        assert_eq!((e.user.as_str(), e.method.as_str(), e.success), ("admin", "invalid-user", false));
         let e = one("Mar 13 04:05:05 web1 sshd[2003]: Invalid user  from 198.51.100.10 port 41003");
-        assert_eq!(
-            (e.user.as_str(), e.source_ip.as_deref()),
-            ("", Some("198.51.100.10"))
-        );
+        assert_eq!((e.user.as_str(), e.source_ip.as_deref()), ("", Some("198.51.100.10")));
     }
 
     #[test]
     fn repeated_messages_and_noise() {
         let v = parse_line("Mar 13 04:05:08 web1 sshd[2001]: message repeated 3 times: [ Failed password for root from 198.51.100.9 port 41000 ssh2]");
         assert_eq!(v.len(), 3);
-        assert!(v
-            .iter()
-            .all(|e| e.user == "root" && !e.success && e.pid == Some(2001)));
+        assert!(v.iter().all(|e| e.user == "root" && !e.success && e.pid == Some(2001)));
         for noise in [
             "Mar 13 04:05:09 web1 sshd[2001]: Connection closed by authenticating user root 198.51.100.9 port 41000 [preauth]",
             "Mar 13 04:05:09 web1 sshd[2001]: pam_unix(sshd:session): session opened for user alice(uid=1000) by (uid=0)",

@@ -26,12 +26,7 @@ pub(crate) struct Tail {
 impl Tail {
     /// Follows `path` from its current end (history is not replayed).
     pub fn at_end(path: &Path) -> Tail {
-        let mut t = Tail {
-            path: path.to_path_buf(),
-            file: None,
-            id: (0, 0),
-            offset: 0,
-        };
+        let mut t = Tail { path: path.to_path_buf(), file: None, id: (0, 0), offset: 0 };
         if let Ok(f) = File::open(path) {
             if let Ok(md) = f.metadata() {
                 t.id = (md.dev(), md.ino());
@@ -44,12 +39,7 @@ impl Tail {
 
     /// Follows `path` from its start (a file that appeared after start-up).
     pub fn from_start(path: &Path) -> Tail {
-        Tail {
-            path: path.to_path_buf(),
-            file: None,
-            id: (0, 0),
-            offset: 0,
-        }
+        Tail { path: path.to_path_buf(), file: None, id: (0, 0), offset: 0 }
     }
 
     /// The followed path.
@@ -66,9 +56,7 @@ impl Tail {
     /// tail, then the new file's content).
     pub fn read_new(&mut self) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let current = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
+        let current = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
         if self.file.is_some() && current.is_some() && current != Some(self.id) {
             // Rotated: finish the old file, then switch.
             self.read_open(&mut out)?;
@@ -136,13 +124,7 @@ mod tests {
     use std::io::Write;
 
     fn append(p: &Path, s: &str) {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .unwrap()
-            .write_all(s.as_bytes())
-            .unwrap();
+        std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
     }
 
     #[test]
@@ -160,19 +142,11 @@ mod tests {
         // logrotate: rename, a last line into the old file, then a new file.
         std::fs::rename(&p, dir.path().join("auth.log.1")).unwrap();
         append(&dir.path().join("auth.log.1"), "late in old\n");
-        assert_eq!(
-            lines.feed(&t.read_new().unwrap()),
-            vec!["late in old"],
-            "new file not there yet"
-        );
+        assert_eq!(lines.feed(&t.read_new().unwrap()), vec!["late in old"], "new file not there yet");
         append(&p, "first in new\n");
         assert_eq!(lines.feed(&t.read_new().unwrap()), vec!["first in new"]);
         // copytruncate (seen before the file grows past the old offset again).
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).truncate(true).open(&p).unwrap();
         assert!(t.read_new().unwrap().is_empty());
         append(&p, "after truncate\n");
         assert_eq!(lines.feed(&t.read_new().unwrap()), vec!["after truncate"]);

@@ -49,26 +49,12 @@ pub(crate) fn parse(r: &[u8]) -> Option<Utmp> {
         let b: [u8; 16] = a.try_into().ok()?;
         Some(IpAddr::V6(Ipv6Addr::from(b)))
     };
-    Some(Utmp {
-        kind,
-        pid,
-        line,
-        user,
-        host,
-        addr,
-    })
+    Some(Utmp { kind, pid, line, user, host, addr })
 }
 
 /// Builds a record (for tests, and documentation of the layout).
 #[cfg(test)]
-pub(crate) fn build(
-    kind: i16,
-    pid: i32,
-    line: &str,
-    user: &str,
-    host: &str,
-    addr: Option<IpAddr>,
-) -> Vec<u8> {
+pub(crate) fn build(kind: i16, pid: i32, line: &str, user: &str, host: &str, addr: Option<IpAddr>) -> Vec<u8> {
     let mut r = vec![0u8; RECORD];
     r[0..2].copy_from_slice(&kind.to_ne_bytes());
     r[4..8].copy_from_slice(&pid.to_ne_bytes());
@@ -89,39 +75,16 @@ mod tests {
 
     #[test]
     fn parses_records() {
-        let r = build(
-            USER_PROCESS,
-            4321,
-            "pts/0",
-            "alice",
-            "203.0.113.7",
-            Some("203.0.113.7".parse().unwrap()),
-        );
+        let r = build(USER_PROCESS, 4321, "pts/0", "alice", "203.0.113.7", Some("203.0.113.7".parse().unwrap()));
         let u = parse(&r).unwrap();
         assert_eq!(u.kind, USER_PROCESS);
-        assert_eq!(
-            (u.pid, u.line.as_str(), u.user.as_str()),
-            (4321, "pts/0", "alice")
-        );
+        assert_eq!((u.pid, u.line.as_str(), u.user.as_str()), (4321, "pts/0", "alice"));
         assert_eq!(u.addr, Some("203.0.113.7".parse().unwrap()));
-        let r = build(
-            USER_PROCESS,
-            1,
-            "pts/1",
-            "bob",
-            "host.example",
-            Some("2001:db8::7".parse().unwrap()),
-        );
-        assert_eq!(
-            parse(&r).unwrap().addr,
-            Some("2001:db8::7".parse().unwrap())
-        );
+        let r = build(USER_PROCESS, 1, "pts/1", "bob", "host.example", Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(parse(&r).unwrap().addr, Some("2001:db8::7".parse().unwrap()));
         // No address bytes: taken from the host when it is one.
         let r = build(LOGIN_PROCESS, 1, "ssh:notty", "root", "198.51.100.3", None);
-        assert_eq!(
-            parse(&r).unwrap().addr,
-            Some("198.51.100.3".parse().unwrap())
-        );
+        assert_eq!(parse(&r).unwrap().addr, Some("198.51.100.3".parse().unwrap()));
         let r = build(USER_PROCESS, 1, "tty1", "root", "", None);
         assert_eq!(parse(&r).unwrap().addr, None);
         assert!(parse(&r[..100]).is_none());

@@ -48,19 +48,11 @@ use crate::sink::Sink;
 use crate::{CollectError, Ctx, NetworkConfig, NetworkMode};
 use procnet::{state, SockLine};
 
-const TABLES: [(&str, Transport); 4] = [
-    ("/proc/net/tcp", Transport::Tcp),
-    ("/proc/net/tcp6", Transport::Tcp),
-    ("/proc/net/udp", Transport::Udp),
-    ("/proc/net/udp6", Transport::Udp),
-];
+const TABLES: [(&str, Transport); 4] =
+    [("/proc/net/tcp", Transport::Tcp), ("/proc/net/tcp6", Transport::Tcp), ("/proc/net/udp", Transport::Udp), ("/proc/net/udp6", Transport::Udp)];
 
 /// Starts the network collector.
-pub(crate) fn start(
-    cfg: &NetworkConfig,
-    ctx: &Arc<Ctx>,
-    sink: Sink,
-) -> Result<Vec<JoinHandle<()>>, CollectError> {
+pub(crate) fn start(cfg: &NetworkConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<Vec<JoinHandle<()>>, CollectError> {
     if cfg.mode == NetworkMode::Off {
         sink.counters.set_mode("off");
         return Ok(Vec::new());
@@ -68,14 +60,9 @@ pub(crate) fn start(
     if let Err(e) = std::fs::metadata("/proc/net/tcp") {
         let reason = format!("/proc/net/tcp: {e}");
         if cfg.mode == NetworkMode::Procfs {
-            return Err(CollectError::Unavailable {
-                collector: "network",
-                mode: "procfs".into(),
-                reason,
-            });
+            return Err(CollectError::Unavailable { collector: "network", mode: "procfs".into(), reason });
         }
-        sink.counters
-            .set_mode(format!("off (unavailable: {reason})"));
+        sink.counters.set_mode(format!("off (unavailable: {reason})"));
         return Ok(Vec::new());
     }
     let mut tracker = Tracker::default();
@@ -93,11 +80,7 @@ pub(crate) fn start(
         "procfs poll {}ms-{}s adaptive (misses connections shorter than the interval{})",
         cfg.interval.as_millis(),
         IDLE_INTERVAL.as_secs(),
-        if root {
-            ""
-        } else {
-            "; degraded: not root, owners of other users' sockets unknown"
-        }
+        if root { "" } else { "; degraded: not root, owners of other users' sockets unknown" }
     ));
     let ctx = ctx.clone();
     let interval = cfg.interval;
@@ -150,8 +133,7 @@ impl TableReader {
                 Err(e) => return Err(e),
             }
         }
-        std::str::from_utf8(&self.buf[..len])
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        std::str::from_utf8(&self.buf[..len]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Every TCP and UDP socket of this network namespace.
@@ -246,17 +228,9 @@ impl Tracker {
     pub fn diff(&mut self, snapshot: &[(Transport, SockLine)]) -> Vec<Found> {
         // Listening ports: this snapshot's, and those of listeners it may
         // have missed.
-        let mut listening: HashSet<u16> = snapshot
-            .iter()
-            .filter(|(t, l)| *t == Transport::Tcp && l.state == state::LISTEN)
-            .map(|(_, l)| l.local_port)
-            .collect();
-        listening.extend(
-            self.known
-                .iter()
-                .filter(|((t, _), k)| *t == Transport::Tcp && k.reported == Some(NetworkOp::Listen))
-                .map(|(_, k)| k.local_port),
-        );
+        let mut listening: HashSet<u16> =
+            snapshot.iter().filter(|(t, l)| *t == Transport::Tcp && l.state == state::LISTEN).map(|(_, l)| l.local_port).collect();
+        listening.extend(self.known.iter().filter(|((t, _), k)| *t == Transport::Tcp && k.reported == Some(NetworkOp::Listen)).map(|(_, k)| k.local_port));
         let mut present = HashSet::with_capacity(snapshot.len());
         let mut out = Vec::new();
         for (t, l) in snapshot {
@@ -273,11 +247,7 @@ impl Tracker {
                 // listening or connected).
                 None => op,
                 // A bound UDP socket that connected.
-                Some(NetworkOp::Listen)
-                    if *t == Transport::Udp && op == Some(NetworkOp::Connect) =>
-                {
-                    op
-                }
+                Some(NetworkOp::Listen) if *t == Transport::Udp && op == Some(NetworkOp::Connect) => op,
                 Some(_) => None,
             };
             // The listening part of the table is read before the established
@@ -285,48 +255,23 @@ impl Tracker {
             // missing while its accepted connection is there: an established
             // socket that looks outbound is judged again on the next snapshot.
             let held = self.pending.remove(&key).is_some();
-            if self.primed
-                && !held
-                && *t == Transport::Tcp
-                && report == Some(NetworkOp::Connect)
-                && l.state != state::SYN_SENT
-            {
+            if self.primed && !held && *t == Transport::Tcp && report == Some(NetworkOp::Connect) && l.state != state::SYN_SENT {
                 self.pending.insert(key, l.clone());
                 report = None;
             }
-            self.known.insert(
-                key,
-                Known {
-                    reported: report.or(reported),
-                    local_port: l.local_port,
-                    absent: 0,
-                },
-            );
+            self.known.insert(key, Known { reported: report.or(reported), local_port: l.local_port, absent: 0 });
             if let (Some(op), true) = (report, self.primed) {
-                out.push(Found {
-                    op,
-                    transport: *t,
-                    line: l.clone(),
-                });
+                out.push(Found { op, transport: *t, line: l.clone() });
             }
         }
         // Held sockets that closed since: outbound after all.
-        let gone: Vec<(Transport, u64)> = self
-            .pending
-            .keys()
-            .filter(|k| !present.contains(k))
-            .copied()
-            .collect();
+        let gone: Vec<(Transport, u64)> = self.pending.keys().filter(|k| !present.contains(k)).copied().collect();
         for key in gone {
             if let Some(line) = self.pending.remove(&key) {
                 if let Some(k) = self.known.get_mut(&key) {
                     k.reported = Some(NetworkOp::Connect);
                 }
-                out.push(Found {
-                    op: NetworkOp::Connect,
-                    transport: key.0,
-                    line,
-                });
+                out.push(Found { op: NetworkOp::Connect, transport: key.0, line });
             }
         }
         self.known.retain(|key, k| {
@@ -356,11 +301,7 @@ impl InodeMap {
         if self.map.len() > 65_536 {
             self.map.clear();
         }
-        let mut missing: HashSet<u64> = wanted
-            .iter()
-            .filter(|i| !self.map.contains_key(i))
-            .copied()
-            .collect();
+        let mut missing: HashSet<u64> = wanted.iter().filter(|i| !self.map.contains_key(i)).copied().collect();
         let Ok(mut pids) = crate::procfs::list_pids() else {
             return;
         };
@@ -393,10 +334,7 @@ impl InodeMap {
 
 /// `socket:[12345]` -> 12345.
 pub(crate) fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 #[cfg(test)]
@@ -406,15 +344,7 @@ mod tests {
 
     fn line(local: u16, remote: u16, st: u8, inode: u64) -> SockLine {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        SockLine {
-            local_ip: ip,
-            local_port: local,
-            remote_ip: ip,
-            remote_port: remote,
-            state: st,
-            uid: 0,
-            inode,
-        }
+        SockLine { local_ip: ip, local_port: local, remote_ip: ip, remote_port: remote, state: st, uid: 0, inode }
     }
 
     #[test]
@@ -429,14 +359,7 @@ mod tests {
         snap.push((Transport::Tcp, line(22, 50001, state::ESTABLISHED, 0))); // not accepted yet
         let found = t.diff(&snap);
         let ops: Vec<(NetworkOp, u64)> = found.iter().map(|f| (f.op, f.line.inode)).collect();
-        assert_eq!(
-            ops,
-            vec![
-                (NetworkOp::Listen, 2),
-                (NetworkOp::Connect, 3),
-                (NetworkOp::Accept, 4)
-            ]
-        );
+        assert_eq!(ops, vec![(NetworkOp::Listen, 2), (NetworkOp::Connect, 3), (NetworkOp::Accept, 4)]);
         // SYN_SENT -> ESTABLISHED is the same connection: no second event.
         snap[2] = (Transport::Tcp, line(40000, 4444, state::ESTABLISHED, 3));
         assert!(t.diff(&snap).is_empty());
@@ -451,23 +374,14 @@ mod tests {
             assert!(t.diff(&snap).is_empty());
         }
         snap.push((Transport::Tcp, line(40001, 443, state::ESTABLISHED, 3)));
-        assert!(
-            t.diff(&snap).is_empty(),
-            "an established outbound socket is held one snapshot"
-        );
+        assert!(t.diff(&snap).is_empty(), "an established outbound socket is held one snapshot");
         assert_eq!(t.diff(&snap)[0].op, NetworkOp::Connect);
         assert!(t.diff(&snap).is_empty());
         // A listener missing from a snapshot still makes its connections accepts.
         let mut t = Tracker::default();
         t.diff(&[]);
-        assert_eq!(
-            t.diff(&[(Transport::Tcp, line(7000, 0, state::LISTEN, 20))])[0].op,
-            NetworkOp::Listen
-        );
-        assert_eq!(
-            t.diff(&[(Transport::Tcp, line(7000, 5000, state::ESTABLISHED, 21))])[0].op,
-            NetworkOp::Accept
-        );
+        assert_eq!(t.diff(&[(Transport::Tcp, line(7000, 0, state::LISTEN, 20))])[0].op, NetworkOp::Listen);
+        assert_eq!(t.diff(&[(Transport::Tcp, line(7000, 5000, state::ESTABLISHED, 21))])[0].op, NetworkOp::Accept);
     }
 
     #[test]
@@ -475,27 +389,13 @@ mod tests {
         let mut t = Tracker::default();
         t.diff(&[]);
         // The listening part was read before bind(), the rest after accept().
-        let torn = vec![
-            (Transport::Tcp, line(41000, 50000, state::ESTABLISHED, 31)),
-            (Transport::Tcp, line(50000, 41000, state::ESTABLISHED, 30)),
-        ];
+        let torn = vec![(Transport::Tcp, line(41000, 50000, state::ESTABLISHED, 31)), (Transport::Tcp, line(50000, 41000, state::ESTABLISHED, 30))];
         assert!(t.diff(&torn).is_empty(), "both held");
         let mut whole = torn.clone();
         whole.insert(0, (Transport::Tcp, line(41000, 0, state::LISTEN, 29)));
-        let mut ops: Vec<(NetworkOp, u64)> = t
-            .diff(&whole)
-            .iter()
-            .map(|f| (f.op, f.line.inode))
-            .collect();
+        let mut ops: Vec<(NetworkOp, u64)> = t.diff(&whole).iter().map(|f| (f.op, f.line.inode)).collect();
         ops.sort_by_key(|o| o.1);
-        assert_eq!(
-            ops,
-            vec![
-                (NetworkOp::Listen, 29),
-                (NetworkOp::Connect, 30),
-                (NetworkOp::Accept, 31)
-            ]
-        );
+        assert_eq!(ops, vec![(NetworkOp::Listen, 29), (NetworkOp::Connect, 30), (NetworkOp::Accept, 31)]);
         assert!(t.diff(&whole).is_empty());
         // A held socket that closes before the next snapshot is still reported.
         let short = vec![(Transport::Tcp, line(45000, 80, state::ESTABLISHED, 40))];
@@ -521,9 +421,7 @@ mod tests {
         assert_eq!(t.diff(&udp)[0].op, NetworkOp::Connect);
         assert!(t.diff(&udp).is_empty());
         // An unbound UDP socket (port 0) is nothing.
-        assert!(t
-            .diff(&[(Transport::Udp, line(0, 0, state::CLOSE, 12))])
-            .is_empty());
+        assert!(t.diff(&[(Transport::Udp, line(0, 0, state::CLOSE, 12))]).is_empty());
     }
 
     #[test]
@@ -538,11 +436,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let inode = procnet::parse_table(&text)
-            .into_iter()
-            .find(|s| s.local_port == port && s.state == state::LISTEN)
-            .unwrap()
-            .inode;
+        let inode = procnet::parse_table(&text).into_iter().find(|s| s.local_port == port && s.state == state::LISTEN).unwrap().inode;
         let mut m = InodeMap::default();
         m.resolve(&HashSet::from([inode]));
         assert_eq!(m.pid(inode), Some(std::process::id()));

@@ -32,9 +32,7 @@ pub(crate) fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(
-            u32::from_str_radix(addr, 16).ok()?.to_ne_bytes(),
-        )),
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes())),
         32 => {
             let mut b = [0u8; 16];
             for i in 0..4 {
@@ -64,15 +62,7 @@ pub(crate) fn parse_line(line: &str) -> Option<SockLine> {
     let state = u8::from_str_radix(f[3], 16).ok()?;
     let uid = f[7].parse().ok()?;
     let inode = f[9].parse().ok()?;
-    Some(SockLine {
-        local_ip,
-        local_port,
-        remote_ip,
-        remote_port,
-        state,
-        uid,
-        inode,
-    })
+    Some(SockLine { local_ip, local_port, remote_ip, remote_port, state, uid, inode })
 }
 
 /// Parses a whole file, skipping the header and bad lines.
@@ -94,20 +84,11 @@ mod tests {
         let t = parse_table(text);
         assert_eq!(t.len(), 3);
         assert_eq!(t[0].local_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            (t[0].local_port, t[0].state, t[0].inode),
-            (3306, state::LISTEN, 21987)
-        );
+        assert_eq!((t[0].local_port, t[0].state, t[0].inode), (3306, state::LISTEN, 21987));
         assert_eq!(t[1].local_ip.to_string(), "10.0.2.15");
         assert_eq!(t[1].local_port, 50000);
-        assert_eq!(
-            (t[1].remote_ip.to_string(), t[1].remote_port),
-            ("10.0.2.2".to_string(), 4444)
-        );
-        assert_eq!(
-            (t[1].state, t[1].uid, t[1].inode),
-            (state::ESTABLISHED, 1000, 345678)
-        );
+        assert_eq!((t[1].remote_ip.to_string(), t[1].remote_port), ("10.0.2.2".to_string(), 4444));
+        assert_eq!((t[1].state, t[1].uid, t[1].inode), (state::ESTABLISHED, 1000, 345678));
         assert_eq!((t[2].state, t[2].inode), (state::TIME_WAIT, 0));
     }
 
@@ -121,16 +102,9 @@ mod tests {
 ";
         let t = parse_table(text);
         assert_eq!(t.len(), 4);
-        assert_eq!(
-            (t[0].local_ip.to_string(), t[0].local_port),
-            ("::".to_string(), 22)
-        );
+        assert_eq!((t[0].local_ip.to_string(), t[0].local_port), ("::".to_string(), 22));
         assert_eq!(t[1].local_ip.to_string(), "::1");
-        assert_eq!(
-            t[2].local_ip.to_string(),
-            "127.0.0.1",
-            "v4-mapped shown as IPv4"
-        );
+        assert_eq!(t[2].local_ip.to_string(), "127.0.0.1", "v4-mapped shown as IPv4");
         assert_eq!(t[2].remote_ip.to_string(), "10.0.2.15");
         assert_eq!(t[3].local_ip.to_string(), "2001:db8::1");
         assert_eq!((t[3].local_port, t[3].uid), (443, 33));

@@ -97,10 +97,7 @@ impl Chain {
         if self.only_loader().is_some() {
             return None;
         }
-        self.files
-            .last()
-            .map(String::as_str)
-            .filter(|p| !p.is_empty())
+        self.files.last().map(String::as_str).filter(|p| !p.is_empty())
     }
 
     /// The loader, when it is the only file of the chain: either it was
@@ -121,12 +118,7 @@ impl Chain {
     /// argument and the caller's own arguments), and `[exe]` for a program.
     /// Paths are the resolved ones, not as the caller spelled them.
     pub fn argv(&self) -> Vec<String> {
-        self.files
-            .iter()
-            .rev()
-            .filter(|p| !p.is_empty())
-            .cloned()
-            .collect()
+        self.files.iter().rev().filter(|p| !p.is_empty()).cloned().collect()
     }
 }
 
@@ -189,21 +181,13 @@ impl ExecMatcher {
     /// Records one `FAN_OPEN_EXEC` of `pid`.
     pub fn push(&mut self, pid: u32, path: String, kind: Kind, read_ns: u64) {
         if self.total >= MAX_RECORDS {
-            tracing::warn!(
-                records = self.total,
-                "exec paths: too many unclaimed FAN_OPEN_EXEC records; dropped (treated as lost)"
-            );
+            tracing::warn!(records = self.total, "exec paths: too many unclaimed FAN_OPEN_EXEC records; dropped (treated as lost)");
             self.clear();
             self.gap(read_ns);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pids.entry(pid).or_default().push_back(ExecOpen {
-            path,
-            kind,
-            read_ns,
-            seq,
-        });
+        self.pids.entry(pid).or_default().push_back(ExecOpen { path, kind, read_ns, seq });
         self.total += 1;
     }
 
@@ -212,10 +196,7 @@ impl ExecMatcher {
     /// [`ExecMatcher::replace_last`]).
     pub fn last_has_name_of(&self, pid: u32, path: &str) -> bool {
         let name = |p: &str| basename(p.strip_suffix(" (deleted)").unwrap_or(p)).to_string();
-        self.pids
-            .get(&pid)
-            .and_then(|q| q.back())
-            .is_some_and(|r| !r.path.is_empty() && name(&r.path) == name(path))
+        self.pids.get(&pid).and_then(|q| q.back()).is_some_and(|r| !r.path.is_empty() && name(&r.path) == name(path))
     }
 
     /// Replaces the path of the last record of `pid` (same file, same
@@ -233,10 +214,7 @@ impl ExecMatcher {
     /// need not look at it.
     pub fn expects_loader(&mut self, pid: u32, path: &str) -> bool {
         match self.pids.get(&pid).and_then(|q| q.back()) {
-            Some(ExecOpen {
-                kind: Kind::Elf { interp: Some(i) },
-                ..
-            }) => same_file(path, i, &mut self.canonical),
+            Some(ExecOpen { kind: Kind::Elf { interp: Some(i) }, .. }) => same_file(path, i, &mut self.canonical),
             _ => false,
         }
     }
@@ -280,11 +258,7 @@ impl ExecMatcher {
         let mut n = 0;
         let mut expect = Expect::Nothing;
         for r in q.iter().take_while(|r| r.seq < limit).take(MAX_CHAIN) {
-            let role = if n == 0 {
-                Some(Role::Interp)
-            } else {
-                accepts(&expect, r, &mut self.canonical)
-            };
+            let role = if n == 0 { Some(Role::Interp) } else { accepts(&expect, r, &mut self.canonical) };
             match role {
                 Some(Role::Interp) => {
                     files.push(r.path.clone());
@@ -334,11 +308,7 @@ impl ExecMatcher {
 }
 
 /// Whether `r` continues the chain whose last record expects `expect`.
-fn accepts(
-    expect: &Expect,
-    r: &ExecOpen,
-    canonical: &mut HashMap<String, Option<String>>,
-) -> Option<Role> {
+fn accepts(expect: &Expect, r: &ExecOpen, canonical: &mut HashMap<String, Option<String>>) -> Option<Role> {
     match expect {
         Expect::Nothing => None,
         Expect::Loader(want) => same_file(&r.path, want, canonical).then_some(Role::Loader),
@@ -366,15 +336,7 @@ fn same_file(path: &str, want: &str, canonical: &mut HashMap<String, Option<Stri
     if path == want || basename(path) == basename(want) {
         return true;
     }
-    canonical
-        .entry(want.to_string())
-        .or_insert_with(|| {
-            std::fs::canonicalize(want)
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned())
-        })
-        .as_deref()
-        == Some(path)
+    canonical.entry(want.to_string()).or_insert_with(|| std::fs::canonicalize(want).ok().map(|p| p.to_string_lossy().into_owned())).as_deref() == Some(path)
 }
 
 /// A dynamic loader by its name (`ld-linux-x86-64.so.2`, `ld-musl-*.so.1`,
@@ -382,8 +344,7 @@ fn same_file(path: &str, want: &str, canonical: &mut HashMap<String, Option<Stri
 /// not be read.
 fn looks_like_loader(path: &str) -> bool {
     let name = basename(path);
-    (name.starts_with("ld-") || name.starts_with("ld64.") || name.starts_with("ld.so"))
-        && name.contains(".so")
+    (name.starts_with("ld-") || name.starts_with("ld64.") || name.starts_with("ld.so")) && name.contains(".so")
 }
 
 #[cfg(test)]
@@ -394,9 +355,7 @@ mod tests {
     const PT_INTERP: &str = "/lib64/ld-linux-x86-64.so.2";
 
     fn dynamic() -> Kind {
-        Kind::Elf {
-            interp: Some(PT_INTERP.into()),
-        }
+        Kind::Elf { interp: Some(PT_INTERP.into()) }
     }
 
     fn loader() -> Kind {
@@ -404,9 +363,7 @@ mod tests {
     }
 
     fn chain(files: &[&str]) -> Option<Chain> {
-        Some(Chain {
-            files: files.iter().map(|s| s.to_string()).collect(),
-        })
+        Some(Chain { files: files.iter().map(|s| s.to_string()).collect() })
     }
 
     #[test]
@@ -431,14 +388,7 @@ mod tests {
         let dash = std::fs::canonicalize(&dash).unwrap();
         let dash = dash.to_str().unwrap();
         let mut m = ExecMatcher::default();
-        m.push(
-            7,
-            "/tmp/run.sh".into(),
-            Kind::Script {
-                interp: sh.to_string_lossy().into_owned(),
-            },
-            10,
-        );
+        m.push(7, "/tmp/run.sh".into(), Kind::Script { interp: sh.to_string_lossy().into_owned() }, 10);
         m.push(7, dash.into(), dynamic(), 10);
         m.push(7, LD.into(), loader(), 10);
         let c = m.take(7, 9).unwrap();
@@ -447,14 +397,7 @@ mod tests {
         assert_eq!(m.len(), 0);
         // `#!/usr/bin/env python3`: env is the interpreter, python3 the
         // next exec of the same pid (its own connector message).
-        m.push(
-            8,
-            "/tmp/a.py".into(),
-            Kind::Script {
-                interp: "/usr/bin/env".into(),
-            },
-            20,
-        );
+        m.push(8, "/tmp/a.py".into(), Kind::Script { interp: "/usr/bin/env".into() }, 20);
         m.push(8, "/usr/bin/env".into(), dynamic(), 20);
         m.push(8, LD.into(), loader(), 20);
         m.push(8, "/usr/bin/python3.12".into(), dynamic(), 20);
@@ -543,14 +486,7 @@ mod tests {
         let mut m = ExecMatcher::default();
         // A failed exec (a foreign-arch ELF, say) then a good one, both
         // read before the connector's exec message was stamped.
-        m.push(
-            60,
-            "/tmp/a".into(),
-            Kind::Elf {
-                interp: Some("/lib/ld-linux-armhf.so.3".into()),
-            },
-            100,
-        );
+        m.push(60, "/tmp/a".into(), Kind::Elf { interp: Some("/lib/ld-linux-armhf.so.3".into()) }, 100);
         m.push(60, "/usr/bin/true".into(), dynamic(), 100);
         m.push(60, LD.into(), loader(), 100);
         // The first chain goes to the exec; the rest, read before it, is
@@ -587,10 +523,7 @@ mod tests {
         assert!(!m.expects_loader(1, "/usr/bin/dash"));
         assert!(!m.expects_loader(2, LD), "another pid");
         m.push(1, LD.into(), loader(), 10);
-        assert!(
-            !m.expects_loader(1, LD),
-            "after the loader, nothing is expected"
-        );
+        assert!(!m.expects_loader(1, LD), "after the loader, nothing is expected");
     }
 
     #[test]
@@ -602,21 +535,10 @@ mod tests {
         assert!(m.last_has_name_of(10, "/var/lib/docker/overlay2/x/merged/usr/bin/prog"));
         assert!(!m.last_has_name_of(10, "/usr/bin/other"));
         assert!(!m.last_has_name_of(11, "/usr/bin/prog"));
-        m.replace_last(
-            10,
-            "/var/lib/docker/overlay2/x/merged/usr/bin/prog".into(),
-            11,
-        );
+        m.replace_last(10, "/var/lib/docker/overlay2/x/merged/usr/bin/prog".into(), 11);
         m.push(10, LD.into(), loader(), 11);
-        m.replace_last(
-            10,
-            "/var/lib/docker/overlay2/x/merged/lib64/ld-linux-x86-64.so.2".into(),
-            11,
-        );
-        assert_eq!(
-            m.take(10, 5),
-            chain(&["/var/lib/docker/overlay2/x/merged/usr/bin/prog"])
-        );
+        m.replace_last(10, "/var/lib/docker/overlay2/x/merged/lib64/ld-linux-x86-64.so.2".into(), 11);
+        assert_eq!(m.take(10, 5), chain(&["/var/lib/docker/overlay2/x/merged/usr/bin/prog"]));
         assert_eq!(m.len(), 0);
     }
 
@@ -666,16 +588,8 @@ mod tests {
         assert_eq!(m.take(81, 180), chain(&["/bin/early"]));
         assert_eq!(m.take(80, 150), chain(&["/bin/before"]));
         m.push(82, "/bin/late".into(), loader(), 300);
-        assert_eq!(
-            m.take(82, 190),
-            None,
-            "lost: not replaced by a later record"
-        );
-        assert_eq!(
-            m.take(80, 250),
-            chain(&["/bin/after"]),
-            "after the loss: fine"
-        );
+        assert_eq!(m.take(82, 190), None, "lost: not replaced by a later record");
+        assert_eq!(m.take(80, 250), chain(&["/bin/after"]), "after the loss: fine");
     }
 
     #[test]
@@ -696,12 +610,7 @@ mod tests {
 
     #[test]
     fn loader_names() {
-        for l in [
-            LD,
-            "/lib/ld-musl-x86_64.so.1",
-            "/lib64/ld64.so.2",
-            "/lib/ld-2.31.so",
-        ] {
+        for l in [LD, "/lib/ld-musl-x86_64.so.1", "/lib64/ld64.so.2", "/lib/ld-2.31.so"] {
             assert!(looks_like_loader(l), "{l}");
         }
         for p in ["/usr/bin/ld", "/usr/bin/ld.bfd", "/tmp/ld-evil", "/bin/sh"] {

@@ -69,10 +69,7 @@ const READ_BUF: usize = 4096;
 
 /// CLOCK_MONOTONIC in ns: the clock of the connector's timestamps.
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid timespec out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -88,20 +85,14 @@ pub(crate) fn classify(f: &File) -> Kind {
         // of the line.
         let line = &line[..line.len().min(254)];
         let line = line.split(|c| *c == b'\n').next().unwrap_or(line);
-        let interp = line
-            .split(|c| *c == b' ' || *c == b'\t' || *c == 0)
-            .find(|w| !w.is_empty());
+        let interp = line.split(|c| *c == b' ' || *c == b'\t' || *c == 0).find(|w| !w.is_empty());
         return match interp {
-            Some(i) => Kind::Script {
-                interp: String::from_utf8_lossy(i).into_owned(),
-            },
+            Some(i) => Kind::Script { interp: String::from_utf8_lossy(i).into_owned() },
             None => Kind::Other,
         };
     }
     if head.starts_with(b"\x7fELF") {
-        return Kind::Elf {
-            interp: elf_interp(f, head),
-        };
+        return Kind::Elf { interp: elf_interp(f, head) };
     }
     Kind::Other
 }
@@ -146,20 +137,13 @@ fn elf_interp(f: &File, head: &[u8]) -> Option<String> {
     let uint = |b: &[u8], o: usize, n: usize| -> Option<u64> {
         let bytes = b.get(o..o.checked_add(n)?)?;
         let fold = |v: u64, x: &u8| (v << 8) | u64::from(*x);
-        Some(if le {
-            bytes.iter().rev().fold(0, fold)
-        } else {
-            bytes.iter().fold(0, fold)
-        })
+        Some(if le { bytes.iter().rev().fold(0, fold) } else { bytes.iter().fold(0, fold) })
     };
     let u16_ = |b: &[u8], o| uint(b, o, 2);
     let u32_ = |b: &[u8], o| uint(b, o, 4);
     let u64_ = |b: &[u8], o| uint(b, o, 8);
-    let (phoff, phentsize, phnum) = if class64 {
-        (u64_(head, 0x20)?, u16_(head, 0x36)?, u16_(head, 0x38)?)
-    } else {
-        (u32_(head, 0x1c)?, u16_(head, 0x2a)?, u16_(head, 0x2c)?)
-    };
+    let (phoff, phentsize, phnum) =
+        if class64 { (u64_(head, 0x20)?, u16_(head, 0x36)?, u16_(head, 0x38)?) } else { (u32_(head, 0x1c)?, u16_(head, 0x2a)?, u16_(head, 0x2c)?) };
     let min_ent = if class64 { 56 } else { 32 };
     let size = phentsize.checked_mul(phnum)?;
     // The kernel refuses program header tables over 64 KiB.
@@ -171,11 +155,7 @@ fn elf_interp(f: &File, head: &[u8]) -> Option<String> {
         if u32_(ph, 0)? != 3 {
             continue; // not PT_INTERP
         }
-        let (off, len) = if class64 {
-            (u64_(ph, 8)?, u64_(ph, 0x20)?)
-        } else {
-            (u32_(ph, 4)?, u32_(ph, 0x10)?)
-        };
+        let (off, len) = if class64 { (u64_(ph, 8)?, u64_(ph, 0x20)?) } else { (u32_(ph, 4)?, u32_(ph, 0x10)?) };
         if !(2..=4096).contains(&len) {
             return None;
         }
@@ -242,18 +222,12 @@ impl ExecPaths {
                 Some(libc::ENOSYS) => " (kernel built without CONFIG_FANOTIFY)",
                 _ => "",
             };
-            return Err(io::Error::new(
-                e.kind(),
-                format!("fanotify_init: {e}{hint}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}")));
         }
         // SAFETY: a fresh descriptor we own.
         let fan = unsafe { OwnedFd::from_raw_fd(raw) };
         let mountinfo = File::open("/proc/self/mountinfo")?;
-        let queue = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(16_384);
+        let queue = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events").ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(16_384);
         let mut me = ExecPaths {
             fan,
             mountinfo,
@@ -272,9 +246,7 @@ impl ExecPaths {
         };
         me.mark_mounts()?;
         if me.filesystems.is_empty() {
-            return Err(io::Error::other(
-                "no filesystem could be marked for FAN_OPEN_EXEC",
-            ));
+            return Err(io::Error::other("no filesystem could be marked for FAN_OPEN_EXEC"));
         }
         Ok(me)
     }
@@ -286,10 +258,7 @@ impl ExecPaths {
 
     /// For the collector's mode string.
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "fanotify exec paths on {} filesystems",
-            self.filesystems.len()
-        );
+        let mut s = format!("fanotify exec paths on {} filesystems", self.filesystems.len());
         if self.skipped > 0 {
             s.push_str(&format!("; {} network/FUSE mounts unwatched", self.skipped));
         }
@@ -309,12 +278,8 @@ impl ExecPaths {
         // is still there (a superblock outlives none of its mounts); a
         // device number seen again only on new mounts may be a new
         // filesystem (anonymous device numbers are reused) and is marked.
-        let mut marked: HashSet<(u32, u32)> = self
-            .mounts
-            .iter()
-            .filter(|m| self.seen_mounts.contains(&m.id) && self.filesystems.contains(&m.dev))
-            .map(|m| m.dev)
-            .collect();
+        let mut marked: HashSet<(u32, u32)> =
+            self.mounts.iter().filter(|m| self.seen_mounts.contains(&m.id) && self.filesystems.contains(&m.dev)).map(|m| m.dev).collect();
         let mut seen = HashSet::with_capacity(self.mounts.len());
         let mut skipped = 0;
         for m in &self.mounts {
@@ -339,13 +304,7 @@ impl ExecPaths {
                     marked.insert(m.dev);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "fanotify filesystem mark on {}: {e} (needs CAP_SYS_ADMIN)",
-                            m.mount_point
-                        ),
-                    ));
+                    return Err(io::Error::new(e.kind(), format!("fanotify filesystem mark on {}: {e} (needs CAP_SYS_ADMIN)", m.mount_point)));
                 }
                 Err(e) => {
                     tracing::debug!(mount = %m.mount_point, fstype = %m.fstype, "exec paths: filesystem refused a FAN_OPEN_EXEC mark: {e}");
@@ -359,12 +318,7 @@ impl ExecPaths {
     }
 
     fn mark(&self, path: &str) -> io::Result<()> {
-        edr_fanotify::mark(
-            self.fan.as_fd(),
-            libc::FAN_MARK_FILESYSTEM,
-            libc::FAN_OPEN_EXEC,
-            std::path::Path::new(path),
-        )
+        edr_fanotify::mark(self.fan.as_fd(), libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC, std::path::Path::new(path))
     }
 
     /// The mount table changed (`poll` reported it, which re-arms the
@@ -373,10 +327,7 @@ impl ExecPaths {
     /// Returns whether the marked filesystems changed.
     pub fn mounts_changed(&mut self) -> bool {
         let now = Instant::now();
-        if self
-            .rescan_at
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        if self.rescan_at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
             self.rescan_wanted = true;
             return false;
         }
@@ -404,13 +355,7 @@ impl ExecPaths {
         let mut events = 0;
         while events < self.drain_max {
             // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe {
-                libc::read(
-                    self.fan.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                )
-            };
+            let n = unsafe { libc::read(self.fan.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
             let read_ns = monotonic_ns();
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -428,9 +373,7 @@ impl ExecPaths {
                     _ => {
                         counters.lost.fetch_add(1, Ordering::Relaxed);
                         self.matcher.gap(read_ns);
-                        tracing::warn!(
-                            "exec paths: an FAN_OPEN_EXEC event was lost: {e} (counted)"
-                        );
+                        tracing::warn!("exec paths: an FAN_OPEN_EXEC event was lost: {e} (counted)");
                         events += 1;
                         continue;
                     }
@@ -471,7 +414,10 @@ impl ExecPaths {
                 let k = counters.overflows.fetch_add(1, Ordering::Relaxed) + 1;
                 counters.lost.fetch_add(1, Ordering::Relaxed);
                 self.matcher.gap(read_ns);
-                tracing::warn!(overflows = k, "exec paths: fanotify queue overflowed, FAN_OPEN_EXEC events were lost (counted); execs before it may lack their exe");
+                tracing::warn!(
+                    overflows = k,
+                    "exec paths: fanotify queue overflowed, FAN_OPEN_EXEC events were lost (counted); execs before it may lack their exe"
+                );
                 continue;
             }
             let pid = pid.max(0) as u32;
@@ -481,24 +427,18 @@ impl ExecPaths {
             let Some(file) = file else {
                 // FAN_REPORT_FD_ERROR: the exec happened, its file is unknown.
                 if self.fd_errors {
-                    self.matcher
-                        .push(pid, String::new(), Kind::Unknown, read_ns);
+                    self.matcher.push(pid, String::new(), Kind::Unknown, read_ns);
                 }
                 continue;
             };
-            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             if !path.is_empty() && edr_fanotify::is_noexec(&self.mounts, &path) {
                 continue;
             }
             // An exec from overlayfs opens the layer's file first (reported
             // with a path inside overlayfs's private layer mount), then the
             // overlay file: keep the one the process named.
-            if !path.is_empty()
-                && self.matcher.last_has_name_of(pid, &path)
-                && on_overlayfs(file.as_raw_fd())
-            {
+            if !path.is_empty() && self.matcher.last_has_name_of(pid, &path) && on_overlayfs(file.as_raw_fd()) {
                 self.matcher.replace_last(pid, path, read_ns);
                 continue;
             }
@@ -558,16 +498,10 @@ impl ExecPaths {
         self.drain(counters);
         let n = self.matcher.expire(monotonic_ns());
         if n > 0 {
-            tracing::debug!(
-                expired = n,
-                held = self.matcher.len(),
-                "exec paths: unclaimed FAN_OPEN_EXEC records expired (failed execs)"
-            );
+            tracing::debug!(expired = n, held = self.matcher.len(), "exec paths: unclaimed FAN_OPEN_EXEC records expired (failed execs)");
         }
         match self.rescan_at {
-            Some(t) if self.rescan_wanted && t.elapsed() >= Duration::from_secs(1) => {
-                self.rescan(Instant::now())
-            }
+            Some(t) if self.rescan_wanted && t.elapsed() >= Duration::from_secs(1) => self.rescan(Instant::now()),
             _ => false,
         }
     }
@@ -589,19 +523,9 @@ mod tests {
     #[test]
     fn scripts_and_other_formats() {
         let (_t, f) = file_with(b"#!  /usr/bin/env  python3 -u\nprint()\n");
-        assert_eq!(
-            classify(&f),
-            Kind::Script {
-                interp: "/usr/bin/env".into()
-            }
-        );
+        assert_eq!(classify(&f), Kind::Script { interp: "/usr/bin/env".into() });
         let (_t, f) = file_with(b"#!/bin/sh\n");
-        assert_eq!(
-            classify(&f),
-            Kind::Script {
-                interp: "/bin/sh".into()
-            }
-        );
+        assert_eq!(classify(&f), Kind::Script { interp: "/bin/sh".into() });
         let (_t, f) = file_with(b"#!\n");
         assert_eq!(classify(&f), Kind::Other);
         let (_t, f) = file_with(b"MZ\x90\x00");
@@ -634,12 +558,7 @@ mod tests {
         b[q + 0x10..q + 0x14].copy_from_slice(&(interp.len() as u32).to_be_bytes());
         b[2800..2800 + interp.len()].copy_from_slice(interp);
         let (_t, f) = file_with(&b);
-        assert_eq!(
-            classify(&f),
-            Kind::Elf {
-                interp: Some("/lib/ld.so.1".into())
-            }
-        );
+        assert_eq!(classify(&f), Kind::Elf { interp: Some("/lib/ld.so.1".into()) });
         // Without PT_INTERP: static.
         b[q..q + 4].copy_from_slice(&1u32.to_be_bytes());
         let (_t, f) = file_with(&b);
@@ -665,14 +584,7 @@ mod tests {
     fn excluded_pids_leave_no_records() {
         use std::io::Write as _;
         let c = crate::sink::Counters::new("process", "test");
-        let spawn = || {
-            std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg("read x; exec /bin/true")
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
+        let spawn = || std::process::Command::new("/bin/sh").arg("-c").arg("read x; exec /bin/true").stdin(std::process::Stdio::piped()).spawn().unwrap();
         let (mut excluded, mut other) = (spawn(), spawn());
         let mut paths = match ExecPaths::open(&HashSet::from([excluded.id()])) {
             Ok(p) => p,
@@ -686,13 +598,8 @@ mod tests {
             ch.stdin.take().unwrap().write_all(b"\n").unwrap();
             assert!(ch.wait().unwrap().success());
         }
-        let chain = paths
-            .take(other.id(), t0, &c)
-            .expect("records of the other exec");
-        assert_eq!(
-            chain.exe(),
-            std::fs::canonicalize("/bin/true").unwrap().to_str()
-        );
+        let chain = paths.take(other.id(), t0, &c).expect("records of the other exec");
+        assert_eq!(chain.exe(), std::fs::canonicalize("/bin/true").unwrap().to_str());
         assert_eq!(paths.matcher.take(excluded.id(), t0), None);
     }
 
@@ -759,17 +666,9 @@ mod tests {
                 return;
             }
         };
-        let mut p = libc::pollfd {
-            fd: paths.mountinfo_fd(),
-            events: libc::POLLPRI,
-            revents: 0,
-        };
+        let mut p = libc::pollfd { fd: paths.mountinfo_fd(), events: libc::POLLPRI, revents: 0 };
         // SAFETY: one valid pollfd.
-        assert_eq!(
-            unsafe { libc::poll(&mut p, 1, 1000) },
-            1,
-            "mountinfo reports the change"
-        );
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 1000) }, 1, "mountinfo reports the change");
         assert!(paths.mounts_changed(), "one more filesystem");
         assert_ne!(paths.describe(), before);
         let bin = d.join("dropper");
@@ -792,12 +691,7 @@ mod tests {
         }
         std::fs::copy("/bin/true", d.join("lower/t")).unwrap();
         let merged = d.join("merged");
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            d.join("lower").display(),
-            d.join("upper").display(),
-            d.join("work").display()
-        );
+        let opts = format!("lowerdir={},upperdir={},workdir={}", d.join("lower").display(), d.join("upper").display(), d.join("work").display());
         let _unmount = match mount("overlay", &merged, &opts) {
             Ok(u) => u,
             Err(e) => {
@@ -818,12 +712,7 @@ mod tests {
         let chain = paths.take(pid, t0, &c).expect("records of the exec");
         assert_eq!(chain.exe(), merged.join("t").to_str(), "{chain:?}");
         assert_eq!(chain.files.len(), 1, "{chain:?}");
-        assert_eq!(
-            paths.matcher.take(pid, t0),
-            None,
-            "nothing left over: {:?}",
-            paths.matcher
-        );
+        assert_eq!(paths.matcher.take(pid, t0), None, "nothing left over: {:?}", paths.matcher);
     }
 
     /// A memfd holding a copy of `src`, inherited by children (no
@@ -858,21 +747,13 @@ mod tests {
         let fd = memfd_copy("edr-test-payload", "/bin/true");
         // SAFETY: plain syscall on valid fds; a refusal is the expected answer.
         let probe = unsafe {
-            libc::fanotify_mark(
-                paths.fan.as_raw_fd(),
-                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
-                libc::FAN_OPEN_EXEC,
-                fd.as_raw_fd(),
-                std::ptr::null(),
-            )
+            libc::fanotify_mark(paths.fan.as_raw_fd(), libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC, fd.as_raw_fd(), std::ptr::null())
         };
         if probe == 0 {
             eprintln!("note: this kernel lets a memfd's filesystem be marked");
         }
         let t0 = monotonic_ns();
-        let mut child = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).spawn().unwrap();
         assert!(child.wait().unwrap().success());
         let chain = paths.take(child.id(), t0, &c).expect("a record of the exec");
         if probe == 0 {
@@ -905,8 +786,7 @@ mod tests {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let script = dir.path().join("s.sh");
         std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let script = std::fs::canonicalize(&script).unwrap();
         let t0 = monotonic_ns();
         let pid = run(&script);
@@ -914,13 +794,7 @@ mod tests {
         let chain = paths.take(pid, t0, &c).expect("records of the script");
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
         assert_eq!(chain.exe(), Some(sh.to_str().unwrap()), "{chain:?}");
-        assert_eq!(
-            chain.argv(),
-            vec![
-                sh.to_string_lossy().into_owned(),
-                script.to_string_lossy().into_owned()
-            ]
-        );
+        assert_eq!(chain.argv(), vec![sh.to_string_lossy().into_owned(), script.to_string_lossy().into_owned()]);
         assert_eq!(paths.matcher.take(pid, t0), None, "the loader went with it");
         assert_eq!(c.status().lost, 0);
     }

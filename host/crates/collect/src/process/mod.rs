@@ -55,11 +55,7 @@ use crate::{CollectError, Ctx, ProcessConfig, ProcessMode};
 pub(crate) use netlink::wait_readable;
 
 /// Starts the process collector; returns its threads.
-pub(crate) fn start(
-    cfg: &ProcessConfig,
-    ctx: &Arc<Ctx>,
-    sink: Sink,
-) -> Result<Vec<JoinHandle<()>>, CollectError> {
+pub(crate) fn start(cfg: &ProcessConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<Vec<JoinHandle<()>>, CollectError> {
     let counters = sink.counters.clone();
     match cfg.mode {
         ProcessMode::Off => {
@@ -78,7 +74,9 @@ pub(crate) fn start(
                 let n = seed(ctx);
                 let mode = netlink_mode(paths.as_ref().map(|p| p.describe()).map_err(|e| e.as_str()));
                 match &paths {
-                    Err(why) if cfg.exec_paths => tracing::warn!("process collector: no exec paths from fanotify ({why}): processes that exit at once may lack their executable"),
+                    Err(why) if cfg.exec_paths => {
+                        tracing::warn!("process collector: no exec paths from fanotify ({why}): processes that exit at once may lack their executable")
+                    }
                     _ => {}
                 }
                 tracing::info!(processes = n, mode = %mode, "process collector: netlink process connector, tree seeded from /proc");
@@ -101,17 +99,8 @@ pub(crate) fn start(
     }
 }
 
-fn start_poll(
-    cfg: &ProcessConfig,
-    ctx: &Arc<Ctx>,
-    sink: Sink,
-    why: Option<String>,
-) -> Result<Vec<JoinHandle<()>>, CollectError> {
-    let poller = poll::Poller::new(ctx).map_err(|e| CollectError::Unavailable {
-        collector: "process",
-        mode: "poll".into(),
-        reason: e,
-    })?;
+fn start_poll(cfg: &ProcessConfig, ctx: &Arc<Ctx>, sink: Sink, why: Option<String>) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    let poller = poll::Poller::new(ctx).map_err(|e| CollectError::Unavailable { collector: "process", mode: "poll".into(), reason: e })?;
     seed(ctx);
     let ms = cfg.poll_interval.as_millis();
     sink.counters.set_mode(match why {
@@ -152,19 +141,9 @@ impl ExecImage {
     /// the executable (or only a loader, for [`on_exec`] to judge).
     pub fn recovered(chain: &exec_match::Chain) -> Option<ExecImage> {
         if let Some(ld) = chain.only_loader() {
-            return Some(ExecImage {
-                exe: ld.to_string(),
-                argv: vec![ld.to_string()],
-                recovered: true,
-                only_loader: true,
-            });
+            return Some(ExecImage { exe: ld.to_string(), argv: vec![ld.to_string()], recovered: true, only_loader: true });
         }
-        Some(ExecImage {
-            exe: chain.exe()?.to_string(),
-            argv: chain.argv(),
-            recovered: true,
-            only_loader: false,
-        })
+        Some(ExecImage { exe: chain.exe()?.to_string(), argv: chain.argv(), recovered: true, only_loader: false })
     }
 
     /// Whether this image may stand for an exec whose process had `comm`.
@@ -190,18 +169,8 @@ fn task_comm(path: &str) -> String {
     name[..end].to_string()
 }
 
-pub(crate) fn spawn(
-    name: &'static str,
-    f: impl FnOnce() + Send + 'static,
-) -> Result<Vec<JoinHandle<()>>, CollectError> {
-    std::thread::Builder::new()
-        .name(format!("edr-collect-{name}"))
-        .spawn(f)
-        .map(|h| vec![h])
-        .map_err(|source| CollectError::Thread {
-            collector: name,
-            source,
-        })
+pub(crate) fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    std::thread::Builder::new().name(format!("edr-collect-{name}")).spawn(f).map(|h| vec![h]).map_err(|source| CollectError::Thread { collector: name, source })
 }
 
 /// Fills the tree from `/proc`; returns how many processes it holds.
@@ -209,48 +178,24 @@ pub(crate) fn seed(ctx: &Ctx) -> usize {
     let Ok(pids) = procfs::list_pids() else {
         return 0;
     };
-    let snaps: Vec<(u32, Snapshot)> = pids
-        .into_iter()
-        .map(|p| (p, Snapshot::read(p)))
-        .filter(|(_, s)| s.stat.is_some())
-        .collect();
-    let entity_of: std::collections::HashMap<u32, u64> = snaps
-        .iter()
-        .filter_map(|(p, s)| {
-            s.stat
-                .as_ref()
-                .map(|st| (*p, ctx.boot.entity_id(*p, st.start_ticks)))
-        })
-        .collect();
+    let snaps: Vec<(u32, Snapshot)> = pids.into_iter().map(|p| (p, Snapshot::read(p))).filter(|(_, s)| s.stat.is_some()).collect();
+    let entity_of: std::collections::HashMap<u32, u64> =
+        snaps.iter().filter_map(|(p, s)| s.stat.as_ref().map(|st| (*p, ctx.boot.entity_id(*p, st.start_ticks)))).collect();
     let now = Instant::now();
     for (pid, snap) in &snaps {
         let ppid = snap.stat.as_ref().map_or(0, |s| s.ppid);
         let parent = entity_of.get(&ppid).copied().unwrap_or(0);
         let ticks = snap.stat.as_ref().map_or(0, |s| s.start_ticks);
-        ctx.tree.insert_live(
-            node_from_snapshot(ctx, *pid, snap, ticks, parent, None),
-            now,
-        );
+        ctx.tree.insert_live(node_from_snapshot(ctx, *pid, snap, ticks, parent, None), now);
     }
     snaps.len()
 }
 
 /// A tree node from a snapshot; fields it lacks come from `fallback` (the
 /// fork-time copy of the parent's image), else stay empty.
-fn node_from_snapshot(
-    ctx: &Ctx,
-    pid: u32,
-    snap: &Snapshot,
-    start_ticks: u64,
-    parent_entity: u64,
-    fallback: Option<&Node>,
-) -> Node {
+fn node_from_snapshot(ctx: &Ctx, pid: u32, snap: &Snapshot, start_ticks: u64, parent_entity: u64, fallback: Option<&Node>) -> Node {
     let uid = snap.euid.or(fallback.map(|f| f.info.uid)).unwrap_or(0);
-    let comm = snap
-        .stat
-        .as_ref()
-        .map(|s| s.comm.clone())
-        .unwrap_or_default();
+    let comm = snap.stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default();
     Node {
         info: edr_event::ProcessInfo {
             pid,
@@ -260,12 +205,7 @@ fn node_from_snapshot(
             uid,
             start_time: ctx.boot.start_time_ns(start_ticks),
         },
-        ppid: snap
-            .stat
-            .as_ref()
-            .and_then(Stat::parent)
-            .or(fallback.map(|f| f.ppid))
-            .unwrap_or(0),
+        ppid: snap.stat.as_ref().and_then(Stat::parent).or(fallback.map(|f| f.ppid)).unwrap_or(0),
         parent_entity,
         cwd: snap.cwd.clone().unwrap_or_default(),
         user: ctx.users.name(uid),
@@ -282,10 +222,7 @@ fn node_from_snapshot(
 fn adopt(ctx: &Ctx, pid: u32) -> Option<Node> {
     let snap = Snapshot::read(pid);
     let stat = snap.stat.as_ref()?;
-    let parent = ctx
-        .tree
-        .live_node(stat.ppid)
-        .map_or(0, |n| n.info.entity_id);
+    let parent = ctx.tree.live_node(stat.ppid).map_or(0, |n| n.info.entity_id);
     let node = node_from_snapshot(ctx, pid, &snap, stat.start_ticks, parent, None);
     ctx.tree.insert_live(node.clone(), Instant::now());
     Some(node)
@@ -302,10 +239,7 @@ pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
     if ctx.tree.node(entity).is_some_and(|n| !n.exited) {
         return; // already seeded
     }
-    let parent = ctx
-        .tree
-        .live_node(parent_tgid)
-        .or_else(|| adopt(ctx, parent_tgid));
+    let parent = ctx.tree.live_node(parent_tgid).or_else(|| adopt(ctx, parent_tgid));
     let node = match parent {
         Some(p) => Node {
             info: edr_event::ProcessInfo {
@@ -327,12 +261,7 @@ pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
             exited: false,
         },
         None => Node {
-            info: edr_event::ProcessInfo {
-                pid: child,
-                entity_id: entity,
-                start_time: ctx.boot.start_time_ns(start_ticks),
-                ..Default::default()
-            },
+            info: edr_event::ProcessInfo { pid: child, entity_id: entity, start_time: ctx.boot.start_time_ns(start_ticks), ..Default::default() },
             ppid: parent_tgid,
             start_ticks,
             partial: true,
@@ -347,38 +276,17 @@ pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
 /// `ts_ns` is the kernel's event time, used only to estimate a start time
 /// for a process that is gone and was never seen forking. `fallback` fills
 /// the exe (and the argv) that `/proc` could not give.
-pub(crate) fn on_exec(
-    ctx: &Ctx,
-    sink: &Sink,
-    pid: u32,
-    snap: Snapshot,
-    ts_ns: Option<u64>,
-    fallback: Option<ExecImage>,
-) {
+pub(crate) fn on_exec(ctx: &Ctx, sink: &Sink, pid: u32, snap: Snapshot, ts_ns: Option<u64>, fallback: Option<ExecImage>) {
     let known = ctx.tree.live_node(pid);
-    let start_ticks = snap
-        .stat
-        .as_ref()
-        .map(|s| s.start_ticks)
-        .or(known.as_ref().map(|k| k.start_ticks))
-        .or(ts_ns.map(|t| ctx.boot.ticks_from_ns(t)))
-        .unwrap_or(0);
+    let start_ticks =
+        snap.stat.as_ref().map(|s| s.start_ticks).or(known.as_ref().map(|k| k.start_ticks)).or(ts_ns.map(|t| ctx.boot.ticks_from_ns(t))).unwrap_or(0);
     // The fork-time node, unless the pid was reused since.
     let known = known.filter(|k| k.start_ticks == start_ticks);
     // A process being reaped reads as ppid 0: the fork-time node knows.
-    let ppid = snap
-        .stat
-        .as_ref()
-        .and_then(Stat::parent)
-        .or(known.as_ref().map(|k| k.ppid))
-        .unwrap_or(0);
+    let ppid = snap.stat.as_ref().and_then(Stat::parent).or(known.as_ref().map(|k| k.ppid)).unwrap_or(0);
     let mut parent_entity = known.as_ref().map_or(0, |k| k.parent_entity);
     if parent_entity == 0 && ppid != 0 {
-        parent_entity = ctx
-            .tree
-            .live_node(ppid)
-            .or_else(|| adopt(ctx, ppid))
-            .map_or(0, |n| n.info.entity_id);
+        parent_entity = ctx.tree.live_node(ppid).or_else(|| adopt(ctx, ppid)).map_or(0, |n| n.info.entity_id);
     }
     let partial = !snap.complete();
     let mut node = node_from_snapshot(ctx, pid, &snap, start_ticks, parent_entity, known.as_ref());
@@ -431,18 +339,8 @@ pub(crate) fn on_exec(
         sink.counters.exe_missing.fetch_add(1, Ordering::Relaxed);
     }
     let (parent, ancestry) = ctx.tree.lineage(entity);
-    let (parent_exe, parent_argv) = parent
-        .map(|p| (p.info.exe, p.info.argv))
-        .unwrap_or_default();
-    sink.emit(
-        EventBody::ProcessExec(ProcessExec {
-            parent_exe,
-            parent_argv,
-            ancestry,
-            ..exec
-        }),
-        partial,
-    );
+    let (parent_exe, parent_argv) = parent.map(|p| (p.info.exe, p.info.argv)).unwrap_or_default();
+    sink.emit(EventBody::ProcessExec(ProcessExec { parent_exe, parent_argv, ancestry, ..exec }), partial);
 }
 
 /// An exit: mark it in the tree and emit the event. `status` is the raw wait
@@ -453,21 +351,10 @@ pub(crate) fn on_exit(ctx: &Ctx, sink: &Sink, pid: u32, status: Option<u32>) {
         return;
     }
     // Unknown to the tree: a zombie's stat is still readable.
-    let entity = node.map(|n| n.info.entity_id).or_else(|| {
-        procfs::read_stat(pid)
-            .ok()
-            .map(|s| ctx.boot.entity_id(pid, s.start_ticks))
-    });
+    let entity = node.map(|n| n.info.entity_id).or_else(|| procfs::read_stat(pid).ok().map(|s| ctx.boot.entity_id(pid, s.start_ticks)));
     let partial = entity.is_none() || status.is_none();
     let exit_code = status.map_or(0, decode_exit_status);
-    sink.emit(
-        EventBody::ProcessExit(ProcessExit {
-            pid,
-            entity_id: entity.unwrap_or(0),
-            exit_code,
-        }),
-        partial,
-    );
+    sink.emit(EventBody::ProcessExit(ProcessExit { pid, entity_id: entity.unwrap_or(0), exit_code }), partial);
 }
 
 /// The exit status for a normal exit; minus the signal number for a
@@ -519,10 +406,7 @@ mod tests {
         use std::time::Duration;
         let ctx = Ctx::new(
             procfs::BootInfo::read().unwrap(),
-            Arc::new(crate::ProcessTree::new(crate::tree::Retention {
-                max_age: Duration::from_secs(60),
-                max_exited: 1000,
-            })),
+            Arc::new(crate::ProcessTree::new(crate::tree::Retention { max_age: Duration::from_secs(60), max_exited: 1000 })),
             Default::default(),
         );
         let (tx, rx) = crossbeam_channel::bounded(16);
@@ -532,15 +416,7 @@ mod tests {
         let image = ExecImage::recovered(&chain).unwrap();
         assert!(image.only_loader);
         let zombie = |pid: u32, comm: &str| Snapshot {
-            stat: Some(Stat {
-                pid,
-                comm: comm.into(),
-                state: 'Z',
-                ppid: 1,
-                flags: 0,
-                start_ticks: 555,
-                arg_area: Some((0, 0)),
-            }),
+            stat: Some(Stat { pid, comm: comm.into(), state: 'Z', ppid: 1, flags: 0, start_ticks: 555, arg_area: Some((0, 0)) }),
             euid: Some(0),
             ..Snapshot::default()
         };
@@ -579,10 +455,7 @@ mod tests {
         use std::time::Duration;
         let ctx = Ctx::new(
             procfs::BootInfo::read().unwrap(),
-            Arc::new(crate::ProcessTree::new(crate::tree::Retention {
-                max_age: Duration::from_secs(60),
-                max_exited: 1000,
-            })),
+            Arc::new(crate::ProcessTree::new(crate::tree::Retention { max_age: Duration::from_secs(60), max_exited: 1000 })),
             Default::default(),
         );
         let (tx, rx) = crossbeam_channel::bounded(16);
@@ -590,13 +463,7 @@ mod tests {
         // Pids far above pid_max, so /proc has nothing to add.
         let (shell, child, ticks) = (4_000_001, 4_000_002, 777);
         let node = |pid, ppid, parent_entity, exe: &str| Node {
-            info: edr_event::ProcessInfo {
-                pid,
-                entity_id: ctx.boot.entity_id(pid, ticks),
-                exe: exe.into(),
-                argv: vec![exe.into()],
-                ..Default::default()
-            },
+            info: edr_event::ProcessInfo { pid, entity_id: ctx.boot.entity_id(pid, ticks), exe: exe.into(), argv: vec![exe.into()], ..Default::default() },
             ppid,
             parent_entity,
             start_ticks: ticks,
@@ -609,15 +476,7 @@ mod tests {
         let reaped = |ppid| Snapshot {
             exe: Some("/tmp/x/true".into()),
             argv: Some(vec!["/tmp/x/true".into()]),
-            stat: Some(Stat {
-                pid: child,
-                comm: "true".into(),
-                state: 'Z',
-                ppid,
-                flags: 0,
-                start_ticks: ticks,
-                arg_area: Some((0, 0)),
-            }),
+            stat: Some(Stat { pid: child, comm: "true".into(), state: 'Z', ppid, flags: 0, start_ticks: ticks, arg_area: Some((0, 0)) }),
             cwd: None,
             euid: Some(0),
         };

@@ -36,11 +36,7 @@ const EVENT_HDR_LEN: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ProcEvent {
     /// A clone; a thread when `child_pid != child_tgid`.
-    Fork {
-        parent_tgid: u32,
-        child_pid: u32,
-        child_tgid: u32,
-    },
+    Fork { parent_tgid: u32, child_pid: u32, child_tgid: u32 },
     /// An execve.
     Exec { pid: u32, tgid: u32 },
     /// An exit; a thread's when `pid != tgid`. `exit_code` is the raw wait status.
@@ -61,13 +57,11 @@ pub(crate) struct CnMsg {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
+    b.get(off..off + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    b.get(off..off + 8)
-        .map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
+    b.get(off..off + 8).map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
 }
 
 /// Parses the netlink messages of one datagram; skips anything malformed or
@@ -106,31 +100,13 @@ fn parse_cn(b: &[u8]) -> Option<CnMsg> {
     let ts_ns = u64_at(ev, 8)?;
     let d = EVENT_HDR_LEN;
     let event = match what {
-        PROC_EVENT_NONE => ProcEvent::Ack {
-            err: u32_at(ev, d)?,
-        },
-        PROC_EVENT_FORK => ProcEvent::Fork {
-            parent_tgid: u32_at(ev, d + 4)?,
-            child_pid: u32_at(ev, d + 8)?,
-            child_tgid: u32_at(ev, d + 12)?,
-        },
-        PROC_EVENT_EXEC => ProcEvent::Exec {
-            pid: u32_at(ev, d)?,
-            tgid: u32_at(ev, d + 4)?,
-        },
-        PROC_EVENT_EXIT => ProcEvent::Exit {
-            pid: u32_at(ev, d)?,
-            tgid: u32_at(ev, d + 4)?,
-            exit_code: u32_at(ev, d + 8)?,
-        },
+        PROC_EVENT_NONE => ProcEvent::Ack { err: u32_at(ev, d)? },
+        PROC_EVENT_FORK => ProcEvent::Fork { parent_tgid: u32_at(ev, d + 4)?, child_pid: u32_at(ev, d + 8)?, child_tgid: u32_at(ev, d + 12)? },
+        PROC_EVENT_EXEC => ProcEvent::Exec { pid: u32_at(ev, d)?, tgid: u32_at(ev, d + 4)? },
+        PROC_EVENT_EXIT => ProcEvent::Exit { pid: u32_at(ev, d)?, tgid: u32_at(ev, d + 4)?, exit_code: u32_at(ev, d + 8)? },
         other => ProcEvent::Other(other),
     };
-    Some(CnMsg {
-        cpu,
-        seq,
-        ts_ns,
-        event,
-    })
+    Some(CnMsg { cpu, seq, ts_ns, event })
 }
 
 /// Counts messages the kernel dropped from gaps in each CPU's sequence.
@@ -168,13 +144,7 @@ impl CnProc {
     /// Opens, sizes, binds and subscribes (PROC_CN_MCAST_LISTEN).
     pub fn open(rcvbuf: usize) -> io::Result<CnProc> {
         // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_CONNECTOR,
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_CONNECTOR) };
         if raw < 0 {
             return Err(ctx_err("socket(AF_NETLINK, NETLINK_CONNECTOR)"));
         }
@@ -190,20 +160,12 @@ impl CnProc {
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         addr.nl_groups = CN_IDX_PROC;
         // SAFETY: addr is a valid sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32) };
         if rc < 0 {
             return Err(ctx_err("bind(CN_IDX_PROC)"));
         }
         let sock = CnProc { fd };
-        sock.control(PROC_CN_MCAST_LISTEN).map_err(|e| {
-            io::Error::new(e.kind(), format!("subscribe (PROC_CN_MCAST_LISTEN): {e}"))
-        })?;
+        sock.control(PROC_CN_MCAST_LISTEN).map_err(|e| io::Error::new(e.kind(), format!("subscribe (PROC_CN_MCAST_LISTEN): {e}")))?;
         Ok(sock)
     }
 
@@ -236,25 +198,12 @@ impl CnProc {
         let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: buf and from are valid for the sizes passed.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                &mut from as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
+        let n = unsafe { libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, &mut from as *mut _ as *mut libc::sockaddr, &mut len) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         // Only the kernel (port id 0) may speak for the process connector.
-        Ok(if from.nl_pid == 0 {
-            Some(n as usize)
-        } else {
-            None
-        })
+        Ok(if from.nl_pid == 0 { Some(n as usize) } else { None })
     }
 }
 
@@ -267,15 +216,8 @@ impl Drop for CnProc {
 
 fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: v lives for the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            &v as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
+    let rc =
+        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, &v as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -290,11 +232,7 @@ fn ctx_err(what: &str) -> io::Error {
 
 /// Waits up to `ms` for the fd to be readable.
 pub(crate) fn wait_readable(fd: libc::c_int, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
@@ -310,12 +248,7 @@ pub(crate) struct Reader {
 
 impl Reader {
     pub fn new(sock: CnProc) -> Reader {
-        Reader {
-            sock,
-            seqs: SeqTracker::default(),
-            buf: vec![0u8; 64 * 1024],
-            paths: None,
-        }
+        Reader { sock, seqs: SeqTracker::default(), buf: vec![0u8; 64 * 1024], paths: None }
     }
 
     /// Handles what is queued; returns when the socket is empty, or after
@@ -330,11 +263,7 @@ impl Reader {
                         let gap = self.seqs.observe(m.cpu, m.seq);
                         if gap > 0 {
                             c.lost.fetch_add(gap, Ordering::Relaxed);
-                            tracing::warn!(
-                                cpu = m.cpu,
-                                lost = gap,
-                                "process connector: kernel dropped messages (counted as lost)"
-                            );
+                            tracing::warn!(cpu = m.cpu, lost = gap, "process connector: kernel dropped messages (counted as lost)");
                             if let Some(p) = self.paths.as_mut() {
                                 p.messages_lost(c);
                             }
@@ -347,7 +276,10 @@ impl Reader {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     let n = c.overflows.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(overflows = n, "process connector: receive buffer overflowed (ENOBUFS), the kernel dropped events; counted, lineage may be incomplete");
+                    tracing::warn!(
+                        overflows = n,
+                        "process connector: receive buffer overflowed (ENOBUFS), the kernel dropped events; counted, lineage may be incomplete"
+                    );
                     if let Some(p) = self.paths.as_mut() {
                         p.messages_lost(c);
                     }
@@ -373,11 +305,7 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
     reader.paths = paths;
     let mut last_evict = Instant::now();
     let mut last_sweep = Instant::now();
-    let pollfd = |fd, events| libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let pollfd = |fd, events| libc::pollfd { fd, events, revents: 0 };
     while !ctx.stopping() {
         let mut fds = [pollfd(fd, libc::POLLIN), pollfd(-1, libc::POLLPRI)];
         let mut nfds = 1;
@@ -390,8 +318,7 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
         if ready {
             if let Some(p) = reader.paths.as_mut() {
                 if fds[1].revents != 0 && p.mounts_changed() {
-                    sink.counters
-                        .set_mode(super::netlink_mode(Ok(p.describe())));
+                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe())));
                 }
             }
             if fds[0].revents != 0 {
@@ -404,18 +331,14 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
             last_evict = now;
             if let Some(p) = reader.paths.as_mut() {
                 if p.housekeeping(&sink.counters) {
-                    sink.counters
-                        .set_mode(super::netlink_mode(Ok(p.describe())));
+                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe())));
                 }
             }
         }
         if now.duration_since(last_sweep) >= Duration::from_secs(30) {
             let n = super::sweep(ctx);
             if n > 0 {
-                tracing::debug!(
-                    retired = n,
-                    "process tree: retired processes whose exit was not reported"
-                );
+                tracing::debug!(retired = n, "process tree: retired processes whose exit was not reported");
             }
             last_sweep = now;
         }
@@ -424,11 +347,7 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
 
 fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg, paths: Option<&mut ExecPaths>) {
     match m.event {
-        ProcEvent::Fork {
-            parent_tgid,
-            child_pid,
-            child_tgid,
-        } if child_pid == child_tgid => {
+        ProcEvent::Fork { parent_tgid, child_pid, child_tgid } if child_pid == child_tgid => {
             super::on_fork(ctx, parent_tgid, child_pid, m.ts_ns);
             if let Some(p) = paths {
                 p.forked(child_pid, m.ts_ns);
@@ -445,16 +364,10 @@ fn handle(ctx: &Ctx, sink: &Sink, m: CnMsg, paths: Option<&mut ExecPaths>) {
                     tracing::debug!(pid = tgid, exe = then, "exec superseded by a later exec before /proc was read; its image comes from fanotify");
                 }
             }
-            let image = chain
-                .filter(|_| snap.exe.is_none())
-                .and_then(|c| ExecImage::recovered(&c));
+            let image = chain.filter(|_| snap.exe.is_none()).and_then(|c| ExecImage::recovered(&c));
             super::on_exec(ctx, sink, tgid, snap, Some(m.ts_ns), image);
         }
-        ProcEvent::Exit {
-            pid,
-            tgid,
-            exit_code,
-        } if pid == tgid => {
+        ProcEvent::Exit { pid, tgid, exit_code } if pid == tgid => {
             super::on_exit(ctx, sink, tgid, Some(exit_code));
             if let Some(p) = paths {
                 p.exited(tgid, m.ts_ns, &sink.counters);
@@ -501,39 +414,14 @@ mod tests {
     fn parses_fork_exec_exit() {
         let mut buf = msg(PROC_EVENT_FORK, 1, 7, &[100, 100, 200, 200]);
         buf.extend(msg(PROC_EVENT_EXEC, 1, 8, &[200, 200]));
-        buf.extend(msg(
-            PROC_EVENT_EXIT,
-            0,
-            3,
-            &[200, 200, 3 << 8, 17, 100, 100],
-        ));
+        buf.extend(msg(PROC_EVENT_EXIT, 0, 3, &[200, 200, 3 << 8, 17, 100, 100]));
         buf.extend(msg(0x200, 0, 4, &[1, 1, 0, 0, 0, 0])); // comm
         let ms = parse_messages(&buf);
         assert_eq!(ms.len(), 4);
-        assert_eq!(
-            ms[0].event,
-            ProcEvent::Fork {
-                parent_tgid: 100,
-                child_pid: 200,
-                child_tgid: 200
-            }
-        );
+        assert_eq!(ms[0].event, ProcEvent::Fork { parent_tgid: 100, child_pid: 200, child_tgid: 200 });
         assert_eq!((ms[0].cpu, ms[0].seq, ms[0].ts_ns), (1, 7, 123_456_789));
-        assert_eq!(
-            ms[1].event,
-            ProcEvent::Exec {
-                pid: 200,
-                tgid: 200
-            }
-        );
-        assert_eq!(
-            ms[2].event,
-            ProcEvent::Exit {
-                pid: 200,
-                tgid: 200,
-                exit_code: 3 << 8
-            }
-        );
+        assert_eq!(ms[1].event, ProcEvent::Exec { pid: 200, tgid: 200 });
+        assert_eq!(ms[2].event, ProcEvent::Exit { pid: 200, tgid: 200, exit_code: 3 << 8 });
         assert_eq!(ms[3].event, ProcEvent::Other(0x200));
         // Truncated and foreign messages are skipped, not misread.
         assert!(parse_messages(&buf[..10]).is_empty());
@@ -561,10 +449,7 @@ mod tests {
         };
         let ctx = crate::Ctx::new(
             crate::procfs::BootInfo::read().unwrap(),
-            std::sync::Arc::new(crate::ProcessTree::new(crate::tree::Retention {
-                max_age: Duration::from_secs(60),
-                max_exited: 1000,
-            })),
+            std::sync::Arc::new(crate::ProcessTree::new(crate::tree::Retention { max_age: Duration::from_secs(60), max_exited: 1000 })),
             Default::default(),
         );
         let (tx, rx) = crossbeam_channel::bounded(100_000);
@@ -601,18 +486,9 @@ mod tests {
         reader.drain(&ctx, &sink);
         visit_every_cpu(&mut reader);
         let st = sink.counters.status();
-        eprintln!(
-            "overflow test: overflows {} lost {} (before the burst: {}) events {}",
-            st.overflows,
-            st.lost,
-            before.lost,
-            rx.len()
-        );
+        eprintln!("overflow test: overflows {} lost {} (before the burst: {}) events {}", st.overflows, st.lost, before.lost, rx.len());
         assert!(st.overflows > before.overflows, "{st:?}");
-        assert!(
-            st.lost - before.lost >= 600,
-            "300 unread processes are 900+ messages: {st:?}"
-        );
+        assert!(st.lost - before.lost >= 600, "300 unread processes are 900+ messages: {st:?}");
     }
 
     #[test]

@@ -31,47 +31,29 @@ pub(crate) struct Poller {
 const MAX_DEFER: u8 = 3;
 
 fn refresh_kind() -> ProcessRefreshKind {
-    ProcessRefreshKind::nothing()
-        .with_exe(UpdateKind::Always)
-        .without_tasks()
+    ProcessRefreshKind::nothing().with_exe(UpdateKind::Always).without_tasks()
 }
 
 impl Poller {
     /// Takes the first snapshot (the baseline: no events for it).
     pub fn new(_ctx: &Ctx) -> Result<Poller, String> {
         let sys = System::new().map_err(|e| format!("sysinfo: {e}"))?;
-        let mut p = Poller {
-            sys,
-            seen: HashMap::new(),
-            deferred: HashMap::new(),
-        };
+        let mut p = Poller { sys, seen: HashMap::new(), deferred: HashMap::new() };
         p.refresh();
         for (pid, exe) in p.table() {
             if let Ok(st) = procfs::read_stat(pid) {
-                p.seen.insert(
-                    pid,
-                    Seen {
-                        start_ticks: st.start_ticks,
-                        exe,
-                    },
-                );
+                p.seen.insert(pid, Seen { start_ticks: st.start_ticks, exe });
             }
         }
         Ok(p)
     }
 
     fn refresh(&mut self) {
-        self.sys
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        self.sys.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
     }
 
     fn table(&self) -> Vec<(u32, Option<PathBuf>)> {
-        self.sys
-            .processes()
-            .iter()
-            .filter(|(_, p)| p.thread_kind().is_none())
-            .map(|(pid, p)| (pid.as_u32(), p.exe().map(PathBuf::from)))
-            .collect()
+        self.sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()).map(|(pid, p)| (pid.as_u32(), p.exe().map(PathBuf::from))).collect()
     }
 
     /// Polls until stopped.
@@ -92,9 +74,7 @@ impl Poller {
     /// Whether a process caught mid-exec (new exe, no arguments yet) is
     /// looked at again next tick instead of now.
     fn defer(&self, pid: u32, snap: &Snapshot, deferred: &mut HashMap<u32, u8>) -> bool {
-        let mid_exec = snap.exe.is_some()
-            && snap.argv.is_none()
-            && snap.stat.as_ref().is_some_and(|s| s.state != 'Z');
+        let mid_exec = snap.exe.is_some() && snap.argv.is_none() && snap.stat.as_ref().is_some_and(|s| s.state != 'Z');
         let tries = self.deferred.get(&pid).copied().unwrap_or(0);
         if mid_exec && tries < MAX_DEFER {
             deferred.insert(pid, tries + 1);
@@ -117,9 +97,7 @@ impl Poller {
                 }
                 Some(s) => {
                     // Same pid, new image: an exec in place, or a reused pid.
-                    let ticks = procfs::read_stat(pid)
-                        .map(|st| st.start_ticks)
-                        .unwrap_or(s.start_ticks);
+                    let ticks = procfs::read_stat(pid).map(|st| st.start_ticks).unwrap_or(s.start_ticks);
                     if ticks != s.start_ticks {
                         super::on_exit(ctx, sink, pid, None);
                         new_pids.push((pid, exe.clone()));
@@ -129,50 +107,27 @@ impl Poller {
                             current.insert(pid, s.clone());
                             continue;
                         }
-                        let fallback = exe.as_ref().map(|e| super::ExecImage {
-                            exe: e.to_string_lossy().into_owned(),
-                            ..Default::default()
-                        });
+                        let fallback = exe.as_ref().map(|e| super::ExecImage { exe: e.to_string_lossy().into_owned(), ..Default::default() });
                         super::on_exec(ctx, sink, pid, snap, None, fallback);
                     }
-                    current.insert(
-                        pid,
-                        Seen {
-                            start_ticks: ticks,
-                            exe,
-                        },
-                    );
+                    current.insert(pid, Seen { start_ticks: ticks, exe });
                 }
                 None => new_pids.push((pid, exe)),
             }
         }
-        let gone: Vec<u32> = self
-            .seen
-            .keys()
-            .filter(|p| !current.contains_key(p) && !new_pids.iter().any(|(n, _)| n == *p))
-            .copied()
-            .collect();
+        let gone: Vec<u32> = self.seen.keys().filter(|p| !current.contains_key(p) && !new_pids.iter().any(|(n, _)| n == *p)).copied().collect();
         // Parents before children, so lineage links up within one tick.
-        new_pids.sort_by_key(|(pid, _)| {
-            procfs::read_stat(*pid)
-                .map(|s| s.start_ticks)
-                .unwrap_or(u64::MAX)
-        });
+        new_pids.sort_by_key(|(pid, _)| procfs::read_stat(*pid).map(|s| s.start_ticks).unwrap_or(u64::MAX));
         for (pid, exe) in new_pids {
             let snap = Snapshot::read(pid);
             if self.defer(pid, &snap, &mut deferred) {
                 continue;
             }
             let ticks = snap.stat.as_ref().map_or(0, |s| s.start_ticks);
-            let fallback = exe.as_ref().map(|e| super::ExecImage {
-                exe: e.to_string_lossy().into_owned(),
-                ..Default::default()
-            });
+            let fallback = exe.as_ref().map(|e| super::ExecImage { exe: e.to_string_lossy().into_owned(), ..Default::default() });
             let parent = snap.stat.as_ref().and_then(|s| ctx.tree.live_node(s.ppid));
             let fork_only = match (&parent, &snap.exe, &snap.argv) {
-                (Some(p), Some(e), Some(a)) => {
-                    p.info.exe == *e && p.info.argv == crate::tree::Node::cap_argv(a)
-                }
+                (Some(p), Some(e), Some(a)) => p.info.exe == *e && p.info.argv == crate::tree::Node::cap_argv(a),
                 _ => false,
             };
             if fork_only {
@@ -182,13 +137,7 @@ impl Poller {
             } else {
                 super::on_exec(ctx, sink, pid, snap, None, fallback);
             }
-            current.insert(
-                pid,
-                Seen {
-                    start_ticks: ticks,
-                    exe,
-                },
-            );
+            current.insert(pid, Seen { start_ticks: ticks, exe });
         }
         for pid in gone {
             super::on_exit(ctx, sink, pid, None);

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use edr_respond::{AuditRecord, Requester, ResponseConfig, Responder};
+use edr_respond::{AuditRecord, Requester, Responder, ResponseConfig};
 use std::io;
 use std::path::Path;
 use std::process::{Child, Command};
