@@ -393,6 +393,7 @@ unsafe fn child_main(fan: RawFd, sock: RawFd, agent_end: RawFd, counters: *mut D
             for s in slots.iter_mut().filter(|s| s.fd >= 0) {
                 settle(fan, s, true, c);
             }
+            drain_allowing(fan, &mut buf, c);
             libc::_exit(0);
         }
         if fds[0].revents & libc::POLLIN == 0 {
@@ -428,6 +429,46 @@ unsafe fn child_main(fan: RawFd, sock: RawFd, agent_end: RawFd, counters: *mut D
                 c.undelivered.fetch_add(1, Relaxed);
             }
             next_id += 1;
+        }
+    }
+}
+
+/// Allows every event still queued in the group, then exits the loop.
+///
+/// The agent flushes the marks before it stops the child, so no new event
+/// can arrive; but an exec queued before the flush and not yet read would
+/// wait for ever if the group outlived us, and it can: a process forked
+/// by the agent (or any thread of it) while the group was open holds a copy
+/// of the group's fd until its own exec, which is the very event waiting.
+/// Two rounds, a moment apart, catch an event queued while the flush ran.
+fn drain_allowing(fan: RawFd, buf: &mut [u8], c: &DogCounters) {
+    let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
+    for round in 0..2 {
+        if round > 0 {
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 20_000_000 };
+            // SAFETY: sleeps on a stack timespec.
+            unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        }
+        loop {
+            // SAFETY: the group is non-blocking; reads into the caller's buffer.
+            let n = unsafe { libc::read(fan, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0;
+            while off + meta <= n as usize {
+                // SAFETY: `off + meta <= n` bytes were read into `buf`.
+                let m: libc::fanotify_event_metadata = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                if (m.event_len as usize) < meta {
+                    break;
+                }
+                off += m.event_len as usize;
+                if m.fd >= 0 {
+                    write_response(fan, m.fd, true, c);
+                    // SAFETY: the event's own fd, closed once.
+                    unsafe { libc::close(m.fd) };
+                }
+            }
         }
     }
 }
