@@ -15,16 +15,7 @@ use std::time::{Duration, Instant};
 const VICTIM_TEXT: &str = "root's secret\n";
 const NOBODY: u32 = 65534;
 
-use edr_testkit::is_root;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            edr_testkit::skip("needs root");
-            return;
-        }
-    };
-}
+use edr_testkit::require_root;
 
 fn victim(dir: &Path) -> PathBuf {
     let v = dir.join("victim");

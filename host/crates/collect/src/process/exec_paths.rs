@@ -513,6 +513,11 @@ mod tests {
     use std::ffi::CString;
     use std::io::Write;
 
+    /// The exec-path watcher, or `None` with the skip recorded (no root, no fanotify).
+    fn open_or_skip(excluded: &HashSet<u32>) -> Option<ExecPaths> {
+        ExecPaths::open(excluded).map_err(|e| edr_testkit::skip(format!("{e}"))).ok()
+    }
+
     fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut t = tempfile::NamedTempFile::new().unwrap();
         t.write_all(bytes).unwrap();
@@ -586,13 +591,7 @@ mod tests {
         let c = crate::sink::Counters::new("process", "test");
         let spawn = || std::process::Command::new("/bin/sh").arg("-c").arg("read x; exec /bin/true").stdin(std::process::Stdio::piped()).spawn().unwrap();
         let (mut excluded, mut other) = (spawn(), spawn());
-        let mut paths = match ExecPaths::open(&HashSet::from([excluded.id()])) {
-            Ok(p) => p,
-            Err(e) => {
-                edr_testkit::skip(format!("{e}"));
-                return;
-            }
-        };
+        let Some(mut paths) = open_or_skip(&HashSet::from([excluded.id()])) else { return };
         let t0 = monotonic_ns();
         for ch in [&mut excluded, &mut other] {
             ch.stdin.take().unwrap().write_all(b"\n").unwrap();
@@ -649,13 +648,7 @@ mod tests {
     #[test]
     fn a_filesystem_mounted_later_is_marked() {
         let c = crate::sink::Counters::new("process", "test");
-        let mut paths = match ExecPaths::open(&HashSet::new()) {
-            Ok(p) => p,
-            Err(e) => {
-                edr_testkit::skip(format!("{e}"));
-                return;
-            }
-        };
+        let Some(mut paths) = open_or_skip(&HashSet::new()) else { return };
         let before = paths.describe();
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let d = std::fs::canonicalize(dir.path()).unwrap();
@@ -700,13 +693,7 @@ mod tests {
             }
         };
         // Opened after the mount: the overlay is marked too.
-        let mut paths = match ExecPaths::open(&HashSet::new()) {
-            Ok(p) => p,
-            Err(e) => {
-                edr_testkit::skip(format!("{e}"));
-                return;
-            }
-        };
+        let Some(mut paths) = open_or_skip(&HashSet::new()) else { return };
         let t0 = monotonic_ns();
         let pid = run(&merged.join("t"));
         let chain = paths.take(pid, t0, &c).expect("records of the exec");
@@ -737,13 +724,7 @@ mod tests {
     #[test]
     fn a_memfd_exec_reports_only_its_loader() {
         let c = crate::sink::Counters::new("process", "test");
-        let mut paths = match ExecPaths::open(&HashSet::new()) {
-            Ok(p) => p,
-            Err(e) => {
-                edr_testkit::skip(format!("{e}"));
-                return;
-            }
-        };
+        let Some(mut paths) = open_or_skip(&HashSet::new()) else { return };
         let fd = memfd_copy("edr-test-payload", "/bin/true");
         // SAFETY: plain syscall on valid fds; a refusal is the expected answer.
         let probe = unsafe {
@@ -775,13 +756,7 @@ mod tests {
     #[test]
     fn kernel_reports_program_interpreter_and_loader_in_order() {
         let c = crate::sink::Counters::new("process", "test");
-        let mut paths = match ExecPaths::open(&HashSet::new()) {
-            Ok(p) => p,
-            Err(e) => {
-                edr_testkit::skip(format!("{e}"));
-                return;
-            }
-        };
+        let Some(mut paths) = open_or_skip(&HashSet::new()) else { return };
         assert!(!paths.describe().is_empty());
         let dir = tempfile::tempdir_in("/tmp").unwrap();
         let script = dir.path().join("s.sh");

@@ -397,12 +397,8 @@ mod tests {
         assert_eq!(decode_exit_status(11 | 0x80), -11, "core dumped");
     }
 
-    /// An exec whose only fanotify record is the loader (a memfd, whose
-    /// own open is never reported) of a process gone from `/proc` but for
-    /// its stat (a zombie): its exe is unknown, not the loader; the loader
-    /// exec'd directly (`ld.so PROG`, comm = the loader's name) keeps it.
-    #[test]
-    fn a_lone_loader_record_is_the_exe_only_when_the_comm_names_it() {
+    /// A collector context with an empty tree and a sink whose events `rx` receives.
+    fn test_pipeline() -> (Ctx, Sink, crossbeam_channel::Receiver<edr_event::Event>) {
         use std::time::Duration;
         let ctx = Ctx::new(
             procfs::BootInfo::read().unwrap(),
@@ -410,7 +406,16 @@ mod tests {
             Default::default(),
         );
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let sink = Sink::new(tx, crate::sink::Counters::new("process", "test"));
+        (ctx, Sink::new(tx, crate::sink::Counters::new("process", "test")), rx)
+    }
+
+    /// An exec whose only fanotify record is the loader (a memfd, whose
+    /// own open is never reported) of a process gone from `/proc` but for
+    /// its stat (a zombie): its exe is unknown, not the loader; the loader
+    /// exec'd directly (`ld.so PROG`, comm = the loader's name) keeps it.
+    #[test]
+    fn a_lone_loader_record_is_the_exe_only_when_the_comm_names_it() {
+        let (ctx, sink, rx) = test_pipeline();
         const LD: &str = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
         let chain = exec_match::Chain { files: vec![LD.into()] };
         let image = ExecImage::recovered(&chain).unwrap();
@@ -452,14 +457,7 @@ mod tests {
     /// reported with ppid 0 and the right parent entity.
     #[test]
     fn an_exec_read_while_reaped_keeps_its_forked_parent() {
-        use std::time::Duration;
-        let ctx = Ctx::new(
-            procfs::BootInfo::read().unwrap(),
-            Arc::new(crate::ProcessTree::new(crate::tree::Retention { max_age: Duration::from_secs(60), max_exited: 1000 })),
-            Default::default(),
-        );
-        let (tx, rx) = crossbeam_channel::bounded(16);
-        let sink = Sink::new(tx, crate::sink::Counters::new("process", "test"));
+        let (ctx, sink, rx) = test_pipeline();
         // Pids far above pid_max, so /proc has nothing to add.
         let (shell, child, ticks) = (4_000_001, 4_000_002, 777);
         let node = |pid, ppid, parent_entity, exe: &str| Node {

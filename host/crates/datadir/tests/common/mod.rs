@@ -1,18 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
 pub use edr_testkit::is_root;
 
-/// Returns from the test with `skipped: <reason>` unless running as root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            edr_testkit::skip("needs root");
-            return;
-        }
-    };
-}
+/// Returns from the test, recorded as skipped, unless running as root.
+#[allow(unused_imports)]
+pub use edr_testkit::require_root;
 
 /// uid/gid of `nobody`: the attacker in these tests.
 pub const NOBODY: u32 = 65534;

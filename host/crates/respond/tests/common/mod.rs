@@ -11,16 +11,9 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use edr_testkit::is_root;
 
-/// Returns from the test with `skipped: <reason>` unless running as root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            edr_testkit::skip("needs root");
-            return;
-        }
-    };
-}
+/// Returns from the test, recorded as skipped, unless running as root.
+#[allow(unused_imports)]
+pub use edr_testkit::require_root;
 
 /// The audit records a responder emitted.
 pub type Records = Arc<Mutex<Vec<AuditRecord>>>;
