@@ -47,7 +47,7 @@ summarize_skips() {
         echo "scripts/test.sh: every test ran (0 skipped)"
         return
     fi
-    echo "scripts/test.sh: $n tests did not run here, by reason:"
+    echo "scripts/test.sh: tests that did not run here: $n, by reason:"
     cut -f2,3 "$EDR_SKIP_LOG" | sort | uniq -c | sort -rn | sed 's/^/    /'
     echo "  (each test and its reason: $EDR_SKIP_LOG)"
 }
