@@ -39,7 +39,8 @@ impl Agent {
             .unwrap();
         let stdin = child.stdin.take();
         let agent = Agent { child, stdin, data_dir, config };
-        agent.wait_for("the control socket", Duration::from_secs(60), |a| a.data_dir.join("control.sock").exists());
+        // Listening, not only bound: a connect between bind and listen is refused.
+        agent.wait_for("the control socket", Duration::from_secs(60), |a| std::os::unix::net::UnixStream::connect(a.data_dir.join("control.sock")).is_ok());
         agent
     }
 
@@ -68,7 +69,7 @@ impl Agent {
     /// `edr status --json`.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["status", "--json", "--data-dir", self.data_dir.to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "edr status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "edr status failed: {}\n--- agent log ---\n{}", String::from_utf8_lossy(&out.stderr), self.log());
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
