@@ -68,6 +68,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut config_status = ConfigStatus { file: args.config.clone(), loaded_at: edr_event::time::now(), ..Default::default() };
     // Refused unless only the agent's user can change it; created 0700 (issue 14, items 2 and 8).
     edr_datadir::DataDir::open_or_create(&cfg.data_dir, edr_datadir::agent_uid()).context("the data directory (data_dir)")?;
+    // Absolute from here on: the response engine refuses relative stores, and
+    // the default `./edr-data` would otherwise leave response disabled.
+    cfg.data_dir = std::path::absolute(&cfg.data_dir).with_context(|| format!("cannot resolve data_dir {}", cfg.data_dir.display()))?;
     let cfg = Arc::new(cfg);
     let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
     let rt = plugins::runtime(&cfg)?;
