@@ -20,6 +20,7 @@
 //! [`write_atomically_path`], [`private_dir_all`]) do the same for a file
 //! given by path (a store or an alerts file configured elsewhere): the last
 //! component is never followed.
+#![deny(missing_docs)]
 
 use std::ffi::OsStr;
 use std::fs::{File, Permissions};

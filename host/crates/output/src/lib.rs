@@ -33,7 +33,7 @@
 //! stream = "EDR_ALERTS"
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod error;
 pub mod nats;

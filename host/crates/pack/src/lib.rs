@@ -38,7 +38,7 @@
 //!
 #![doc = include_str!("../FORMAT.md")]
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod archive;
 mod build;

@@ -7,6 +7,7 @@
 //!
 //! Parsers take text so they are tested without a live process; readers wrap
 //! them around `/proc/<pid>/...`.
+#![deny(missing_docs)]
 
 use std::fs;
 use std::io;

@@ -65,6 +65,7 @@
 //! By age and by size, oldest first, in chunks, with incremental vacuum:
 //! see [`retention`]. The writer runs it every `retention_interval`;
 //! [`Store::enforce_retention`] runs it now.
+#![deny(missing_docs)]
 
 pub mod action;
 pub mod codec;
