@@ -768,7 +768,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../../examples/edr.toml");
+        let text = include_str!("../../../../examples/edr.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.plugin_settings("writable-exec"), vec![("allow".to_string(), "/opt/ci/tmp/**".to_string())]);
     }
