@@ -1,17 +1,7 @@
 //! `edr`: endpoint detection and response agent with WebAssembly detection plugins.
 
+mod builtin;
 mod cmd;
-mod collect;
-mod config;
-mod control;
-mod dispatch;
-mod health;
-mod metrics;
-mod output;
-mod packs;
-mod pipeline;
-mod plugins;
-mod services;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,7 +1,7 @@
 //! `edr config check [FILE]`: validates a configuration the way the agent
 //! will read it, and warns about what is valid but will not work as meant.
 
-use crate::config::{AgentConfig, ConfigError};
+use edr_agent::config::{AgentConfig, ConfigError, EventSource};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -80,8 +80,10 @@ fn check(a: CheckArgs) -> anyhow::Result<bool> {
 /// What the agent will do with this configuration, one line per area.
 fn summary(cfg: &AgentConfig) -> Vec<(&'static str, String)> {
     let c = &cfg.collect;
-    let source =
-        if c.source == "live" { format!("live (process {}, file {}, network {}, login {})", c.process, c.file, c.network, c.login) } else { c.source.clone() };
+    let source = match &c.source {
+        EventSource::Live => format!("live (process {}, file {}, network {}, login {})", c.process, c.file, c.network, c.login),
+        other => other.to_string(),
+    };
     let mut outputs = Vec::new();
     if cfg.output.stdout {
         outputs.push("stdout".to_string());
@@ -100,14 +102,12 @@ fn summary(cfg: &AgentConfig) -> Vec<(&'static str, String)> {
         cfg.trust.keys.len(),
         if cfg.packs.trust_builtin_key { " + the built-in development key" } else { "" }
     );
-    let respond = match cfg.respond_config() {
-        Ok(rc) => format!(
-            "{} pack grant(s); management endpoints: {}",
-            rc.packs.len(),
-            if rc.management.is_empty() { "none".to_string() } else { rc.management.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ") }
-        ),
-        Err(e) => format!("invalid: {e}"),
-    };
+    let rc = &cfg.respond;
+    let respond = format!(
+        "{} pack grant(s); management endpoints: {}",
+        rc.packs.len(),
+        if rc.management.is_empty() { "none".to_string() } else { rc.management.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ") }
+    );
     vec![
         ("data dir", cfg.data_dir.display().to_string()),
         ("source", source),
@@ -162,14 +162,14 @@ fn warnings(cfg: &AgentConfig) -> Vec<String> {
     if !writable_dir(&cfg.data_dir) {
         w.push(format!("data_dir {} cannot be created or written by this user", cfg.data_dir.display()));
     }
-    if cfg.collect.source != "live" && cfg.collect.source != "stdin" && !Path::new(&cfg.collect.source).exists() {
-        w.push(format!("collect.source {} does not exist", cfg.collect.source));
+    if let EventSource::File(path) = &cfg.collect.source {
+        if !path.exists() {
+            w.push(format!("collect.source {} does not exist", path.display()));
+        }
     }
-    if let Ok(rc) = cfg.respond_config() {
-        for (pack, g) in &rc.packs {
-            if g.mode == edr_respond::Mode::Enforce && !g.actions.is_empty() {
-                w.push(format!("respond: pack `{pack}` may act on its own (enforce): {}", g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")));
-            }
+    for (pack, g) in &cfg.respond.packs {
+        if g.mode == edr_respond::Mode::Enforce && !g.actions.is_empty() {
+            w.push(format!("respond: pack `{pack}` may act on its own (enforce): {}", g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")));
         }
     }
     w

@@ -156,7 +156,7 @@ fn describe(e: &Event) -> String {
 }
 
 fn print_events(events: &[Event], json: bool) {
-    let ctx = EcsContext { hostname: crate::output::hostname() };
+    let ctx = EcsContext { hostname: edr_agent::output::hostname() };
     for e in events {
         if json {
             println!("{}", event_to_ecs(e, &ctx));

@@ -1,7 +1,7 @@
 //! `edr pack ...` and `edr keygen`: make, sign, check and manage packs.
 
-use crate::control::{self, Request};
-use crate::packs::{self, PackState};
+use edr_agent::control::{self, Request};
+use edr_agent::packs::{self, PackState};
 use anyhow::{bail, Context};
 use edr_pack::semver::Version;
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn verify(archive: &Path, keys: &[PathBuf], config: Option<PathBuf>) -> anyhow::Result<()> {
     let trust = if keys.is_empty() {
-        packs::trust_store(&super::load_config(config.as_deref())?)?
+        packs::trust_store(&super::load_config(config.as_deref())?, Some(&crate::builtin::PACK))?
     } else {
         let mut t = edr_pack::TrustStore::new();
         for k in keys {

@@ -56,7 +56,7 @@ fn reenable(a: ReenableArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => super::load_config(a.config.as_deref())?.data_dir,
     };
-    let reply = crate::control::call(&data_dir, &crate::control::Request::Reenable { plugin: a.plugin.clone() })?;
+    let reply = edr_agent::control::call(&data_dir, &edr_agent::control::Request::Reenable { plugin: a.plugin.clone() })?;
     if !reply.ok {
         anyhow::bail!("{}", reply.error.unwrap_or_default());
     }

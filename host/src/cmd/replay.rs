@@ -1,12 +1,12 @@
 //! `edr replay`: run recorded ECS events through the plugins.
 
-use crate::collect::jsonl::{JsonlReader, Line};
-use crate::dispatch::Backpressure;
-use crate::output::AlertWriter;
-use crate::packs::PackManager;
-use crate::pipeline::Pipeline;
-use crate::plugins::{self, Source};
-use crate::services::AgentServices;
+use edr_agent::source::jsonl::{JsonlReader, Line};
+use edr_agent::dispatch::Backpressure;
+use edr_agent::output::AlertWriter;
+use edr_agent::packs::PackManager;
+use edr_agent::pipeline::Pipeline;
+use edr_agent::plugins::{self, Source};
+use edr_agent::services::AgentServices;
 use anyhow::Context;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -57,7 +57,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut pipeline =
         Pipeline::new(cfg.runtime.batch_size, cfg.runtime.plugin_queue, Backpressure::Block, AlertWriter::new(true, None)?, services.clone(), 1, 1)?;
 
-    let mut packs = PackManager::ephemeral(cfg.clone(), rt.clone(), services.clone())?;
+    let mut packs = PackManager::ephemeral(cfg.clone(), rt.clone(), services.clone(), Some(crate::builtin::PACK))?;
     for a in packs.startup() {
         pipeline.activate(a);
     }
@@ -97,7 +97,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let summary = pipeline.finish();
-    for l in super::plugin_health_lines(&summary.plugins) {
+    for l in edr_agent::plugin_health_lines(&summary.plugins) {
         eprintln!("edr replay: {l}");
     }
     eprintln!(

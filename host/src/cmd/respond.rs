@@ -1,6 +1,6 @@
 //! `edr respond`: response actions through the running agent.
 
-use crate::control::{self, Request};
+use edr_agent::control::{self, Request};
 use serde_json::json;
 use std::path::PathBuf;
 

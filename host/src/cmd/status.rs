@@ -1,6 +1,6 @@
 //! `edr status`: what the running agent is doing.
 
-use crate::control::{self, Request};
+use edr_agent::control::{self, Request};
 use serde_json::Value;
 use std::path::PathBuf;
 

@@ -22,6 +22,12 @@ pub enum RespondError {
         /// The pack's granted actions, comma-separated, or `nothing`.
         granted: String,
     },
+    /// The plugin's pack manifest does not declare this action.
+    #[error("`{action}` is not declared in the plugin's pack manifest")]
+    NotDeclared {
+        /// The action's policy name.
+        action: &'static str,
+    },
     /// Undo actions (restore, release, unblock) are for the operator only.
     #[error("`{action}` is an undo action and only the operator may request it")]
     OperatorOnly {
@@ -164,6 +170,7 @@ impl RespondError {
         matches!(
             self,
             RespondError::NotGranted { .. }
+                | RespondError::NotDeclared { .. }
                 | RespondError::OperatorOnly { .. }
                 | RespondError::Protected { .. }
                 | RespondError::ProtectedFile { .. }

@@ -72,7 +72,7 @@ pub mod process;
 pub mod protect;
 pub mod quarantine;
 
-pub use audit::{AuditRecord, Outcome};
+pub use audit::{AuditCounts, AuditJournal, AuditRecord, AuditTotals, Outcome};
 pub use block::{BlockEntry, BlockFailMode, BlockSettings, BlockStats, BlockTarget};
 pub use edr_event::Decision;
 pub use error::RespondError;
@@ -125,9 +125,14 @@ fn default_protected_names() -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseConfig {
-    /// The quarantine store (created 0700, root-owned).
+    /// The quarantine store (created 0700, root-owned). May be left out of a
+    /// configuration file (empty): the agent puts it under its data dir
+    /// ([`ResponseConfig::under_data_dir`]).
+    #[serde(default)]
     pub quarantine_dir: PathBuf,
-    /// The evidence store for fetched files (created 0700, root-owned).
+    /// The evidence store for fetched files (created 0700, root-owned); the
+    /// agent's default is under its data dir, as for `quarantine_dir`.
+    #[serde(default)]
     pub evidence_dir: PathBuf,
     /// Endpoints that stay reachable while isolated (the console, its relays).
     /// Isolation is refused while this is empty.
@@ -232,6 +237,31 @@ impl ResponseConfig {
             block_fail_mode: BlockFailMode::Allow,
             queue_capacity: default_queue(),
         }
+    }
+}
+
+impl ResponseConfig {
+    /// Fills what a configuration file left out with the agent's defaults
+    /// under `data_dir`: `quarantine/`, `evidence/` and `blocklist.json`.
+    pub fn under_data_dir(mut self, data_dir: &Path) -> ResponseConfig {
+        if self.quarantine_dir.as_os_str().is_empty() {
+            self.quarantine_dir = data_dir.join("quarantine");
+        }
+        if self.evidence_dir.as_os_str().is_empty() {
+            self.evidence_dir = data_dir.join("evidence");
+        }
+        if self.blocklist_file.is_none() {
+            self.blocklist_file = Some(data_dir.join("blocklist.json"));
+        }
+        self
+    }
+}
+
+impl Default for ResponseConfig {
+    /// Every setting at its default, the two stores not set yet (see
+    /// [`ResponseConfig::under_data_dir`]).
+    fn default() -> Self {
+        ResponseConfig::new(PathBuf::new(), PathBuf::new())
     }
 }
 
@@ -638,6 +668,9 @@ impl Responder {
     /// blocks and starts the worker thread.
     pub fn new(cfg: ResponseConfig) -> Result<Responder, RespondError> {
         policy::validate(&cfg.packs)?;
+        if cfg.quarantine_dir.as_os_str().is_empty() || cfg.evidence_dir.as_os_str().is_empty() {
+            return Err(RespondError::Config("quarantine_dir and evidence_dir must be set".into()));
+        }
         if cfg.quarantine_dir == cfg.evidence_dir {
             return Err(RespondError::Config("quarantine_dir and evidence_dir must differ".into()));
         }
@@ -726,6 +759,19 @@ impl Responder {
                 refuse(RespondError::ShuttingDown)
             }
         }
+    }
+
+    /// [`Responder::submit`] for a plugin of a pack, which may only ask for
+    /// what its pack's manifest declares: when `declared` is false the
+    /// request is refused (and audited) before the policy sees it.
+    pub fn submit_declared(&self, who: Requester, action: ResponseAction, reason: &str, declared: bool) -> Decision {
+        if declared {
+            return self.submit(who, action, reason);
+        }
+        let error = RespondError::NotDeclared { action: action.kind().as_str() };
+        let rec = self.inner.record(edr_event::time::now(), &who, &action, reason, Verdict::Refused(error));
+        self.inner.audit.emit(&rec);
+        Decision::Refused
     }
 
     /// Waits until every submitted request has been carried out (or the

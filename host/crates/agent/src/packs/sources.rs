@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// A pack archive and its signature, as found.
 #[derive(Debug)]
 pub struct Candidate {
+    /// The archive's bytes.
     pub archive: Vec<u8>,
     /// `None` when no signature came with the archive (rejected, reported).
     pub signature: Option<String>,

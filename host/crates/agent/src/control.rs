@@ -3,17 +3,16 @@
 //! One JSON request per connection, one JSON reply. Authentication: the
 //! socket is created mode 0600 and every connection's peer credentials
 //! (SO_PEERCRED) are checked: only root and the agent's own user may talk
-//! to it. Requests that need the pipeline or the pack manager are forwarded
-//! to the thread that owns them, with a reply channel.
+//! to it. Every request is carried out by [`AgentHandle::execute`], the
+//! transport-neutral handler another transport (a fleet link) calls too.
 
-use crossbeam_channel::{bounded, Sender};
+use crate::handle::{AgentHandle, Caller};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The socket's path under a data dir.
@@ -28,46 +27,73 @@ pub enum Request {
     /// Everything `edr status` shows.
     Status,
     /// Roll a pack back to its previous good version.
-    Rollback { pack: String },
+    Rollback {
+        /// The pack id.
+        pack: String,
+    },
     /// Lift a plugin's quarantine (`pack-id/plugin` or plugin name).
-    Reenable { plugin: String },
+    Reenable {
+        /// The plugin's key or name.
+        plugin: String,
+    },
     /// A response action (see `edr respond`): an `edr_respond::ResponseAction`.
-    Respond { action: serde_json::Value, reason: String },
+    Respond {
+        /// The action, in the form of `edr_respond::ResponseAction`.
+        action: serde_json::Value,
+        /// Why (kept in the audit record).
+        reason: String,
+    },
     /// Quarantined files, evidence, execution blocks and isolation state.
     RespondList,
+    /// One read-only SELECT over the record's views (`edr query`); the
+    /// result is an `edr_store::QueryResult`.
+    Query {
+        /// The statement.
+        sql: String,
+    },
+    /// An alert's storyline (`edr storyline`): an `edr_store::Storyline`.
+    Storyline {
+        /// The alert id.
+        alert: u64,
+        /// Include the ancestors' file and network activity too.
+        #[serde(default)]
+        ancestors: bool,
+    },
+    /// Re-read the configuration file (what SIGHUP does); the reply comes
+    /// once the agent has applied or refused it.
+    Reload,
 }
 
 /// The reply: `ok` and either a result or an error message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reply {
+    /// Whether the request succeeded (a refused response action is not ok).
     pub ok: bool,
+    /// The result, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl Reply {
+    /// A success carrying `v`.
     pub fn ok(v: impl Serialize) -> Self {
         Reply { ok: true, result: Some(serde_json::to_value(v).unwrap_or(serde_json::Value::Null)), error: None }
     }
+
+    /// A failure.
     pub fn err(msg: impl Into<String>) -> Self {
         Reply { ok: false, result: None, error: Some(msg.into()) }
     }
 }
 
-/// A request with where to send its reply, and the caller's uid.
-pub struct Incoming {
-    pub request: Request,
-    pub uid: u32,
-    pub reply: Sender<Reply>,
-}
-
-/// Serves the socket. Response requests go straight to `responder` (it is
-/// thread-safe, and an action such as isolation must not stall the event
-/// loop); every other request is handed to `handler`, the thread that owns
-/// the pipeline.
-pub fn serve(data_dir: &Path, handler: Sender<Incoming>, responder: Option<Arc<edr_respond::Responder>>) -> anyhow::Result<()> {
+/// Serves the socket on a thread of its own until the process ends; every
+/// request goes to `agent` ([`AgentHandle::execute`]), on a short-lived
+/// thread per connection (an action such as isolation must not hold up
+/// another client).
+pub fn serve(data_dir: &Path, agent: AgentHandle) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
     if path.exists() {
         // A live agent answers; a stale socket from a crash does not.
@@ -82,11 +108,10 @@ pub fn serve(data_dir: &Path, handler: Sender<Incoming>, responder: Option<Arc<e
     std::thread::Builder::new().name("edr-control".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(stream) = conn else { continue };
-            let handler = handler.clone();
-            let responder = responder.clone();
+            let agent = agent.clone();
             // One short-lived thread per connection: requests are rare.
             let _ = std::thread::Builder::new().name("edr-control-conn".into()).spawn(move || {
-                if let Err(e) = handle(stream, own_uid, &handler, responder.as_deref()) {
+                if let Err(e) = handle(stream, own_uid, &agent) {
                     tracing::debug!("control connection: {e}");
                 }
             });
@@ -106,7 +131,7 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid)
 }
 
-fn handle(stream: UnixStream, own_uid: u32, handler: &Sender<Incoming>, responder: Option<&edr_respond::Responder>) -> anyhow::Result<()> {
+fn handle(stream: UnixStream, own_uid: u32, agent: &AgentHandle) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let uid = peer_uid(&stream)?;
     let mut writer = stream.try_clone()?;
@@ -117,30 +142,7 @@ fn handle(stream: UnixStream, own_uid: u32, handler: &Sender<Incoming>, responde
         let mut line = String::new();
         BufReader::new(stream).take(1 << 20).read_line(&mut line)?;
         match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Respond { action, reason }) => match (responder, serde_json::from_value::<edr_respond::ResponseAction>(action)) {
-                (None, _) => Reply::err("the response engine is not running in this agent (see the agent's log for why)"),
-                (_, Err(e)) => Reply::err(format!("bad action: {e}")),
-                (Some(r), Ok(action)) => {
-                    tracing::info!(uid, ?action, %reason, "operator response request");
-                    let record = r.request(edr_respond::Requester::Operator { uid }, action, &reason);
-                    Reply { ok: record.decision != edr_event::Decision::Refused, result: serde_json::to_value(&record).ok(), error: record.refusal.clone() }
-                }
-            },
-            Ok(Request::RespondList) => match responder {
-                None => Reply::err("the response engine is not running in this agent"),
-                Some(r) => Reply::ok(serde_json::json!({
-                    "isolation": r.isolation_state(),
-                    "quarantined": r.quarantined(),
-                    "evidence": r.evidence(),
-                    "blocks": r.blocks(),
-                    "block_stats": r.block_stats(),
-                })),
-            },
-            Ok(request) => {
-                let (tx, rx) = bounded(1);
-                handler.send(Incoming { request, uid, reply: tx }).map_err(|_| anyhow::anyhow!("the agent is shutting down"))?;
-                rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| Reply::err("the agent did not answer in time"))
-            }
+            Ok(request) => agent.execute(Caller::local(uid), request),
             Err(e) => Reply::err(format!("bad request: {e}")),
         }
     };

@@ -6,8 +6,15 @@ use std::io::BufRead;
 
 /// One line of input: an event, or why the line was skipped.
 pub enum Line {
+    /// An event.
     Event(Event),
-    Malformed { line: u64, error: EcsError },
+    /// A line that is not an event.
+    Malformed {
+        /// Its number (1-based).
+        line: u64,
+        /// Why.
+        error: EcsError,
+    },
 }
 
 /// Reads ECS JSONL. Events keep a numeric `event.id` if they carry one
@@ -20,6 +27,7 @@ pub struct JsonlReader<R> {
 }
 
 impl<R: BufRead> JsonlReader<R> {
+    /// Reads `input`.
     pub fn new(input: R) -> Self {
         Self { input, line_no: 0, buf: String::new() }
     }

@@ -6,6 +6,10 @@
 //!   `<data_dir>/state/`, so it survives a restart. Quota: 1 MiB per plugin.
 //! * `process`: ancestry from the process tree (the exec events seen).
 //! * `respond`: response requests go to the response engine's policy.
+//!
+//! Built in dependency order: the ancestry source (the collectors' process
+//! tree) and the action handler (the response engine) exist before the
+//! services and are given to them when they are made, never set later.
 
 use edr_event::{Action, Decision, ProcessExec, ProcessInfo};
 use edr_runtime::{HostServices, PluginIdentity};
@@ -16,7 +20,7 @@ use std::sync::{Arc, Mutex};
 /// State quota per plugin, bytes (keys + values).
 pub const STATE_QUOTA: usize = 1 << 20;
 
-/// Decides on a plugin's action request (the response engine, once wired).
+/// Decides on a plugin's action request (the response engine).
 pub type ActionHandler = Arc<dyn Fn(&PluginIdentity, Action, String) -> Decision + Send + Sync>;
 
 /// Source of ancestry lookups (the live process tree, when collectors run).
@@ -25,11 +29,38 @@ pub type AncestrySource = Arc<dyn Fn(u64) -> Vec<ProcessInfo> + Send + Sync>;
 /// The agent's host services.
 pub struct AgentServices {
     processes: Mutex<HashMap<u64, (ProcessInfo, u64)>>,
-    /// (pack id, plugin) -> response actions its manifest declares.
-    declared: Mutex<HashMap<(String, String), Vec<String>>>,
-    ancestry: Mutex<Option<AncestrySource>>,
+    declared: Arc<DeclaredActions>,
+    /// The live process tree; `None`: ancestry from the exec events seen.
+    ancestry: Option<AncestrySource>,
     state: Mutex<StateStore>,
-    actions: Mutex<Option<ActionHandler>>,
+    /// `None`: every action request is refused (no response engine).
+    actions: Option<ActionHandler>,
+}
+
+/// The response actions each pack plugin's manifest declares, recorded when
+/// its pack is activated. Shared by the services (which record) and the
+/// response engine's gate (which checks, [`crate::response::action_handler`]).
+#[derive(Debug, Default)]
+pub struct DeclaredActions {
+    /// (pack id, plugin) -> actions.
+    by_plugin: Mutex<HashMap<(String, String), Vec<String>>>,
+}
+
+impl DeclaredActions {
+    /// Replaces what `pack`'s plugins declare.
+    pub fn declare(&self, pack: &str, declared: &[(String, Vec<String>)]) {
+        let mut d = self.by_plugin.lock().unwrap_or_else(|p| p.into_inner());
+        d.retain(|(p, _), _| p != pack);
+        for (plugin, actions) in declared {
+            d.insert((pack.to_string(), plugin.clone()), actions.clone());
+        }
+    }
+
+    /// Whether a plugin's manifest declares `action` (plugins outside packs declare none).
+    pub fn declares(&self, who: &PluginIdentity, action: &str) -> bool {
+        let Some(pack) = &who.pack else { return false };
+        self.by_plugin.lock().unwrap_or_else(|p| p.into_inner()).get(&(pack.id.clone(), who.plugin.clone())).is_some_and(|a| a.iter().any(|x| x == action))
+    }
 }
 
 struct StateStore {
@@ -40,7 +71,8 @@ struct StateStore {
 
 impl AgentServices {
     /// Services whose state persists under `state_dir` (`None`: memory only,
-    /// as in `edr replay`).
+    /// as in `edr replay`), with ancestry from the exec events seen and
+    /// every action request refused; see the `with_*` methods.
     pub fn new(state_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut namespaces = HashMap::new();
         if let Some(dir) = &state_dir {
@@ -59,36 +91,30 @@ impl AgentServices {
         }
         Ok(Self {
             processes: Mutex::new(HashMap::new()),
-            declared: Mutex::new(HashMap::new()),
-            ancestry: Mutex::new(None),
+            declared: Arc::new(DeclaredActions::default()),
+            ancestry: None,
             state: Mutex::new(StateStore { dir: state_dir, namespaces, dirty: HashSet::new() }),
-            actions: Mutex::new(None),
+            actions: None,
         })
     }
 
-    /// Uses the live process tree for ancestry from now on.
-    pub fn set_ancestry_source(&self, source: AncestrySource) {
-        *self.ancestry.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    /// Answers ancestry lookups from `source` (the live process tree).
+    pub fn with_ancestry(mut self, source: AncestrySource) -> Self {
+        self.ancestry = Some(source);
+        self
     }
 
-    /// Sends action requests to `handler` from now on (otherwise refused).
-    pub fn set_action_handler(&self, handler: ActionHandler) {
-        *self.actions.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    /// Sends action requests to `handler`, and records declared actions in
+    /// `declared` (the registry the handler checks).
+    pub fn with_actions(mut self, declared: Arc<DeclaredActions>, handler: ActionHandler) -> Self {
+        self.declared = declared;
+        self.actions = Some(handler);
+        self
     }
 
     /// Records the response actions a pack's plugins declare (on activation).
     pub fn declare_actions(&self, pack: &str, declared: &[(String, Vec<String>)]) {
-        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
-        d.retain(|(p, _), _| p != pack);
-        for (plugin, actions) in declared {
-            d.insert((pack.to_string(), plugin.clone()), actions.clone());
-        }
-    }
-
-    /// Whether a plugin's manifest declares `action` (plugins outside packs declare none).
-    pub fn declares(&self, who: &PluginIdentity, action: &str) -> bool {
-        let Some(pack) = &who.pack else { return false };
-        self.declared.lock().unwrap_or_else(|p| p.into_inner()).get(&(pack.id.clone(), who.plugin.clone())).is_some_and(|a| a.iter().any(|x| x == action))
+        self.declared.declare(pack, declared);
     }
 
     /// Remembers a process from its exec event (when no live tree is set).
@@ -148,7 +174,7 @@ fn read_namespace(path: &Path) -> anyhow::Result<(String, BTreeMap<String, Vec<u
 
 impl HostServices for AgentServices {
     fn ancestry(&self, entity_id: u64) -> Vec<ProcessInfo> {
-        if let Some(source) = self.ancestry.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(source) = &self.ancestry {
             return source(entity_id);
         }
         let table = self.processes.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,8 +219,7 @@ impl HostServices for AgentServices {
     }
 
     fn request_action(&self, who: &PluginIdentity, action: Action, reason: String) -> Decision {
-        let handler = self.actions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match handler {
+        match &self.actions {
             Some(h) => h(who, action, reason),
             None => {
                 tracing::warn!(plugin = %who.plugin, action = action.name(), %reason, "action refused: no response engine configured");

@@ -5,12 +5,13 @@
 //! authentication.
 //!
 //! HTTP is served by hyper on a one-thread tokio runtime of its own; a
-//! scrape asks the agent's pipeline thread for its status over the same
-//! channel the control socket uses, and waits at most 2 s.
+//! scrape asks the agent for its status through an [`AgentHandle`], as the
+//! control socket does, and waits at most 2 s.
 
-use crate::control::{Incoming, Reply, Request};
+use crate::config::AgentConfig;
+use crate::health::HealthLog;
+use crate::AgentHandle;
 use anyhow::Context;
-use crossbeam_channel::Sender;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming as Body};
 use hyper::{Request as HttpRequest, Response, StatusCode};
@@ -26,8 +27,21 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// Starts the endpoint when `[metrics] listen` is set; a failure (port
+    /// taken) is reported and leaves the agent running without it.
+    pub fn start_configured(cfg: &AgentConfig, agent: &AgentHandle, health: &HealthLog) -> Option<MetricsServer> {
+        let addr = cfg.metrics.address().ok().flatten()?;
+        match MetricsServer::start(addr, agent.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                health.record("metrics-failed", true, &format!("the metrics endpoint did not start: {e:#}"), serde_json::json!({"listen": addr.to_string()}));
+                None
+            }
+        }
+    }
+
     /// Binds `addr` and serves until dropped.
-    pub fn start(addr: SocketAddr, control: Sender<Incoming>) -> anyhow::Result<MetricsServer> {
+    pub fn start(addr: SocketAddr, agent: AgentHandle) -> anyhow::Result<MetricsServer> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().context("starting the metrics runtime")?;
         let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("metrics endpoint: cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
@@ -39,9 +53,9 @@ impl MetricsServer {
                         _ = &mut rx => break,
                         conn = listener.accept() => {
                             let Ok((stream, _)) = conn else { continue };
-                            let control = control.clone();
+                            let agent = agent.clone();
                             tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| handle(req, control.clone()));
+                                let service = hyper::service::service_fn(move |req| handle(req, agent.clone()));
                                 let io = hyper_util::rt::TokioIo::new(stream);
                                 if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
                                     tracing::debug!("metrics connection: {e}");
@@ -68,7 +82,7 @@ impl Drop for MetricsServer {
     }
 }
 
-async fn handle(req: HttpRequest<Body>, control: Sender<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(req: HttpRequest<Body>, agent: AgentHandle) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |code: StatusCode, ctype: &str, body: String| {
         Ok(Response::builder().status(code).header("content-type", ctype).body(Full::new(Bytes::from(body))).expect("static response parts are valid"))
     };
@@ -76,15 +90,11 @@ async fn handle(req: HttpRequest<Body>, control: Sender<Incoming>) -> Result<Res
         return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".into());
     }
     // The pipeline thread answers status requests between batches.
-    let status = tokio::task::spawn_blocking(move || {
-        let (tx, rx) = crossbeam_channel::bounded::<Reply>(1);
-        control.send(Incoming { uid: 0, request: Request::Status, reply: tx }).ok()?;
-        rx.recv_timeout(Duration::from_secs(2)).ok()
-    })
-    .await
-    .ok()
-    .flatten();
-    match status.and_then(|r| r.result) {
+    let status = tokio::task::spawn_blocking(move || agent.status_within(Duration::from_secs(2)).ok().and_then(|s| serde_json::to_value(s).ok()))
+        .await
+        .ok()
+        .flatten();
+    match status {
         Some(s) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&s)),
         None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent did not answer within 2 s\n".into()),
     }

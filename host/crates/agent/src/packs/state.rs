@@ -25,14 +25,18 @@ pub struct PackEntry {
 /// A version that was rolled back.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BadVersion {
+    /// The version.
     pub version: String,
+    /// Why it was rolled back.
     pub reason: String,
+    /// When (RFC 3339).
     pub time: String,
 }
 
 /// Every pack's history.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PackState {
+    /// By pack id.
     pub packs: BTreeMap<String, PackEntry>,
 }
 

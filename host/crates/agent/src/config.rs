@@ -2,7 +2,7 @@
 //! file runs on the defaults below. Unknown keys are errors (a typo must not
 //! silently turn a setting off), and every error names the line and the key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -12,17 +12,26 @@ use std::path::{Path, PathBuf};
 pub struct AgentConfig {
     /// Where the agent keeps its state (alerts file, compile cache, ...).
     pub data_dir: PathBuf,
+    /// `[runtime]`.
     pub runtime: RuntimeSection,
+    /// `[plugins]`.
     pub plugins: PluginsSection,
+    /// `[output]`.
     pub output: OutputSection,
+    /// `[collect]`.
     pub collect: CollectSection,
+    /// `[packs]`.
     pub packs: PacksSection,
+    /// `[trust]`.
     pub trust: TrustSection,
     /// `[respond]`: the response engine (see `edr_respond::ResponseConfig`):
     /// management endpoints for isolation, protected names, per-pack grants
     /// (`[respond.packs."<pack id>"] actions = [...], mode = "simulate"|"enforce"`).
-    pub respond: toml::Table,
+    /// The stores it leaves out go under `data_dir` ([`AgentConfig::respond_config`]).
+    pub respond: edr_respond::ResponseConfig,
+    /// `[store]`.
     pub store: StoreSection,
+    /// `[metrics]`.
     pub metrics: MetricsSection,
 }
 
@@ -55,6 +64,7 @@ impl MetricsSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
+    /// Record at all.
     pub enabled: bool,
     /// The SQLite file (relative paths are under `data_dir`).
     pub path: PathBuf,
@@ -91,7 +101,7 @@ impl Default for AgentConfig {
             collect: CollectSection::default(),
             packs: PacksSection::default(),
             trust: TrustSection::default(),
-            respond: toml::Table::new(),
+            respond: edr_respond::ResponseConfig::default(),
             store: StoreSection::default(),
             metrics: MetricsSection::default(),
         }
@@ -137,6 +147,7 @@ impl Default for PacksSection {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustSection {
+    /// `[[trust.keys]]`.
     pub keys: Vec<TrustedKey>,
 }
 
@@ -145,8 +156,11 @@ pub struct TrustSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKey {
+    /// A name for logs and status.
     pub name: String,
+    /// The key's base64 line.
     pub public_key: Option<String>,
+    /// Or its `.pub` file.
     pub public_key_file: Option<PathBuf>,
 }
 
@@ -168,6 +182,7 @@ pub struct RuntimeSection {
     pub max_findings_per_batch: usize,
     /// Failures within `strike_window_secs` that quarantine a plugin.
     pub max_strikes: usize,
+    /// The window of `max_strikes`, seconds.
     pub strike_window_secs: u64,
     /// Batches queued per plugin before the agent waits (and, in live mode,
     /// drops that plugin's batch, counted).
@@ -238,9 +253,13 @@ impl Default for PluginsSection {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
+    /// `runtime.call_deadline_ms` for this plugin.
     pub call_deadline_ms: Option<u64>,
+    /// `runtime.init_deadline_ms` for this plugin.
     pub init_deadline_ms: Option<u64>,
+    /// `runtime.memory_mb` for this plugin.
     pub memory_mb: Option<usize>,
+    /// `runtime.max_findings_per_batch` for this plugin.
     pub max_findings_per_batch: Option<usize>,
 }
 
@@ -296,15 +315,19 @@ impl Default for OutputSection {
 #[serde(deny_unknown_fields, default)]
 pub struct CollectSection {
     /// `live` (the host's own telemetry), `stdin`, or a path to an ECS JSONL file.
-    pub source: String,
+    pub source: EventSource,
     /// Process collector: `auto` (netlink, else polling), `netlink`, `poll`, `off`.
-    pub process: String,
+    #[serde(deserialize_with = "from_str")]
+    pub process: edr_collect::ProcessMode,
     /// File collector: `auto` (fanotify, else inotify), `fanotify`, `inotify`, `off`.
-    pub file: String,
+    #[serde(deserialize_with = "from_str")]
+    pub file: edr_collect::FileMode,
     /// Network collector: `auto`, `procfs`, `off`.
-    pub network: String,
+    #[serde(deserialize_with = "from_str")]
+    pub network: edr_collect::NetworkMode,
     /// Login collector: `auto`, `tail`, `off`.
-    pub login: String,
+    #[serde(deserialize_with = "from_str")]
+    pub login: edr_collect::LoginMode,
     /// Paths (globs) the file collector watches; default: the places detections care about.
     pub file_include: Option<Vec<String>>,
     /// Extra paths (globs) not to report, added to the built-in noise list.
@@ -318,11 +341,11 @@ pub struct CollectSection {
 impl Default for CollectSection {
     fn default() -> Self {
         Self {
-            source: "live".into(),
-            process: "auto".into(),
-            file: "auto".into(),
-            network: "auto".into(),
-            login: "auto".into(),
+            source: EventSource::Live,
+            process: edr_collect::ProcessMode::Auto,
+            file: edr_collect::FileMode::Auto,
+            network: edr_collect::NetworkMode::Auto,
+            login: edr_collect::LoginMode::Auto,
             file_include: None,
             file_exclude: Vec::new(),
             auth_logs: None,
@@ -331,15 +354,70 @@ impl Default for CollectSection {
     }
 }
 
+/// `collect.source`: where the agent's events come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EventSource {
+    /// The host's own telemetry (`live`): the collectors.
+    #[default]
+    Live,
+    /// ECS JSONL on standard input (`stdin`).
+    Stdin,
+    /// An ECS JSONL file (any other value: its path).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventSource::Live => f.write_str("live"),
+            EventSource::Stdin => f.write_str("stdin"),
+            EventSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl From<&str> for EventSource {
+    fn from(s: &str) -> Self {
+        match s {
+            "live" => EventSource::Live,
+            "stdin" => EventSource::Stdin,
+            path => EventSource::File(PathBuf::from(path)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("empty; use `live`, `stdin` or the path of an ECS JSONL file"));
+        }
+        Ok(EventSource::from(s.as_str()))
+    }
+}
+
+impl Serialize for EventSource {
+    /// The configuration's word: `live`, `stdin` or the path.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A value read through its `FromStr` (the collectors' modes), so the
+/// error names the allowed words and toml adds the line.
+fn from_str<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String>>(d: D) -> Result<T, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
 impl CollectSection {
     /// The collectors' configuration; `data_dir` is never watched (the agent
     /// writes there: watching it would feed the agent its own writes).
-    pub fn collect_config(&self, data_dir: &Path) -> Result<edr_collect::CollectConfig, String> {
+    pub fn collect_config(&self, data_dir: &Path) -> edr_collect::CollectConfig {
         let mut c = edr_collect::CollectConfig::default();
-        c.process.mode = self.process.parse()?;
-        c.file.mode = self.file.parse()?;
-        c.network.mode = self.network.parse()?;
-        c.login.mode = self.login.parse()?;
+        c.process.mode = self.process;
+        c.file.mode = self.file;
+        c.network.mode = self.network;
+        c.login.mode = self.login;
         if let Some(inc) = &self.file_include {
             c.file.include = inc.clone();
         }
@@ -349,14 +427,16 @@ impl CollectSection {
         }
         let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
         c.exclude_paths.push(data_dir);
-        Ok(c)
+        c
     }
 }
 
 /// The allowed range of a number in the configuration (both ends included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NumberRange {
+    /// The smallest allowed.
     pub min: u64,
+    /// The largest allowed.
     pub max: u64,
 }
 
@@ -407,11 +487,15 @@ pub fn number_range(key: &str) -> Option<NumberRange> {
 
 /// A configuration problem, located.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields: the file, the 1-based line, the dotted key, what is wrong
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// Not TOML, or not the configuration's shape.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, line: Option<usize>, message: String },
+    /// A value the types allow but the agent does not.
     #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(": line {l}")).unwrap_or_default())]
     Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
 }
@@ -456,12 +540,6 @@ impl AgentConfig {
                     return bad("trust.keys", format!("`{}`: {e}", k.name));
                 }
             }
-        }
-        if let Err(e) = self.collect.collect_config(&self.data_dir) {
-            return bad("collect", e);
-        }
-        if let Err(e) = self.respond_config() {
-            return bad("respond", e);
         }
         if let Some(url) = &self.packs.update_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -535,10 +613,8 @@ impl AgentConfig {
     /// to whatever is there, with the data dir's protection not covering it).
     pub fn exposure_warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if let Ok(rc) = self.respond_config() {
-            for m in rc.management.iter().filter(|m| m.prefix < CATCH_ALL_PREFIX) {
-                w.push(format!("respond.management `{m}` covers most of the internet (prefix /{} is shorter than /{CATCH_ALL_PREFIX}): isolating the host would leave it reachable from, and able to reach, almost anywhere; list the management hosts or subnets themselves", m.prefix));
-            }
+        for m in self.respond.management.iter().filter(|m| m.prefix < CATCH_ALL_PREFIX) {
+            w.push(format!("respond.management `{m}` covers most of the internet (prefix /{} is shorter than /{CATCH_ALL_PREFIX}): isolating the host would leave it reachable from, and able to reach, almost anywhere; list the management hosts or subnets themselves", m.prefix));
         }
         if let Some(file) = self.data_path(&self.output.alerts_file) {
             let (file, dir) = (lexical_absolute(&file), lexical_absolute(&self.data_dir));
@@ -551,13 +627,8 @@ impl AgentConfig {
 
     /// The response engine's configuration: `[respond]`, with the quarantine
     /// and evidence stores and the block list under `data_dir` by default.
-    pub fn respond_config(&self) -> Result<edr_respond::ResponseConfig, String> {
-        let mut t = self.respond.clone();
-        let under = |name: &str| toml::Value::String(self.data_dir.join(name).to_string_lossy().into_owned());
-        t.entry("quarantine_dir").or_insert_with(|| under("quarantine"));
-        t.entry("evidence_dir").or_insert_with(|| under("evidence"));
-        t.entry("blocklist_file").or_insert_with(|| under("blocklist.json"));
-        edr_respond::ResponseConfig::deserialize(toml::Value::Table(t)).map_err(|e| e.to_string())
+    pub fn respond_config(&self) -> edr_respond::ResponseConfig {
+        self.respond.clone().under_data_dir(&self.data_dir)
     }
 
     /// `path` resolved against `data_dir` when relative; `None` when empty.
@@ -582,7 +653,7 @@ impl AgentConfig {
     /// Whether `[respond.packs."<pack>"]` grants the pack any response action
     /// (which grants its plugins the `respond` capability).
     pub fn respond_grants_pack(&self, pack: &str) -> bool {
-        self.respond_config().map(|rc| rc.packs.get(pack).is_some_and(|g| !g.actions.is_empty())).unwrap_or(false)
+        self.respond.packs.get(pack).is_some_and(|g| !g.actions.is_empty())
     }
 
     /// The settings for one plugin as the contract's key/value strings.
@@ -697,7 +768,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../../examples/edr.toml");
+        let text = include_str!("../../../../examples/edr.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.plugin_settings("writable-exec"), vec![("allow".to_string(), "/opt/ci/tmp/**".to_string())]);
     }
@@ -781,6 +852,32 @@ mod tests {
         assert!(e.contains("unknown capability `sockets`"), "{e}");
         let e = parse("[plugins.limits.x]\ncall_deadline = 10\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `call_deadline`"), "{e}");
+    }
+
+    #[test]
+    fn modes_and_the_respond_section_are_typed_and_errors_name_the_line() {
+        let c = parse("[collect]\nsource = \"stdin\"\nprocess = \"poll\"\nfile = \"off\"\n").unwrap();
+        assert_eq!(c.collect.source, EventSource::Stdin);
+        assert_eq!(c.collect.process, edr_collect::ProcessMode::Poll);
+        assert_eq!(c.collect.file, edr_collect::FileMode::Off);
+        assert_eq!(parse("[collect]\nsource = \"/tmp/e.jsonl\"\n").unwrap().collect.source, EventSource::File("/tmp/e.jsonl".into()));
+        assert_eq!(serde_json::to_value(EventSource::Live).unwrap(), "live");
+        let e = parse("[collect]\n\nprocess = \"ebpf\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("unknown ProcessMode `ebpf`; expected one of: auto, netlink, poll, off"), "{e}");
+        assert!(parse("[collect]\nsource = \"\"\n").unwrap_err().to_string().contains("empty"));
+        // [respond]: the stores default under data_dir, what is given stays.
+        let c = parse("data_dir = \"/var/lib/edr\"\n[respond]\nquarantine_dir = \"/q\"\nmanagement = [\"192.0.2.1/32\"]\n").unwrap();
+        let rc = c.respond_config();
+        assert_eq!(rc.quarantine_dir, PathBuf::from("/q"));
+        assert_eq!(rc.evidence_dir, PathBuf::from("/var/lib/edr/evidence"));
+        assert_eq!(rc.blocklist_file, Some(PathBuf::from("/var/lib/edr/blocklist.json")));
+        assert_eq!(rc.management.len(), 1);
+        let e = parse("[respond]\nallow_dns = true\nisolate_harder = true\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("unknown field `isolate_harder`"), "{e}");
+        let e = parse("[respond]\nblock_deadline_ms = 5\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("out of range"), "{e}");
+        let e = parse("[respond]\ndata_dir = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `data_dir`"), "set by the agent, not the file: {e}");
     }
 
     #[test]

@@ -13,9 +13,13 @@ use std::thread::JoinHandle;
 /// What a finished run did.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
+    /// Events pushed.
     pub events: u64,
+    /// Batches dispatched.
     pub batches: u64,
+    /// Alerts written.
     pub alerts: u64,
+    /// Each plugin at the end.
     pub plugins: Vec<PluginStatus>,
 }
 

@@ -45,8 +45,11 @@ pub fn limits(cfg: &AgentConfig, plugin: &str) -> Limits {
 
 /// A plugin to load: its name and component bytes.
 pub struct Source {
+    /// The plugin's name.
     pub name: String,
+    /// The component.
     pub wasm: Vec<u8>,
+    /// Where it came from, for logs.
     pub origin: String,
 }
 

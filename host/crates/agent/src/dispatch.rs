@@ -25,7 +25,9 @@ use std::time::Duration;
 /// A batch of events shared by all plugins and the record: the events
 /// (shared, never copied), and their wire form.
 pub struct Batch {
+    /// The events.
     pub events: Arc<Vec<Event>>,
+    /// Their wire form (encoded once).
     pub wire: EncodedBatch,
 }
 
@@ -79,8 +81,11 @@ struct Worker {
 /// A plugin was quarantined: the pack manager may roll its pack back.
 #[derive(Debug, Clone)]
 pub struct Quarantined {
+    /// The plugin's key.
     pub key: String,
+    /// Its pack.
     pub pack: Option<PackRef>,
+    /// Why.
     pub reason: String,
 }
 
@@ -89,13 +94,19 @@ pub struct Quarantined {
 pub struct PluginStatus {
     /// `pack-id/plugin` for pack plugins, the plugin name otherwise.
     pub key: String,
+    /// The plugin's name.
     pub name: String,
+    /// Its version.
     pub version: String,
+    /// Its pack.
     pub pack: Option<PackRef>,
+    /// `active`, or why it is quarantined.
     pub health: String,
     /// Events this plugin never saw because its queue was full.
     pub dropped_events: u64,
+    /// Batches waiting in its queue.
     pub queued_batches: usize,
+    /// Its runtime metrics.
     pub metrics: MetricsSnapshot,
 }
 

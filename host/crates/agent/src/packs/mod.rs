@@ -24,9 +24,11 @@
 mod canary;
 mod sources;
 mod state;
+mod worker;
 
-pub use sources::{poll_update_url, retire_dropped, watch_drop_dir, Candidate};
-pub use state::PackState;
+pub use sources::{poll_update_url, retire_dropped, watch_drop_dir, Candidate, DONE_DIR, REJECTED_DIR};
+pub use state::{BadVersion, PackEntry, PackState};
+pub(crate) use worker::{spawn_pack_thread, PackRequest, PackThread};
 
 use crate::config::AgentConfig;
 use crate::plugins;
@@ -37,7 +39,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+/// The built-in detection pack (`edr.builtin`) a binary embeds, signed at
+/// build time, with the development key it was signed with. The agent
+/// verifies it at start like any other pack; the key is trusted unless
+/// `packs.trust_builtin_key = false`.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinPack {
+    /// The pack archive.
+    pub archive: &'static [u8],
+    /// Its minisign signature.
+    pub signature: &'static str,
+    /// The public key (minisign `.pub` text).
+    pub public_key: &'static str,
+}
 
 /// The agent's version, checked against packs' `min_agent_version`.
 pub fn agent_version() -> Version {
@@ -47,10 +61,22 @@ pub fn agent_version() -> Version {
 /// Why a candidate was not activated.
 #[derive(Debug, thiserror::Error)]
 pub enum OfferError {
+    /// Verification refused it.
     #[error("rejected: {0}")]
     Rejected(#[from] Rejection),
+    /// A plugin did not get through staging.
     #[error("plugin `{plugin}` of {pack} {version} failed staging: {reason}")]
-    Staging { pack: String, version: Version, plugin: String, reason: String },
+    Staging {
+        /// The pack id.
+        pack: String,
+        /// Its version.
+        version: Version,
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// Storing or reading it failed.
     #[error("{0}")]
     Io(String),
 }
@@ -73,6 +99,7 @@ impl OfferError {
 
 /// A pack version ready to swap in.
 pub struct Activation {
+    /// The pack version.
     pub pack: PackRef,
     /// `(key, plugin)`: key is `pack-id/plugin-name`.
     pub plugins: Vec<(String, Plugin)>,
@@ -87,10 +114,15 @@ pub struct Activation {
 /// The version of a pack that is active.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ActivePack {
+    /// The pack id.
     pub id: String,
+    /// The active version.
     pub version: String,
+    /// Who signed it: key name (key id).
     pub signer: String,
+    /// The manifest's publisher.
     pub publisher: String,
+    /// Its plugins' keys.
     pub plugins: Vec<String>,
 }
 
@@ -108,22 +140,24 @@ pub struct PackManager {
     active: BTreeMap<String, ActivePack>,
     /// The record's copy of the anti-rollback floors, when the store is on.
     floors: Option<edr_store::PackFloors>,
+    /// The binary's built-in pack, offered at startup when `plugins.builtin`.
+    builtin: Option<BuiltinPack>,
 }
 
 impl PackManager {
     /// Loads the trust store from the config and the state from disk.
-    pub fn new(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
+    pub fn new(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>, builtin: Option<BuiltinPack>) -> anyhow::Result<Self> {
         let root = cfg.data_dir.join("packs");
         edr_datadir::private_dir_all(&root)?;
-        let trust = trust_store(&cfg)?;
+        let trust = trust_store(&cfg, builtin.as_ref())?;
         let state = PackState::load(&root.join("state.json"))?;
-        Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None })
+        Ok(Self { root: Some(root), trust, state, keep: cfg.packs.keep_versions, runtime, services, cfg, active: BTreeMap::new(), floors: None, builtin })
     }
 
     /// A manager that verifies and stages packs but writes nothing to disk
     /// and applies no anti-rollback floor (for `edr replay`).
-    pub fn ephemeral(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>) -> anyhow::Result<Self> {
-        let trust = trust_store(&cfg)?;
+    pub fn ephemeral(cfg: Arc<AgentConfig>, runtime: Runtime, services: Arc<dyn HostServices>, builtin: Option<BuiltinPack>) -> anyhow::Result<Self> {
+        let trust = trust_store(&cfg, builtin.as_ref())?;
         Ok(Self {
             root: None,
             trust,
@@ -134,6 +168,7 @@ impl PackManager {
             cfg,
             active: BTreeMap::new(),
             floors: None,
+            builtin,
         })
     }
 
@@ -178,7 +213,7 @@ impl PackManager {
         }
     }
 
-    /// The active packs.
+    /// Checks packs offered from now on against `trust`.
     pub fn set_trust(&mut self, trust: TrustStore) {
         self.trust = trust;
     }
@@ -203,8 +238,8 @@ impl PackManager {
                 Err(e) => tracing::error!(pack = %id, "cannot reactivate installed pack: {e}"),
             }
         }
-        if self.cfg.plugins.builtin {
-            match self.offer(BUILTIN_PACK, BUILTIN_PACK_SIG, "built-in") {
+        if let Some(builtin) = self.builtin.filter(|_| self.cfg.plugins.builtin) {
+            match self.offer(builtin.archive, builtin.signature, "built-in") {
                 Ok(a) => out.push(a),
                 Err(e) if e.is_benign() => {}
                 // A newer edr.builtin installed from a vendor outranks the embedded one.
@@ -416,8 +451,8 @@ impl PackManager {
 }
 
 /// The pinned keys: `[[trust.keys]]`, plus the built-in pack's development key
-/// unless `packs.trust_builtin_key = false`.
-pub fn trust_store(cfg: &AgentConfig) -> anyhow::Result<TrustStore> {
+/// (when there is a built-in pack) unless `packs.trust_builtin_key = false`.
+pub fn trust_store(cfg: &AgentConfig, builtin: Option<&BuiltinPack>) -> anyhow::Result<TrustStore> {
     let mut trust = TrustStore::new();
     for k in &cfg.trust.keys {
         let key = match (&k.public_key, &k.public_key_file) {
@@ -427,8 +462,8 @@ pub fn trust_store(cfg: &AgentConfig) -> anyhow::Result<TrustStore> {
         };
         trust.add(k.name.clone(), key)?;
     }
-    if cfg.packs.trust_builtin_key && cfg.plugins.builtin {
-        let key = edr_pack::PublicKey::from_minisign_text(BUILTIN_DEV_KEY, "built-in development key")?;
+    if let Some(builtin) = builtin.filter(|_| cfg.packs.trust_builtin_key && cfg.plugins.builtin) {
+        let key = edr_pack::PublicKey::from_minisign_text(builtin.public_key, "built-in development key")?;
         trust.add("edr-dev", key)?;
     }
     Ok(trust)

@@ -1,3 +1,0 @@
-//! Event sources. Every source produces [`edr_event::Event`]s for the pipeline.
-
-pub mod jsonl;
