@@ -139,7 +139,7 @@ impl<'a> Decoder<'a> {
             return Err(truncated);
         }
         let event_len = rd::<4>(ev, 0).map(u32::from_ne_bytes).ok_or(truncated)? as usize;
-        if event_len < METADATA_LEN || event_len > left || event_len % EVENT_ALIGN != 0 {
+        if event_len < METADATA_LEN || event_len > left || !event_len.is_multiple_of(EVENT_ALIGN) {
             return Err(DecodeError::BadLength { offset, event_len, left });
         }
         let vers = ev[4];
