@@ -135,16 +135,8 @@ pub(crate) mod native {
     }
 
     impl MockHost {
-        pub fn ancestry(&self, mut entity_id: u64) -> Vec<ProcessInfo> {
-            let mut out = Vec::new();
-            while let Some((info, parent)) = self.processes.get(&entity_id) {
-                out.push(info.clone());
-                if out.len() > 256 || *parent == entity_id {
-                    break;
-                }
-                entity_id = *parent;
-            }
-            out
+        pub fn ancestry(&self, entity_id: u64) -> Vec<ProcessInfo> {
+            edr_ancestry::walk(entity_id, |id| self.processes.get(&id).map(|(info, parent)| (info.clone(), *parent)))
         }
     }
 

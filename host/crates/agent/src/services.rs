@@ -178,16 +178,7 @@ impl HostServices for AgentServices {
             return source(entity_id);
         }
         let table = self.processes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        let mut id = entity_id;
-        while let Some((info, parent)) = table.get(&id) {
-            out.push(info.clone());
-            if out.len() >= 256 || *parent == id {
-                break;
-            }
-            id = *parent;
-        }
-        out
+        edr_ancestry::walk(entity_id, |id| table.get(&id).map(|(info, parent)| (info.clone(), *parent)))
     }
 
     fn state_get(&self, who: &PluginIdentity, key: &str) -> Option<Vec<u8>> {

@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 pub const MAX_TREE_ARGS: usize = 64;
 /// Bytes of arguments of a process kept in the tree.
 pub const MAX_TREE_ARGV_BYTES: usize = 8192;
-/// Longest ancestry walked (guards against a corrupted chain).
-const MAX_DEPTH: usize = 256;
 
 /// A process as the tree stores it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,19 +97,7 @@ impl ProcessTree {
     /// retention window.
     pub fn ancestry(&self, entity_id: u64) -> Vec<ProcessInfo> {
         let inner = self.read();
-        let mut out = Vec::new();
-        let mut cur = entity_id;
-        while cur != 0 && out.len() < MAX_DEPTH {
-            let Some(node) = inner.nodes.get(&cur) else {
-                break;
-            };
-            out.push(node.info.clone());
-            if node.parent_entity == cur {
-                break;
-            }
-            cur = node.parent_entity;
-        }
-        out
+        edr_ancestry::walk(entity_id, |id| inner.nodes.get(&id).map(|n| (n.info.clone(), n.parent_entity)))
     }
 
     /// The live process with this pid.
@@ -161,17 +147,9 @@ impl ProcessTree {
             return (None, Vec::new());
         };
         let parent = inner.nodes.get(&node.parent_entity).filter(|_| node.parent_entity != entity).cloned();
-        let mut exes = Vec::new();
-        let mut cur = node.parent_entity;
-        let mut prev = entity;
-        while cur != 0 && cur != prev && exes.len() < MAX_DEPTH {
-            let Some(n) = inner.nodes.get(&cur) else {
-                break;
-            };
-            exes.push(n.info.exe.clone());
-            prev = cur;
-            cur = n.parent_entity;
-        }
+        // From the parent (a root, its own parent, has none).
+        let from = if node.parent_entity == entity { 0 } else { node.parent_entity };
+        let exes = edr_ancestry::walk(from, |id| inner.nodes.get(&id).map(|n| (n.info.exe.clone(), n.parent_entity)));
         (parent, exes)
     }
 

@@ -1,13 +1,23 @@
-//! fanotify filesystem marks, shared by the collectors (exec paths, file
-//! events) and by response (exec blocking): one reading of the mount table,
-//! one rule for which filesystems may be marked, one wrapper around
-//! `fanotify_mark(2)`.
+//! fanotify, shared by the collectors (exec paths, file events) and by
+//! response (exec blocking): one reading of the mount table, one rule for
+//! which filesystems may be marked, one wrapper around `fanotify_mark(2)`,
+//! and one reader of the event buffer ([`reader`]: typed events owning
+//! their fds, the permission response).
 //!
 //! A filesystem mark (`FAN_MARK_FILESYSTEM`) covers every mount of a
 //! superblock, so callers mark one mount per device. Pseudo filesystems
 //! are never marked (nothing is executed from them), nor are network and
 //! FUSE filesystems (marking looks the mount point up, which can hang on an
 //! unresponsive server or daemon).
+
+#![deny(missing_docs)]
+
+pub mod reader;
+
+pub use reader::{
+    decode, init, read_events, respond, DecodeError, Events, FanotifyEvent, FanotifyReader, FidRecord, InfoRecord, Record, Response, FAN_REPORT_FD_ERROR,
+    METADATA_LEN,
+};
 
 use std::ffi::CString;
 use std::io;

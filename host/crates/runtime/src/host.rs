@@ -71,17 +71,9 @@ impl MemoryServices {
 }
 
 impl HostServices for MemoryServices {
-    fn ancestry(&self, mut entity_id: u64) -> Vec<ProcessInfo> {
+    fn ancestry(&self, entity_id: u64) -> Vec<ProcessInfo> {
         let table = self.processes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        while let Some((info, parent)) = table.get(&entity_id) {
-            out.push(info.clone());
-            if out.len() >= 256 || *parent == entity_id {
-                break;
-            }
-            entity_id = *parent;
-        }
-        out
+        edr_ancestry::walk(entity_id, |id| table.get(&id).map(|(info, parent)| (info.clone(), *parent)))
     }
 
     fn state_get(&self, who: &PluginIdentity, key: &str) -> Option<Vec<u8>> {

@@ -22,7 +22,8 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use edr_fanotify::FanotifyReader;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -63,75 +64,30 @@ impl RawEvent {
     }
 }
 
-const META_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
-
-fn rd_u16(b: &[u8], o: usize) -> Option<u16> {
-    b.get(o..o + 2).map(|s| u16::from_ne_bytes(s.try_into().unwrap()))
-}
-fn rd_u32(b: &[u8], o: usize) -> Option<u32> {
-    b.get(o..o + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
-}
-fn rd_i32(b: &[u8], o: usize) -> Option<i32> {
-    b.get(o..o + 4).map(|s| i32::from_ne_bytes(s.try_into().unwrap()))
-}
-fn rd_u64(b: &[u8], o: usize) -> Option<u64> {
-    b.get(o..o + 8).map(|s| u64::from_ne_bytes(s.try_into().unwrap()))
-}
-
-/// Parses a buffer of fanotify events (metadata followed by info records).
-pub(crate) fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + META_LEN <= buf.len() {
-        let Some(event_len) = rd_u32(buf, off).map(|v| v as usize) else {
-            break;
-        };
-        let meta_len = rd_u16(buf, off + 6).unwrap_or(0) as usize;
-        if event_len < META_LEN || meta_len < META_LEN || off + event_len > buf.len() || meta_len > event_len {
-            break;
-        }
-        let ev = &buf[off..off + event_len];
-        let mask = rd_u64(ev, 8).unwrap_or(0);
-        let pid = rd_i32(ev, 20).unwrap_or(0);
+impl RawEvent {
+    /// The owned form of a decoded event: its fid records (other records
+    /// are left out); an error when a record does not fit the event.
+    fn new(mask: u64, pid: i32, info: edr_fanotify::reader::InfoRecords<'_>) -> Result<RawEvent, edr_fanotify::DecodeError> {
         let mut infos = Vec::new();
-        let mut io = meta_len;
-        while io + 4 <= ev.len() {
-            let kind = ev[io];
-            let len = rd_u16(ev, io + 2).unwrap_or(0) as usize;
-            if len < 4 || io + len > ev.len() {
-                break;
-            }
-            if let Some(info) = parse_fid(kind, &ev[io..io + len]) {
-                infos.push(info);
-            }
-            io += len;
+        for r in info {
+            infos.extend(r?.fid().map(FidInfo::from));
         }
-        out.push(RawEvent { mask, pid, infos });
-        off += event_len;
+        Ok(RawEvent { mask, pid, infos })
     }
-    out
 }
 
-fn parse_fid(kind: u8, rec: &[u8]) -> Option<FidInfo> {
-    use libc::{
-        FAN_EVENT_INFO_TYPE_DFID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
-    };
-    let has_name = matches!(kind, FAN_EVENT_INFO_TYPE_DFID_NAME | FAN_EVENT_INFO_TYPE_OLD_DFID_NAME | FAN_EVENT_INFO_TYPE_NEW_DFID_NAME);
-    if !has_name && !matches!(kind, FAN_EVENT_INFO_TYPE_FID | FAN_EVENT_INFO_TYPE_DFID) {
-        return None;
+impl From<edr_fanotify::FidRecord<'_>> for FidInfo {
+    fn from(f: edr_fanotify::FidRecord<'_>) -> FidInfo {
+        let name = f.name.map(|n| String::from_utf8_lossy(n).into_owned());
+        FidInfo { kind: f.kind, fsid: f.fsid, handle_type: f.handle_type, handle: f.handle.to_vec(), name }
     }
-    let fsid = [rd_i32(rec, 4)?, rd_i32(rec, 8)?];
-    let hbytes = rd_u32(rec, 12)? as usize;
-    let handle_type = rd_i32(rec, 16)?;
-    let handle = rec.get(20..20 + hbytes)?.to_vec();
-    let name = if has_name {
-        let rest = rec.get(20 + hbytes..)?;
-        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-    } else {
-        None
-    };
-    Some(FidInfo { kind, fsid, handle_type, handle, name })
+}
+
+/// Parses a buffer of fanotify events (metadata followed by info records):
+/// the well-formed events up to the first broken frame (the decoder stops there).
+#[cfg(test)]
+pub(crate) fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
+    edr_fanotify::decode(buf).filter_map(Result::ok).filter_map(|r| RawEvent::new(r.mask, r.pid, r.info).ok()).collect()
 }
 
 /// Joins a directory and an entry name (`.` or empty: the directory itself).
@@ -147,7 +103,7 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
 
 /// An initialised fanotify group plus what resolving its handles needs.
 pub(crate) struct Fanotify {
-    pub fd: OwnedFd,
+    reader: FanotifyReader,
     /// One open directory per marked filesystem, for `open_by_handle_at`.
     mounts: Vec<(Fsid, OwnedFd)>,
     cache: HashMap<(Fsid, i32, Vec<u8>), String>,
@@ -158,28 +114,32 @@ pub(crate) struct Fanotify {
 
 const CACHE_MAX: usize = 16_384;
 
+/// Bytes read at once (events with fid records are ~60 bytes).
+const READ_BUF: usize = 256 * 1024;
+
 impl Fanotify {
     /// `fanotify_init` for notifications with directory fids and names.
     pub fn init() -> io::Result<Fanotify> {
         let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
-        // SAFETY: plain syscall; the fd is owned right away.
-        let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
+        let reader = FanotifyReader::init(flags, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32, READ_BUF).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) => " (needs root / CAP_SYS_ADMIN)",
                 Some(libc::EINVAL) => " (FAN_REPORT_DFID_NAME needs kernel >= 5.9)",
                 Some(libc::ENOSYS) => " (kernel built without CONFIG_FANOTIFY)",
                 _ => "",
             };
-            return Err(io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}")));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(Fanotify { fd: unsafe { OwnedFd::from_raw_fd(fd) }, mounts: Vec::new(), cache: HashMap::new(), rename: true, fs_marks: 0 })
+            io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}"))
+        })?;
+        Ok(Fanotify { reader, mounts: Vec::new(), cache: HashMap::new(), rename: true, fs_marks: 0 })
+    }
+
+    /// The group, to poll.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
     }
 
     fn mark(&self, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
-        edr_fanotify::mark(self.fd.as_fd(), flags, mask, path)
+        edr_fanotify::mark(self.reader.as_fd(), flags, mask, path)
     }
 
     /// Marks the filesystem holding `dir` (unless already marked) and keeps
@@ -223,15 +183,28 @@ impl Fanotify {
         Ok(())
     }
 
-    /// Reads what is queued (non-blocking); `Ok(0)` when nothing is.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+    /// Reads what is queued (non-blocking; `EINTR` retried): `Ok(None)`
+    /// when nothing is. Malformed events are counted in `malformed` and
+    /// left out (the rest of a buffer after a broken frame with them).
+    pub fn read(&mut self, malformed: &mut u64) -> io::Result<Option<Vec<RawEvent>>> {
+        let Some(events) = self.reader.read()? else { return Ok(None) };
+        let mut out = Vec::new();
+        for ev in events {
+            match ev {
+                Ok(ev) => match RawEvent::new(ev.mask, ev.pid, ev.info) {
+                    Ok(raw) => out.push(raw),
+                    Err(e) => {
+                        *malformed += 1;
+                        tracing::warn!("fanotify: {e}");
+                    }
+                },
+                Err(e) => {
+                    *malformed += 1;
+                    tracing::warn!("fanotify: {e}");
+                }
+            }
         }
-        Ok(n as usize)
+        Ok(Some(out))
     }
 
     /// Forgets every resolved directory (after a directory rename).
@@ -299,6 +272,7 @@ fn fsid_of(fd: &OwnedFd) -> io::Result<Fsid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edr_fanotify::METADATA_LEN as META_LEN;
 
     fn event(mask: u64, pid: i32, records: &[(u8, &[u8], &str)]) -> Vec<u8> {
         let mut infos = Vec::new();

@@ -39,7 +39,6 @@ pub(crate) mod inotify;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -178,23 +177,25 @@ struct FanCollector {
 
 impl FanCollector {
     fn run(&mut self) {
-        let mut buf = vec![0u8; 256 * 1024];
         while !self.ctx.stopping() {
             self.flush_pending();
             let wait_ms = if self.pending.is_empty() { 200 } else { 10 };
-            if !crate::process::wait_readable(self.fan.fd.as_raw_fd(), wait_ms) {
+            if !crate::process::wait_readable(self.fan.as_raw_fd(), wait_ms) {
                 continue;
             }
             // Bounded, so that a busy filesystem cannot keep stop() waiting.
             for _ in 0..64 {
-                match self.fan.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        for ev in fanotify::parse_events(&buf[..n]) {
+                let mut malformed = 0;
+                let read = self.fan.read(&mut malformed);
+                self.sink.counters.lost.fetch_add(malformed, Ordering::Relaxed);
+                match read {
+                    Ok(None) => break,
+                    Ok(Some(events)) if events.is_empty() => break,
+                    Ok(Some(events)) => {
+                        for ev in events {
                             self.handle(ev);
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::error!("fanotify: read failed: {e}");
                         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -52,17 +52,16 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::elf;
 use super::exec_match::{Chain, ExecMatcher, Kind};
 use crate::sink::Counters;
 
-/// `event->fd` carries `-errno` when the kernel could not open the file
-/// (Linux 6.13; not in the `libc` crate yet).
-const FAN_REPORT_FD_ERROR: libc::c_uint = 0x0000_2000;
+use edr_fanotify::{FanotifyReader, FAN_REPORT_FD_ERROR};
 
 /// Events per read at most: the buffer is this many bytes (24 per event).
 const READ_BUF: usize = 4096;
@@ -123,47 +122,11 @@ fn bytes_at(f: &File, head: &[u8], off: u64, len: usize) -> Option<Vec<u8>> {
 /// The `PT_INTERP` of an ELF image (both classes, both byte orders), as the
 /// kernel finds it: the first such program header.
 fn elf_interp(f: &File, head: &[u8]) -> Option<String> {
-    let class64 = match head.get(4)? {
-        1 => false,
-        2 => true,
-        _ => return None,
-    };
-    let le = match head.get(5)? {
-        1 => true,
-        2 => false,
-        _ => return None,
-    };
-    // An unsigned field of `n` bytes at `o`, in the file's byte order.
-    let uint = |b: &[u8], o: usize, n: usize| -> Option<u64> {
-        let bytes = b.get(o..o.checked_add(n)?)?;
-        let fold = |v: u64, x: &u8| (v << 8) | u64::from(*x);
-        Some(if le { bytes.iter().rev().fold(0, fold) } else { bytes.iter().fold(0, fold) })
-    };
-    let u16_ = |b: &[u8], o| uint(b, o, 2);
-    let u32_ = |b: &[u8], o| uint(b, o, 4);
-    let u64_ = |b: &[u8], o| uint(b, o, 8);
-    let (phoff, phentsize, phnum) =
-        if class64 { (u64_(head, 0x20)?, u16_(head, 0x36)?, u16_(head, 0x38)?) } else { (u32_(head, 0x1c)?, u16_(head, 0x2a)?, u16_(head, 0x2c)?) };
-    let min_ent = if class64 { 56 } else { 32 };
-    let size = phentsize.checked_mul(phnum)?;
-    // The kernel refuses program header tables over 64 KiB.
-    if phentsize < min_ent || size == 0 || size > 65_536 {
-        return None;
-    }
-    let table = bytes_at(f, head, phoff, size as usize)?;
-    for ph in table.chunks_exact(phentsize as usize) {
-        if u32_(ph, 0)? != 3 {
-            continue; // not PT_INTERP
-        }
-        let (off, len) = if class64 { (u64_(ph, 8)?, u64_(ph, 0x20)?) } else { (u32_(ph, 4)?, u32_(ph, 0x10)?) };
-        if !(2..=4096).contains(&len) {
-            return None;
-        }
-        let raw = bytes_at(f, head, off, len as usize)?;
-        let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-        return Some(String::from_utf8_lossy(&raw[..end]).into_owned());
-    }
-    None
+    let h = elf::Header::parse(head).ok()?;
+    let (phoff, size) = h.table().ok()?;
+    let table = bytes_at(f, head, phoff, size)?;
+    let (off, len) = h.interp(&table).ok()??;
+    Some(elf::interp_path(&bytes_at(f, head, off, len)?))
 }
 
 /// Whether the fd is on an overlayfs.
@@ -175,9 +138,12 @@ fn on_overlayfs(fd: RawFd) -> bool {
     unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC }
 }
 
+/// One decoded event: mask, pid and the file's fd.
+type Record = Result<(u64, i32, Option<OwnedFd>), edr_fanotify::DecodeError>;
+
 /// The fanotify group, its marks, and the records not yet claimed.
 pub(crate) struct ExecPaths {
-    fan: OwnedFd,
+    fan: FanotifyReader,
     mountinfo: File,
     /// Mount ids present at the last scan.
     seen_mounts: HashSet<u32>,
@@ -189,7 +155,6 @@ pub(crate) struct ExecPaths {
     skipped: usize,
     fd_errors: bool,
     exclude: HashSet<u32>,
-    buf: Vec<u8>,
     /// Events a drain reads at most: the kernel queue's capacity and then
     /// some, so that it always reads everything queued when it started.
     drain_max: usize,
@@ -208,24 +173,19 @@ impl ExecPaths {
         let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
         let f_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32;
         let mut fd_errors = true;
-        // SAFETY: plain syscall; the fd is owned right away.
-        let mut raw = unsafe { libc::fanotify_init(base | FAN_REPORT_FD_ERROR, f_flags) };
-        if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        let mut fan = FanotifyReader::init(base | FAN_REPORT_FD_ERROR, f_flags, READ_BUF);
+        if fan.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
             fd_errors = false;
-            // SAFETY: as above.
-            raw = unsafe { libc::fanotify_init(base, f_flags) };
+            fan = FanotifyReader::init(base, f_flags, READ_BUF);
         }
-        if raw < 0 {
-            let e = io::Error::last_os_error();
+        let fan = fan.map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) => " (needs root / CAP_SYS_ADMIN)",
                 Some(libc::ENOSYS) => " (kernel built without CONFIG_FANOTIFY)",
                 _ => "",
             };
-            return Err(io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}")));
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fan = unsafe { OwnedFd::from_raw_fd(raw) };
+            io::Error::new(e.kind(), format!("fanotify_init: {e}{hint}"))
+        })?;
         let mountinfo = File::open("/proc/self/mountinfo")?;
         let queue = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events").ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(16_384);
         let mut me = ExecPaths {
@@ -237,7 +197,6 @@ impl ExecPaths {
             skipped: 0,
             fd_errors,
             exclude: exclude.clone(),
-            buf: vec![0u8; READ_BUF],
             drain_max: queue + 1024,
             drained_at: 0,
             rescan_at: None,
@@ -350,18 +309,16 @@ impl ExecPaths {
     /// recorded as a gap, stamped after the read that showed it (later
     /// than the loss: an exec in between is only denied later records).
     pub fn drain(&mut self, counters: &Counters) {
-        const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
         let started = monotonic_ns();
         let mut events = 0;
         while events < self.drain_max {
-            // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe { libc::read(self.fan.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            // Owned (mask, pid, fd): the matcher is updated after the buffer is released.
+            let read = self.fan.read().map(|b| b.map(|b| (b.bytes(), b.map(|r| r.map(|e| (e.mask, e.pid, e.fd))).collect::<Vec<Record>>())));
             let read_ns = monotonic_ns();
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => break,
-                    Some(libc::EINTR) => continue,
+            let (n, evs) = match read {
+                Ok(None) => break,
+                Ok(Some(batch)) => batch,
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EINVAL | libc::EFAULT | libc::EBADF) => {
                         tracing::error!("exec paths: fanotify read failed: {e}");
                         self.matcher.gap(read_ns);
@@ -377,39 +334,35 @@ impl ExecPaths {
                         events += 1;
                         continue;
                     }
-                }
-            }
-            let n = n as usize;
-            events += self.parse(n, read_ns, counters);
+                },
+            };
+            events += self.handle(evs, read_ns, counters);
             // Events are META bytes each: a read that left room for one
             // more found the queue empty.
-            if n + META <= self.buf.len() {
+            if n + edr_fanotify::METADATA_LEN <= self.fan.capacity() {
                 break;
             }
         }
         self.drained_at = started;
     }
 
-    /// Handles the events in `buf[..n]`; returns how many there were.
-    fn parse(&mut self, n: usize, read_ns: u64, counters: &Counters) -> usize {
-        const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
-        let mut off = 0;
+    /// Handles the events of one read; returns how many there were.
+    fn handle(&mut self, events: Vec<Record>, read_ns: u64, counters: &Counters) -> usize {
         let mut count = 0;
-        while off + META <= n {
-            let b = &self.buf[off..n];
-            let event_len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-            let mask = u64::from_ne_bytes(b[8..16].try_into().unwrap());
-            let fd = i32::from_ne_bytes(b[16..20].try_into().unwrap());
-            let pid = i32::from_ne_bytes(b[20..24].try_into().unwrap());
-            if event_len < META || off + event_len > n {
-                break;
-            }
-            off += event_len;
+        for ev in events {
+            let (mask, pid, fd) = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // A malformed buffer: what it held is lost.
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    self.matcher.gap(read_ns);
+                    tracing::warn!("exec paths: {e} (counted as lost)");
+                    continue;
+                }
+            };
             count += 1;
-            // Own the fd first: every path below closes it.
-            // SAFETY: a non-negative fd in an event is a fresh descriptor
-            // the kernel installed for us.
-            let file = (fd >= 0).then(|| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+            // The fd is owned: every path below closes it.
+            let file = fd.map(File::from);
             if mask & libc::FAN_Q_OVERFLOW != 0 {
                 let k = counters.overflows.fetch_add(1, Ordering::Relaxed) + 1;
                 counters.lost.fetch_add(1, Ordering::Relaxed);
@@ -511,6 +464,7 @@ impl ExecPaths {
 mod tests {
     use super::*;
     use std::ffi::CString;
+    use std::os::fd::FromRawFd;
     use std::io::Write;
 
     /// The exec-path watcher, or `None` with the skip recorded (no root, no fanotify).

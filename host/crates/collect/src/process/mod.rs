@@ -35,6 +35,7 @@
 //! Both seed the tree from `/proc` at start. Exit codes: the exit status for
 //! a normal exit, minus the signal number for a process killed by a signal.
 
+pub(crate) mod elf;
 pub(crate) mod exec_match;
 pub(crate) mod exec_paths;
 mod netlink;

@@ -31,7 +31,8 @@
 
 use crate::RespondError;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use edr_fanotify::Response;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -281,12 +282,12 @@ struct Slot {
 
 const FREE: Slot = Slot { id: 0, fd: -1, deadline: 0 };
 
-/// Writes a permission response (raw; async-signal-safe).
+/// Writes a permission response (async-signal-safe: no allocation).
 fn write_response(fan: RawFd, fd: RawFd, allow: bool, c: &DogCounters) {
-    let r = libc::fanotify_response { fd, response: if allow { libc::FAN_ALLOW } else { libc::FAN_DENY } };
-    let len = std::mem::size_of::<libc::fanotify_response>();
-    // SAFETY: writes `len` bytes from a live struct.
-    if unsafe { libc::write(fan, (&r as *const libc::fanotify_response).cast(), len) } != len as isize {
+    // SAFETY: `fan` is the group's fd, open for the child's whole life.
+    let fan = unsafe { BorrowedFd::borrow_raw(fan) };
+    let answer = if allow { Response::Allow } else { Response::Deny };
+    if edr_fanotify::respond(fan, fd, answer).is_err() {
         c.errors.fetch_add(1, Relaxed);
     }
 }
@@ -367,8 +368,9 @@ unsafe fn child_main(fan: RawFd, sock: RawFd, agent_end: RawFd, counters: *mut D
     let mut slots = [FREE; SLOTS];
     let mut used = 0usize;
     let mut next_id = 1u64;
-    let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let meta = edr_fanotify::METADATA_LEN;
     let mut buf = [0u8; 128 * 24];
+    let fan_fd = BorrowedFd::borrow_raw(fan);
     loop {
         let now = mono_ns();
         let mut earliest = u64::MAX;
@@ -400,32 +402,29 @@ unsafe fn child_main(fan: RawFd, sock: RawFd, agent_end: RawFd, counters: *mut D
             continue;
         }
         let room = ((SLOTS - used) * meta).min(buf.len());
-        let n = libc::read(fan, buf.as_mut_ptr().cast(), room);
-        if n <= 0 {
+        let Ok(Some(events)) = edr_fanotify::read_events(fan_fd, &mut buf[..room]) else {
             continue;
-        }
-        let (n, now) = (n as usize, mono_ns());
-        let mut off = 0;
-        while off + meta <= n {
-            let m: libc::fanotify_event_metadata = std::ptr::read_unaligned(buf[off..].as_ptr().cast());
-            if (m.event_len as usize) < meta {
+        };
+        let now = mono_ns();
+        for ev in events {
+            let Ok(ev) = ev else {
                 c.errors.fetch_add(1, Relaxed);
-                break;
-            }
-            off += m.event_len as usize;
-            if m.fd < 0 {
                 continue;
-            }
+            };
+            let Some(fd) = ev.fd else {
+                continue;
+            };
             c.events.fetch_add(1, Relaxed);
             let Some(slot) = slots.iter_mut().find(|s| s.fd < 0) else {
                 // Cannot happen: reads are sized to the free slots.
-                write_response(fan, m.fd, fail_allow, c);
-                libc::close(m.fd);
+                write_response(fan, fd.as_raw_fd(), fail_allow, c);
                 continue;
             };
-            *slot = Slot { id: next_id, fd: m.fd, deadline: now + deadline_ns };
+            // The slot owns the fd from here (closed by `settle`).
+            let fd = fd.into_raw_fd();
+            *slot = Slot { id: next_id, fd, deadline: now + deadline_ns };
             used += 1;
-            if !hand_over(sock, next_id, m.pid, m.fd) {
+            if !hand_over(sock, next_id, ev.pid, fd) {
                 c.undelivered.fetch_add(1, Relaxed);
             }
             next_id += 1;
@@ -442,32 +441,22 @@ unsafe fn child_main(fan: RawFd, sock: RawFd, agent_end: RawFd, counters: *mut D
 /// of the group's fd until its own exec, which is the very event waiting.
 /// Two rounds, a moment apart, catch an event queued while the flush ran.
 fn drain_allowing(fan: RawFd, buf: &mut [u8], c: &DogCounters) {
-    let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
+    // SAFETY: `fan` is the group's fd, open for the child's whole life.
+    let fan_fd = unsafe { BorrowedFd::borrow_raw(fan) };
     for round in 0..2 {
         if round > 0 {
             let pause = libc::timespec { tv_sec: 0, tv_nsec: 20_000_000 };
             // SAFETY: sleeps on a stack timespec.
             unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
         }
-        loop {
-            // SAFETY: the group is non-blocking; reads into the caller's buffer.
-            let n = unsafe { libc::read(fan, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+        // The group is non-blocking: `None` once the queue is empty.
+        while let Ok(Some(events)) = edr_fanotify::read_events(fan_fd, buf) {
+            if events.bytes() == 0 {
                 break;
             }
-            let mut off = 0;
-            while off + meta <= n as usize {
-                // SAFETY: `off + meta <= n` bytes were read into `buf`.
-                let m: libc::fanotify_event_metadata = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-                if (m.event_len as usize) < meta {
-                    break;
-                }
-                off += m.event_len as usize;
-                if m.fd >= 0 {
-                    write_response(fan, m.fd, true, c);
-                    // SAFETY: the event's own fd, closed once.
-                    unsafe { libc::close(m.fd) };
-                }
+            // Each event's fd is closed when its event is dropped.
+            for fd in events.filter_map(|ev| ev.ok()?.fd) {
+                write_response(fan, fd.as_raw_fd(), true, c);
             }
         }
     }
