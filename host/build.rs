@@ -1,82 +1,57 @@
-//! Builds every guest crate of the workspace to a Wasm component (once per
-//! change, into target/wasm) and embeds the built-in plugins in the binary
-//! as a signed pack.
+//! Builds the built-in detection plugins (the [`GuestKind::Builtin`] entries
+//! of `edr_wasm_build::GUESTS`) to Wasm components (once per change, into
+//! target/wasm) and embeds them in the binary as a signed pack.
 //!
-//! * built-in detection plugins: packed as `edr.builtin` and signed with a
-//!   development key generated for this build tree (kept in OUT_DIR, never
-//!   committed); the binary embeds the pack, its signature and the public
-//!   key, and verifies them at start like any other pack. Operators who want
-//!   only their vendor's keys set `packs.trust_builtin_key = false`;
-//! * test and benchmark plugins (`plugins/testing/*`, `plugins/hostile/*`)
-//!   and `examples/hello-detector`: written to `EDR_PLUGIN_DIR` for the
-//!   integration tests and `edr bench`, never loaded by default.
+//! The pack is `edr.builtin`, signed with a development key generated for
+//! this build tree (kept in OUT_DIR, never committed); the binary embeds the
+//! pack, its signature and the public key, and verifies them at start like
+//! any other pack. Operators who want only their vendor's keys set
+//! `packs.trust_builtin_key = false`.
+//!
+//! Nothing else is built here: the testing, hostile and example plugins are
+//! built by the integration tests that use them (`edr_wasm_build::fixtures`)
+//! and by `edr-bench`, so a change to a fixture does not rebuild the agent.
+//! The components are also left in `EDR_PLUGIN_DIR` for the tests.
+//!
+//! [`GuestKind::Builtin`]: edr_wasm_build::GuestKind::Builtin
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// (plugin name, package) of the built-in detection plugins.
-const BUILTIN: &[(&str, &str)] = &[
-    ("lineage", "edr-plugin-lineage"),
-    ("reverse-shell", "edr-plugin-reverse-shell"),
-    ("writable-exec", "edr-plugin-writable-exec"),
-    ("persistence", "edr-plugin-persistence"),
-    ("sigma", "edr-plugin-sigma"),
-];
+use edr_pack::{Capability, Manifest, PluginManifest};
 
-/// What each built-in plugin subscribes to (its manifest entry must match
-/// what the plugin declares at init; the agent checks).
-const SUBSCRIPTIONS: &[(&str, &str)] = &[
-    ("lineage", "[\"process-exec\"]"),
-    ("reverse-shell", "[\"process-exec\", \"network\"]"),
-    ("writable-exec", "[\"process-exec\"]"),
-    ("persistence", "[\"file\"]"),
-    ("sigma", "[\"process-exec\", \"file\", \"network\"]"),
-];
+/// The contract version the built-in pack declares (`MAJOR.MINOR` of the
+/// runtime's `CONTRACT_VERSION`; the runtime is not a build dependency).
+const CONTRACT: &str = "0.1";
+
+/// What every built-in plugin may import.
+const CAPABILITIES: &[Capability] = &[Capability::Log, Capability::Clock, Capability::State, Capability::Process];
 
 fn main() {
-    let host = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = host.parent().unwrap().to_path_buf();
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => root.join(d),
-        None => root.join("target"),
-    };
-    for dir in [
-        "plugins",
-        "sdk/src",
-        "wit",
-        "examples/hello-detector/src",
-        "examples/hello-detector/Cargo.toml",
-        "examples/response-pack/src",
-        "examples/response-pack/Cargo.toml",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
-    }
+    let host = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = host.parent().expect("host/ is inside the workspace").to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let builtins: Vec<&edr_wasm_build::Guest> = edr_wasm_build::guests::builtins().collect();
+    edr_wasm_build::rerun_if_changed(&root, builtins.iter().copied());
     println!("cargo:rerun-if-changed=build.rs");
 
-    let mut packages: Vec<String> = BUILTIN.iter().map(|(_, p)| p.to_string()).collect();
-    for group in ["plugins/testing", "plugins/hostile"] {
-        packages.extend(crates_in(&root.join(group)));
-    }
-    packages.push("hello-detector".into());
-    packages.push("edr-example-response".into());
-
-    let spec = edr_wasm_build::GuestBuild { manifest_path: root.join("Cargo.toml"), packages, target_dir: target_dir.join("wasm"), profile: "plugin".into() };
+    let spec = edr_wasm_build::workspace_build(&root, builtins.iter().copied());
     let plugin_dir = out.join("plugins");
     let built = match edr_wasm_build::build(&spec, &plugin_dir) {
         Ok(b) => b,
-        Err(e) => panic!("\n\nbuilding the Wasm plugins failed:\n{e}\n"),
+        Err(e) => panic!("\n\nbuilding the built-in Wasm plugins failed:\n{e}\n"),
     };
 
-    let pack = builtin_pack(&out, &built);
+    let pack = builtin_pack(&out, &builtins, &built);
     let mut src = String::new();
-    writeln!(src, "/// The built-in detection pack (`edr.builtin`), signed with this build's development key.").unwrap();
-    writeln!(src, "pub const BUILTIN_PACK: &[u8] = include_bytes!({:?});", pack.archive.display().to_string()).unwrap();
-    writeln!(src, "/// Its minisign signature.").unwrap();
-    writeln!(src, "pub const BUILTIN_PACK_SIG: &str = include_str!({:?});", pack.signature.display().to_string()).unwrap();
-    writeln!(src, "/// The development public key it was signed with (minisign .pub text).").unwrap();
-    writeln!(src, "pub const BUILTIN_DEV_KEY: &str = include_str!({:?});", pack.public_key.display().to_string()).unwrap();
-    std::fs::write(out.join("builtin_plugins.rs"), src).unwrap();
+    let _ = writeln!(src, "/// The built-in detection pack (`edr.builtin`), signed with this build's development key.");
+    let _ = writeln!(src, "pub const BUILTIN_PACK: &[u8] = include_bytes!({:?});", pack.archive.display().to_string());
+    let _ = writeln!(src, "/// Its minisign signature.");
+    let _ = writeln!(src, "pub const BUILTIN_PACK_SIG: &str = include_str!({:?});", pack.signature.display().to_string());
+    let _ = writeln!(src, "/// The development public key it was signed with (minisign .pub text).");
+    let _ = writeln!(src, "pub const BUILTIN_DEV_KEY: &str = include_str!({:?});", pack.public_key.display().to_string());
+    let generated = out.join("builtin_plugins.rs");
+    std::fs::write(&generated, src).unwrap_or_else(|e| panic!("{}: {e}", generated.display()));
     println!("cargo:rustc-env=EDR_PLUGIN_DIR={}", plugin_dir.display());
 }
 
@@ -86,32 +61,58 @@ struct BuiltinPack {
     public_key: PathBuf,
 }
 
+/// The `edr.builtin` manifest: one entry per built-in, its subscriptions
+/// from the guest list.
+fn manifest(builtins: &[&edr_wasm_build::Guest]) -> Manifest {
+    let version: edr_pack::semver::Version =
+        std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION").parse().expect("the crate version is semver");
+    let plugins = builtins
+        .iter()
+        .map(|g| PluginManifest {
+            name: g.name.to_string(),
+            file: format!("plugins/{}.wasm", g.name),
+            sha256: String::new(),
+            subscriptions: g.subscriptions().expect("a built-in has subscriptions").to_vec(),
+            capabilities: CAPABILITIES.to_vec(),
+            actions: Vec::new(),
+            data: Vec::new(),
+            limits: Default::default(),
+            settings: Default::default(),
+        })
+        .collect();
+    Manifest {
+        id: "edr.builtin".into(),
+        min_agent_version: version.clone(),
+        version,
+        contract: CONTRACT.into(),
+        publisher: "edr project (development build)".into(),
+        description: Some("The detections built into the edr agent".into()),
+        not_before: None,
+        expires: None,
+        data: Vec::new(),
+        plugins,
+    }
+}
+
 /// Packs the built-in plugins as `edr.builtin` and signs the archive.
-fn builtin_pack(out: &Path, built: &[edr_wasm_build::BuiltPlugin]) -> BuiltinPack {
-    let version = std::env::var("CARGO_PKG_VERSION").unwrap();
+fn builtin_pack(out: &Path, builtins: &[&edr_wasm_build::Guest], built: &[edr_wasm_build::BuiltPlugin]) -> BuiltinPack {
     let dir = out.join("builtin-pack");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("plugins")).unwrap();
-    let mut manifest = format!(
-        "id = \"edr.builtin\"\nversion = \"{version}\"\nmin_agent_version = \"{version}\"\ncontract = \"0.1\"\npublisher = \"edr project (development build)\"\ndescription = \"The detections built into the edr agent\"\n"
-    );
-    for (name, package) in BUILTIN {
-        let b = built.iter().find(|b| &b.package == package).expect("built above");
-        std::fs::copy(&b.component, dir.join("plugins").join(format!("{name}.wasm"))).unwrap();
-        let subs = SUBSCRIPTIONS.iter().find(|(n, _)| n == name).map(|(_, s)| *s).expect("subscriptions listed");
-        writeln!(
-            manifest,
-            "\n[[plugin]]\nname = \"{name}\"\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = {subs}\ncapabilities = [\"log\", \"clock\", \"state\", \"process\"]"
-        )
-        .unwrap();
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap_or_else(|e| panic!("{}: {e}", plugins.display()));
+    for g in builtins {
+        let b = built.iter().find(|b| b.package == g.package).expect("every built-in was built above");
+        let dest = plugins.join(format!("{}.wasm", g.name));
+        std::fs::copy(&b.component, &dest).unwrap_or_else(|e| panic!("{} -> {}: {e}", b.component.display(), dest.display()));
     }
-    std::fs::write(dir.join("pack.toml"), manifest).unwrap();
+    let manifest_path = dir.join(edr_pack::MANIFEST_FILE);
+    std::fs::write(&manifest_path, manifest(builtins).to_toml()).unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
     // One development key per build tree: generated once, reused so rebuilds
     // sign with the same key.
     let keys = out.join("dev-key");
     let (public, secret) = (keys.join("edr-dev.pub"), keys.join("edr-dev.key"));
     if !secret.exists() {
-        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::create_dir_all(&keys).unwrap_or_else(|e| panic!("{}: {e}", keys.display()));
         edr_pack::keygen(&keys, "edr-dev", None).unwrap_or_else(|e| panic!("generating the development key: {e}"));
     }
     let dist = out.join("builtin-dist");
@@ -120,13 +121,4 @@ fn builtin_pack(out: &Path, built: &[edr_wasm_build::BuiltPlugin]) -> BuiltinPac
     let key = edr_pack::SecretKey::from_file(&secret, None).unwrap_or_else(|e| panic!("{e}"));
     let signature = edr_pack::sign(&packed.path, &key, Some("edr development build")).unwrap_or_else(|e| panic!("signing the built-in pack: {e}"));
     BuiltinPack { archive: packed.path, signature, public_key: public }
-}
-
-/// Package names of the crates directly under `dir`.
-fn crates_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path().join("Cargo.toml")).filter(|m| m.exists()).filter_map(|m| edr_wasm_build::package_name(&m).ok()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
 }

@@ -90,3 +90,16 @@ fn the_example_plugin_runs_in_wasm() {
     assert_eq!(out.findings.len(), 1);
     assert_eq!(out.findings[0].rule_id, "hello.download-pipe-shell");
 }
+
+#[test]
+fn builtin_plugins_declare_at_init_what_the_guest_list_puts_in_their_manifest() {
+    // `edr.builtin`'s manifest takes each entry's subscriptions from the one
+    // guest list; the agent refuses a plugin that declares others at init.
+    let builtins: Vec<&edr_wasm_build::Guest> = edr_wasm_build::guests::builtins().collect();
+    assert_eq!(builtins.len(), 5);
+    for g in builtins {
+        let plugin = load(g.package, g.name);
+        assert_eq!(plugin.info().name, g.name, "{}", g.package);
+        assert_eq!(Some(plugin.info().subscriptions.as_slice()), g.subscriptions(), "{}: init and the guest list disagree", g.name);
+    }
+}

@@ -19,7 +19,7 @@ pub fn run(cmd: SigmaCommand) -> anyhow::Result<bool> {
     match cmd {
         SigmaCommand::Check { dir, json } => {
             anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
-            let report = edr_plugin_sigma::check_dir(&dir);
+            let report = edr_sigma_core::check_dir(&dir);
             if json {
                 println!("{}", report.to_json());
             } else {

@@ -152,15 +152,43 @@ impl Publisher {
         let src = self.dir.join(format!("src-{id}-{version}"));
         std::fs::create_dir_all(src.join("plugins")).unwrap();
         std::fs::copy(super::plugin_path(package), src.join(format!("plugins/{name}.wasm"))).unwrap();
-        std::fs::write(
-            src.join("pack.toml"),
-            format!("id = {id:?}\nversion = {version:?}\nmin_agent_version = \"0.1.0\"\ncontract = \"0.1\"\npublisher = \"Test Publisher\"\n\n[[plugin]]\nname = {name:?}\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = {subscriptions}\ncapabilities = {capabilities}\nactions = {actions}\n"),
-        )
-        .unwrap();
+        let manifest = edr_pack::Manifest {
+            id: id.to_string(),
+            version: version.parse().unwrap_or_else(|e| panic!("version {version}: {e}")),
+            min_agent_version: edr_pack::semver::Version::new(0, 1, 0),
+            contract: "0.1".into(),
+            publisher: "Test Publisher".into(),
+            description: None,
+            not_before: None,
+            expires: None,
+            data: Vec::new(),
+            plugins: vec![edr_pack::PluginManifest {
+                name: name.to_string(),
+                file: format!("plugins/{name}.wasm"),
+                sha256: String::new(),
+                subscriptions: toml_list(subscriptions),
+                capabilities: toml_list(capabilities),
+                actions: toml_list(actions),
+                data: Vec::new(),
+                limits: Default::default(),
+                settings: Default::default(),
+            }],
+        };
+        std::fs::write(src.join(edr_pack::MANIFEST_FILE), manifest.to_toml()).unwrap();
         let built = edr_pack::build(&src, &self.dir.join("dist")).unwrap();
         edr_pack::sign(&built.path, &self.key, None).unwrap();
         built.path
     }
+}
+
+/// A TOML array of names (`["log", "state"]`) as the manifest's typed list.
+fn toml_list<T: serde::de::DeserializeOwned>(array: &str) -> Vec<T> {
+    #[derive(serde::Deserialize)]
+    struct List<T> {
+        list: Vec<T>,
+    }
+    let text = format!("list = {array}");
+    toml::from_str::<List<T>>(&text).unwrap_or_else(|e| panic!("{array}: {e}")).list
 }
 
 /// Copies a pack and its signature into a drop-in directory (signature

@@ -6,18 +6,29 @@ pub mod agent;
 use edr_event::ecs::event_from_json;
 use edr_event::Event;
 use edr_runtime::{Limits, MemoryServices, Plugin, PluginSpec, Runtime, RuntimeConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Where the build script put every compiled plugin component.
+/// The component of a guest crate of `edr_wasm_build::GUESTS`: a built-in
+/// from where the build script put it, any other from the test fixtures
+/// (built on first use, once per test binary).
 pub fn plugin_path(package: &str) -> PathBuf {
-    PathBuf::from(env!("EDR_PLUGIN_DIR")).join(format!("{package}.wasm"))
+    let guest = edr_wasm_build::guests::by_package(package)
+        .unwrap_or_else(|| panic!("{package} is not a guest crate of edr_wasm_build::GUESTS (host/crates/wasm-build/src/guests.rs)"));
+    let dir = if guest.is_builtin() { PathBuf::from(env!("EDR_PLUGIN_DIR")) } else { fixtures_dir().to_path_buf() };
+    dir.join(format!("{package}.wasm"))
+}
+
+/// The testing, hostile and example components, built once per test binary.
+fn fixtures_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| edr_wasm_build::fixtures(&repo_root()).unwrap_or_else(|e| panic!("\n\nbuilding the test plugins failed:\n{e}\n")))
 }
 
 pub fn plugin_wasm(package: &str) -> Vec<u8> {
     let p = plugin_path(package);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (built by host/build.rs)", p.display()))
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// One runtime shared by a test binary (one engine, one epoch ticker).

@@ -98,19 +98,20 @@
 #![warn(missing_docs)]
 
 pub mod mapping;
-pub mod rules;
-
-#[cfg(not(target_arch = "wasm32"))]
-mod check;
-#[cfg(not(target_arch = "wasm32"))]
-pub use check::{check_dir, CategoryCounts, CheckReport, CheckSummary};
 
 use edr_sdk::prelude::*;
+use edr_sigma_core::rsigma_eval::EvaluationResult;
+use edr_sigma_core::rsigma_parser::Level;
+use edr_sigma_core::rules::{techniques, Loader, DEFAULT_LEVEL, INDEX_ATTRIBUTE};
 use mapping::{map_event, Category, Scratch};
-use rsigma_eval::EvaluationResult;
-use rules::{Loader, RuleSet, INDEX_ATTRIBUTE};
 
-pub use rules::{LoadError, RuleMeta, RuleOutcome};
+/// Rule loading and checking, shared with the agent (`edr sigma check`).
+pub use edr_sigma_core::rules;
+pub use edr_sigma_core::{check_dir, is_rule_file, CategoryCounts, CheckReport, CheckSummary, LoadError, RuleOutcome};
+
+/// What a finding of a loaded rule carries, its severity mapped to ours.
+pub type RuleMeta = edr_sigma_core::RuleMeta<Severity>;
+type RuleSet = edr_sigma_core::RuleSet<Severity>;
 
 /// Our own rules (this crate's `rules/` directory): file name and YAML.
 pub const BUILTIN_RULES: &[(&str, &str)] = &[
@@ -127,12 +128,6 @@ const MAX_VALUE: usize = 256;
 const MAX_MATCHED_FIELDS: usize = 8;
 /// Rules that failed to load logged one by one at init; the rest are counted.
 const MAX_LOGGED_FAILURES: usize = 20;
-
-/// True when a data file's name marks it as a rule file.
-pub fn is_rule_file(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with(".yml") || lower.ends_with(".yaml")
-}
 
 /// The Sigma detector.
 pub struct Sigma {
@@ -180,7 +175,7 @@ impl Sigma {
             }
         }
         let (rules, outcomes) = loader.finish();
-        let detector = Sigma { rules, outcomes, scratch: Scratch::default() };
+        let detector = Sigma { rules: rules.map_severity(severity), outcomes, scratch: Scratch::default() };
 
         let loaded = detector.loaded();
         if loaded == 0 {
@@ -259,8 +254,8 @@ impl Sigma {
             None => (
                 m.header.rule_id.clone().unwrap_or_else(|| m.header.rule_title.clone()),
                 m.header.rule_title.clone(),
-                rules::severity(m.header.level),
-                rules::techniques(&m.header.tags),
+                severity(m.header.level.unwrap_or(DEFAULT_LEVEL)),
+                techniques(&m.header.tags),
                 "unknown".to_string(),
             ),
         };
@@ -306,6 +301,17 @@ impl Sigma {
             }
         }
         Finding { rule_id, title, severity, techniques, message, author, event_ids: vec![event.id], evidence }
+    }
+}
+
+/// Maps a Sigma level to a finding severity.
+pub fn severity(level: Level) -> Severity {
+    match level {
+        Level::Informational => Severity::Informational,
+        Level::Low => Severity::Low,
+        Level::Medium => Severity::Medium,
+        Level::High => Severity::High,
+        Level::Critical => Severity::Critical,
     }
 }
 

@@ -24,7 +24,7 @@ fn every_case_fires_its_rule_on_the_positive_only() {
     for c in &cases {
         // The case names the rule by path and by id: they must agree.
         let text = std::fs::read_to_string(dir.join(&c.rule)).unwrap_or_else(|e| panic!("line {}: {}: {e}", c.line, c.rule));
-        let parsed = rsigma_parser::parse_sigma_yaml(&text).unwrap();
+        let parsed = edr_sigma_core::rsigma_parser::parse_sigma_yaml(&text).unwrap();
         let rule = &parsed.rules[0];
         assert_eq!(rule.id.as_deref(), Some(c.id.as_str()), "line {}: id of {}", c.line, c.rule);
 

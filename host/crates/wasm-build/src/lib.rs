@@ -8,12 +8,24 @@
 //! core module as a component using the type information `wit-bindgen`
 //! embedded in it.
 //!
-//! Used by the agent's build script (the built-in plugins) and by
-//! `edr pack build` (a plugin author's crate).
+//! Used by the agent's build script (the built-in plugins), by the
+//! integration tests ([`fixtures`]: the testing, hostile and example
+//! plugins), by `edr-bench`, and by `edr pack build` (a plugin author's
+//! crate). Which guest crate is which is the one list in [`guests`].
+
+#![deny(missing_docs)]
+
+pub mod guests;
+
+pub use guests::{Guest, GuestKind, GUESTS};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The Cargo profile the workspace's guests build with (`plugin`: LTO, one
+/// codegen unit; defined in the workspace's `Cargo.toml`).
+pub const PROFILE: &str = "plugin";
 
 /// The target plugins are compiled for.
 pub const TARGET: &str = "wasm32-unknown-unknown";
@@ -21,16 +33,41 @@ pub const TARGET: &str = "wasm32-unknown-unknown";
 /// Why a build failed, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The Wasm target is missing and could not be installed.
     #[error("the Rust target {TARGET} is not installed and `rustup target add {TARGET}` failed: {0}; install it by hand")]
     TargetMissing(String),
+    /// Cargo could not be started.
     #[error("could not run `{cmd}`: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// The nested `cargo build` failed.
     #[error("building plugins failed (`{cmd}`):\n{stderr}")]
-    Cargo { cmd: String, stderr: String },
+    Cargo {
+        /// The command line.
+        cmd: String,
+        /// What cargo said.
+        stderr: String,
+    },
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A core module could not be made a component.
     #[error("{path} could not be wrapped as a component: {reason} (is the crate a cdylib that calls `edr_sdk::export_detector!`?)")]
-    Componentize { path: PathBuf, reason: String },
+    Componentize {
+        /// The core module.
+        path: PathBuf,
+        /// What `wit-component` said.
+        reason: String,
+    },
 }
 
 /// What to build.
@@ -158,10 +195,79 @@ pub fn package_name(manifest: &Path) -> Result<String, BuildError> {
     Err(BuildError::Io { path: manifest.to_path_buf(), source: std::io::Error::other("no [package] name") })
 }
 
-/// Writes only when the content differs, so dependants are not rebuilt for nothing.
+/// Writes only when the content differs, so dependants are not rebuilt for
+/// nothing; through a temporary file renamed into place, so a reader in
+/// another process (a parallel test binary) never sees half a component.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if std::fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
-    std::fs::write(path, bytes).map_err(|source| BuildError::Io { path: path.to_path_buf(), source })
+    let io = |source| BuildError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The workspace's Cargo target directory: `CARGO_TARGET_DIR` (relative to
+/// `root` when relative) or `<root>/target`.
+pub fn workspace_target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root.join(d),
+        None => root.join("target"),
+    }
+}
+
+/// The build of some of the workspace's guests: with the [`PROFILE`]
+/// profile, into `<target>/wasm` (apart from the host's target directory, so
+/// the nested build never waits on the host build's lock).
+pub fn workspace_build<'a>(root: &Path, guests: impl IntoIterator<Item = &'a Guest>) -> GuestBuild {
+    GuestBuild {
+        manifest_path: root.join("Cargo.toml"),
+        packages: guests.into_iter().map(|g| g.package.to_string()).collect(),
+        target_dir: workspace_target_dir(root).join("wasm"),
+        profile: PROFILE.into(),
+    }
+}
+
+/// Prints the `cargo:rerun-if-changed` lines a build script needs to rebuild
+/// these guests when they change: their crate directories (but not their
+/// `tests/`, which the Wasm build does not compile), the
+/// [`guests::SHARED_SOURCES`] and `Cargo.lock`.
+pub fn rerun_if_changed<'a>(root: &Path, guests: impl IntoIterator<Item = &'a Guest>) {
+    let mut paths: Vec<PathBuf> = guests::SHARED_SOURCES.iter().chain(&["Cargo.lock"]).map(|p| root.join(p)).collect();
+    for g in guests {
+        let dir = root.join(g.dir);
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => paths.extend(rd.flatten().filter(|e| e.file_name() != "tests").map(|e| e.path())),
+            Err(_) => paths.push(dir),
+        }
+    }
+    paths.sort();
+    for p in paths {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+}
+
+/// Builds the guests the integration tests use beside the built-ins (every
+/// [`guests::test_fixtures`] crate) and returns the directory holding their
+/// components, `<target>/wasm/fixtures/<package>.wasm`.
+///
+/// Incremental: after the first run it costs one no-op `cargo build`. Test
+/// binaries that call it at the same time take turns on a lock file
+/// (`<target>/wasm/fixtures.lock`), and components are renamed into place,
+/// so none reads a component another is writing. Call it once per test
+/// binary (e.g. behind a `OnceLock`).
+pub fn fixtures(root: &Path) -> Result<PathBuf, BuildError> {
+    let spec = workspace_build(root, guests::test_fixtures());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    std::fs::create_dir_all(&spec.target_dir).map_err(io(&spec.target_dir))?;
+    let lock_path = spec.target_dir.join("fixtures.lock");
+    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    let out = spec.target_dir.join("fixtures");
+    build(&spec, &out)?;
+    Ok(out)
 }

@@ -1,4 +1,5 @@
-//! `edr sigma check DIR`: which rules of a directory this plugin can serve.
+//! `edr sigma check DIR`: which rules of a directory the `sigma` plugin can
+//! serve, decided by the same [`Loader`] its `init` uses.
 
 use crate::is_rule_file;
 use crate::rules::{LoadError, Loader, RuleOutcome};

@@ -1,9 +1,8 @@
 //! Loading Sigma rules: parsing, the logsource and modifier checks, compiling
 //! into one engine per category, and what each rule looked like when it did
-//! not load. Shared by the detector's `init` and by `check_dir` (native only).
+//! not load. Shared by the `sigma` plugin's `init` and by [`crate::check_dir`].
 
-use crate::mapping::{Category, ABSENT_FIELDS};
-use edr_sdk::Severity;
+use crate::category::{Category, ABSENT_FIELDS};
 use rsigma_eval::{compile_rule, CompiledRule, Engine, EvalError};
 use rsigma_parser::{parse_sigma_yaml, Detection, Level, LogSource, Modifier, SigmaParserError, SigmaRule};
 use serde::Serialize;
@@ -11,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Custom attribute carrying a compiled rule's index into [`RuleSet::rules`].
-pub(crate) const INDEX_ATTRIBUTE: &str = "edr.sigma.rule_index";
+pub const INDEX_ATTRIBUTE: &str = "edr.sigma.rule_index";
 
 /// Why a rule, or a document of a rule file, was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -220,16 +219,8 @@ fn served_category(ls: &LogSource) -> Option<Category> {
     Category::parse(ls.category.as_deref()?)
 }
 
-/// Maps a Sigma level to a finding severity (a rule without one: medium).
-pub fn severity(level: Option<Level>) -> Severity {
-    match level {
-        Some(Level::Informational) => Severity::Informational,
-        Some(Level::Low) => Severity::Low,
-        None | Some(Level::Medium) => Severity::Medium,
-        Some(Level::High) => Severity::High,
-        Some(Level::Critical) => Severity::Critical,
-    }
-}
+/// The level of a rule that gives none.
+pub const DEFAULT_LEVEL: Level = Level::Medium;
 
 /// ATT&CK technique ids from Sigma tags: `attack.t1059.004` -> `T1059.004`.
 /// Tactic (`attack.execution`), group (`attack.g0032`) and software
@@ -257,15 +248,17 @@ pub fn techniques(tags: &[String]) -> Vec<String> {
     out
 }
 
-/// What a finding of a loaded rule carries.
+/// What a finding of a loaded rule carries. `S` is how severity is told:
+/// the rule's Sigma [`Level`] as loaded, or the plugin's own severity type
+/// once mapped with [`RuleSet::map_severity`].
 #[derive(Debug, Clone)]
-pub struct RuleMeta {
+pub struct RuleMeta<S = Level> {
     /// The rule's `id`, or its title when it has none.
     pub key: String,
     /// `title`.
     pub title: String,
-    /// From `level`.
-    pub severity: Severity,
+    /// From `level` ([`DEFAULT_LEVEL`] when absent).
+    pub severity: S,
     /// From `tags`.
     pub techniques: Vec<String>,
     /// `author` (`unknown` when absent).
@@ -311,24 +304,46 @@ impl RuleOutcome {
 }
 
 /// Loaded rules, one engine per served category.
-pub struct RuleSet {
+pub struct RuleSet<S = Level> {
     engines: Vec<Engine>,
-    rules: Vec<RuleMeta>,
+    rules: Vec<RuleMeta<S>>,
 }
 
-impl RuleSet {
+impl RuleSet<Level> {
+    /// The same rules with every severity mapped by `f` (e.g. to a finding's
+    /// severity type).
+    pub fn map_severity<T>(self, f: impl Fn(Level) -> T) -> RuleSet<T> {
+        let rules = self
+            .rules
+            .into_iter()
+            .map(|r| RuleMeta {
+                key: r.key,
+                title: r.title,
+                severity: f(r.severity),
+                techniques: r.techniques,
+                author: r.author,
+                reference: r.reference,
+                category: r.category,
+                file: r.file,
+            })
+            .collect();
+        RuleSet { engines: self.engines, rules }
+    }
+}
+
+impl<S> RuleSet<S> {
     /// The engine for a category (empty when no rule of it loaded).
     pub fn engine(&self, category: Category) -> &Engine {
         &self.engines[category.index()]
     }
 
     /// Every loaded rule.
-    pub fn rules(&self) -> &[RuleMeta] {
+    pub fn rules(&self) -> &[RuleMeta<S>] {
         &self.rules
     }
 
     /// A loaded rule by the index stored in its custom attribute.
-    pub fn rule(&self, index: usize) -> Option<&RuleMeta> {
+    pub fn rule(&self, index: usize) -> Option<&RuleMeta<S>> {
         self.rules.get(index)
     }
 
@@ -455,7 +470,7 @@ impl Loader {
         self.rules.push(RuleMeta {
             key,
             title: rule.title.clone(),
-            severity: severity(rule.level),
+            severity: rule.level.unwrap_or(DEFAULT_LEVEL),
             techniques: techniques(&rule.tags),
             author: rule.author.clone().filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "unknown".to_string()),
             reference: rule.references.first().cloned(),
