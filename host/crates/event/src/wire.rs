@@ -30,7 +30,7 @@ pub trait Wire: Sized {
 }
 
 /// A batch in wire form: the three arguments of `on-events`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch<E> {
     /// Every string of the batch.
     pub text: String,
@@ -49,6 +49,12 @@ pub type EncodedBatch = Batch<WireEvent>;
 /// The host's wire event: `event` of the current contract version.
 #[cfg(feature = "wasmtime")]
 pub type WireEvent = crate::contract::current::types::Event;
+
+impl<E> Default for Batch<E> {
+    fn default() -> Self {
+        Batch { text: String::new(), lists: Vec::new(), events: Vec::new() }
+    }
+}
 
 impl<E: Wire> Batch<E> {
     /// Packs a batch. Strings longer than 4 GiB in total cannot be offset with
