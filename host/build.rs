@@ -22,7 +22,7 @@ use edr_pack::{Capability, Manifest, PluginManifest};
 
 /// The contract version the built-in pack declares (`MAJOR.MINOR` of the
 /// runtime's `CONTRACT_VERSION`; the runtime is not a build dependency).
-const CONTRACT: &str = "0.1";
+const CONTRACT: &str = "0.2";
 
 /// What every built-in plugin may import.
 const CAPABILITIES: &[Capability] = &[Capability::Log, Capability::Clock, Capability::State, Capability::Process];

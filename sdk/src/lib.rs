@@ -110,7 +110,8 @@ pub mod prelude {
 /// edr_sdk::export_detector!(MyDetector);
 /// ```
 ///
-/// On `wasm32` this generates the component exports (`init`, `on-events`);
+/// On `wasm32` this generates the component's export, the contract's
+/// `detect` interface (`init`, `on-events`) at the SDK's contract version;
 /// natively it expands to nothing, so the crate still builds and tests there.
 #[macro_export]
 macro_rules! export_detector {
@@ -118,7 +119,7 @@ macro_rules! export_detector {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __EdrExports;
-            impl $crate::bindings::Guest for __EdrExports {
+            impl $crate::bindings::exports::edr::plugin::detect::Guest for __EdrExports {
                 fn init(config: $crate::Config) -> ::core::result::Result<$crate::PluginInfo, ::std::string::String> {
                     $crate::__rt::init::<$detector>(config)
                 }

@@ -77,7 +77,7 @@ impl<D: Detector> Harness<D> {
         }
         let mut findings = Findings::new();
         if !batch.is_empty() {
-            let encoded = model::wire::EncodedBatch::encode(&batch);
+            let encoded = EncodedBatch::encode(&batch);
             wire::with_views(&encoded, |views| self.detector.on_events(views, &mut findings));
         }
         findings.into_vec()
@@ -271,10 +271,15 @@ pub fn connect(exe: &str, remote_ip: &str, remote_port: u16) -> Event {
     }
 }
 
-/// A batch in wire form as the SDK's generated types: what a plugin receives
-/// in `on-events`. For benchmarks that call detectors natively.
-pub fn wire_batch(b: &model::wire::EncodedBatch) -> (String, Vec<u32>, Vec<crate::bindings::edr::plugin::types::Event>) {
-    wire::batch(b)
+/// A batch in wire form, in the SDK's generated types (what a plugin
+/// receives in `on-events`), packed by the agent's own encoder:
+/// `EncodedBatch::encode(&events)`.
+pub use crate::types::native::EncodedBatch;
+
+/// The three arguments of `on-events` for a batch. For benchmarks that call
+/// detectors natively.
+pub fn wire_batch(b: &EncodedBatch) -> (String, Vec<u32>, Vec<crate::bindings::edr::plugin::types::Event>) {
+    (b.text.clone(), b.lists.clone(), b.events.clone())
 }
 
 /// Views over a batch in wire form (what the export glue hands a detector).

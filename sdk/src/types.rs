@@ -237,64 +237,70 @@ pub struct Event<'a> {
     pub body: EventBody<'a>,
 }
 
-/// Resolves a batch in wire form into views.
+/// Resolves a batch in wire form into views. Every generated record is
+/// destructured exhaustively: a field added to the WIT fails to compile here
+/// until the view carries it.
 pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Event]) -> Vec<Event<'a>> {
     let (lists, _) = lists.as_chunks::<2>();
     let s = |r: wit::StrRef| resolve(text, r);
     let l = |x: wit::StrList| Strs::new(text, lists, x);
     events
         .iter()
-        .map(|e| Event {
-            id: e.id,
-            time: e.time,
-            partial: e.partial,
-            body: match &e.body {
-                wit::EventBody::ProcessExec(x) => EventBody::ProcessExec(ProcessExec {
-                    pid: x.pid,
-                    ppid: x.ppid,
-                    entity_id: x.entity_id,
-                    parent_entity_id: x.parent_entity_id,
-                    exe: s(x.exe),
-                    argv: l(x.argv),
-                    cwd: s(x.cwd),
-                    uid: x.uid,
-                    user: s(x.user),
-                    start_time: x.start_time,
-                    parent_exe: s(x.parent_exe),
-                    parent_argv: l(x.parent_argv),
-                    ancestry: l(x.ancestry),
+        .map(|&wit::Event { id, time, partial, body }| Event {
+            id,
+            time,
+            partial,
+            body: match body {
+                wit::EventBody::ProcessExec(wit::ProcessExec {
+                    pid,
+                    ppid,
+                    entity_id,
+                    parent_entity_id,
+                    exe,
+                    argv,
+                    cwd,
+                    uid,
+                    user,
+                    start_time,
+                    parent_exe,
+                    parent_argv,
+                    ancestry,
+                }) => EventBody::ProcessExec(ProcessExec {
+                    pid,
+                    ppid,
+                    entity_id,
+                    parent_entity_id,
+                    exe: s(exe),
+                    argv: l(argv),
+                    cwd: s(cwd),
+                    uid,
+                    user: s(user),
+                    start_time,
+                    parent_exe: s(parent_exe),
+                    parent_argv: l(parent_argv),
+                    ancestry: l(ancestry),
                 }),
-                wit::EventBody::ProcessExit(x) => EventBody::ProcessExit(*x),
-                wit::EventBody::File(f) => EventBody::File(FileEvent {
-                    op: f.op,
-                    path: s(f.path),
-                    old_path: f.old_path.map(s),
-                    mode: f.mode,
-                    pid: f.pid,
-                    entity_id: f.entity_id,
-                    exe: f.exe.map(s),
-                    uid: f.uid,
-                }),
-                wit::EventBody::Network(n) => EventBody::Network(NetworkEvent {
-                    op: n.op,
-                    transport: n.transport,
-                    local_ip: s(n.local_ip),
-                    local_port: n.local_port,
-                    remote_ip: s(n.remote_ip),
-                    remote_port: n.remote_port,
-                    pid: n.pid,
-                    entity_id: n.entity_id,
-                    exe: n.exe.map(s),
-                    uid: n.uid,
-                }),
-                wit::EventBody::Login(x) => EventBody::Login(LoginEvent {
-                    user: s(x.user),
-                    source_ip: x.source_ip.map(s),
-                    service: s(x.service),
-                    method: s(x.method),
-                    success: x.success,
-                    pid: x.pid,
-                }),
+                wit::EventBody::ProcessExit(x) => EventBody::ProcessExit(x),
+                wit::EventBody::File(wit::FileEvent { op, path, old_path, mode, pid, entity_id, exe, uid }) => {
+                    EventBody::File(FileEvent { op, path: s(path), old_path: old_path.map(s), mode, pid, entity_id, exe: exe.map(s), uid })
+                }
+                wit::EventBody::Network(wit::NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid }) => {
+                    EventBody::Network(NetworkEvent {
+                        op,
+                        transport,
+                        local_ip: s(local_ip),
+                        local_port,
+                        remote_ip: s(remote_ip),
+                        remote_port,
+                        pid,
+                        entity_id,
+                        exe: exe.map(s),
+                        uid,
+                    })
+                }
+                wit::EventBody::Login(wit::LoginEvent { user, source_ip, service, method, success, pid }) => {
+                    EventBody::Login(LoginEvent { user: s(user), source_ip: source_ip.map(s), service: s(service), method: s(method), success, pid })
+                }
             },
         })
         .collect()
@@ -476,104 +482,37 @@ impl Severity {
 
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod native {
-    //! The agent's wire form (edr-event) as the SDK's generated types, for the harness.
+    //! The agent's batch encoder, expanded against the SDK's generated types:
+    //! the harness packs test events exactly as the agent does, into what a
+    //! plugin receives, with no converter between the two.
     use super::wit;
-    use edr_event::wire as w;
 
-    fn r(x: w::StrRef) -> wit::StrRef {
-        wit::StrRef { offset: x.offset, len: x.len }
-    }
+    edr_event::bridge_enums!(wit);
+    edr_event::wire_encoder!(wit);
 
-    fn l(x: w::StrList) -> wit::StrList {
-        wit::StrList { first: x.first, count: x.count }
-    }
+    /// A batch in wire form, in the SDK's generated types.
+    pub type EncodedBatch = edr_event::wire::Batch<wit::Event>;
 
-    fn file_op(op: edr_event::FileOp) -> wit::FileOp {
-        use edr_event::FileOp as F;
-        match op {
-            F::Create => wit::FileOp::Create,
-            F::Modify => wit::FileOp::Modify,
-            F::Delete => wit::FileOp::Delete,
-            F::Rename => wit::FileOp::Rename,
-            F::Chmod => wit::FileOp::Chmod,
-            F::Attrib => wit::FileOp::Attrib,
-            F::Read => wit::FileOp::Read,
-        }
-    }
-
-    /// `(text, lists, events)` in the SDK's generated types.
-    pub fn batch(b: &w::EncodedBatch) -> (String, Vec<u32>, Vec<wit::Event>) {
-        let events = b
-            .events
-            .iter()
-            .map(|e| wit::Event {
-                id: e.id,
-                time: e.time,
-                partial: e.partial,
-                body: match &e.body {
-                    w::WireBody::ProcessExec(x) => wit::EventBody::ProcessExec(wit::ProcessExec {
-                        pid: x.pid,
-                        ppid: x.ppid,
-                        entity_id: x.entity_id,
-                        parent_entity_id: x.parent_entity_id,
-                        exe: r(x.exe),
-                        argv: l(x.argv),
-                        cwd: r(x.cwd),
-                        uid: x.uid,
-                        user: r(x.user),
-                        start_time: x.start_time,
-                        parent_exe: r(x.parent_exe),
-                        parent_argv: l(x.parent_argv),
-                        ancestry: l(x.ancestry),
-                    }),
-                    w::WireBody::ProcessExit(x) => wit::EventBody::ProcessExit(wit::ProcessExit { pid: x.pid, entity_id: x.entity_id, exit_code: x.exit_code }),
-                    w::WireBody::File(f) => wit::EventBody::File(wit::FileEvent {
-                        op: file_op(f.op),
-                        path: r(f.path),
-                        old_path: f.old_path.map(r),
-                        mode: f.mode,
-                        pid: f.pid,
-                        entity_id: f.entity_id,
-                        exe: f.exe.map(r),
-                        uid: f.uid,
-                    }),
-                    w::WireBody::Network(n) => wit::EventBody::Network(wit::NetworkEvent {
-                        op: match n.op {
-                            edr_event::NetworkOp::Connect => wit::NetworkOp::Connect,
-                            edr_event::NetworkOp::Accept => wit::NetworkOp::Accept,
-                            edr_event::NetworkOp::Listen => wit::NetworkOp::Listen,
-                        },
-                        transport: match n.transport {
-                            edr_event::Transport::Tcp => wit::Transport::Tcp,
-                            edr_event::Transport::Udp => wit::Transport::Udp,
-                        },
-                        local_ip: r(n.local_ip),
-                        local_port: n.local_port,
-                        remote_ip: r(n.remote_ip),
-                        remote_port: n.remote_port,
-                        pid: n.pid,
-                        entity_id: n.entity_id,
-                        exe: n.exe.map(r),
-                        uid: n.uid,
-                    }),
-                    w::WireBody::Login(x) => wit::EventBody::Login(wit::LoginEvent {
-                        user: r(x.user),
-                        source_ip: x.source_ip.map(r),
-                        service: r(x.service),
-                        method: r(x.method),
-                        success: x.success,
-                        pid: x.pid,
-                    }),
-                },
-            })
-            .collect();
-        (b.text.clone(), b.lists.clone(), events)
-    }
-
-    /// Decodes a batch natively into views (for benchmarks and the harness).
-    pub fn with_views<R>(b: &w::EncodedBatch, f: impl FnOnce(&[super::Event<'_>]) -> R) -> R {
-        let (text, lists, events) = batch(b);
-        let views = super::decode(&text, &lists, &events);
+    /// Decodes a batch natively into views (for the harness).
+    pub fn with_views<R>(b: &EncodedBatch, f: impl FnOnce(&[super::Event<'_>]) -> R) -> R {
+        let views = super::decode(&b.text, &b.lists, &b.events);
         f(&views)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::wit;
+
+        /// The SDK's name tables (which must exist in Wasm, without
+        /// edr-event) agree with the agent's.
+        #[test]
+        fn names_agree_with_the_agent() {
+            for k in edr_event::EventKind::ALL {
+                assert_eq!(wit::EventKind::from(*k).as_str(), k.as_str());
+            }
+            for s in edr_event::Severity::ALL {
+                assert_eq!(wit::Severity::from(*s).as_str(), s.as_str());
+            }
+        }
     }
 }

@@ -210,7 +210,7 @@ edr_sdk::export_detector!({ty});
     std::fs::write(
         dir.join("pack.toml"),
         format!(
-            "# The pack manifest (see `edr pack build`). sha256 fields are filled in by the build.\nid = \"{id}\"\nversion = \"0.1.0\"\nmin_agent_version = \"{}\"\ncontract = \"0.1\"\npublisher = \"Your Name\"\ndescription = \"{name}\"\n\n[[plugin]]\nname = \"{name}\"\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = [\"process-exec\"]\ncapabilities = [\"log\"]\n",
+            "# The pack manifest (see `edr pack build`). sha256 fields are filled in by the build.\nid = \"{id}\"\nversion = \"0.1.0\"\nmin_agent_version = \"{}\"\ncontract = \"0.2\"\npublisher = \"Your Name\"\ndescription = \"{name}\"\n\n[[plugin]]\nname = \"{name}\"\nfile = \"plugins/{name}.wasm\"\nsha256 = \"\"\nsubscriptions = [\"process-exec\"]\ncapabilities = [\"log\"]\n",
             env!("CARGO_PKG_VERSION")
         ),
     )?;

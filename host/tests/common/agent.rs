@@ -156,7 +156,7 @@ impl Publisher {
             id: id.to_string(),
             version: version.parse().unwrap_or_else(|e| panic!("version {version}: {e}")),
             min_agent_version: edr_pack::semver::Version::new(0, 1, 0),
-            contract: "0.1".into(),
+            contract: "0.2".into(),
             publisher: "Test Publisher".into(),
             description: None,
             not_before: None,

@@ -10,8 +10,8 @@ mod common;
 
 use common::*;
 use edr_plugin_sigma::Sigma;
-use edr_sdk::testing::model::{self, wire::EncodedBatch, Event, FileOp};
-use edr_sdk::testing::{connect, decode, exec, file, wire_batch};
+use edr_sdk::testing::model::{self, Event, FileOp};
+use edr_sdk::testing::{connect, decode, exec, file, wire_batch, EncodedBatch};
 use edr_sdk::{Detector, Findings};
 use std::time::{Duration, Instant};
 

@@ -87,19 +87,18 @@ pub(crate) fn time_wasm(plugin: &mut Plugin, batches: &[EncodedBatch], runs: usi
 }
 
 /// ns/event of the same detector compiled natively, called directly on the
-/// SDK's views of the same batches (decoded outside the timing).
-pub(crate) fn time_native<D: Detector>(batches: &[EncodedBatch], runs: usize) -> (f64, usize) {
+/// SDK's views of the same batches (encoded by the same encoder into the SDK's
+/// generated types and decoded outside the timing).
+pub(crate) fn time_native<D: Detector>(batches: &[Vec<Event>], runs: usize) -> (f64, usize) {
     time_native_with::<D>(batches, runs, edr_sdk::Config { settings: vec![], files: vec![] })
 }
 
 /// [`time_native`] with a configuration.
-pub(crate) fn time_native_with<D: Detector>(batches: &[EncodedBatch], runs: usize, config: edr_sdk::Config) -> (f64, usize) {
+pub(crate) fn time_native_with<D: Detector>(batches: &[Vec<Event>], runs: usize, config: edr_sdk::Config) -> (f64, usize) {
     let mut d = D::init(&config).unwrap();
     let wants = |k: edr_event::EventKind| D::SUBSCRIPTIONS.iter().any(|s| s.as_str() == k.as_str());
-    let filtered: Vec<EncodedBatch> = batches
-        .iter()
-        .map(|b| EncodedBatch { text: b.text.clone(), lists: b.lists.clone(), events: b.events.iter().filter(|e| wants(e.kind())).cloned().collect() })
-        .collect();
+    let filtered: Vec<edr_sdk::testing::EncodedBatch> =
+        batches.iter().map(|b| edr_sdk::testing::EncodedBatch::encode(b.iter().filter(|e| wants(e.kind())).collect::<Vec<_>>())).collect();
     let n: usize = filtered.iter().map(|b| b.events.len()).sum();
     let wire: Vec<_> = filtered.iter().map(edr_sdk::testing::wire_batch).collect();
     let views: Vec<Vec<edr_sdk::Event<'_>>> = wire.iter().map(|(t, l, e)| edr_sdk::testing::decode(t, l, e)).collect();
@@ -165,7 +164,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     let mut p = load($package, $name);
                     let (wasm_ns, findings) = time_wasm(&mut p, &encoded, args.runs);
-                    let (native_ns, native_findings) = time_native::<$ty>(&encoded, args.runs);
+                    let (native_ns, native_findings) = time_native::<$ty>(batches, args.runs);
                     assert_eq!(findings, native_findings, "{}: Wasm and native must find the same", $name);
                     let events = batches.iter().flatten().filter(|e| p.wants(e.kind())).count();
                     if events == 0 {

@@ -61,7 +61,7 @@ pub fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     // The same plugin code, natively.
     let native_config =
         edr_sdk::Config { settings: Vec::new(), files: files.iter().map(|(n, c)| edr_sdk::DataFile { name: n.clone(), content: c.clone() }).collect() };
-    let (native_ns, native_findings) = crate::time_native_with::<edr_plugin_sigma::Sigma>(&encoded, runs, native_config);
+    let (native_ns, native_findings) = crate::time_native_with::<edr_plugin_sigma::Sigma>(&stream, runs, native_config);
     anyhow::ensure!(wasm_findings == native_findings, "Wasm found {wasm_findings}, native {native_findings}");
 
     println!(

@@ -1,8 +1,11 @@
 //! The `edr` event model and its Elastic Common Schema (ECS) mapping.
 //!
-//! * [`model`] holds one Rust type per type of the plugin contract
+//! * [`model`] holds the agent's owned form of the plugin contract's types
 //!   (`wit/edr-plugin.wit`): the agent's collectors produce them, the store
-//!   keeps them, and the runtime lowers them into plugins unchanged.
+//!   keeps them. With the `wasmtime` feature, `contract` holds the types
+//!   wasmtime's `bindgen!` generates from the WIT (one module per linked
+//!   contract version) and the exhaustive conversions between the two.
+//! * [`wire`] packs a batch of events into the generated wire records.
 //! * [`ecs`] turns events and alerts into ECS JSON documents (what SIEMs
 //!   ingest, what `edr replay` reads and `edr export` writes) and back.
 //!
@@ -18,12 +21,43 @@
 //! ```
 
 pub mod capability;
+#[cfg(feature = "wasmtime")]
+pub mod contract;
 pub mod ecs;
 pub mod model;
 pub mod time;
 pub mod wire;
 
 pub use capability::Capability;
+
+/// The plugin contract versions (`edr:plugin@…`) this agent links, the only
+/// place they are written in Rust (a test checks them against the WIT files).
+pub mod versions {
+    /// `edr:plugin@0.2.0`, `wit/edr-plugin.wit`: what the SDK builds today.
+    pub const V0_2: &str = "0.2.0";
+    /// `edr:plugin@0.1.0`, frozen in `wit/versions/0.1.0`.
+    pub const V0_1: &str = "0.1.0";
+    /// The version plugins are built against today.
+    pub const CURRENT: &str = V0_2;
+    /// Every linked version, newest first.
+    pub const ALL: &[&str] = &[V0_2, V0_1];
+
+    /// `major.minor` of a version (`0.2` for `0.2.0`), as pack manifests name it.
+    pub const fn major_minor(v: &'static str) -> &'static str {
+        let b = v.as_bytes();
+        let (mut i, mut dots) = (0, 0);
+        while i < b.len() {
+            if b[i] == b'.' {
+                dots += 1;
+                if dots == 2 {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        v.split_at(i).0
+    }
+}
 pub use model::*;
 
 /// A name that is not one of an enum's contract names (for example an unknown

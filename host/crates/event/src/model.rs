@@ -2,10 +2,14 @@
 //!
 //! Events hold owned strings here. They cross into plugins through
 //! [`crate::wire`], which packs a batch's strings into one buffer. The other
-//! contract types (findings, config, plugin info, actions, ...) cross as they
-//! are: with the `wasmtime` feature they implement wasmtime's component
-//! traits, so their field order and names must match `wit/edr-plugin.wit`
-//! exactly (the runtime's type check refuses a plugin if they drift).
+//! contract types (findings, config, plugin info, actions, ...) are converted
+//! to and from the types generated from `wit/edr-plugin.wit` (with the
+//! `wasmtime` feature, in `crate::contract`): the conversions are exhaustive,
+//! so a field or variant added to the WIT fails to compile until it is handled.
+//!
+//! The contract's enums are listed once, in [`__contract_enums!`](crate::__contract_enums):
+//! that list defines the enums here and the `From` impls (both ways) against
+//! every generated copy (the host's, one per contract version, and the SDK's).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +23,10 @@ macro_rules! wit_enum {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-        #[cfg_attr(feature = "wasmtime", component(enum))]
         #[repr(u8)]
         #[serde(rename_all = "kebab-case")]
         pub enum $name {
-            $( $(#[$vmeta])* #[cfg_attr(feature = "wasmtime", component(name = $wit))] $variant ),+
+            $( $(#[$vmeta])* $variant ),+
         }
 
         impl $name {
@@ -59,80 +61,110 @@ macro_rules! wit_enum {
     };
 }
 
-wit_enum! {
-    /// The kinds of endpoint event; plugins subscribe to a subset.
-    pub enum EventKind {
-        ProcessExec = "process-exec",
-        ProcessExit = "process-exit",
-        File = "file",
-        Network = "network",
-        Login = "login",
-    }
+/// The contract's enums, listed once. `$callback! { [$($arg)*] <the list> }`
+/// is expanded: in this module the callback defines the enums; in
+/// [`bridge_enums!`](crate::bridge_enums) it writes the `From` impls (both
+/// ways, exhaustive) against a module of types generated from the WIT.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __contract_enums {
+    ([$($callback:tt)*] $($arg:tt)*) => {
+        $($callback)*! { [$($arg)*]
+            /// The kinds of endpoint event; plugins subscribe to a subset.
+            EventKind {
+                ProcessExec = "process-exec",
+                ProcessExit = "process-exit",
+                File = "file",
+                Network = "network",
+                Login = "login",
+            }
+            /// What happened to a file.
+            FileOp {
+                Create = "create",
+                Modify = "modify",
+                Delete = "delete",
+                Rename = "rename",
+                Chmod = "chmod",
+                Attrib = "attrib",
+                Read = "read",
+            }
+            /// Direction of a network event.
+            NetworkOp {
+                /// An outbound connection.
+                Connect = "connect",
+                /// An inbound connection was accepted.
+                Accept = "accept",
+                /// A socket started listening.
+                Listen = "listen",
+            }
+            /// Transport protocol.
+            Transport {
+                Tcp = "tcp",
+                Udp = "udp",
+            }
+            /// Severity of a finding (the Sigma levels).
+            Severity {
+                Informational = "informational",
+                Low = "low",
+                Medium = "medium",
+                High = "high",
+                Critical = "critical",
+            }
+            /// Level of a plugin's log line.
+            LogLevel {
+                Trace = "trace",
+                Debug = "debug",
+                Info = "info",
+                Warn = "warn",
+                Error = "error",
+            }
+            /// What the response policy decided about an action request.
+            Decision {
+                Enforced = "enforced",
+                Simulated = "simulated",
+                Refused = "refused",
+            }
+        }
+    };
 }
 
-wit_enum! {
-    /// What happened to a file.
-    pub enum FileOp {
-        Create = "create",
-        Modify = "modify",
-        Delete = "delete",
-        Rename = "rename",
-        Chmod = "chmod",
-        Attrib = "attrib",
-        Read = "read",
-    }
+/// `From` impls, both ways and exhaustive, between the contract enums of this
+/// crate and those of a module generated from the WIT (by wasmtime's
+/// `bindgen!` or by `wit-bindgen`), named by `$wit` at the call site: a
+/// variant added to the WIT fails to compile until it is added here.
+#[macro_export]
+macro_rules! bridge_enums {
+    ($wit:ident) => {
+        $crate::__contract_enums! { [$crate::__bridge_enums] $wit }
+    };
 }
 
-wit_enum! {
-    /// Direction of a network event.
-    pub enum NetworkOp {
-        /// An outbound connection.
-        Connect = "connect",
-        /// An inbound connection was accepted.
-        Accept = "accept",
-        /// A socket started listening.
-        Listen = "listen",
-    }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bridge_enums {
+    ([$wit:ident] $( $(#[$meta:meta])* $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $str:literal ),+ $(,)? } )+) => {
+        $(
+            impl ::core::convert::From<$wit::$name> for $crate::$name {
+                fn from(v: $wit::$name) -> Self {
+                    match v { $( $wit::$name::$variant => $crate::$name::$variant ),+ }
+                }
+            }
+            impl ::core::convert::From<$crate::$name> for $wit::$name {
+                fn from(v: $crate::$name) -> Self {
+                    match v { $( $crate::$name::$variant => $wit::$name::$variant ),+ }
+                }
+            }
+        )+
+    };
 }
 
-wit_enum! {
-    /// Transport protocol.
-    pub enum Transport {
-        Tcp = "tcp",
-        Udp = "udp",
-    }
+macro_rules! wit_enums {
+    ([] $( $(#[$meta:meta])* $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $wit:literal ),+ $(,)? } )+) => {
+        $( wit_enum! { $(#[$meta])* pub enum $name { $( $(#[$vmeta])* $variant = $wit ),+ } } )+
+    };
 }
 
-wit_enum! {
-    /// Severity of a finding (the Sigma levels).
-    pub enum Severity {
-        Informational = "informational",
-        Low = "low",
-        Medium = "medium",
-        High = "high",
-        Critical = "critical",
-    }
-}
-
-wit_enum! {
-    /// Level of a plugin's log line.
-    pub enum LogLevel {
-        Trace = "trace",
-        Debug = "debug",
-        Info = "info",
-        Warn = "warn",
-        Error = "error",
-    }
-}
-
-wit_enum! {
-    /// What the response policy decided about an action request.
-    pub enum Decision {
-        Enforced = "enforced",
-        Simulated = "simulated",
-        Refused = "refused",
-    }
-}
+crate::__contract_enums! { [wit_enums] }
 
 impl Severity {
     /// The numeric ECS `event.severity` used by Elastic detection rules.
@@ -175,13 +207,9 @@ pub struct ProcessExec {
 
 /// A process ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct ProcessExit {
     pub pid: u32,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: u64,
-    #[cfg_attr(feature = "wasmtime", component(name = "exit-code"))]
     pub exit_code: i32,
 }
 
@@ -285,10 +313,7 @@ impl Event {
 
 /// What a plugin reports when a detection fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct Finding {
-    #[cfg_attr(feature = "wasmtime", component(name = "rule-id"))]
     pub rule_id: String,
     pub title: String,
     pub severity: Severity,
@@ -296,15 +321,12 @@ pub struct Finding {
     pub techniques: Vec<String>,
     pub message: String,
     pub author: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "event-ids"))]
     pub event_ids: Vec<u64>,
     pub evidence: Vec<(String, String)>,
 }
 
 /// A file shipped with a plugin's pack.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct DataFile {
     pub name: String,
     pub content: Vec<u8>,
@@ -312,8 +334,6 @@ pub struct DataFile {
 
 /// A plugin's configuration: settings and data files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct PluginConfig {
     pub settings: Vec<(String, String)>,
     pub files: Vec<DataFile>,
@@ -321,8 +341,6 @@ pub struct PluginConfig {
 
 /// What a plugin says about itself at init.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -332,52 +350,35 @@ pub struct PluginInfo {
 
 /// A process as the agent's process tree knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct ProcessInfo {
     pub pid: u32,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: u64,
     pub exe: String,
     pub argv: Vec<String>,
     pub uid: u32,
-    #[cfg_attr(feature = "wasmtime", component(name = "start-time"))]
     pub start_time: Timestamp,
 }
 
 /// Target of a kill request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
 pub struct KillTarget {
     pub pid: u32,
     /// When set, only kill if `pid` still is this process.
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
     pub entity_id: Option<u64>,
     pub tree: bool,
 }
 
 /// A response action a plugin may request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(variant))]
 #[serde(tag = "action", content = "target", rename_all = "kebab-case")]
 pub enum Action {
-    #[cfg_attr(feature = "wasmtime", component(name = "kill-process"))]
     KillProcess(KillTarget),
-    #[cfg_attr(feature = "wasmtime", component(name = "suspend-process"))]
     SuspendProcess(u32),
-    #[cfg_attr(feature = "wasmtime", component(name = "resume-process"))]
     ResumeProcess(u32),
-    #[cfg_attr(feature = "wasmtime", component(name = "quarantine-file"))]
     QuarantineFile(String),
-    #[cfg_attr(feature = "wasmtime", component(name = "delete-file"))]
     DeleteFile(String),
-    #[cfg_attr(feature = "wasmtime", component(name = "fetch-file"))]
     FetchFile(String),
-    #[cfg_attr(feature = "wasmtime", component(name = "block-exec"))]
     BlockExec(String),
-    #[cfg_attr(feature = "wasmtime", component(name = "isolate-host"))]
     IsolateHost,
 }
 

@@ -7,284 +7,227 @@
 //! into one `text` buffer and one `lists` table, and the events refer to them
 //! by offset: three allocations a batch, whatever its size.
 //!
-//! [`EncodedBatch::encode`] builds the wire form of a batch once; each plugin
-//! then gets the subset of events it subscribed to, sharing `text` and `lists`.
+//! The wire records themselves (`event`, `process-exec` with `str-ref`
+//! fields, ...) are not written here: they are the types generated from the
+//! WIT, by wasmtime's `bindgen!` on the host (`crate::contract`) and by
+//! `wit-bindgen` in the SDK. [`Batch`] is generic over them, and the one
+//! encoder, [`wire_encoder!`](crate::wire_encoder), is expanded against each
+//! generated module, so the host and the SDK's native harness fill the same
+//! generated records with the same code.
+//!
+//! [`Batch::encode`] builds the wire form of a batch once; each plugin then
+//! gets the subset of events it subscribed to, sharing `text` and `lists`.
 
-use crate::model::*;
+use crate::model::{Event, EventKind};
 
-/// A string of the batch: `text[offset .. offset + len]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct StrRef {
-    pub offset: u32,
-    pub len: u32,
-}
-
-/// A list of strings of the batch: entries `first .. first + count` of
-/// [`EncodedBatch::lists`], each an (offset, len) pair into the text.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct StrList {
-    pub first: u32,
-    pub count: u32,
-}
-
-/// `process-exec` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct WireExec {
-    pub pid: u32,
-    pub ppid: u32,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
-    pub entity_id: u64,
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-entity-id"))]
-    pub parent_entity_id: u64,
-    pub exe: StrRef,
-    pub argv: StrList,
-    pub cwd: StrRef,
-    pub uid: u32,
-    pub user: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "start-time"))]
-    pub start_time: Timestamp,
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-exe"))]
-    pub parent_exe: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "parent-argv"))]
-    pub parent_argv: StrList,
-    pub ancestry: StrList,
-}
-
-/// `file-event` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct WireFile {
-    pub op: FileOp,
-    pub path: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "old-path"))]
-    pub old_path: Option<StrRef>,
-    pub mode: Option<u32>,
-    pub pid: Option<u32>,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
-    pub entity_id: Option<u64>,
-    pub exe: Option<StrRef>,
-    pub uid: Option<u32>,
-}
-
-/// `network-event` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct WireNetwork {
-    pub op: NetworkOp,
-    pub transport: Transport,
-    #[cfg_attr(feature = "wasmtime", component(name = "local-ip"))]
-    pub local_ip: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "local-port"))]
-    pub local_port: u16,
-    #[cfg_attr(feature = "wasmtime", component(name = "remote-ip"))]
-    pub remote_ip: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "remote-port"))]
-    pub remote_port: u16,
-    pub pid: Option<u32>,
-    #[cfg_attr(feature = "wasmtime", component(name = "entity-id"))]
-    pub entity_id: Option<u64>,
-    pub exe: Option<StrRef>,
-    pub uid: Option<u32>,
-}
-
-/// `login-event` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct WireLogin {
-    pub user: StrRef,
-    #[cfg_attr(feature = "wasmtime", component(name = "source-ip"))]
-    pub source_ip: Option<StrRef>,
-    pub service: StrRef,
-    pub method: StrRef,
-    pub success: bool,
-    pub pid: Option<u32>,
-}
-
-/// `event-body` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(variant))]
-pub enum WireBody {
-    #[cfg_attr(feature = "wasmtime", component(name = "process-exec"))]
-    ProcessExec(WireExec),
-    #[cfg_attr(feature = "wasmtime", component(name = "process-exit"))]
-    ProcessExit(ProcessExit),
-    #[cfg_attr(feature = "wasmtime", component(name = "file"))]
-    File(WireFile),
-    #[cfg_attr(feature = "wasmtime", component(name = "network"))]
-    Network(WireNetwork),
-    #[cfg_attr(feature = "wasmtime", component(name = "login"))]
-    Login(WireLogin),
-}
-
-/// `event` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "wasmtime", derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower))]
-#[cfg_attr(feature = "wasmtime", component(record))]
-pub struct WireEvent {
-    pub id: u64,
-    pub time: Timestamp,
-    pub partial: bool,
-    pub body: WireBody,
-}
-
-impl WireEvent {
+/// A wire event type generated from the WIT: how one model event is written
+/// into a batch. Implemented by [`wire_encoder!`](crate::wire_encoder).
+pub trait Wire: Sized {
+    /// Writes `event`'s strings into `batch` and returns its wire record.
+    fn encode<E>(batch: &mut Batch<E>, event: &Event) -> Self;
     /// The event's kind, for subscription filtering.
-    pub fn kind(&self) -> EventKind {
-        match self.body {
-            WireBody::ProcessExec(_) => EventKind::ProcessExec,
-            WireBody::ProcessExit(_) => EventKind::ProcessExit,
-            WireBody::File(_) => EventKind::File,
-            WireBody::Network(_) => EventKind::Network,
-            WireBody::Login(_) => EventKind::Login,
-        }
-    }
+    fn kind(&self) -> EventKind;
 }
 
 /// A batch in wire form: the three arguments of `on-events`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedBatch {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<E> {
     /// Every string of the batch.
     pub text: String,
     /// String-list entries as (offset, len) pairs into `text`, flattened:
     /// a `list<u32>` is copied into the plugin in bulk, a list of records
     /// field by field.
     pub lists: Vec<u32>,
-    pub events: Vec<WireEvent>,
+    /// The events, in the generated wire type.
+    pub events: Vec<E>,
 }
 
-impl EncodedBatch {
+/// The host's batch: events in the wire type of the current contract version.
+#[cfg(feature = "wasmtime")]
+pub type EncodedBatch = Batch<WireEvent>;
+
+/// The host's wire event: `event` of the current contract version.
+#[cfg(feature = "wasmtime")]
+pub type WireEvent = crate::contract::current::types::Event;
+
+impl<E> Default for Batch<E> {
+    fn default() -> Self {
+        Batch { text: String::new(), lists: Vec::new(), events: Vec::new() }
+    }
+}
+
+impl<E: Wire> Batch<E> {
     /// Packs a batch. Strings longer than 4 GiB in total cannot be offset with
     /// u32; a batch is capped far below that by the dispatcher, and any string
     /// that would overflow is sent empty rather than wrong.
     pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event, IntoIter: ExactSizeIterator>) -> Self {
         let events = events.into_iter();
         // Typical exec events carry ~150 bytes of text in ~12 list entries.
-        let mut b = EncodedBatch {
-            text: String::with_capacity(events.len() * 160),
-            lists: Vec::with_capacity(events.len() * 24),
-            events: Vec::with_capacity(events.len()),
-        };
+        let mut b = Batch { text: String::with_capacity(events.len() * 160), lists: Vec::with_capacity(events.len() * 24), events: Vec::with_capacity(events.len()) };
         for e in events {
-            let body = match &e.body {
-                EventBody::ProcessExec(x) => {
-                    let exe = b.str(&x.exe);
-                    // The parent's exe is usually the first ancestor: send it once.
-                    let parent_exe = b.str(&x.parent_exe);
-                    let ancestry_first = b.entries();
-                    for (i, a) in x.ancestry.iter().enumerate() {
-                        let r = if i == 0 && *a == x.parent_exe { parent_exe } else { b.str(a) };
-                        b.push_entry(r);
-                    }
-                    let ancestry = StrList { first: ancestry_first, count: x.ancestry.len() as u32 };
-                    WireBody::ProcessExec(WireExec {
-                        pid: x.pid,
-                        ppid: x.ppid,
-                        entity_id: x.entity_id,
-                        parent_entity_id: x.parent_entity_id,
-                        exe,
-                        argv: b.list(&x.argv),
-                        cwd: b.str(&x.cwd),
-                        uid: x.uid,
-                        user: b.str(&x.user),
-                        start_time: x.start_time,
-                        parent_exe,
-                        parent_argv: b.list(&x.parent_argv),
-                        ancestry,
-                    })
-                }
-                EventBody::ProcessExit(x) => WireBody::ProcessExit(x.clone()),
-                EventBody::File(f) => WireBody::File(WireFile {
-                    op: f.op,
-                    path: b.str(&f.path),
-                    old_path: f.old_path.as_deref().map(|s| b.str(s)),
-                    mode: f.mode,
-                    pid: f.pid,
-                    entity_id: f.entity_id,
-                    exe: f.exe.as_deref().map(|s| b.str(s)),
-                    uid: f.uid,
-                }),
-                EventBody::Network(n) => WireBody::Network(WireNetwork {
-                    op: n.op,
-                    transport: n.transport,
-                    local_ip: b.str(&n.local_ip),
-                    local_port: n.local_port,
-                    remote_ip: b.str(&n.remote_ip),
-                    remote_port: n.remote_port,
-                    pid: n.pid,
-                    entity_id: n.entity_id,
-                    exe: n.exe.as_deref().map(|s| b.str(s)),
-                    uid: n.uid,
-                }),
-                EventBody::Login(l) => WireBody::Login(WireLogin {
-                    user: b.str(&l.user),
-                    source_ip: l.source_ip.as_deref().map(|s| b.str(s)),
-                    service: b.str(&l.service),
-                    method: b.str(&l.method),
-                    success: l.success,
-                    pid: l.pid,
-                }),
-            };
-            b.events.push(WireEvent { id: e.id, time: e.time, partial: e.partial, body });
+            let wire = E::encode(&mut b, e);
+            b.events.push(wire);
         }
         b
     }
+}
 
-    fn str(&mut self, s: &str) -> StrRef {
+impl<E> Batch<E> {
+    /// Appends a string to the text; its (offset, len), or (0, 0) past 4 GiB.
+    #[doc(hidden)]
+    pub fn push_str(&mut self, s: &str) -> (u32, u32) {
         let offset = self.text.len();
         match (u32::try_from(offset), u32::try_from(s.len())) {
             (Ok(o), Ok(l)) if o.checked_add(l).is_some() => {
                 self.text.push_str(s);
-                StrRef { offset: o, len: l }
+                (o, l)
             }
-            _ => StrRef::default(),
+            _ => (0, 0),
         }
     }
 
-    fn list(&mut self, items: &[String]) -> StrList {
+    /// Appends a string list; its (first, count) in the entry table.
+    #[doc(hidden)]
+    pub fn push_list<'s>(&mut self, items: impl ExactSizeIterator<Item = &'s str>) -> (u32, u32) {
         let first = self.entries();
+        let count = items.len() as u32;
         for s in items {
-            let r = self.str(s);
+            let r = self.push_str(s);
             self.push_entry(r);
         }
-        StrList { first, count: items.len() as u32 }
+        (first, count)
     }
 
-    fn entries(&self) -> u32 {
+    /// Number of entries in the string-list table.
+    #[doc(hidden)]
+    pub fn entries(&self) -> u32 {
         (self.lists.len() / 2) as u32
     }
 
-    fn push_entry(&mut self, r: StrRef) {
-        self.lists.extend_from_slice(&[r.offset, r.len]);
+    /// Appends an entry (offset, len) to the string-list table.
+    #[doc(hidden)]
+    pub fn push_entry(&mut self, (offset, len): (u32, u32)) {
+        self.lists.extend_from_slice(&[offset, len]);
     }
 
-    /// Entry `i` of the string-list table.
-    pub fn entry(&self, i: u32) -> StrRef {
+    /// Entry `i` of the string-list table as (offset, len).
+    pub fn entry(&self, i: u32) -> (u32, u32) {
         let i = i as usize * 2;
         match (self.lists.get(i), self.lists.get(i + 1)) {
-            (Some(&offset), Some(&len)) => StrRef { offset, len },
-            _ => StrRef::default(),
+            (Some(&offset), Some(&len)) => (offset, len),
+            _ => (0, 0),
         }
     }
 
-    /// Resolves a string reference (for tests and native decoding).
-    pub fn resolve(&self, r: StrRef) -> &str {
-        self.text.get(r.offset as usize..(r.offset as usize + r.len as usize)).unwrap_or("")
+    /// The text at (offset, len), empty when out of range (for tests and native decoding).
+    pub fn resolve(&self, (offset, len): (u32, u32)) -> &str {
+        self.text.get(offset as usize..(offset as usize + len as usize)).unwrap_or("")
     }
 }
 
-#[cfg(test)]
+/// Implements [`Wire`] for `$wit::Event`, where `$wit` names (at the call
+/// site) a module of types generated from the WIT's `types` interface, and
+/// the contract enums' `From` impls exist (see [`bridge_enums!`](crate::bridge_enums)).
+/// This is the one encoder: a field added to an event in the WIT fails to
+/// compile here until it is filled.
+#[macro_export]
+macro_rules! wire_encoder {
+    ($wit:ident) => {
+        impl $crate::wire::Wire for $wit::Event {
+            fn encode<E>(b: &mut $crate::wire::Batch<E>, e: &$crate::Event) -> Self {
+                use $crate::EventBody as B;
+                let s = |b: &mut $crate::wire::Batch<E>, x: &str| {
+                    let (offset, len) = b.push_str(x);
+                    $wit::StrRef { offset, len }
+                };
+                let l = |b: &mut $crate::wire::Batch<E>, x: &[String]| {
+                    let (first, count) = b.push_list(x.iter().map(String::as_str));
+                    $wit::StrList { first, count }
+                };
+                let body = match &e.body {
+                    B::ProcessExec(x) => {
+                        let exe = s(b, &x.exe);
+                        // The parent's exe is usually the first ancestor: send it once.
+                        let parent_exe = s(b, &x.parent_exe);
+                        let ancestry_first = b.entries();
+                        for (i, a) in x.ancestry.iter().enumerate() {
+                            let r = if i == 0 && *a == x.parent_exe { parent_exe } else { s(b, a) };
+                            b.push_entry((r.offset, r.len));
+                        }
+                        let ancestry = $wit::StrList { first: ancestry_first, count: x.ancestry.len() as u32 };
+                        $wit::EventBody::ProcessExec($wit::ProcessExec {
+                            pid: x.pid,
+                            ppid: x.ppid,
+                            entity_id: x.entity_id,
+                            parent_entity_id: x.parent_entity_id,
+                            exe,
+                            argv: l(b, &x.argv),
+                            cwd: s(b, &x.cwd),
+                            uid: x.uid,
+                            user: s(b, &x.user),
+                            start_time: x.start_time,
+                            parent_exe,
+                            parent_argv: l(b, &x.parent_argv),
+                            ancestry,
+                        })
+                    }
+                    B::ProcessExit(x) => $wit::EventBody::ProcessExit($wit::ProcessExit { pid: x.pid, entity_id: x.entity_id, exit_code: x.exit_code }),
+                    B::File(f) => $wit::EventBody::File($wit::FileEvent {
+                        op: f.op.into(),
+                        path: s(b, &f.path),
+                        old_path: f.old_path.as_deref().map(|x| s(b, x)),
+                        mode: f.mode,
+                        pid: f.pid,
+                        entity_id: f.entity_id,
+                        exe: f.exe.as_deref().map(|x| s(b, x)),
+                        uid: f.uid,
+                    }),
+                    B::Network(n) => $wit::EventBody::Network($wit::NetworkEvent {
+                        op: n.op.into(),
+                        transport: n.transport.into(),
+                        local_ip: s(b, &n.local_ip),
+                        local_port: n.local_port,
+                        remote_ip: s(b, &n.remote_ip),
+                        remote_port: n.remote_port,
+                        pid: n.pid,
+                        entity_id: n.entity_id,
+                        exe: n.exe.as_deref().map(|x| s(b, x)),
+                        uid: n.uid,
+                    }),
+                    B::Login(x) => $wit::EventBody::Login($wit::LoginEvent {
+                        user: s(b, &x.user),
+                        source_ip: x.source_ip.as_deref().map(|v| s(b, v)),
+                        service: s(b, &x.service),
+                        method: s(b, &x.method),
+                        success: x.success,
+                        pid: x.pid,
+                    }),
+                };
+                $wit::Event { id: e.id, time: e.time, partial: e.partial, body }
+            }
+
+            fn kind(&self) -> $crate::EventKind {
+                match self.body {
+                    $wit::EventBody::ProcessExec(_) => $crate::EventKind::ProcessExec,
+                    $wit::EventBody::ProcessExit(_) => $crate::EventKind::ProcessExit,
+                    $wit::EventBody::File(_) => $crate::EventKind::File,
+                    $wit::EventBody::Network(_) => $crate::EventKind::Network,
+                    $wit::EventBody::Login(_) => $crate::EventKind::Login,
+                }
+            }
+        }
+    };
+}
+
+#[cfg(all(test, feature = "wasmtime"))]
 mod tests {
     use super::*;
+    use crate::contract::current::types as wit;
+    use crate::model::{EventBody, ProcessExec};
+
+    fn list(b: &EncodedBatch, l: wit::StrList) -> Vec<&str> {
+        (0..l.count).map(|i| b.resolve(b.entry(l.first + i))).collect()
+    }
 
     #[test]
     fn strings_are_packed_and_resolvable() {
@@ -301,13 +244,19 @@ mod tests {
             }),
         };
         let b = EncodedBatch::encode([&e]);
-        let WireBody::ProcessExec(x) = &b.events[0].body else { panic!() };
-        assert_eq!(b.resolve(x.exe), "/bin/sh");
-        let argv: Vec<&str> = (0..x.argv.count).map(|i| b.resolve(b.entry(x.argv.first + i))).collect();
-        assert_eq!(argv, vec!["sh", "-c", "ünïcode"]);
-        let anc: Vec<&str> = (0..x.ancestry.count).map(|i| b.resolve(b.entry(x.ancestry.first + i))).collect();
-        assert_eq!(anc, vec!["/usr/sbin/nginx", "/sbin/init"]);
+        let wit::EventBody::ProcessExec(x) = &b.events[0].body else { panic!() };
+        assert_eq!(b.resolve((x.exe.offset, x.exe.len)), "/bin/sh");
+        assert_eq!(list(&b, x.argv), vec!["sh", "-c", "ünïcode"]);
+        assert_eq!(list(&b, x.ancestry), vec!["/usr/sbin/nginx", "/sbin/init"]);
         // The parent exe went into the text once.
         assert_eq!(b.text.matches("/usr/sbin/nginx").count(), 1);
+        assert_eq!(b.events[0].kind(), EventKind::ProcessExec);
+    }
+
+    #[test]
+    fn out_of_range_references_resolve_empty() {
+        let b = EncodedBatch::default();
+        assert_eq!(b.entry(7), (0, 0));
+        assert_eq!(b.resolve((5, u32::MAX)), "");
     }
 }

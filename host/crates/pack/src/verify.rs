@@ -23,8 +23,9 @@ pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 256 * 1024 * 1024;
 /// Default `max_files`: 1000 entries.
 pub const DEFAULT_MAX_FILES: usize = 1000;
-/// The plugin contract this crate's agent implements (`edr:plugin@0.1.x`).
-pub const CURRENT_CONTRACT: &str = "0.1";
+/// The plugin contract plugins are built against today, as manifests name it
+/// (`major.minor` of [`edr_event::versions::CURRENT`]).
+pub const CURRENT_CONTRACT: &str = edr_event::versions::major_minor(edr_event::versions::CURRENT);
 /// Largest signature file accepted (a minisign signature is ~300 bytes plus
 /// its trusted comment).
 pub const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
@@ -69,7 +70,8 @@ impl VerifyPolicy {
         VerifyPolicy {
             now: SystemTime::now(),
             agent_version,
-            supported_contracts: vec![CURRENT_CONTRACT.to_string()],
+            // Every version the runtime links side by side.
+            supported_contracts: edr_event::versions::ALL.iter().map(|v| edr_event::versions::major_minor(*v).to_string()).collect(),
             expected_id: None,
             installed_version: None,
             max_archive_bytes: DEFAULT_MAX_ARCHIVE_BYTES,

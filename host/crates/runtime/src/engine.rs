@@ -3,7 +3,7 @@
 use crate::capability::{Capability, Grants, ImportName};
 use crate::error::LoadError;
 use crate::host::{add_to_linker, HostServices, PluginIdentity, PluginState};
-use crate::plugin::{Plugin, PluginSpec};
+use crate::plugin::{Contract, Plugin, PluginSpec};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -181,7 +181,7 @@ impl Runtime {
                     return Err(LoadError::UnsupportedContract {
                         plugin: plugin.to_string(),
                         import: name.to_string(),
-                        supported: crate::CONTRACT_VERSION.to_string(),
+                        supported: edr_event::contract::VERSIONS.join(", edr:plugin@"),
                     });
                 }
             }
@@ -206,27 +206,56 @@ impl Runtime {
         let component = self.compile(&spec.name, &spec.wasm)?;
         self.check_imports(&spec.name, &component, &spec.grants)?;
         let link_err = |e: wasmtime::Error| LoadError::Link { plugin: spec.name.clone(), reason: format!("{e:#}") };
+        let contract = self.contract_of(&spec.name, &component)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(link_err)?;
         let identity = Arc::new(PluginIdentity { plugin: spec.name.clone(), pack: spec.pack.clone() });
-        Plugin::start(self.clone(), pre, identity, services, spec)
+        Plugin::start(self.clone(), pre, contract, identity, services, spec)
+    }
+
+    /// The contract version a component was built against, from its exports:
+    /// `edr:plugin/detect@0.2.0` for 0.2.0, world-level `on-events` for 0.1.0.
+    fn contract_of(&self, plugin: &str, component: &Component) -> Result<Contract, LoadError> {
+        let ty = component.component_type();
+        let names: Vec<&str> = ty.exports(&self.inner.engine).map(|(name, _)| name).collect();
+        let current = format!("edr:plugin/detect@{}", edr_event::contract::v0_2::VERSION);
+        if names.contains(&current.as_str()) {
+            return Ok(Contract::V0_2);
+        }
+        if let Some(other) = names.iter().find(|n| n.starts_with("edr:plugin/detect@")) {
+            return Err(LoadError::UnsupportedContract {
+                plugin: plugin.to_string(),
+                import: other.to_string(),
+                supported: edr_event::contract::VERSIONS.join(", edr:plugin@"),
+            });
+        }
+        if names.contains(&"on-events") {
+            return Ok(Contract::V0_1);
+        }
+        Err(LoadError::Link {
+            plugin: plugin.to_string(),
+            reason: format!("it exports neither `{current}` (edr:plugin@{}) nor `on-events` (edr:plugin@{}); exports: {names:?}", edr_event::contract::v0_2::VERSION, edr_event::contract::v0_1::VERSION),
+        })
     }
 }
 
 /// Whether a contract version named in an import is one this host links:
-/// same major (or same minor while the major is 0), minor not newer than ours.
+/// the same major and minor as a linked version while the major is 0 (0.x
+/// minors are breaking), the same major and a minor not newer from 1.0 on.
 fn version_supported(v: &str) -> bool {
     let parse = |s: &str| -> Option<(u64, u64)> {
         let mut it = s.split('.');
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     };
-    let (Some((maj, min)), Some((our_maj, our_min))) = (parse(v), parse(crate::CONTRACT_VERSION)) else {
+    let Some((maj, min)) = parse(v) else {
         return false;
     };
-    if our_maj == 0 {
-        maj == 0 && min == our_min
-    } else {
-        maj == our_maj && min <= our_min
-    }
+    edr_event::contract::VERSIONS.iter().filter_map(|ours| parse(ours)).any(|(our_maj, our_min)| {
+        if our_maj == 0 {
+            maj == 0 && min == our_min
+        } else {
+            maj == our_maj && min <= our_min
+        }
+    })
 }
 
 /// One thread per engine advances the epoch while calls run; it stops once
@@ -280,7 +309,8 @@ mod tests {
     fn contract_versions() {
         assert!(super::version_supported("0.1.0"));
         assert!(super::version_supported("0.1.7"));
-        assert!(!super::version_supported("0.2.0"));
+        assert!(super::version_supported("0.2.0"));
+        assert!(!super::version_supported("0.3.0"));
         assert!(!super::version_supported("1.0.0"));
         assert!(!super::version_supported("x"));
     }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wasmtime::component::Linker;
-use wasmtime::{ResourceLimiter, StoreContextMut};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::ResourceLimiter;
 
 /// Who is calling: a plugin and the pack it came from. State is keyed by
 /// pack id and plugin name (not version), so it survives updates.
@@ -193,44 +193,74 @@ pub(crate) fn truncate(s: &mut String, max: usize) -> bool {
     true
 }
 
-/// Registers the contract's host imports (every capability; a plugin's
-/// grant is enforced before linking, by checking its imports).
+/// The host imports of one contract version, as the `Host` traits
+/// `bindgen!` generated for it. Every version's imports have the same
+/// meaning; they differ only in the generated types, converted exhaustively.
+macro_rules! host_imports {
+    ($v:ident) => {
+        mod $v {
+            use super::PluginState;
+            use edr_event::contract::$v::edr::plugin::{clock, log, process, respond, state, types};
+
+            impl types::Host for PluginState {}
+
+            impl log::Host for PluginState {
+                fn log(&mut self, level: types::LogLevel, message: String) {
+                    self.write_log(level.into(), message);
+                }
+            }
+
+            impl clock::Host for PluginState {
+                fn now(&mut self) -> types::Timestamp {
+                    edr_event::time::now()
+                }
+            }
+
+            impl state::Host for PluginState {
+                fn get(&mut self, key: String) -> Option<Vec<u8>> {
+                    self.services.state_get(&self.identity, &key)
+                }
+
+                fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+                    self.services.state_set(&self.identity, &key, value)
+                }
+
+                fn delete(&mut self, key: String) {
+                    self.services.state_delete(&self.identity, &key);
+                }
+            }
+
+            impl process::Host for PluginState {
+                fn ancestry(&mut self, entity_id: u64) -> Vec<types::ProcessInfo> {
+                    self.services.ancestry(entity_id).into_iter().map(Into::into).collect()
+                }
+            }
+
+            impl respond::Host for PluginState {
+                fn request(&mut self, action: types::Action, reason: String) -> types::Decision {
+                    self.services.request_action(&self.identity, action.into(), reason).into()
+                }
+            }
+        }
+    };
+}
+
+host_imports!(v0_2);
+host_imports!(v0_1);
+
+/// Registers the host imports of every contract version this host links
+/// (every capability; a plugin's grant is enforced before linking, by
+/// checking its imports).
 pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    let v = crate::CONTRACT_VERSION;
-    // The `types` interface only defines types; the instance must still exist.
-    linker.instance(&format!("edr:plugin/types@{v}"))?;
-    linker.instance(&format!("edr:plugin/log@{v}"))?.func_wrap("log", |mut cx: StoreContextMut<'_, PluginState>, (level, message): (LogLevel, String)| {
-        cx.data_mut().log(level, message);
-        Ok(())
-    })?;
-    linker.instance(&format!("edr:plugin/clock@{v}"))?.func_wrap("now", |_cx: StoreContextMut<'_, PluginState>, (): ()| Ok((edr_event::time::now(),)))?;
-    let mut state = linker.instance(&format!("edr:plugin/state@{v}"))?;
-    state.func_wrap("get", |cx: StoreContextMut<'_, PluginState>, (key,): (String,)| {
-        let s = cx.data();
-        Ok((s.services.state_get(&s.identity, &key),))
-    })?;
-    state.func_wrap("set", |cx: StoreContextMut<'_, PluginState>, (key, value): (String, Vec<u8>)| {
-        let s = cx.data();
-        Ok((s.services.state_set(&s.identity, &key, value),))
-    })?;
-    state.func_wrap("delete", |cx: StoreContextMut<'_, PluginState>, (key,): (String,)| {
-        let s = cx.data();
-        s.services.state_delete(&s.identity, &key);
-        Ok(())
-    })?;
-    linker
-        .instance(&format!("edr:plugin/process@{v}"))?
-        .func_wrap("ancestry", |cx: StoreContextMut<'_, PluginState>, (entity_id,): (u64,)| Ok((cx.data().services.ancestry(entity_id),)))?;
-    linker.instance(&format!("edr:plugin/respond@{v}"))?.func_wrap("request", |cx: StoreContextMut<'_, PluginState>, (action, reason): (Action, String)| {
-        let s = cx.data();
-        Ok((s.services.request_action(&s.identity, action, reason),))
-    })?;
+    use edr_event::contract::{v0_1, v0_2};
+    v0_2::Detector::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |s| s)?;
+    v0_1::Detector::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |s| s)?;
     Ok(())
 }
 
 impl PluginState {
     /// The `log` import: rate-limited, length-capped, into `tracing`.
-    fn log(&mut self, level: LogLevel, mut message: String) {
+    fn write_log(&mut self, level: LogLevel, mut message: String) {
         if !self.log_bucket.take() {
             self.metrics.logs_dropped.fetch_add(1, Relaxed);
             return;

@@ -43,5 +43,9 @@ pub use limits::Limits;
 pub use metrics::{MetricsSnapshot, PluginMetrics};
 pub use plugin::{CallOutcome, Health, Plugin, PluginSpec};
 
-/// The contract version this runtime implements (`edr:plugin@…`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version plugins are built against today (`edr:plugin@…`);
+/// the runtime links every version in [`CONTRACT_VERSIONS`].
+pub const CONTRACT_VERSION: &str = edr_event::contract::current::VERSION;
+
+/// Every contract version this runtime links, newest first.
+pub const CONTRACT_VERSIONS: &[&str] = edr_event::contract::VERSIONS;

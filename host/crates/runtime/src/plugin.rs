@@ -6,13 +6,14 @@ use crate::error::{LoadError, PluginError};
 use crate::host::{truncate, HostServices, PluginIdentity, PluginState};
 use crate::limits::Limits;
 use crate::metrics::PluginMetrics;
+use edr_event::contract::{v0_1, v0_2};
 use edr_event::wire::{EncodedBatch, WireEvent};
 use edr_event::{Event, EventKind, Finding, PackRef, PluginConfig, PluginInfo};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Func, InstancePre, TypedFunc};
+use wasmtime::component::{Func, Instance, InstancePre, TypedFunc};
 use wasmtime::{Store, Trap};
 
 /// Everything needed to load one plugin.
@@ -59,7 +60,37 @@ pub struct CallOutcome {
 
 struct Live {
     store: Store<PluginState>,
-    on_events: Func,
+    exports: Exports,
+}
+
+/// The contract version a plugin was built against, read from its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contract {
+    /// `edr:plugin@0.2.0`: exports the `detect` interface.
+    V0_2,
+    /// `edr:plugin@0.1.0`: exports `init` and `on-events` at the world level.
+    V0_1,
+}
+
+impl Contract {
+    /// The version string (`0.2.0`).
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_2 => v0_2::VERSION,
+            Contract::V0_1 => v0_1::VERSION,
+        }
+    }
+}
+
+/// A live instance's entry points.
+enum Exports {
+    /// The current version. `on-events` is called through a `TypedFunc` over
+    /// `&[&WireEvent]` (the generated record, borrowed) so each plugin gets its
+    /// subset of the shared batch without copying events; its type was checked
+    /// against the generated bindings when the instance was built.
+    Current(Func),
+    /// 0.1.0: events are converted from the current wire form per call.
+    V0_1(v0_1::Detector),
 }
 
 /// A loaded plugin. Calls are synchronous and bounded by the plugin's
@@ -67,6 +98,7 @@ struct Live {
 pub struct Plugin {
     runtime: Runtime,
     pre: InstancePre<PluginState>,
+    contract: Contract,
     identity: Arc<PluginIdentity>,
     services: Arc<dyn HostServices>,
     config: PluginConfig,
@@ -90,6 +122,7 @@ impl Plugin {
     pub(crate) fn start(
         runtime: Runtime,
         pre: InstancePre<PluginState>,
+        contract: Contract,
         identity: Arc<PluginIdentity>,
         services: Arc<dyn HostServices>,
         spec: PluginSpec,
@@ -97,6 +130,7 @@ impl Plugin {
         let mut plugin = Plugin {
             runtime,
             pre,
+            contract,
             identity,
             services,
             config: spec.config,
@@ -130,6 +164,11 @@ impl Plugin {
     /// What the plugin said about itself at init.
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// The contract version the plugin was built against (`0.1.0`, `0.2.0`).
+    pub fn contract_version(&self) -> &'static str {
+        self.contract.version()
     }
 
     /// The pack the plugin came from.
@@ -189,23 +228,45 @@ impl Plugin {
                 });
             }
         };
-        let init = instance
-            .get_typed_func::<(&PluginConfig,), (Result<PluginInfo, String>,)>(&mut store, "init")
-            .map_err(|e| StartError::Instantiate(format!("`init` is missing or has the wrong type: {e:#}")))?;
-        let on_events = instance.get_func(&mut store, "on-events").ok_or_else(|| StartError::Instantiate("no `on-events` export".into()))?;
-        // Check the signature once; calls then use the unchecked typed func.
-        on_events.typed::<OnEventsParams, (Vec<Finding>,)>(&store).map_err(|e| StartError::Instantiate(format!("`on-events` has the wrong type: {e:#}")))?;
-        let info = match init.call(&mut store, (&self.config,)) {
-            Ok((Ok(info),)) => info,
-            Ok((Err(reason),)) => return Err(StartError::Rejected(reason)),
+        let (exports, init) = self.bind(&mut store, &instance).map_err(StartError::Instantiate)?;
+        let info = match init {
+            Ok(Ok(info)) => info,
+            Ok(Err(reason)) => return Err(StartError::Rejected(reason)),
             Err(e) => {
                 let hit_cap = store.data().limiter.hit_cap;
                 return Err(StartError::Failed(self.classify(&e, hit_cap, self.limits.init_deadline)));
             }
         };
         self.metrics.set_memory(store.data().limiter.current);
-        self.live = Some(Live { store, on_events });
+        self.live = Some(Live { store, exports });
         Ok(info)
+    }
+
+    /// Checks the instance's exports against the generated bindings of its
+    /// contract version and runs `init`.
+    fn bind(&self, store: &mut Store<PluginState>, instance: &Instance) -> Result<(Exports, wasmtime::Result<Result<PluginInfo, String>>), String> {
+        let wrong = |e: wasmtime::Error| format!("its exports do not match edr:plugin@{}: {e:#}", self.contract.version());
+        match self.contract {
+            Contract::V0_2 => {
+                let bindings = v0_2::Detector::new(&mut *store, instance).map_err(wrong)?;
+                let iface = instance
+                    .get_export_index(&mut *store, None, &format!("edr:plugin/detect@{}", v0_2::VERSION))
+                    .ok_or_else(|| "no `detect` export".to_string())?;
+                let on_events = instance
+                    .get_export_index(&mut *store, Some(&iface), "on-events")
+                    .and_then(|i| instance.get_func(&mut *store, i))
+                    .ok_or_else(|| "no `on-events` export".to_string())?;
+                // Check the borrowed-events signature once; calls then use the unchecked typed func.
+                on_events.typed::<OnEventsParams, OnEventsResults>(&*store).map_err(|e| format!("`on-events` has the wrong type: {e:#}"))?;
+                let init = bindings.edr_plugin_detect().call_init(&mut *store, &(&self.config).into()).map(|r| r.map(Into::into));
+                Ok((Exports::Current(on_events), init))
+            }
+            Contract::V0_1 => {
+                let bindings = v0_1::Detector::new(&mut *store, instance).map_err(wrong)?;
+                let init = bindings.call_init(&mut *store, &(&self.config).into()).map(|r| r.map(Into::into));
+                Ok((Exports::V0_1(bindings), init))
+            }
+        }
     }
 
     fn classify(&self, e: &wasmtime::Error, hit_cap: bool, deadline: Duration) -> PluginError {
@@ -255,14 +316,22 @@ impl Plugin {
         let live = self.live.as_mut().expect("instantiated above");
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().limiter.hit_cap = false;
-        // SAFETY: the signature was checked with `typed` when the instance was built.
-        let func = unsafe { TypedFunc::<OnEventsParams, (Vec<Finding>,)>::new_unchecked(live.on_events) };
         let start = Instant::now();
-        let result = func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events));
+        let result: wasmtime::Result<Vec<Finding>> = match &live.exports {
+            Exports::Current(on_events) => {
+                // SAFETY: the signature was checked with `typed` when the instance was built.
+                let func = unsafe { TypedFunc::<OnEventsParams, OnEventsResults>::new_unchecked(*on_events) };
+                func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events)).map(|(f,)| f.into_iter().map(Into::into).collect())
+            }
+            Exports::V0_1(bindings) => {
+                let old: Vec<v0_1::types::Event> = events.iter().map(|e| (*e).into()).collect();
+                bindings.call_on_events(&mut live.store, &batch.text, &batch.lists, &old).map(|f| f.into_iter().map(Into::into).collect())
+            }
+        };
         self.metrics.record_call_time(start.elapsed());
         self.metrics.calls.fetch_add(1, Relaxed);
         let outcome = match result {
-            Ok((mut findings,)) => {
+            Ok(mut findings) => {
                 self.metrics.set_memory(live.store.data().limiter.current);
                 self.bound(&mut findings);
                 self.metrics.findings.fetch_add(findings.len() as u64, Relaxed);
@@ -342,8 +411,10 @@ impl Plugin {
     }
 }
 
-/// `on-events(text, lists, events)`.
+/// `on-events(text, lists, events)` of the current version, events borrowed.
 type OnEventsParams<'a> = (&'a str, &'a [u32], &'a [&'a WireEvent]);
+/// Its result, in the generated type.
+type OnEventsResults = (Vec<v0_2::types::Finding>,);
 
 fn kind_bit(k: EventKind) -> u32 {
     1 << (k as u32)

@@ -76,6 +76,7 @@ pub const GUESTS: &[Guest] = &[
     builtin("sigma", "edr-plugin-sigma", "plugins/sigma", &[ProcessExec, File, Network]),
     guest("noop", "edr-test-noop", "plugins/testing/noop", Testing),
     guest("stateful", "edr-test-stateful", "plugins/testing/stateful", Testing),
+    guest("contract-v0-1", "edr-test-contract-v0-1", "plugins/testing/contract-v0-1", Testing),
     guest("hostile-corrupt-after-trap", "edr-hostile-corrupt-after-trap", "plugins/hostile/corrupt-after-trap", Hostile),
     guest("hostile-deadline-overrun", "edr-hostile-deadline-overrun", "plugins/hostile/deadline-overrun", Hostile),
     guest("hostile-deep-recursion", "edr-hostile-deep-recursion", "plugins/hostile/deep-recursion", Hostile),
