@@ -14,10 +14,12 @@
 //! heartbeats, and alert forwarding with a durable cursor that advances only
 //! after JetStream has acknowledged the alert (its `Nats-Msg-Id` lets the
 //! stream drop a resend). The record is the spool: a network cut, a NATS
-//! restart or an agent restart loses nothing and sends nothing twice.
+//! restart or an agent restart loses nothing and sends nothing twice. It also
+//! answers signed commands on `edr.cmd.<host id>` ([`commands`]).
 
 #![deny(missing_docs)]
 
+pub mod commands;
 pub mod enroll;
 pub mod heartbeat;
 pub mod identity;

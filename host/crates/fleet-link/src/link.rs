@@ -3,7 +3,9 @@
 
 use crate::heartbeat::{self, LinkFacts};
 use crate::identity::{self, Identity};
+use crate::commands::{self, BuiltIn, CommandExecutor, NonceStore};
 use crate::{AlertSource, LinkError, StatusProvider};
+use futures_util::StreamExt;
 use async_nats::jetstream;
 use edr_datadir::DataDir;
 use edr_fleet_proto::subjects;
@@ -63,6 +65,9 @@ pub struct FleetLink {
 }
 
 struct Ctx {
+    exec: Arc<dyn CommandExecutor>,
+    pinned: Vec<ed25519_dalek::VerifyingKey>,
+    nonces: Arc<Mutex<NonceStore>>,
     id: Identity,
     dir: DataDir,
     opts: LinkOptions,
@@ -78,6 +83,21 @@ impl FleetLink {
     /// # Errors
     /// [`LinkError::NotEnrolled`], unreadable state, or no runtime.
     pub fn start(data_dir: &Path, opts: LinkOptions, source: Arc<dyn AlertSource>, status: Arc<dyn StatusProvider>) -> Result<FleetLink, LinkError> {
+        let exec = Arc::new(BuiltIn(status.clone()));
+        Self::start_with(data_dir, opts, source, status, exec)
+    }
+
+    /// [`FleetLink::start`] with the agent's own command executor.
+    ///
+    /// # Errors
+    /// As [`FleetLink::start`].
+    pub fn start_with(
+        data_dir: &Path,
+        opts: LinkOptions,
+        source: Arc<dyn AlertSource>,
+        status: Arc<dyn StatusProvider>,
+        exec: Arc<dyn CommandExecutor>,
+    ) -> Result<FleetLink, LinkError> {
         let dir = identity::state_dir(data_dir)?;
         let id = Identity::load(&dir)?.ok_or(LinkError::NotEnrolled)?;
         let kp = Arc::new(Identity::key_pair(&dir)?);
@@ -91,7 +111,13 @@ impl FleetLink {
             .build()
             .map_err(|e| LinkError::Start(e.to_string()))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let ctx = Ctx { id: id.clone(), dir, opts, source, status, stats: stats.clone() };
+        let pinned = id
+            .command_keys
+            .iter()
+            .filter_map(|k| edr_fleet_proto::command::parse_key(k).map_err(|e| tracing::error!("fleet: pinned command key {k:?} ignored: {e}")).ok())
+            .collect();
+        let nonces = Arc::new(Mutex::new(NonceStore::load(identity::state_dir(data_dir)?)));
+        let ctx = Ctx { exec, pinned, nonces, id: id.clone(), dir, opts, source, status, stats: stats.clone() };
         let thread = std::thread::Builder::new()
             .name("edr-fleet".into())
             .spawn(move || {
@@ -171,6 +197,11 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
         Err(e) => return ctx.stats.error(e),
     };
     let js = jetstream::new(client.clone());
+    let mut cmds = match client.subscribe(subjects::command(&ctx.id.host_id)).await {
+        Ok(s) => s,
+        Err(e) => return ctx.stats.error(format!("cannot subscribe to commands: {e}")),
+    };
+    let ctx = Arc::new(ctx);
     let interval = ctx.opts.heartbeat.unwrap_or(Duration::from_secs(ctx.id.heartbeat_secs.max(1)));
     let mut beat = tokio::time::interval(interval);
     let mut poll = tokio::time::interval(ctx.opts.alert_poll);
@@ -179,6 +210,7 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
         tokio::select! {
             _ = stop.changed() => break,
             _ = beat.tick() => send_heartbeat(&ctx, &client, interval).await,
+            Some(msg) = cmds.next() => answer_command(ctx.clone(), client.clone(), msg).await,
             _ = poll.tick() => {
                 if client.connection_state() == async_nats::connection::State::Connected {
                     forward_alerts(&ctx, &js, &mut stop).await;
@@ -187,6 +219,20 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
         }
     }
     let _ = client.flush().await;
+}
+
+async fn answer_command(ctx: Arc<Ctx>, client: async_nats::Client, msg: async_nats::Message) {
+    let c = ctx.clone();
+    let payload = msg.payload.to_vec();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut nonces = c.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        commands::handle(&payload, &c.id.host_id, &c.pinned, &mut nonces, c.exec.as_ref(), edr_fleet_proto::now_secs())
+    })
+    .await;
+    let (Ok(result), Some(reply)) = (result, msg.reply) else { return };
+    if let Err(e) = client.publish(reply, serde_json::to_vec(&result).unwrap_or_default().into()).await {
+        ctx.stats.error(format!("cannot answer command {}: {e}", result.command_id));
+    }
 }
 
 async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Duration) {

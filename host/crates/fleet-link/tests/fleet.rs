@@ -421,3 +421,81 @@ fn the_index_is_rebuilt_from_the_streams() {
     assert_eq!((hosts.len(), hosts[0]["hostname"].as_str()), (1, Some("app-1")));
     assert!(hosts[0]["last_seen"].is_u64(), "the last heartbeat is rebuilt too");
 }
+
+fn operator_key(h: &Harness) -> ed25519_dalek::SigningKey {
+    let text = std::fs::read_to_string(h.fleet_dir().join("keys/command.ed25519")).unwrap();
+    ed25519_dalek::SigningKey::from_bytes(&hex::decode(text.trim()).unwrap().try_into().unwrap())
+}
+
+fn body(host: &str, nonce: &str, issued_at: u64, expires_at: u64, path: &str) -> edr_fleet_proto::command::CommandBody {
+    edr_fleet_proto::command::CommandBody {
+        v: 1,
+        command_id: format!("c-{nonce}"),
+        host_id: host.into(),
+        issued_at,
+        expires_at,
+        nonce: nonce.into(),
+        command: edr_fleet_proto::command::Command::Ls { path: path.into() },
+    }
+}
+
+#[test]
+fn signed_commands_run_and_hostile_ones_are_refused_by_the_host() {
+    use edr_fleet_proto::command::sign;
+    if !have_nats() {
+        return;
+    }
+    let h = Harness::start(1);
+    let data = tempfile::tempdir().unwrap();
+    let id = enroll(&h, data.path(), "files-1");
+    let store = Arc::new(Store::open(StoreConfig::new(data.path().join("events.db"))).unwrap());
+    let l = link(data.path(), store);
+    assert!(wait_until(Duration::from_secs(15), || h.hosts()[0]["state"] == "online"));
+    let target = tempfile::tempdir().unwrap();
+    std::fs::write(target.path().join("x"), "hello").unwrap();
+    let path = target.path().to_str().unwrap().to_string();
+    let run = |signed: &edr_fleet_proto::command::SignedCommand| h.admin.post(&format!("/api/v1/hosts/{}/commands", id.host_id), &serde_json::to_value(signed).unwrap()).unwrap();
+
+    // The CLI's path: signed with the operator key file, relayed by the server.
+    let key_file = h.fleet_dir().join("keys/command.ed25519");
+    let good = edr_fleet_server::client::sign_command(&key_file, &id.host_id, edr_fleet_proto::command::Command::Ls { path: path.clone() }, 60).unwrap();
+    let r = run(&good);
+    assert_eq!(r["status"], "done", "{r}");
+    let entry = &r["output"]["entries"][0];
+    assert_eq!((entry["name"].as_str(), entry["type"].as_str(), entry["size"].as_u64()), (Some("x"), Some("file"), Some(5)));
+    assert_eq!(entry["sha256"], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+
+    let now = edr_fleet_proto::now_secs();
+    let key = operator_key(&h);
+    let mut forged = sign(&body(&id.host_id, "00000000000000000001", now, now + 60, &path), &key);
+    forged.body = forged.body.replace(&path, "/etc");
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let cases = [
+        (good.clone(), "replayed"),
+        (sign(&body("h00000000000000ff", "00000000000000000002", now, now + 60, &path), &key), "is for host h00000000000000ff"),
+        (sign(&body(&id.host_id, "00000000000000000003", now - 120, now - 60, &path), &key), "expired"),
+        (sign(&body(&id.host_id, "00000000000000000004", now, now + 60, &path), &stranger), "does not trust"),
+        (forged, "does not verify"),
+        (sign(&body(&id.host_id, "00000000000000000005", now, now + 30 * 86400, &path), &key), "validity window"),
+    ];
+    for (signed, why) in &cases {
+        let r = run(signed);
+        assert_eq!(r["status"], "refused", "{why}: {r}");
+        assert!(r["output"]["reason"].as_str().unwrap().contains(why), "{why}: {r}");
+    }
+    // A compromised bus sends garbage straight to the host.
+    let client = h.running().state.bus.client.clone();
+    let subject = edr_fleet_proto::subjects::command(&id.host_id);
+    let m = h.rt.block_on(async move { client.request(subject, "garbage".into()).await.unwrap() });
+    let r: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert!(r["status"] == "refused" && r["output"]["reason"].as_str().unwrap().contains("malformed"), "{r}");
+
+    // Both sides audit: the host every command it got, the server every one it relayed.
+    let host_audit = std::fs::read_to_string(data.path().join("fleet/commands.jsonl")).unwrap();
+    assert_eq!(host_audit.lines().count(), 1 + cases.len() + 1);
+    let audit = h.admin.get("/api/v1/audit?limit=100").unwrap()["audit"].as_array().unwrap().clone();
+    let relayed: Vec<&str> = audit.iter().filter(|e| e["change"]["kind"] == "command").map(|e| e["change"]["status"].as_str().unwrap()).collect();
+    assert_eq!(relayed.len(), 1 + cases.len());
+    assert_eq!(relayed.iter().filter(|s| **s == "done").count(), 1);
+    l.stop();
+}

@@ -61,6 +61,21 @@ pub struct SignedCommand {
     pub signature: String,
 }
 
+/// A host's answer to a command (the reply to the request on `edr.cmd.<host id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Protocol version.
+    pub v: u32,
+    /// The host that answered.
+    pub host_id: String,
+    /// The command's id (empty when the envelope could not be read).
+    pub command_id: String,
+    /// `done`, `failed` (it ran and failed) or `refused` (it did not run).
+    pub status: String,
+    /// What it produced (`done`), or why not.
+    pub output: serde_json::Value,
+}
+
 /// Why a host refused a command (logged and sent back as the result).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

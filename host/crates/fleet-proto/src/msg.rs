@@ -217,6 +217,19 @@ pub enum Change {
         /// Why.
         note: String,
     },
+    /// A signed command was relayed to a host, and what the host answered.
+    Command {
+        /// Host.
+        host_id: String,
+        /// The command's id.
+        command_id: String,
+        /// The signed body, verbatim.
+        body: String,
+        /// The signer's key, hex.
+        key: String,
+        /// `done`, `failed`, `refused` (by the host) or `no-answer`.
+        status: String,
+    },
 }
 
 impl Change {
@@ -226,6 +239,7 @@ impl Change {
             Change::TokenCreated { .. } => "token",
             Change::Enrolled { .. } => "enrolled",
             Change::Triage { .. } => "triage",
+            Change::Command { .. } => "command",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | `GET /api/v1/hosts` | viewer | hosts with state (online, offline, isolated, never-seen), last seen, inventory |
 //! | `GET /api/v1/alerts?host=&state=&limit=&ecs=true` | viewer | alerts, newest first, with triage state |
 //! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
+//! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //!
 //! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request). Every error is JSON,
@@ -84,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{host}/{id}/triage", post(triage))
+        .route("/api/v1/hosts/{host}/commands", post(command))
         .route("/api/v1/audit", get(audit))
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
@@ -228,6 +230,33 @@ async fn triage(State(s): State<Arc<AppState>>, headers: HeaderMap, Path((host, 
     }
     let ev = s.bus.record(&s.index, &who.name, Change::Triage { host_id: host, alert_id, state, note: req.note }).await?;
     ok(ev)
+}
+
+/// Relays an operator-signed command. The server does not sign: a
+/// compromised server can refuse to relay, never invent a command.
+async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host): Path<String>, body: Bytes) -> ApiResult {
+    let who = authorize(&s, &headers, Role::Responder)?;
+    let signed: edr_fleet_proto::command::SignedCommand = parse_body(&body)?;
+    if !s.index.has_host(&host)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no host {host} in this fleet: see `edr fleet hosts`")));
+    }
+    let parsed: edr_fleet_proto::command::CommandBody =
+        serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("the signed body is not a command: {e}")))?;
+    let payload = serde_json::to_vec(&signed).unwrap_or_default();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(&host), payload.into())).await;
+    let (status, result) = match answer {
+        Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
+            Ok(r) => (r.status.clone(), Some(r)),
+            Err(_) => ("no-answer".to_string(), None),
+        },
+        _ => ("no-answer".to_string(), None),
+    };
+    let change = Change::Command { host_id: host.clone(), command_id: parsed.command_id.clone(), body: signed.body.clone(), key: signed.key.clone(), status };
+    s.bus.record(&s.index, &who.name, change).await?;
+    match result {
+        Some(r) => ok(r),
+        None => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", format!("host {host} did not answer within 30 s: is it online (`edr fleet hosts`)?"))),
+    }
 }
 
 async fn audit(State(s): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> ApiResult {

@@ -154,3 +154,31 @@ pub fn render_alerts(v: &Value) -> String {
     }
     out
 }
+
+/// Signs `command` for `host_id` with the operator key in `key_file` (hex
+/// Ed25519 seed, `DIR/keys/command.ed25519`), valid for `ttl_secs`.
+///
+/// # Errors
+/// When the key cannot be read or the OS random source fails.
+pub fn sign_command(
+    key_file: &Path,
+    host_id: &str,
+    command: edr_fleet_proto::command::Command,
+    ttl_secs: u64,
+) -> Result<edr_fleet_proto::command::SignedCommand, crate::FleetError> {
+    let bad = |problem: String| crate::FleetError::Key { name: key_file.display().to_string(), problem };
+    let text = std::fs::read_to_string(key_file).map_err(|e| bad(format!("cannot read the operator's command key: {e}")))?;
+    let seed: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("not 32 hex-encoded bytes".into()))?;
+    let now = edr_fleet_proto::now_secs();
+    let random = |n| edr_fleet_proto::random_hex(n).map_err(|e| bad(format!("random: {e}")));
+    let body = edr_fleet_proto::command::CommandBody {
+        v: edr_fleet_proto::PROTO_VERSION,
+        command_id: random(8)?,
+        host_id: host_id.to_string(),
+        issued_at: now,
+        expires_at: now + ttl_secs.max(1),
+        nonce: random(16)?,
+        command,
+    };
+    Ok(edr_fleet_proto::command::sign(&body, &ed25519_dalek::SigningKey::from_bytes(&seed)))
+}

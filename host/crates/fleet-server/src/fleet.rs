@@ -5,7 +5,9 @@
 //! DIR/ (0700)
 //!   fleet.toml          the server's settings (edit freely)
 //!   keys/ (0700)        nkey seeds: operator, operator-signing, account, account-signing, system;
-//!                       command.ed25519 (the operator's command-signing key); all 0600
+//!                       command.ed25519 (the operator's command-signing key: `edr fleet` signs
+//!                       with it; move it to the operators' machine, the server reads only
+//!                       command.pub); all 0600
 //!   nats/nats.conf      the NATS server configuration (operator JWT, preloaded accounts)
 //!   nats/operator.jwt
 //!   server.creds        the management server's own NATS user (0600)
@@ -95,8 +97,9 @@ pub struct Fleet {
     pub account: String,
     /// The account signing key: signs the hosts' user JWTs.
     pub account_signing: KeyPair,
-    /// The operator's command-signing key.
-    pub command_key: ed25519_dalek::SigningKey,
+    /// The operator's command-signing public key, hex (the server never
+    /// needs the private half: operators sign, the server relays).
+    pub command_public: String,
 }
 
 /// What `init` made.
@@ -132,6 +135,8 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| FleetError::Key { name: "command".into(), problem: e.to_string() })?;
     keys.write_atomically("command.ed25519", hex::encode(seed).as_bytes())?;
+    let command_public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes());
+    keys.write_atomically("command.pub", command_public.as_bytes())?;
     let [operator, operator_signing, account, account_signing, system] = pairs;
     let config = FleetConfig {
         name: opts.name.clone(),
@@ -156,7 +161,7 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
     let text = toml::to_string_pretty(&config).map_err(|e| FleetError::File { path: dir.join("fleet.toml"), problem: e.to_string() })?;
     dir.write_atomically("fleet.toml", text.as_bytes())?;
     tracing::info!(dir = %dir.path().display(), operator = %operator.public_key(), account = %account.public_key(), "fleet created");
-    let fleet = Fleet { account: account.public_key(), account_signing, command_key: ed25519_dalek::SigningKey::from_bytes(&seed), config, dir };
+    let fleet = Fleet { account: account.public_key(), account_signing, command_public, config, dir };
     Ok(Created { fleet, admin_token: token })
 }
 
@@ -226,11 +231,9 @@ impl Fleet {
         let keys = dir.subdir("keys")?;
         let account = KeyPair::from_seed(read_text(&keys, "account.nk")?.trim()).map_err(key_err("account"))?;
         let account_signing = KeyPair::from_seed(read_text(&keys, "account-signing.nk")?.trim()).map_err(key_err("account-signing"))?;
-        let seed: [u8; 32] = hex::decode(read_text(&keys, "command.ed25519")?.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| FleetError::Key { name: "command".into(), problem: "keys/command.ed25519 is not 32 hex-encoded bytes".into() })?;
-        Ok(Fleet { account: account.public_key(), account_signing, command_key: ed25519_dalek::SigningKey::from_bytes(&seed), config, dir })
+        let command_public = read_text(&keys, "command.pub")?.trim().to_string();
+        edr_fleet_proto::command::parse_key(&command_public).map_err(|e| FleetError::Key { name: "keys/command.pub".into(), problem: e })?;
+        Ok(Fleet { account: account.public_key(), account_signing, command_public, config, dir })
     }
 
     /// The management server's own credentials (`server.creds`).
@@ -261,6 +264,6 @@ impl Fleet {
 
     /// The operator's command-signing public key, hex (pinned by hosts).
     pub fn command_public_key(&self) -> String {
-        hex::encode(self.command_key.verifying_key().to_bytes())
+        self.command_public.clone()
     }
 }

@@ -83,6 +83,9 @@ pub struct Permissions {
     pub publish: Option<Vec<String>>,
     /// Subjects the user may subscribe to.
     pub subscribe: Option<Vec<String>>,
+    /// May publish one reply to the reply subject of each message it received
+    /// (nats `allow_responses`): how a host answers a command request.
+    pub allow_responses: bool,
 }
 
 /// A user's JWT, signed by the account's signing key (`issuer_account` names the account).
@@ -103,6 +106,9 @@ pub fn user(account_signing: &KeyPair, account: &str, user_key: &str, name: &str
     if let Some(s) = &perms.subscribe {
         nats["sub"] = json!({"allow": s});
     }
+    if perms.allow_responses {
+        nats["resp"] = json!({"max": 1, "ttl": 0});
+    }
     encode(account_signing, user_key, name, nats)
 }
 
@@ -119,6 +125,7 @@ pub fn host_permissions(host_id: &str) -> Permissions {
     Permissions {
         publish: Some(vec![subjects::host_publish(host_id)]),
         subscribe: Some(vec![subjects::command(host_id), format!("{}.>", subjects::inbox_prefix(host_id))]),
+        allow_responses: true,
     }
 }
 
