@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub respond: toml::Table,
     pub store: StoreSection,
     pub metrics: MetricsSection,
+    /// `[fleet]`: the link to the management server (crate `edr-fleet-link`).
+    pub fleet: edr_fleet_link::FleetConfig,
 }
 
 /// `[metrics]`: the Prometheus endpoint. Off unless `listen` is set; it is
@@ -94,6 +96,7 @@ impl Default for AgentConfig {
             respond: toml::Table::new(),
             store: StoreSection::default(),
             metrics: MetricsSection::default(),
+            fleet: edr_fleet_link::FleetConfig::default(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct AgentArgs {
     /// Seconds between health lines in the log.
     #[arg(long, default_value_t = 60)]
     pub health_interval: u64,
+    /// Enroll this host in a fleet with a one-time token (`edr fleet enroll-token`), then report to it.
+    #[arg(long)]
+    pub enroll: Option<String>,
 }
 
 /// What the pack manager thread shares for status.
@@ -181,6 +184,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Incoming>();
     control::serve(&cfg.data_dir, control_tx.clone(), responder.clone())?;
     let mut metrics = start_metrics(&cfg, &control_tx, &health);
+    // Fleet link (issue 15): isolated here so it can move to the agent builder's hook.
+    let fleet_link = start_fleet_link(&cfg, args.enroll.as_deref(), &control_tx)?;
     let mut current = cfg.clone();
     tracing::info!(data_dir = %cfg.data_dir.display(), alerts = ?alerts_file, packs_dir = %drop_dir.display(), source = %cfg.collect.source, plugins = pipeline.plugin_count(), "agent started");
 
@@ -279,6 +284,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(fleet_link);
     if let Some(c) = collectors {
         c.stop();
     }
@@ -429,6 +435,31 @@ fn apply_reload(
     out
 }
 
+/// The fleet link, when this host is (or, with a token, becomes) enrolled
+/// and `[fleet] disabled` is not set. It reads alerts from the record
+/// (opened read-only beside the writer) and status through the control channel.
+fn start_fleet_link(cfg: &AgentConfig, enroll: Option<&str>, control_tx: &Sender<Incoming>) -> anyhow::Result<Option<edr_fleet_link::FleetLink>> {
+    if let Some(token) = enroll.or(cfg.fleet.enroll_token.as_deref()) {
+        edr_fleet_link::enroll::enroll(&cfg.data_dir, token, &edr_fleet_link::enroll::hostname())?;
+    }
+    let enrolled = edr_fleet_link::identity::state_dir(&cfg.data_dir).and_then(|d| edr_fleet_link::Identity::load(&d))?.is_some();
+    if !enrolled || cfg.fleet.disabled || !cfg.store.enabled {
+        if enrolled && !cfg.store.enabled {
+            tracing::warn!("fleet link off: alerts are forwarded from the record, and [store] enabled = false");
+        }
+        return Ok(None);
+    }
+    let store = edr_store::Store::open_read_only(cfg.store_config().path).context("the fleet link reads alerts from the record")?;
+    let control = control_tx.clone();
+    let status = move || {
+        let (tx, rx) = crossbeam_channel::bounded::<Reply>(1);
+        control.send(Incoming { uid: 0, request: Request::Status, reply: tx }).map_err(|_| "the agent is stopping".to_string())?;
+        rx.recv_timeout(Duration::from_secs(2)).ok().and_then(|r| r.result).ok_or_else(|| "the agent did not answer within 2 s".to_string())
+    };
+    let opts = edr_fleet_link::LinkOptions { agent_version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    Ok(Some(edr_fleet_link::FleetLink::start(&cfg.data_dir, opts, Arc::new(store), Arc::new(status))?))
+}
+
 /// Which top-level sections differ between two configurations.
 fn changed_sections(a: &AgentConfig, b: &AgentConfig) -> Vec<(&'static str, bool)> {
     vec![
@@ -442,6 +473,7 @@ fn changed_sections(a: &AgentConfig, b: &AgentConfig) -> Vec<(&'static str, bool
         ("respond", a.respond != b.respond),
         ("store", a.store != b.store),
         ("metrics", a.metrics != b.metrics),
+        ("fleet", a.fleet != b.fleet),
     ]
 }
 
