@@ -50,6 +50,11 @@ enum Command {
     /// Sigma rules: check which load.
     #[command(subcommand)]
     Sigma(cmd::sigma::SigmaCommand),
+    /// The fleet's management server: create a fleet, run it, make API tokens.
+    #[command(subcommand)]
+    Server(cmd::server::ServerCommand),
+    /// Operate the fleet through the management server: enrollment tokens, hosts, alerts.
+    Fleet(cmd::fleet::FleetArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
         Command::Pack(c) => cmd::pack::run(c),
         Command::Keygen(a) => cmd::pack::keygen(a),
         Command::Service(c) => cmd::service::run(c),
+        Command::Server(c) => cmd::server::run(c),
+        Command::Fleet(a) => cmd::fleet::run(a),
         Command::Config(c) => match cmd::config::run(c) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -20,6 +20,9 @@ pub struct AgentArgs {
     /// Seconds between health lines in the log.
     #[arg(long, default_value_t = 60)]
     pub health_interval: u64,
+    /// Enroll this host in a fleet with a one-time token (`edr fleet enroll-token`), then report to it.
+    #[arg(long)]
+    pub enroll: Option<String>,
 }
 
 /// The config file (or the defaults), with `--data-dir` applied.
@@ -41,7 +44,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // SIGHUP: re-read the config file between two batches.
     let hangup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(SIGHUP, hangup.clone()).context("installing the SIGHUP handler")?;
-    let mut builder = Agent::builder(cfg).builtin_pack(crate::builtin::PACK).health_interval(Duration::from_secs(args.health_interval)).reload_on(hangup);
+    let mut builder = Agent::builder(cfg).builtin_pack(crate::builtin::PACK).health_interval(Duration::from_secs(args.health_interval)).reload_on(hangup).enroll(args.enroll.clone());
     if let Some(file) = args.config.clone() {
         let data_dir = args.data_dir.clone();
         builder = builder.config_file(&file).reload_from(move || load(Some(&file), data_dir.as_ref()).map(Some));

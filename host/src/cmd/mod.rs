@@ -2,11 +2,13 @@
 
 pub mod agent;
 pub mod config;
+pub mod fleet;
 pub mod investigate;
 pub mod pack;
 pub mod plugin;
 pub mod replay;
 pub mod respond;
+pub mod server;
 pub mod service;
 pub mod sigma;
 pub mod status;

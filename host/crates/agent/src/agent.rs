@@ -45,6 +45,7 @@ pub struct AgentBuilder {
     builtin: Option<BuiltinPack>,
     events: Option<Receiver<Event>>,
     extensions: Vec<Box<dyn AgentExtension>>,
+    enroll_token: Option<String>,
 }
 
 impl AgentBuilder {
@@ -89,6 +90,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Enrolls the host in a fleet with this one-time token (`edr fleet
+    /// enroll-token`) before the agent starts, unless it is enrolled already.
+    pub fn enroll(mut self, token: Option<String>) -> Self {
+        self.enroll_token = token;
+        self
+    }
+
     /// Runs `extension` beside the agent (see [`AgentExtension`]).
     pub fn with_extension(mut self, extension: impl AgentExtension) -> Self {
         self.extensions.push(Box::new(extension));
@@ -104,8 +112,12 @@ impl AgentBuilder {
     /// Builds the agent in dependency order: data dir, health log, record,
     /// event source, response engine, host services, pipeline, packs. Live
     /// collectors start here (their events queue until [`Agent::run`]).
-    pub fn build(self) -> anyhow::Result<Agent> {
+    pub fn build(mut self) -> anyhow::Result<Agent> {
         let cfg = Arc::new(prepare(self.config)?);
+        crate::fleet::enroll_if_asked(&cfg, self.enroll_token.as_deref())?;
+        if let Some(link) = crate::fleet::extension(&cfg)? {
+            self.extensions.push(Box::new(link));
+        }
         let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
         let store = open_store(&cfg)?;
         let first = match &store {
@@ -346,6 +358,7 @@ impl Agent {
             builtin: None,
             events: None,
             extensions: Vec::new(),
+            enroll_token: None,
         }
     }
 

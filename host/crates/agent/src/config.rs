@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub store: StoreSection,
     /// `[metrics]`.
     pub metrics: MetricsSection,
+    /// `[fleet]`: the link to the management server (crate `edr-fleet-link`).
+    pub fleet: edr_fleet_link::FleetConfig,
 }
 
 /// `[metrics]`: the Prometheus endpoint. Off unless `listen` is set; it is
@@ -104,6 +106,7 @@ impl Default for AgentConfig {
             respond: edr_respond::ResponseConfig::default(),
             store: StoreSection::default(),
             metrics: MetricsSection::default(),
+            fleet: edr_fleet_link::FleetConfig::default(),
         }
     }
 }

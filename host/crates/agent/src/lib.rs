@@ -46,6 +46,7 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 mod extension;
+mod fleet;
 mod handle;
 pub mod health;
 pub mod metrics;

@@ -154,5 +154,6 @@ fn changed_sections(a: &AgentConfig, b: &AgentConfig) -> Vec<(&'static str, bool
         ("respond", a.respond != b.respond),
         ("store", a.store != b.store),
         ("metrics", a.metrics != b.metrics),
+        ("fleet", a.fleet != b.fleet),
     ]
 }

@@ -1,0 +1,59 @@
+//! The fleet link (`edr-fleet-link`) as an [`AgentExtension`]: when the
+//! host is enrolled (with `edr agent --enroll TOKEN`, `[fleet]
+//! enroll_token`, or earlier), the link forwards alerts from the record,
+//! sends heartbeats with the agent's status and answers signed commands.
+
+use crate::{AgentConfig, AgentExtension, AgentHandle, Shutdown};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Enrolls this host with `token` (the argument, or `[fleet] enroll_token`)
+/// when one is given; a host already enrolled keeps its identity (the token
+/// is not used).
+pub(crate) fn enroll_if_asked(cfg: &AgentConfig, token: Option<&str>) -> anyhow::Result<()> {
+    if let Some(token) = token.or(cfg.fleet.enroll_token.as_deref()) {
+        edr_fleet_link::enroll::enroll(&cfg.data_dir, token, &edr_fleet_link::enroll::hostname()).context("enrolling this host in the fleet")?;
+    }
+    Ok(())
+}
+
+/// The link, when this host is enrolled and `[fleet] disabled` is not set.
+pub(crate) fn extension(cfg: &AgentConfig) -> anyhow::Result<Option<FleetExtension>> {
+    let dir = edr_fleet_link::identity::state_dir(&cfg.data_dir)?;
+    let enrolled = edr_fleet_link::Identity::load(&dir)?.is_some();
+    if !enrolled || cfg.fleet.disabled {
+        return Ok(None);
+    }
+    if !cfg.store.enabled {
+        tracing::warn!("fleet link off: alerts are forwarded from the record, and [store] enabled = false");
+        return Ok(None);
+    }
+    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path }))
+}
+
+/// Runs the fleet link for as long as the agent runs.
+pub(crate) struct FleetExtension {
+    data_dir: PathBuf,
+    record: PathBuf,
+}
+
+impl AgentExtension for FleetExtension {
+    fn name(&self) -> &str {
+        "fleet"
+    }
+
+    fn run(self: Box<Self>, agent: AgentHandle, shutdown: Shutdown) -> anyhow::Result<()> {
+        let store = edr_store::Store::open_read_only(&self.record).context("the fleet link reads alerts from the record")?;
+        let status = move || {
+            let status = agent.status_within(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            serde_json::to_value(status).map_err(|e| e.to_string())
+        };
+        let opts = edr_fleet_link::LinkOptions { agent_version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+        let link = edr_fleet_link::FleetLink::start(&self.data_dir, opts, Arc::new(store), Arc::new(status))?;
+        while !shutdown.wait_timeout(Duration::from_millis(500)) {}
+        drop(link);
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Signed commands from the fleet: verified here, against the operator keys
+//! pinned at enrollment, before anything runs.
+//!
+//! Refused, with the reason logged, audited and answered: an envelope that
+//! is not one, a key this host does not pin, a signature that does not
+//! verify, a body for another host, one expired, not yet valid or valid for
+//! too long, and a nonce already used (nonces are kept, in
+//! `fleet/nonces.json`, until their command expires, across restarts).
+//! Every command, run or refused, is appended to `fleet/commands.jsonl`.
+
+use edr_datadir::DataDir;
+use edr_fleet_proto::command::{Command, CommandResult, Refusal, SignedCommand};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+const NONCES: &str = "nonces.json";
+const AUDIT: &str = "commands.jsonl";
+/// Nonces remembered at most (each until its command expires).
+const MAX_NONCES: usize = 100_000;
+/// Entries a listing returns at most.
+const MAX_ENTRIES: usize = 1000;
+/// Files larger than this are listed without a hash.
+const MAX_HASH_BYTES: u64 = 64 << 20;
+
+/// Runs verified commands. The agent may supply its own; [`BuiltIn`] runs
+/// the read-only ones with the status provider.
+pub trait CommandExecutor: Send + Sync {
+    /// Runs `command`; `Err` is a failure the operator sees.
+    ///
+    /// # Errors
+    /// Why the command failed.
+    fn execute(&self, command: &Command) -> Result<Value, String>;
+}
+
+/// The read-only commands: `status` (through the agent's status) and `ls`.
+pub struct BuiltIn(pub std::sync::Arc<dyn crate::StatusProvider>);
+
+impl CommandExecutor for BuiltIn {
+    fn execute(&self, command: &Command) -> Result<Value, String> {
+        match command {
+            Command::Status => self.0.status(),
+            Command::Ls { path } => list(Path::new(path)),
+        }
+    }
+}
+
+/// A directory listing: name, type, size, mode, owner, modification time,
+/// and sha256 of regular files up to 64 MiB. Links are reported, not followed.
+///
+/// # Errors
+/// A relative path, or one that cannot be read.
+pub fn list(path: &Path) -> Result<Value, String> {
+    use std::os::unix::fs::MetadataExt;
+    if !path.is_absolute() {
+        return Err(format!("{}: give an absolute path", path.display()));
+    }
+    let dir = std::fs::read_dir(path).map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+    let mut entries = Vec::new();
+    let mut truncated = false;
+    for entry in dir.flatten() {
+        if entries.len() == MAX_ENTRIES {
+            truncated = true;
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let kind = if meta.is_dir() {
+            "dir"
+        } else if meta.file_type().is_symlink() {
+            "symlink"
+        } else if meta.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        let sha256 = (meta.is_file() && meta.len() <= MAX_HASH_BYTES).then(|| hash_file(&entry.path())).flatten();
+        entries.push(json!({
+            "name": entry.file_name().to_string_lossy(),
+            "type": kind,
+            "size": meta.len(),
+            "mode": format!("{:o}", meta.mode() & 0o7777),
+            "uid": meta.uid(),
+            "gid": meta.gid(),
+            "mtime": meta.mtime(),
+            "sha256": sha256,
+        }));
+    }
+    entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(json!({"path": path, "entries": entries, "truncated": truncated}))
+}
+
+fn hash_file(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    // O_NOFOLLOW | O_NONBLOCK: never through a link swapped in, never stuck on a FIFO.
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+
+/// Nonces seen, each with its command's expiry.
+pub struct NonceStore {
+    dir: DataDir,
+    seen: BTreeMap<String, u64>,
+}
+
+impl NonceStore {
+    /// Loads `fleet/nonces.json` (a damaged file is logged and starts empty:
+    /// expiry still bounds what could be replayed).
+    pub fn load(dir: DataDir) -> NonceStore {
+        let seen = match dir.read_limited(NONCES, 16 << 20) {
+            Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!("fleet: {} unreadable ({e}); starting with no remembered nonces", dir.join(NONCES).display());
+                BTreeMap::new()
+            }),
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!("fleet: {e}; starting with no remembered nonces");
+                BTreeMap::new()
+            }
+        };
+        NonceStore { dir, seen }
+    }
+
+    /// Records `nonce` until `expires_at`; `false` when it was seen already.
+    pub fn use_once(&mut self, nonce: &str, expires_at: u64, now: u64) -> Result<bool, String> {
+        self.seen.retain(|_, exp| *exp > now);
+        if self.seen.contains_key(nonce) {
+            return Ok(false);
+        }
+        if self.seen.len() >= MAX_NONCES {
+            return Err(format!("{MAX_NONCES} unexpired commands remembered: refusing more until some expire"));
+        }
+        self.seen.insert(nonce.to_string(), expires_at);
+        let bytes = serde_json::to_vec(&self.seen).unwrap_or_default();
+        self.dir.write_atomically(NONCES, &bytes).map_err(|e| format!("cannot remember the nonce (refused, so it cannot be replayed): {e}"))?;
+        Ok(true)
+    }
+}
+
+/// Verifies, runs and audits one command message; returns the answer.
+pub fn handle(
+    payload: &[u8],
+    host_id: &str,
+    pinned: &[ed25519_dalek::VerifyingKey],
+    nonces: &mut NonceStore,
+    exec: &dyn CommandExecutor,
+    now: u64,
+) -> CommandResult {
+    let answer = |command_id: String, status: &str, output: Value| CommandResult {
+        v: edr_fleet_proto::PROTO_VERSION,
+        host_id: host_id.to_string(),
+        command_id,
+        status: status.into(),
+        output,
+    };
+    let verified = serde_json::from_slice::<SignedCommand>(payload)
+        .map_err(|e| Refusal::Malformed(format!("not a signed command envelope: {e}")))
+        .and_then(|c| c.verify(pinned, host_id, now))
+        .and_then(|body| match nonces.use_once(&body.nonce, body.expires_at, now) {
+            Ok(true) => Ok(body),
+            Ok(false) => Err(Refusal::Replayed(body.nonce)),
+            Err(e) => Err(Refusal::Malformed(e)),
+        });
+    let result = match verified {
+        Err(why) => {
+            tracing::warn!(reason = %why, "fleet: command refused");
+            answer(String::new(), "refused", json!({"reason": why.to_string()}))
+        }
+        Ok(body) => {
+            tracing::info!(command_id = %body.command_id, command = ?body.command, "fleet: running a signed command");
+            match exec.execute(&body.command) {
+                Ok(v) => answer(body.command_id, "done", v),
+                Err(e) => answer(body.command_id, "failed", json!({"error": e})),
+            }
+        }
+    };
+    audit(&nonces.dir, payload, &result, now);
+    result
+}
+
+fn audit(dir: &DataDir, payload: &[u8], result: &CommandResult, now: u64) {
+    let line = json!({
+        "time": now,
+        "command": String::from_utf8_lossy(&payload[..payload.len().min(8192)]),
+        "command_id": result.command_id,
+        "status": result.status,
+        "reason": result.output.get("reason"),
+    });
+    let write = dir.open_append(AUDIT).map_err(|e| e.to_string()).and_then(|mut f| writeln!(f, "{line}").map_err(|e| e.to_string()));
+    if let Err(e) = write {
+        tracing::error!("fleet: cannot audit a command in {}: {e}", dir.join(AUDIT).display());
+    }
+}

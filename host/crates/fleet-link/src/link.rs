@@ -1,0 +1,303 @@
+//! The running link: one runtime thread with the NATS connection, the
+//! heartbeat timer and the alert forwarder.
+
+use crate::heartbeat::{self, LinkFacts};
+use crate::identity::{self, Identity};
+use crate::commands::{self, BuiltIn, CommandExecutor, NonceStore};
+use crate::{AlertSource, LinkError, StatusProvider};
+use futures_util::StreamExt;
+use async_nats::jetstream;
+use edr_datadir::DataDir;
+use edr_fleet_proto::subjects;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the link runs.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// The agent's version (in heartbeats when the status does not say).
+    pub agent_version: String,
+    /// How often the record is checked for new alerts. Default 1 s.
+    pub alert_poll: Duration,
+    /// Longest wait for one publish acknowledgement. Default 5 s.
+    pub ack_timeout: Duration,
+    /// Overrides the heartbeat interval the server gave at enrollment.
+    pub heartbeat: Option<Duration>,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions { agent_version: "unknown".into(), alert_poll: Duration::from_secs(1), ack_timeout: Duration::from_secs(5), heartbeat: None }
+    }
+}
+
+/// The link's counters (for the agent's status).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Alerts acknowledged by the fleet since start.
+    pub forwarded: AtomicU64,
+    /// The highest alert id acknowledged (persisted).
+    pub cursor: AtomicU64,
+    /// Heartbeats sent since start.
+    pub heartbeats: AtomicU64,
+    /// Connected to NATS now.
+    pub connected: AtomicBool,
+    /// The last error, if any.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl LinkStats {
+    fn error(&self, e: String) {
+        tracing::warn!("fleet link: {e}");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+}
+
+/// The running link; [`FleetLink::stop`] (or drop) ends it.
+#[derive(Debug)]
+pub struct FleetLink {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<LinkStats>,
+    identity: Identity,
+}
+
+struct Ctx {
+    exec: Arc<dyn CommandExecutor>,
+    pinned: Vec<ed25519_dalek::VerifyingKey>,
+    nonces: Arc<Mutex<NonceStore>>,
+    id: Identity,
+    dir: DataDir,
+    opts: LinkOptions,
+    source: Arc<dyn AlertSource>,
+    status: Arc<dyn StatusProvider>,
+    stats: Arc<LinkStats>,
+}
+
+impl FleetLink {
+    /// Starts the link for the host enrolled in `data_dir`. Returns at once:
+    /// the connection is made (and remade) in the background.
+    ///
+    /// # Errors
+    /// [`LinkError::NotEnrolled`], unreadable state, or no runtime.
+    pub fn start(data_dir: &Path, opts: LinkOptions, source: Arc<dyn AlertSource>, status: Arc<dyn StatusProvider>) -> Result<FleetLink, LinkError> {
+        let exec = Arc::new(BuiltIn(status.clone()));
+        Self::start_with(data_dir, opts, source, status, exec)
+    }
+
+    /// [`FleetLink::start`] with the agent's own command executor.
+    ///
+    /// # Errors
+    /// As [`FleetLink::start`].
+    pub fn start_with(
+        data_dir: &Path,
+        opts: LinkOptions,
+        source: Arc<dyn AlertSource>,
+        status: Arc<dyn StatusProvider>,
+        exec: Arc<dyn CommandExecutor>,
+    ) -> Result<FleetLink, LinkError> {
+        let dir = identity::state_dir(data_dir)?;
+        let id = Identity::load(&dir)?.ok_or(LinkError::NotEnrolled)?;
+        let kp = Arc::new(Identity::key_pair(&dir)?);
+        let stats = Arc::new(LinkStats::default());
+        stats.cursor.store(identity::load_cursor(&dir)?, Ordering::Relaxed);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .thread_name("edr-fleet-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| LinkError::Start(e.to_string()))?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let pinned = id
+            .command_keys
+            .iter()
+            .filter_map(|k| edr_fleet_proto::command::parse_key(k).map_err(|e| tracing::error!("fleet: pinned command key {k:?} ignored: {e}")).ok())
+            .collect();
+        let nonces = Arc::new(Mutex::new(NonceStore::load(identity::state_dir(data_dir)?)));
+        let ctx = Ctx { exec, pinned, nonces, id: id.clone(), dir, opts, source, status, stats: stats.clone() };
+        let thread = std::thread::Builder::new()
+            .name("edr-fleet".into())
+            .spawn(move || {
+                rt.block_on(run(ctx, kp, stop_rx));
+                rt.shutdown_timeout(Duration::from_millis(500));
+            })
+            .map_err(|e| LinkError::Start(e.to_string()))?;
+        tracing::info!(host_id = %id.host_id, nats = ?id.nats_urls, "fleet link started");
+        Ok(FleetLink { stop, thread: Some(thread), stats, identity: id })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+
+    /// The identity the link runs as.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Stops the link and waits for its thread (an alert being published
+    /// finishes or times out; the cursor is never ahead of the fleet).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FleetLink {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+async fn connect(ctx: &Ctx, kp: Arc<nkeys::KeyPair>) -> Result<async_nats::Client, String> {
+    let addrs: Vec<async_nats::ServerAddr> =
+        ctx.id.nats_urls.iter().map(|u| u.parse().map_err(|e| format!("NATS URL {u:?}: {e}"))).collect::<Result<_, String>>()?;
+    let stats = ctx.stats.clone();
+    let opts = async_nats::ConnectOptions::with_jwt(ctx.id.user_jwt.clone(), move |nonce| {
+        let kp = kp.clone();
+        async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
+    })
+    .name(format!("edr-agent {}", ctx.id.host_id))
+    .custom_inbox_prefix(subjects::inbox_prefix(&ctx.id.host_id))
+    .retry_on_initial_connect()
+    .max_reconnects(None)
+    .reconnect_delay_callback(|attempts| Duration::from_millis(250u64.saturating_mul(1 << attempts.min(7))).min(Duration::from_secs(30)))
+    .event_callback(move |event| {
+        let stats = stats.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => {
+                    stats.connected.store(true, Ordering::Relaxed);
+                    tracing::info!("fleet link: connected to NATS");
+                }
+                async_nats::Event::Disconnected => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!("fleet link: disconnected from NATS; reconnecting (alerts wait in the record)");
+                }
+                other => stats.error(format!("NATS: {other}")),
+            }
+        }
+    });
+    opts.connect(addrs.as_slice()).await.map_err(|e| format!("cannot connect to {:?}: {e}", ctx.id.nats_urls))
+}
+
+async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let client = match connect(&ctx, kp).await {
+        Ok(c) => c,
+        Err(e) => return ctx.stats.error(e),
+    };
+    let js = jetstream::new(client.clone());
+    let mut cmds = match client.subscribe(subjects::command(&ctx.id.host_id)).await {
+        Ok(s) => s,
+        Err(e) => return ctx.stats.error(format!("cannot subscribe to commands: {e}")),
+    };
+    let ctx = Arc::new(ctx);
+    let interval = ctx.opts.heartbeat.unwrap_or(Duration::from_secs(ctx.id.heartbeat_secs.max(1)));
+    let mut beat = tokio::time::interval(interval);
+    let mut poll = tokio::time::interval(ctx.opts.alert_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = beat.tick() => send_heartbeat(&ctx, &client, interval).await,
+            Some(msg) = cmds.next() => answer_command(ctx.clone(), client.clone(), msg).await,
+            _ = poll.tick() => {
+                if client.connection_state() == async_nats::connection::State::Connected {
+                    forward_alerts(&ctx, &js, &mut stop).await;
+                }
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+async fn answer_command(ctx: Arc<Ctx>, client: async_nats::Client, msg: async_nats::Message) {
+    let c = ctx.clone();
+    let payload = msg.payload.to_vec();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut nonces = c.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        commands::handle(&payload, &c.id.host_id, &c.pinned, &mut nonces, c.exec.as_ref(), edr_fleet_proto::now_secs())
+    })
+    .await;
+    let (Ok(result), Some(reply)) = (result, msg.reply) else { return };
+    if let Err(e) = client.publish(reply, serde_json::to_vec(&result).unwrap_or_default().into()).await {
+        ctx.stats.error(format!("cannot answer command {}: {e}", result.command_id));
+    }
+}
+
+async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Duration) {
+    let status = ctx.status.clone();
+    let snapshot = tokio::task::spawn_blocking(move || status.status()).await.unwrap_or_else(|e| Err(e.to_string()));
+    let facts = LinkFacts {
+        host_id: ctx.id.host_id.clone(),
+        interval_secs: interval.as_secs().max(1),
+        agent_version: ctx.opts.agent_version.clone(),
+        alerts_forwarded: ctx.stats.forwarded.load(Ordering::Relaxed),
+        alert_cursor: ctx.stats.cursor.load(Ordering::Relaxed),
+    };
+    let hb = heartbeat::build(&facts, snapshot, edr_fleet_proto::now_secs());
+    match client.publish(subjects::heartbeat(&ctx.id.host_id), serde_json::to_vec(&hb).unwrap_or_default().into()).await {
+        Ok(()) => {
+            ctx.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => ctx.stats.error(format!("heartbeat not sent: {e}")),
+    }
+}
+
+/// Publishes every alert after the cursor, one at a time, advancing the
+/// cursor (durably) after each acknowledgement. Stops at the first failure:
+/// the next poll starts again from the cursor.
+async fn forward_alerts(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    const BATCH: usize = 256;
+    loop {
+        let after = ctx.stats.cursor.load(Ordering::Relaxed);
+        let (source, host) = (ctx.source.clone(), ctx.id.host_id.clone());
+        let batch = match tokio::task::spawn_blocking(move || source.alerts_after(&host, after, BATCH)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return ctx.stats.error(e),
+            Err(e) => return ctx.stats.error(e.to_string()),
+        };
+        let full = batch.len() == BATCH;
+        for alert in batch {
+            if *stop.borrow() {
+                return;
+            }
+            let id = alert.alert_id;
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(&alert).unwrap_or_default().into())
+                .message_id(subjects::alert_msg_id(&ctx.id.host_id, id));
+            let acked = tokio::time::timeout(ctx.opts.ack_timeout, async {
+                let ack = js.send_publish(subjects::alert(&ctx.id.host_id), publish).await?;
+                ack.await
+            })
+            .await;
+            match acked {
+                Ok(Ok(ack)) => {
+                    if ack.duplicate {
+                        tracing::debug!(alert = id, "alert already in the fleet stream (duplicate dropped)");
+                    }
+                    if let Err(e) = identity::save_cursor(&ctx.dir, id) {
+                        return ctx.stats.error(format!("cannot store the alert cursor (alert {id} may be sent again, and dropped as a duplicate): {e}"));
+                    }
+                    ctx.stats.cursor.store(id, Ordering::Relaxed);
+                    ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => return ctx.stats.error(format!("alert {id} not acknowledged: {e}; retrying from the cursor")),
+                Err(_) => return ctx.stats.error(format!("alert {id}: no acknowledgement within {:?}; retrying from the cursor", ctx.opts.ack_timeout)),
+            }
+        }
+        if !full {
+            return;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The operators' HTTP JSON API (and the hosts' enrollment endpoint).
+//!
+//! | method, path | role | what |
+//! |---|---|---|
+//! | `POST /api/v1/enroll` | none (the one-time token) | a host enrolls: `EnrollRequest` -> `EnrollResponse` |
+//! | `GET /api/v1/whoami` | viewer | the token's name and role |
+//! | `POST /api/v1/enroll-tokens` | admin | `{"ttl_secs": N}` -> `{"token", "expires_at"}` |
+//! | `GET /api/v1/hosts` | viewer | hosts with state (online, offline, isolated, never-seen), last seen, inventory |
+//! | `GET /api/v1/alerts?host=&state=&limit=&ecs=true` | viewer | alerts, newest first, with triage state |
+//! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
+//! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited |
+//! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
+//!
+//! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request). Every error is JSON,
+//! `{"error": {"code": "...", "message": "..."}}`, and the message says what to do.
+
+use crate::api_auth::{sha256_hex, ApiToken, Role};
+use crate::bus::Bus;
+use crate::error::FleetError;
+use crate::fleet::Fleet;
+use crate::index::{AlertFilter, Index, TokenState};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use edr_fleet_proto::enroll::{EnrollRequest, EnrollResponse, EnrollToken};
+use edr_fleet_proto::msg::{Change, TriageState};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The fleet (keys and settings).
+    pub fleet: Fleet,
+    /// The index.
+    pub index: Arc<Index>,
+    /// NATS.
+    pub bus: Bus,
+}
+
+/// An API error: status, a stable code and a message a person can act on.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        tracing::error!("API request failed: {e}");
+        let status = if matches!(e, FleetError::Nats(_)) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+        ApiError::new(status, "server_error", format!("{e} (see the server's log)"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/enroll-tokens", post(enroll_token))
+        .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{host}/{id}/triage", post(triage))
+        .route("/api/v1/hosts/{host}/commands", post(command))
+        .route("/api/v1/audit", get(audit))
+        .fallback(|uri: Uri| async move {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
+        })
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiToken, ApiError> {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send an API token: Authorization: Bearer <token> (the first admin token is DIR/admin.token)"));
+    };
+    let token = value.strip_prefix("Bearer ").unwrap_or("").trim();
+    let hash = sha256_hex(token);
+    // Read on each request: `edr server token` takes effect without a restart.
+    let tokens = crate::api_auth::load_tokens(&state.fleet.dir)?;
+    let Some(t) = tokens.into_iter().find(|t| t.sha256 == hash) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API token: check it, or make one with `edr server token NAME --role ROLE`"));
+    };
+    if t.role < need {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} has role {}; this needs {}: ask an admin for a token with that role", t.name, t.role.as_str(), need.as_str()),
+        ));
+    }
+    Ok(t)
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("the request body is not the expected JSON: {e}")))
+}
+
+fn ok(v: impl serde::Serialize) -> ApiResult {
+    Ok(Json(v).into_response())
+}
+
+async fn whoami(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    let t = authorize(&s, &headers, Role::Viewer)?;
+    ok(json!({"name": t.name, "role": t.role}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl_secs: u64,
+}
+
+async fn enroll_token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let who = authorize(&s, &headers, Role::Admin)?;
+    let req: TokenRequest = parse_body(&body)?;
+    if !(60..=30 * 86400).contains(&req.ttl_secs) {
+        return Err(ApiError::bad(format!("ttl_secs {} is out of range: use 60 (1 minute) to 2592000 (30 days)", req.ttl_secs)));
+    }
+    let secret = edr_fleet_proto::random_hex(32).map_err(|e| FleetError::Nats(format!("random: {e}")))?;
+    let expires_at = edr_fleet_proto::now_secs() + req.ttl_secs;
+    s.bus.record(&s.index, &who.name, Change::TokenCreated { secret_sha256: sha256_hex(&secret), expires_at }).await?;
+    let token = EnrollToken { server: s.fleet.config.http.public_url.clone(), secret, command_keys: vec![s.fleet.command_public_key()] };
+    ok(json!({"token": token.encode(), "expires_at": expires_at}))
+}
+
+fn check_enroll_request(req: &EnrollRequest) -> Result<(), ApiError> {
+    if req.v > edr_fleet_proto::PROTO_VERSION {
+        return Err(ApiError::bad(format!("protocol version {} is newer than this server's: upgrade the server", req.v)));
+    }
+    if !req.user_key.starts_with('U') || nkeys::KeyPair::from_public_key(&req.user_key).is_err() {
+        return Err(ApiError::bad("user_key is not an nkey user public key (U...)"));
+    }
+    if req.hostname.is_empty() || req.hostname.len() > 253 || req.hostname.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::bad("hostname must be 1-253 characters without spaces or control characters"));
+    }
+    if req.secret.len() != 64 || !req.secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad("secret is not an enrollment token's secret (64 hex digits)"));
+    }
+    Ok(())
+}
+
+async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let req: EnrollRequest = parse_body(&body)?;
+    check_enroll_request(&req)?;
+    let sha = sha256_hex(&req.secret.to_ascii_lowercase());
+    let now = edr_fleet_proto::now_secs();
+    let denied = |m: String| ApiError::new(StatusCode::FORBIDDEN, "enrollment_refused", m);
+    let (state, seq) = s.bus.token_state(&sha, now).await?;
+    match state {
+        TokenState::Valid(_) => {}
+        TokenState::Unknown => return Err(denied("unknown enrollment token (not made by this fleet): make one with `edr fleet enroll-token`".into())),
+        TokenState::Expired(at) => return Err(denied(format!("the enrollment token expired at {at} (now {now}): make a new one with `edr fleet enroll-token`"))),
+        TokenState::Used(host) => return Err(denied(format!("the enrollment token was already used (by host {host}); tokens are one-time: make a new one"))),
+    }
+    let host_id = format!("h{}", edr_fleet_proto::random_hex(8).map_err(|e| FleetError::Nats(format!("random: {e}")))?);
+    let user_jwt = s.fleet.host_jwt(&host_id, &req.user_key)?;
+    let change = Change::Enrolled { host_id: host_id.clone(), user_key: req.user_key.clone(), hostname: req.hostname.clone(), secret_sha256: sha };
+    match s.bus.record_enrollment(&s.index, change, seq).await {
+        Ok(_) => {}
+        Err(FleetError::Nats(m)) if m.starts_with("conflict") => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "enrollment_refused", "the enrollment token was used by another enrollment a moment ago: make a new one"))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(host_id, hostname = %req.hostname, "host enrolled");
+    ok(EnrollResponse {
+        v: edr_fleet_proto::PROTO_VERSION,
+        host_id,
+        user_jwt,
+        nats_urls: s.fleet.config.nats.public_urls.clone(),
+        heartbeat_secs: s.fleet.config.heartbeat_secs,
+    })
+}
+
+async fn hosts(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    ok(json!({"hosts": s.index.hosts(edr_fleet_proto::now_secs())?}))
+}
+
+async fn alerts(State(s): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let f = axum::extract::Query::<AlertFilter>::try_from_uri(&uri).map_err(|e| ApiError::bad(format!("query: {e}; use host=, state=, limit=, ecs=true")))?.0;
+    if let Some(st) = &f.state {
+        TriageState::parse(st).ok_or_else(|| ApiError::bad(format!("state {st:?}: use new, acknowledged or closed")))?;
+    }
+    ok(json!({"alerts": s.index.alerts(&f)?}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriageRequest {
+    state: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn triage(State(s): State<Arc<AppState>>, headers: HeaderMap, Path((host, id)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let who = authorize(&s, &headers, Role::Responder)?;
+    let req: TriageRequest = parse_body(&body)?;
+    let state = TriageState::parse(&req.state).ok_or_else(|| ApiError::bad(format!("state {:?}: use new, acknowledged or closed", req.state)))?;
+    if req.note.chars().count() > 4096 {
+        return Err(ApiError::bad("note is longer than 4096 characters"));
+    }
+    let alert_id: u64 = id.parse().map_err(|_| ApiError::bad(format!("alert id {id:?} is not a number")))?;
+    if !s.index.has_alert(&host, alert_id)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {host}:{alert_id} on this server: list them with `edr fleet alerts`")));
+    }
+    let ev = s.bus.record(&s.index, &who.name, Change::Triage { host_id: host, alert_id, state, note: req.note }).await?;
+    ok(ev)
+}
+
+/// Relays an operator-signed command. The server does not sign: a
+/// compromised server can refuse to relay, never invent a command.
+async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host): Path<String>, body: Bytes) -> ApiResult {
+    let who = authorize(&s, &headers, Role::Responder)?;
+    let signed: edr_fleet_proto::command::SignedCommand = parse_body(&body)?;
+    if !s.index.has_host(&host)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no host {host} in this fleet: see `edr fleet hosts`")));
+    }
+    let parsed: edr_fleet_proto::command::CommandBody =
+        serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("the signed body is not a command: {e}")))?;
+    let payload = serde_json::to_vec(&signed).unwrap_or_default();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(&host), payload.into())).await;
+    let (status, result) = match answer {
+        Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
+            Ok(r) => (r.status.clone(), Some(r)),
+            Err(_) => ("no-answer".to_string(), None),
+        },
+        _ => ("no-answer".to_string(), None),
+    };
+    let change = Change::Command { host_id: host.clone(), command_id: parsed.command_id.clone(), body: signed.body.clone(), key: signed.key.clone(), status };
+    s.bus.record(&s.index, &who.name, change).await?;
+    match result {
+        Some(r) => ok(r),
+        None => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", format!("host {host} did not answer within 30 s: is it online (`edr fleet hosts`)?"))),
+    }
+}
+
+async fn audit(State(s): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    #[derive(Deserialize)]
+    struct Q {
+        limit: Option<usize>,
+    }
+    let q = axum::extract::Query::<Q>::try_from_uri(&uri).map_err(|e| ApiError::bad(format!("query: {e}; use limit=")))?.0;
+    ok(json!({"audit": s.index.audit(q.limit.unwrap_or(100))?}))
+}

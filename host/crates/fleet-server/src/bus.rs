@@ -1,0 +1,237 @@
+//! The server's side of NATS: streams, the server-event log, and the
+//! durable consumers that feed the index.
+
+use crate::error::FleetError;
+use crate::index::{Index, TokenState};
+use async_nats::jetstream::{self, consumer::pull, context::PublishErrorKind, stream};
+use edr_fleet_proto::msg::{self, AlertMessage, Change, Heartbeat, ServerEvent};
+use edr_fleet_proto::subjects;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server's connection and JetStream context.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+}
+
+fn stream_configs() -> [stream::Config; 3] {
+    [
+        stream::Config {
+            name: subjects::STREAM_ALERTS.into(),
+            subjects: vec![subjects::ALERTS_FILTER.into()],
+            duplicate_window: Duration::from_secs(subjects::ALERT_DUPLICATE_WINDOW_SECS),
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects::STREAM_HEARTBEATS.into(),
+            subjects: vec![subjects::HEARTBEATS_FILTER.into()],
+            max_messages_per_subject: 1,
+            ..Default::default()
+        },
+        stream::Config { name: subjects::STREAM_SERVER.into(), subjects: vec![subjects::SERVER_FILTER.into()], ..Default::default() },
+    ]
+}
+
+/// The subject a server change goes to: a token's creation and its use share
+/// one subject, so "use once" is an expected-last-sequence publish.
+fn change_subject(change: &Change) -> String {
+    match change {
+        Change::TokenCreated { secret_sha256, .. } | Change::Enrolled { secret_sha256, .. } => subjects::server(&format!("token.{secret_sha256}")),
+        Change::Triage { .. } => subjects::server("triage"),
+        Change::Command { .. } => subjects::server("command"),
+    }
+}
+
+impl Bus {
+    /// Connects with `creds` to `url` and makes sure the streams exist.
+    ///
+    /// # Errors
+    /// When NATS cannot be reached or refuses the streams.
+    pub async fn connect(url: &str, creds: &str) -> Result<Bus, FleetError> {
+        let opts = async_nats::ConnectOptions::with_credentials(creds)
+            .map_err(|e| FleetError::nats("server.creds", e))?
+            .name("edr-server")
+            .custom_inbox_prefix("_INBOX_edr_server")
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5));
+        let client = opts.connect(url).await.map_err(|e| FleetError::nats(format!("cannot connect to {url}"), e))?;
+        let js = jetstream::new(client.clone());
+        for cfg in stream_configs() {
+            let name = cfg.name.clone();
+            js.get_or_create_stream(cfg).await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?;
+        }
+        Ok(Bus { client, js })
+    }
+
+    /// Publishes a server event (acknowledged by the stream) and applies it to the index.
+    ///
+    /// # Errors
+    /// When the stream does not acknowledge it.
+    pub async fn record(&self, index: &Index, actor: &str, change: Change) -> Result<ServerEvent, FleetError> {
+        self.record_expecting(index, actor, change, None).await
+    }
+
+    async fn record_expecting(&self, index: &Index, actor: &str, change: Change, expect: Option<u64>) -> Result<ServerEvent, FleetError> {
+        let ev = ServerEvent {
+            v: edr_fleet_proto::PROTO_VERSION,
+            id: edr_fleet_proto::random_hex(16).map_err(|e| FleetError::nats("event id", e))?,
+            time: edr_fleet_proto::now_secs(),
+            actor: actor.to_string(),
+            change,
+        };
+        let mut publish = jetstream::message::PublishMessage::build().payload(serde_json::to_vec(&ev).unwrap_or_default().into()).message_id(&ev.id);
+        if let Some(seq) = expect {
+            publish = publish.expected_last_subject_sequence(seq);
+        }
+        let ack = self.js.send_publish(change_subject(&ev.change), publish).await.map_err(|e| FleetError::nats("publishing a server event", e))?;
+        ack.await.map_err(|e| match e.kind() {
+            PublishErrorKind::WrongLastSequence => FleetError::Nats("conflict: someone else changed it first".into()),
+            _ => FleetError::nats("server event not acknowledged", e),
+        })?;
+        index.apply(&ev)?;
+        Ok(ev)
+    }
+
+    /// Where enrollment token `secret_sha256` stands, read from the stream
+    /// (not the index: another server process may have used it a moment ago),
+    /// with the stream sequence to expect when using it.
+    ///
+    /// # Errors
+    /// When the stream cannot be read.
+    pub async fn token_state(&self, secret_sha256: &str, now: u64) -> Result<(TokenState, u64), FleetError> {
+        let stream = self.js.get_stream(subjects::STREAM_SERVER).await.map_err(|e| FleetError::nats("stream EDR_SERVER", e))?;
+        let subject = change_subject(&Change::TokenCreated { secret_sha256: secret_sha256.into(), expires_at: 0 });
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => return Ok((TokenState::Unknown, 0)),
+            Err(e) => return Err(FleetError::nats("reading the token", e)),
+        };
+        let ev: ServerEvent = msg::decode(&last.payload).map_err(|e| FleetError::nats("token record", e))?;
+        let state = match ev.change {
+            Change::TokenCreated { expires_at, .. } if now >= expires_at => TokenState::Expired(expires_at),
+            Change::TokenCreated { expires_at, .. } => TokenState::Valid(expires_at),
+            Change::Enrolled { host_id, .. } => TokenState::Used(host_id),
+            Change::Triage { .. } | Change::Command { .. } => TokenState::Unknown,
+        };
+        Ok((state, last.sequence))
+    }
+
+    /// Records an enrollment that uses up the token last seen at `token_seq`;
+    /// fails with a conflict when another enrollment used it in between.
+    ///
+    /// # Errors
+    /// On a conflict or when the stream does not acknowledge it.
+    pub async fn record_enrollment(&self, index: &Index, change: Change, token_seq: u64) -> Result<ServerEvent, FleetError> {
+        self.record_expecting(index, "enrollment", change, Some(token_seq)).await
+    }
+
+    /// Deletes the durable consumers so that they are made again from the
+    /// streams' start (rebuilding a new index).
+    pub async fn reset_consumers(&self, prefix: &str) {
+        for (stream_name, kind) in CONSUMERS {
+            if let Ok(s) = self.js.get_stream(stream_name).await {
+                if s.delete_consumer(&format!("{prefix}-{kind}")).await.is_ok() {
+                    tracing::info!(stream = stream_name, "consumer reset: the index is rebuilt from the stream");
+                }
+            }
+        }
+    }
+
+    /// Runs the three durable consumers until the connection ends.
+    ///
+    /// # Errors
+    /// When a consumer cannot be made.
+    pub async fn consume(&self, index: Arc<Index>, prefix: &str) -> Result<Vec<tokio::task::JoinHandle<()>>, FleetError> {
+        let mut tasks = Vec::new();
+        for (stream_name, kind) in CONSUMERS {
+            let stream = self.js.get_stream(stream_name).await.map_err(|e| FleetError::nats(format!("stream {stream_name}"), e))?;
+            let name = format!("{prefix}-{kind}");
+            let cfg = pull::Config { durable_name: Some(name.clone()), ack_policy: jetstream::consumer::AckPolicy::Explicit, ..Default::default() };
+            let consumer = stream.get_or_create_consumer(&name, cfg).await.map_err(|e| FleetError::nats(format!("consumer {name}"), e))?;
+            let index = index.clone();
+            tasks.push(tokio::spawn(async move { run_consumer(consumer, kind, index).await }));
+        }
+        Ok(tasks)
+    }
+}
+
+const CONSUMERS: [(&str, &str); 3] = [(subjects::STREAM_SERVER, "index"), (subjects::STREAM_HEARTBEATS, "heartbeats"), (subjects::STREAM_ALERTS, "alerts")];
+
+async fn run_consumer(consumer: jetstream::consumer::Consumer<pull::Config>, kind: &'static str, index: Arc<Index>) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = kind, "cannot pull: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(consumer = kind, "pull: {e}");
+                    continue;
+                }
+            };
+            let seen = m.info().map(|i| i.published.unix_timestamp().max(0) as u64).unwrap_or_else(|_| edr_fleet_proto::now_secs());
+            match apply(kind, &m.subject, &m.payload, seen, &index) {
+                Ok(()) => {}
+                // A message that can never be applied is dropped (acked) with its reason; a database failure is retried.
+                Err(Apply::Refused(why)) => tracing::warn!(consumer = kind, subject = %m.subject, "message dropped: {why}"),
+                Err(Apply::Retry(e)) => {
+                    tracing::error!(consumer = kind, "cannot index a message, it will be redelivered: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = m.ack().await {
+                tracing::warn!(consumer = kind, "ack failed (the message will be redelivered and ignored as a duplicate): {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+enum Apply {
+    Refused(String),
+    Retry(FleetError),
+}
+
+/// The host id in `edr.host.<id>.<kind>`.
+fn subject_host(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("edr"), Some("host"), Some(id)) if subjects::valid_host_id(id) => Some(id),
+        _ => None,
+    }
+}
+
+fn apply(kind: &str, subject: &str, payload: &[u8], seen: u64, index: &Index) -> Result<(), Apply> {
+    match kind {
+        "index" => {
+            let ev: ServerEvent = msg::decode(payload).map_err(|e| Apply::Refused(e.to_string()))?;
+            index.apply(&ev).map(|_| ()).map_err(Apply::Retry)
+        }
+        "heartbeats" => {
+            let hb: Heartbeat = msg::decode(payload).map_err(|e| Apply::Refused(e.to_string()))?;
+            // NATS confines each host to its own subjects; the body must agree with the subject.
+            if subject_host(subject) != Some(hb.host_id.as_str()) {
+                return Err(Apply::Refused(format!("heartbeat names host {:?} but came on {subject}", hb.host_id)));
+            }
+            index.heartbeat(&hb, seen).map_err(Apply::Retry)
+        }
+        _ => {
+            let a: AlertMessage = msg::decode(payload).map_err(|e| Apply::Refused(e.to_string()))?;
+            if subject_host(subject) != Some(a.host_id.as_str()) {
+                return Err(Apply::Refused(format!("alert names host {:?} but came on {subject}", a.host_id)));
+            }
+            index.alert(&a, seen).map(|_| ()).map_err(Apply::Retry)
+        }
+    }
+}

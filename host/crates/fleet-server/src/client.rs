@@ -1,0 +1,184 @@
+//! The API client `edr fleet ...` uses (blocking, ureq).
+
+use serde_json::Value;
+use std::path::Path;
+
+/// An API call that failed, with the server's message when it sent one.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("the server refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The server could not be reached or answered something else.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// Where the API is and the token to use.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `base` (`http://host:port`) with `token`.
+    pub fn new(base: &str, token: &str) -> Self {
+        Client { base: base.trim_end_matches('/').to_string(), token: token.trim().to_string() }
+    }
+
+    /// A client for the fleet in `dir`: its API URL and its `admin.token`.
+    ///
+    /// # Errors
+    /// When the fleet cannot be read.
+    pub fn for_fleet_dir(dir: &Path) -> Result<Self, crate::FleetError> {
+        let fleet = crate::Fleet::open(dir)?;
+        let token = fleet
+            .dir
+            .read_limited("admin.token", 4096)?
+            .ok_or_else(|| crate::FleetError::File { path: dir.join("admin.token"), problem: "missing: pass --token".into() })?;
+        let listen = &fleet.config.http.listen;
+        Ok(Client::new(&format!("http://{listen}"), &String::from_utf8_lossy(&token)))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("POST", b) => agent
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(serde_json::to_vec(b.unwrap_or(&Value::Null)).unwrap_or_default()),
+            _ => agent.get(&url).header("authorization", &auth).call(),
+        };
+        let mut resp = resp.map_err(|e| ClientError::Transport(format!("cannot reach the management server at {}: {e}", self.base)))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| ClientError::Transport(format!("the server answered {status} with non-JSON: {text:.200}")))?;
+        if status >= 400 {
+            let message = v["error"]["message"].as_str().unwrap_or(&text).to_string();
+            return Err(ClientError::Refused { status, message });
+        }
+        Ok(v)
+    }
+
+    /// `GET path`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call("POST", path, Some(body))
+    }
+}
+
+impl Client {
+    /// This client with another base URL and/or token.
+    pub fn with_overrides(self, base: Option<&str>, token: Option<&str>) -> Self {
+        Client::new(base.unwrap_or(&self.base), token.unwrap_or(&self.token))
+    }
+}
+
+fn plain(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect()
+}
+
+/// The alerts listing's path with its filters (values reduced to `[A-Za-z0-9._-]`).
+pub fn alerts_path(host: Option<&str>, state: Option<&str>, limit: usize) -> String {
+    let mut p = format!("/api/v1/alerts?limit={limit}");
+    if let Some(h) = host {
+        p.push_str(&format!("&host={}", plain(h)));
+    }
+    if let Some(s) = state {
+        p.push_str(&format!("&state={}", plain(s)));
+    }
+    p
+}
+
+fn ago(now: u64, t: Option<u64>) -> String {
+    match t {
+        None => "never".into(),
+        Some(t) => format!("{}s ago", now.saturating_sub(t)),
+    }
+}
+
+/// `edr fleet hosts` as a table.
+pub fn render_hosts(v: &Value) -> String {
+    let now = edr_fleet_proto::now_secs();
+    let mut out = format!("{:<18} {:<24} {:<10} {:<10} {:<10} {}\n", "HOST", "NAME", "STATE", "LAST SEEN", "AGENT", "PACKS");
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let hb = &h["heartbeat"];
+        let packs: Vec<String> = hb["packs"].as_array().into_iter().flatten().map(|p| format!("{}@{}", p["id"].as_str().unwrap_or(""), p["version"].as_str().unwrap_or(""))).collect();
+        out.push_str(&format!(
+            "{:<18} {:<24} {:<10} {:<10} {:<10} {}\n",
+            h["host_id"].as_str().unwrap_or(""),
+            h["hostname"].as_str().unwrap_or(""),
+            h["state"].as_str().unwrap_or(""),
+            ago(now, h["last_seen"].as_u64()),
+            hb["agent_version"].as_str().unwrap_or("-"),
+            packs.join(",")
+        ));
+    }
+    out
+}
+
+/// `edr fleet alerts` as a table.
+pub fn render_alerts(v: &Value) -> String {
+    let mut out = format!("{:<28} {:<9} {:<13} {:<40} {}\n", "ALERT", "SEVERITY", "STATE", "RULE", "NOTE");
+    for a in v["alerts"].as_array().into_iter().flatten() {
+        let id = format!("{}:{}", a["host_id"].as_str().unwrap_or(""), a["alert_id"]);
+        let by = a["state_by"].as_str().map(|b| format!("{b}: ")).unwrap_or_default();
+        out.push_str(&format!(
+            "{:<28} {:<9} {:<13} {:<40} {}{}\n",
+            id,
+            a["severity"].as_str().unwrap_or(""),
+            a["state"].as_str().unwrap_or(""),
+            a["rule_id"].as_str().unwrap_or(""),
+            by,
+            a["note"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// Signs `command` for `host_id` with the operator key in `key_file` (hex
+/// Ed25519 seed, `DIR/keys/command.ed25519`), valid for `ttl_secs`.
+///
+/// # Errors
+/// When the key cannot be read or the OS random source fails.
+pub fn sign_command(
+    key_file: &Path,
+    host_id: &str,
+    command: edr_fleet_proto::command::Command,
+    ttl_secs: u64,
+) -> Result<edr_fleet_proto::command::SignedCommand, crate::FleetError> {
+    let bad = |problem: String| crate::FleetError::Key { name: key_file.display().to_string(), problem };
+    let text = std::fs::read_to_string(key_file).map_err(|e| bad(format!("cannot read the operator's command key: {e}")))?;
+    let seed: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("not 32 hex-encoded bytes".into()))?;
+    let now = edr_fleet_proto::now_secs();
+    let random = |n| edr_fleet_proto::random_hex(n).map_err(|e| bad(format!("random: {e}")));
+    let body = edr_fleet_proto::command::CommandBody {
+        v: edr_fleet_proto::PROTO_VERSION,
+        command_id: random(8)?,
+        host_id: host_id.to_string(),
+        issued_at: now,
+        expires_at: now + ttl_secs.max(1),
+        nonce: random(16)?,
+        command,
+    };
+    Ok(edr_fleet_proto::command::sign(&body, &ed25519_dalek::SigningKey::from_bytes(&seed)))
+}

@@ -1,0 +1,269 @@
+//! The fleet directory: its configuration, keys and the generated NATS
+//! configuration. `edr server init` creates it; `edr server run` reads it.
+//!
+//! ```text
+//! DIR/ (0700)
+//!   fleet.toml          the server's settings (edit freely)
+//!   keys/ (0700)        nkey seeds: operator, operator-signing, account, account-signing, system;
+//!                       command.ed25519 (the operator's command-signing key: `edr fleet` signs
+//!                       with it; move it to the operators' machine, the server reads only
+//!                       command.pub); all 0600
+//!   nats/nats.conf      the NATS server configuration (operator JWT, preloaded accounts)
+//!   nats/operator.jwt
+//!   server.creds        the management server's own NATS user (0600)
+//!   api-tokens.json     sha256 of each API token, its name and role (0600)
+//!   admin.token         the first admin token, for the local CLI (0600)
+//!   index.db            the query index (rebuilt from the streams when missing)
+//! ```
+
+use crate::api_auth::{ApiToken, Role};
+use crate::error::FleetError;
+use crate::jwt;
+use edr_datadir::DataDir;
+use nkeys::KeyPair;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `fleet.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Name of the fleet (the operator's and account's name).
+    pub name: String,
+    /// The NATS side.
+    pub nats: NatsSettings,
+    /// The HTTP API.
+    pub http: HttpSettings,
+    /// Seconds between a host's heartbeats (sent to hosts at enrollment).
+    pub heartbeat_secs: u64,
+    /// Durable consumer names start with this; server processes sharing one
+    /// index share the consumers (and so the work).
+    pub consumer_prefix: String,
+}
+
+/// `[nats]` of `fleet.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Where the management server connects.
+    pub url: String,
+    /// What hosts are told to connect to.
+    pub public_urls: Vec<String>,
+    /// Start a local `nats-server -js -c DIR/nats/nats.conf` child (false: an external NATS runs the generated config).
+    pub start_local: bool,
+    /// The local child's listen address.
+    pub listen: String,
+    /// The `nats-server` program.
+    pub program: String,
+}
+
+/// `[http]` of `fleet.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address of the API.
+    pub listen: String,
+    /// The API's URL as hosts reach it (written into enrollment tokens).
+    pub public_url: String,
+}
+
+/// Options of `edr server init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Fleet name.
+    pub name: String,
+    /// NATS listen address of the local child (`127.0.0.1:4222`).
+    pub nats_listen: String,
+    /// HTTP listen address (`127.0.0.1:8480`).
+    pub http_listen: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { name: "edr".into(), nats_listen: "127.0.0.1:4222".into(), http_listen: "127.0.0.1:8480".into(), heartbeat_secs: 30 }
+    }
+}
+
+/// An open fleet directory.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The directory.
+    pub dir: DataDir,
+    /// Its `fleet.toml`.
+    pub config: FleetConfig,
+    /// The account's public key (`A...`): hosts' users belong to it.
+    pub account: String,
+    /// The account signing key: signs the hosts' user JWTs.
+    pub account_signing: KeyPair,
+    /// The operator's command-signing public key, hex (the server never
+    /// needs the private half: operators sign, the server relays).
+    pub command_public: String,
+}
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Created {
+    /// The fleet.
+    pub fleet: Fleet,
+    /// The first admin API token (also in `admin.token`).
+    pub admin_token: String,
+}
+
+const KEYS: [&str; 5] = ["operator", "operator-signing", "account", "account-signing", "system"];
+
+fn key_err(name: &str) -> impl FnOnce(nkeys::error::Error) -> FleetError + '_ {
+    move |e| FleetError::Key { name: name.to_string(), problem: e.to_string() }
+}
+
+/// Creates a fleet in `path`: keys, NATS configuration, the server's NATS
+/// user and the first admin token. Refuses a directory already holding one.
+///
+/// # Errors
+/// [`FleetError`] naming the file or key that could not be made.
+pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
+    let dir = DataDir::open_or_create(path, edr_datadir::agent_uid())?;
+    if dir.join("fleet.toml").exists() {
+        return Err(FleetError::AlreadyInitialised(dir.path().to_path_buf()));
+    }
+    let keys = dir.subdir("keys")?;
+    let pairs = [KeyPair::new_operator(), KeyPair::new_operator(), KeyPair::new_account(), KeyPair::new_account(), KeyPair::new_account()];
+    for (name, kp) in KEYS.iter().zip(&pairs) {
+        keys.write_atomically(&format!("{name}.nk"), kp.seed().map_err(key_err(name))?.as_bytes())?;
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| FleetError::Key { name: "command".into(), problem: e.to_string() })?;
+    keys.write_atomically("command.ed25519", hex::encode(seed).as_bytes())?;
+    let command_public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes());
+    keys.write_atomically("command.pub", command_public.as_bytes())?;
+    let [operator, operator_signing, account, account_signing, system] = pairs;
+    let config = FleetConfig {
+        name: opts.name.clone(),
+        nats: NatsSettings {
+            url: format!("nats://{}", opts.nats_listen),
+            public_urls: vec![format!("nats://{}", opts.nats_listen)],
+            start_local: true,
+            listen: opts.nats_listen.clone(),
+            program: "nats-server".into(),
+        },
+        http: HttpSettings { listen: opts.http_listen.clone(), public_url: format!("http://{}", opts.http_listen) },
+        heartbeat_secs: opts.heartbeat_secs,
+        consumer_prefix: "edr-server".into(),
+    };
+    write_nats_config(&dir, &config, &operator, &operator_signing, &account, &account_signing, &system)?;
+    let server_user = KeyPair::new_user();
+    let server_jwt = jwt::user(&account_signing, &account.public_key(), &server_user.public_key(), "edr-server", &jwt::Permissions::default())?;
+    dir.write_atomically("server.creds", creds(&server_jwt, &server_user.seed().map_err(key_err("server user"))?).as_bytes())?;
+    let (admin, token) = ApiToken::generate("admin", Role::Admin);
+    crate::api_auth::save_tokens(&dir, &[admin])?;
+    dir.write_atomically("admin.token", format!("{token}\n").as_bytes())?;
+    let text = toml::to_string_pretty(&config).map_err(|e| FleetError::File { path: dir.join("fleet.toml"), problem: e.to_string() })?;
+    dir.write_atomically("fleet.toml", text.as_bytes())?;
+    tracing::info!(dir = %dir.path().display(), operator = %operator.public_key(), account = %account.public_key(), "fleet created");
+    let fleet = Fleet { account: account.public_key(), account_signing, command_public, config, dir };
+    Ok(Created { fleet, admin_token: token })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_nats_config(
+    dir: &DataDir,
+    cfg: &FleetConfig,
+    operator: &KeyPair,
+    operator_signing: &KeyPair,
+    account: &KeyPair,
+    account_signing: &KeyPair,
+    system: &KeyPair,
+) -> Result<(), FleetError> {
+    let nats = dir.subdir("nats")?;
+    let op_jwt = jwt::operator(operator, operator_signing, &system.public_key(), &cfg.name)?;
+    let acct_jwt = jwt::account(operator_signing, &account.public_key(), &account_signing.public_key(), &cfg.name, true)?;
+    let sys_jwt = jwt::account(operator_signing, &system.public_key(), &system.public_key(), "SYS", false)?;
+    nats.write_atomically("operator.jwt", op_jwt.as_bytes())?;
+    let conf = format!(
+        "# Generated by `edr server init`: the fleet's NATS server. Hosts authenticate with user JWTs\n\
+         # the management server signs with the account signing key; nothing here changes when hosts enroll.\n\
+         listen: \"{listen}\"\n\
+         server_name: \"edr-{name}\"\n\
+         jetstream {{ store_dir: \"{store}\" }}\n\
+         operator: \"{op}\"\n\
+         system_account: \"{sys}\"\n\
+         resolver: MEMORY\n\
+         resolver_preload: {{\n  {acct}: \"{acct_jwt}\"\n  {sys}: \"{sys_jwt}\"\n}}\n",
+        listen = cfg.nats.listen,
+        name = cfg.name,
+        store = nats.join("jetstream").display(),
+        op = nats.join("operator.jwt").display(),
+        sys = system.public_key(),
+        acct = account.public_key(),
+    );
+    nats.write_atomically("nats.conf", conf.as_bytes())?;
+    Ok(())
+}
+
+/// A `.creds` file's text: the user JWT and its nkey seed.
+pub fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+fn read_text(dir: &DataDir, name: &str) -> Result<String, FleetError> {
+    let bytes = dir.read_limited(name, 1 << 20)?.ok_or_else(|| FleetError::File { path: dir.join(name), problem: "missing".into() })?;
+    String::from_utf8(bytes).map_err(|_| FleetError::File { path: dir.join(name), problem: "not UTF-8".into() })
+}
+
+impl Fleet {
+    /// Opens the fleet in `path`.
+    ///
+    /// # Errors
+    /// [`FleetError::NotInitialised`] when there is none; a file or key error otherwise.
+    pub fn open(path: &Path) -> Result<Fleet, FleetError> {
+        if !path.join("fleet.toml").exists() {
+            return Err(FleetError::NotInitialised(path.to_path_buf()));
+        }
+        let dir = DataDir::open_or_create(path, edr_datadir::agent_uid())?;
+        let text = read_text(&dir, "fleet.toml")?;
+        let config: FleetConfig = toml::from_str(&text).map_err(|e| FleetError::File { path: dir.join("fleet.toml"), problem: e.to_string() })?;
+        let keys = dir.subdir("keys")?;
+        let account = KeyPair::from_seed(read_text(&keys, "account.nk")?.trim()).map_err(key_err("account"))?;
+        let account_signing = KeyPair::from_seed(read_text(&keys, "account-signing.nk")?.trim()).map_err(key_err("account-signing"))?;
+        let command_public = read_text(&keys, "command.pub")?.trim().to_string();
+        edr_fleet_proto::command::parse_key(&command_public).map_err(|e| FleetError::Key { name: "keys/command.pub".into(), problem: e })?;
+        Ok(Fleet { account: account.public_key(), account_signing, command_public, config, dir })
+    }
+
+    /// The management server's own credentials (`server.creds`).
+    ///
+    /// # Errors
+    /// When the file is missing or unreadable.
+    pub fn server_creds(&self) -> Result<String, FleetError> {
+        read_text(&self.dir, "server.creds")
+    }
+
+    /// The generated NATS configuration file.
+    pub fn nats_config_path(&self) -> PathBuf {
+        self.dir.join("nats").join("nats.conf")
+    }
+
+    /// The index database file.
+    pub fn index_path(&self) -> PathBuf {
+        self.dir.join("index.db")
+    }
+
+    /// Signs a user JWT for host `host_id` with public key `user_key`, confined to its subjects.
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn host_jwt(&self, host_id: &str, user_key: &str) -> Result<String, FleetError> {
+        Ok(jwt::user(&self.account_signing, &self.account, user_key, host_id, &jwt::host_permissions(host_id))?)
+    }
+
+    /// The operator's command-signing public key, hex (pinned by hosts).
+    pub fn command_public_key(&self) -> String {
+        self.command_public.clone()
+    }
+}

@@ -1,0 +1,125 @@
+//! `edr-fleet-server`: the management server of an `edr` fleet.
+//!
+//! * [`fleet`]: `edr server init` creates the fleet: an operator (identity
+//!   and signing key), the fleet's account (identity and signing key), a
+//!   system account, the nats-server configuration that preloads them
+//!   (`resolver: MEMORY`), the server's own NATS user and the first admin
+//!   API token.
+//! * Enrollment ([`api`], `POST /api/v1/enroll`): a host sends a one-time
+//!   token's secret and the public half of an nkey it generated; the server
+//!   signs a user JWT for it with the account signing key, confined to the
+//!   host's own subjects ([`jwt::host_permissions`]). nats-server verifies
+//!   that JWT against the preloaded account: enrolling a host changes
+//!   nothing on the NATS side and needs no reload, so an external NATS
+//!   cluster running the generated configuration works the same.
+//! * [`bus`]: the streams and three durable consumers (server events,
+//!   heartbeats, alerts) feeding the [`index`]; server processes sharing an
+//!   index share the consumers.
+//! * [`api`]: the operators' JSON API with roles; [`client`]: what `edr fleet ...` uses.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod api_auth;
+pub mod bus;
+pub mod client;
+pub mod error;
+pub mod fleet;
+pub mod index;
+pub mod jwt;
+pub mod natsd;
+
+pub use error::FleetError;
+pub use fleet::{Fleet, InitOptions};
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A running management server; dropping it stops its tasks (and the local NATS child).
+#[derive(Debug)]
+pub struct Running {
+    /// Where the API listens.
+    pub http_addr: SocketAddr,
+    /// The shared state (index, bus, fleet).
+    pub state: Arc<api::AppState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The local NATS child, when started. Dropped last.
+    pub nats: Option<natsd::LocalNats>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the server for `fleet`: the local NATS child when configured, the
+/// streams, the consumers and the API. A new (or `rebuild`) index is filled
+/// from the streams' start.
+///
+/// # Errors
+/// When NATS cannot be started or reached, or the API cannot listen.
+pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetError> {
+    let nats = if fleet.config.nats.start_local {
+        let log = fleet.dir.join("nats").join("nats-server.log");
+        let (program, conf, listen) = (fleet.config.nats.program.clone(), fleet.nats_config_path(), fleet.config.nats.listen.clone());
+        Some(tokio::task::spawn_blocking(move || natsd::LocalNats::start(&program, &conf, &listen, &log)).await.map_err(|e| FleetError::Nats(e.to_string()))??)
+    } else {
+        None
+    };
+    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?).await?;
+    let index_path = fleet.index_path();
+    let fresh = rebuild || !index_path.exists();
+    if rebuild {
+        let _ = std::fs::remove_file(&index_path);
+    }
+    let index = Arc::new(index::Index::open(&index_path)?);
+    let prefix = fleet.config.consumer_prefix.clone();
+    if fresh {
+        bus.reset_consumers(&prefix).await;
+    }
+    let mut tasks = bus.consume(index.clone(), &prefix).await?;
+    let listener = tokio::net::TcpListener::bind(&fleet.config.http.listen)
+        .await
+        .map_err(|e| FleetError::Io { what: format!("cannot listen on {} (http.listen in fleet.toml)", fleet.config.http.listen), source: e })?;
+    let http_addr = listener.local_addr().map_err(|e| FleetError::Io { what: "listen address".into(), source: e })?;
+    if fleet.config.http.listen.ends_with(":0") {
+        fleet.config.http.public_url = format!("http://{http_addr}");
+    }
+    let state = Arc::new(api::AppState { fleet, index, bus });
+    let app = api::router(state.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the API stopped: {e}");
+        }
+    }));
+    tracing::info!(%http_addr, "management server running");
+    Ok(Running { http_addr, state, tasks, nats })
+}
+
+/// `edr server run`: starts the server in `dir` and serves until SIGINT or SIGTERM.
+///
+/// # Errors
+/// As [`start`].
+pub fn run_blocking(dir: &Path, rebuild: bool) -> Result<(), FleetError> {
+    let fleet = Fleet::open(dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| FleetError::Io { what: "cannot start the runtime".into(), source: e })?;
+    rt.block_on(async move {
+        let running = start(fleet, rebuild).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| FleetError::Io { what: "SIGTERM handler".into(), source: e })?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        drop(running);
+        Ok(())
+    })
+}

@@ -1,0 +1,71 @@
+//! `edr server ...`: the management server (crate `edr-fleet-server`).
+
+use anyhow::Context;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+/// Default fleet directory.
+const DEFAULT_DIR: &str = "/var/lib/edr-server";
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Create a fleet: operator and account keys, the NATS configuration, the first admin API token.
+    Init {
+        /// The fleet directory (created 0700).
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Fleet name.
+        #[arg(long, default_value = "edr")]
+        name: String,
+        /// Listen address of the local NATS server.
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        nats_listen: String,
+        /// Listen address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: String,
+        /// Seconds between host heartbeats.
+        #[arg(long, default_value_t = 30)]
+        heartbeat_secs: u64,
+    },
+    /// Run the server: a local nats-server child (unless nats.start_local = false), consumers, API.
+    Run {
+        /// The fleet directory.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Delete the index and rebuild it from the streams.
+        #[arg(long)]
+        rebuild_index: bool,
+    },
+    /// Make an API token (printed once).
+    Token {
+        /// Who holds it (recorded as the actor of their changes).
+        name: String,
+        /// viewer, responder or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// The fleet directory.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+}
+
+pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServerCommand::Init { dir, name, nats_listen, listen, heartbeat_secs } => {
+            anyhow::ensure!((1..=3600).contains(&heartbeat_secs), "--heartbeat-secs {heartbeat_secs}: use 1 to 3600");
+            let opts = edr_fleet_server::InitOptions { name, nats_listen, http_listen: listen, heartbeat_secs };
+            let created = edr_fleet_server::fleet::init(&dir, &opts)?;
+            println!("fleet created in {}", created.fleet.dir.path().display());
+            println!("admin API token (also in {}): {}", created.fleet.dir.join("admin.token").display(), created.admin_token);
+            println!("next: edr server run --dir {}", dir.display());
+            Ok(())
+        }
+        ServerCommand::Run { dir, rebuild_index } => Ok(edr_fleet_server::run_blocking(&dir, rebuild_index)?),
+        ServerCommand::Token { name, role, dir } => {
+            let role = edr_fleet_server::api_auth::Role::parse(&role).with_context(|| format!("--role {role:?}: use viewer, responder or admin"))?;
+            let fleet = edr_fleet_server::Fleet::open(&dir)?;
+            println!("{}", edr_fleet_server::api_auth::add_token(&fleet.dir, &name, role)?);
+            Ok(())
+        }
+    }
+}
