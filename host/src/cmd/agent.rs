@@ -44,7 +44,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // SIGHUP: re-read the config file between two batches.
     let hangup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(SIGHUP, hangup.clone()).context("installing the SIGHUP handler")?;
-    let mut builder = Agent::builder(cfg).builtin_pack(crate::builtin::PACK).health_interval(Duration::from_secs(args.health_interval)).reload_on(hangup).enroll(args.enroll.clone());
+    let mut builder = Agent::builder(cfg)
+        .builtin_pack(crate::builtin::PACK)
+        .health_interval(Duration::from_secs(args.health_interval))
+        .reload_on(hangup)
+        .enroll(args.enroll.clone());
     if let Some(file) = args.config.clone() {
         let data_dir = args.data_dir.clone();
         builder = builder.config_file(&file).reload_from(move || load(Some(&file), data_dir.as_ref()).map(Some));

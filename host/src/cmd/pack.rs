@@ -1,8 +1,8 @@
 //! `edr pack ...` and `edr keygen`: make, sign, check and manage packs.
 
+use anyhow::{bail, Context};
 use edr_agent::control::{self, Request};
 use edr_agent::packs::{self, PackState};
-use anyhow::{bail, Context};
 use edr_pack::semver::Version;
 use std::path::{Path, PathBuf};
 

@@ -1,13 +1,13 @@
 //! `edr replay`: run recorded ECS events through the plugins.
 
-use edr_agent::source::jsonl::{JsonlReader, Line};
+use anyhow::Context;
 use edr_agent::dispatch::Backpressure;
 use edr_agent::output::AlertWriter;
 use edr_agent::packs::PackManager;
 use edr_agent::pipeline::Pipeline;
 use edr_agent::plugins::{self, Source};
 use edr_agent::services::AgentServices;
-use anyhow::Context;
+use edr_agent::source::jsonl::{JsonlReader, Line};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;

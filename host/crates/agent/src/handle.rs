@@ -117,7 +117,11 @@ impl AgentHandle {
     /// `caller`, as `edr respond` does; the audit record says what happened
     /// (a refusal is a record, not an error). `Err` when response is off.
     pub fn respond(&self, caller: &Caller, action: ResponseAction, reason: &str) -> Result<AuditRecord, AgentError> {
-        let r = self.inner.responder.as_ref().ok_or_else(|| AgentError::Failed("the response engine is not running in this agent (see the agent's log for why)".into()))?;
+        let r = self
+            .inner
+            .responder
+            .as_ref()
+            .ok_or_else(|| AgentError::Failed("the response engine is not running in this agent (see the agent's log for why)".into()))?;
         tracing::info!(uid = caller.uid, via = %caller.via, ?action, %reason, "operator response request");
         Ok(r.request(Requester::Operator { uid: caller.uid }, action, reason))
     }

@@ -90,10 +90,8 @@ async fn handle(req: HttpRequest<Body>, agent: AgentHandle) -> Result<Response<F
         return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".into());
     }
     // The pipeline thread answers status requests between batches.
-    let status = tokio::task::spawn_blocking(move || agent.status_within(Duration::from_secs(2)).ok().and_then(|s| serde_json::to_value(s).ok()))
-        .await
-        .ok()
-        .flatten();
+    let status =
+        tokio::task::spawn_blocking(move || agent.status_within(Duration::from_secs(2)).ok().and_then(|s| serde_json::to_value(s).ok())).await.ok().flatten();
     match status {
         Some(s) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&s)),
         None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent did not answer within 2 s\n".into()),

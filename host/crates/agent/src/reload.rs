@@ -137,7 +137,12 @@ fn apply(old: &AgentConfig, new: &Arc<AgentConfig>, live: Live<'_>) -> ReloadRep
         if out.restart_needed.is_empty() { "-".to_string() } else { out.restart_needed.join(", ") },
         out.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
     );
-    live.health.record("config-reloaded", out.error.is_some(), &message, json!({"applied": out.applied, "restart_needed": out.restart_needed, "error": out.error}));
+    live.health.record(
+        "config-reloaded",
+        out.error.is_some(),
+        &message,
+        json!({"applied": out.applied, "restart_needed": out.restart_needed, "error": out.error}),
+    );
     out
 }
 

@@ -16,9 +16,7 @@ const REVSHELL: &str = r#"{"event":{"category":["process"],"type":["start"]},"pr
 /// The `reverse-shell` component the workspace build compiled (the newest
 /// one under the target dir's build outputs).
 fn reverse_shell_component() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../target"));
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
     for profile in ["release", "debug"] {
         let Ok(dirs) = std::fs::read_dir(target.join(profile).join("build")) else { continue };
@@ -43,11 +41,7 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(reverse_shell_component(), plugins.join("reverse-shell.wasm")).unwrap();
     let path = dir.join("edr.toml");
-    let text = format!(
-        "data_dir = {:?}\n[plugins]\nbuiltin = false\ndir = {:?}\n[collect]\nsource = \"stdin\"\n{extra}",
-        dir.join("data"),
-        plugins
-    );
+    let text = format!("data_dir = {:?}\n[plugins]\nbuiltin = false\ndir = {:?}\n[collect]\nsource = \"stdin\"\n{extra}", dir.join("data"), plugins);
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -165,7 +159,10 @@ fn operator_requests_through_the_handle_are_audited_in_respond() {
     let agent = Running::start(&config, |b| b);
     let h = agent.handle.clone();
     // pid 1 is protected: refused, audited (journal, counters, record).
-    let reply = h.execute(Caller::via("fleet", 0), Request::Respond { action: serde_json::json!({"action": "kill", "target": {"pid": 1, "tree": false}}), reason: "test".into() });
+    let reply = h.execute(
+        Caller::via("fleet", 0),
+        Request::Respond { action: serde_json::json!({"action": "kill", "target": {"pid": 1, "tree": false}}), reason: "test".into() },
+    );
     assert!(!reply.ok, "{reply:?}");
     let record = reply.result.unwrap();
     assert_eq!(record["decision"], "refused", "{record}");

@@ -219,7 +219,12 @@ mod tests {
     #[test]
     fn old_version_events_convert_from_current() {
         let events = [
-            Event { id: 1, time: 2, partial: false, body: EventBody::ProcessExec(crate::ProcessExec { exe: "/bin/sh".into(), argv: vec!["sh".into()], ..Default::default() }) },
+            Event {
+                id: 1,
+                time: 2,
+                partial: false,
+                body: EventBody::ProcessExec(crate::ProcessExec { exe: "/bin/sh".into(), argv: vec!["sh".into()], ..Default::default() }),
+            },
             Event {
                 id: 2,
                 time: 3,

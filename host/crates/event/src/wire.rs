@@ -63,7 +63,8 @@ impl<E: Wire> Batch<E> {
     pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event, IntoIter: ExactSizeIterator>) -> Self {
         let events = events.into_iter();
         // Typical exec events carry ~150 bytes of text in ~12 list entries.
-        let mut b = Batch { text: String::with_capacity(events.len() * 160), lists: Vec::with_capacity(events.len() * 24), events: Vec::with_capacity(events.len()) };
+        let mut b =
+            Batch { text: String::with_capacity(events.len() * 160), lists: Vec::with_capacity(events.len() * 24), events: Vec::with_capacity(events.len()) };
         for e in events {
             let wire = E::encode(&mut b, e);
             b.events.push(wire);

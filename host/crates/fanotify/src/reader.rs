@@ -494,7 +494,13 @@ mod tests {
     #[test]
     fn decodes_events_and_fid_records() {
         let mut buf = ok(libc::FAN_OPEN_EXEC, 42);
-        buf.extend(event(libc::FANOTIFY_METADATA_VERSION, libc::FAN_CREATE, libc::FAN_NOFD, 43, &fid_record(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, &[5; 8], "x.sh")));
+        buf.extend(event(
+            libc::FANOTIFY_METADATA_VERSION,
+            libc::FAN_CREATE,
+            libc::FAN_NOFD,
+            43,
+            &fid_record(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, &[5; 8], "x.sh"),
+        ));
         let evs = all(&buf);
         assert_eq!(evs.len(), 2);
         let a = evs[0].as_ref().unwrap();

@@ -107,7 +107,6 @@ fn hash_file(path: &Path) -> Option<String> {
     Some(hex::encode(h.finalize()))
 }
 
-
 /// Nonces seen, each with its command's expiry.
 pub struct NonceStore {
     dir: DataDir,

@@ -7,10 +7,7 @@ use std::collections::BTreeMap;
 /// Operating system name (`PRETTY_NAME` of `/etc/os-release`).
 pub fn os_name() -> String {
     let text = std::fs::read_to_string("/etc/os-release").or_else(|_| std::fs::read_to_string("/usr/lib/os-release")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map(|v| v.trim_matches('"').to_string())
-        .unwrap_or_else(|| std::env::consts::OS.to_string())
+    text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string()).unwrap_or_else(|| std::env::consts::OS.to_string())
 }
 
 /// Kernel release (`/proc/sys/kernel/osrelease`).

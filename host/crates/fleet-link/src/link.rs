@@ -1,14 +1,14 @@
 //! The running link: one runtime thread with the NATS connection, the
 //! heartbeat timer and the alert forwarder.
 
+use crate::commands::{self, BuiltIn, CommandExecutor, NonceStore};
 use crate::heartbeat::{self, LinkFacts};
 use crate::identity::{self, Identity};
-use crate::commands::{self, BuiltIn, CommandExecutor, NonceStore};
 use crate::{AlertSource, LinkError, StatusProvider};
-use futures_util::StreamExt;
 use async_nats::jetstream;
 use edr_datadir::DataDir;
 use edr_fleet_proto::subjects;
+use futures_util::StreamExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -143,7 +143,8 @@ fn status_doc() -> Result<Value, String> {
 }
 
 fn link(data_dir: &Path, store: Arc<Store>) -> FleetLink {
-    let opts = LinkOptions { agent_version: "test".into(), alert_poll: Duration::from_millis(100), heartbeat: Some(Duration::from_secs(1)), ..Default::default() };
+    let opts =
+        LinkOptions { agent_version: "test".into(), alert_poll: Duration::from_millis(100), heartbeat: Some(Duration::from_secs(1)), ..Default::default() };
     FleetLink::start(data_dir, opts, store, Arc::new(status_doc)).unwrap()
 }
 
@@ -205,7 +206,11 @@ fn error_log() -> (Arc<Mutex<Vec<String>>>, impl Fn(async_nats::Event) -> std::f
     })
 }
 
-async fn connect_as(id: &Identity, kp: nkeys::KeyPair, events: impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static) -> async_nats::Client {
+async fn connect_as(
+    id: &Identity,
+    kp: nkeys::KeyPair,
+    events: impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static,
+) -> async_nats::Client {
     let kp = Arc::new(kp);
     async_nats::ConnectOptions::with_jwt(id.user_jwt.clone(), move |nonce| {
         let kp = kp.clone();
@@ -261,7 +266,10 @@ fn a_host_cannot_publish_as_another_nor_read_its_commands() {
         assert!(next_within(&mut b_inbox, 200).await.is_none(), "A must not read B's inbox");
     });
     let errors = errors.lock().unwrap().clone();
-    for what in [format!("publish to \"{}\"", edr_fleet_proto::subjects::heartbeat(&b.host_id)), format!("subscription to \"{}\"", edr_fleet_proto::subjects::command(&b.host_id))] {
+    for what in [
+        format!("publish to \"{}\"", edr_fleet_proto::subjects::heartbeat(&b.host_id)),
+        format!("subscription to \"{}\"", edr_fleet_proto::subjects::command(&b.host_id)),
+    ] {
         assert!(errors.iter().any(|e| e.contains("permissions violation") && e.contains(&what)), "nats-server refused {what}: {errors:?}");
     }
 }
@@ -454,7 +462,9 @@ fn signed_commands_run_and_hostile_ones_are_refused_by_the_host() {
     let target = tempfile::tempdir().unwrap();
     std::fs::write(target.path().join("x"), "hello").unwrap();
     let path = target.path().to_str().unwrap().to_string();
-    let run = |signed: &edr_fleet_proto::command::SignedCommand| h.admin.post(&format!("/api/v1/hosts/{}/commands", id.host_id), &serde_json::to_value(signed).unwrap()).unwrap();
+    let run = |signed: &edr_fleet_proto::command::SignedCommand| {
+        h.admin.post(&format!("/api/v1/hosts/{}/commands", id.host_id), &serde_json::to_value(signed).unwrap()).unwrap()
+    };
 
     // The CLI's path: signed with the operator key file, relayed by the server.
     let key_file = h.fleet_dir().join("keys/command.ed25519");

@@ -95,14 +95,22 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiToken, ApiError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send an API token: Authorization: Bearer <token> (the first admin token is DIR/admin.token)"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send an API token: Authorization: Bearer <token> (the first admin token is DIR/admin.token)",
+        ));
     };
     let token = value.strip_prefix("Bearer ").unwrap_or("").trim();
     let hash = sha256_hex(token);
     // Read on each request: `edr server token` takes effect without a restart.
     let tokens = crate::api_auth::load_tokens(&state.fleet.dir)?;
     let Some(t) = tokens.into_iter().find(|t| t.sha256 == hash) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API token: check it, or make one with `edr server token NAME --role ROLE`"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "unknown API token: check it, or make one with `edr server token NAME --role ROLE`",
+        ));
     };
     if t.role < need {
         return Err(ApiError::new(
@@ -172,7 +180,9 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     match state {
         TokenState::Valid(_) => {}
         TokenState::Unknown => return Err(denied("unknown enrollment token (not made by this fleet): make one with `edr fleet enroll-token`".into())),
-        TokenState::Expired(at) => return Err(denied(format!("the enrollment token expired at {at} (now {now}): make a new one with `edr fleet enroll-token`"))),
+        TokenState::Expired(at) => {
+            return Err(denied(format!("the enrollment token expired at {at} (now {now}): make a new one with `edr fleet enroll-token`")))
+        }
         TokenState::Used(host) => return Err(denied(format!("the enrollment token was already used (by host {host}); tokens are one-time: make a new one"))),
     }
     let host_id = format!("h{}", edr_fleet_proto::random_hex(8).map_err(|e| FleetError::Nats(format!("random: {e}")))?);
@@ -181,7 +191,11 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     match s.bus.record_enrollment(&s.index, change, seq).await {
         Ok(_) => {}
         Err(FleetError::Nats(m)) if m.starts_with("conflict") => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "enrollment_refused", "the enrollment token was used by another enrollment a moment ago: make a new one"))
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "enrollment_refused",
+                "the enrollment token was used by another enrollment a moment ago: make a new one",
+            ))
         }
         Err(e) => return Err(e.into()),
     }
@@ -243,7 +257,8 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     let parsed: edr_fleet_proto::command::CommandBody =
         serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("the signed body is not a command: {e}")))?;
     let payload = serde_json::to_vec(&signed).unwrap_or_default();
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(&host), payload.into())).await;
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(&host), payload.into())).await;
     let (status, result) = match answer {
         Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
             Ok(r) => (r.status.clone(), Some(r)),
@@ -255,7 +270,9 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     s.bus.record(&s.index, &who.name, change).await?;
     match result {
         Some(r) => ok(r),
-        None => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", format!("host {host} did not answer within 30 s: is it online (`edr fleet hosts`)?"))),
+        None => {
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", format!("host {host} did not answer within 30 s: is it online (`edr fleet hosts`)?")))
+        }
     }
 }
 

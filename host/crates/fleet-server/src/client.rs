@@ -122,7 +122,12 @@ pub fn render_hosts(v: &Value) -> String {
     let mut out = format!("{:<18} {:<24} {:<10} {:<10} {:<10} {}\n", "HOST", "NAME", "STATE", "LAST SEEN", "AGENT", "PACKS");
     for h in v["hosts"].as_array().into_iter().flatten() {
         let hb = &h["heartbeat"];
-        let packs: Vec<String> = hb["packs"].as_array().into_iter().flatten().map(|p| format!("{}@{}", p["id"].as_str().unwrap_or(""), p["version"].as_str().unwrap_or(""))).collect();
+        let packs: Vec<String> = hb["packs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{}@{}", p["id"].as_str().unwrap_or(""), p["version"].as_str().unwrap_or("")))
+            .collect();
         out.push_str(&format!(
             "{:<18} {:<24} {:<10} {:<10} {:<10} {}\n",
             h["host_id"].as_str().unwrap_or(""),

@@ -141,7 +141,10 @@ impl Index {
         let tx = conn.transaction().map_err(FleetError::index("begin"))?;
         let body = serde_json::to_string(ev).unwrap_or_default();
         let new = tx
-            .execute("INSERT OR IGNORE INTO server_events (id, time, actor, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)", params![ev.id, i(ev.time), ev.actor, ev.change.kind(), body])
+            .execute(
+                "INSERT OR IGNORE INTO server_events (id, time, actor, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ev.id, i(ev.time), ev.actor, ev.change.kind(), body],
+            )
             .map_err(FleetError::index("record server event"))?
             == 1;
         if new {
@@ -150,7 +153,8 @@ impl Index {
                     tx.execute("INSERT OR IGNORE INTO tokens (secret_sha256, expires_at) VALUES (?1, ?2)", params![secret_sha256, i(*expires_at)])
                 }
                 Change::Enrolled { host_id, user_key, hostname, secret_sha256 } => {
-                    tx.execute("UPDATE tokens SET used_by = ?2 WHERE secret_sha256 = ?1", params![secret_sha256, host_id]).map_err(FleetError::index("use token"))?;
+                    tx.execute("UPDATE tokens SET used_by = ?2 WHERE secret_sha256 = ?1", params![secret_sha256, host_id])
+                        .map_err(FleetError::index("use token"))?;
                     tx.execute(
                         "INSERT OR REPLACE INTO hosts (host_id, user_key, hostname, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
                         params![host_id, user_key, hostname, i(ev.time)],

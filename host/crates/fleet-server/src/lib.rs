@@ -66,7 +66,11 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
     let nats = if fleet.config.nats.start_local {
         let log = fleet.dir.join("nats").join("nats-server.log");
         let (program, conf, listen) = (fleet.config.nats.program.clone(), fleet.nats_config_path(), fleet.config.nats.listen.clone());
-        Some(tokio::task::spawn_blocking(move || natsd::LocalNats::start(&program, &conf, &listen, &log)).await.map_err(|e| FleetError::Nats(e.to_string()))??)
+        Some(
+            tokio::task::spawn_blocking(move || natsd::LocalNats::start(&program, &conf, &listen, &log))
+                .await
+                .map_err(|e| FleetError::Nats(e.to_string()))??,
+        )
     } else {
         None
     };
@@ -113,7 +117,8 @@ pub fn run_blocking(dir: &Path, rebuild: bool) -> Result<(), FleetError> {
         .map_err(|e| FleetError::Io { what: "cannot start the runtime".into(), source: e })?;
     rt.block_on(async move {
         let running = start(fleet, rebuild).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| FleetError::Io { what: "SIGTERM handler".into(), source: e })?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| FleetError::Io { what: "SIGTERM handler".into(), source: e })?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

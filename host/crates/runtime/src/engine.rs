@@ -233,7 +233,11 @@ impl Runtime {
         }
         Err(LoadError::Link {
             plugin: plugin.to_string(),
-            reason: format!("it exports neither `{current}` (edr:plugin@{}) nor `on-events` (edr:plugin@{}); exports: {names:?}", edr_event::contract::v0_2::VERSION, edr_event::contract::v0_1::VERSION),
+            reason: format!(
+                "it exports neither `{current}` (edr:plugin@{}) nor `on-events` (edr:plugin@{}); exports: {names:?}",
+                edr_event::contract::v0_2::VERSION,
+                edr_event::contract::v0_1::VERSION
+            ),
         })
     }
 }

@@ -18,11 +18,11 @@ pub mod rules;
 
 pub use category::Category;
 pub use check::{check_dir, CategoryCounts, CheckReport, CheckSummary};
-pub use rules::{LoadError, Loader, RuleMeta, RuleOutcome, RuleSet};
 /// The engine, re-exported so the plugin evaluates with the exact version loaded here.
 pub use rsigma_eval;
 /// The parser, re-exported for its types (`Level`, ...).
 pub use rsigma_parser;
+pub use rules::{LoadError, Loader, RuleMeta, RuleOutcome, RuleSet};
 
 /// True when a file's name marks it as a rule file (`.yml` or `.yaml`, any case).
 pub fn is_rule_file(name: &str) -> bool {

@@ -19,10 +19,10 @@
 //! `FAN_ACCESS` would fire per `read(2)`). The mark is re-added when the file
 //! is replaced (tools write a new file and rename it over the old one).
 
+use edr_fanotify::FanotifyReader;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use edr_fanotify::FanotifyReader;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

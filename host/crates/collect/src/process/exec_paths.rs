@@ -464,8 +464,8 @@ impl ExecPaths {
 mod tests {
     use super::*;
     use std::ffi::CString;
-    use std::os::fd::FromRawFd;
     use std::io::Write;
+    use std::os::fd::FromRawFd;
 
     /// The exec-path watcher, or `None` with the skip recorded (no root, no fanotify).
     fn open_or_skip(excluded: &HashSet<u32>) -> Option<ExecPaths> {

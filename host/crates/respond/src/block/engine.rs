@@ -137,8 +137,9 @@ pub(super) struct Engine {
 impl Engine {
     /// Creates the group, starts the threads, then marks the filesystems.
     pub(super) fn start(shared: Arc<Shared>) -> Result<Engine, RespondError> {
-        let fan = edr_fanotify::init(libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32)
-            .map_err(|source| RespondError::Fanotify { what: "fanotify_init(FAN_CLASS_CONTENT)".into(), source })?;
+        let fan =
+            edr_fanotify::init(libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK, (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32)
+                .map_err(|source| RespondError::Fanotify { what: "fanotify_init(FAN_CLASS_CONTENT)".into(), source })?;
         let fan = Arc::new(fan);
         // SAFETY: plain syscall.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };

@@ -78,9 +78,9 @@ mod watchdog;
 
 use cache::{HashCache, ProtectedHashes};
 use engine::{Counters, Engine, Shared};
-pub use list::{BlockEntry, BlockTarget};
 pub(crate) use list::critical_executables;
 use list::{normalize, BlockSet};
+pub use list::{BlockEntry, BlockTarget};
 use watchdog::Watchdog;
 
 /// How a permission event the agent did not answer in time is answered.
@@ -192,7 +192,6 @@ pub(crate) struct Blocker {
     /// sha256 of protected executables, by path and file identity.
     protected_hashes: ProtectedHashes,
 }
-
 
 impl Blocker {
     /// Loads persisted blocks (if any) and starts the engine for them.

@@ -30,8 +30,8 @@
 //! logging. Its counters live in a shared anonymous mapping the agent reads.
 
 use crate::RespondError;
-use std::io;
 use edr_fanotify::Response;
+use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
