@@ -53,4 +53,10 @@ summarize_skips() {
 }
 trap summarize_skips EXIT
 
+# Lints: clippy with warnings as errors, on the same release profile (its
+# check artifacts sit beside the build's; the build scripts run once).
+rustup component add clippy >/dev/null 2>&1 || true
+cargo clippy --release --workspace --all-targets -- -D warnings \
+    || { echo "scripts/test.sh: clippy found warnings (cargo clippy --release --workspace --all-targets)"; exit 1; }
+
 cargo test --release --workspace "$@"

@@ -263,7 +263,7 @@ fn deleting_the_state_file_does_not_reset_the_anti_rollback_floor() {
     drop_pack(&v1, &incoming);
     agent.wait_for("1.0.0 refused", Duration::from_secs(30), |a| rejections(a).len() > before);
     assert_eq!(rejections(&agent).last().unwrap(), "rollback", "1.0.0 is older than 2.0.0, the highest ever activated");
-    let refusal = agent.health().into_iter().filter(|h| h["event"]["action"] == "pack-rejected").last().unwrap();
+    let refusal = agent.health().into_iter().rfind(|h| h["event"]["action"] == "pack-rejected").unwrap();
     assert!(refusal["message"].as_str().unwrap().contains("older than the installed 2.0.0"), "{refusal}");
     assert_eq!(agent.active_version(PACK), None, "1.0.0 was not activated");
     // The version at the floor itself may come back (it is no rollback).

@@ -52,7 +52,7 @@
 //!
 //! Build the plugin with `edr pack build DIR` (or see `examples/hello-detector`).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 // Lets generated code name this crate `edr_sdk` from inside it too.
 extern crate self as edr_sdk;

@@ -86,7 +86,7 @@ impl ReverseShell {
             findings.report(&DEV_TCP, event, format!("{name} redirects a shell to a network socket")).evidence.push(("command_line".into(), cmd));
             return;
         }
-        if NETCATS.contains(&name) && exec.argv.iter().skip(1).any(|a| is_exec_flag(a)) {
+        if NETCATS.contains(&name) && exec.argv.iter().skip(1).any(is_exec_flag) {
             findings.report(&NETCAT_EXEC, event, format!("{name} runs a program on a network connection")).evidence.push(("command_line".into(), cmd));
             return;
         }

@@ -95,7 +95,7 @@
 //! evidence holds the rule's first reference, its file and logsource, the
 //! matched selections and the matched fields (`match.<Field>`).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod mapping;
 

@@ -88,7 +88,7 @@ impl AgentConfig {
         let path = self.data_path(&self.store.path).unwrap_or_else(|| self.data_dir.join("events.db"));
         let mut c = edr_store::StoreConfig::new(path);
         c.max_age = (self.store.max_age_days > 0).then(|| std::time::Duration::from_secs(self.store.max_age_days * 86_400));
-        c.max_bytes = (self.store.max_size_mb > 0).then(|| self.store.max_size_mb << 20);
+        c.max_bytes = (self.store.max_size_mb > 0).then_some(self.store.max_size_mb << 20);
         c
     }
 }

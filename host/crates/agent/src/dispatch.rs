@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+/// Something that sees every batch as it leaves the pipeline (the events
+/// file, the record, tests).
+pub type BatchTap = Box<dyn FnMut(&std::sync::Arc<Batch>) + Send>;
 
 /// A batch of events shared by all plugins and the record: the events
 /// (shared, never copied), and their wire form.
@@ -41,6 +44,11 @@ impl Batch {
     /// Number of events.
     pub fn len(&self) -> usize {
         self.events.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
     }
 }
 
@@ -208,6 +216,11 @@ impl Dispatcher {
     /// Number of plugins.
     pub fn len(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Whether no plugin is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
     }
 
     /// Hands a batch to every plugin.

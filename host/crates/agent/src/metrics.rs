@@ -159,7 +159,8 @@ pub fn render(s: &Value) -> String {
     }
     let plugins = s["plugins"].as_array().cloned().unwrap_or_default();
     let metric = |key: &'static str| move |p: &Value| num(&p["metrics"][key]);
-    let per_plugin: [(&str, &str, &str, Box<dyn Fn(&Value) -> f64>); 9] = [
+    type Extract = Box<dyn Fn(&Value) -> f64>;
+    let per_plugin: [(&str, &str, &str, Extract); 9] = [
         ("edr_plugin_calls_total", "counter", "Batches delivered to a plugin.", Box::new(metric("calls"))),
         ("edr_plugin_events_total", "counter", "Events delivered to a plugin.", Box::new(metric("events"))),
         ("edr_plugin_findings_total", "counter", "Findings a plugin returned.", Box::new(metric("findings"))),

@@ -189,7 +189,7 @@ fn open_alerts_file(file: Option<&Path>) -> anyhow::Result<Option<BufWriter<File
 }
 
 /// Appends every event of every batch to a JSONL file (ECS documents).
-pub fn events_file_tap(path: &Path) -> anyhow::Result<Box<dyn FnMut(&std::sync::Arc<crate::dispatch::Batch>) + Send>> {
+pub fn events_file_tap(path: &Path) -> anyhow::Result<crate::dispatch::BatchTap> {
     let f = edr_datadir::open_append_path(path).context("cannot open the events file")?;
     let mut out = BufWriter::with_capacity(1 << 16, f);
     let ctx = EcsContext { hostname: hostname() };

@@ -37,7 +37,7 @@ pub struct Pipeline {
     /// thread between two alerts: none is lost or written twice.
     writer_tx: crossbeam_channel::Sender<WriterChange>,
     /// Extra consumers of every batch (the event record).
-    taps: Vec<Box<dyn FnMut(&Arc<Batch>) + Send>>,
+    taps: Vec<crate::dispatch::BatchTap>,
     /// Number every event, ignoring ids it arrived with (the agent: its
     /// record's ids must never collide). Replay keeps given ids instead.
     renumber: bool,
@@ -122,7 +122,7 @@ impl Pipeline {
     }
 
     /// Calls `tap` with every batch (after the plugins got it).
-    pub fn add_tap(&mut self, tap: Box<dyn FnMut(&Arc<Batch>) + Send>) {
+    pub fn add_tap(&mut self, tap: crate::dispatch::BatchTap) {
         self.taps.push(tap);
     }
 

@@ -57,7 +57,7 @@ impl Reloads {
             Some(load) => load(),
             None => Ok(None),
         };
-        let mut new = match loaded.and_then(|c| c.map(|c| absolute_data_dir(c)).transpose()) {
+        let mut new = match loaded.and_then(|c| c.map(absolute_data_dir).transpose()) {
             Ok(Some(new)) => new,
             Ok(None) => {
                 tracing::info!("reload: the agent runs on built-in defaults (no --config); nothing to reload");

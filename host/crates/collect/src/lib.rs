@@ -35,7 +35,7 @@
 //! # Ok::<(), edr_collect::CollectError>(())
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod attribute;
 mod config;

@@ -71,7 +71,7 @@ impl VerifyPolicy {
             now: SystemTime::now(),
             agent_version,
             // Every version the runtime links side by side.
-            supported_contracts: edr_event::versions::ALL.iter().map(|v| edr_event::versions::major_minor(*v).to_string()).collect(),
+            supported_contracts: edr_event::versions::ALL.iter().map(|v| edr_event::versions::major_minor(v).to_string()).collect(),
             expected_id: None,
             installed_version: None,
             max_archive_bytes: DEFAULT_MAX_ARCHIVE_BYTES,

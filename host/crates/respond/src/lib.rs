@@ -58,7 +58,7 @@
 //! * Audit records: handed to the sinks ([`Responder::audit_sink`]) and
 //!   logged through `tracing`; this crate keeps none.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod audit;
 pub mod block;

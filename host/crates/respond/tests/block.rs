@@ -53,7 +53,7 @@ fn block(r: &Responder, target: BlockTarget) -> bool {
     let rec = r.request(operator(), ResponseAction::BlockExec(target), "test block");
     if let Outcome::Error(e) = &rec.outcome {
         if e.contains("fanotify") {
-            edr_testkit::skip(format!("{e}"));
+            edr_testkit::skip(e.to_string());
             return false;
         }
     }

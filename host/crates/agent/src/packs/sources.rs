@@ -203,6 +203,9 @@ struct IndexEntry {
     file: String,
 }
 
+/// The version of a pack id the agent has installed, if any.
+pub type InstalledVersion = Arc<dyn Fn(&str) -> Option<Version> + Send + Sync>;
+
 /// Polls `base/index.json` every `interval` and sends every pack whose
 /// version is above what `installed(id)` reports, once per (id, version).
 /// The index only says what exists; each pack still carries its own signature.
@@ -210,7 +213,7 @@ pub fn poll_update_url(
     base: String,
     interval: Duration,
     tx: Sender<Candidate>,
-    installed: Arc<dyn Fn(&str) -> Option<Version> + Send + Sync>,
+    installed: InstalledVersion,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let base = base.trim_end_matches('/').to_string();

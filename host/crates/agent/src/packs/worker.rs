@@ -32,6 +32,9 @@ pub(crate) struct PackThread {
     pub(crate) floors: Option<Arc<Mutex<PackState>>>,
 }
 
+/// What judging one candidate gave.
+type Judged = Result<Activation, OfferError>;
+
 impl PackThread {
     /// A health event, also kept in the status's recent pack events.
     fn record(&self, action: &str, error: bool, message: String, details: serde_json::Value) {
@@ -41,7 +44,7 @@ impl PackThread {
     }
 
     /// The next thing to judge, and where it came from; `Err` once a channel closed.
-    fn next(&self, manager: &mut PackManager) -> Result<Option<(Result<Activation, OfferError>, String)>, ()> {
+    fn next(&self, manager: &mut PackManager) -> Result<Option<(Judged, String)>, ()> {
         Ok(select! {
             recv(self.candidates) -> c => {
                 let c = c.map_err(drop)?;
