@@ -28,12 +28,21 @@ use serde_json::{json, Map, Value};
 /// Why an ECS document could not be read as an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EcsError {
+    /// The text is not JSON.
     #[error("not valid JSON: {0}")]
     Json(String),
+    /// The JSON is not an object.
     #[error("expected a JSON object, found {0}")]
     NotAnObject(&'static str),
+    /// A field has the wrong type or value.
     #[error("field `{field}`: {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        /// The field, as a dotted ECS path.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Neither `event.category` nor the fields say what kind of event it is.
     #[error("cannot tell what kind of event this is: set `event.category` to process, file, network or authentication")]
     UnknownKind,
 }

@@ -19,6 +19,7 @@
 //! assert_eq!(exec.parent_exe, "/usr/sbin/nginx");
 //! assert_eq!(exec.ancestry, vec!["/usr/sbin/nginx".to_string()]);
 //! ```
+#![deny(missing_docs)]
 
 pub mod capability;
 #[cfg(feature = "wasmtime")]
@@ -76,7 +77,9 @@ pub struct UnknownName {
 /// A reference to the detection pack a plugin came from, carried by alerts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PackRef {
+    /// The pack id (`vendor.name`).
     pub id: String,
+    /// The pack version.
     pub version: String,
     /// The key id (or name) of the publisher key that signed the pack.
     pub signer: String,
@@ -87,9 +90,13 @@ pub struct PackRef {
 pub struct Alert {
     /// Unique alert id within this agent's record.
     pub id: u64,
+    /// When the finding was made.
     pub time: Timestamp,
+    /// The plugin that made it.
     pub plugin: String,
+    /// The pack the plugin came from (none for a plugin loaded on its own).
     pub pack: Option<PackRef>,
+    /// What the plugin reported.
     pub finding: Finding,
     /// The first event named by `finding.event_ids`, when the agent still had it.
     pub event: Option<Event>,

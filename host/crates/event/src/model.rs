@@ -72,20 +72,32 @@ macro_rules! __contract_enums {
         $($callback)*! { [$($arg)*]
             /// The kinds of endpoint event; plugins subscribe to a subset.
             EventKind {
+                /// A program started.
                 ProcessExec = "process-exec",
+                /// A process ended.
                 ProcessExit = "process-exit",
+                /// A file changed or was read.
                 File = "file",
+                /// A connection or listener.
                 Network = "network",
+                /// A login attempt.
                 Login = "login",
             }
             /// What happened to a file.
             FileOp {
+                /// Created.
                 Create = "create",
+                /// Written to.
                 Modify = "modify",
+                /// Removed.
                 Delete = "delete",
+                /// Renamed (or moved).
                 Rename = "rename",
+                /// Its mode changed.
                 Chmod = "chmod",
+                /// Its other attributes changed (owner, times, extended attributes).
                 Attrib = "attrib",
+                /// Opened for reading.
                 Read = "read",
             }
             /// Direction of a network event.
@@ -99,29 +111,44 @@ macro_rules! __contract_enums {
             }
             /// Transport protocol.
             Transport {
+                /// TCP.
                 Tcp = "tcp",
+                /// UDP.
                 Udp = "udp",
             }
             /// Severity of a finding (the Sigma levels).
             Severity {
+                /// For the record, no action needed.
                 Informational = "informational",
+                /// Worth a look.
                 Low = "low",
+                /// Suspicious.
                 Medium = "medium",
+                /// Likely malicious.
                 High = "high",
+                /// Malicious, act now.
                 Critical = "critical",
             }
             /// Level of a plugin's log line.
             LogLevel {
+                /// Finest detail.
                 Trace = "trace",
+                /// For debugging.
                 Debug = "debug",
+                /// Normal operation.
                 Info = "info",
+                /// Something is off.
                 Warn = "warn",
+                /// Something failed.
                 Error = "error",
             }
             /// What the response policy decided about an action request.
             Decision {
+                /// The action was carried out.
                 Enforced = "enforced",
+                /// The policy is in simulate mode: recorded, not carried out.
                 Simulated = "simulated",
+                /// The policy refused it.
                 Refused = "refused",
             }
         }
@@ -182,7 +209,9 @@ impl Severity {
 /// A program started (execve).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessExec {
+    /// Process id.
     pub pid: u32,
+    /// Parent process id.
     pub ppid: u32,
     /// Stable identity: unique on the host even when the kernel reuses the pid.
     pub entity_id: u64,
@@ -194,12 +223,19 @@ pub struct ProcessExec {
     /// `/memfd:NAME (deleted)`. Empty when unknown (never the dynamic
     /// loader standing in for a program whose file was not seen).
     pub exe: String,
+    /// Command line, argv[0] first.
     pub argv: Vec<String>,
+    /// Working directory.
     pub cwd: String,
+    /// Real user id.
     pub uid: u32,
+    /// User name for `uid`, empty when it could not be resolved.
     pub user: String,
+    /// When the process started.
     pub start_time: Timestamp,
+    /// Executable of the parent.
     pub parent_exe: String,
+    /// Command line of the parent.
     pub parent_argv: Vec<String>,
     /// Executable paths of the ancestors, parent first, up to the root.
     pub ancestry: Vec<String>,
@@ -208,49 +244,74 @@ pub struct ProcessExec {
 /// A process ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessExit {
+    /// Process id.
     pub pid: u32,
+    /// Entity id of the process (stable across pid reuse).
     pub entity_id: u64,
+    /// Exit status (the signal number, negated, when it was killed by one).
     pub exit_code: i32,
 }
 
 /// A change to (or a read of) a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEvent {
+    /// What happened.
     pub op: FileOp,
+    /// Absolute path.
     pub path: String,
     /// The previous path of a renamed file.
     pub old_path: Option<String>,
     /// `st_mode` after the change, where known.
     pub mode: Option<u32>,
+    /// Process id.
     pub pid: Option<u32>,
+    /// Entity id of the process (stable across pid reuse).
     pub entity_id: Option<u64>,
+    /// Executable of the process, where known.
     pub exe: Option<String>,
+    /// Real user id.
     pub uid: Option<u32>,
 }
 
 /// A network connection or listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkEvent {
+    /// What happened.
     pub op: NetworkOp,
+    /// TCP or UDP.
     pub transport: Transport,
+    /// Local address.
     pub local_ip: String,
+    /// Local port.
     pub local_port: u16,
+    /// Remote address.
     pub remote_ip: String,
+    /// Remote port.
     pub remote_port: u16,
+    /// Process id.
     pub pid: Option<u32>,
+    /// Entity id of the process (stable across pid reuse).
     pub entity_id: Option<u64>,
+    /// Executable of the process, where known.
     pub exe: Option<String>,
+    /// Real user id.
     pub uid: Option<u32>,
 }
 
 /// A login attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginEvent {
+    /// User name for `uid`, empty when it could not be resolved.
     pub user: String,
+    /// Address the login came from, where remote.
     pub source_ip: Option<String>,
+    /// The service that handled it (`sshd`, `login`, `sudo`, ...).
     pub service: String,
+    /// How the user authenticated (`password`, `publickey`, ...).
     pub method: String,
+    /// Whether it succeeded.
     pub success: bool,
+    /// Process id.
     pub pid: Option<u32>,
 }
 
@@ -258,10 +319,15 @@ pub struct LoginEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "kebab-case")]
 pub enum EventBody {
+    /// A program started.
     ProcessExec(ProcessExec),
+    /// A process ended.
     ProcessExit(ProcessExit),
+    /// A file changed or was read.
     File(FileEvent),
+    /// A connection or listener.
     Network(NetworkEvent),
+    /// A login attempt.
     Login(LoginEvent),
 }
 
@@ -270,9 +336,11 @@ pub enum EventBody {
 pub struct Event {
     /// Unique id within this agent's record.
     pub id: u64,
+    /// When it happened.
     pub time: Timestamp,
     /// The collector could not gather every field.
     pub partial: bool,
+    /// The kind-specific part.
     pub body: EventBody,
 }
 
@@ -314,57 +382,80 @@ impl Event {
 /// What a plugin reports when a detection fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// Stable rule id (`vendor.plugin.rule`).
     pub rule_id: String,
+    /// Short title.
     pub title: String,
+    /// How bad it is.
     pub severity: Severity,
     /// MITRE ATT&CK technique ids.
     pub techniques: Vec<String>,
+    /// What happened, for a person.
     pub message: String,
+    /// Who wrote the rule.
     pub author: String,
+    /// Ids of the events the finding concerns.
     pub event_ids: Vec<u64>,
+    /// Key-value evidence.
     pub evidence: Vec<(String, String)>,
 }
 
 /// A file shipped with a plugin's pack.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFile {
+    /// Name.
     pub name: String,
+    /// Its bytes.
     pub content: Vec<u8>,
 }
 
 /// A plugin's configuration: settings and data files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginConfig {
+    /// Key-value settings from the manifest and the config.
     pub settings: Vec<(String, String)>,
+    /// Data files shipped with the pack.
     pub files: Vec<DataFile>,
 }
 
 /// What a plugin says about itself at init.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {
+    /// Name.
     pub name: String,
+    /// Version.
     pub version: String,
+    /// What it does.
     pub description: String,
+    /// The event kinds it wants.
     pub subscriptions: Vec<EventKind>,
 }
 
 /// A process as the agent's process tree knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
+    /// Process id.
     pub pid: u32,
+    /// Entity id of the process (stable across pid reuse).
     pub entity_id: u64,
+    /// Executable of the process, where known.
     pub exe: String,
+    /// Command line, argv[0] first.
     pub argv: Vec<String>,
+    /// Real user id.
     pub uid: u32,
+    /// When the process started.
     pub start_time: Timestamp,
 }
 
 /// Target of a kill request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillTarget {
+    /// Process id.
     pub pid: u32,
     /// When set, only kill if `pid` still is this process.
     pub entity_id: Option<u64>,
+    /// Kill its descendants too.
     pub tree: bool,
 }
 
@@ -372,13 +463,21 @@ pub struct KillTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", content = "target", rename_all = "kebab-case")]
 pub enum Action {
+    /// Kill a process (or its tree).
     KillProcess(KillTarget),
+    /// Stop a process (SIGSTOP).
     SuspendProcess(u32),
+    /// Continue a stopped process.
     ResumeProcess(u32),
+    /// Move a file to the quarantine store.
     QuarantineFile(String),
+    /// Delete a file (kept in the quarantine store for restore).
     DeleteFile(String),
+    /// Copy a file into the evidence store.
     FetchFile(String),
+    /// Refuse execution of a file.
     BlockExec(String),
+    /// Cut the host off the network except the management path.
     IsolateHost,
 }
 
