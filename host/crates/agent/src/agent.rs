@@ -19,7 +19,7 @@ use crate::pipeline::Pipeline;
 use crate::reload::{ConfigLoader, Live, Reloads};
 use crate::services::{AgentServices, DeclaredActions};
 use crate::source::Source;
-use crate::status::{AgentInfo, AgentStatus, CollectorStatus, ConfigStatus, PackStatus, PipelineStatus, ResponseStatus};
+use crate::status::{AgentInfo, AgentStatus, ConfigStatus, PackStatus, PipelineStatus, ResponseStatus};
 use crate::{control, plugins, response, Shutdown};
 use anyhow::Context;
 use crossbeam_channel::{select, Receiver, Sender};
@@ -492,7 +492,7 @@ impl Agent {
             store: self.store.as_ref().map(|s| s.stats()),
             response,
             source: self.cfg.collect.source.clone(),
-            collectors: self.source.collectors.iter().flat_map(|c| c.status()).map(CollectorStatus::from).collect(),
+            collectors: self.source.collectors.iter().flat_map(|c| c.status()).collect(),
             agent: AgentInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pid: std::process::id(),

@@ -71,50 +71,8 @@ pub struct ResponseStatus {
     pub block_stats: edr_respond::BlockStats,
 }
 
-/// One collector, as `edr status` shows it (see [`edr_collect::CollectorStatus`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CollectorStatus {
-    /// `process`, `file`, `network` or `login`.
-    pub name: &'static str,
-    /// The facility in use, and why it degraded when it did.
-    pub mode: String,
-    /// Events sent to the pipeline.
-    pub events: u64,
-    /// Events with fields missing.
-    pub partial: u64,
-    /// Events dropped because the queue was full.
-    pub dropped: u64,
-    /// Events the kernel lost.
-    pub lost: u64,
-    /// Kernel overflow notifications.
-    pub overflows: u64,
-    /// Kernel events that could not be turned into an event.
-    pub unresolved: u64,
-    /// Exec events whose executable was recovered from fanotify.
-    pub exe_recovered: u64,
-    /// Exec events without an executable.
-    pub exe_missing: u64,
-    /// Events per second lately.
-    pub events_per_sec: f64,
-}
-
-impl From<edr_collect::CollectorStatus> for CollectorStatus {
-    fn from(c: edr_collect::CollectorStatus) -> Self {
-        CollectorStatus {
-            name: c.name,
-            mode: c.mode,
-            events: c.events,
-            partial: c.partial,
-            dropped: c.dropped,
-            lost: c.lost,
-            overflows: c.overflows,
-            unresolved: c.unresolved,
-            exe_recovered: c.exe_recovered,
-            exe_missing: c.exe_missing,
-            events_per_sec: c.events_per_sec,
-        }
-    }
-}
+/// One collector, as `edr status` shows it.
+pub use edr_collect::CollectorStatus;
 
 /// The packs: what is active, and what happened lately.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What one collector is doing and what it has lost, as shown by `edr status`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CollectorStatus {
     /// `process`, `file`, `network` or `login`.
     pub name: &'static str,
