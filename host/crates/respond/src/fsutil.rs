@@ -97,9 +97,11 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, fs::Metadata), RespondE
     Ok((file, meta))
 }
 
-/// The sha256 (lowercase hex) and length of a file's content, read from
-/// offset 0 with `pread` (the file's own offset is left alone).
-pub(crate) fn sha256_file(file: &File) -> io::Result<(String, u64)> {
+/// Reads `file` from offset 0 with `pread` (the file's own offset is left
+/// alone), hands each chunk to `sink` and hashes it: the sha256 and the
+/// length read. Stops with `FileTooLarge` past `max` bytes (a file that grows
+/// while it is read).
+pub(crate) fn sha256_chunks(file: &File, max: Option<u64>, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
@@ -110,36 +112,31 @@ pub(crate) fn sha256_file(file: &File) -> io::Result<(String, u64)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if let Some(max) = max {
+            if off + n as u64 > max {
+                return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("the file grew past the limit of {max} bytes while being read")));
+            }
+        }
         hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
         off += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), off))
+    Ok((hasher.finalize().into(), off))
+}
+
+/// The sha256 (lowercase hex) and length of a file's content, read from
+/// offset 0 with `pread` (the file's own offset is left alone).
+pub(crate) fn sha256_file(file: &File) -> io::Result<(String, u64)> {
+    let (sha, len) = sha256_chunks(file, None, |_| Ok(()))?;
+    Ok((hex::encode(sha), len))
 }
 
 /// Copies `src` (from offset 0) into `dst`, hashing on the way, then fsyncs
 /// `dst`. Stops with an error past `max` bytes.
 pub(crate) fn copy_hashing(src: &File, dst: &mut File, max: Option<u64>) -> io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut off = 0u64;
-    loop {
-        let n = match src.read_at(&mut buf, off) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some(max) = max {
-            if off + n as u64 > max {
-                return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("the file grew past the limit of {max} bytes while being copied")));
-            }
-        }
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])?;
-        off += n as u64;
-    }
+    let (sha, len) = sha256_chunks(src, max, |chunk| dst.write_all(chunk))?;
     dst.sync_all()?;
-    Ok((hex::encode(hasher.finalize()), off))
+    Ok((hex::encode(sha), len))
 }
 
 /// fsyncs a directory so a rename or unlink in it is durable.

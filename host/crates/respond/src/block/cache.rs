@@ -2,11 +2,10 @@
 //! hashes by file identity the permission threads consult, and the cache
 //! of protected executables' hashes a sha256 block is checked against.
 
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -32,23 +31,7 @@ pub(super) fn key_of_stat(st: &libc::stat) -> Key {
 
 /// sha256 of an open file via pread, refusing to read past `max`.
 pub(super) fn hash_fd(file: &File, max: u64) -> io::Result<[u8; 32]> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    loop {
-        let n = match file.read_at(&mut buf, off) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        off += n as u64;
-        if off > max {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "grew past the hash limit"));
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
+    Ok(crate::fsutil::sha256_chunks(file, Some(max), |_| Ok(()))?.0)
 }
 
 /// Hashes of executed files by [`Key`], shared by the reader and the hashers.
