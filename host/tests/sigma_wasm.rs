@@ -6,14 +6,9 @@ mod common;
 use common::*;
 use edr_event::{DataFile, PluginConfig};
 use edr_runtime::{MemoryServices, PluginSpec};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-fn corpus() -> Option<PathBuf> {
-    let dir = repo_root().parent()?.join("shared/corpora/sigmahq-linux/rules/linux");
-    dir.is_dir().then_some(dir)
-}
 
 /// Every .yml file under `dir` as plugin data files.
 fn rule_files(dir: &Path) -> Vec<DataFile> {
@@ -67,10 +62,7 @@ fn fires(plugin: &mut edr_runtime::Plugin, event: &serde_json::Value, rule_id: &
 
 #[test]
 fn sigmahq_cases_through_the_wasm_plugin() {
-    let Some(corpus) = corpus() else {
-        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
-        return;
-    };
+    let Some(corpus) = edr_testkit::sigmahq_linux_rules() else { return };
     let mut plugin = sigma_plugin(rule_files(&corpus));
     let cases = cases("cases.jsonl");
     assert!(cases.len() >= 30, "at least 30 SigmaHQ rules are covered");
@@ -102,10 +94,7 @@ fn our_own_rules_through_the_wasm_plugin() {
 
 #[test]
 fn sigma_check_serves_every_process_file_and_network_rule() {
-    let Some(corpus) = corpus() else {
-        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
-        return;
-    };
+    let Some(corpus) = edr_testkit::sigmahq_linux_rules() else { return };
     let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["sigma", "check", corpus.to_str().unwrap(), "--json"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     let text = report.to_string();
@@ -123,10 +112,7 @@ fn sigma_check_serves_every_process_file_and_network_rule() {
 
 #[test]
 fn sigma_matches_appear_in_replay_with_the_author_credited() {
-    let Some(corpus) = corpus() else {
-        edr_testkit::skip("the SigmaHQ corpus is not at ../shared/corpora/sigmahq-linux");
-        return;
-    };
+    let Some(corpus) = edr_testkit::sigmahq_linux_rules() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("edr.toml");
     std::fs::write(&cfg, format!("data_dir = {:?}\n[plugins.data]\nsigma = [{:?}]\n", dir.path().join("data"), corpus)).unwrap();

@@ -2,26 +2,11 @@
 //! corpus and against a directory of broken rules.
 
 use edr_sigma_core::{check_dir, CategoryCounts};
-use std::path::Path;
-
-/// The SigmaHQ Linux rules (read, never copied into the repository).
-const CORPUS: &str = "/work/shared/corpora/sigmahq-linux/rules/linux";
-
-/// The corpus directory, or `None` (after saying so) when it is absent.
-fn corpus() -> Option<&'static Path> {
-    let dir = Path::new(CORPUS);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        edr_testkit::skip(format!("SigmaHQ corpus not found at {CORPUS}"));
-        None
-    }
-}
 
 #[test]
 fn corpus_report_counts() {
-    let Some(dir) = corpus() else { return };
-    let report = check_dir(dir);
+    let Some(dir) = edr_testkit::sigmahq_linux_rules() else { return };
+    let report = check_dir(&dir);
     let s = &report.summary;
     assert_eq!(report.files, 210);
     assert_eq!((s.loaded, s.not_loaded), (135, 75), "{}", report.render_text());

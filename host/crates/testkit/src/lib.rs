@@ -78,3 +78,17 @@ macro_rules! require_root {
         $crate::require_root!("privileged kernel facilities")
     };
 }
+
+/// The SigmaHQ Linux rules (`corpora/sigmahq-linux/rules/linux` in the shared
+/// folder beside the repository; read, never copied into it), or `None` after
+/// a [`skip`] naming where it was looked for.
+pub fn sigmahq_linux_rules() -> Option<std::path::PathBuf> {
+    const REL: &str = "corpora/sigmahq-linux/rules/linux";
+    let beside_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../../shared").join(REL);
+    let candidates = [beside_repo, std::path::Path::new("/work/shared").join(REL)];
+    if let Some(dir) = candidates.iter().find(|d| d.is_dir()) {
+        return Some(dir.clone());
+    }
+    skip(format!("the SigmaHQ corpus is not at {} or {}", candidates[0].display(), candidates[1].display()));
+    None
+}

@@ -4,18 +4,10 @@
 use edr_sdk::{Config, DataFile, Finding};
 use std::path::{Path, PathBuf};
 
-/// The SigmaHQ Linux rules (read, never copied into the repository).
-pub const CORPUS: &str = "/work/shared/corpora/sigmahq-linux/rules/linux";
-
-/// The corpus directory, or `None` (after saying so) when it is absent.
+/// The SigmaHQ Linux rules, or `None` after a recorded skip (edr-testkit).
 pub fn corpus() -> Option<&'static Path> {
-    let dir = Path::new(CORPUS);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        edr_testkit::skip(format!("SigmaHQ corpus not found at {CORPUS}"));
-        None
-    }
+    // Leaked once per test: the tests pass the path around by reference.
+    edr_testkit::sigmahq_linux_rules().map(|dir| &*Box::leak(dir.into_boxed_path()))
 }
 
 /// This crate's own rules directory.
