@@ -134,6 +134,31 @@ const ESCAPERS: &[&str] = &[
 const ONE_LINERS: &[(&str, &[&str])] =
     &[("python", &["-c"]), ("perl", &["-e", "-E"]), ("ruby", &["-e"]), ("php", &["-r"]), ("lua", &["-e"]), ("node", &["-e", "--eval"])];
 
+/// Whether a shell started with `argv` hands its user a shell, which is
+/// what a shell escape is for: an interactive shell (no `-c`, reading its
+/// terminal or stdin, or `-i`/`-p`), or `-c` whose command is itself a bare
+/// shell (`sh -c /bin/sh`, `sh -c 'exec bash -i'`). A program running one
+/// command through `sh -c` (tar's `sh -c gzip`, git's hooks, find's
+/// `-exec sh -c '...'`, xargs) is how those programs work, not an escape.
+fn gives_a_shell(argv: Strs<'_>) -> bool {
+    let argv: Vec<&str> = argv.iter().collect();
+    let flags: Vec<&str> = argv.iter().skip(1).copied().take_while(|a| a.starts_with('-')).collect();
+    let interactive = flags.iter().any(|f| *f == "-i" || *f == "-p" || (f.len() > 1 && !f.starts_with("--") && (f.contains('i') || f.contains('p'))));
+    let Some(c_at) = argv.iter().position(|a| *a == "-c" || (a.starts_with('-') && !a.starts_with("--") && a.contains('c'))) else {
+        // No -c: a script file argument runs that script; none: a shell.
+        return interactive || argv.iter().skip(1).all(|a| a.starts_with('-'));
+    };
+    if interactive {
+        return true;
+    }
+    let Some(command) = argv.get(c_at + 1) else { return true };
+    let words: Vec<&str> = command.split_whitespace().filter(|w| !matches!(*w, "exec" | "env" | "command")).collect();
+    match words.split_first() {
+        Some((first, rest)) => is_shell(basename(first)) && rest.iter().all(|a| a.starts_with('-')),
+        None => false,
+    }
+}
+
 /// `python3.11` -> `python`, `php8.2` -> `php`, `php-fpm8.2` -> `php-fpm`.
 fn family(name: &str) -> &str {
     name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
@@ -178,7 +203,7 @@ impl Detector for Lineage {
                 .extend([("parent".into(), exec.parent_exe.to_string()), ("command_line".into(), exec.command_line())]);
             return;
         }
-        if ESCAPERS.contains(&parent) {
+        if ESCAPERS.contains(&parent) && gives_a_shell(exec.argv) {
             findings
                 .report(&SHELL_ESCAPE, event, format!("{} escaped to {} ({})", parent, exec.name(), exec.command_line()))
                 .evidence
@@ -230,6 +255,25 @@ mod tests {
         assert_eq!(rules(&mut h, &[e]), vec![ONE_LINER_SHELL.id]);
         let e = exec("/bin/sh", &["sh"]).parent("/usr/bin/perl", &["perl", "-e", "exec '/bin/sh'"]).build();
         assert_eq!(rules(&mut h, &[e]), vec![ONE_LINER_SHELL.id]);
+        // tar --checkpoint-action=exec=/bin/sh runs `sh -c /bin/sh`; vim :!bash runs `sh -c bash`.
+        let e = exec("/bin/sh", &["sh", "-c", "/bin/sh"]).parent("/usr/bin/tar", &["tar", "-cf", "/dev/null", "/dev/null", "--checkpoint=1", "--checkpoint-action=exec=/bin/sh"]).build();
+        assert_eq!(rules(&mut h, &[e]), vec![SHELL_ESCAPE.id]);
+        let e = exec("/bin/sh", &["sh", "-c", "exec bash -i"]).parent("/usr/bin/vim", &["vim"]).build();
+        assert_eq!(rules(&mut h, &[e]), vec![SHELL_ESCAPE.id]);
+    }
+
+    #[test]
+    fn programs_running_one_command_through_sh_are_not_escapes() {
+        let mut h = Harness::<Lineage>::new().unwrap();
+        let quiet = [
+            // tar czf runs its compressor through sh -c (issue 18).
+            exec("/bin/sh", &["/bin/sh", "-c", "gzip"]).parent("/usr/bin/tar", &["tar", "czf", "/tmp/x.tgz", "/tmp/d"]).build(),
+            exec("/bin/sh", &["sh", "-c", "xz -T0"]).parent("/usr/bin/tar", &["tar", "cJf", "x.txz", "d"]).build(),
+            exec("/bin/sh", &["sh", "-c", "bash ./build.sh --release"]).parent("/usr/bin/timeout", &["timeout", "60", "sh", "-c", "x"]).build(),
+            exec("/bin/sh", &["sh", "-c", "echo {} >> list"]).parent("/usr/bin/find", &["find", ".", "-exec", "sh", "-c", "echo {} >> list", ";"]).build(),
+            exec("/bin/bash", &["bash", ".git/hooks/pre-commit"]).parent("/usr/bin/git", &["git", "commit"]).build(),
+        ];
+        assert!(rules(&mut h, &quiet).is_empty());
     }
 
     #[test]
