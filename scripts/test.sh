@@ -16,7 +16,8 @@ cargo fmt --all --check || { echo "scripts/test.sh: run 'cargo fmt --all' (rustf
 # nftables (host isolation), nats-server (the NATS JetStream output) and
 # systemd (`systemd-analyze verify` of the unit). Installed when we can (root with apt-get, as in
 # CI); otherwise those tests print why they skip.
-packages=(minisign nftables nats-server systemd)
+# clang: compiles the eBPF program (host/crates/ebpf/build.rs; it also installs it itself when root).
+packages=(minisign nftables nats-server systemd clang)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

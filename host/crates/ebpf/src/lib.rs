@@ -1,0 +1,168 @@
+//! eBPF process hooks for the edr agent.
+//!
+//! A BPF program in C (bpf/edr.bpf.c, CO-RE, compiled by clang in build.rs)
+//! attaches to `tp_btf/sched_process_fork`, `sched_process_exec` and
+//! `sched_process_exit` and writes one record per event into a 4 MiB ring
+//! buffer; a record the ring buffer cannot take is counted in a per-CPU
+//! array ([`Hooks::lost`]). The exec hook reads argv from the new image's
+//! memory, so every image of `sh -c 'exec env true'` is seen with its own
+//! argv, however short-lived. User space is pure Rust ([aya]): no C library
+//! is needed to build or run.
+#![deny(missing_docs)]
+
+pub mod wire;
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf};
+
+pub use wire::{Kind, ProcEvent, WireError};
+
+/// The compiled BPF object, empty when build.rs found no clang.
+static OBJECT: &[u8] = include_bytes!(env!("EDR_EBPF_OBJECT"));
+/// Why there is no object (empty when there is one).
+const MISSING: &str = env!("EDR_EBPF_MISSING");
+
+/// Why the hooks could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// The crate was built without the BPF object.
+    #[error("{0}")]
+    NotBuilt(&'static str),
+    /// No kernel BTF (/sys/kernel/btf/vmlinux): `tp_btf` cannot attach.
+    #[error("no kernel BTF: {0}")]
+    Btf(#[from] aya::BtfError),
+    /// The kernel refused the object (EPERM without CAP_BPF, lockdown, ...).
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("{hook}: {source}")]
+    Program {
+        /// The tracepoint.
+        hook: &'static str,
+        /// The kernel's answer.
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing or of the wrong type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map's name.
+        name: &'static str,
+        /// What was wrong.
+        source: aya::maps::MapError,
+    },
+    /// poll(2) on the ring buffer failed.
+    #[error("poll: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Whether the BPF object was built into this binary (`Err` says why not).
+pub fn built() -> Result<(), &'static str> {
+    if OBJECT.is_empty() {
+        Err(MISSING)
+    } else {
+        Ok(())
+    }
+}
+
+/// The loaded and attached hooks. Dropping it detaches them.
+pub struct Hooks {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    bad: u64,
+    _ebpf: Ebpf,
+}
+
+const HOOKS: [(&str, &str); 3] = [
+    ("edr_fork", "sched_process_fork"),
+    ("edr_exec", "sched_process_exec"),
+    ("edr_exit", "sched_process_exit"),
+];
+
+impl Hooks {
+    /// Loads the object and attaches the three process hooks.
+    pub fn load() -> Result<Self, EbpfError> {
+        built().map_err(EbpfError::NotBuilt)?;
+        let btf = Btf::from_sys_fs()?;
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for (name, tp) in HOOKS {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::NotBuilt("BPF object lacks a program"))?;
+            let prog: &mut BtfTracePoint =
+                prog.try_into().map_err(|source| EbpfError::Program { hook: tp, source })?;
+            prog.load(tp, &btf).map_err(|source| EbpfError::Program { hook: tp, source })?;
+            prog.attach().map_err(|source| EbpfError::Program { hook: tp, source })?;
+        }
+        let ring = take(&mut ebpf, "EVENTS", |m| RingBuf::try_from(m))?;
+        let lost = take(&mut ebpf, "LOST", |m| PerCpuArray::try_from(m))?;
+        Ok(Self { ring, lost, bad: 0, _ebpf: ebpf })
+    }
+
+    /// Hands every record now in the ring buffer to `f`, waiting up to
+    /// `timeout` for the first. Returns how many were handed over.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(ProcEvent)) -> Result<usize, EbpfError> {
+        let mut n = self.drain(&mut f);
+        if n > 0 {
+            return Ok(n);
+        }
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(EbpfError::Poll(e));
+            }
+        }
+        n += self.drain(&mut f);
+        Ok(n)
+    }
+
+    fn drain(&mut self, f: &mut impl FnMut(ProcEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            match wire::parse(&item) {
+                Ok(e) => {
+                    n += 1;
+                    f(e)
+                }
+                Err(e) => {
+                    self.bad += 1;
+                    tracing::debug!(error = %e, "unparsable eBPF record");
+                }
+            }
+        }
+        n
+    }
+
+    /// Records the ring buffer could not take, per CPU (index = CPU).
+    pub fn lost_per_cpu(&self) -> Vec<u64> {
+        self.lost.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Records the ring buffer could not take, all CPUs.
+    pub fn lost(&self) -> u64 {
+        self.lost_per_cpu().iter().sum()
+    }
+
+    /// Records that could not be parsed (never expected; counted, not silent).
+    pub fn unparsable(&self) -> u64 {
+        self.bad
+    }
+}
+
+fn take<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, EbpfError> {
+    let m = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+    conv(m).map_err(|source| EbpfError::Map { name, source })
+}
