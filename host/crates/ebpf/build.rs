@@ -21,18 +21,10 @@ fn main() {
     let obj = out.join("edr.bpf.o");
     let is_root = unsafe_free_is_root();
     if !have_clang() && is_root {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "clang"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+        let _ = Command::new("apt-get").args(["install", "-y", "-q", "clang"]).env("DEBIAN_FRONTEND", "noninteractive").status();
     }
     let built = have_clang()
-        && Command::new("clang")
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-c", src, "-o"])
-            .arg(&obj)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        && Command::new("clang").args(["-O2", "-g", "-target", "bpf", "-Wall", "-c", src, "-o"]).arg(&obj).status().map(|s| s.success()).unwrap_or(false);
     if built {
         println!("cargo:rustc-env=EDR_EBPF_OBJECT={}", obj.display());
         println!("cargo:rustc-env=EDR_EBPF_MISSING=");

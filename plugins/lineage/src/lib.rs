@@ -256,7 +256,9 @@ mod tests {
         let e = exec("/bin/sh", &["sh"]).parent("/usr/bin/perl", &["perl", "-e", "exec '/bin/sh'"]).build();
         assert_eq!(rules(&mut h, &[e]), vec![ONE_LINER_SHELL.id]);
         // tar --checkpoint-action=exec=/bin/sh runs `sh -c /bin/sh`; vim :!bash runs `sh -c bash`.
-        let e = exec("/bin/sh", &["sh", "-c", "/bin/sh"]).parent("/usr/bin/tar", &["tar", "-cf", "/dev/null", "/dev/null", "--checkpoint=1", "--checkpoint-action=exec=/bin/sh"]).build();
+        let e = exec("/bin/sh", &["sh", "-c", "/bin/sh"])
+            .parent("/usr/bin/tar", &["tar", "-cf", "/dev/null", "/dev/null", "--checkpoint=1", "--checkpoint-action=exec=/bin/sh"])
+            .build();
         assert_eq!(rules(&mut h, &[e]), vec![SHELL_ESCAPE.id]);
         let e = exec("/bin/sh", &["sh", "-c", "exec bash -i"]).parent("/usr/bin/vim", &["vim"]).build();
         assert_eq!(rules(&mut h, &[e]), vec![SHELL_ESCAPE.id]);

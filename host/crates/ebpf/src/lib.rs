@@ -76,11 +76,7 @@ pub struct Hooks {
     _ebpf: Ebpf,
 }
 
-const HOOKS: [(&str, &str); 3] = [
-    ("edr_fork", "sched_process_fork"),
-    ("edr_exec", "sched_process_exec"),
-    ("edr_exit", "sched_process_exit"),
-];
+const HOOKS: [(&str, &str); 3] = [("edr_fork", "sched_process_fork"), ("edr_exec", "sched_process_exec"), ("edr_exit", "sched_process_exit")];
 
 impl Hooks {
     /// Loads the object and attaches the three process hooks.
@@ -89,16 +85,13 @@ impl Hooks {
         let btf = Btf::from_sys_fs()?;
         let mut ebpf = Ebpf::load(OBJECT)?;
         for (name, tp) in HOOKS {
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::NotBuilt("BPF object lacks a program"))?;
-            let prog: &mut BtfTracePoint =
-                prog.try_into().map_err(|source| EbpfError::Program { hook: tp, source })?;
+            let prog = ebpf.program_mut(name).ok_or(EbpfError::NotBuilt("BPF object lacks a program"))?;
+            let prog: &mut BtfTracePoint = prog.try_into().map_err(|source| EbpfError::Program { hook: tp, source })?;
             prog.load(tp, &btf).map_err(|source| EbpfError::Program { hook: tp, source })?;
             prog.attach().map_err(|source| EbpfError::Program { hook: tp, source })?;
         }
-        let ring = take(&mut ebpf, "EVENTS", |m| RingBuf::try_from(m))?;
-        let lost = take(&mut ebpf, "LOST", |m| PerCpuArray::try_from(m))?;
+        let ring = take(&mut ebpf, "EVENTS", RingBuf::try_from)?;
+        let lost = take(&mut ebpf, "LOST", PerCpuArray::try_from)?;
         Ok(Self { ring, lost, bad: 0, _ebpf: ebpf })
     }
 
@@ -156,13 +149,7 @@ impl Hooks {
     }
 }
 
-fn take<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
-) -> Result<T, EbpfError> {
-    let m = ebpf
-        .take_map(name)
-        .ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+fn take<T>(ebpf: &mut Ebpf, name: &'static str, conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>) -> Result<T, EbpfError> {
+    let m = ebpf.take_map(name).ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
     conv(m).map_err(|source| EbpfError::Map { name, source })
 }

@@ -70,8 +70,7 @@ fn burst_of_2000_execs_each_with_exact_argv() {
     stop.store(true, Ordering::SeqCst);
     let (events, lost) = reader.join().unwrap();
     let execs: Vec<&ProcEvent> = events.iter().filter(|e| e.kind == Kind::Exec).collect();
-    let by_arg: HashMap<&str, &ProcEvent> =
-        execs.iter().filter_map(|e| e.argv.get(1).map(|a| (a.as_str(), *e))).collect();
+    let by_arg: HashMap<&str, &ProcEvent> = execs.iter().filter_map(|e| e.argv.get(1).map(|a| (a.as_str(), *e))).collect();
     let mut missing = Vec::new();
     for i in 0..1700 {
         let a = format!("{tag}-t-{i}");
@@ -135,10 +134,7 @@ fn long_argv_is_cut_and_flagged() {
     Command::new("/bin/true").arg(&long).status().unwrap();
     stop.store(true, Ordering::SeqCst);
     let (events, _) = reader.join().unwrap();
-    let e = events
-        .iter()
-        .find(|e| e.kind == Kind::Exec && e.argv.get(1).is_some_and(|a| a.starts_with(&long[..20])))
-        .expect("long exec seen");
+    let e = events.iter().find(|e| e.kind == Kind::Exec && e.argv.get(1).is_some_and(|a| a.starts_with(&long[..20]))).expect("long exec seen");
     assert!(e.argv_truncated);
     assert_eq!(e.argv.iter().map(|a| a.len() + 1).sum::<usize>(), edr_ebpf::wire::ARGV_MAX + 1);
 }
