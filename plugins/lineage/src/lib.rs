@@ -143,8 +143,10 @@ const ONE_LINERS: &[(&str, &[&str])] =
 fn gives_a_shell(argv: Strs<'_>) -> bool {
     let argv: Vec<&str> = argv.iter().collect();
     let flags: Vec<&str> = argv.iter().skip(1).copied().take_while(|a| a.starts_with('-')).collect();
-    let interactive = flags.iter().any(|f| *f == "-i" || *f == "-p" || (f.len() > 1 && !f.starts_with("--") && (f.contains('i') || f.contains('p'))));
-    let Some(c_at) = argv.iter().position(|a| *a == "-c" || (a.starts_with('-') && !a.starts_with("--") && a.contains('c'))) else {
+    // Short options, alone or bundled (`-i`, `-il`, `-ic`); `--long` ones are not.
+    let short_has = |a: &str, letters: &[char]| a.starts_with('-') && !a.starts_with("--") && a.contains(letters);
+    let interactive = flags.iter().any(|f| short_has(f, &['i', 'p']));
+    let Some(c_at) = argv.iter().position(|a| short_has(a, &['c'])) else {
         // No -c: a script file argument runs that script; none: a shell.
         return interactive || argv.iter().skip(1).all(|a| a.starts_with('-'));
     };

@@ -85,10 +85,11 @@ impl Hooks {
         let btf = Btf::from_sys_fs()?;
         let mut ebpf = Ebpf::load(OBJECT)?;
         for (name, tp) in HOOKS {
+            let failed = |source| EbpfError::Program { hook: tp, source };
             let prog = ebpf.program_mut(name).ok_or(EbpfError::NotBuilt("BPF object lacks a program"))?;
-            let prog: &mut BtfTracePoint = prog.try_into().map_err(|source| EbpfError::Program { hook: tp, source })?;
-            prog.load(tp, &btf).map_err(|source| EbpfError::Program { hook: tp, source })?;
-            prog.attach().map_err(|source| EbpfError::Program { hook: tp, source })?;
+            let prog: &mut BtfTracePoint = prog.try_into().map_err(failed)?;
+            prog.load(tp, &btf).map_err(failed)?;
+            prog.attach().map_err(failed)?;
         }
         let ring = take(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let lost = take(&mut ebpf, "LOST", PerCpuArray::try_from)?;

@@ -4,12 +4,17 @@
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edr_ebpf::{Hooks, Kind, ProcEvent};
 
+/// The loaded hooks, or `None` after a recorded skip (not root, not built, refused).
 fn load_or_skip() -> Option<Hooks> {
+    if !edr_testkit::is_root() {
+        edr_testkit::skip("needs root: loading BPF programs");
+        return None;
+    }
     if let Err(why) = edr_ebpf::built() {
         edr_testkit::skip(why);
         return None;
@@ -23,30 +28,45 @@ fn load_or_skip() -> Option<Hooks> {
     }
 }
 
-/// Collects events on a thread until `stop`; returns them and the lost count.
-fn collect(mut hooks: Hooks, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<ProcEvent>, u64)> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let mut quiet_after_stop = 0;
-        loop {
-            let n = hooks.poll(Duration::from_millis(50), |e| v.push(e)).expect("poll");
-            if stop.load(Ordering::SeqCst) {
-                quiet_after_stop += usize::from(n == 0);
-                if quiet_after_stop > 2 {
-                    break;
+/// Hooks read on a thread from [`Recorder::start`] until [`Recorder::finish`].
+struct Recorder {
+    stop: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<(Vec<ProcEvent>, u64)>,
+}
+
+impl Recorder {
+    /// Loads the hooks (or skips) and starts reading them.
+    fn start() -> Option<Self> {
+        let mut hooks = load_or_skip()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let mut quiet_after_stop = 0;
+            loop {
+                let n = hooks.poll(Duration::from_millis(50), |e| v.push(e)).expect("poll");
+                if stopped.load(Ordering::SeqCst) {
+                    quiet_after_stop += usize::from(n == 0);
+                    if quiet_after_stop > 2 {
+                        break;
+                    }
                 }
             }
-        }
-        (v, hooks.lost())
-    })
+            (v, hooks.lost())
+        });
+        Some(Self { stop, reader })
+    }
+
+    /// Stops reading once the ring buffer is quiet: the events and the lost count.
+    fn finish(self) -> (Vec<ProcEvent>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.reader.join().unwrap()
+    }
 }
 
 #[test]
 fn burst_of_2000_execs_each_with_exact_argv() {
-    edr_testkit::require_root!("loading BPF programs");
-    let Some(hooks) = load_or_skip() else { return };
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = collect(hooks, stop.clone());
+    let Some(recorder) = Recorder::start() else { return };
     let tag = format!("edrb{}", std::process::id());
     let t0 = Instant::now();
     let workers: Vec<_> = (0..4)
@@ -67,8 +87,7 @@ fn burst_of_2000_execs_each_with_exact_argv() {
         w.join().unwrap();
     }
     let spent = t0.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let (events, lost) = reader.join().unwrap();
+    let (events, lost) = recorder.finish();
     let execs: Vec<&ProcEvent> = events.iter().filter(|e| e.kind == Kind::Exec).collect();
     let by_arg: HashMap<&str, &ProcEvent> = execs.iter().filter_map(|e| e.argv.get(1).map(|a| (a.as_str(), *e))).collect();
     let mut missing = Vec::new();
@@ -103,16 +122,12 @@ fn burst_of_2000_execs_each_with_exact_argv() {
 
 #[test]
 fn fork_and_exit_carry_pid_ppid_and_exit_code() {
-    edr_testkit::require_root!("loading BPF programs");
-    let Some(hooks) = load_or_skip() else { return };
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = collect(hooks, stop.clone());
+    let Some(recorder) = Recorder::start() else { return };
     let child = Command::new("/bin/sh").arg("-c").arg("exit 7").spawn().unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7));
-    stop.store(true, Ordering::SeqCst);
-    let (events, _) = reader.join().unwrap();
+    let (events, _) = recorder.finish();
     let me = std::process::id();
     let fork = events.iter().find(|e| e.kind == Kind::Fork && e.tgid == pid).expect("fork seen");
     assert_eq!(fork.ppid, me);
@@ -126,14 +141,10 @@ fn fork_and_exit_carry_pid_ppid_and_exit_code() {
 
 #[test]
 fn long_argv_is_cut_and_flagged() {
-    edr_testkit::require_root!("loading BPF programs");
-    let Some(hooks) = load_or_skip() else { return };
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = collect(hooks, stop.clone());
+    let Some(recorder) = Recorder::start() else { return };
     let long = format!("edrlong{}{}", std::process::id(), "x".repeat(5000));
     Command::new("/bin/true").arg(&long).status().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let (events, _) = reader.join().unwrap();
+    let (events, _) = recorder.finish();
     let e = events.iter().find(|e| e.kind == Kind::Exec && e.argv.get(1).is_some_and(|a| a.starts_with(&long[..20]))).expect("long exec seen");
     assert!(e.argv_truncated);
     assert_eq!(e.argv.iter().map(|a| a.len() + 1).sum::<usize>(), edr_ebpf::wire::ARGV_MAX + 1);
@@ -141,17 +152,14 @@ fn long_argv_is_cut_and_flagged() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_per_cpu() {
-    edr_testkit::require_root!("loading BPF programs");
     let Some(hooks) = load_or_skip() else { return };
     // Nobody reads: 4 MiB / 1352 B is about 3,100 records; 2,000 processes
     // give 6,000 (fork, exec, exit).
-    let hooks = Mutex::new(hooks);
     for _ in 0..2000 {
         Command::new("/bin/true").status().unwrap();
     }
-    let h = hooks.lock().unwrap();
-    let per_cpu = h.lost_per_cpu();
+    let per_cpu = hooks.lost_per_cpu();
     eprintln!("lost per CPU: {per_cpu:?}");
-    assert!(h.lost() > 1000, "overflow not counted: {per_cpu:?}");
+    assert!(hooks.lost() > 1000, "overflow not counted: {per_cpu:?}");
     assert_eq!(per_cpu.len(), std::thread::available_parallelism().unwrap().get().max(per_cpu.len()));
 }
