@@ -7,14 +7,20 @@ typedef unsigned int u32;
 typedef int s32;
 typedef unsigned long long u64;
 
+typedef struct { u32 val; } kuid_t;
+struct cred { kuid_t euid; } __attribute__((preserve_access_index));
 struct mm_struct { unsigned long arg_start, arg_end; } __attribute__((preserve_access_index));
 struct task_struct {
 	s32 pid, tgid;
 	struct task_struct *real_parent;
 	struct mm_struct *mm;
+	const struct cred *cred;
+	u64 start_boottime;
 	int exit_code;
 } __attribute__((preserve_access_index));
-struct linux_binprm { const char *filename; } __attribute__((preserve_access_index));
+// interp: the file the kernel executed last (a script's interpreter; the
+// same as filename otherwise), i.e. what /proc/<pid>/exe will name.
+struct linux_binprm { const char *filename, *interp; } __attribute__((preserve_access_index));
 
 #define SEC(n) __attribute__((section(n), used))
 #define __uint(name, val) int (*name)[val]
@@ -39,9 +45,10 @@ enum { F_ARGV_TRUNC = 1, F_ARGV_FAULT = 2 };
 // Keep in sync with src/wire.rs.
 struct event {
 	u32 kind, pid, tgid, ppid, uid, gid;
-	u64 cgroup, ktime;
+	u64 cgroup, ktime, start;
 	u32 argv_len, flags;
-	s32 exit_code, _pad;
+	s32 exit_code;
+	u32 euid;
 	char comm[16];
 	char filename[FILENAME_MAX];
 	char argv[ARGV_MAX];
@@ -83,6 +90,9 @@ static struct event *start(u32 kind, struct task_struct *t)
 	e->gid = ug >> 32;
 	e->cgroup = bpf_get_current_cgroup_id();
 	e->ktime = bpf_ktime_get_boot_ns();
+	// What /proc/<pid>/stat's starttime is made of (ns since boot, CLOCK_BOOTTIME).
+	e->start = t->start_boottime;
+	e->euid = t->cred->euid.val;
 	e->argv_len = 0;
 	e->flags = 0;
 	e->exit_code = 0;
@@ -112,7 +122,7 @@ int edr_exec(u64 *ctx)
 	struct event *e = start(EV_EXEC, t);
 	if (!e)
 		return 0;
-	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->filename);
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->interp);
 	unsigned long a = t->mm->arg_start, b = t->mm->arg_end;
 	u64 len = b - a;
 	if (len > ARGV_MAX) {

@@ -5,7 +5,9 @@ pub const ARGV_MAX: usize = 1024;
 /// Bytes of the exec'd filename the hook copies at most.
 pub const FILENAME_MAX: usize = 256;
 /// Size of one record.
-pub const RECORD_LEN: usize = 56 + 16 + FILENAME_MAX + ARGV_MAX;
+pub const RECORD_LEN: usize = HEADER_LEN + 16 + FILENAME_MAX + ARGV_MAX;
+/// Bytes before `comm`: the fixed-size fields.
+const HEADER_LEN: usize = 64;
 
 const F_ARGV_TRUNC: u32 = 1;
 const F_ARGV_FAULT: u32 = 2;
@@ -40,9 +42,15 @@ pub struct ProcEvent {
     pub cgroup_id: u64,
     /// CLOCK_BOOTTIME nanoseconds at the hook.
     pub boot_ns: u64,
+    /// The task's `start_boottime` (CLOCK_BOOTTIME ns): what `/proc/<pid>/stat`
+    /// field 22 (`starttime`) is made of, so the two identify the same process.
+    pub start_ns: u64,
+    /// Effective uid of the task the event is about (after exec: the new image's).
+    pub euid: u32,
     /// `comm` of the current task.
     pub comm: String,
-    /// Exec only: the filename passed to execve.
+    /// Exec only: the file the kernel executed last (`bprm->interp`): the
+    /// filename passed to execve, or a script's interpreter after `#!`.
     pub filename: String,
     /// Exec only: argv read from the new image (bounded to [`ARGV_MAX`] bytes).
     pub argv: Vec<String>,
@@ -100,9 +108,11 @@ pub fn parse(b: &[u8]) -> Result<ProcEvent, WireError> {
         3 => Kind::Exit,
         k => return Err(WireError::Kind(k)),
     };
-    let flags = u32_at(b, 44);
-    let argv_len = (u32_at(b, 40) as usize).min(ARGV_MAX);
-    let argv_off = 56 + 16 + FILENAME_MAX;
+    let flags = u32_at(b, 52);
+    let argv_len = (u32_at(b, 48) as usize).min(ARGV_MAX);
+    let comm_off = HEADER_LEN;
+    let filename_off = comm_off + 16;
+    let argv_off = filename_off + FILENAME_MAX;
     Ok(ProcEvent {
         kind,
         pid: u32_at(b, 4),
@@ -112,9 +122,11 @@ pub fn parse(b: &[u8]) -> Result<ProcEvent, WireError> {
         gid: u32_at(b, 20),
         cgroup_id: u64_at(b, 24),
         boot_ns: u64_at(b, 32),
-        exit_code: u32_at(b, 48) as i32,
-        comm: cstr(&b[56..72]),
-        filename: cstr(&b[72..72 + FILENAME_MAX]),
+        start_ns: u64_at(b, 40),
+        exit_code: u32_at(b, 56) as i32,
+        euid: u32_at(b, 60),
+        comm: cstr(&b[comm_off..filename_off]),
+        filename: cstr(&b[filename_off..argv_off]),
         argv: split_argv(&b[argv_off..argv_off + argv_len]),
         argv_truncated: flags & F_ARGV_TRUNC != 0,
         argv_fault: flags & F_ARGV_FAULT != 0,
@@ -134,7 +146,7 @@ mod tests {
         // argv_len larger than the buffer is clamped, no NULs anywhere.
         let mut b = vec![b'A'; RECORD_LEN];
         b[..4].copy_from_slice(&2u32.to_ne_bytes());
-        b[40..44].copy_from_slice(&u32::MAX.to_ne_bytes());
+        b[48..52].copy_from_slice(&u32::MAX.to_ne_bytes());
         let e = parse(&b).unwrap();
         assert_eq!(e.argv, vec!["A".repeat(ARGV_MAX)]);
         assert_eq!(e.comm, "A".repeat(16));

@@ -153,7 +153,7 @@ fn long_argv_is_cut_and_flagged() {
 #[test]
 fn ring_buffer_overflow_is_counted_per_cpu() {
     let Some(hooks) = load_or_skip() else { return };
-    // Nobody reads: 4 MiB / 1352 B is about 3,100 records; 2,000 processes
+    // Nobody reads: 4 MiB / 1360 B is about 3,100 records; 2,000 processes
     // give 6,000 (fork, exec, exit).
     for _ in 0..2000 {
         Command::new("/bin/true").status().unwrap();
@@ -162,4 +162,35 @@ fn ring_buffer_overflow_is_counted_per_cpu() {
     eprintln!("lost per CPU: {per_cpu:?}");
     assert!(hooks.lost() > 1000, "overflow not counted: {per_cpu:?}");
     assert_eq!(per_cpu.len(), std::thread::available_parallelism().unwrap().get().max(per_cpu.len()));
+}
+
+/// `/proc/<pid>/stat` field 22 (starttime, clock ticks since boot).
+fn proc_start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn start_time_matches_procfs_and_script_exec_names_its_interpreter() {
+    let Some(recorder) = Recorder::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("edr-interp.sh");
+    std::fs::write(&script, "#!/bin/sh\nsleep 2\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = Command::new(&script).spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let ticks = proc_start_ticks(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (events, _) = recorder.finish();
+    let exec = events.iter().find(|e| e.kind == Kind::Exec && e.tgid == pid).expect("exec seen");
+    // USER_HZ is 100 on every Linux ABI we run on.
+    assert_eq!(exec.start_ns / 10_000_000, ticks, "BPF start_boottime and /proc starttime name different starts");
+    let fork = events.iter().find(|e| e.kind == Kind::Fork && e.tgid == pid).expect("fork seen");
+    assert_eq!(fork.start_ns, exec.start_ns, "exec keeps the process's start time");
+    assert_eq!(exec.filename, "/bin/sh", "a script's exec names the interpreter the kernel ran");
+    assert_eq!(exec.argv[0], "/bin/sh");
+    assert_eq!(exec.euid, 0);
 }
