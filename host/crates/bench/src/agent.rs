@@ -1,13 +1,17 @@
 //! `edr-bench agent`: the live agent under an exec workload (root only).
 //!
 //! Starts `edr agent` on its defaults (live collectors, built-in pack) in a
-//! temporary data dir, measures it idle, then runs a copy of /bin/true from
+//! temporary data dir, once per process source (`--sources netlink,ebpf`:
+//! the old path, forced with `EDR_PROCESS_EBPF=0`, and the eBPF hooks, side
+//! by side in one run), measures it idle, then runs a copy of /bin/true from
 //! /tmp at fixed rates (each exec is an attack for `writable-exec`, so each
 //! must raise an alert) and measures:
 //! * the agent's CPU (utime + stime from /proc/<pid>/stat) as % of one core,
+//!   and per exec (all of it: collect, record, every built-in plugin),
+//! * exec events the collector marked partial (argv or exe missing),
 //! * its resident memory (VmRSS),
 //! * exec-to-alert latency: alert `@timestamp` minus the moment just before
-//!   the exec was spawned, matched by a unique argument.
+//!   the exec was spawned, matched by pid.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,10 +23,12 @@ struct Args {
     idle_secs: u64,
     secs: u64,
     rates: Vec<u32>,
+    sources: Vec<String>,
 }
 
 fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut a = Args { edr: PathBuf::from("target/release/edr"), idle_secs: 10, secs: 10, rates: vec![50, 200] };
+    let mut a =
+        Args { edr: PathBuf::from("target/release/edr"), idle_secs: 10, secs: 10, rates: vec![50, 200, 1000], sources: vec!["netlink".into(), "ebpf".into()] };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
         match flag.as_str() {
@@ -30,8 +36,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
             "--idle-secs" => a.idle_secs = value()?.parse()?,
             "--secs" => a.secs = value()?.parse()?,
             "--rates" => a.rates = value()?.split(',').map(|r| r.parse()).collect::<Result<_, _>>()?,
+            "--sources" => a.sources = value()?.split(',').map(str::to_string).collect(),
             other => anyhow::bail!("unknown argument {other}"),
         }
+    }
+    for s in &a.sources {
+        anyhow::ensure!(s == "netlink" || s == "ebpf", "unknown source {s}: netlink or ebpf");
     }
     Ok(a)
 }
@@ -78,104 +88,143 @@ impl Drop for Stop {
     }
 }
 
-pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let a = parse(args)?;
-    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the agent benchmark needs root (live collectors)");
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    // First start: compiles the plugins (cold). Measure it, stop, then measure
-    // a restart on the warm compile cache: what an installed agent runs as.
-    {
-        let child = Command::new(&a.edr)
-            .args(["agent", "--data-dir", data.to_str().unwrap()])
-            .env("EDR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let pid = child.id();
-        let _stop = Stop(child);
+/// A running agent; stopped (SIGTERM) and reaped on drop.
+struct Agent {
+    pid: u32,
+    data: PathBuf,
+    edr: PathBuf,
+    _stop: Stop,
+}
+
+impl Agent {
+    /// Starts `edr agent` on `data` with the process source `source`;
+    /// returns once its control socket is up, and how long that took.
+    fn start(edr: &Path, data: &Path, source: &str) -> anyhow::Result<(Agent, Duration)> {
+        let mut cmd = Command::new(edr);
+        cmd.args(["agent", "--data-dir", data.to_str().unwrap()]).env("EDR_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+        if source == "netlink" {
+            cmd.env("EDR_PROCESS_EBPF", "0");
+        }
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", edr.display()))?;
+        let agent = Agent { pid: child.id(), data: data.to_path_buf(), edr: edr.to_path_buf(), _stop: Stop(child) };
         let start = Instant::now();
         while !data.join("control.sock").exists() {
             anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "the agent did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        println!("cold start (compiling every plugin): ready in {:.1} s, {:.1} MB resident", start.elapsed().as_secs_f64(), rss_mb(pid));
+        Ok((agent, start.elapsed()))
     }
-    let child = Command::new(&a.edr)
-        .args(["agent", "--data-dir", data.to_str().unwrap()])
-        .env("EDR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", a.edr.display()))?;
-    let pid = child.id();
-    let _stop = Stop(child);
-    let start = Instant::now();
-    while !data.join("control.sock").exists() {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "the agent did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    println!("warm restart (compile cache): ready in {:.1} s", start.elapsed().as_secs_f64());
-    // Let start-up work (compiling, /proc scan) settle before measuring idle.
-    std::thread::sleep(Duration::from_secs(3));
-    let (c0, t0) = (cpu_secs(pid), Instant::now());
-    std::thread::sleep(Duration::from_secs(a.idle_secs));
-    let idle_cpu = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
-    let idle_rss = rss_mb(pid);
-    println!("agent idle: {idle_cpu:.2}% of one core over {} s, {idle_rss:.1} MB resident", a.idle_secs);
 
+    /// The process collector's status (`edr status --json`).
+    fn process_status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(&self.edr).args(["status", "--json", "--data-dir", self.data.to_str().unwrap()]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["collectors"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "process").cloned()).unwrap_or_default())
+    }
+}
+
+/// One rate's figures.
+struct Round {
+    rate: u32,
+    achieved: f64,
+    execs: u64,
+    alerts: usize,
+    cpu_pct: f64,
+    cpu_us_per_exec: f64,
+    partial: u64,
+    rss: f64,
+    lat: Vec<f64>,
+}
+
+/// Runs `rate` execs/s of `exe` for `secs` against the agent.
+fn round(agent: &Agent, exe: &Path, tag: &str, rate: u32, secs: u64) -> anyhow::Result<Round> {
+    // Matched by pid: every exec event carries it, whatever else it lacks.
+    let mut spawned: HashMap<u64, u64> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let partial0 = agent.process_status()?["partial"].as_u64().unwrap_or(0);
+    let (c0, t0) = (cpu_secs(agent.pid), Instant::now());
+    let mut next = Instant::now();
+    let total = rate as u64 * secs;
+    for i in 0..total {
+        let t = now_ns();
+        let mut child = Command::new(exe).arg(format!("{tag}-{i}")).spawn()?;
+        spawned.insert(child.id() as u64, t);
+        // Reap without waiting on the schedule.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        next += interval;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    let achieved = total as f64 / t0.elapsed().as_secs_f64();
+    // Drain: alerts for the last execs.
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_secs(agent.pid) - c0;
+    let cpu_pct = cpu / t0.elapsed().as_secs_f64() * 100.0;
+    let partial = agent.process_status()?["partial"].as_u64().unwrap_or(0).saturating_sub(partial0);
+    let mut lat: Vec<f64> = std::fs::read_to_string(agent.data.join("alerts.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["rule"]["id"] == "edr.writable.exec-world-writable")
+        .filter_map(|v| {
+            let sent = spawned.get(&v["process"]["pid"].as_u64()?)?;
+            let at = edr_event::time::parse_rfc3339(v["@timestamp"].as_str()?).ok()?;
+            Some(at.saturating_sub(*sent) as f64 / 1e6)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(Round { rate, achieved, execs: total, alerts: lat.len(), cpu_pct, cpu_us_per_exec: cpu * 1e6 / total as f64, partial, rss: rss_mb(agent.pid), lat })
+}
+
+pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let a = parse(args)?;
+    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the agent benchmark needs root (live collectors)");
     let exe = Path::new("/tmp").join(format!("edr-bench-true-{}", std::process::id()));
     std::fs::copy("/bin/true", &exe)?;
-    let alerts_path = data.join("alerts.jsonl");
-    println!("\n| execs/s | execs | alerts | agent CPU % of a core | RSS MB | latency p50 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (round, rate) in a.rates.iter().enumerate() {
-        // Matched by pid: an exec too short-lived for /proc still carries its
-        // pid (and, through fanotify, its exe), but not always its argv.
-        let mut spawned: HashMap<u64, u64> = HashMap::new();
-        let interval = Duration::from_secs_f64(1.0 / *rate as f64);
-        let (c0, t0) = (cpu_secs(pid), Instant::now());
-        let mut next = Instant::now();
-        let total = *rate as u64 * a.secs;
-        for i in 0..total {
-            let t = now_ns();
-            let mut child = Command::new(&exe).arg(format!("r{round}-{i}")).spawn()?;
-            spawned.insert(child.id() as u64, t);
-            // Reap without waiting on the schedule.
-            std::thread::spawn(move || {
-                let _ = child.wait();
-            });
-            next += interval;
-            if let Some(d) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
+    let mut rows = Vec::new();
+    for (n, source) in a.sources.iter().enumerate() {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        // First start: compiles the plugins (cold). Then a restart on the
+        // warm compile cache: what an installed agent runs as.
+        {
+            let (agent, took) = Agent::start(&a.edr, &data, source)?;
+            println!("[{source}] cold start (compiling every plugin): ready in {:.1} s, {:.1} MB resident", took.as_secs_f64(), rss_mb(agent.pid));
         }
-        // Drain: alerts for the last execs.
-        std::thread::sleep(Duration::from_secs(2));
-        let cpu = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
-        let rss = rss_mb(pid);
-        let mut lat: Vec<f64> = std::fs::read_to_string(&alerts_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["rule"]["id"] == "edr.writable.exec-world-writable")
-            .filter_map(|v| {
-                let sent = spawned.get(&v["process"]["pid"].as_u64()?)?;
-                let at = edr_event::time::parse_rfc3339(v["@timestamp"].as_str()?).ok()?;
-                Some(at.saturating_sub(*sent) as f64 / 1e6)
-            })
-            .collect();
-        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!(
-            "| {rate} | {total} | {} | {cpu:.1} | {rss:.1} | {:.1} | {:.1} | {:.1} |",
-            lat.len(),
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            lat.last().copied().unwrap_or(f64::NAN)
-        );
+        let (agent, took) = Agent::start(&a.edr, &data, source)?;
+        let mode = agent.process_status()?["mode"].as_str().unwrap_or("?").to_string();
+        println!("[{source}] warm restart: ready in {:.1} s; process collector: {mode}", took.as_secs_f64());
+        // Let start-up work (compiling, /proc scan) settle before measuring idle.
+        std::thread::sleep(Duration::from_secs(3));
+        let (c0, t0) = (cpu_secs(agent.pid), Instant::now());
+        std::thread::sleep(Duration::from_secs(a.idle_secs));
+        let idle_cpu = (cpu_secs(agent.pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        println!("[{source}] idle: {idle_cpu:.2}% of one core over {} s, {:.1} MB resident", a.idle_secs, rss_mb(agent.pid));
+        for rate in &a.rates {
+            rows.push((source.clone(), round(&agent, &exe, &format!("s{n}r{rate}"), *rate, a.secs)?));
+        }
     }
     let _ = std::fs::remove_file(&exe);
-    let out = Command::new(&a.edr).args(["status", "--data-dir", data.to_str().unwrap()]).output()?;
-    println!("\n{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n| source | execs/s asked (achieved) | execs | alerts | partial | agent CPU % | CPU µs/exec | RSS MB | exec → alert p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (source, r) in rows {
+        println!(
+            "| {source} | {} ({:.0}) | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.rate,
+            r.achieved,
+            r.execs,
+            r.alerts,
+            r.partial,
+            r.cpu_pct,
+            r.cpu_us_per_exec,
+            r.rss,
+            percentile(&r.lat, 0.50),
+            percentile(&r.lat, 0.99),
+            r.lat.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }
