@@ -41,7 +41,7 @@ static u64 (*bpf_ktime_get_boot_ns)(void) = (void *)125;
 
 enum { AF_INET = 2, AF_INET6 = 10, IPPROTO_TCP = 6 };
 enum { TCP_ESTABLISHED = 1, TCP_SYN_SENT = 2, TCP_SYN_RECV = 3, TCP_CLOSE = 7, TCP_LISTEN = 10 };
-enum { EV_CONNECT = 1, EV_ACCEPT = 2, EV_CLOSE = 3 };
+enum { EV_CONNECT = 1, EV_ACCEPT = 2, EV_CLOSE = 3, EV_LISTEN = 4 };
 // Where the pid of a record comes from (keep in sync with src/net.rs).
 enum { FROM_UNKNOWN = 0, FROM_CONNECT = 1, FROM_LISTENER = 2, FROM_ACCEPT = 3 };
 
@@ -229,6 +229,7 @@ static void on_listen(const struct sock *sk, int open)
 		struct owner o;
 		current_owner(&o, FROM_LISTENER);
 		bpf_map_update_elem(&LISTENERS, &lk, &o, 0);
+		emit(EV_LISTEN, sk, &o, 0);
 	} else {
 		bpf_map_delete_elem(&LISTENERS, &lk);
 	}

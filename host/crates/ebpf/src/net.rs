@@ -8,6 +8,8 @@
 //! connections either from `fexit/inet_csk_accept` (the accepting task) when
 //! the kernel allows fexit, or else from the task that called listen(2) on
 //! the port ([`PidFrom::Listener`]; SYN_RECV→ESTABLISHED runs in softirq).
+//! CLOSE→LISTEN (listen(2), in the listening task) is reported too.
+//! On kernel 6.18 here fexit is refused (EPERM), so the listener's owner it is.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -45,6 +47,9 @@ pub enum NetKind {
     Accept,
     /// →CLOSE, with the bytes of the connection's life.
     Close,
+    /// listen(2): the socket started listening (local end only; the pid is
+    /// the listening task, [`PidFrom::Listener`]).
+    Listen,
 }
 
 /// Address family of the socket.
@@ -142,6 +147,7 @@ pub fn parse_net(b: &[u8]) -> Result<NetEvent, NetWireError> {
         1 => NetKind::Connect,
         2 => NetKind::Accept,
         3 => NetKind::Close,
+        4 => NetKind::Listen,
         k => return Err(NetWireError::Kind(k)),
     };
     let family = match u16_at(b, 48) {
@@ -298,7 +304,7 @@ mod tests {
         assert_eq!(parse_net(&[]), Err(NetWireError::Short(0)));
         assert_eq!(parse_net(&[1u8; NET_RECORD_LEN - 1]), Err(NetWireError::Short(NET_RECORD_LEN - 1)));
         assert_eq!(parse_net(&record(0, 2)), Err(NetWireError::Kind(0)));
-        assert_eq!(parse_net(&record(4, 2)), Err(NetWireError::Kind(4)));
+        assert_eq!(parse_net(&record(5, 2)), Err(NetWireError::Kind(5)));
         assert_eq!(parse_net(&record(1, 1)), Err(NetWireError::Family(1)));
         assert_eq!(parse_net(&record(3, 0xffff)), Err(NetWireError::Family(0xffff)));
         // No NUL in comm, an unknown pid source, garbage everywhere else.

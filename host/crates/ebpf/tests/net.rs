@@ -133,6 +133,10 @@ fn check(by: &HashMap<Key, &NetEvent>, server: SocketAddr, client: SocketAddr, f
     if cc.tgid != me || cc.bytes_sent < 4 || cc.bytes_received < 6 {
         return Err(format!("client close {cp}: {cc:?}"));
     }
+    let l = get(NetKind::Listen, sp, 0)?;
+    if l.tgid != me || l.pid_from != PidFrom::Listener || l.saddr != server.ip() {
+        return Err(format!("listen {sp}: {l:?}"));
+    }
     let sc = get(NetKind::Close, sp, cp)?;
     if sc.tgid != me || sc.bytes_sent < 6 || sc.bytes_received < 4 {
         return Err(format!("server close {cp}: {sc:?}"));
