@@ -73,9 +73,18 @@ struct conn {
 	struct tuple t;
 };
 
+// An accepted socket has its listener's family, netns and local port.
 struct listen_key {
 	u64 netns;
-	u32 port, pad;
+	u16 port, family;
+	u32 pad;
+};
+
+// The listening socket (so closing one of several SO_REUSEPORT listeners
+// keeps the entry of the others) and the task that called listen().
+struct listener {
+	struct owner o;
+	u64 sk;
 };
 
 struct {
@@ -98,12 +107,12 @@ struct {
 	__type(value, struct conn);
 } OWNERS SEC(".maps");
 
-// (netns, local port) of a listening socket -> the task that called listen().
+// (netns, local port, family) of a listening socket -> the task that called listen().
 struct {
 	__uint(type, 9 /* BPF_MAP_TYPE_LRU_HASH */);
 	__uint(max_entries, 8192);
 	__type(key, struct listen_key);
-	__type(value, struct owner);
+	__type(value, struct listener);
 } LISTENERS SEC(".maps");
 
 // [0] = 1 when fexit/inet_csk_accept is attached: it emits ACCEPT, not the
@@ -221,28 +230,41 @@ static int accept_by_fexit(void)
 	return v && *v;
 }
 
-// Listener (netns, port) -> owner; on LISTEN in process context (listen()).
-static void on_listen(const struct sock *sk, int open)
+static void listen_key_of(const struct sock *sk, struct listen_key *lk)
 {
-	struct listen_key lk = { .netns = netns_of(sk), .port = sk->__sk_common.skc_num };
+	__builtin_memset(lk, 0, sizeof(*lk));
+	lk->netns = netns_of(sk);
+	lk->port = sk->__sk_common.skc_num;
+	lk->family = sk->__sk_common.skc_family;
+}
+
+// Listener (netns, port, family) -> owner; on LISTEN in process context (listen()).
+static void on_listen(const struct sock *sk, u64 key, int open)
+{
+	struct listen_key lk;
+	listen_key_of(sk, &lk);
 	if (open) {
-		struct owner o;
-		current_owner(&o, FROM_LISTENER);
-		bpf_map_update_elem(&LISTENERS, &lk, &o, 0);
-		emit(EV_LISTEN, sk, &o, 0);
-	} else {
-		bpf_map_delete_elem(&LISTENERS, &lk);
+		struct listener l;
+		current_owner(&l.o, FROM_LISTENER);
+		l.sk = key;
+		bpf_map_update_elem(&LISTENERS, &lk, &l, 0);
+		emit(EV_LISTEN, sk, &l.o, 0);
+		return;
 	}
+	struct listener *l = bpf_map_lookup_elem(&LISTENERS, &lk);
+	if (l && l->sk == key)
+		bpf_map_delete_elem(&LISTENERS, &lk);
 }
 
 // SYN_RECV -> ESTABLISHED runs in softirq: the owner is the listener's.
 static void on_passive_established(const struct sock *sk, u64 key)
 {
-	struct listen_key lk = { .netns = netns_of(sk), .port = sk->__sk_common.skc_num };
-	struct owner *l = bpf_map_lookup_elem(&LISTENERS, &lk);
-	struct conn *c = remember(sk, key, l);
+	struct listen_key lk;
+	listen_key_of(sk, &lk);
+	struct listener *l = bpf_map_lookup_elem(&LISTENERS, &lk);
+	struct conn *c = remember(sk, key, l ? &l->o : 0);
 	if (!accept_by_fexit())
-		emit(EV_ACCEPT, sk, l, c ? &c->t : 0);
+		emit(EV_ACCEPT, sk, l ? &l->o : 0, c ? &c->t : 0);
 }
 
 static void on_close(const struct sock *sk, u64 key)
@@ -270,14 +292,14 @@ int edr_tcp_state(u64 *ctx)
 		current_owner(&c.o, FROM_CONNECT);
 		bpf_map_update_elem(&OWNERS, &key, &c, 0);
 	} else if (new == TCP_LISTEN) {
-		on_listen(sk, 1);
+		on_listen(sk, key, 1);
 	} else if (new == TCP_ESTABLISHED && old == TCP_SYN_SENT) {
 		struct conn *c = remember(sk, key, 0);
 		emit(EV_CONNECT, sk, c && c->o.from ? &c->o : 0, c ? &c->t : 0);
 	} else if (new == TCP_ESTABLISHED && old == TCP_SYN_RECV) {
 		on_passive_established(sk, key);
 	} else if (new == TCP_CLOSE && old == TCP_LISTEN) {
-		on_listen(sk, 0);
+		on_listen(sk, key, 0);
 	} else if (new == TCP_CLOSE) {
 		on_close(sk, key);
 	}

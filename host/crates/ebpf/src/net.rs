@@ -102,9 +102,13 @@ pub struct NetEvent {
     pub dport: u16,
     /// Inode of the socket's network namespace (what `stat -L -c %i /proc/<pid>/ns/net` prints).
     pub netns: u64,
-    /// Close only: bytes sent and acknowledged by the peer (`tcp_sock.bytes_acked`).
+    /// Close only: sequence space sent and acknowledged by the peer
+    /// (`tcp_sock.bytes_acked`): the payload, plus 1 for the SYN of an
+    /// outbound connection and 1 for our FIN once acknowledged (a client
+    /// that sent 4 bytes and closed normally shows 6, its server's side 5).
     pub bytes_sent: u64,
-    /// Close only: bytes received (`tcp_sock.bytes_received`).
+    /// Close only: sequence space received (`tcp_sock.bytes_received`): the
+    /// payload, plus 1 for the peer's FIN when it came.
     pub bytes_received: u64,
     /// CLOCK_BOOTTIME nanoseconds at the hook.
     pub boot_ns: u64,

@@ -168,6 +168,18 @@ fn thousand_sub_ms_connections_each_seen_with_pid_ends_and_bytes() {
     assert_eq!(lost, 0);
     assert!(bad.is_empty(), "{} of 1000 wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
     assert_eq!((c.family, c.netns, c.comm.is_empty()), (Family::V4, netns, false));
+    let cc = by[&(NetKind::Close, clients[0].port(), server.port())];
+    let sc = by[&(NetKind::Close, server.port(), clients[0].port())];
+    eprintln!("e.g. {c:?}\n     {cc:?}\n     {sc:?}");
+    let mut sizes: HashMap<(u64, u64, u64, u64), usize> = HashMap::new();
+    for cl in &clients {
+        let cc = by[&(NetKind::Close, cl.port(), server.port())];
+        let sc = by[&(NetKind::Close, server.port(), cl.port())];
+        *sizes.entry((cc.bytes_sent, cc.bytes_received, sc.bytes_sent, sc.bytes_received)).or_default() += 1;
+    }
+    // Sequence space: client 4 + SYN + FIN sent, 6 + FIN received; the
+    // server 6 + FIN sent, 4 + FIN received (see NetEvent::bytes_sent).
+    assert_eq!(sizes, HashMap::from([((6, 7, 7, 5), 1000)]), "byte counts (client sent, received, server sent, received)");
 }
 
 #[test]
