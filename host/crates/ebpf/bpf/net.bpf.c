@@ -52,6 +52,7 @@ struct net_event {
 	u16 family, sport, dport, from;
 	u8 saddr[16], daddr[16];
 	char comm[16];
+	u32 old_state, pad;
 };
 
 // Who owns a socket: the task that connected, listened or accepted.
@@ -167,7 +168,7 @@ static void read_tuple(const struct sock *sk, struct tuple *t)
 
 // Emits one record about `sk`. `o` may be null (owner unknown); `t` is the
 // tuple remembered at ESTABLISHED, or null to read it from `sk` now.
-static void emit(u32 kind, const struct sock *sk, const struct owner *o, const struct tuple *t)
+static void emit(u32 kind, const struct sock *sk, const struct owner *o, const struct tuple *t, int old)
 {
 	struct net_event *e = bpf_ringbuf_reserve(&NET_EVENTS, sizeof(*e), 0);
 	if (!e) {
@@ -176,6 +177,7 @@ static void emit(u32 kind, const struct sock *sk, const struct owner *o, const s
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = kind;
+	e->old_state = old;
 	if (o) {
 		e->pid = o->pid;
 		e->tgid = o->tgid;
@@ -248,7 +250,7 @@ static void on_listen(const struct sock *sk, u64 key, int open)
 		current_owner(&l.o, FROM_LISTENER);
 		l.sk = key;
 		bpf_map_update_elem(&LISTENERS, &lk, &l, 0);
-		emit(EV_LISTEN, sk, &l.o, 0);
+		emit(EV_LISTEN, sk, &l.o, 0, TCP_CLOSE);
 		return;
 	}
 	struct listener *l = bpf_map_lookup_elem(&LISTENERS, &lk);
@@ -264,16 +266,16 @@ static void on_passive_established(const struct sock *sk, u64 key)
 	struct listener *l = bpf_map_lookup_elem(&LISTENERS, &lk);
 	struct conn *c = remember(sk, key, l ? &l->o : 0);
 	if (!accept_by_fexit())
-		emit(EV_ACCEPT, sk, l ? &l->o : 0, c ? &c->t : 0);
+		emit(EV_ACCEPT, sk, l ? &l->o : 0, c ? &c->t : 0, TCP_SYN_RECV);
 }
 
-static void on_close(const struct sock *sk, u64 key)
+static void on_close(const struct sock *sk, u64 key, int old)
 {
 	struct conn *c = bpf_map_lookup_elem(&OWNERS, &key);
 	if (c && c->o.from)
-		emit(EV_CLOSE, sk, &c->o, &c->t);
+		emit(EV_CLOSE, sk, &c->o, &c->t, old);
 	else
-		emit(EV_CLOSE, sk, 0, c ? &c->t : 0);
+		emit(EV_CLOSE, sk, 0, c ? &c->t : 0, old);
 	bpf_map_delete_elem(&OWNERS, &key);
 }
 
@@ -295,13 +297,13 @@ int edr_tcp_state(u64 *ctx)
 		on_listen(sk, key, 1);
 	} else if (new == TCP_ESTABLISHED && old == TCP_SYN_SENT) {
 		struct conn *c = remember(sk, key, 0);
-		emit(EV_CONNECT, sk, c && c->o.from ? &c->o : 0, c ? &c->t : 0);
+		emit(EV_CONNECT, sk, c && c->o.from ? &c->o : 0, c ? &c->t : 0, old);
 	} else if (new == TCP_ESTABLISHED && old == TCP_SYN_RECV) {
 		on_passive_established(sk, key);
 	} else if (new == TCP_CLOSE && old == TCP_LISTEN) {
 		on_listen(sk, key, 0);
 	} else if (new == TCP_CLOSE) {
-		on_close(sk, key);
+		on_close(sk, key, old);
 	}
 	return 0;
 }
@@ -319,7 +321,7 @@ int edr_tcp_accept(u64 *ctx)
 	struct owner o;
 	current_owner(&o, FROM_ACCEPT);
 	struct conn *c = remember(sk, key, &o);
-	emit(EV_ACCEPT, sk, &o, c ? &c->t : 0);
+	emit(EV_ACCEPT, sk, &o, c ? &c->t : 0, TCP_ESTABLISHED);
 	return 0;
 }
 

@@ -26,7 +26,7 @@ static OBJECT: &[u8] = include_bytes!(env!("EDR_NET_OBJECT"));
 const MISSING: &str = env!("EDR_NET_MISSING");
 
 /// Size of one record (`struct net_event` in bpf/net.bpf.c).
-pub const NET_RECORD_LEN: usize = 104;
+pub const NET_RECORD_LEN: usize = 112;
 
 /// Whether the TCP object was built into this binary (`Err` says why not).
 pub fn net_built() -> Result<(), &'static str> {
@@ -112,6 +112,20 @@ pub struct NetEvent {
     pub bytes_received: u64,
     /// CLOCK_BOOTTIME nanoseconds at the hook.
     pub boot_ns: u64,
+    /// The TCP state the socket left (kernel numbering: 2 = SYN_SENT, so a
+    /// CLOSE from it is a connection attempt that failed, e.g. refused).
+    pub old_state: u8,
+}
+
+/// `old_state` of a connection attempt that never got established.
+pub const TCP_SYN_SENT: u8 = 2;
+
+impl NetEvent {
+    /// Whether this is the CLOSE of an outbound attempt that never got
+    /// established (refused, timed out, reset during the handshake).
+    pub fn failed_connect(&self) -> bool {
+        self.kind == NetKind::Close && self.old_state == TCP_SYN_SENT
+    }
 }
 
 /// Why a TCP record could not be parsed.
@@ -181,6 +195,7 @@ pub fn parse_net(b: &[u8]) -> Result<NetEvent, NetWireError> {
         saddr: addr(family, &b[56..72]),
         daddr: addr(family, &b[72..88]),
         comm: cstr(&b[88..104]),
+        old_state: u32_at(b, 104).min(u8::MAX.into()) as u8,
     })
 }
 
@@ -317,6 +332,7 @@ mod tests {
         b[54] = 0xee;
         let e = parse_net(&b).unwrap();
         assert_eq!(e.pid_from, PidFrom::Unknown);
+        assert_eq!(e.old_state, u8::MAX, "an out-of-range state is clamped");
         assert_eq!(e.comm.chars().count(), 16);
         assert_eq!(e.saddr, IpAddr::V6(Ipv6Addr::from([0xff; 16])));
     }

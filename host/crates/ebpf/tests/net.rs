@@ -130,7 +130,7 @@ fn check(by: &HashMap<Key, &NetEvent>, server: SocketAddr, client: SocketAddr, f
         return Err(format!("accept {cp}: {a:?}"));
     }
     let cc = get(NetKind::Close, cp, sp)?;
-    if cc.tgid != me || cc.bytes_sent < 4 || cc.bytes_received < 6 {
+    if cc.tgid != me || cc.bytes_sent < 4 || cc.bytes_received < 6 || cc.failed_connect() {
         return Err(format!("client close {cp}: {cc:?}"));
     }
     let l = get(NetKind::Listen, sp, 0)?;
@@ -256,11 +256,26 @@ fn connection_inside_another_netns_carries_its_inode() {
 #[test]
 fn ring_buffer_overflow_is_counted_per_cpu() {
     let Some(hooks) = load_or_skip() else { return };
-    // Nobody reads: 1 MiB / 112 B is about 9,360 records; 3,000 connections
+    // Nobody reads: 1 MiB / 120 B is about 8,700 records; 3,000 connections
     // give 12,000 (connect, accept, two closes).
     burst("127.0.0.1", 3000);
     let per_cpu = hooks.lost_per_cpu();
     eprintln!("lost per CPU: {per_cpu:?}");
     assert!(hooks.lost() > 1000, "overflow not counted: {per_cpu:?}");
     assert_eq!(per_cpu.len(), std::thread::available_parallelism().unwrap().get().max(per_cpu.len()));
+}
+
+#[test]
+fn refused_connect_is_a_close_with_the_pid_and_no_connect() {
+    let Some(recorder) = Recorder::start() else { return };
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let (events, _, _) = recorder.finish();
+    let to: Vec<&NetEvent> = events.iter().filter(|e| e.dport == port && e.kind != NetKind::Listen).collect();
+    eprintln!("{to:?}");
+    assert_eq!(to.len(), 1, "one record for the refused connection");
+    let e = to[0];
+    assert_eq!((e.kind, e.tgid, e.pid_from, e.daddr), (NetKind::Close, std::process::id(), PidFrom::Connect, "127.0.0.1".parse::<IpAddr>().unwrap()));
+    assert!(e.failed_connect());
 }

@@ -4,8 +4,11 @@
 //! `/proc/net` poller (the hooks are TCP only).
 //!
 //! Events: the hooks' CONNECT, ACCEPT and LISTEN become [`NetworkOp`]
-//! `connect`, `accept` and `listen`, as the poller emits them; CLOSE (bytes
-//! sent and received) has no place in the event model yet and is dropped.
+//! `connect`, `accept` and `listen`, as the poller emits them; so does the
+//! CLOSE of a connection attempt that never got established (refused: the
+//! poller reports a socket first seen in SYN_SENT as `connect` too). Other
+//! CLOSEs (bytes sent and received) have no place in the event model yet
+//! and are dropped.
 //! An accepted connection carries the pid of the task that listened on the
 //! port when fexit is refused (as on this kernel), else the accepting task.
 
@@ -61,11 +64,12 @@ pub(crate) fn spawn(mut hooks: NetHooks, ctx: &Arc<Ctx>, sink: Sink) -> Result<V
 }
 
 /// The op an event of the hooks stands for (`None`: not an event of the model).
-pub(crate) fn op_of(kind: NetKind) -> Option<NetworkOp> {
-    match kind {
+pub(crate) fn op_of(e: &NetEvent) -> Option<NetworkOp> {
+    match e.kind {
         NetKind::Connect => Some(NetworkOp::Connect),
         NetKind::Accept => Some(NetworkOp::Accept),
         NetKind::Listen => Some(NetworkOp::Listen),
+        NetKind::Close if e.failed_connect() => Some(NetworkOp::Connect),
         NetKind::Close => None,
     }
 }
@@ -76,7 +80,7 @@ pub(crate) fn pid_of(e: &NetEvent) -> Option<u32> {
 }
 
 fn emit(ctx: &Ctx, sink: &Sink, e: &NetEvent) {
-    let Some(op) = op_of(e.kind) else { return };
+    let Some(op) = op_of(e) else { return };
     let pid = pid_of(e);
     if pid.is_some_and(|p| ctx.exclude_pids.contains(&p)) {
         return;
@@ -120,15 +124,18 @@ mod tests {
             bytes_sent: 0,
             bytes_received: 0,
             boot_ns: 0,
+            old_state: 0,
         }
     }
 
     #[test]
     fn kinds_map_to_the_poller_ops_and_unknown_owners_have_no_pid() {
-        assert_eq!(op_of(NetKind::Connect), Some(NetworkOp::Connect));
-        assert_eq!(op_of(NetKind::Accept), Some(NetworkOp::Accept));
-        assert_eq!(op_of(NetKind::Listen), Some(NetworkOp::Listen));
-        assert_eq!(op_of(NetKind::Close), None);
+        let op = |kind, old_state| op_of(&NetEvent { old_state, ..ev(kind, PidFrom::Connect, 1) });
+        assert_eq!(op(NetKind::Connect, 2), Some(NetworkOp::Connect));
+        assert_eq!(op(NetKind::Accept, 3), Some(NetworkOp::Accept));
+        assert_eq!(op(NetKind::Listen, 7), Some(NetworkOp::Listen));
+        assert_eq!(op(NetKind::Close, 1), None, "a normal close is not an event of the model");
+        assert_eq!(op(NetKind::Close, 2), Some(NetworkOp::Connect), "a refused attempt is a connect, as the poller reports it");
         assert_eq!(pid_of(&ev(NetKind::Connect, PidFrom::Connect, 42)), Some(42));
         assert_eq!(pid_of(&ev(NetKind::Accept, PidFrom::Listener, 42)), Some(42));
         assert_eq!(pid_of(&ev(NetKind::Connect, PidFrom::Unknown, 0)), None);
