@@ -224,6 +224,83 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
     let modes: Vec<String> =
         status["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
     eprintln!("collectors: {modes:?}");
-    assert!(modes.iter().any(|m| m.starts_with("process=netlink")), "{modes:?}");
+    assert!(modes.iter().any(|m| m.starts_with("process=ebpf")), "{modes:?}");
     assert!(modes.iter().any(|m| m.starts_with("file=fanotify")), "{modes:?}");
+}
+
+/// Issue 16's acceptance test: the agent on its defaults records every exec
+/// of a 2,000-exec burst with its real argv, including the images of
+/// `sh -c 'exec env true X'` chains that the process connector reported
+/// with the wrong or a partial image.
+#[test]
+fn the_agent_on_its_defaults_records_every_exec_of_a_burst_with_its_argv() {
+    if !is_root() {
+        edr_testkit::skip("live telemetry needs root (eBPF)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _s = serial();
+    let _agent = start_agent(dir.path(), &data);
+    let tag = format!("edrburst{}", std::process::id());
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                for i in (w..1700).step_by(4) {
+                    Command::new("/bin/true").arg(format!("{tag}-t-{i}")).status().unwrap();
+                }
+                for i in (w..300).step_by(4) {
+                    Command::new("/bin/sh").arg("-c").arg(format!("exec env true {tag}-c-{i}")).status().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let query = |sql: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
+        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let sql = format!("SELECT pid, exe, command_line, partial FROM process WHERE action = 'exec' AND command_line LIKE '%{tag}-%'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rows = query(&sql);
+    while rows.len() < 1700 + 3 * 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        rows = query(&sql);
+    }
+    let true_exe = std::fs::canonicalize("/bin/true").unwrap().to_string_lossy().into_owned();
+    let env_exe = std::fs::canonicalize("/usr/bin/env").unwrap().to_string_lossy().into_owned();
+    let sh_exe = std::fs::canonicalize("/bin/sh").unwrap().to_string_lossy().into_owned();
+    let by_line: std::collections::HashMap<String, &serde_json::Value> =
+        rows.iter().map(|r| (r["command_line"].as_str().unwrap_or_default().to_string(), r)).collect();
+    let mut missing = Vec::new();
+    let mut check = |line: String, exe: &str| -> Option<i64> {
+        match by_line.get(&line) {
+            Some(r) if r["exe"] == exe && r["partial"] == 0 => r["pid"].as_i64(),
+            Some(r) => panic!("{line}: recorded as {r}"),
+            None => {
+                missing.push(line);
+                None
+            }
+        }
+    };
+    for i in 0..1700 {
+        check(format!("/bin/true {tag}-t-{i}"), &true_exe);
+    }
+    for i in 0..300 {
+        let x = format!("{tag}-c-{i}");
+        let pids = [check(format!("/bin/sh -c exec env true {x}"), &sh_exe), check(format!("env true {x}"), &env_exe), check(format!("true {x}"), &true_exe)];
+        if pids.iter().all(Option::is_some) {
+            assert!(pids.windows(2).all(|w| w[0] == w[1]), "{x}: one process, three images: {pids:?}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["status", "--json", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let process = &status["collectors"][0];
+    eprintln!("burst: {} exec rows of 2,600, missing {}; process collector {process}", rows.len(), missing.len());
+    assert!(process["mode"].as_str().unwrap().starts_with("ebpf"), "{process}");
+    assert!(missing.is_empty(), "not recorded with their argv: {:?}", &missing[..missing.len().min(10)]);
 }

@@ -865,8 +865,9 @@ mod tests {
         assert_eq!(c.collect.file, edr_collect::FileMode::Off);
         assert_eq!(parse("[collect]\nsource = \"/tmp/e.jsonl\"\n").unwrap().collect.source, EventSource::File("/tmp/e.jsonl".into()));
         assert_eq!(serde_json::to_value(EventSource::Live).unwrap(), "live");
-        let e = parse("[collect]\n\nprocess = \"ebpf\"\n").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("unknown ProcessMode `ebpf`; expected one of: auto, netlink, poll, off"), "{e}");
+        assert_eq!(parse("[collect]\nprocess = \"ebpf\"\n").unwrap().collect.process, edr_collect::ProcessMode::Ebpf);
+        let e = parse("[collect]\n\nprocess = \"kprobe\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("unknown ProcessMode `kprobe`; expected one of: auto, ebpf, netlink, poll, off"), "{e}");
         assert!(parse("[collect]\nsource = \"\"\n").unwrap_err().to_string().contains("empty"));
         // [respond]: the stores default under data_dir, what is given stays.
         let c = parse("data_dir = \"/var/lib/edr\"\n[respond]\nquarantine_dir = \"/q\"\nmanagement = [\"192.0.2.1/32\"]\n").unwrap();

@@ -50,9 +50,14 @@ macro_rules! mode_enum {
 mode_enum! {
     /// How process events are collected.
     pub enum ProcessMode {
-        /// The netlink process connector when allowed, else polling.
+        /// eBPF hooks when they load, else the netlink process connector,
+        /// else polling (`EDR_PROCESS_EBPF=0` in the environment skips eBPF).
         #[default]
         Auto = "auto",
+        /// eBPF hooks on `sched_process_fork/exec/exit` (root or CAP_BPF +
+        /// CAP_PERFMON, kernel BTF): every exec with the argv read from the
+        /// new image in the kernel, however short-lived.
+        Ebpf = "ebpf",
         /// The netlink process connector (needs root / CAP_NET_ADMIN).
         Netlink = "netlink",
         /// Polling the process table with `sysinfo`: misses processes that

@@ -13,8 +13,9 @@ use std::time::Instant;
 pub struct CollectorStatus {
     /// `process`, `file`, `network` or `login`.
     pub name: &'static str,
-    /// The facility in use, e.g. `netlink + fanotify exec paths on 4
-    /// filesystems`, `netlink (no exec paths from fanotify: <why>; ...)`,
+    /// The facility in use, e.g. `ebpf (tp_btf sched_process_fork/exec/exit,
+    /// 4 MiB ring buffer)`, `netlink + fanotify exec paths on 4 filesystems
+    /// [eBPF unavailable: <why>]`, `netlink (no exec paths from fanotify: <why>; ...)`,
     /// `fanotify`, `poll 100ms (degraded: <why>)`,
     /// `inotify (degraded: <why>)`, `off`.
     pub mode: String,
@@ -24,7 +25,8 @@ pub struct CollectorStatus {
     pub partial: u64,
     /// Events dropped because the channel was full (or closed).
     pub dropped: u64,
-    /// What the kernel reported lost: for `process`, netlink messages (from
+    /// What the kernel reported lost: for `process` on eBPF, records the
+    /// ring buffer could not take (per CPU in the agent's log); on netlink, messages (from
     /// gaps in the connector's per-CPU sequence numbers after ENOBUFS,
     /// counted when that CPU next reports an event; at least `overflows`),
     /// plus one per overflow of the exec-path fanotify queue or exec-path

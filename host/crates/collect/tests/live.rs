@@ -45,16 +45,22 @@ fn canon(p: impl AsRef<Path>) -> String {
     std::fs::canonicalize(p).unwrap().to_string_lossy().into_owned()
 }
 
-/// The process collector alone, on the process connector; `None` (after
-/// printing why) where the kernel refuses it (not root on kernels that
-/// require it, or not in the initial namespaces).
-fn start_netlink(tx: crossbeam_channel::Sender<Event>) -> Option<Collectors> {
+/// The process collector alone on `source` (eBPF or the process
+/// connector); `None` (after printing why) where the kernel refuses it
+/// (not root, not in the initial namespaces; a skip fails a CI run as root).
+fn start_source(source: ProcessMode, tx: crossbeam_channel::Sender<Event>) -> Option<Collectors> {
+    if source == ProcessMode::Ebpf && !is_root() {
+        edr_testkit::skip("eBPF hooks need root");
+        return None;
+    }
     let mut cfg = CollectConfig::all_off();
-    cfg.process.mode = ProcessMode::Netlink;
+    cfg.process.mode = source;
     match Collectors::start(cfg, tx) {
         Ok(c) => {
             let mode = c.status()[0].mode.clone();
-            if is_root() {
+            if source == ProcessMode::Ebpf {
+                assert!(mode.starts_with("ebpf ("), "{mode}");
+            } else if is_root() {
                 assert!(mode.starts_with("netlink + fanotify exec paths on "), "{mode}");
             } else {
                 assert!(mode.starts_with("netlink (no exec paths from fanotify: fanotify_init: "), "{mode}");
@@ -68,6 +74,27 @@ fn start_netlink(tx: crossbeam_channel::Sender<Event>) -> Option<Collectors> {
     }
 }
 
+/// Each case runs on both process sources: `ebpf::<case>` and `netlink::<case>`.
+macro_rules! on_both_sources {
+    ($($case:ident),+ $(,)?) => {
+        mod ebpf {
+            $( #[test] fn $case() { super::$case(super::ProcessMode::Ebpf) } )+
+        }
+        mod netlink {
+            $( #[test] fn $case() { super::$case(super::ProcessMode::Netlink) } )+
+        }
+    };
+}
+
+on_both_sources!(
+    exec_has_the_shell_as_parent_and_the_test_in_its_ancestry,
+    burst_of_2000_processes_is_accounted_for,
+    copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe,
+    an_exec_chain_reports_each_image_with_its_own_exe,
+    a_memfd_exec_is_recorded_as_the_memfd_with_its_argv,
+    a_deleted_binary_keeps_its_path_marked_deleted,
+);
+
 /// A copy of a system binary in a fresh temp dir under /tmp.
 fn copy_binary(dir: &Path, src: &str) -> PathBuf {
     let dst = dir.join(Path::new(src).file_name().unwrap());
@@ -75,14 +102,13 @@ fn copy_binary(dir: &Path, src: &str) -> PathBuf {
     dst
 }
 
-#[test]
-fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry() {
+fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry(source: ProcessMode) {
     let _s = serial();
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let bin = copy_binary(dir.path(), "/bin/true");
     let bin_s = canon(&bin);
     let (tx, rx) = crossbeam_channel::bounded(10_000);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
 
@@ -377,8 +403,7 @@ fn collector_cpu_ns() -> u64 {
     total
 }
 
-#[test]
-fn burst_of_2000_processes_is_accounted_for() {
+fn burst_of_2000_processes_is_accounted_for(source: ProcessMode) {
     let _s = serial();
     const N: usize = 2000;
     // A copy under /tmp: the dropper case, and an exe path no other
@@ -387,7 +412,7 @@ fn burst_of_2000_processes_is_accounted_for() {
     let bin = copy_binary(dir.path(), "/bin/true");
     let bin_s = canon(&bin);
     let (tx, rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     let exec_paths = collectors.status()[0].mode.contains("fanotify exec paths");
@@ -457,6 +482,11 @@ fn burst_of_2000_processes_is_accounted_for() {
     assert!(st.partial >= partial as u64);
     assert!(wrong_exe.is_empty(), "execs with a wrong exe: {wrong_exe:#?}");
     assert!(st.exe_missing >= no_exe as u64, "{st:?}");
+    if source == ProcessMode::Ebpf && st.lost == 0 {
+        // The hooks read exe and argv in the kernel: nothing is partial.
+        assert_eq!((partial, no_exe), (0, 0), "{st:?}");
+        assert_eq!(seen.len(), N);
+    }
     if exec_paths {
         // Every exec names the copy, unless the kernel lost events (counted).
         assert!(no_exe == 0 || st.lost > 0, "{no_exe} execs without exe and no loss counted: {st:?}");
@@ -465,8 +495,7 @@ fn burst_of_2000_processes_is_accounted_for() {
     collectors.stop();
 }
 
-#[test]
-fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
+fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe(source: ProcessMode) {
     let _s = serial();
     if !is_root() {
         edr_testkit::skip("fanotify exec paths need root");
@@ -477,7 +506,7 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
     let bin = copy_binary(dir.path(), "/bin/true");
     let bin_s = canon(&bin);
     let (tx, rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     let script = format!("i=0; while [ $i -lt {N} ]; do '{bin_s}'; i=$((i+1)); done");
@@ -540,8 +569,7 @@ fn copy_in_tmp_run_200_times_from_a_shell_loop_always_has_its_exe() {
 /// `nohup`) shows the later program in `/proc` by the time a busy collector
 /// reads it. Each exec must still report its own image: the earlier one is
 /// what a detection looks for (a reverse shell that then execs `sleep`).
-#[test]
-fn an_exec_chain_reports_each_image_with_its_own_exe() {
+fn an_exec_chain_reports_each_image_with_its_own_exe(source: ProcessMode) {
     let _s = serial();
     if !is_root() {
         edr_testkit::skip("fanotify exec paths need root");
@@ -552,7 +580,7 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
     let env = canon(copy_binary(dir.path(), "/usr/bin/env"));
     let sleep = canon("/bin/sleep");
     let (tx, rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     // Keep the collector busy meanwhile, as a loaded host does: that is
@@ -581,6 +609,10 @@ fn an_exec_chain_reports_each_image_with_its_own_exe() {
     eprintln!("exec chains: {} pids, {superseded} first execs read after the second (partial, exe from fanotify); lost {}", by_pid.len(), st.lost);
     if st.lost == 0 {
         assert_eq!(by_pid.len(), N, "{st:?}");
+    }
+    if source == ProcessMode::Ebpf && st.lost == 0 {
+        let partial: Vec<_> = by_pid.values().flatten().filter(|(p, _)| *p).collect();
+        assert!(partial.is_empty(), "the hooks read each image in the kernel: {partial:#?}");
     }
     for (pid, execs) in &by_pid {
         if st.lost > 0 && execs.len() != 2 {
@@ -661,11 +693,10 @@ fn exec_of(rx: &Receiver<Event>, pid: u32) -> (bool, edr_event::ProcessExec) {
 /// filesystem cannot be marked), only the loader; the exec used to be
 /// recorded as the loader, partial, without its command line. It is the
 /// memfd, as `/proc/<pid>/exe` names it, with its own argv, complete.
-#[test]
-fn a_memfd_exec_is_recorded_as_the_memfd_with_its_argv() {
+fn a_memfd_exec_is_recorded_as_the_memfd_with_its_argv(source: ProcessMode) {
     let _s = serial();
     let (tx, rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     let fd = memfd_copy("edr-live-payload", "/bin/sleep");
@@ -685,12 +716,11 @@ fn a_memfd_exec_is_recorded_as_the_memfd_with_its_argv() {
 /// exec'd through its fd) and one deleted after it started
 /// (`/tmp/x/s 30 & rm /tmp/x/s`) keep their path, marked ` (deleted)`
 /// as the kernel shows it; never the loader, never stripped.
-#[test]
-fn a_deleted_binary_keeps_its_path_marked_deleted() {
+fn a_deleted_binary_keeps_its_path_marked_deleted(source: ProcessMode) {
     let _s = serial();
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let (tx, rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     // Deleted before the exec: only an fd is left to run.
@@ -721,7 +751,7 @@ fn a_deleted_binary_keeps_its_path_marked_deleted() {
     }
     std::fs::remove_file(&bin).unwrap();
     let (tx, _rx) = crossbeam_channel::bounded(65_536);
-    let Some(collectors) = start_netlink(tx) else {
+    let Some(collectors) = start_source(source, tx) else {
         return;
     };
     let seen = collectors.process_tree().by_pid(child.0.id()).expect("seeded");
@@ -844,7 +874,7 @@ fn start_status_and_stop() {
         assert!(!s.mode.is_empty() && s.mode != "starting");
     }
     if is_root() {
-        assert!(st[0].mode.starts_with("netlink + fanotify exec paths"), "{}", st[0].mode);
+        assert!(st[0].mode.starts_with("ebpf ("), "{}", st[0].mode);
         assert!(st[1].mode.starts_with("fanotify"), "{}", st[1].mode);
     } else {
         // Recent kernels let anyone listen to the process connector, but
@@ -858,6 +888,27 @@ fn start_status_and_stop() {
     let t = Instant::now();
     collectors.stop();
     assert!(t.elapsed() < Duration::from_secs(2), "stop took {:?}", t.elapsed());
+}
+
+/// `EDR_PROCESS_EBPF=0` makes `auto` skip the hooks and say so; the
+/// fallback then passes the same cases (`netlink::*`).
+#[test]
+fn auto_falls_back_from_ebpf_when_told_and_says_why() {
+    let _s = serial();
+    // The live tests run one at a time (serial()): no other reads the
+    // environment meanwhile.
+    std::env::set_var("EDR_PROCESS_EBPF", "0");
+    let mut cfg = CollectConfig::all_off();
+    cfg.process.mode = ProcessMode::Auto;
+    let (tx, _rx) = crossbeam_channel::bounded(1024);
+    let started = Collectors::start(cfg, tx);
+    std::env::remove_var("EDR_PROCESS_EBPF");
+    let collectors = started.unwrap();
+    let mode = collectors.status()[0].mode.clone();
+    eprintln!("process: {mode}");
+    assert!(mode.starts_with("netlink") || mode.starts_with("poll"), "{mode}");
+    assert!(mode.contains("eBPF unavailable: off (EDR_PROCESS_EBPF=0)"), "{mode}");
+    collectors.stop();
 }
 
 #[test]

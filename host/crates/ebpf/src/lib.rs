@@ -5,8 +5,10 @@
 //! `sched_process_exit` and writes one record per event into a 4 MiB ring
 //! buffer; a record the ring buffer cannot take is counted in a per-CPU
 //! array ([`Hooks::lost`]). The exec hook reads argv from the new image's
-//! memory, so every image of `sh -c 'exec env true'` is seen with its own
-//! argv, however short-lived. User space is pure Rust ([aya]): no C library
+//! memory and walks the paths of the executable and the working directory
+//! from their dentries (across mounts, up to the mount namespace's root),
+//! so every image of `sh -c 'exec env true'` is seen with its own exe, argv
+//! and cwd, however short-lived, without reading `/proc`. User space is pure Rust ([aya]): no C library
 //! is needed to build or run.
 //!
 //! A second object (bpf/net.bpf.c, [`net`]) follows every TCP connection

@@ -90,6 +90,7 @@ fn burst_of_2000_execs_each_with_exact_argv() {
     let (events, lost) = recorder.finish();
     let execs: Vec<&ProcEvent> = events.iter().filter(|e| e.kind == Kind::Exec).collect();
     let by_arg: HashMap<&str, &ProcEvent> = execs.iter().filter_map(|e| e.argv.get(1).map(|a| (a.as_str(), *e))).collect();
+    let true_exe = std::fs::canonicalize("/bin/true").unwrap().to_string_lossy().into_owned();
     let mut missing = Vec::new();
     for i in 0..1700 {
         let a = format!("{tag}-t-{i}");
@@ -97,6 +98,7 @@ fn burst_of_2000_execs_each_with_exact_argv() {
             Some(e) => {
                 assert_eq!(e.argv, vec!["/bin/true".to_string(), a.clone(), String::new(), "two words".into()]);
                 assert_eq!(e.filename, "/bin/true");
+                assert_eq!(e.exe.as_deref(), Some(true_exe.as_str()));
                 assert!(!e.argv_truncated && !e.argv_fault);
             }
             None => missing.push(a),
@@ -153,8 +155,8 @@ fn long_argv_is_cut_and_flagged() {
 #[test]
 fn ring_buffer_overflow_is_counted_per_cpu() {
     let Some(hooks) = load_or_skip() else { return };
-    // Nobody reads: 4 MiB / 1360 B is about 3,100 records; 2,000 processes
-    // give 6,000 (fork, exec, exit).
+    // Nobody reads: a process takes 2 x 88 B (fork, exit) + 2,904 B (exec),
+    // 4 MiB holds about 1,360 of them; 2,000 overflow it.
     for _ in 0..2000 {
         Command::new("/bin/true").status().unwrap();
     }
@@ -193,4 +195,8 @@ fn start_time_matches_procfs_and_script_exec_names_its_interpreter() {
     assert_eq!(exec.filename, "/bin/sh", "a script's exec names the interpreter the kernel ran");
     assert_eq!(exec.argv[0], "/bin/sh");
     assert_eq!(exec.euid, 0);
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(exec.exe.as_deref(), Some(sh.to_str().unwrap()), "the exe as /proc/<pid>/exe names it, from the hook");
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(exec.cwd.as_deref(), Some(cwd.to_str().unwrap()));
 }

@@ -15,7 +15,13 @@ use wasmtime::ResourceLimiter;
 /// pack id and plugin name (not version), so it survives updates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginIdentity {
+    /// The plugin's name as loaded ([`PluginSpec::name`](crate::PluginSpec::name)),
+    /// as it appears in logs, metrics and alerts.
     pub plugin: String,
+    /// The pack the plugin came from; `None` for plugins loaded on their own
+    /// (built-ins, files in the plugin directory, `edr replay --plugin`). With
+    /// a pack, state is namespaced `pack-id/plugin` (see
+    /// [`PluginIdentity::state_namespace`]).
     pub pack: Option<PackRef>,
 }
 

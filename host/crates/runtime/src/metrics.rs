@@ -10,26 +10,55 @@ const WINDOW: usize = 4096;
 /// Live counters of one plugin, shared between the thread that calls the
 /// plugin and whoever reports status. Cheap to update: atomics, plus one
 /// uncontended lock per call for the latency window.
+///
+/// Each [`Plugin`](crate::Plugin) has its own, from zero at load; instance
+/// rebuilds keep them. Every field is a count that only increases, except the
+/// two memory figures (bytes; the current one goes up and down). Read them
+/// with [`PluginMetrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
+    /// Calls of `on-events` made, successful or not; one per non-empty batch
+    /// delivered. `init` and batches skipped while quarantined are not calls.
     pub calls: AtomicU64,
+    /// Events delivered in those calls, including calls that then failed.
+    /// Added once the call returns, after its findings are counted.
     pub events: AtomicU64,
+    /// Findings returned by the plugin and kept (after the per-batch cap).
     pub findings: AtomicU64,
+    /// Failed calls and failed re-instantiations: every strike. The sum of
+    /// [`timeouts`](Self::timeouts), [`out_of_memory`](Self::out_of_memory)
+    /// and [`traps`](Self::traps).
     pub errors: AtomicU64,
+    /// Failures that were a deadline overrun (a call, or `init` while an
+    /// instance was rebuilt).
     pub timeouts: AtomicU64,
+    /// Failures where the plugin hit its memory cap.
     pub out_of_memory: AtomicU64,
+    /// All other failures: traps of the plugin's code, and re-instantiations
+    /// that failed without a trap ([`PluginError::Reinstantiate`](crate::PluginError::Reinstantiate)).
     pub traps: AtomicU64,
+    /// Times a call found the instance dropped by an earlier failure and
+    /// built a fresh one (counted whether or not that succeeded). The first
+    /// instance, built at load, is not counted.
     pub reinstantiations: AtomicU64,
-    /// Events not delivered because the plugin was quarantined.
+    /// Events not delivered because the plugin was quarantined, or because
+    /// the instance could not be rebuilt for their batch.
     pub skipped_events: AtomicU64,
-    /// Findings dropped by the per-batch cap.
+    /// Findings dropped by the per-batch cap
+    /// ([`Limits::max_findings_per_batch`](crate::Limits::max_findings_per_batch)).
     pub findings_cut: AtomicU64,
-    /// Strings shortened to the length cap (messages, evidence, log lines).
+    /// Strings shortened to their length cap (finding fields, techniques,
+    /// evidence keys and values, log lines), plus one for each list of a
+    /// finding cut short (techniques, evidence, event ids).
     pub strings_cut: AtomicU64,
+    /// Log lines the plugin wrote through the `log` import and the rate limit
+    /// let through (they go to `tracing`, target `edr::plugin`).
     pub log_lines: AtomicU64,
     /// Log lines dropped by the rate limit.
     pub logs_dropped: AtomicU64,
-    /// Current linear memory of the live instance, bytes.
+    /// Current linear memory of the live instance, bytes: updated as it grows
+    /// and after each successful call; left at its last value when the
+    /// instance is dropped.
     pub memory_bytes: AtomicU64,
     /// Highest linear memory seen, bytes.
     pub peak_memory_bytes: AtomicU64,
@@ -45,20 +74,35 @@ struct Recent {
 /// A point-in-time copy of [`PluginMetrics`], for status output.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
+    /// `on-events` calls made, see [`PluginMetrics::calls`].
     pub calls: u64,
+    /// Events delivered, see [`PluginMetrics::events`].
     pub events: u64,
+    /// Findings kept, see [`PluginMetrics::findings`].
     pub findings: u64,
+    /// Failures (strikes) of any kind, see [`PluginMetrics::errors`].
     pub errors: u64,
+    /// Failures that were deadline overruns, see [`PluginMetrics::timeouts`].
     pub timeouts: u64,
+    /// Failures at the memory cap, see [`PluginMetrics::out_of_memory`].
     pub out_of_memory: u64,
+    /// Traps and failed rebuilds, see [`PluginMetrics::traps`].
     pub traps: u64,
+    /// Instances rebuilt after a failure, see [`PluginMetrics::reinstantiations`].
     pub reinstantiations: u64,
+    /// Events not delivered, see [`PluginMetrics::skipped_events`].
     pub skipped_events: u64,
+    /// Findings dropped by the per-batch cap, see [`PluginMetrics::findings_cut`].
     pub findings_cut: u64,
+    /// Strings and lists cut to their caps, see [`PluginMetrics::strings_cut`].
     pub strings_cut: u64,
+    /// Plugin log lines written, see [`PluginMetrics::log_lines`].
     pub log_lines: u64,
+    /// Plugin log lines dropped by the rate limit, see [`PluginMetrics::logs_dropped`].
     pub logs_dropped: u64,
+    /// Linear memory of the live instance (or the last one), bytes.
     pub memory_bytes: u64,
+    /// Highest linear memory seen since load, bytes.
     pub peak_memory_bytes: u64,
     /// Median call time over the last calls, microseconds.
     pub p50_us: u64,

@@ -25,7 +25,12 @@ pub struct PluginSpec {
     pub wasm: Vec<u8>,
     /// Settings and data files passed to `init`.
     pub config: PluginConfig,
+    /// Deadlines, memory cap, output caps and strike policy for this plugin
+    /// (default: [`Limits::default`]).
     pub limits: Limits,
+    /// The host imports (capabilities) the plugin may use; a component that
+    /// imports anything else fails to load with [`LoadError::NotGranted`]
+    /// (default: [`Grants::detection_default`], everything but `respond`).
     pub grants: Grants,
     /// The pack the plugin came from, if any.
     pub pack: Option<PackRef>,
@@ -41,11 +46,18 @@ impl PluginSpec {
 /// Whether a plugin is being called.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
+    /// Receives its batches. Failures may have dropped its instance (the next
+    /// call rebuilds it), but fewer than [`Limits::max_strikes`] fell within
+    /// the strike window.
     Active,
     /// Too many failures in the strike window; no longer called until an
-    /// operator re-enables it or a new version replaces it.
+    /// operator re-enables it ([`Plugin::reenable`], `edr plugin reenable`) or
+    /// a new version replaces it. Its events are counted as skipped.
     Quarantined {
+        /// The failure that tipped it over, as text (e.g. `exceeded its
+        /// deadline of 100 ms`).
         reason: String,
+        /// Failures within the strike window at that moment.
         strikes: usize,
     },
 }
@@ -53,6 +65,8 @@ pub enum Health {
 /// The result of one batch.
 #[derive(Debug, Default)]
 pub struct CallOutcome {
+    /// What the plugin reported for this batch, already cut to the output
+    /// limits (findings per batch, string lengths, evidence pairs).
     pub findings: Vec<Finding>,
     /// Set when the call failed (the findings are then empty).
     pub error: Option<PluginError>,

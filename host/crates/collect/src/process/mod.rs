@@ -1,5 +1,12 @@
 //! Process collector: exec and exit events with lineage, and the process tree.
 //!
+//! * `ebpf` (root, kernel BTF; the first choice of `auto`): hooks on
+//!   `sched_process_fork/exec/exit` hand every fork, exec and exit over a
+//!   ring buffer with pid, ppid, start time, euid, argv, exe and cwd read in
+//!   the kernel (the private module `ebpf` documents what still comes from
+//!   `/proc`). Records the ring buffer could not take are counted per CPU
+//!   (`lost`). Where the hooks do not load, `auto` falls back to `netlink`
+//!   and the mode says why (`[eBPF unavailable: ...]`).
 //! * `netlink` (root; any user on recent kernels, which then cannot read
 //!   other users' `/proc/<pid>/exe`, so their execs are partial): the
 //!   kernel's process connector (CN_PROC) reports every
@@ -35,6 +42,7 @@
 //! Both seed the tree from `/proc` at start. Exit codes: the exit status for
 //! a normal exit, minus the signal number for a process killed by a signal.
 
+mod ebpf;
 pub(crate) mod elf;
 pub(crate) mod exec_match;
 pub(crate) mod exec_paths;
@@ -57,46 +65,82 @@ pub(crate) use netlink::wait_readable;
 
 /// Starts the process collector; returns its threads.
 pub(crate) fn start(cfg: &ProcessConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<Vec<JoinHandle<()>>, CollectError> {
-    let counters = sink.counters.clone();
     match cfg.mode {
         ProcessMode::Off => {
-            counters.set_mode("off");
+            sink.counters.set_mode("off");
             Ok(Vec::new())
         }
-        ProcessMode::Auto | ProcessMode::Netlink => match netlink::CnProc::open(cfg.netlink_rcvbuf) {
-            Ok(sock) => {
-                let paths = if cfg.exec_paths {
-                    exec_paths::ExecPaths::open(&ctx.exclude_pids).map_err(|e| e.to_string())
-                } else {
-                    Err("off in the configuration".to_string())
-                };
-                // Subscribed and marked first, then seeded: nothing starts
-                // unseen in between.
-                let n = seed(ctx);
-                let mode = netlink_mode(paths.as_ref().map(|p| p.describe()).map_err(|e| e.as_str()));
-                match &paths {
-                    Err(why) if cfg.exec_paths => {
-                        tracing::warn!("process collector: no exec paths from fanotify ({why}): processes that exit at once may lack their executable")
-                    }
-                    _ => {}
-                }
-                tracing::info!(processes = n, mode = %mode, "process collector: netlink process connector, tree seeded from /proc");
-                counters.set_mode(mode);
-                let ctx = ctx.clone();
-                spawn("process", move || netlink::run(sock, paths.ok(), &ctx, &sink))
-            }
-            Err(e) if cfg.mode == ProcessMode::Netlink => Err(CollectError::Unavailable {
+        ProcessMode::Ebpf => match edr_ebpf::Hooks::load() {
+            Ok(hooks) => start_ebpf(hooks, ctx, sink),
+            Err(e) => Err(CollectError::Unavailable {
                 collector: "process",
-                mode: "netlink".into(),
-                reason: format!("{e} (the process connector needs the initial namespaces, and root / CAP_NET_ADMIN on older kernels)"),
+                mode: "ebpf".into(),
+                reason: format!("{e} (eBPF needs root or CAP_BPF + CAP_PERFMON, and kernel BTF at /sys/kernel/btf/vmlinux)"),
             }),
-            Err(e) => {
-                let why = format!("netlink process connector unavailable: {e}");
-                tracing::warn!("process collector degraded to polling every {:?}: {why}", cfg.poll_interval);
-                start_poll(cfg, ctx, sink, Some(why))
-            }
         },
+        ProcessMode::Auto => {
+            let why = match ebpf::disabled_by_env() {
+                Some(off) => off.to_string(),
+                None => match edr_ebpf::Hooks::load() {
+                    Ok(hooks) => return start_ebpf(hooks, ctx, sink),
+                    Err(e) => e.to_string(),
+                },
+            };
+            tracing::info!("process collector: eBPF hooks not used ({why}); trying the netlink process connector");
+            start_netlink(cfg, ctx, sink, Some(format!("eBPF unavailable: {why}")))
+        }
+        ProcessMode::Netlink => start_netlink(cfg, ctx, sink, None),
         ProcessMode::Poll => start_poll(cfg, ctx, sink, None),
+    }
+}
+
+/// The eBPF source on its thread; hooks attached first, then the tree
+/// seeded, so nothing starts unseen in between.
+fn start_ebpf(hooks: edr_ebpf::Hooks, ctx: &Arc<Ctx>, sink: Sink) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    let n = seed(ctx);
+    tracing::info!(processes = n, mode = ebpf::MODE, "process collector: eBPF hooks attached, tree seeded from /proc");
+    sink.counters.set_mode(ebpf::MODE);
+    let ctx = ctx.clone();
+    spawn("process", move || ebpf::run(hooks, &ctx, &sink))
+}
+
+/// The netlink process connector, with fanotify exec paths where allowed;
+/// `note` (why a better source is not used) is kept in the mode string.
+fn start_netlink(cfg: &ProcessConfig, ctx: &Arc<Ctx>, sink: Sink, note: Option<String>) -> Result<Vec<JoinHandle<()>>, CollectError> {
+    match netlink::CnProc::open(cfg.netlink_rcvbuf) {
+        Ok(sock) => {
+            let paths = if cfg.exec_paths {
+                exec_paths::ExecPaths::open(&ctx.exclude_pids).map_err(|e| e.to_string())
+            } else {
+                Err("off in the configuration".to_string())
+            };
+            // Subscribed and marked first, then seeded: nothing starts
+            // unseen in between.
+            let n = seed(ctx);
+            let mode = netlink_mode(paths.as_ref().map(|p| p.describe()).map_err(|e| e.as_str()), note.as_deref());
+            if let Err(why) = &paths {
+                if cfg.exec_paths {
+                    tracing::warn!("process collector: no exec paths from fanotify ({why}): processes that exit at once may lack their executable")
+                }
+            }
+            tracing::info!(processes = n, mode = %mode, "process collector: netlink process connector, tree seeded from /proc");
+            sink.counters.set_mode(mode);
+            let ctx = ctx.clone();
+            spawn("process", move || netlink::run(sock, paths.ok(), note, &ctx, &sink))
+        }
+        Err(e) if cfg.mode == ProcessMode::Netlink => Err(CollectError::Unavailable {
+            collector: "process",
+            mode: "netlink".into(),
+            reason: format!("{e} (the process connector needs the initial namespaces, and root / CAP_NET_ADMIN on older kernels)"),
+        }),
+        Err(e) => {
+            let why = match note {
+                Some(n) => format!("{n}; netlink process connector unavailable: {e}"),
+                None => format!("netlink process connector unavailable: {e}"),
+            };
+            tracing::warn!("process collector degraded to polling every {:?}: {why}", cfg.poll_interval);
+            start_poll(cfg, ctx, sink, Some(why))
+        }
     }
 }
 
@@ -114,11 +158,15 @@ fn start_poll(cfg: &ProcessConfig, ctx: &Arc<Ctx>, sink: Sink, why: Option<Strin
 }
 
 /// The mode string of the netlink collector, with or without exec paths
-/// (`Err`: why not).
-pub(crate) fn netlink_mode(paths: Result<String, &str>) -> String {
-    match paths {
+/// (`Err`: why not), and why a better source is not used (`note`).
+pub(crate) fn netlink_mode(paths: Result<String, &str>, note: Option<&str>) -> String {
+    let mode = match paths {
         Ok(p) => format!("netlink + {p}"),
         Err(why) => format!("netlink (no exec paths from fanotify: {why}; processes that exit at once may lack their exe)"),
+    };
+    match note {
+        Some(n) => format!("{mode} [{n}]"),
+        None => mode,
     }
 }
 
@@ -229,13 +277,19 @@ fn adopt(ctx: &Ctx, pid: u32) -> Option<Node> {
     Some(node)
 }
 
+/// A fork seen by the process connector: its start time from `/proc`, or
+/// estimated from the event's time when the child is gone already.
+pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
+    match procfs::read_stat(child) {
+        Ok(s) => on_fork_at(ctx, parent_tgid, child, s.start_ticks, false),
+        Err(_) => on_fork_at(ctx, parent_tgid, child, ctx.boot.ticks_from_ns(ts_ns), true),
+    }
+}
+
 /// A fork: the child enters the tree with its parent's image, so a fork
 /// without exec still has lineage. No event (the model has none for forks).
-pub(crate) fn on_fork(ctx: &Ctx, parent_tgid: u32, child: u32, ts_ns: u64) {
-    let (start_ticks, estimated) = match procfs::read_stat(child) {
-        Ok(s) => (s.start_ticks, false),
-        Err(_) => (ctx.boot.ticks_from_ns(ts_ns), true),
-    };
+/// `estimated`: the start time is a guess (the node is then partial).
+pub(crate) fn on_fork_at(ctx: &Ctx, parent_tgid: u32, child: u32, start_ticks: u64, estimated: bool) {
     let entity = ctx.boot.entity_id(child, start_ticks);
     if ctx.tree.node(entity).is_some_and(|n| !n.exited) {
         return; // already seeded

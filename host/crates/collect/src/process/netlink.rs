@@ -299,7 +299,7 @@ impl Reader {
 /// fanotify group is not polled: its records are read when an exec or exit
 /// message needs them (and every second), which keeps its queue short
 /// without waking this thread a second time for every exec.
-pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink) {
+pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, note: Option<String>, ctx: &Ctx, sink: &Sink) {
     let fd = sock.fd.as_raw_fd();
     let mut reader = Reader::new(sock);
     reader.paths = paths;
@@ -318,7 +318,7 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
         if ready {
             if let Some(p) = reader.paths.as_mut() {
                 if fds[1].revents != 0 && p.mounts_changed() {
-                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe())));
+                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe()), note.as_deref()));
                 }
             }
             if fds[0].revents != 0 {
@@ -331,7 +331,7 @@ pub(crate) fn run(sock: CnProc, paths: Option<ExecPaths>, ctx: &Ctx, sink: &Sink
             last_evict = now;
             if let Some(p) = reader.paths.as_mut() {
                 if p.housekeeping(&sink.counters) {
-                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe())));
+                    sink.counters.set_mode(super::netlink_mode(Ok(p.describe()), note.as_deref()));
                 }
             }
         }
