@@ -17,7 +17,8 @@ cargo fmt --all --check || { echo "scripts/test.sh: run 'cargo fmt --all' (rustf
 # systemd (`systemd-analyze verify` of the unit). Installed when we can (root with apt-get, as in
 # CI); otherwise those tests print why they skip.
 # clang: compiles the eBPF program (host/crates/ebpf/build.rs; it also installs it itself when root).
-packages=(minisign nftables nats-server systemd clang)
+# iproute2: `ip netns` for the eBPF TCP hooks' network-namespace test (host/crates/ebpf/tests/net.rs).
+packages=(minisign nftables nats-server systemd clang iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -325,7 +325,7 @@ pub struct CollectSection {
     /// File collector: `auto` (fanotify, else inotify), `fanotify`, `inotify`, `off`.
     #[serde(deserialize_with = "from_str")]
     pub file: edr_collect::FileMode,
-    /// Network collector: `auto`, `procfs`, `off`.
+    /// Network collector: `auto` (eBPF for TCP + polled UDP, else polling), `ebpf`, `procfs`, `off`.
     #[serde(deserialize_with = "from_str")]
     pub network: edr_collect::NetworkMode,
     /// Login collector: `auto`, `tail`, `off`.

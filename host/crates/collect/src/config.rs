@@ -86,9 +86,14 @@ mode_enum! {
 mode_enum! {
     /// How network events are collected.
     pub enum NetworkMode {
-        /// Polling `/proc/net` (the only implementation today).
+        /// eBPF for TCP (UDP polled) when the kernel allows it, else polling
+        /// `/proc/net`. `EDR_NETWORK_EBPF=0` in the environment skips eBPF.
         #[default]
         Auto = "auto",
+        /// TCP from the eBPF hook `inet_sock_set_state` (every connection,
+        /// however short, with its pid; needs root / CAP_BPF and kernel BTF);
+        /// UDP from polling `/proc/net/{udp,udp6}`.
+        Ebpf = "ebpf",
         /// Polling `/proc/net/{tcp,tcp6,udp,udp6}`.
         Procfs = "procfs",
         /// No network events.

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`process`](ProcessConfig) | `netlink`: CN_PROC fork/exec/exit, enriched from `/proc`; the exe of processes gone before that from fanotify `FAN_OPEN_EXEC` | `netlink` without those exes (not root); `poll`: `sysinfo` table diff |
 //! | [`file`](FileConfig) | `fanotify`: filesystem marks, pid-attributed | `inotify` (`notify` crate), no pid |
-//! | [`network`](NetworkConfig) | `procfs`: `/proc/net/{tcp,udp}{,6}` polled, inode -> pid | same, pids of other users unknown |
+//! | [`network`](NetworkConfig) | `ebpf` TCP (`inet_sock_set_state`: every connection, pid from the kernel) + `procfs` UDP | `procfs`: `/proc/net/{tcp,udp}{,6}` polled, inode -> pid; pids of other users unknown when not root |
 //! | [`login`](LoginConfig) | tail the auth log + wtmp/btmp | same |
 //!
 //! [`Collectors::status`] reports, per collector, the mode in use (and why it

@@ -292,6 +292,101 @@ fn tcp_connect_accept_and_listen_carry_the_pid() {
     collectors.stop();
 }
 
+#[test]
+fn ebpf_mode_records_200_sub_ms_tcp_connections_with_the_pid() {
+    let _s = serial();
+    if !is_root() {
+        edr_testkit::skip("needs root: loading BPF programs");
+        return;
+    }
+    let mut cfg = CollectConfig::all_off();
+    cfg.network.mode = NetworkMode::Ebpf;
+    cfg.exclude_pids.clear(); // this test's own sockets are what we look for
+    let (tx, rx) = crossbeam_channel::bounded(10_000);
+    let collectors = match Collectors::start(cfg, tx) {
+        Ok(c) => c,
+        Err(e) => {
+            edr_testkit::skip(format!("{e}"));
+            return;
+        }
+    };
+    let mode = collectors.status()[2].mode.clone();
+    assert!(mode.starts_with("ebpf tcp (inet_sock_set_state") && mode.contains(" + procfs udp poll "), "{mode}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        for _ in 0..200 {
+            let (mut s, _) = listener.accept().unwrap();
+            std::io::Write::write_all(&mut s, b"x").unwrap();
+        }
+    });
+    let mut clients = HashSet::new();
+    let mut took = Vec::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Read::read_exact(&mut c, &mut [0u8; 1]).unwrap();
+        clients.insert(c.local_addr().unwrap().port());
+        drop(c);
+        took.push(t0.elapsed());
+    }
+    server.join().unwrap();
+    // A refused attempt is a connect too, as the poller reports SYN_SENT.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", closed)).is_err());
+    let me = std::process::id();
+    let ours = |evs: &[Event], op: NetworkOp| -> Vec<edr_event::NetworkEvent> {
+        evs.iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Network(n) if n.op == op && (n.local_port == port || clients.contains(&n.local_port)) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let refused = |evs: &[Event]| {
+        evs.iter().any(|e| matches!(&e.body, EventBody::Network(n) if n.op == NetworkOp::Connect && n.remote_port == closed && n.pid == Some(me)))
+    };
+    let events = collect_until(&rx, Duration::from_secs(5), |evs| {
+        ours(evs, NetworkOp::Connect).len() >= 200 && ours(evs, NetworkOp::Accept).len() >= 200 && refused(evs)
+    });
+    assert!(refused(&events), "the refused connect is recorded with our pid");
+    let (connects, accepts, listens) = (ours(&events, NetworkOp::Connect), ours(&events, NetworkOp::Accept), ours(&events, NetworkOp::Listen));
+    took.sort();
+    eprintln!(
+        "mode {mode}: connections median {:?}, max {:?}; {} connect, {} accept, {} listen",
+        took[100],
+        took[199],
+        connects.len(),
+        accepts.len(),
+        listens.len()
+    );
+    assert!(took[100] < Duration::from_millis(1), "connections are not sub-millisecond: median {:?}", took[100]);
+    let seen: HashSet<u16> =
+        connects.iter().filter(|n| n.pid == Some(me) && n.remote_port == port && n.remote_ip == "127.0.0.1").map(|n| n.local_port).collect();
+    assert_eq!(seen, clients, "every connection recorded as connect with our pid");
+    assert!(accepts.iter().all(|n| n.pid == Some(me) && n.local_port == port) && accepts.len() == 200, "{accepts:?}");
+    assert_eq!(listens.iter().map(|n| (n.pid, n.local_port)).collect::<Vec<_>>(), vec![(Some(me), port)]);
+    let c = &connects[0];
+    assert_eq!(c.exe.as_deref(), Some(canon(std::env::current_exe().unwrap()).as_str()));
+    assert_eq!(collectors.status()[2].lost, 0);
+    collectors.stop();
+}
+
+#[test]
+fn ebpf_switch_off_in_the_environment_falls_back_to_procfs() {
+    let _s = serial();
+    let mut cfg = CollectConfig::all_off();
+    cfg.network.mode = NetworkMode::Auto;
+    std::env::set_var("EDR_NETWORK_EBPF", "0");
+    let (tx, _rx) = crossbeam_channel::bounded(10);
+    let started = Collectors::start(cfg, tx);
+    std::env::remove_var("EDR_NETWORK_EBPF");
+    let collectors = started.unwrap();
+    let mode = collectors.status()[2].mode.clone();
+    assert!(mode.starts_with("procfs poll ") && mode.ends_with("no eBPF: EDR_NETWORK_EBPF=0)"), "{mode}");
+    collectors.stop();
+}
+
 /// CPU time (ns, from `/proc/self/task/*/schedstat`) used so far by the
 /// process collector's thread(s) in this test process.
 fn collector_cpu_ns() -> u64 {

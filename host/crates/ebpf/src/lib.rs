@@ -1,4 +1,4 @@
-//! eBPF process hooks for the edr agent.
+//! eBPF process and TCP hooks for the edr agent.
 //!
 //! A BPF program in C (bpf/edr.bpf.c, CO-RE, compiled by clang in build.rs)
 //! attaches to `tp_btf/sched_process_fork`, `sched_process_exec` and
@@ -10,8 +10,12 @@
 //! so every image of `sh -c 'exec env true'` is seen with its own exe, argv
 //! and cwd, however short-lived, without reading `/proc`. User space is pure Rust ([aya]): no C library
 //! is needed to build or run.
+//!
+//! A second object (bpf/net.bpf.c, [`net`]) follows every TCP connection
+//! through `tp_btf/inet_sock_set_state`: [`NetHooks`].
 #![deny(missing_docs)]
 
+pub mod net;
 pub mod wire;
 
 use std::os::fd::AsRawFd;
@@ -21,6 +25,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
+pub use net::{net_built, Family, NetEvent, NetHooks, NetKind, NetWireError, PidFrom};
 pub use wire::{Kind, ProcEvent, WireError};
 
 /// The compiled BPF object, empty when build.rs found no clang.
@@ -105,16 +110,7 @@ impl Hooks {
         if n > 0 {
             return Ok(n);
         }
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(EbpfError::Poll(e));
-            }
-        }
+        wait_readable(&self.ring, timeout)?;
         n += self.drain(&mut f);
         Ok(n)
     }
@@ -152,7 +148,22 @@ impl Hooks {
     }
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str, conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>) -> Result<T, EbpfError> {
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str, conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>) -> Result<T, EbpfError> {
     let m = ebpf.take_map(name).ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
     conv(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+/// Waits up to `timeout` for `ring` to have a record (EINTR counts as a wake-up).
+pub(crate) fn wait_readable(ring: &impl AsRawFd, timeout: Duration) -> Result<(), EbpfError> {
+    let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(EbpfError::Poll(e));
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,9 @@
 //! Network collector: new TCP/UDP connections and listeners.
 //!
+//! Mode `ebpf` (tried first by `auto`; `EDR_NETWORK_EBPF=0` skips it):
+//! TCP from the kernel's `inet_sock_set_state` hook, every connection
+//! however short, with its pid ([`ebpf`]); UDP from the poller below.
+//!
 //! Mode `procfs`: `/proc/net/{tcp,tcp6,udp,udp6}` is read every `interval`
 //! (250 ms) and diffed by socket inode. Chosen over `sock_diag` netlink
 //! because it needs no privilege (a non-root agent still sees every socket,
@@ -34,6 +38,7 @@
 //! socket is forgotten only after missing from several snapshots, and
 //! listeners are remembered.
 
+pub(crate) mod ebpf;
 pub(crate) mod procnet;
 
 use std::collections::{HashMap, HashSet};
@@ -57,16 +62,27 @@ pub(crate) fn start(cfg: &NetworkConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<V
         sink.counters.set_mode("off");
         return Ok(Vec::new());
     }
+    let (hooks, ebpf_why) = tcp_hooks(cfg.mode)?;
+    let tcp = hooks.as_ref().map(ebpf::describe);
+    let mut threads = match hooks {
+        Some(h) => ebpf::spawn(h, ctx, sink.clone())?,
+        None => Vec::new(),
+    };
     if let Err(e) = std::fs::metadata("/proc/net/tcp") {
         let reason = format!("/proc/net/tcp: {e}");
         if cfg.mode == NetworkMode::Procfs {
             return Err(CollectError::Unavailable { collector: "network", mode: "procfs".into(), reason });
         }
-        sink.counters.set_mode(format!("off (unavailable: {reason})"));
-        return Ok(Vec::new());
+        sink.counters.set_mode(match tcp {
+            Some(tcp) => format!("{tcp}; udp off (unavailable: {reason})"),
+            None => format!("off (unavailable: {reason})"),
+        });
+        return Ok(threads);
     }
+    // With the hooks, the poller keeps only the UDP tables.
+    let tables = if tcp.is_some() { &TABLES[2..] } else { &TABLES[..] };
     let mut tracker = Tracker::default();
-    let mut reader = TableReader::default();
+    let mut reader = TableReader { buf: Vec::new(), tables };
     tracker.diff(&reader.read_tables()); // the baseline
                                          // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -76,15 +92,16 @@ pub(crate) fn start(cfg: &NetworkConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<V
     // while sockets come and go, doubling on every quiet poll up to
     // IDLE_INTERVAL, back to `interval` at the first change.
     const IDLE_INTERVAL: Duration = Duration::from_secs(2);
-    sink.counters.set_mode(format!(
-        "procfs poll {}ms-{}s adaptive (misses connections shorter than the interval{})",
-        cfg.interval.as_millis(),
-        IDLE_INTERVAL.as_secs(),
-        if root { "" } else { "; degraded: not root, owners of other users' sockets unknown" }
-    ));
+    let poll = format!("poll {}ms-{}s adaptive", cfg.interval.as_millis(), IDLE_INTERVAL.as_secs());
+    let degraded = if root { "" } else { "; degraded: not root, owners of other users' sockets unknown" };
+    sink.counters.set_mode(match (tcp, ebpf_why) {
+        (Some(tcp), _) => format!("{tcp} + procfs udp {poll} (misses UDP sockets shorter than the interval{degraded})"),
+        (None, Some(why)) => format!("procfs {poll} (misses connections shorter than the interval{degraded}; no eBPF: {why})"),
+        (None, None) => format!("procfs {poll} (misses connections shorter than the interval{degraded})"),
+    });
     let ctx = ctx.clone();
     let interval = cfg.interval;
-    crate::process::spawn("network", move || {
+    threads.extend(crate::process::spawn("network", move || {
         let mut inodes = InodeMap::default();
         let mut current = interval;
         while !ctx.stopping() {
@@ -100,7 +117,29 @@ pub(crate) fn start(cfg: &NetworkConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<V
             }
             ctx.sleep(current.saturating_sub(started.elapsed()));
         }
-    })
+    })?);
+    Ok(threads)
+}
+
+/// The eBPF TCP hooks when the mode wants them: `ebpf` requires them,
+/// `auto` tries them unless `EDR_NETWORK_EBPF=0` (then the second value
+/// says why there are none, for the mode string).
+fn tcp_hooks(mode: NetworkMode) -> Result<(Option<edr_ebpf::NetHooks>, Option<String>), CollectError> {
+    match mode {
+        NetworkMode::Ebpf => {
+            let h = ebpf::load().map_err(|reason| CollectError::Unavailable { collector: "network", mode: "ebpf".into(), reason })?;
+            Ok((Some(h), None))
+        }
+        NetworkMode::Auto if !ebpf::allowed_by_env() => Ok((None, Some(format!("{}=0", ebpf::ENV_SWITCH)))),
+        NetworkMode::Auto => match ebpf::load() {
+            Ok(h) => Ok((Some(h), None)),
+            Err(why) => {
+                tracing::info!(%why, "network: TCP on the /proc/net poller");
+                Ok((None, Some(why)))
+            }
+        },
+        NetworkMode::Procfs | NetworkMode::Off => Ok((None, None)),
+    }
 }
 
 /// Reads the tables with a reused, large buffer.
@@ -109,9 +148,17 @@ pub(crate) fn start(cfg: &NetworkConfig, ctx: &Arc<Ctx>, sink: Sink) -> Result<V
 /// between `read` calls, so a table that changes while it is read can miss
 /// or repeat a line. Large reads (no small probe read) keep the passes few,
 /// and [`Tracker`] tolerates a socket missing from one snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TableReader {
     buf: Vec<u8>,
+    /// The tables read: all four, or the UDP ones when eBPF does TCP.
+    tables: &'static [(&'static str, Transport)],
+}
+
+impl Default for TableReader {
+    fn default() -> Self {
+        TableReader { buf: Vec::new(), tables: &TABLES }
+    }
 }
 
 impl TableReader {
@@ -136,10 +183,10 @@ impl TableReader {
         std::str::from_utf8(&self.buf[..len]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// Every TCP and UDP socket of this network namespace.
+    /// Every socket of this network namespace in the tables read.
     pub fn read_tables(&mut self) -> Vec<(Transport, SockLine)> {
         let mut out = Vec::new();
-        for (path, t) in TABLES {
+        for &(path, t) in self.tables {
             if let Ok(text) = self.read_file(path) {
                 out.extend(procnet::parse_table(text).into_iter().map(|l| (t, l)));
             }
