@@ -304,3 +304,53 @@ fn the_agent_on_its_defaults_records_every_exec_of_a_burst_with_its_argv() {
     assert!(process["mode"].as_str().unwrap().starts_with("ebpf"), "{process}");
     assert!(missing.is_empty(), "not recorded with their argv: {:?}", &missing[..missing.len().min(10)]);
 }
+
+/// Issue 16: the agent on its defaults records every short TCP connection
+/// (under a millisecond each, shorter than any poll interval) with the pid
+/// of the process that made it.
+#[test]
+fn the_agent_on_its_defaults_records_every_short_tcp_connection_with_its_pid() {
+    use std::io::{Read, Write};
+    if !is_root() {
+        edr_testkit::skip("live telemetry needs root (eBPF)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _s = serial();
+    let _agent = start_agent(dir.path(), &data);
+    const N: usize = 300;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (mut c, _) = listener.accept().unwrap();
+            let _ = c.read(&mut [0u8; 1]);
+        }
+    });
+    let mut longest = Duration::ZERO;
+    for _ in 0..N {
+        let t = Instant::now();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"x").unwrap();
+        drop(c);
+        longest = longest.max(t.elapsed());
+    }
+    server.join().unwrap();
+    let query = |sql: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
+        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let sql = format!("SELECT action, pid, local_port, remote_port FROM network WHERE action = 'connect' AND remote_port = {port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rows = query(&sql);
+    while rows.len() < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        rows = query(&sql);
+    }
+    let me = std::process::id() as u64;
+    let ports: std::collections::HashSet<u64> = rows.iter().filter(|r| r["pid"].as_u64() == Some(me)).filter_map(|r| r["local_port"].as_u64()).collect();
+    eprintln!("{N} connections (longest {longest:?}): {} connect rows, {} with our pid and distinct local ports", rows.len(), ports.len());
+    assert_eq!(ports.len(), N, "every connection, each with our pid: {:?}", &rows[..rows.len().min(5)]);
+}

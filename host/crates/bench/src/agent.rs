@@ -1,9 +1,10 @@
 //! `edr-bench agent`: the live agent under an exec workload (root only).
 //!
 //! Starts `edr agent` on its defaults (live collectors, built-in pack) in a
-//! temporary data dir, once per process source (`--sources netlink,ebpf`:
-//! the old path, forced with `EDR_PROCESS_EBPF=0`, and the eBPF hooks, side
-//! by side in one run), measures it idle, then runs a copy of /bin/true from
+//! temporary data dir, once per telemetry source (`--sources old,ebpf`: the
+//! old path, netlink + fanotify + `/proc/net` polling, forced with
+//! `EDR_PROCESS_EBPF=0 EDR_NETWORK_EBPF=0`, and the eBPF hooks, side by
+//! side in one run), measures it idle, then runs a copy of /bin/true from
 //! /tmp at fixed rates (each exec is an attack for `writable-exec`, so each
 //! must raise an alert) and measures:
 //! * the agent's CPU (utime + stime from /proc/<pid>/stat) as % of one core,
@@ -12,6 +13,9 @@
 //! * its resident memory (VmRSS),
 //! * exec-to-alert latency: alert `@timestamp` minus the moment just before
 //!   the exec was spawned, matched by pid.
+//!
+//! Each rate runs twice: `/bin/true` (an ordinary exec: collect, record,
+//! every plugin, no alert) and the copy in /tmp (an attack: one alert each).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ struct Args {
 
 fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut a =
-        Args { edr: PathBuf::from("target/release/edr"), idle_secs: 10, secs: 10, rates: vec![50, 200, 1000], sources: vec!["netlink".into(), "ebpf".into()] };
+        Args { edr: PathBuf::from("target/release/edr"), idle_secs: 10, secs: 10, rates: vec![50, 200, 1000], sources: vec!["old".into(), "ebpf".into()] };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
         match flag.as_str() {
@@ -41,7 +45,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         }
     }
     for s in &a.sources {
-        anyhow::ensure!(s == "netlink" || s == "ebpf", "unknown source {s}: netlink or ebpf");
+        anyhow::ensure!(s == "old" || s == "ebpf", "unknown source {s}: old (netlink + /proc/net polling) or ebpf");
     }
     Ok(a)
 }
@@ -102,8 +106,8 @@ impl Agent {
     fn start(edr: &Path, data: &Path, source: &str) -> anyhow::Result<(Agent, Duration)> {
         let mut cmd = Command::new(edr);
         cmd.args(["agent", "--data-dir", data.to_str().unwrap()]).env("EDR_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
-        if source == "netlink" {
-            cmd.env("EDR_PROCESS_EBPF", "0");
+        if source == "old" {
+            cmd.env("EDR_PROCESS_EBPF", "0").env("EDR_NETWORK_EBPF", "0");
         }
         let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", edr.display()))?;
         let agent = Agent { pid: child.id(), data: data.to_path_buf(), edr: edr.to_path_buf(), _stop: Stop(child) };
@@ -142,6 +146,7 @@ fn round(agent: &Agent, exe: &Path, tag: &str, rate: u32, secs: u64) -> anyhow::
     let mut spawned: HashMap<u64, u64> = HashMap::new();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let partial0 = agent.process_status()?["partial"].as_u64().unwrap_or(0);
+    let started_ns = now_ns();
     let (c0, t0) = (cpu_secs(agent.pid), Instant::now());
     let mut next = Instant::now();
     let total = rate as u64 * secs;
@@ -172,11 +177,56 @@ fn round(agent: &Agent, exe: &Path, tag: &str, rate: u32, secs: u64) -> anyhow::
         .filter_map(|v| {
             let sent = spawned.get(&v["process"]["pid"].as_u64()?)?;
             let at = edr_event::time::parse_rfc3339(v["@timestamp"].as_str()?).ok()?;
-            Some(at.saturating_sub(*sent) as f64 / 1e6)
+            // Earlier rounds' alerts may carry a pid reused since.
+            (at >= started_ns).then(|| at.saturating_sub(*sent) as f64 / 1e6)
         })
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(Round { rate, achieved, execs: total, alerts: lat.len(), cpu_pct, cpu_us_per_exec: cpu * 1e6 / total as f64, partial, rss: rss_mb(agent.pid), lat })
+}
+
+/// One rate's figures for TCP connections.
+struct ConnRound {
+    rate: u32,
+    achieved: f64,
+    conns: u64,
+    recorded: u64,
+    cpu_us_per_conn: f64,
+}
+
+/// Runs `rate` short loopback TCP connections/s (connect, one byte, close)
+/// for `secs`; counts the connects the record holds for the listener's port.
+fn conn_round(agent: &Agent, rate: u32, secs: u64) -> anyhow::Result<ConnRound> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let total = rate as u64 * secs;
+    let server = std::thread::spawn(move || {
+        for _ in 0..total {
+            let Ok((mut c, _)) = listener.accept() else { break };
+            let _ = c.read(&mut [0u8; 1]);
+        }
+    });
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let (c0, t0) = (cpu_secs(agent.pid), Instant::now());
+    let mut next = Instant::now();
+    for _ in 0..total {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.write_all(b"x")?;
+        drop(c);
+        next += interval;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    let achieved = total as f64 / t0.elapsed().as_secs_f64();
+    let _ = server.join();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_secs(agent.pid) - c0;
+    let sql = format!("SELECT count(*) AS n FROM network WHERE action = 'connect' AND remote_port = {port}");
+    let out = Command::new(&agent.edr).args(["query", "--json", "--data-dir", agent.data.to_str().unwrap(), &sql]).output()?;
+    let row: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default()).unwrap_or_default();
+    Ok(ConnRound { rate, achieved, conns: total, recorded: row["n"].as_u64().unwrap_or(0), cpu_us_per_conn: cpu * 1e6 / total as f64 })
 }
 
 pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
@@ -185,6 +235,7 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let exe = Path::new("/tmp").join(format!("edr-bench-true-{}", std::process::id()));
     std::fs::copy("/bin/true", &exe)?;
     let mut rows = Vec::new();
+    let mut conn_rows = Vec::new();
     for (n, source) in a.sources.iter().enumerate() {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
@@ -204,12 +255,19 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         let idle_cpu = (cpu_secs(agent.pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
         println!("[{source}] idle: {idle_cpu:.2}% of one core over {} s, {:.1} MB resident", a.idle_secs, rss_mb(agent.pid));
         for rate in &a.rates {
-            rows.push((source.clone(), round(&agent, &exe, &format!("s{n}r{rate}"), *rate, a.secs)?));
+            // An ordinary exec (nothing to alert on) and an attack (each
+            // raises an alert: the full path, output and record included).
+            for (workload, exe) in [("ordinary /bin/true", Path::new("/bin/true")), ("alerting /tmp copy", exe.as_path())] {
+                rows.push((format!("{source} | {workload}"), round(&agent, exe, &format!("s{n}r{rate}"), *rate, a.secs)?));
+            }
+        }
+        for rate in &a.rates {
+            conn_rows.push((source.clone(), conn_round(&agent, *rate, a.secs)?));
         }
     }
     let _ = std::fs::remove_file(&exe);
-    println!("\n| source | execs/s asked (achieved) | execs | alerts | partial | agent CPU % | CPU µs/exec | RSS MB | exec → alert p50 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("\n| source | workload | execs/s asked (achieved) | execs | alerts | partial | agent CPU % | CPU µs/exec | RSS MB | exec → alert p50 ms | p99 ms | max ms |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (source, r) in rows {
         println!(
             "| {source} | {} ({:.0}) | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
@@ -225,6 +283,11 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
             percentile(&r.lat, 0.99),
             r.lat.last().copied().unwrap_or(f64::NAN)
         );
+    }
+    println!("\n| source | connections/s asked (achieved) | connections | recorded (connect) | agent CPU µs/connection |");
+    println!("|---|---:|---:|---:|---:|");
+    for (source, r) in conn_rows {
+        println!("| {source} | {} ({:.0}) | {} | {} | {:.0} |", r.rate, r.achieved, r.conns, r.recorded, r.cpu_us_per_conn);
     }
     Ok(())
 }

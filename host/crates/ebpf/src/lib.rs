@@ -100,6 +100,8 @@ impl Hooks {
         }
         let ring = take(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let lost = take(&mut ebpf, "LOST", PerCpuArray::try_from)?;
+        drop(btf);
+        release_freed_memory();
         Ok(Self { ring, lost, bad: 0, _ebpf: ebpf })
     }
 
@@ -145,6 +147,17 @@ impl Hooks {
     /// Records that could not be parsed (never expected; counted, not silent).
     pub fn unparsable(&self) -> u64 {
         self.bad
+    }
+}
+
+/// Hands memory freed after a load back to the kernel: parsing the
+/// kernel's BTF (several MB) would otherwise stay in the agent's resident
+/// set for good (glibc keeps freed heap).
+pub(crate) fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -232,6 +232,8 @@ impl NetHooks {
         }
         let ring = take(&mut ebpf, "NET_EVENTS", RingBuf::try_from)?;
         let lost = take(&mut ebpf, "NET_LOST", PerCpuArray::try_from)?;
+        drop(btf);
+        crate::release_freed_memory();
         Ok(Self { ring, lost, bad: 0, fexit, _ebpf: ebpf })
     }
 
