@@ -120,6 +120,8 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     ("edr_setuid_setgid_file.yml", include_str!("../rules/edr_setuid_setgid_file.yml")),
     ("edr_shell_history_clearing.yml", include_str!("../rules/edr_shell_history_clearing.yml")),
     ("edr_shadow_read_unusual_process.yml", include_str!("../rules/edr_shadow_read_unusual_process.yml")),
+    ("edr_decode_into_interpreter.yml", include_str!("../rules/edr_decode_into_interpreter.yml")),
+    ("edr_download_piped_to_shell.yml", include_str!("../rules/edr_download_piped_to_shell.yml")),
 ];
 
 /// Longest matched value copied into a message or evidence, in bytes.
