@@ -50,6 +50,9 @@ fn builtin_rule_metadata() {
     assert_eq!(by_title("Shadow").techniques, vec!["T1003.008"]);
     assert_eq!(by_title("Decoded Data").techniques, vec!["T1140", "T1027", "T1059.004"]);
     assert_eq!(by_title("Downloaded Script").techniques, vec!["T1105", "T1059.004"]);
+    assert_eq!(by_title("Pseudo-Terminal").techniques, vec!["T1059.006", "T1059.004"]);
+    assert_eq!(by_title("chattr").techniques, vec!["T1222.002"]);
+    assert_eq!(by_title("Kernel Module").techniques, vec!["T1547.006", "T1014"]);
 }
 
 #[test]
