@@ -125,6 +125,9 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     ("edr_interpreter_pty_spawn.yml", include_str!("../rules/edr_interpreter_pty_spawn.yml")),
     ("edr_chattr_immutable_removed.yml", include_str!("../rules/edr_chattr_immutable_removed.yml")),
     ("edr_kernel_module_load.yml", include_str!("../rules/edr_kernel_module_load.yml")),
+    ("edr_local_account_change.yml", include_str!("../rules/edr_local_account_change.yml")),
+    ("edr_dangerous_file_capability.yml", include_str!("../rules/edr_dangerous_file_capability.yml")),
+    ("edr_timestomp_touch.yml", include_str!("../rules/edr_timestomp_touch.yml")),
 ];
 
 /// Longest matched value copied into a message or evidence, in bytes.

@@ -53,6 +53,11 @@ fn builtin_rule_metadata() {
     assert_eq!(by_title("Pseudo-Terminal").techniques, vec!["T1059.006", "T1059.004"]);
     assert_eq!(by_title("chattr").techniques, vec!["T1222.002"]);
     assert_eq!(by_title("Kernel Module").techniques, vec!["T1547.006", "T1014"]);
+    assert_eq!(by_title("Account").techniques, vec!["T1136.001", "T1098"]);
+    assert_eq!(by_title("Capability").techniques, vec!["T1548.001"]);
+    assert_eq!(by_title("Capability").severity, Severity::High);
+    assert_eq!(by_title("Timestamps").techniques, vec!["T1070.006"]);
+    assert_eq!(by_title("Timestamps").severity, Severity::Low);
 }
 
 #[test]
@@ -143,4 +148,35 @@ fn tar_and_its_compressor_raise_nothing() {
     ];
     let hits = h.run_jsonl(&events.join("\n"));
     assert!(hits.is_empty(), "{:?}", ids(&hits));
+}
+
+#[test]
+fn one_account_action_is_one_alert() {
+    // The process trees of one `useradd` and one `adduser` on Debian 12
+    // (strace -f -e execve): the helpers are not alerted again.
+    let account = "b361bc50-09b8-4f5d-924d-5338b2e960ca";
+    let mut h = Harness::<Sigma>::new().unwrap();
+    let ua = ["useradd", "-m", "-s", "/bin/bash", "eve"];
+    let useradd = [
+        exec_json("/usr/sbin/useradd", &ua, "/usr/bin/bash", &["-bash"]),
+        exec_json("/usr/sbin/nscd", &["nscd", "-i", "passwd"], "/usr/sbin/useradd", &ua),
+        exec_json("/usr/sbin/nscd", &["nscd", "-i", "group"], "/usr/sbin/useradd", &ua),
+        exec_json("/usr/sbin/sss_cache", &["sss_cache", "-UG"], "/usr/sbin/useradd", &ua),
+    ];
+    let hits = h.run_jsonl(&useradd.join("\n"));
+    assert_eq!(ids(&hits), vec![account], "useradd");
+
+    let perl = "/usr/bin/perl";
+    let ad = [perl, "/usr/sbin/adduser", "--gecos", "", "bob"];
+    let adduser = [
+        exec_json(perl, &ad, "/usr/bin/bash", &["-bash"]),
+        exec_json("/usr/sbin/groupadd", &["/usr/sbin/groupadd", "-g", "1001", "bob"], perl, &ad),
+        exec_json("/usr/sbin/nscd", &["nscd", "-i", "group"], "/usr/sbin/groupadd", &["/usr/sbin/groupadd", "-g", "1001", "bob"]),
+        exec_json("/usr/sbin/useradd", &["/usr/sbin/useradd", "-d", "/home/bob", "-g", "1001", "-s", "/bin/bash", "-u", "1001", "bob"], perl, &ad),
+        exec_json("/usr/bin/passwd", &["/usr/bin/passwd", "bob"], perl, &ad),
+        exec_json("/usr/bin/chfn", &["/usr/bin/chfn", "bob"], perl, &ad),
+        exec_json("/usr/bin/gpasswd", &["/usr/bin/gpasswd", "-M", "bob", "users"], perl, &ad),
+    ];
+    let hits = h.run_jsonl(&adduser.join("\n"));
+    assert_eq!(ids(&hits), vec![account], "adduser");
 }
