@@ -120,6 +120,14 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     ("edr_setuid_setgid_file.yml", include_str!("../rules/edr_setuid_setgid_file.yml")),
     ("edr_shell_history_clearing.yml", include_str!("../rules/edr_shell_history_clearing.yml")),
     ("edr_shadow_read_unusual_process.yml", include_str!("../rules/edr_shadow_read_unusual_process.yml")),
+    ("edr_decode_into_interpreter.yml", include_str!("../rules/edr_decode_into_interpreter.yml")),
+    ("edr_download_piped_to_shell.yml", include_str!("../rules/edr_download_piped_to_shell.yml")),
+    ("edr_interpreter_pty_spawn.yml", include_str!("../rules/edr_interpreter_pty_spawn.yml")),
+    ("edr_chattr_immutable_removed.yml", include_str!("../rules/edr_chattr_immutable_removed.yml")),
+    ("edr_kernel_module_load.yml", include_str!("../rules/edr_kernel_module_load.yml")),
+    ("edr_local_account_change.yml", include_str!("../rules/edr_local_account_change.yml")),
+    ("edr_dangerous_file_capability.yml", include_str!("../rules/edr_dangerous_file_capability.yml")),
+    ("edr_timestomp_touch.yml", include_str!("../rules/edr_timestomp_touch.yml")),
 ];
 
 /// Longest matched value copied into a message or evidence, in bytes.
