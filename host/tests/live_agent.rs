@@ -56,6 +56,13 @@ fn wait_alert(alerts: &std::path::Path, since_ns: u64, what: &str, pred: impl Fn
     panic!("no alert for {what} within 20 s\nalerts:\n{}\nprocess rows:\n{rows}", std::fs::read_to_string(alerts).unwrap_or_default());
 }
 
+/// The rows `edr query --json` returns for `sql` on the record in `data`.
+fn query(data: &std::path::Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
+    assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// One live agent at a time: each watches the whole host, and the latency
 /// checks should not pay for another's start.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -205,11 +212,7 @@ fn the_agent_on_its_defaults_alerts_on_tmp_execution_and_authorized_keys() {
         common::agent::read_jsonl(&alerts).into_iter().find(|a| a["file"]["path"] == keys_s && a["rule"]["id"] == "edr.persistence.authorized-keys").unwrap();
     assert!(a["process"]["executable"].as_str().unwrap_or("").ends_with("sh"), "{a}");
     // The record (the store) holds the write, and nothing the agent wrote itself.
-    let query = |sql: &str| -> Vec<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
-        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
+    let query = |sql: &str| query(&data, sql);
     let deadline = Instant::now() + Duration::from_secs(20);
     while query(&format!("SELECT id FROM file WHERE path = '{keys_s}'")).is_empty() {
         assert!(Instant::now() < deadline, "the authorized_keys write never reached the store");
@@ -259,11 +262,7 @@ fn the_agent_on_its_defaults_records_every_exec_of_a_burst_with_its_argv() {
     for w in workers {
         w.join().unwrap();
     }
-    let query = |sql: &str| -> Vec<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
-        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
+    let query = |sql: &str| query(&data, sql);
     let sql = format!("SELECT pid, exe, command_line, partial FROM process WHERE action = 'exec' AND command_line LIKE '%{tag}-%'");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut rows = query(&sql);
@@ -337,11 +336,7 @@ fn the_agent_on_its_defaults_records_every_short_tcp_connection_with_its_pid() {
         longest = longest.max(t.elapsed());
     }
     server.join().unwrap();
-    let query = |sql: &str| -> Vec<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_edr")).args(["query", "--json", "--data-dir", data.to_str().unwrap(), sql]).output().unwrap();
-        assert!(out.status.success(), "edr query failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
+    let query = |sql: &str| query(&data, sql);
     let sql = format!("SELECT action, pid, local_port, remote_port FROM network WHERE action = 'connect' AND remote_port = {port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut rows = query(&sql);

@@ -16,12 +16,11 @@
 #![deny(missing_docs)]
 
 pub mod net;
+mod ring;
 pub mod wire;
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
@@ -77,11 +76,12 @@ pub fn built() -> Result<(), &'static str> {
 
 /// The loaded and attached hooks. Dropping it detaches them.
 pub struct Hooks {
-    ring: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
-    bad: u64,
+    ring: ring::Ring<ProcEvent, ProcParser>,
     _ebpf: Ebpf,
 }
+
+/// The process records' parser.
+type ProcParser = fn(&[u8]) -> Result<ProcEvent, WireError>;
 
 const HOOKS: [(&str, &str); 3] = [("edr_fork", "sched_process_fork"), ("edr_exec", "sched_process_exec"), ("edr_exit", "sched_process_exit")];
 
@@ -98,45 +98,21 @@ impl Hooks {
             prog.load(tp, &btf).map_err(failed)?;
             prog.attach().map_err(failed)?;
         }
-        let ring = take(&mut ebpf, "EVENTS", RingBuf::try_from)?;
-        let lost = take(&mut ebpf, "LOST", PerCpuArray::try_from)?;
+        let ring = ring::Ring::take(&mut ebpf, "EVENTS", "LOST", wire::parse as ProcParser, "process")?;
         drop(btf);
         release_freed_memory();
-        Ok(Self { ring, lost, bad: 0, _ebpf: ebpf })
+        Ok(Self { ring, _ebpf: ebpf })
     }
 
     /// Hands every record now in the ring buffer to `f`, waiting up to
     /// `timeout` for the first. Returns how many were handed over.
-    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(ProcEvent)) -> Result<usize, EbpfError> {
-        let mut n = self.drain(&mut f);
-        if n > 0 {
-            return Ok(n);
-        }
-        wait_readable(&self.ring, timeout)?;
-        n += self.drain(&mut f);
-        Ok(n)
-    }
-
-    fn drain(&mut self, f: &mut impl FnMut(ProcEvent)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            match wire::parse(&item) {
-                Ok(e) => {
-                    n += 1;
-                    f(e)
-                }
-                Err(e) => {
-                    self.bad += 1;
-                    tracing::debug!(error = %e, "unparsable eBPF record");
-                }
-            }
-        }
-        n
+    pub fn poll(&mut self, timeout: Duration, f: impl FnMut(ProcEvent)) -> Result<usize, EbpfError> {
+        self.ring.poll(timeout, f)
     }
 
     /// Records the ring buffer could not take, per CPU (index = CPU).
     pub fn lost_per_cpu(&self) -> Vec<u64> {
-        self.lost.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+        self.ring.lost_per_cpu()
     }
 
     /// Records the ring buffer could not take, all CPUs.
@@ -146,7 +122,7 @@ impl Hooks {
 
     /// Records that could not be parsed (never expected; counted, not silent).
     pub fn unparsable(&self) -> u64 {
-        self.bad
+        self.ring.unparsable()
     }
 }
 
@@ -164,19 +140,4 @@ pub(crate) fn release_freed_memory() {
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str, conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>) -> Result<T, EbpfError> {
     let m = ebpf.take_map(name).ok_or(EbpfError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
     conv(m).map_err(|source| EbpfError::Map { name, source })
-}
-
-/// Waits up to `timeout` for `ring` to have a record (EINTR counts as a wake-up).
-pub(crate) fn wait_readable(ring: &impl AsRawFd, timeout: Duration) -> Result<(), EbpfError> {
-    let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(EbpfError::Poll(e));
-        }
-    }
-    Ok(())
 }

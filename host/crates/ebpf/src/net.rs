@@ -14,11 +14,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::Array;
 use aya::programs::{BtfTracePoint, FExit};
 use aya::{Btf, Ebpf};
 
-use crate::{take, wait_readable, EbpfError};
+use crate::{take, EbpfError};
 
 /// The compiled TCP object, empty when build.rs could not build it.
 static OBJECT: &[u8] = include_bytes!(env!("EDR_NET_OBJECT"));
@@ -201,9 +201,7 @@ pub fn parse_net(b: &[u8]) -> Result<NetEvent, NetWireError> {
 
 /// The loaded and attached TCP hooks. Dropping it detaches them.
 pub struct NetHooks {
-    ring: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
-    bad: u64,
+    ring: crate::ring::Ring<NetEvent, NetParser>,
     fexit: Result<(), String>,
     _ebpf: Ebpf,
 }
@@ -230,11 +228,10 @@ impl NetHooks {
             }
             Err(why) => tracing::info!(%why, "fexit/inet_csk_accept unavailable: accepted connections carry the listener's pid"),
         }
-        let ring = take(&mut ebpf, "NET_EVENTS", RingBuf::try_from)?;
-        let lost = take(&mut ebpf, "NET_LOST", PerCpuArray::try_from)?;
+        let ring = crate::ring::Ring::take(&mut ebpf, "NET_EVENTS", "NET_LOST", parse_net as NetParser, "TCP")?;
         drop(btf);
         crate::release_freed_memory();
-        Ok(Self { ring, lost, bad: 0, fexit, _ebpf: ebpf })
+        Ok(Self { ring, fexit, _ebpf: ebpf })
     }
 
     /// `Ok` when `fexit/inet_csk_accept` is attached (ACCEPT carries the
@@ -253,36 +250,13 @@ impl NetHooks {
 
     /// Hands every record now in the ring buffer to `f`, waiting up to
     /// `timeout` for the first. Returns how many were handed over.
-    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(NetEvent)) -> Result<usize, EbpfError> {
-        let mut n = self.drain(&mut f);
-        if n > 0 {
-            return Ok(n);
-        }
-        wait_readable(&self.ring, timeout)?;
-        n += self.drain(&mut f);
-        Ok(n)
-    }
-
-    fn drain(&mut self, f: &mut impl FnMut(NetEvent)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            match parse_net(&item) {
-                Ok(e) => {
-                    n += 1;
-                    f(e)
-                }
-                Err(e) => {
-                    self.bad += 1;
-                    tracing::debug!(error = %e, "unparsable eBPF TCP record");
-                }
-            }
-        }
-        n
+    pub fn poll(&mut self, timeout: Duration, f: impl FnMut(NetEvent)) -> Result<usize, EbpfError> {
+        self.ring.poll(timeout, f)
     }
 
     /// Records the ring buffer could not take, per CPU (index = CPU).
     pub fn lost_per_cpu(&self) -> Vec<u64> {
-        self.lost.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+        self.ring.lost_per_cpu()
     }
 
     /// Records the ring buffer could not take, all CPUs.
@@ -292,9 +266,12 @@ impl NetHooks {
 
     /// Records that could not be parsed (never expected; counted, not silent).
     pub fn unparsable(&self) -> u64 {
-        self.bad
+        self.ring.unparsable()
     }
 }
+
+/// The TCP records' parser.
+type NetParser = fn(&[u8]) -> Result<NetEvent, NetWireError>;
 
 /// Loads and attaches `fexit/inet_csk_accept`; `Err` says why it cannot be.
 fn attach_fexit_accept(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
