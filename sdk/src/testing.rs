@@ -157,6 +157,7 @@ pub fn exec(exe: &str, argv: &[&str]) -> ExecBuilder {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         cwd: "/".to_string(),
         uid: 1000,
+        gid: 1000,
         user: "user".to_string(),
         start_time: 1_700_000_000_000_000_000,
         parent_exe: String::new(),

@@ -134,6 +134,8 @@ pub struct ProcessExec<'a> {
     pub cwd: &'a str,
     /// Real user id.
     pub uid: u32,
+    /// Effective group id, 0 when unknown.
+    pub gid: u32,
     /// User name, empty when unresolved.
     pub user: &'a str,
     /// Start time, ns since the epoch.
@@ -260,6 +262,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                     argv,
                     cwd,
                     uid,
+                    gid,
                     user,
                     start_time,
                     parent_exe,
@@ -274,6 +277,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                     argv: l(argv),
                     cwd: s(cwd),
                     uid,
+                    gid,
                     user: s(user),
                     start_time,
                     parent_exe: s(parent_exe),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use edr_procfs::entity_id;
-pub(crate) use edr_procfs::{list_pids, read_cmdline, read_cwd, read_euid, read_exe, read_stat, BootInfo, Stat};
+pub(crate) use edr_procfs::{list_pids, read_cmdline, read_cwd, read_effective_ids, read_euid, read_exe, read_stat, BootInfo, Stat};
 
 /// What `/proc/<pid>` said about a process; `None` fields could not be read.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +19,7 @@ pub(crate) struct Snapshot {
     pub stat: Option<Stat>,
     pub cwd: Option<String>,
     pub euid: Option<u32>,
+    pub egid: Option<u32>,
 }
 
 impl Snapshot {
@@ -33,7 +34,7 @@ impl Snapshot {
         let before = read_stat(pid).ok();
         let mut exe = read_exe(pid).ok();
         let mut argv = read_cmdline(pid).ok().filter(|a| !a.is_empty());
-        let euid = read_euid(pid).ok();
+        let (euid, egid) = read_effective_ids(pid).ok().unzip();
         let cwd = read_cwd(pid).ok();
         let stat = read_stat(pid).ok();
         // (0, 0): not ours to see, or the process has exited (no address
@@ -45,7 +46,7 @@ impl Snapshot {
                 argv = None;
             }
         }
-        Snapshot { exe, argv, stat: stat.or(before), cwd, euid }
+        Snapshot { exe, argv, stat: stat.or(before), cwd, euid, egid }
     }
 
     /// Drops what belongs to a later image than the exec being handled,
@@ -154,6 +155,7 @@ mod tests {
             stat: edr_procfs::parse_stat("7 (sleep) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0 0"),
             cwd: Some("/root".into()),
             euid: Some(0),
+            egid: Some(0),
         };
         // Same image (a deleted file counts as itself): kept.
         let mut same = snap();

@@ -9,7 +9,8 @@ typedef unsigned long long u64;
 
 #define PAI __attribute__((preserve_access_index))
 typedef struct { u32 val; } kuid_t;
-struct cred { kuid_t euid; } PAI;
+typedef struct { u32 val; } kgid_t;
+struct cred { kuid_t euid; kgid_t egid; } PAI;
 struct mm_struct { unsigned long arg_start, arg_end; } PAI;
 struct qstr { const unsigned char *name; } PAI;
 struct hlist_bl_node { void *next, **pprev; } PAI;
@@ -68,6 +69,7 @@ struct head {
 	s32 exit_code;
 	u32 euid;
 	u32 exe_len, cwd_len;
+	u32 egid, _pad;
 	char comm[16];
 };
 
@@ -118,6 +120,8 @@ static struct head *start(u32 kind, struct task_struct *t, u64 size)
 	// What /proc/<pid>/stat's starttime is made of (ns since boot, CLOCK_BOOTTIME).
 	e->start = t->start_boottime;
 	e->euid = t->cred->euid.val;
+	e->egid = t->cred->egid.val;
+	e->_pad = 0;
 	e->argv_len = 0;
 	e->flags = 0;
 	e->exit_code = 0;

@@ -10,7 +10,7 @@ pub const FILENAME_MAX: usize = 256;
 /// `PATH_MAX` = 512 and may take `NAME_MAX` = 256).
 pub const PATH_BUF: usize = 512 + 256;
 /// Bytes before `comm`: the fixed-size fields.
-const FIXED_LEN: usize = 72;
+const FIXED_LEN: usize = 80;
 /// Size of a fork or exit record.
 pub const HEAD_LEN: usize = FIXED_LEN + 16;
 /// Size of an exec record.
@@ -57,6 +57,8 @@ pub struct ProcEvent {
     pub start_ns: u64,
     /// Effective uid of the task the event is about (after exec: the new image's).
     pub euid: u32,
+    /// Effective gid, like `euid`.
+    pub egid: u32,
     /// `comm` of the current task.
     pub comm: String,
     /// Exec only: the file the kernel executed last (`bprm->interp`): the
@@ -158,6 +160,7 @@ pub fn parse(b: &[u8]) -> Result<ProcEvent, WireError> {
         start_ns: u64_at(b, 40),
         exit_code: u32_at(b, 56) as i32,
         euid: u32_at(b, 60),
+        egid: u32_at(b, 72),
         comm: cstr(&b[FIXED_LEN..HEAD_LEN]),
         filename: String::new(),
         argv: Vec::new(),

@@ -185,6 +185,7 @@ fn write_body(d: &mut Map<String, Value>, body: &EventBody) {
             put(d, "process.parent.args", json!(e.parent_argv));
             put(d, "process.parent.command_line", command_line(&e.parent_argv).into());
             put(d, "user.id", e.uid.to_string().into());
+            put(d, "group.id", e.gid.to_string().into());
             if !e.user.is_empty() {
                 put(d, "user.name", e.user.clone().into());
             }
@@ -477,6 +478,7 @@ fn read_exec(d: &Doc, time: Timestamp) -> Result<EventBody, EcsError> {
         argv,
         cwd: d.string("process.working_directory")?,
         uid: d.uint("user.id")?.unwrap_or(0),
+        gid: d.uint("group.id")?.unwrap_or(0),
         user: d.string("user.name")?,
         start_time,
         parent_exe,
@@ -610,6 +612,7 @@ mod tests {
                 argv: vec!["bash".into(), "-c".into(), "id".into()],
                 cwd: "/var/www".into(),
                 uid: 33,
+                gid: 33,
                 user: "www-data".into(),
                 start_time: 1_780_000_000_000_000_000,
                 parent_exe: "/usr/sbin/nginx".into(),

@@ -229,6 +229,8 @@ pub struct ProcessExec {
     pub cwd: String,
     /// Real user id.
     pub uid: u32,
+    /// Effective group id, 0 when unknown.
+    pub gid: u32,
     /// User name for `uid`, empty when it could not be resolved.
     pub user: String,
     /// When the process started.

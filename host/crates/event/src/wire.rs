@@ -165,6 +165,7 @@ macro_rules! wire_encoder {
                             argv: l(b, &x.argv),
                             cwd: s(b, &x.cwd),
                             uid: x.uid,
+                            gid: x.gid,
                             user: s(b, &x.user),
                             start_time: x.start_time,
                             parent_exe,

@@ -131,6 +131,16 @@ pub fn read_cwd(pid: u32) -> io::Result<String> {
     fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The effective uid and gid from `/proc/<pid>/status`.
+pub fn read_effective_ids(pid: u32) -> io::Result<(u32, u32)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let effective = |key: &str| {
+        let line = s.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().nth(1)?.parse().ok()
+    };
+    effective("Uid:").zip(effective("Gid:")).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no Uid/Gid lines in /proc/{pid}/status")))
+}
+
 /// The effective uid.
 pub fn read_euid(pid: u32) -> io::Result<u32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -27,6 +27,8 @@ pub fn run(plugin: &mut Plugin) -> Result<(), String> {
                 parent_exe: "/usr/lib/systemd/systemd".into(),
                 parent_argv: vec!["/sbin/init".into()],
                 ancestry: vec!["/usr/lib/systemd/systemd".into()],
+                // What a canary does not need (a field the contract adds later).
+                ..ProcessExec::default()
             }),
         },
         Event { id: 2, time: now, partial: false, body: EventBody::ProcessExit(ProcessExit { pid: 4242, entity_id: 0xca1a_0001, exit_code: 0 }) },

@@ -94,6 +94,7 @@ fn snapshot(ctx: &Ctx, e: &ProcEvent) -> Snapshot {
         stat: Some(Stat { pid: e.tgid, comm: e.comm.clone(), state: 'R', ppid: e.ppid, flags: 0, start_ticks, arg_area: None }),
         cwd,
         euid: Some(e.euid),
+        egid: Some(e.egid),
     }
 }
 

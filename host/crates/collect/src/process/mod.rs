@@ -377,6 +377,7 @@ pub(crate) fn on_exec(ctx: &Ctx, sink: &Sink, pid: u32, snap: Snapshot, ts_ns: O
         argv,
         cwd: node.cwd.clone(),
         uid: node.info.uid,
+        gid: snap.egid.unwrap_or(0),
         user: node.user.clone(),
         start_time: node.info.start_time,
         parent_exe: String::new(),
@@ -532,6 +533,7 @@ mod tests {
             stat: Some(Stat { pid: child, comm: "true".into(), state: 'Z', ppid, flags: 0, start_ticks: ticks, arg_area: Some((0, 0)) }),
             cwd: None,
             euid: Some(0),
+            egid: Some(0),
         };
         on_exec(&ctx, &sink, child, reaped(0), None, None);
         let ev = rx.try_recv().unwrap();
