@@ -409,7 +409,7 @@ fn service_unit_is_valid_and_its_command_lines_run_the_agent() {
     let modes: Vec<String> =
         s["collectors"].as_array().unwrap().iter().map(|c| format!("{}={}", c["name"].as_str().unwrap(), c["mode"].as_str().unwrap())).collect();
     eprintln!("service: collectors {modes:?}, {} events", s["pipeline"]["events"]);
-    assert!(modes.iter().any(|m| m.starts_with("process=netlink")), "{modes:?}");
+    assert!(modes.iter().any(|m| m.starts_with("process=ebpf")), "{modes:?}");
     // ExecReload.
     let reload = directive("ExecReload").replace("$MAINPID", &child.id().to_string());
     let r: Vec<&str> = reload.split_whitespace().collect();
