@@ -318,7 +318,7 @@ fn the_agent_on_its_defaults_records_every_short_tcp_connection_with_its_pid() {
     let data = dir.path().join("data");
     let _s = serial();
     let _agent = start_agent(dir.path(), &data);
-    const N: usize = 300;
+    const N: usize = 1000;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {

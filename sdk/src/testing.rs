@@ -160,9 +160,7 @@ pub fn exec(exe: &str, argv: &[&str]) -> ExecBuilder {
         gid: 1000,
         user: "user".to_string(),
         start_time: 1_700_000_000_000_000_000,
-        parent_exe: String::new(),
-        parent_argv: Vec::new(),
-        ancestry: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -102,12 +102,12 @@ fn exec(rng: &mut Rng, id: u64, t: &ExecTemplate) -> EventBody {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         cwd: "/home/deploy".into(),
         uid: 1000,
-        gid: 1000,
         user: "deploy".into(),
         start_time: 1_780_000_000_000_000_000 + id * 1000,
         parent_exe: parent.into(),
         parent_argv: pargv.iter().map(|s| s.to_string()).collect(),
         ancestry,
+        ..Default::default()
     })
 }
 

@@ -137,12 +137,12 @@ impl Host {
             argv,
             cwd: "/srv/app".into(),
             uid: 1001,
-            gid: 1001,
             user: "deploy".into(),
             start_time: self.time,
             parent_exe: parent.exe.clone(),
             parent_argv: vec![parent.exe.rsplit('/').next().unwrap_or("").to_string()],
             ancestry: vec![parent.exe.clone(), "/usr/lib/systemd/systemd".into()],
+            ..Default::default()
         });
         self.event(body)
     }
@@ -218,12 +218,12 @@ impl Host {
                 argv: argv.iter().map(|s| s.to_string()).collect(),
                 cwd: "/".into(),
                 uid: 33,
-                gid: 33,
                 user: "www-data".into(),
                 start_time: h.time,
                 parent_exe: p.exe.clone(),
                 parent_argv: vec![],
                 ancestry: vec![p.exe.clone()],
+                ..Default::default()
             });
             h.event(body)
         };

@@ -31,12 +31,12 @@ pub fn exec(id: u64, time: u64, pid: u32, ppid: u32, entity: u64, parent: u64, e
             argv: argv.iter().map(|s| s.to_string()).collect(),
             cwd: "/".into(),
             uid: 33,
-            gid: 33,
             user: "www-data".into(),
             start_time: time,
             parent_exe: "/usr/sbin/nginx".into(),
             parent_argv: vec!["nginx: worker process".into()],
             ancestry: vec!["/usr/sbin/nginx".into(), "/usr/lib/systemd/systemd".into()],
+            ..Default::default()
         }),
     }
 }
