@@ -136,6 +136,8 @@ pub struct ProcessExec<'a> {
     pub uid: u32,
     /// Effective group id, 0 when unknown.
     pub gid: u32,
+    /// cgroup v2 id, 0 when unknown.
+    pub cgroup_id: u64,
     /// User name, empty when unresolved.
     pub user: &'a str,
     /// Start time, ns since the epoch.
@@ -263,6 +265,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                     cwd,
                     uid,
                     gid,
+                    cgroup_id,
                     user,
                     start_time,
                     parent_exe,
@@ -278,6 +281,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                     cwd: s(cwd),
                     uid,
                     gid,
+                    cgroup_id,
                     user: s(user),
                     start_time,
                     parent_exe: s(parent_exe),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use edr_procfs::entity_id;
-pub(crate) use edr_procfs::{list_pids, read_cmdline, read_cwd, read_effective_ids, read_euid, read_exe, read_stat, BootInfo, Stat};
+pub(crate) use edr_procfs::{list_pids, read_cgroup_id, read_cmdline, read_cwd, read_effective_ids, read_euid, read_exe, read_stat, BootInfo, Stat};
 
 /// What `/proc/<pid>` said about a process; `None` fields could not be read.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +20,7 @@ pub(crate) struct Snapshot {
     pub cwd: Option<String>,
     pub euid: Option<u32>,
     pub egid: Option<u32>,
+    pub cgroup_id: Option<u64>,
 }
 
 impl Snapshot {
@@ -36,6 +37,7 @@ impl Snapshot {
         let mut argv = read_cmdline(pid).ok().filter(|a| !a.is_empty());
         let (euid, egid) = read_effective_ids(pid).ok().unzip();
         let cwd = read_cwd(pid).ok();
+        let cgroup_id = read_cgroup_id(pid).ok();
         let stat = read_stat(pid).ok();
         // (0, 0): not ours to see, or the process has exited (no address
         // space): no evidence of an exec.
@@ -46,7 +48,7 @@ impl Snapshot {
                 argv = None;
             }
         }
-        Snapshot { exe, argv, stat: stat.or(before), cwd, euid, egid }
+        Snapshot { exe, argv, stat: stat.or(before), cwd, euid, egid, cgroup_id }
     }
 
     /// Drops what belongs to a later image than the exec being handled,
@@ -156,6 +158,7 @@ mod tests {
             cwd: Some("/root".into()),
             euid: Some(0),
             egid: Some(0),
+            cgroup_id: None,
         };
         // Same image (a deleted file counts as itself): kept.
         let mut same = snap();

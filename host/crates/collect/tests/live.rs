@@ -133,6 +133,10 @@ fn exec_has_the_shell_as_parent_and_the_test_in_its_ancestry(source: ProcessMode
         // SAFETY: geteuid has no preconditions.
         assert_eq!(x.uid, unsafe { libc::geteuid() });
         assert!(!x.user.is_empty());
+        // The child shares the test's cgroup (both sources: the hook and /proc/<pid>/cgroup).
+        if let Ok(ours) = edr_procfs::read_cgroup_id(std::process::id()) {
+            assert_eq!(x.cgroup_id, ours, "the cgroup v2 id is the test's");
+        }
         // Started moments ago (stat's start time, with btime, in ns since the epoch).
         assert!(x.start_time.abs_diff(exec.time) < 10_000_000_000, "start {} vs now {}", x.start_time, exec.time);
     }

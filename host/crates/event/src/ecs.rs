@@ -186,6 +186,9 @@ fn write_body(d: &mut Map<String, Value>, body: &EventBody) {
             put(d, "process.parent.command_line", command_line(&e.parent_argv).into());
             put(d, "user.id", e.uid.to_string().into());
             put(d, "group.id", e.gid.to_string().into());
+            if e.cgroup_id != 0 {
+                put(d, "edr.process.cgroup_id", e.cgroup_id.into());
+            }
             if !e.user.is_empty() {
                 put(d, "user.name", e.user.clone().into());
             }
@@ -479,6 +482,7 @@ fn read_exec(d: &Doc, time: Timestamp) -> Result<EventBody, EcsError> {
         cwd: d.string("process.working_directory")?,
         uid: d.uint("user.id")?.unwrap_or(0),
         gid: d.uint("group.id")?.unwrap_or(0),
+        cgroup_id: d.uint("edr.process.cgroup_id")?.unwrap_or(0),
         user: d.string("user.name")?,
         start_time,
         parent_exe,
@@ -613,6 +617,7 @@ mod tests {
                 cwd: "/var/www".into(),
                 uid: 33,
                 gid: 33,
+                cgroup_id: 7_301,
                 user: "www-data".into(),
                 start_time: 1_780_000_000_000_000_000,
                 parent_exe: "/usr/sbin/nginx".into(),

@@ -231,6 +231,8 @@ pub struct ProcessExec {
     pub uid: u32,
     /// Effective group id, 0 when unknown.
     pub gid: u32,
+    /// cgroup v2 id (the inode of the process's cgroup directory), 0 when unknown.
+    pub cgroup_id: u64,
     /// User name for `uid`, empty when it could not be resolved.
     pub user: String,
     /// When the process started.

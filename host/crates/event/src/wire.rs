@@ -166,6 +166,7 @@ macro_rules! wire_encoder {
                             cwd: s(b, &x.cwd),
                             uid: x.uid,
                             gid: x.gid,
+                            cgroup_id: x.cgroup_id,
                             user: s(b, &x.user),
                             start_time: x.start_time,
                             parent_exe,

@@ -141,6 +141,41 @@ pub fn read_effective_ids(pid: u32) -> io::Result<(u32, u32)> {
     effective("Uid:").zip(effective("Gid:")).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no Uid/Gid lines in /proc/{pid}/status")))
 }
 
+/// The cgroup v2 id of a process: the inode of its cgroup's directory in
+/// the cgroup2 mount (what the kernel's `bpf_get_current_cgroup_id` returns).
+///
+/// # Errors
+/// No cgroup2 hierarchy mounted, or the process or its cgroup is gone.
+pub fn read_cgroup_id(pid: u32) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = parse_cgroup_v2_path(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no cgroup v2 line in /proc/{pid}/cgroup")))?;
+    let mount = cgroup2_mount().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 hierarchy is mounted"))?;
+    fs::metadata(format!("{mount}{}", path.trim_end_matches('/'))).map(|m| m.ino())
+}
+
+/// The path of the `0::PATH` line of `/proc/<pid>/cgroup` (the unified hierarchy).
+pub fn parse_cgroup_v2_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::")).filter(|p| p.starts_with('/'))
+}
+
+/// Where the cgroup2 hierarchy is mounted, from `/proc/self/mountinfo` (read once).
+fn cgroup2_mount() -> Option<&'static str> {
+    static MOUNT: OnceLock<Option<String>> = OnceLock::new();
+    MOUNT.get_or_init(|| fs::read_to_string("/proc/self/mountinfo").ok().and_then(|t| parse_cgroup2_mount(&t).map(str::to_string))).as_deref()
+}
+
+/// The mount point of the first cgroup2 file system in a `mountinfo` text
+/// mounted at the hierarchy's root (a container's view of a sub-tree has
+/// paths that would not match the process's cgroup path).
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<&str> {
+    mountinfo.lines().find_map(|l| {
+        let (fields, fs_type) = l.split_once(" - ")?;
+        let f: Vec<&str> = fields.split(' ').collect();
+        (fs_type.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f.get(4).copied()).flatten()
+    })
+}
+
 /// The effective uid.
 pub fn read_euid(pid: u32) -> io::Result<u32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -237,6 +272,26 @@ pub fn entity_id(boot_id: &str, pid: u32, start_ticks: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_v2_path_and_mount() {
+        assert_eq!(parse_cgroup_v2_path("12:pids:/x\n0::/system.slice/ssh.service\n"), Some("/system.slice/ssh.service"));
+        assert_eq!(parse_cgroup_v2_path("4:memory:/a\n"), None);
+        assert_eq!(parse_cgroup_v2_path("0::garbage\n"), None);
+        let info = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw\n\
+                    41 31 0:38 /sub /mnt/c rw - cgroup2 cgroup2 rw\n\
+                    42 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_mount(info), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(parse_cgroup2_mount("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+    }
+
+    #[test]
+    fn cgroup_id_of_this_process_when_cgroup2_is_mounted() {
+        // Where cgroup2 is mounted, our own cgroup's directory exists and has an inode.
+        if cgroup2_mount().is_some() {
+            assert!(read_cgroup_id(std::process::id()).unwrap() > 0);
+        }
+    }
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {

@@ -11,7 +11,7 @@
 //! adding a field to the model fails to compile until the codec learns it
 //! (and its format version is bumped).
 //!
-//! Layout (format 2; format 1 lacked the exec's gid, read as 0): one version byte, one kind byte, then the kind's
+//! Layout (format 3; format 1 lacked the exec's gid, formats 1-2 its cgroup id, read as 0): one version byte, one kind byte, then the kind's
 //! fields in the order below. Integers are LEB128 varints (`i32` zigzagged),
 //! strings are a varint length and UTF-8 bytes, lists a varint count and
 //! their items, options a presence bit in a flags varint. The event's `id`,
@@ -19,7 +19,7 @@
 //!
 //! | kind | fields |
 //! |---|---|
-//! | 1 exec | pid, ppid, entity_id, parent_entity_id, uid, gid (format 2), start_time (delta to the event time, zigzag), exe, argv, cwd, user, parent_exe, parent_argv, ancestry (flags bit 0: `ancestry[0] == parent_exe`, which is then not repeated) |
+//! | 1 exec | pid, ppid, entity_id, parent_entity_id, uid, gid (format 2), cgroup_id (format 3), start_time (delta to the event time, zigzag), exe, argv, cwd, user, parent_exe, parent_argv, ancestry (flags bit 0: `ancestry[0] == parent_exe`, which is then not repeated) |
 //! | 2 exit | pid, entity_id, exit_code |
 //! | 3 file | flags (old_path, mode, pid, entity_id, exe, uid), op, path, then the present options |
 //! | 4 network | flags (pid, entity_id, exe, uid), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
@@ -28,7 +28,7 @@
 use edr_event::{Event, EventBody, EventKind, FileEvent, FileOp, LoginEvent, NetworkEvent, NetworkOp, ProcessExec, ProcessExit, Timestamp, Transport};
 
 /// The format version written by [`encode_body`].
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 /// A body that could not be decoded: a damaged row or a newer format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +171,23 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
     o.0.push(kind_code(event.kind()));
     match &event.body {
         EventBody::ProcessExec(e) => {
-            let ProcessExec { pid, ppid, entity_id, parent_entity_id, exe, argv, cwd, uid, gid, user, start_time, parent_exe, parent_argv, ancestry } = e;
+            let ProcessExec {
+                pid,
+                ppid,
+                entity_id,
+                parent_entity_id,
+                exe,
+                argv,
+                cwd,
+                uid,
+                gid,
+                cgroup_id,
+                user,
+                start_time,
+                parent_exe,
+                parent_argv,
+                ancestry,
+            } = e;
             let shared_parent = ancestry.first().is_some_and(|a| a == parent_exe);
             o.uint(u64::from(shared_parent));
             o.uint(u64::from(*pid));
@@ -180,6 +196,7 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
             o.uint(*parent_entity_id);
             o.uint(u64::from(*uid));
             o.uint(u64::from(*gid));
+            o.uint(*cgroup_id);
             o.sint((*start_time as i64).wrapping_sub(event.time as i64));
             o.str(exe);
             o.strs(argv);
@@ -279,6 +296,7 @@ pub fn decode_event(id: u64, time: Timestamp, partial: bool, body: &[u8]) -> Res
             let parent_entity_id = r.uint()?;
             let uid = r.u32()?;
             let gid = if format >= 2 { r.u32()? } else { 0 };
+            let cgroup_id = if format >= 3 { r.uint()? } else { 0 };
             let start_time = (time as i64).wrapping_add(r.sint()?) as u64;
             let exe = r.str()?;
             let argv = r.strs()?;
@@ -300,6 +318,7 @@ pub fn decode_event(id: u64, time: Timestamp, partial: bool, body: &[u8]) -> Res
                 cwd,
                 uid,
                 gid,
+                cgroup_id,
                 user,
                 start_time,
                 parent_exe,
@@ -376,6 +395,7 @@ mod tests {
                 cwd: "/".into(),
                 uid: u32::MAX,
                 gid: u32::MAX - 1,
+                cgroup_id: u64::MAX,
                 user: "root".into(),
                 start_time: 1_780_000_000_000_000_000,
                 parent_exe: "/usr/sbin/nginx".into(),
@@ -465,6 +485,10 @@ mod tests {
         let old = [1, 1, 0, 7, 1, 9, 0, 33, 0, 0, 0, 0, 0, 0, 0, 0];
         let EventBody::ProcessExec(x) = decode_event(1, 2, false, &old).unwrap().body else { panic!() };
         assert_eq!((x.pid, x.ppid, x.entity_id, x.uid, x.gid), (7, 1, 9, 33, 0));
+        // A format-2 exec (gid, before the cgroup id) reads with cgroup id 0.
+        let two = [2, 1, 0, 7, 1, 9, 0, 33, 44, 0, 0, 0, 0, 0, 0, 0, 0];
+        let EventBody::ProcessExec(x) = decode_event(1, 2, false, &two).unwrap().body else { panic!() };
+        assert_eq!((x.pid, x.uid, x.gid, x.cgroup_id), (7, 33, 44, 0));
         // A list count far larger than the buffer is refused before allocating.
         assert!(decode_event(1, 2, false, &[1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0xff, 0xff, 0xff, 0x7f]).is_err());
     }

@@ -95,6 +95,7 @@ fn snapshot(ctx: &Ctx, e: &ProcEvent) -> Snapshot {
         cwd,
         euid: Some(e.euid),
         egid: Some(e.egid),
+        cgroup_id: Some(e.cgroup_id),
     }
 }
 

@@ -378,6 +378,7 @@ pub(crate) fn on_exec(ctx: &Ctx, sink: &Sink, pid: u32, snap: Snapshot, ts_ns: O
         cwd: node.cwd.clone(),
         uid: node.info.uid,
         gid: snap.egid.unwrap_or(0),
+        cgroup_id: snap.cgroup_id.unwrap_or(0),
         user: node.user.clone(),
         start_time: node.info.start_time,
         parent_exe: String::new(),
@@ -534,6 +535,7 @@ mod tests {
             cwd: None,
             euid: Some(0),
             egid: Some(0),
+            cgroup_id: None,
         };
         on_exec(&ctx, &sink, child, reaped(0), None, None);
         let ev = rx.try_recv().unwrap();
