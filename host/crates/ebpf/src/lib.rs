@@ -21,7 +21,7 @@ pub mod wire;
 
 use std::time::Duration;
 
-use aya::programs::BtfTracePoint;
+use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf};
 
 pub use net::{net_built, Family, NetEvent, NetHooks, NetKind, NetWireError, PidFrom};
@@ -80,6 +80,24 @@ pub struct Hooks {
     _ebpf: Ebpf,
 }
 
+/// Loads a program, again when the kernel answers `EAGAIN`: the verifier
+/// gives up with `EAGAIN` when a signal is pending on the loading thread
+/// (a child exiting, a timer), which says nothing about the program.
+/// libbpf retries the same way (5 attempts); aya does not.
+pub(crate) fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. }) if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {
+                tracing::debug!(attempt, "BPF_PROG_LOAD returned EAGAIN (a signal was pending); loading again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The process records' parser.
 type ProcParser = fn(&[u8]) -> Result<ProcEvent, WireError>;
 
@@ -95,7 +113,7 @@ impl Hooks {
             let failed = |source| EbpfError::Program { hook: tp, source };
             let prog = ebpf.program_mut(name).ok_or(EbpfError::NotBuilt("BPF object lacks a program"))?;
             let prog: &mut BtfTracePoint = prog.try_into().map_err(failed)?;
-            prog.load(tp, &btf).map_err(failed)?;
+            load_retrying(|| prog.load(tp, &btf)).map_err(failed)?;
             prog.attach().map_err(failed)?;
         }
         let ring = ring::Ring::take(&mut ebpf, "EVENTS", "LOST", wire::parse as ProcParser, "process")?;

@@ -217,7 +217,7 @@ impl NetHooks {
             let failed = |source| EbpfError::Program { hook: "inet_sock_set_state", source };
             let prog = ebpf.program_mut("edr_tcp_state").ok_or(EbpfError::NotBuilt("TCP BPF object lacks edr_tcp_state"))?;
             let prog: &mut BtfTracePoint = prog.try_into().map_err(failed)?;
-            prog.load("inet_sock_set_state", &btf).map_err(failed)?;
+            crate::load_retrying(|| prog.load("inet_sock_set_state", &btf)).map_err(failed)?;
             prog.attach().map_err(failed)?;
         }
         let fexit = attach_fexit_accept(&mut ebpf, &btf);
@@ -277,7 +277,7 @@ type NetParser = fn(&[u8]) -> Result<NetEvent, NetWireError>;
 fn attach_fexit_accept(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     let prog = ebpf.program_mut("edr_tcp_accept").ok_or("TCP BPF object lacks edr_tcp_accept")?;
     let prog: &mut FExit = prog.try_into().map_err(|e| format!("fexit/inet_csk_accept: {e}"))?;
-    prog.load("inet_csk_accept", btf).map_err(|e| format!("fexit/inet_csk_accept load: {e}"))?;
+    crate::load_retrying(|| prog.load("inet_csk_accept", btf)).map_err(|e| format!("fexit/inet_csk_accept load: {e}"))?;
     prog.attach().map_err(|e| format!("fexit/inet_csk_accept attach: {e}"))?;
     Ok(())
 }
