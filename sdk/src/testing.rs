@@ -266,6 +266,7 @@ pub fn connect(exe: &str, remote_ip: &str, remote_port: u16) -> Event {
             entity_id: Some(0x4242),
             exe: Some(exe.to_string()),
             uid: Some(1000),
+            netns: None,
         }),
     }
 }

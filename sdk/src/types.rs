@@ -194,6 +194,8 @@ pub struct NetworkEvent<'a> {
     pub exe: Option<&'a str>,
     /// Real user id.
     pub uid: Option<u32>,
+    /// Network namespace (inode), where known: tells a container's connections from the host's.
+    pub netns: Option<u64>,
 }
 
 /// A login attempt.
@@ -292,7 +294,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                 wit::EventBody::File(wit::FileEvent { op, path, old_path, mode, pid, entity_id, exe, uid }) => {
                     EventBody::File(FileEvent { op, path: s(path), old_path: old_path.map(s), mode, pid, entity_id, exe: exe.map(s), uid })
                 }
-                wit::EventBody::Network(wit::NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid }) => {
+                wit::EventBody::Network(wit::NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns }) => {
                     EventBody::Network(NetworkEvent {
                         op,
                         transport,
@@ -304,6 +306,7 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                         entity_id,
                         exe: exe.map(s),
                         uid,
+                        netns,
                     })
                 }
                 wit::EventBody::Login(wit::LoginEvent { user, source_ip, service, method, success, pid }) => {

@@ -152,6 +152,7 @@ fn network(rng: &mut Rng) -> EventBody {
         entity_id: Some(9),
         exe: Some(exe.into()),
         uid: Some(1000),
+        netns: None,
     })
 }
 

@@ -372,7 +372,92 @@ fn ebpf_mode_records_200_sub_ms_tcp_connections_with_the_pid() {
     assert_eq!(listens.iter().map(|n| (n.pid, n.local_port)).collect::<Vec<_>>(), vec![(Some(me), port)]);
     let c = &connects[0];
     assert_eq!(c.exe.as_deref(), Some(canon(std::env::current_exe().unwrap()).as_str()));
+    let host_ns = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
+    assert!(connects.iter().all(|n| n.netns == Some(host_ns)), "host connections carry the host's namespace");
     assert_eq!(collectors.status()[2].lost, 0);
+    collectors.stop();
+}
+
+/// A network namespace `edrcol-<pid>` with lo up, deleted on drop (also on panic).
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Option<Self> {
+        let name = format!("edrcol-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        if !Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let ns = Netns(name);
+        assert!(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]).status().unwrap().success());
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn ebpf_mode_reports_a_connection_inside_another_network_namespace_with_it() {
+    let _s = serial();
+    if !is_root() {
+        edr_testkit::skip("needs root: loading BPF programs and creating a network namespace");
+        return;
+    }
+    let mut cfg = CollectConfig::all_off();
+    cfg.network.mode = NetworkMode::Ebpf;
+    cfg.exclude_pids.clear();
+    let (tx, rx) = crossbeam_channel::bounded(10_000);
+    let collectors = match Collectors::start(cfg, tx) {
+        Ok(c) => c,
+        Err(e) => {
+            edr_testkit::skip(format!("{e}"));
+            return;
+        }
+    };
+    let Some(ns) = Netns::create() else {
+        edr_testkit::skip("needs `ip netns` (iproute2) to create a network namespace");
+        return;
+    };
+    let path = format!("/run/netns/{}", ns.0);
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    // setns(CLONE_NEWNET) moves only the calling thread: its sockets live in
+    // the other namespace (as a container's would), owned by this process.
+    let port = std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        // SAFETY: a valid namespace fd; affects only this thread.
+        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0, "setns");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _accepted = listener.accept().unwrap();
+        drop(c);
+        port
+    })
+    .join()
+    .unwrap();
+    let me = std::process::id();
+    let inside = |evs: &[Event]| -> Vec<edr_event::NetworkEvent> {
+        evs.iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Network(n) if n.netns == Some(inode) && n.pid == Some(me) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = collect_until(&rx, Duration::from_secs(5), |evs| inside(evs).len() >= 3);
+    drop(ns);
+    let mut ops: Vec<(NetworkOp, u16)> =
+        inside(&events).iter().map(|n| (n.op, if n.op == NetworkOp::Connect { n.remote_port } else { n.local_port })).collect();
+    ops.sort();
+    assert_eq!(
+        ops,
+        vec![(NetworkOp::Connect, port), (NetworkOp::Accept, port), (NetworkOp::Listen, port)],
+        "listen, connect and accept inside namespace {inode}"
+    );
     collectors.stop();
 }
 

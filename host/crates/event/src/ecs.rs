@@ -225,6 +225,7 @@ fn write_body(d: &mut Map<String, Value>, body: &EventBody) {
             put(d, "destination.ip", dst.0.clone().into());
             put(d, "destination.port", dst.1.into());
             put_opt(d, "user.id", n.uid.map(|u| u.to_string()));
+            put_opt(d, "edr.network.netns", n.netns);
         }
         EventBody::Login(l) => {
             put(d, "user.name", l.user.clone().into());
@@ -580,6 +581,7 @@ fn read_network(d: &Doc, action: Option<&str>) -> Result<EventBody, EcsError> {
         entity_id: d.entity("process.entity_id")?,
         exe: d.str("process.executable")?.map(str::to_string),
         uid: d.uint("user.id")?,
+        netns: d.uint("edr.network.netns")?,
     }))
 }
 
@@ -659,6 +661,7 @@ mod tests {
                 entity_id: Some(100),
                 exe: Some("/usr/sbin/sshd".into()),
                 uid: Some(0),
+                netns: None,
             }),
             EventBody::Network(NetworkEvent {
                 op: NetworkOp::Listen,
@@ -671,6 +674,7 @@ mod tests {
                 entity_id: None,
                 exe: None,
                 uid: None,
+                netns: None,
             }),
             EventBody::Login(LoginEvent {
                 user: "alice".into(),

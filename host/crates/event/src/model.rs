@@ -300,6 +300,8 @@ pub struct NetworkEvent {
     pub exe: Option<String>,
     /// Real user id.
     pub uid: Option<u32>,
+    /// Network namespace (the inode of its `/proc/<pid>/ns/net`), where known.
+    pub netns: Option<u64>,
 }
 
 /// A login attempt.

@@ -196,6 +196,7 @@ macro_rules! wire_encoder {
                         entity_id: n.entity_id,
                         exe: n.exe.as_deref().map(|x| s(b, x)),
                         uid: n.uid,
+                        netns: n.netns,
                     }),
                     B::Login(x) => $wit::EventBody::Login($wit::LoginEvent {
                         user: s(b, &x.user),

@@ -195,6 +195,7 @@ impl Host {
                     entity_id: Some(p.entity),
                     exe: Some(p.exe.clone()),
                     uid: Some(1001),
+                    netns: None,
                 }))
             }
         }
@@ -242,6 +243,7 @@ impl Host {
             entity_id: Some(curl.entity),
             exe: Some(curl.exe.clone()),
             uid: Some(33),
+            netns: None,
         })));
         out.push(self.event(EventBody::File(FileEvent {
             op: FileOp::Create,

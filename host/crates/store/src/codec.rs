@@ -11,7 +11,7 @@
 //! adding a field to the model fails to compile until the codec learns it
 //! (and its format version is bumped).
 //!
-//! Layout (format 3; format 1 lacked the exec's gid, formats 1-2 its cgroup id, read as 0): one version byte, one kind byte, then the kind's
+//! Layout (format 4; format 1 lacked the exec's gid, formats 1-2 its cgroup id, read as 0; formats 1-3 the network namespace, absent): one version byte, one kind byte, then the kind's
 //! fields in the order below. Integers are LEB128 varints (`i32` zigzagged),
 //! strings are a varint length and UTF-8 bytes, lists a varint count and
 //! their items, options a presence bit in a flags varint. The event's `id`,
@@ -22,13 +22,13 @@
 //! | 1 exec | pid, ppid, entity_id, parent_entity_id, uid, gid (format 2), cgroup_id (format 3), start_time (delta to the event time, zigzag), exe, argv, cwd, user, parent_exe, parent_argv, ancestry (flags bit 0: `ancestry[0] == parent_exe`, which is then not repeated) |
 //! | 2 exit | pid, entity_id, exit_code |
 //! | 3 file | flags (old_path, mode, pid, entity_id, exe, uid), op, path, then the present options |
-//! | 4 network | flags (pid, entity_id, exe, uid), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
+//! | 4 network | flags (pid, entity_id, exe, uid, netns (format 4)), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
 //! | 5 login | flags (source_ip, pid, success), user, service, method, then the present options |
 
 use edr_event::{Event, EventBody, EventKind, FileEvent, FileOp, LoginEvent, NetworkEvent, NetworkOp, ProcessExec, ProcessExit, Timestamp, Transport};
 
 /// The format version written by [`encode_body`].
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 /// A body that could not be decoded: a damaged row or a newer format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,8 +238,8 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
             }
         }
         EventBody::Network(n) => {
-            let NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid } = n;
-            o.uint(bits(&[pid.is_some(), entity_id.is_some(), exe.is_some(), uid.is_some()]));
+            let NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns } = n;
+            o.uint(bits(&[pid.is_some(), entity_id.is_some(), exe.is_some(), uid.is_some(), netns.is_some()]));
             o.uint(u64::from(network_op_code(*op)));
             o.uint(u64::from(transport_code(*transport)));
             o.str(local_ip);
@@ -257,6 +257,9 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
             }
             if let Some(u) = uid {
                 o.uint(u64::from(*u));
+            }
+            if let Some(ns) = netns {
+                o.uint(*ns);
             }
         }
         EventBody::Login(l) => {
@@ -357,7 +360,8 @@ pub fn decode_event(id: u64, time: Timestamp, partial: bool, body: &[u8]) -> Res
             let entity_id = if flags & 2 != 0 { Some(r.uint()?) } else { None };
             let exe = if flags & 4 != 0 { Some(r.str()?) } else { None };
             let uid = if flags & 8 != 0 { Some(r.u32()?) } else { None };
-            EventBody::Network(NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid })
+            let netns = if flags & 16 != 0 { Some(r.uint()?) } else { None };
+            EventBody::Network(NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns })
         }
         5 => {
             let flags = r.uint()?;
@@ -451,6 +455,7 @@ mod tests {
                 entity_id: None,
                 exe: None,
                 uid: Some(3),
+                netns: Some(4_026_531_992),
             }),
             EventBody::Login(LoginEvent { user: "a".into(), source_ip: None, service: "sshd".into(), method: "password".into(), success: false, pid: None }),
             EventBody::Login(LoginEvent {

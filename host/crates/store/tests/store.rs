@@ -33,6 +33,7 @@ fn every_kind() -> Vec<Event> {
             entity_id: None,
             exe: None,
             uid: None,
+            netns: None,
         }),
     };
     let accept = Event {
@@ -50,6 +51,7 @@ fn every_kind() -> Vec<Event> {
             entity_id: Some(u64::MAX - 1),
             exe: Some("/usr/sbin/sshd".into()),
             uid: Some(0),
+            netns: None,
         }),
     };
     vec![

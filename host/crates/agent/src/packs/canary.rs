@@ -62,6 +62,7 @@ pub fn run(plugin: &mut Plugin) -> Result<(), String> {
                 entity_id: Some(0xca1a_0001),
                 exe: Some("/usr/bin/true".into()),
                 uid: Some(0),
+                netns: None,
             }),
         },
         Event {

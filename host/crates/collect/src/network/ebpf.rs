@@ -98,6 +98,7 @@ fn emit(ctx: &Ctx, sink: &Sink, e: &NetEvent) {
         entity_id: who.entity_id,
         exe: who.exe,
         uid: pid.map(|_| e.uid),
+        netns: Some(e.netns),
     };
     sink.emit(EventBody::Network(ev), partial);
 }

@@ -214,8 +214,17 @@ fn emit(ctx: &Ctx, sink: &Sink, inodes: &InodeMap, f: Found) {
         exe: who.exe,
         // The socket's owner uid is known even when the process is not.
         uid: Some(f.line.uid),
+        // /proc/net shows the agent's own namespace.
+        netns: own_netns(),
     };
     sink.emit(EventBody::Network(ev), partial);
+}
+
+/// The agent's network namespace (the one `/proc/net` describes), read once.
+fn own_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    static NETNS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NETNS.get_or_init(|| std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()))
 }
 
 /// A socket that needs an event.

@@ -75,6 +75,7 @@ pub fn connect(id: u64, time: u64, pid: u32, entity: u64, exe: &str, remote: &st
             entity_id: Some(entity),
             exe: Some(exe.into()),
             uid: Some(33),
+            netns: None,
         }),
     }
 }
