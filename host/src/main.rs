@@ -23,10 +23,12 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Response actions (kill, quarantine, isolate, block, ...) and their undo, through the running agent.
     Respond(cmd::respond::RespondArgs),
-    /// Run SQL over the event record (read-only views: process, file, network, login, alert, action).
+    /// Run SQL over the event record (read-only views: process, file, network, login, alert, action, incident).
     Query(cmd::investigate::QueryArgs),
     /// The storyline of an alert: its process, ancestors, descendants and their activity.
     Storyline(cmd::investigate::StorylineArgs),
+    /// Incidents: alerts grouped by process tree, with score, root, times, rules and counts.
+    Incidents(cmd::incidents::IncidentsArgs),
     /// Everything recorded for a pid, an entity id or a path.
     Timeline(cmd::investigate::TimelineArgs),
     /// Find events by command-line text.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Respond(a) => cmd::respond::run(a),
         Command::Query(a) => cmd::investigate::query(a),
         Command::Storyline(a) => cmd::investigate::storyline(a),
+        Command::Incidents(a) => cmd::incidents::run(a),
         Command::Timeline(a) => cmd::investigate::timeline(a),
         Command::Search(a) => cmd::investigate::search(a),
         Command::Export(a) => cmd::investigate::export(a),

@@ -122,3 +122,86 @@ fn record_investigate_export_and_restart() {
 fn agent_restart(dir: &std::path::Path, config: &str) -> Agent {
     Agent::start(dir, config)
 }
+
+fn file_line(action: &str, path: &str, old: Option<&str>, pid: u32, entity: &str, exe: &str) -> String {
+    let mut line = serde_json::json!({"event": {"category": ["file"], "action": action}, "file": {"path": path}, "process": {"pid": pid, "entity_id": entity, "executable": exe}});
+    if let Some(old) = old {
+        line["edr"] = serde_json::json!({"file": {"original_path": old}});
+    }
+    line.to_string() + "\n"
+}
+
+/// `sudo useradd -m eve` from an ssh session, as the collectors report it:
+/// the exec, the account files replaced (each written twice, as useradd
+/// does: the user, then the group), the home directory's skeleton, and the
+/// cache flush it runs. Plus, in another session, nginx spawning a shell.
+fn useradd() -> String {
+    let (ua, ua_exe) = ("0000000000000e07", "/usr/sbin/useradd");
+    let mut s = String::new();
+    s += &proc_line(500, "0000000000000e05", "/usr/bin/bash", &["-bash"], 400, "0000000000000e04", "/usr/sbin/sshd");
+    s += &proc_line(600, "0000000000000e06", "/usr/bin/sudo", &["sudo", "useradd", "-m", "eve"], 500, "0000000000000e05", "/usr/bin/bash");
+    s += &proc_line(700, ua, ua_exe, &["useradd", "-m", "eve"], 600, "0000000000000e06", "/usr/bin/sudo");
+    for round in 0..2 {
+        for f in ["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"] {
+            s += &file_line("rename", f, Some(&format!("{f}+{round}")), 700, ua, ua_exe);
+        }
+    }
+    for rc in [".bashrc", ".profile", ".bash_logout"] {
+        s += &file_line("creation", &format!("/home/eve/{rc}"), None, 700, ua, ua_exe);
+    }
+    s += &proc_line(800, "0000000000000e08", "/usr/sbin/nscd", &["nscd", "-i", "passwd"], 700, ua, ua_exe);
+    s += &proc_line(100, "00000000000000a1", "/usr/sbin/nginx", &["nginx"], 1, "0000000000000001", "/usr/lib/systemd/systemd");
+    s += &proc_line(210, "00000000000000b3", "/usr/bin/dash", &["sh", "-c", "id"], 100, "00000000000000a1", "/usr/sbin/nginx");
+    s
+}
+
+#[test]
+fn a_useradd_is_one_incident_and_repeats_are_counted_not_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[collect]\nsource = \"stdin\"\n[output]\nstdout = false\n";
+    let mut agent = Agent::start(dir.path(), config);
+    agent.send(&useradd());
+    agent.wait_for("the account and lineage alerts", std::time::Duration::from_secs(30), |a| {
+        let rules: Vec<String> = a.alerts().iter().filter_map(|x| x["rule"]["id"].as_str().map(String::from)).collect();
+        rules.iter().any(|r| r == "edr.lineage.service-spawned-shell") && rules.iter().any(|r| r.contains("account-files"))
+    });
+    agent.stop();
+    let d = dir.path().join("data");
+    let sent = read_jsonl(&d.join("alerts.jsonl"));
+    let d = d.to_str().unwrap();
+
+    // The record keeps every alert; each names its incident.
+    let recorded = json_rows(&edr(&["query", "--data-dir", d, "--json", "SELECT id, rule_id, pid, incident_id FROM alert ORDER BY id"]));
+    let of_useradd: Vec<&serde_json::Value> = recorded.iter().filter(|a| a["rule_id"] != "edr.lineage.service-spawned-shell").collect();
+    assert!(of_useradd.len() >= 9, "useradd's alerts before grouping: {recorded:?}");
+    let incident = of_useradd[0]["incident_id"].as_u64().expect("alerts carry their incident");
+    assert!(of_useradd.iter().all(|a| a["incident_id"].as_u64() == Some(incident)), "one useradd, one incident: {recorded:?}");
+    let nginx = recorded.iter().find(|a| a["rule_id"] == "edr.lineage.service-spawned-shell").unwrap();
+    assert_ne!(nginx["incident_id"].as_u64(), Some(incident), "another process tree, another incident");
+
+    // Outputs got each (rule, process) once, with the incident's fields.
+    let sent_useradd: Vec<&serde_json::Value> = sent.iter().filter(|a| a["edr"]["incident"]["id"].as_str() == Some(incident.to_string().as_str())).collect();
+    let mut pairs: Vec<(String, String)> = of_useradd.iter().map(|a| (a["rule_id"].to_string(), a["pid"].to_string())).collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(sent_useradd.len(), pairs.len(), "repeats are not re-sent: {sent_useradd:#?}");
+    assert!(sent_useradd.len() < of_useradd.len());
+    let last = sent_useradd.last().unwrap();
+    assert!(last["edr"]["incident"]["alert_count"].as_u64().unwrap() >= sent_useradd.len() as u64, "{last}");
+    assert!(last["edr"]["incident"]["suppressed"].is_u64(), "{last}");
+
+    // `edr incidents`: two, the useradd one with every alert and its repeats counted.
+    let listed = json_rows(&edr(&["incidents", "--data-dir", d, "--json"]));
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let i = listed.iter().find(|i| i["id"].as_u64() == Some(incident)).unwrap();
+    assert_eq!(i["alert_count"].as_u64(), Some(of_useradd.len() as u64), "{i}");
+    assert_eq!(i["suppressed"].as_u64(), Some((of_useradd.len() - pairs.len()) as u64), "{i}");
+    assert_eq!(i["root_exe"], "/usr/bin/sudo", "{i}");
+    assert!(i["score"].as_u64().unwrap() > 47 && i["summary"].as_str().unwrap().contains("/usr/bin/sudo"), "{i}");
+    let table = edr(&["incidents", "--data-dir", d]);
+    assert!(table.lines().next().unwrap().starts_with("id") && table.contains("(2 rows)") && table.contains("/usr/bin/sudo (600)"), "{table}");
+    let one = edr(&["incidents", &incident.to_string(), "--data-dir", d]);
+    assert_eq!(one.lines().filter(|l| l.contains("account-files")).count(), 8, "{one}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_edr")).args(["incidents", "999999", "--data-dir", d]).output().unwrap();
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no incident 999999"));
+}

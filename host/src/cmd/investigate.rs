@@ -22,7 +22,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> anyhow::Result<Store> {
+    pub(crate) fn open(&self) -> anyhow::Result<Store> {
         let path = match &self.store {
             Some(p) => p.clone(),
             None => {
@@ -47,7 +47,7 @@ fn parse_time(s: &str) -> anyhow::Result<u64> {
     Ok(edr_event::time::now().saturating_sub(d.as_nanos() as u64))
 }
 
-fn times(since: &Option<String>, until: &Option<String>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+pub(crate) fn times(since: &Option<String>, until: &Option<String>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     Ok((since.as_deref().map(parse_time).transpose()?, until.as_deref().map(parse_time).transpose()?))
 }
 
@@ -55,7 +55,7 @@ fn times(since: &Option<String>, until: &Option<String>) -> anyhow::Result<(Opti
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
     /// One SELECT (or WITH) statement over the views: process, file, network,
-    /// login, alert, action (see `edr query --schema`).
+    /// login, alert, action, incident (see `edr query --schema`).
     pub sql: Option<String>,
     /// Print the documented tables and views.
     #[arg(long)]
@@ -70,7 +70,7 @@ pub struct QueryArgs {
 pub fn query(a: QueryArgs) -> anyhow::Result<()> {
     let store = a.store.open()?;
     if a.schema {
-        for view in ["process", "file", "network", "login", "alert", "action"] {
+        for view in ["process", "file", "network", "login", "alert", "action", "incident"] {
             let r = store.query(&format!("SELECT name, type FROM pragma_table_info('{view}')"))?;
             let cols: Vec<String> =
                 r.rows.iter().map(|row| format!("{} {}", row[0].as_str().unwrap_or("?"), row[1].as_str().unwrap_or("")).trim().to_string()).collect();
@@ -94,7 +94,7 @@ pub fn query(a: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(columns: &[String], rows: &[Vec<serde_json::Value>]) {
+pub(crate) fn print_table(columns: &[String], rows: &[Vec<serde_json::Value>]) {
     let cell = |v: &serde_json::Value| -> String {
         let s = match v {
             serde_json::Value::String(s) => s.clone(),

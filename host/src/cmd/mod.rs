@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod config;
 pub mod fleet;
+pub mod incidents;
 pub mod investigate;
 pub mod pack;
 pub mod plugin;

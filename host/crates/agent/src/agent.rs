@@ -225,6 +225,10 @@ fn pipeline(
     if let Some(s) = store {
         writer = writer.with_store(s.writer());
     }
+    if let Some(grouping) = cfg.incidents.grouping() {
+        let services = services.clone();
+        writer = writer.with_incidents(grouping, Arc::new(move |entity| services.lineage(entity)));
+    }
     let wait = Duration::from_millis(cfg.runtime.call_deadline_ms * 2);
     let (size, queue) = (cfg.runtime.batch_size, cfg.runtime.plugin_queue);
     let mut pipeline = Pipeline::new(size, queue, Backpressure::DropAfter(wait), writer, services.clone(), first_event, first_alert)?;

@@ -35,6 +35,42 @@ pub struct AgentConfig {
     pub metrics: MetricsSection,
     /// `[fleet]`: the link to the management server (crate `edr-fleet-link`).
     pub fleet: edr_fleet_link::FleetConfig,
+    /// `[incidents]`: alerts grouped by process tree (crate `edr-incident`).
+    pub incidents: IncidentsSection,
+}
+
+/// `[incidents]`: alerts that share a process tree within a window form one
+/// incident; repeats of a rule on the same process are counted in the
+/// record and not sent to the outputs again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsSection {
+    /// Group at all (off: every alert goes everywhere, with no `edr.incident`).
+    pub enabled: bool,
+    /// An incident takes alerts up to this many seconds after its last one.
+    pub window_secs: u64,
+    /// Generations above an alerted process that root its storyline (1: the parent).
+    pub depth: u64,
+    /// Repeats are not sent to outputs again (the record keeps them all).
+    pub suppress_repeats: bool,
+}
+
+impl Default for IncidentsSection {
+    fn default() -> Self {
+        Self { enabled: true, window_secs: 1800, depth: 1, suppress_repeats: true }
+    }
+}
+
+impl IncidentsSection {
+    /// The grouping's configuration (`None` when grouping is off).
+    pub fn grouping(&self) -> Option<edr_incident::IncidentConfig> {
+        self.enabled.then(|| edr_incident::IncidentConfig {
+            window_ns: self.window_secs.saturating_mul(1_000_000_000),
+            depth: self.depth as usize,
+            suppress_repeats: self.suppress_repeats,
+            ..Default::default()
+        })
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint. Off unless `listen` is set; it is
@@ -107,6 +143,7 @@ impl Default for AgentConfig {
             store: StoreSection::default(),
             metrics: MetricsSection::default(),
             fleet: edr_fleet_link::FleetConfig::default(),
+            incidents: IncidentsSection::default(),
         }
     }
 }
@@ -477,6 +514,8 @@ pub const NUMBER_RANGES: &[(&str, NumberRange)] = &[
     ("packs.keep_versions", NumberRange { min: 1, max: 100 }),
     ("packs.max_call_deadline_ms", NumberRange { min: 1, max: 60_000 }),
     ("packs.max_memory_mb", NumberRange { min: 1, max: 1024 }),
+    ("incidents.window_secs", NumberRange { min: 1, max: 604_800 }),
+    ("incidents.depth", NumberRange { min: 0, max: 16 }),
 ];
 
 /// The allowed range of a (dotted) number key, if it has one.
@@ -598,6 +637,8 @@ impl AgentConfig {
             n("packs.keep_versions", p.keep_versions as u64),
             n("packs.max_call_deadline_ms", p.max_call_deadline_ms),
             n("packs.max_memory_mb", p.max_memory_mb as u64),
+            n("incidents.window_secs", self.incidents.window_secs),
+            n("incidents.depth", self.incidents.depth),
         ];
         for (plugin, l) in &self.plugins.limits {
             let k = |f: &str| format!("plugins.limits.{plugin}.{f}");

@@ -49,6 +49,7 @@ mod extension;
 mod fleet;
 mod handle;
 pub mod health;
+pub mod incidents;
 pub mod metrics;
 pub mod output;
 pub mod packs;

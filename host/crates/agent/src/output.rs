@@ -20,6 +20,8 @@ pub struct AlertWriter {
     store: Option<edr_store::StoreWriter>,
     remote: RemoteOutputs,
     written: u64,
+    /// Groups alerts into incidents (`None`: every alert to every output).
+    incidents: Option<crate::incidents::IncidentTagger>,
 }
 
 /// The running remote outputs, shared with status.
@@ -50,7 +52,15 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 impl AlertWriter {
     /// Outputs: stdout when `stdout`, and the JSONL file at `file` (appended).
     pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
-        Ok(Self { ctx: EcsContext { hostname: hostname() }, stdout, file: open_alerts_file(file)?, store: None, remote: RemoteOutputs::default(), written: 0 })
+        Ok(Self {
+            ctx: EcsContext { hostname: hostname() },
+            stdout,
+            file: open_alerts_file(file)?,
+            store: None,
+            remote: RemoteOutputs::default(),
+            written: 0,
+            incidents: None,
+        })
     }
 
     /// Starts the remote outputs `cfg` names (`[output.syslog]`, ...).
@@ -96,16 +106,52 @@ impl AlertWriter {
         self.remote.shutdown(SHUTDOWN_DEADLINE);
     }
 
+    /// Groups alerts into incidents (`[incidents]`), looking each alert's
+    /// process lineage up in `lineage`: outputs get `edr.incident.*`, and
+    /// repeats (same rule, same process) go to the record only.
+    pub fn with_incidents(mut self, cfg: edr_incident::IncidentConfig, lineage: crate::incidents::LineageSource) -> Self {
+        let host = self.ctx.hostname.clone().unwrap_or_else(|| "localhost".into());
+        self.incidents = Some(crate::incidents::IncidentTagger::new(cfg, lineage, host));
+        self
+    }
+
+    /// Repeats not sent to outputs so far (0 without grouping).
+    pub fn suppressed(&self) -> u64 {
+        self.incidents.as_ref().map_or(0, |t| t.suppressed())
+    }
+
     /// Also records every alert in the store.
     pub fn with_store(mut self, store: edr_store::StoreWriter) -> Self {
         self.store = Some(store);
         self
     }
 
-    /// Writes one alert to every output. The file is flushed per alert:
-    /// alerts are rare and must survive a crash.
+    /// Writes one alert to every output and the record. The file is flushed
+    /// per alert: alerts are rare and must survive a crash.
+    /// With grouping, a repeat goes to the record only.
     pub fn write(&mut self, alert: &Alert) -> std::io::Result<()> {
-        let mut line = serde_json::to_string(&alert_to_ecs(alert, &self.ctx)).expect("JSON values always serialize");
+        let tagged = self.incidents.as_mut().map(|t| t.tag(alert));
+        let mut doc = alert_to_ecs(alert, &self.ctx);
+        if let Some(t) = &tagged {
+            crate::incidents::add_ecs_fields(&mut doc, t);
+        }
+        let result = if tagged.as_ref().is_some_and(|t| t.verdict.suppressed) { Ok(()) } else { self.send(alert, &doc) };
+        if let Some(s) = &self.store {
+            let queued = match tagged {
+                Some(t) => s.append_alert_in(alert, t.record),
+                None => s.append_alert(alert),
+            };
+            if let Err(e) = queued {
+                tracing::error!("alert {} not recorded in the store: {e}", alert.id);
+            }
+        }
+        self.written += 1;
+        result
+    }
+
+    /// Sends one alert's document to stdout, the file and the remote outputs.
+    fn send(&mut self, alert: &Alert, doc: &serde_json::Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(doc).expect("JSON values always serialize");
         line.push('\n');
         if self.stdout {
             let mut out = std::io::stdout().lock();
@@ -143,12 +189,6 @@ impl AlertWriter {
                 }
             }
         }
-        if let Some(s) = &self.store {
-            if let Err(e) = s.append_alert(alert) {
-                tracing::error!("alert {} not recorded in the store: {e}", alert.id);
-            }
-        }
-        self.written += 1;
         Ok(())
     }
 

@@ -160,5 +160,6 @@ fn changed_sections(a: &AgentConfig, b: &AgentConfig) -> Vec<(&'static str, bool
         ("store", a.store != b.store),
         ("metrics", a.metrics != b.metrics),
         ("fleet", a.fleet != b.fleet),
+        ("incidents", a.incidents != b.incidents),
     ]
 }

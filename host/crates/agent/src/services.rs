@@ -128,6 +128,20 @@ impl AgentServices {
         table.insert(e.entity_id, (info, e.parent_entity_id));
     }
 
+    /// The process and its ancestors, parent first, for grouping alerts:
+    /// the live process tree's answer, or, when it does not know the
+    /// process, the exec events seen.
+    pub fn lineage(&self, entity_id: u64) -> Vec<ProcessInfo> {
+        if let Some(source) = &self.ancestry {
+            let live = source(entity_id);
+            if !live.is_empty() {
+                return live;
+            }
+        }
+        let table = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        edr_ancestry::walk(entity_id, |id| table.get(&id).map(|(info, parent)| (info.clone(), *parent)))
+    }
+
     /// Writes state changed since the last flush. Returns namespaces written.
     pub fn flush_state(&self) -> usize {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

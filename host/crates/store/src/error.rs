@@ -53,6 +53,17 @@ pub enum StoreError {
         /// The newest schema version this build knows.
         supported: i32,
     },
+    /// An edr store whose schema version no agent ever wrote (negative, or
+    /// 0 with tables in it): damaged or tampered with, not migrated.
+    #[error(
+        "the event store at {path} has schema version {found}, which no agent writes (the file is damaged or was edited); move it aside to start a new one"
+    )]
+    BadVersion {
+        /// The database file.
+        path: PathBuf,
+        /// The schema version in the file.
+        found: i32,
+    },
     /// A SQL statement failed.
     #[error("{what}: {source}")]
     Sql {
@@ -79,7 +90,7 @@ pub enum StoreError {
     /// A stored row could not be decoded.
     #[error("stored {table} row {id} is damaged: {problem}")]
     Corrupt {
-        /// `events`, `alerts` or `actions`.
+        /// `events`, `alerts`, `actions` or `incidents`.
         table: &'static str,
         /// The row id.
         id: u64,

@@ -50,6 +50,8 @@ pub struct AlertRecord {
     pub pid: Option<u32>,
     /// The alert's ECS document, as `edr_event::ecs::alert_to_ecs` wrote it.
     pub ecs: serde_json::Value,
+    /// The incident it belongs to (`None`: recorded without grouping).
+    pub incident_id: Option<u64>,
 }
 
 /// Limits of a storyline.
@@ -274,11 +276,12 @@ fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AlertRecord, StoreEr
         entity_id: row.get::<_, Option<i64>>(12)?.map(|v| v as u64),
         pid: row.get::<_, Option<i64>>(13)?.map(|v| v as u32),
         ecs,
+        incident_id: row.get::<_, Option<i64>>(16)?.map(|v| v as u64),
     }))
 }
 
 const ALERT_COLS: &str =
-    "id, time, rule_id, rule_name, severity, plugin, pack_id, pack_version, signer, event_ids, techniques, message, entity_id, pid, score, ecs";
+    "id, time, rule_id, rule_name, severity, plugin, pack_id, pack_version, signer, event_ids, techniques, message, entity_id, pid, score, ecs, incident_id";
 
 fn collect_alerts(conn: &Pooled<'_>, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AlertRecord>, StoreError> {
     let what = "reading alerts";
@@ -293,6 +296,11 @@ fn collect_alerts(conn: &Pooled<'_>, sql: &str, params: impl rusqlite::Params) -
 
 pub(crate) fn alert(conn: &Pooled<'_>, id: u64) -> Result<Option<AlertRecord>, StoreError> {
     Ok(collect_alerts(conn, &format!("SELECT {ALERT_COLS} FROM alerts WHERE id = ?1"), [id as i64])?.pop())
+}
+
+/// The alerts of one incident, oldest first, at most `max`.
+pub(crate) fn incident_alerts(conn: &Pooled<'_>, incident: u64, max: usize) -> Result<Vec<AlertRecord>, StoreError> {
+    collect_alerts(conn, &format!("SELECT {ALERT_COLS} FROM alerts WHERE incident_id = ?1 ORDER BY time, id LIMIT ?2"), params![incident as i64, limit(max)])
 }
 
 pub(crate) fn alerts(conn: &Pooled<'_>, since: Option<u64>, until: Option<u64>, max: usize) -> Result<Vec<AlertRecord>, StoreError> {

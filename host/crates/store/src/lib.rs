@@ -40,13 +40,17 @@
 //!   parent_entity_id; (path, time); old_path.
 //! * `alerts`: one row per alert with rule, severity, plugin, pack, event
 //!   ids, message, the triggering process, and the alert's ECS document.
+//!   Each carries its `incident_id`.
+//! * `incidents`: alerts grouped by storyline ([`IncidentRecord`]): first
+//!   and last time, host, process-tree root, severity, score, alert and
+//!   repeat counts, rules, summary; replaced with each of its alerts.
 //! * `actions`: the audit of response actions ([`ActionRecord`]).
 //! * `meta`: row counts and id high-water marks, updated in the same
 //!   transactions as the rows.
 //! * `pack_floors`: the highest version of each pack ever activated, the
 //!   agent's anti-rollback floor ([`PackFloors`]).
 //! * Views, the operators' query surface: `process`, `file`, `network`,
-//!   `login`, `alert`, `action`, with friendly names, decoded enums, RFC
+//!   `login`, `alert`, `action`, `incident`, with friendly names, decoded enums, RFC
 //!   3339 times (`ts`) and ECS-form entity ids.
 //!
 //! # Durability
@@ -70,6 +74,7 @@
 pub mod action;
 pub mod codec;
 mod error;
+mod incident;
 mod investigate;
 mod pack_floor;
 mod read;
@@ -79,6 +84,7 @@ mod writer;
 
 pub use action::ActionRecord;
 pub use error::{Backpressure, StoreError};
+pub use incident::{IncidentRecord, IncidentRule};
 pub use investigate::{AlertRecord, Role, StoryEvent, StoryProcess, Storyline, StorylineOptions, TimelineKey};
 pub use pack_floor::PackFloors;
 pub use read::{parse_entity, QueryResult};
@@ -432,6 +438,22 @@ impl Store {
     /// Alerts in `[since, until]`, newest first, at most `limit`.
     pub fn alerts(&self, since: Option<u64>, until: Option<u64>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         investigate::alerts(&self.pool.get()?, since, until, limit)
+    }
+
+    /// Incidents active in `[since, until]` (their first..last alert span
+    /// meets it), the latest active first, at most `limit`.
+    pub fn incidents(&self, since: Option<u64>, until: Option<u64>, limit: usize) -> Result<Vec<IncidentRecord>, StoreError> {
+        incident::incidents(&self.pool.get()?, since, until, limit)
+    }
+
+    /// One incident, or `None`.
+    pub fn incident(&self, id: u64) -> Result<Option<IncidentRecord>, StoreError> {
+        incident::incident(&self.pool.get()?, id)
+    }
+
+    /// The alerts of one incident (repeats included), oldest first, at most `limit`.
+    pub fn incident_alerts(&self, id: u64, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        investigate::incident_alerts(&self.pool.get()?, id, limit)
     }
 
     /// Action records in `[since, until]`, newest first, at most `limit`.

@@ -342,7 +342,7 @@ pub(crate) fn run_query(pool: &ReadPool, sql: &str) -> Result<QueryResult, Store
         let shown = if first.is_empty() { body.chars().take(20).collect::<String>() } else { first.to_uppercase() };
         return Err(StoreError::QueryRefused {
             reason: format!(
-                "only a single SELECT (or WITH ... SELECT) statement is accepted, not `{shown}`; the views process, file, network, login, alert and action are the query surface"
+                "only a single SELECT (or WITH ... SELECT) statement is accepted, not `{shown}`; the views process, file, network, login, alert, action and incident are the query surface"
             ),
         });
     }

@@ -1,7 +1,7 @@
 //! Retention: by age and by size, oldest first, in small steps.
 //!
 //! * Age: rows (events, alerts, actions) whose `time` is older than
-//!   `max_age` are deleted.
+//!   `max_age` are deleted, and incidents whose latest alert is.
 //! * Size: when the pages in use (`page_count - freelist_count`, times the
 //!   page size) exceed `max_bytes`, the oldest events are deleted until use
 //!   is back under 90% of it (the margin keeps retention from running on
@@ -134,6 +134,8 @@ pub(crate) fn enforce(conn: &Connection, policy: &RetentionPolicy, budget: Optio
                 }
             }
         }
+        // Incidents whose latest alert is past the age limit (few rows: one statement).
+        conn.execute("DELETE FROM incidents WHERE last_time < ?1", [cutoff]).map_err(err("deleting incidents older than max_age"))?;
     }
 
     if let Some(max) = policy.max_bytes {

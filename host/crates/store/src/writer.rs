@@ -23,6 +23,7 @@
 use crate::action::ActionRecord;
 use crate::codec;
 use crate::error::{Backpressure, StoreError};
+use crate::incident::IncidentRecord;
 use crate::retention::{self, RetentionPolicy};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use edr_event::{Alert, Event, EventBody};
@@ -42,7 +43,7 @@ const RETENTION_BUDGET: Duration = Duration::from_millis(250);
 /// A message to the writer thread.
 pub(crate) enum Msg {
     Events(Arc<Vec<Event>>),
-    Alert(Box<Alert>),
+    Alert(Box<(Alert, Option<IncidentRecord>)>),
     Action(Box<ActionRecord>),
     Flush(Sender<Result<(), String>>),
     Shutdown,
@@ -157,7 +158,14 @@ impl StoreWriter {
 
     /// Queues an alert (on the alerts-and-actions queue, which event floods do not fill).
     pub fn append_alert(&self, alert: &Alert) -> Result<(), Backpressure> {
-        self.send(&self.shared.control_tx, Msg::Alert(Box::new(alert.clone())), 0, 1, 0)
+        self.send(&self.shared.control_tx, Msg::Alert(Box::new((alert.clone(), None))), 0, 1, 0)
+    }
+
+    /// Queues an alert with its incident as it stands after the alert: the
+    /// alert is recorded with `incident_id`, and the incident's row is
+    /// written (or replaced) in the same transaction.
+    pub fn append_alert_in(&self, alert: &Alert, incident: IncidentRecord) -> Result<(), Backpressure> {
+        self.send(&self.shared.control_tx, Msg::Alert(Box::new((alert.clone(), Some(incident)))), 0, 1, 0)
     }
 
     /// Queues the audit record of a response action. A record whose id is
@@ -286,7 +294,7 @@ struct Txn {
 /// A message written in the open transaction, kept to retry it once.
 enum Written {
     Events(Arc<Vec<Event>>),
-    Alert(Box<Alert>),
+    Alert(Box<(Alert, Option<IncidentRecord>)>),
     Action(Box<ActionRecord>),
 }
 
@@ -310,7 +318,7 @@ struct Writer {
 
 const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, time, kind, pid, entity_id, parent_entity_id, ppid, exe, command_line, path, op, remote_ip, remote_port, local_ip, local_port, transport, uid, user, cwd, old_path, exit_code, login_user, source_ip, success, service, method, partial, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
-const INSERT_ALERT: &str = "INSERT OR REPLACE INTO alerts (id, time, rule_id, rule_name, severity, score, plugin, pack_id, pack_version, signer, event_ids, techniques, message, entity_id, pid, ecs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+const INSERT_ALERT: &str = "INSERT OR REPLACE INTO alerts (id, time, rule_id, rule_name, severity, score, plugin, pack_id, pack_version, signer, event_ids, techniques, message, entity_id, pid, ecs, incident_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 const INSERT_ACTION: &str = "INSERT OR REPLACE INTO actions (id, time, requester, action, target, decision, outcome, reason, alert_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
@@ -396,7 +404,7 @@ fn exists(conn: &Connection, table: &str, id: u64) -> rusqlite::Result<bool> {
 }
 
 /// Inserts (or, for an id already stored, replaces) an alert; true when it is new.
-fn insert_alert(conn: &Connection, a: &Alert) -> rusqlite::Result<bool> {
+fn insert_alert(conn: &Connection, a: &Alert, incident: Option<u64>) -> rusqlite::Result<bool> {
     let new = !exists(conn, "alerts", a.id)?;
     let f = &a.finding;
     let ecs = edr_event::ecs::alert_to_ecs(a, &Default::default());
@@ -422,6 +430,7 @@ fn insert_alert(conn: &Connection, a: &Alert) -> rusqlite::Result<bool> {
         entity,
         pid,
         ecs.to_string(),
+        incident.map(|i| i as i64),
     ])?;
     Ok(new)
 }
@@ -571,9 +580,13 @@ impl Writer {
                 }
                 t.batches += 1;
             }
-            Written::Alert(a) => {
-                if insert_alert(&self.conn, a)? {
+            Written::Alert(w) => {
+                let (a, incident) = &**w;
+                if insert_alert(&self.conn, a, incident.as_ref().map(|i| i.id))? {
                     t.alerts += 1;
+                }
+                if let Some(i) = incident {
+                    crate::incident::upsert(&self.conn, i)?;
                 }
                 t.max_alert_id = max_opt(t.max_alert_id, a.id);
                 t.commit_by = t.commit_by.min(Instant::now() + URGENT_COMMIT);

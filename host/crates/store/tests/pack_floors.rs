@@ -29,14 +29,13 @@ fn floors_are_committed_survive_a_reopen_and_are_replaced_per_pack() {
 fn a_version_1_store_gets_the_floors_table() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
-    drop(Store::open(StoreConfig::new(&path)).unwrap());
-    // Make it what a version-1 agent left behind.
+    // What a version-1 agent left behind.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE pack_floors; PRAGMA user_version = 1;").unwrap();
+    edr_store::schema::create_at_version(&conn, 1).unwrap();
     drop(conn);
     let store = Store::open(StoreConfig::new(&path)).unwrap();
     let version: i32 = rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, edr_store::schema::SCHEMA_VERSION);
     store.pack_floors().record("com.vendor.a", "1.2.3").unwrap();
     assert_eq!(store.pack_floors().all().unwrap(), vec![("com.vendor.a".to_string(), "1.2.3".to_string())]);
 }
