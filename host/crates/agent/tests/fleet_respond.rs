@@ -186,6 +186,11 @@ fn remote_kill_ps_quarantine_restore_delete_and_fetch_go_through_the_response_en
     let r = f.run(Command::Fetch { path: victim.to_str().unwrap().into() }, "triage");
     assert_eq!(client::fetched_bytes(&r).unwrap(), content);
     assert_eq!(done(&r)["sha256"], want_sha.as_str());
+    // The largest fetch fits in one NATS reply (nats-server's default max_payload, 1 MiB).
+    let largest = work.path().join("largest.bin");
+    let bytes: Vec<u8> = (0..edr_fleet_proto::command::FETCH_MAX_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&largest, &bytes).unwrap();
+    assert_eq!(client::fetched_bytes(&f.run(Command::Fetch { path: largest.to_str().unwrap().into() }, "limit")).unwrap(), bytes);
     let big = work.path().join("big.bin");
     std::fs::write(&big, vec![0u8; (edr_fleet_proto::command::FETCH_MAX_BYTES + 1) as usize]).unwrap();
     failed(&f.run(Command::Fetch { path: big.to_str().unwrap().into() }, "too big"), "at most 524288 bytes");
