@@ -72,6 +72,70 @@ pub enum FleetCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// A host's processes (pid, parent, user, executable, argv, lineage).
+    Ps {
+        host: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Kill a process on a host (through its response engine: policy, protections, audit).
+    Kill {
+        host: String,
+        pid: u32,
+        /// Its descendants too.
+        #[arg(long)]
+        tree: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Move a file on a host into its quarantine (undo: restore).
+    Quarantine {
+        host: String,
+        path: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Put a quarantined file back: its quarantine id, or its original path (the newest entry).
+    Restore {
+        host: String,
+        id_or_path: String,
+        /// Replace a file now at the original path.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Delete a file on a host (its sha256 and metadata are audited first).
+    Delete {
+        host: String,
+        path: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Fetch a file from a host (at most 512 KiB; a copy stays in the host's evidence store).
+    Fetch {
+        host: String,
+        path: String,
+        /// Write it here (default: standard output). Its sha256 is checked first.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Isolate a host: only the fleet's NATS (and its configured management endpoints) stay reachable.
+    Isolate {
+        host: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Release a host from isolation.
+    Release {
+        host: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +146,9 @@ pub struct SignArgs {
     /// How long the command stays valid.
     #[arg(long, default_value = "5m")]
     pub ttl: humantime::Duration,
+    /// Why (signed with the command; kept in the server's and the host's audit). Required for commands that change the host.
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 fn client(a: &FleetArgs) -> anyhow::Result<Client> {
@@ -113,18 +180,56 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         }
         FleetCommand::Ack { alert, note } => triage(&c, &alert, "acknowledged", &note)?,
         FleetCommand::Close { alert, note } => triage(&c, &alert, "closed", &note)?,
-        FleetCommand::Ls { host, path, sign } => command(&c, &a.dir, &host, Command::Ls { path }, &sign)?,
-        FleetCommand::Status { host, sign } => command(&c, &a.dir, &host, Command::Status, &sign)?,
+        FleetCommand::Ls { host, path, sign } => print(&command(&c, &a.dir, &host, Command::Ls { path }, &sign)?),
+        FleetCommand::Status { host, sign } => print(&command(&c, &a.dir, &host, Command::Status, &sign)?),
+        FleetCommand::Ps { host, json, sign } => {
+            let r = command(&c, &a.dir, &host, Command::Processes, &sign)?;
+            if json {
+                print(&r)
+            } else {
+                print!("{}", client::render_processes(&r))
+            }
+        }
+        FleetCommand::Kill { host, pid, tree, sign } => print(&command(&c, &a.dir, &host, Command::Kill { pid, tree }, &sign)?),
+        FleetCommand::Quarantine { host, path, sign } => print(&command(&c, &a.dir, &host, Command::Quarantine { path }, &sign)?),
+        FleetCommand::Restore { host, id_or_path, force, sign } => print(&command(&c, &a.dir, &host, Command::Restore { id: id_or_path, force }, &sign)?),
+        FleetCommand::Delete { host, path, sign } => print(&command(&c, &a.dir, &host, Command::Delete { path }, &sign)?),
+        FleetCommand::Fetch { host, path, output, sign } => fetch(&c, &a.dir, &host, path, output, &sign)?,
+        FleetCommand::Isolate { host, sign } => print(&command(&c, &a.dir, &host, Command::Isolate, &sign)?),
+        FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
     }
     Ok(())
 }
 
-fn command(c: &Client, dir: &std::path::Path, host: &str, cmd: Command, sign: &SignArgs) -> anyhow::Result<()> {
+fn print(v: &serde_json::Value) {
+    println!("{v:#}");
+}
+
+/// Signs `cmd` here, has the server relay it, and returns the host's result when it is `done`.
+fn command(c: &Client, dir: &std::path::Path, host: &str, cmd: Command, sign: &SignArgs) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(!cmd.changes_host() || !sign.reason.trim().is_empty(), "`{}` changes the host: say why with --reason", cmd.op());
     let key = sign.key.clone().unwrap_or_else(|| dir.join("keys/command.ed25519"));
-    let signed = client::sign_command(&key, host, cmd, sign.ttl.as_secs())?;
+    let signed = client::sign_command_with_reason(&key, host, cmd, &sign.reason, sign.ttl.as_secs())?;
     let result = c.post(&format!("/api/v1/hosts/{host}/commands"), &serde_json::to_value(&signed)?)?;
-    println!("{result:#}");
-    anyhow::ensure!(result["status"] == "done", "host {host}: command {}: {}", result["status"], result["output"]);
+    if result["status"] != "done" {
+        print(&result);
+        anyhow::bail!("host {host}: command {}: {}", result["status"], result["output"]);
+    }
+    Ok(result)
+}
+
+/// `edr fleet fetch`: the content, its sha256 checked, to a file or standard output.
+fn fetch(c: &Client, dir: &std::path::Path, host: &str, path: String, output: Option<PathBuf>, sign: &SignArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let r = command(c, dir, host, Command::Fetch { path: path.clone() }, sign)?;
+    let bytes = client::fetched_bytes(&r).map_err(|e| anyhow::anyhow!("host {host}: {path}: {e}"))?;
+    match output {
+        Some(file) => {
+            std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+            eprintln!("{host}:{path} -> {} ({} bytes, sha256 {})", file.display(), bytes.len(), r["output"]["sha256"].as_str().unwrap_or(""));
+        }
+        None => std::io::stdout().write_all(&bytes)?,
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use crate::{AgentConfig, AgentExtension, AgentHandle, Shutdown};
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,14 +46,48 @@ impl AgentExtension for FleetExtension {
 
     fn run(self: Box<Self>, agent: AgentHandle, shutdown: Shutdown) -> anyhow::Result<()> {
         let store = edr_store::Store::open_read_only(&self.record).context("the fleet link reads alerts from the record")?;
+        let handle = agent.clone();
         let status = move || {
-            let status = agent.status_within(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            let status = handle.status_within(Duration::from_secs(2)).map_err(|e| e.to_string())?;
             serde_json::to_value(status).map_err(|e| e.to_string())
         };
+        let status: Arc<dyn edr_fleet_link::StatusProvider> = Arc::new(status);
+        let nats_urls = load_identity(&self.data_dir).map(|id| id.nats_urls).unwrap_or_default();
+        let exec = crate::fleet_exec::FleetExecutor { agent, builtin: edr_fleet_link::commands::BuiltIn(status.clone()), nats_urls };
         let opts = edr_fleet_link::LinkOptions { agent_version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
-        let link = edr_fleet_link::FleetLink::start(&self.data_dir, opts, Arc::new(store), Arc::new(status))?;
+        let link = edr_fleet_link::FleetLink::start_with(&self.data_dir, opts, Arc::new(store), status, Arc::new(exec))?;
         while !shutdown.wait_timeout(Duration::from_millis(500)) {}
         drop(link);
         Ok(())
+    }
+}
+
+fn load_identity(data_dir: &Path) -> Option<edr_fleet_link::Identity> {
+    let dir = edr_fleet_link::identity::state_dir(data_dir).map_err(|e| tracing::warn!("fleet state: {e}")).ok()?;
+    edr_fleet_link::Identity::load(&dir).map_err(|e| tracing::warn!("fleet identity: {e}")).ok().flatten()
+}
+
+/// The fleet's NATS endpoints (every address its URLs resolve to, with the
+/// port) when this host is enrolled and the link is on: the response engine
+/// adds them to the isolation allowlist, so an isolated host still reaches
+/// its fleet. A URL that does not resolve is logged; the executor then
+/// refuses a fleet isolation (see [`crate::fleet_exec`]).
+pub(crate) fn management_endpoints(cfg: &AgentConfig) -> Vec<edr_respond::Endpoint> {
+    if cfg.fleet.disabled {
+        return Vec::new();
+    }
+    let Some(id) = load_identity(&cfg.data_dir) else { return Vec::new() };
+    match edr_fleet_link::endpoints::resolve(&id.nats_urls) {
+        Ok(addrs) => {
+            let eps: Vec<_> = addrs.iter().map(|a| edr_respond::Endpoint::host_port(a.ip(), a.port())).collect();
+            tracing::info!(endpoints = ?addrs, "isolation keeps the fleet's NATS reachable");
+            eps
+        }
+        Err(e) => {
+            tracing::error!(
+                "the fleet's NATS endpoints are not in the isolation allowlist: {e}; isolating from the fleet is refused until they resolve at agent start"
+            );
+            Vec::new()
+        }
     }
 }

@@ -126,6 +126,11 @@ impl AgentHandle {
         Ok(r.request(Requester::Operator { uid: caller.uid }, action, reason))
     }
 
+    /// The response engine, when it runs.
+    pub(crate) fn responder(&self) -> Option<&Arc<Responder>> {
+        self.inner.responder.as_ref()
+    }
+
     /// One read-only SELECT over the record's views (`edr query`).
     pub fn query(&self, sql: &str) -> Result<edr_store::QueryResult, AgentError> {
         self.store()?.query(sql).map_err(|e| AgentError::Failed(e.to_string()))

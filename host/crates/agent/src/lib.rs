@@ -47,6 +47,7 @@ pub mod control;
 pub mod dispatch;
 mod extension;
 mod fleet;
+mod fleet_exec;
 mod handle;
 pub mod health;
 pub mod incidents;

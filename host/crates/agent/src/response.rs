@@ -31,6 +31,12 @@ pub fn start(
     rc.config_file = config_file.map(Path::to_path_buf);
     rc.trust_keys = cfg.trust.keys.iter().filter_map(|k| k.public_key_file.clone()).collect();
     rc.agent_binary = std::env::current_exe().ok();
+    // Isolation keeps the fleet's NATS reachable (the link answers commands and heartbeats while isolated).
+    for ep in crate::fleet::management_endpoints(cfg) {
+        if !rc.management.contains(&ep) {
+            rc.management.push(ep);
+        }
+    }
     let mut responder = match Responder::new(rc) {
         Ok(r) => r,
         Err(e) => {

@@ -9,7 +9,7 @@
 //! Every command, run or refused, is appended to `fleet/commands.jsonl`.
 
 use edr_datadir::DataDir;
-use edr_fleet_proto::command::{Command, CommandResult, Refusal, SignedCommand};
+use edr_fleet_proto::command::{Command, CommandBody, CommandResult, Refusal, SignedCommand};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -25,24 +25,28 @@ const MAX_ENTRIES: usize = 1000;
 /// Files larger than this are listed without a hash.
 const MAX_HASH_BYTES: u64 = 64 << 20;
 
-/// Runs verified commands. The agent may supply its own; [`BuiltIn`] runs
-/// the read-only ones with the status provider.
+/// Runs verified commands. The agent supplies its own (the response
+/// commands go to its response engine); [`BuiltIn`] runs the read-only ones.
 pub trait CommandExecutor: Send + Sync {
-    /// Runs `command`; `Err` is a failure the operator sees.
+    /// Runs the verified `body` (its command, with its id and reason for
+    /// the executor's own audit); `Err` is a failure the operator sees.
     ///
     /// # Errors
     /// Why the command failed.
-    fn execute(&self, command: &Command) -> Result<Value, String>;
+    fn execute(&self, body: &CommandBody) -> Result<Value, String>;
 }
 
-/// The read-only commands: `status` (through the agent's status) and `ls`.
+/// The read-only commands: `status` (through the agent's status), `ls` and
+/// `processes`. Response commands fail: they need the agent's engine.
 pub struct BuiltIn(pub std::sync::Arc<dyn crate::StatusProvider>);
 
 impl CommandExecutor for BuiltIn {
-    fn execute(&self, command: &Command) -> Result<Value, String> {
-        match command {
+    fn execute(&self, body: &CommandBody) -> Result<Value, String> {
+        match &body.command {
             Command::Status => self.0.status(),
             Command::Ls { path } => list(Path::new(path)),
+            Command::Processes => crate::processes::list(),
+            other => Err(format!("`{}` needs the agent's response engine, which this link was not given", other.op())),
         }
     }
 }
@@ -171,30 +175,34 @@ pub fn handle(
             Ok(false) => Err(Refusal::Replayed(body.nonce)),
             Err(e) => Err(Refusal::Malformed(e)),
         });
+    let mut reason = String::new();
     let result = match verified {
         Err(why) => {
             tracing::warn!(reason = %why, "fleet: command refused");
             answer(String::new(), "refused", json!({"reason": why.to_string()}))
         }
         Ok(body) => {
-            tracing::info!(command_id = %body.command_id, command = ?body.command, "fleet: running a signed command");
-            match exec.execute(&body.command) {
+            tracing::info!(command_id = %body.command_id, command = ?body.command, reason = %body.reason, "fleet: running a signed command");
+            reason = body.reason.clone();
+            match exec.execute(&body) {
                 Ok(v) => answer(body.command_id, "done", v),
                 Err(e) => answer(body.command_id, "failed", json!({"error": e})),
             }
         }
     };
-    audit(&nonces.dir, payload, &result, now);
+    audit(&nonces.dir, payload, &result, &reason, now);
     result
 }
 
-fn audit(dir: &DataDir, payload: &[u8], result: &CommandResult, now: u64) {
+fn audit(dir: &DataDir, payload: &[u8], result: &CommandResult, operator_reason: &str, now: u64) {
     let line = json!({
         "time": now,
         "command": String::from_utf8_lossy(&payload[..payload.len().min(8192)]),
         "command_id": result.command_id,
         "status": result.status,
         "reason": result.output.get("reason"),
+        "operator_reason": operator_reason,
+        "error": result.output.get("error"),
     });
     let write = dir.open_append(AUDIT).map_err(|e| e.to_string()).and_then(|mut f| writeln!(f, "{line}").map_err(|e| e.to_string()));
     if let Err(e) = write {

@@ -20,10 +20,12 @@
 #![deny(missing_docs)]
 
 pub mod commands;
+pub mod endpoints;
 pub mod enroll;
 pub mod heartbeat;
 pub mod identity;
 mod link;
+pub mod processes;
 pub mod source;
 
 pub use identity::Identity;

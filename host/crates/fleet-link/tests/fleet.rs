@@ -444,6 +444,7 @@ fn body(host: &str, nonce: &str, issued_at: u64, expires_at: u64, path: &str) ->
         expires_at,
         nonce: nonce.into(),
         command: edr_fleet_proto::command::Command::Ls { path: path.into() },
+        reason: String::new(),
     }
 }
 

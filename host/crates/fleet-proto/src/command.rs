@@ -18,7 +18,21 @@ pub const MAX_LIFETIME_SECS: u64 = 14 * 24 * 3600;
 /// Clock skew tolerated between the operator and the host.
 pub const MAX_SKEW_SECS: u64 = 300;
 
-/// A command a host can be asked to run. Read-only ones only, so far.
+/// The version of command bodies this crate writes and understands: 1 had
+/// `status` and `ls`; 2 added the response commands and `reason`. A body
+/// carries the lowest version its command needs ([`Command::min_version`]),
+/// so an agent that knows only version 1 still runs `ls` and `status`, and
+/// refuses a response command as "newer than this agent understands".
+pub const COMMAND_VERSION: u32 = 2;
+
+/// The largest file `fetch` returns (its content travels base64-encoded in
+/// one NATS reply, and nats-server's default `max_payload` is 1 MiB).
+pub const FETCH_MAX_BYTES: u64 = 512 << 10;
+
+/// Every `op` this crate knows, in the order `edr fleet --help` lists them.
+pub const KNOWN_OPS: &[&str] = &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release"];
+
+/// A command a host can be asked to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
@@ -29,6 +43,78 @@ pub enum Command {
         /// Absolute path.
         path: String,
     },
+    /// The process list: pid, parent, executable, argv, user, and each
+    /// process's lineage (its ancestors' pids, nearest first).
+    Processes,
+    /// SIGKILL a process (through the host's response engine).
+    Kill {
+        /// The process.
+        pid: u32,
+        /// Its descendants too.
+        #[serde(default)]
+        tree: bool,
+    },
+    /// Move a file into the host's quarantine.
+    Quarantine {
+        /// Absolute path.
+        path: String,
+    },
+    /// Put a quarantined file back.
+    Restore {
+        /// The quarantine id, or the file's original absolute path (the
+        /// newest quarantine entry of that path).
+        id: String,
+        /// Replace a file now at the original path.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Delete a file (its sha256 and metadata are audited first).
+    Delete {
+        /// Absolute path.
+        path: String,
+    },
+    /// Copy a file into the host's evidence store and return its content
+    /// (base64, with its sha256), at most [`FETCH_MAX_BYTES`].
+    Fetch {
+        /// Absolute path.
+        path: String,
+    },
+    /// Isolate the host: only the fleet's NATS endpoints (and the host's
+    /// configured management endpoints) stay reachable.
+    Isolate,
+    /// Release the host from isolation.
+    Release,
+}
+
+impl Command {
+    /// The `op` tag.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Ls { .. } => "ls",
+            Command::Processes => "processes",
+            Command::Kill { .. } => "kill",
+            Command::Quarantine { .. } => "quarantine",
+            Command::Restore { .. } => "restore",
+            Command::Delete { .. } => "delete",
+            Command::Fetch { .. } => "fetch",
+            Command::Isolate => "isolate",
+            Command::Release => "release",
+        }
+    }
+
+    /// The lowest body version that can carry this command.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            Command::Status | Command::Ls { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether it changes the host (a response action) rather than reads it.
+    pub fn changes_host(&self) -> bool {
+        !matches!(self, Command::Status | Command::Ls { .. } | Command::Processes)
+    }
 }
 
 /// What the operator signs.
@@ -48,6 +134,10 @@ pub struct CommandBody {
     pub nonce: String,
     /// What to do.
     pub command: Command,
+    /// Why, in the operator's words (version 2; kept in the host's audit
+    /// and in the response engine's record).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// The envelope on `edr.cmd.<host id>`.
@@ -111,8 +201,36 @@ pub enum Refusal {
     #[error("replayed: nonce {0} was already used")]
     Replayed(String),
     /// From a newer protocol.
-    #[error("protocol version {0} is newer than this agent understands")]
+    #[error("protocol version {0} is newer than this agent understands (it knows command version {COMMAND_VERSION}): upgrade the agent")]
     TooNew(u32),
+    /// A command this agent does not know.
+    #[error("unknown command op {op:?}: this agent runs {known}; upgrade the agent for newer commands")]
+    UnknownOp {
+        /// The op asked for.
+        op: String,
+        /// The ops this agent knows, comma-separated.
+        known: String,
+    },
+}
+
+/// Reads a signed body: a newer version or an unknown op is refused with
+/// what to do, before the typed parse (whose message would be less clear).
+fn parse_body(text: &str) -> Result<CommandBody, Refusal> {
+    let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let v = raw["v"].as_u64().ok_or_else(|| Refusal::Malformed("no protocol version `v`".into()))?;
+    if v > u64::from(COMMAND_VERSION) {
+        return Err(Refusal::TooNew(u32::try_from(v).unwrap_or(u32::MAX)));
+    }
+    match raw["command"]["op"].as_str() {
+        Some(op) if !KNOWN_OPS.contains(&op) => return Err(Refusal::UnknownOp { op: op.chars().take(64).collect(), known: KNOWN_OPS.join(", ") }),
+        None => return Err(Refusal::Malformed("the command has no `op`".into())),
+        Some(_) => {}
+    }
+    let body: CommandBody = serde_json::from_value(raw).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    if body.v < body.command.min_version() {
+        return Err(Refusal::Malformed(format!("op {} needs command version {}, the body says {}", body.command.op(), body.command.min_version(), body.v)));
+    }
+    Ok(body)
 }
 
 fn message(body: &str) -> Vec<u8> {
@@ -150,10 +268,7 @@ impl SignedCommand {
         }
         let sig: [u8; 64] = hex::decode(&self.signature).ok().and_then(|b| b.try_into().ok()).ok_or(Refusal::BadSignature)?;
         key.verify(&message(&self.body), &Signature::from_bytes(&sig)).map_err(|_| Refusal::BadSignature)?;
-        let body: CommandBody = serde_json::from_str(&self.body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        if body.v > crate::PROTO_VERSION {
-            return Err(Refusal::TooNew(body.v));
-        }
+        let body = parse_body(&self.body)?;
         if body.host_id != host_id {
             return Err(Refusal::WrongHost { expected: host_id.to_string(), found: body.host_id });
         }
@@ -192,7 +307,62 @@ mod tests {
             expires_at: now + 60,
             nonce: "0123456789abcdef".into(),
             command: Command::Ls { path: "/tmp".into() },
+            reason: String::new(),
         }
+    }
+
+    /// Signs arbitrary body text (what a newer or a hostile operator tool might send).
+    fn sign_text(text: &str, k: &SigningKey) -> SignedCommand {
+        let sig = k.sign(&message(text));
+        SignedCommand { body: text.into(), key: hex::encode(k.verifying_key().to_bytes()), signature: hex::encode(sig.to_bytes()) }
+    }
+
+    #[test]
+    fn every_command_round_trips_and_carries_its_version() {
+        let k = key(1);
+        let all = [
+            Command::Status,
+            Command::Ls { path: "/tmp".into() },
+            Command::Processes,
+            Command::Kill { pid: 42, tree: true },
+            Command::Quarantine { path: "/tmp/x".into() },
+            Command::Restore { id: "ab".repeat(16), force: false },
+            Command::Delete { path: "/tmp/x".into() },
+            Command::Fetch { path: "/tmp/x".into() },
+            Command::Isolate,
+            Command::Release,
+        ];
+        assert_eq!(all.iter().map(Command::op).collect::<Vec<_>>(), KNOWN_OPS);
+        for c in all {
+            let b = CommandBody { v: c.min_version(), command: c.clone(), reason: "case 7".into(), ..body(1000) };
+            assert_eq!(sign(&b, &k).verify(&[k.verifying_key()], HOST, 1010).unwrap(), b);
+            assert_eq!(serde_json::to_value(&c).unwrap()["op"], c.op());
+        }
+        assert!(!Command::Processes.changes_host() && Command::Release.changes_host());
+    }
+
+    #[test]
+    fn a_version_1_body_still_parses_and_newer_ones_are_refused_clearly() {
+        let k = key(1);
+        let pinned = [k.verifying_key()];
+        let v1 = r#"{"v":1,"command_id":"c1","host_id":"h0123456789abcdef","issued_at":1000,"expires_at":1060,"nonce":"0123456789abcdef","command":{"op":"ls","path":"/tmp"}}"#;
+        assert_eq!(sign_text(v1, &k).verify(&pinned, HOST, 1010).unwrap(), body(1000));
+        let unknown = v1.replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"format_disk"}"#);
+        let e = sign_text(&unknown, &k).verify(&pinned, HOST, 1010).unwrap_err();
+        assert!(matches!(&e, Refusal::UnknownOp { op, .. } if op == "format_disk"), "{e}");
+        assert!(e.to_string().contains("kill") && e.to_string().contains("upgrade"), "{e}");
+        let newer = v1.replace(r#""v":1"#, r#""v":3"#);
+        let e = sign_text(&newer, &k).verify(&pinned, HOST, 1010).unwrap_err();
+        assert_eq!(e, Refusal::TooNew(3));
+        assert!(e.to_string().contains("upgrade the agent"), "{e}");
+        let kill_as_v1 = v1.replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"kill","pid":5}"#);
+        assert!(matches!(sign_text(&kill_as_v1, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(m)) if m.contains("needs command version 2")));
+        for hostile in [r#"{"v":"2"}"#, r#"{"v":2,"command":{"pid":1}}"#, r#"{"v":2,"command":{"op":"kill","pid":-1}}"#, "[]", "null"] {
+            assert!(matches!(sign_text(hostile, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(_))), "{hostile}");
+        }
+        let long_op = v1.replace(r#""op":"ls""#, &format!(r#""op":"{}""#, "x".repeat(5000)));
+        let e = sign_text(&long_op, &k).verify(&pinned, HOST, 1010).unwrap_err().to_string();
+        assert!(e.len() < 400, "the refusal does not echo an unbounded op: {e}");
     }
 
     #[test]

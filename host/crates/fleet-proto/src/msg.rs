@@ -229,6 +229,15 @@ pub enum Change {
         key: String,
         /// `done`, `failed`, `refused` (by the host) or `no-answer`.
         status: String,
+        /// The command's op (`kill`, `ls`, ...; empty in events from before it was recorded).
+        #[serde(default)]
+        op: String,
+        /// The operator's reason, from the signed body.
+        #[serde(default)]
+        reason: String,
+        /// The host's error or refusal reason, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 

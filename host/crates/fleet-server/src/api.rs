@@ -8,7 +8,7 @@
 //! | `GET /api/v1/hosts` | viewer | hosts with state (online, offline, isolated, never-seen), last seen, inventory |
 //! | `GET /api/v1/alerts?host=&state=&limit=&ecs=true` | viewer | alerts, newest first, with triage state |
 //! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
-//! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited |
+//! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited with its op, the operator's reason (required for commands that change the host) and the host's status |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //!
 //! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request). Every error is JSON,
@@ -247,7 +247,9 @@ async fn triage(State(s): State<Arc<AppState>>, headers: HeaderMap, Path((host, 
 }
 
 /// Relays an operator-signed command. The server does not sign: a
-/// compromised server can refuse to relay, never invent a command.
+/// compromised server can refuse to relay, never invent a command. A
+/// command that changes the host (kill, quarantine, isolate, ...) must say
+/// why (`reason` in the signed body); the reason is in the audit.
 async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host): Path<String>, body: Bytes) -> ApiResult {
     let who = authorize(&s, &headers, Role::Responder)?;
     let signed: edr_fleet_proto::command::SignedCommand = parse_body(&body)?;
@@ -255,24 +257,48 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no host {host} in this fleet: see `edr fleet hosts`")));
     }
     let parsed: edr_fleet_proto::command::CommandBody =
-        serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("the signed body is not a command: {e}")))?;
-    let payload = serde_json::to_vec(&signed).unwrap_or_default();
-    let answer =
-        tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(&host), payload.into())).await;
-    let (status, result) = match answer {
-        Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
-            Ok(r) => (r.status.clone(), Some(r)),
-            Err(_) => ("no-answer".to_string(), None),
-        },
-        _ => ("no-answer".to_string(), None),
+        serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("the signed body is not a command this server knows: {e}")))?;
+    if parsed.command.changes_host() && parsed.reason.trim().is_empty() {
+        return Err(ApiError::bad(format!("`{}` changes the host: give a reason (`--reason`), it is kept in the audit", parsed.command.op())));
+    }
+    let (status, result) = relay(&s, &host, &signed).await;
+    let error = result.as_ref().and_then(|r| r.output.get("error").or_else(|| r.output.get("reason"))).and_then(|v| v.as_str()).map(String::from);
+    let change = Change::Command {
+        host_id: host.clone(),
+        command_id: parsed.command_id.clone(),
+        body: signed.body.clone(),
+        key: signed.key.clone(),
+        status,
+        op: parsed.command.op().into(),
+        reason: parsed.reason.clone(),
+        error,
     };
-    let change = Change::Command { host_id: host.clone(), command_id: parsed.command_id.clone(), body: signed.body.clone(), key: signed.key.clone(), status };
     s.bus.record(&s.index, &who.name, change).await?;
     match result {
         Some(r) => ok(r),
         None => {
             Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", format!("host {host} did not answer within 30 s: is it online (`edr fleet hosts`)?")))
         }
+    }
+}
+
+/// Sends the command to the host and waits up to 30 s for its answer.
+async fn relay(s: &AppState, host: &str, signed: &edr_fleet_proto::command::SignedCommand) -> (String, Option<edr_fleet_proto::command::CommandResult>) {
+    let payload = serde_json::to_vec(signed).unwrap_or_default();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(host), payload.into())).await;
+    match answer {
+        Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
+            Ok(r) => (r.status.clone(), Some(r)),
+            Err(e) => {
+                tracing::warn!(host, "the host's answer is not a command result: {e}");
+                ("no-answer".to_string(), None)
+            }
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(host, "command not answered: {e}");
+            ("no-answer".to_string(), None)
+        }
+        Err(_) => ("no-answer".to_string(), None),
     }
 }
 

@@ -161,7 +161,7 @@ pub fn render_alerts(v: &Value) -> String {
 }
 
 /// Signs `command` for `host_id` with the operator key in `key_file` (hex
-/// Ed25519 seed, `DIR/keys/command.ed25519`), valid for `ttl_secs`.
+/// Ed25519 seed, `DIR/keys/command.ed25519`), valid for `ttl_secs`, with no reason.
 ///
 /// # Errors
 /// When the key cannot be read or the OS random source fails.
@@ -171,13 +171,31 @@ pub fn sign_command(
     command: edr_fleet_proto::command::Command,
     ttl_secs: u64,
 ) -> Result<edr_fleet_proto::command::SignedCommand, crate::FleetError> {
+    sign_command_with_reason(key_file, host_id, command, "", ttl_secs)
+}
+
+/// [`sign_command`] with the operator's reason in the signed body (the
+/// host's audit and its response engine's record keep it). The body's
+/// version is the lowest its command needs, so older agents still run
+/// the commands they know.
+///
+/// # Errors
+/// As [`sign_command`].
+pub fn sign_command_with_reason(
+    key_file: &Path,
+    host_id: &str,
+    command: edr_fleet_proto::command::Command,
+    reason: &str,
+    ttl_secs: u64,
+) -> Result<edr_fleet_proto::command::SignedCommand, crate::FleetError> {
     let bad = |problem: String| crate::FleetError::Key { name: key_file.display().to_string(), problem };
     let text = std::fs::read_to_string(key_file).map_err(|e| bad(format!("cannot read the operator's command key: {e}")))?;
     let seed: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("not 32 hex-encoded bytes".into()))?;
     let now = edr_fleet_proto::now_secs();
     let random = |n| edr_fleet_proto::random_hex(n).map_err(|e| bad(format!("random: {e}")));
     let body = edr_fleet_proto::command::CommandBody {
-        v: edr_fleet_proto::PROTO_VERSION,
+        v: command.min_version(),
+        reason: reason.to_string(),
         command_id: random(8)?,
         host_id: host_id.to_string(),
         issued_at: now,
@@ -186,4 +204,78 @@ pub fn sign_command(
         command,
     };
     Ok(edr_fleet_proto::command::sign(&body, &ed25519_dalek::SigningKey::from_bytes(&seed)))
+}
+
+/// The bytes of a `fetch` result, checked: the base64 content must decode
+/// and hash to the sha256 the host reported (and be as long as it said).
+///
+/// # Errors
+/// What does not match, or a result that is not a fetch's.
+pub fn fetched_bytes(result: &Value) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use sha2::Digest;
+    let out = &result["output"];
+    let text = out["content_base64"].as_str().ok_or("the result carries no content (content_base64)")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("the content is not base64: {e}"))?;
+    let want = out["sha256"].as_str().ok_or("the result carries no sha256")?;
+    let got = hex::encode(sha2::Sha256::digest(&bytes));
+    if got != want {
+        return Err(format!("sha256 mismatch: the host said {want}, the content hashes to {got}"));
+    }
+    if out["size"].as_u64() != Some(bytes.len() as u64) {
+        return Err(format!("size mismatch: the host said {}, got {} bytes", out["size"], bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// `edr fleet ps` as a table: pid, parent, user, executable, argv.
+pub fn render_processes(result: &Value) -> String {
+    let out = &result["output"];
+    let mut s = format!("{:>8} {:>8} {:<12} {:<32} {}\n", "PID", "PPID", "USER", "EXE", "ARGV");
+    for p in out["processes"].as_array().into_iter().flatten() {
+        let user = p["user"].as_str().map(String::from).or_else(|| p["uid"].as_u64().map(|u| u.to_string())).unwrap_or_else(|| "?".into());
+        let exe = if p["kernel_thread"] == true { format!("[{}]", p["name"].as_str().unwrap_or("")) } else { p["exe"].as_str().unwrap_or("").to_string() };
+        let argv: Vec<&str> = p["argv"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        s.push_str(&format!(
+            "{:>8} {:>8} {:<12} {:<32} {}\n",
+            p["pid"],
+            p["ppid"],
+            user,
+            exe,
+            argv.join(" ").chars().filter(|c| !c.is_control()).collect::<String>()
+        ));
+    }
+    if out["truncated"] == true {
+        s.push_str("(truncated: the host lists at most 4000 processes)\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fetched_content_is_checked_against_its_hash_and_size() {
+        let ok = json!({"output": {"content_base64": "aGVsbG8=", "size": 5, "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}});
+        assert_eq!(fetched_bytes(&ok).unwrap(), b"hello");
+        let mut bad = ok.clone();
+        bad["output"]["content_base64"] = json!("aGVsbG9v");
+        assert!(fetched_bytes(&bad).unwrap_err().contains("sha256 mismatch"));
+        let mut bad = ok.clone();
+        bad["output"]["size"] = json!(6);
+        assert!(fetched_bytes(&bad).unwrap_err().contains("size mismatch"));
+        let mut bad = ok;
+        bad["output"]["content_base64"] = json!("not base64!");
+        assert!(fetched_bytes(&bad).unwrap_err().contains("not base64"));
+        assert!(fetched_bytes(&json!({"output": {}})).is_err());
+    }
+
+    #[test]
+    fn processes_render_without_control_characters() {
+        let r = json!({"output": {"processes": [{"pid": 7, "ppid": 1, "user": "root", "exe": "/bin/sh", "argv": ["sh", "-c", "echo \u{1b}[31m"]}], "truncated": false}});
+        let t = render_processes(&r);
+        assert!(t.contains("/bin/sh") && t.contains("root") && !t.contains('\u{1b}'), "{t}");
+    }
 }

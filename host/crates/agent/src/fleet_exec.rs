@@ -1,0 +1,170 @@
+//! The fleet's commands in the agent: the read-only ones through the link's
+//! [`BuiltIn`], the response commands through the agent's own response
+//! engine ([`AgentHandle::respond`], what `edr respond` reaches over the
+//! control socket), so the same policy, protections and audit apply
+//! (`actions.jsonl`, the record's `action` table, status counters). The
+//! engine's audit record is the command's output.
+//!
+//! * `kill`, `quarantine`, `restore`, `delete`, `isolate`, `release`: one
+//!   engine action each; a refusal or a failed action is the command's
+//!   failure, with the engine's reason.
+//! * `restore` takes a quarantine id or the original absolute path (the
+//!   newest quarantine entry of that path).
+//! * `fetch`: the engine copies the file into the evidence store (audited);
+//!   the copy is read back, its sha256 checked against the engine's, and
+//!   returned base64-encoded. Files over [`FETCH_MAX_BYTES`] are refused
+//!   before anything is copied.
+//! * `isolate`: the fleet's NATS endpoints were added to the engine's
+//!   management allowlist when the agent started
+//!   ([`crate::fleet::management_endpoints`]); before isolating they are
+//!   resolved again, and isolation is refused when one of the addresses is
+//!   not in the allowlist (the host would lose its fleet).
+
+use crate::{AgentError, AgentHandle, Caller};
+use base64::Engine as _;
+use edr_fleet_link::commands::{BuiltIn, CommandExecutor};
+use edr_fleet_proto::command::{Command, CommandBody, FETCH_MAX_BYTES};
+use edr_respond::{AuditRecord, Decision, Endpoint, Outcome, ResponseAction};
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Runs verified fleet commands in this agent.
+pub(crate) struct FleetExecutor {
+    pub(crate) agent: AgentHandle,
+    pub(crate) builtin: BuiltIn,
+    /// The link's NATS URLs (from the host's fleet identity).
+    pub(crate) nats_urls: Vec<String>,
+}
+
+impl CommandExecutor for FleetExecutor {
+    fn execute(&self, body: &CommandBody) -> Result<Value, String> {
+        let action = match &body.command {
+            Command::Status | Command::Ls { .. } | Command::Processes => return self.builtin.execute(body),
+            Command::Kill { pid, tree } => ResponseAction::Kill { pid: *pid, tree: *tree, expect: None },
+            Command::Quarantine { path } => ResponseAction::Quarantine(absolute(path)?),
+            Command::Restore { id, force } => ResponseAction::Restore { id: self.quarantine_id(id)?, force: *force },
+            Command::Delete { path } => ResponseAction::Delete(absolute(path)?),
+            Command::Fetch { path } => return self.fetch(body, &absolute(path)?),
+            Command::Isolate => {
+                self.check_fleet_allowed()?;
+                ResponseAction::Isolate
+            }
+            Command::Release => ResponseAction::Release,
+        };
+        let record = self.respond(body, action)?;
+        Ok(json!({"audit": record}))
+    }
+}
+
+fn absolute(path: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(format!("{path:?}: give an absolute path"));
+    }
+    Ok(p)
+}
+
+/// Whether `ep` lets packets to `addr` through.
+fn covers(ep: &Endpoint, addr: &SocketAddr) -> bool {
+    let Ok(net) = Endpoint::new(addr.ip(), ep.prefix, None) else { return false };
+    net.addr == ep.addr && ep.port.is_none_or(|p| p == addr.port())
+}
+
+impl FleetExecutor {
+    /// The engine decides, acts and audits; a refusal or failure is the command's error.
+    fn respond(&self, body: &CommandBody, action: ResponseAction) -> Result<AuditRecord, String> {
+        let caller = Caller::via(format!("fleet command {}", body.command_id), 0);
+        let reason =
+            if body.reason.is_empty() { format!("fleet command {}", body.command_id) } else { format!("{} (fleet command {})", body.reason, body.command_id) };
+        let record = self.agent.respond(&caller, action, &reason).map_err(|e: AgentError| e.to_string())?;
+        if record.decision == Decision::Refused {
+            return Err(format!("refused by the host's response engine: {}", record.refusal.as_deref().unwrap_or("no reason given")));
+        }
+        if let Outcome::Error(e) = &record.outcome {
+            return Err(format!("the host's response engine failed: {e} (audit record {})", record.id));
+        }
+        Ok(record)
+    }
+
+    fn quarantine_id(&self, id_or_path: &str) -> Result<String, String> {
+        if !id_or_path.starts_with('/') {
+            return Ok(id_or_path.to_string());
+        }
+        let responder = self.agent.responder().ok_or("the response engine is not running in this agent")?;
+        responder
+            .quarantined()
+            .into_iter()
+            .filter(|e| e.original_path == Path::new(id_or_path))
+            .max_by_key(|e| e.quarantined_at)
+            .map(|e| e.id)
+            .ok_or_else(|| format!("nothing from {id_or_path} is in this host's quarantine"))
+    }
+
+    /// Refuses isolation when a current address of the fleet's NATS is not in the allowlist.
+    fn check_fleet_allowed(&self) -> Result<(), String> {
+        let responder = self.agent.responder().ok_or("the response engine is not running in this agent")?;
+        let addrs = edr_fleet_link::endpoints::resolve(&self.nats_urls)
+            .map_err(|e| format!("isolation refused: the fleet's NATS cannot be resolved now ({e}), so it could not be kept reachable"))?;
+        let allowed = &responder.config().management;
+        let missing: Vec<String> = addrs.iter().filter(|a| !a.ip().is_loopback() && !allowed.iter().any(|ep| covers(ep, a))).map(ToString::to_string).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "isolation refused: the fleet's NATS now resolves to {} which the isolation allowlist (set when the agent started) lacks; restart the agent or add them to [respond] management",
+                missing.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fetch through the engine (evidence store, audited), then the copy's bytes.
+    fn fetch(&self, body: &CommandBody, path: &Path) -> Result<Value, String> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot fetch {}: {e}", path.display()))?;
+        if meta.is_file() && meta.len() > FETCH_MAX_BYTES {
+            return Err(format!("{} is {} bytes; the fleet returns at most {FETCH_MAX_BYTES} bytes (512 KiB) per fetch", path.display(), meta.len()));
+        }
+        let record = self.respond(body, ResponseAction::Fetch(path.to_path_buf()))?;
+        if record.decision != Decision::Enforced {
+            return Ok(json!({"audit": record, "content_base64": null, "note": "simulated: nothing was copied"}));
+        }
+        let stored = record.detail.get("stored_path").ok_or("the engine did not say where the copy is")?;
+        let want = record.detail.get("sha256").cloned().unwrap_or_default();
+        let mut bytes = Vec::new();
+        std::fs::File::open(stored)
+            .and_then(|f| f.take(FETCH_MAX_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| format!("cannot read the evidence copy {stored}: {e}"))?;
+        if bytes.len() as u64 > FETCH_MAX_BYTES {
+            return Err(format!("{} grew past {FETCH_MAX_BYTES} bytes while being fetched; the copy stays in the evidence store ({stored})", path.display()));
+        }
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        if sha256 != want {
+            return Err(format!("the evidence copy's sha256 {sha256} differs from the engine's {want}: the copy was changed"));
+        }
+        Ok(json!({
+            "audit": record,
+            "path": path,
+            "size": bytes.len(),
+            "sha256": sha256,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_coverage_respects_prefix_and_port() {
+        let a: SocketAddr = "10.1.2.3:4222".parse().unwrap();
+        let net = |s: &str, prefix, port| Endpoint::new(s.parse().unwrap(), prefix, port).unwrap();
+        assert!(covers(&net("10.1.2.3", 32, Some(4222)), &a));
+        assert!(covers(&net("10.1.0.0", 16, None), &a));
+        assert!(!covers(&net("10.1.2.3", 32, Some(4223)), &a));
+        assert!(!covers(&net("10.1.2.4", 32, None), &a));
+        assert!(!covers(&net("::1", 128, None), &a), "another family");
+        assert!(absolute("relative/x").is_err() && absolute("/x").is_ok());
+    }
+}

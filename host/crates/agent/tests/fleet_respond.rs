@@ -1,0 +1,298 @@
+//! Remote response through the fleet, end to end in one process: a real
+//! `nats-server` (the management server's local child on a free loopback
+//! port), the management server and its HTTP API, and an agent built on a
+//! temporary data dir, enrolled, whose fleet link runs the commands through
+//! the agent's own response engine (the one `edr respond` reaches). Every
+//! command is signed the way `edr fleet` signs it and relayed by the API.
+
+use edr_agent::{Agent, AgentConfig, AgentHandle, Shutdown};
+use edr_fleet_proto::command::{sign, Command, CommandBody};
+use edr_fleet_server::client::{self, Client, ClientError};
+use edr_fleet_server::{InitOptions, Running};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn have_nats() -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
+    if !found {
+        edr_testkit::skip("nats-server not on PATH (Debian package nats-server)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// The management server, its NATS, and one enrolled agent; all stop on drop.
+struct Fleet {
+    agent: Option<(AgentHandle, Shutdown, std::thread::JoinHandle<anyhow::Result<edr_agent::RunSummary>>)>,
+    _events: crossbeam_channel::Sender<edr_event::Event>,
+    running: Option<Running>,
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    admin: Client,
+    host: String,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions { name: "test".into(), nats_listen: format!("127.0.0.1:{}", free_port()), http_listen: "127.0.0.1:0".into(), heartbeat_secs: 1 };
+        let created = edr_fleet_server::fleet::init(&dir.path().join("fleet"), &opts).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let running = rt.block_on(edr_fleet_server::start(created.fleet, false)).unwrap();
+        let base = format!("http://{}", running.http_addr);
+        let admin = Client::new(&base, &created.admin_token);
+        let token = admin.post("/api/v1/enroll-tokens", &json!({"ttl_secs": 600})).unwrap()["token"].as_str().unwrap().to_string();
+        let config = write_config(dir.path());
+        let cfg = AgentConfig::load(&config).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let agent = Agent::builder(cfg).config_file(&config).events(rx).enroll(Some(token)).build().unwrap();
+        let handle = agent.handle();
+        let shutdown = Shutdown::new();
+        let s = shutdown.clone();
+        let thread = std::thread::spawn(move || agent.run(s));
+        let id_text = std::fs::read_to_string(dir.path().join("data/fleet/identity.json")).unwrap();
+        let host = serde_json::from_str::<Value>(&id_text).unwrap()["host_id"].as_str().unwrap().to_string();
+        let f = Fleet { agent: Some((handle, shutdown, thread)), _events: tx, running: Some(running), rt, dir, admin, host };
+        assert!(wait_until(Duration::from_secs(30), || f.host_state() == "online"), "the agent's link comes online: {:?}", f.admin.get("/api/v1/hosts"));
+        f
+    }
+
+    fn host_state(&self) -> String {
+        self.admin.get("/api/v1/hosts").ok().and_then(|v| v["hosts"][0]["state"].as_str().map(String::from)).unwrap_or_default()
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("fleet/keys/command.ed25519")
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.running.as_ref().unwrap().http_addr)
+    }
+
+    /// Signs and relays `cmd` as `edr fleet` does; the host's result.
+    fn run(&self, cmd: Command, reason: &str) -> Value {
+        self.run_as(&self.admin, cmd, reason).unwrap()
+    }
+
+    fn run_as(&self, c: &Client, cmd: Command, reason: &str) -> Result<Value, ClientError> {
+        let signed = client::sign_command_with_reason(&self.key_file(), &self.host, cmd, reason, 60).unwrap();
+        c.post(&format!("/api/v1/hosts/{}/commands", self.host), &serde_json::to_value(&signed).unwrap())
+    }
+
+    fn journal(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/actions.jsonl")).unwrap_or_default()
+    }
+
+    fn server_audit(&self) -> Vec<Value> {
+        self.admin.get("/api/v1/audit?limit=200").unwrap()["audit"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some((_, shutdown, thread)) = self.agent.take() {
+            shutdown.trigger();
+            let _ = thread.join();
+        }
+        let _g = self.rt.enter();
+        self.running.take();
+    }
+}
+
+/// A data dir under `dir/data`, events from a channel, no plugins (none are needed).
+fn write_config(dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let path = dir.join("edr.toml");
+    let text = format!(
+        "data_dir = {:?}\n[plugins]\nbuiltin = false\ndir = {:?}\n[collect]\nsource = \"stdin\"\n[output]\nstdout = false\n",
+        dir.join("data"),
+        plugins
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn done(r: &Value) -> &Value {
+    assert_eq!(r["status"], "done", "{r:#}");
+    &r["output"]
+}
+
+fn failed(r: &Value, why: &str) {
+    assert!(r["status"] == "failed" && r["output"]["error"].as_str().unwrap_or("").contains(why), "expected a failure with {why:?}: {r:#}");
+}
+
+#[test]
+fn remote_kill_ps_quarantine_restore_delete_and_fetch_go_through_the_response_engine() {
+    if !have_nats() {
+        return;
+    }
+    let f = Fleet::start();
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+
+    // ps: a known process with its parent and lineage.
+    let mut sleeper = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let pid = sleeper.id();
+    let ps = f.run(Command::Processes, "");
+    let listed = done(&ps)["processes"].as_array().unwrap().iter().find(|p| p["pid"] == pid).cloned().unwrap_or_else(|| panic!("pid {pid} not listed"));
+    assert_eq!(listed["ppid"], std::process::id(), "{listed}");
+    assert_eq!(listed["lineage"][0], std::process::id(), "{listed}");
+    assert!(listed["exe"].as_str().unwrap().ends_with("sleep"), "{listed}");
+    assert_eq!(listed["argv"], json!(["sleep", "300"]));
+    assert!(listed["user"].is_string() && listed["uid"].is_u64(), "{listed}");
+    assert!(client::render_processes(&ps).contains(&pid.to_string()));
+
+    // kill: the engine kills it and audits it as any operator request.
+    let r = f.run(Command::Kill { pid, tree: false }, "case 17: miner");
+    let audit = &done(&r)["audit"];
+    assert_eq!((audit["decision"].as_str(), audit["outcome"]["status"].as_str().or(audit["outcome"].as_str())), (Some("enforced"), Some("ok")), "{audit}");
+    assert!(audit["reason"].as_str().unwrap().contains("case 17: miner"), "{audit}");
+    let status = sleeper.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by SIGKILL");
+    assert!(f.journal().lines().any(|l| l.contains("kill-process") && l.contains("case 17: miner")), "{}", f.journal());
+    // Protections hold remotely too: pid 1 is refused by the engine, with its reason.
+    failed(&f.run(Command::Kill { pid: 1, tree: false }, "hostile"), "refused by the host's response engine");
+
+    // quarantine, then restore by path: the same bytes back.
+    let victim = work.path().join("dropper.bin");
+    let content: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(&victim, &content).unwrap();
+    let want_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&content));
+    let r = f.run(Command::Quarantine { path: victim.to_str().unwrap().into() }, "case 17");
+    let detail = &done(&r)["audit"]["detail"];
+    assert_eq!(detail["sha256"], want_sha.as_str());
+    assert!(!victim.exists(), "moved into quarantine");
+    let r = f.run(Command::Restore { id: victim.to_str().unwrap().into(), force: false }, "false positive");
+    assert_eq!(done(&r)["audit"]["detail"]["sha256"], want_sha.as_str());
+    assert_eq!(std::fs::read(&victim).unwrap(), content, "restored byte-exact");
+    failed(&f.run(Command::Restore { id: "/nowhere/at/all".into(), force: false }, "again"), "nothing from /nowhere/at/all");
+
+    // fetch: the exact bytes, hash checked by the client; a copy in the evidence store.
+    let r = f.run(Command::Fetch { path: victim.to_str().unwrap().into() }, "triage");
+    assert_eq!(client::fetched_bytes(&r).unwrap(), content);
+    assert_eq!(done(&r)["sha256"], want_sha.as_str());
+    // The largest fetch fits in one NATS reply (nats-server's default max_payload, 1 MiB).
+    let largest = work.path().join("largest.bin");
+    let bytes: Vec<u8> = (0..edr_fleet_proto::command::FETCH_MAX_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&largest, &bytes).unwrap();
+    assert_eq!(client::fetched_bytes(&f.run(Command::Fetch { path: largest.to_str().unwrap().into() }, "limit")).unwrap(), bytes);
+    let big = work.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; (edr_fleet_proto::command::FETCH_MAX_BYTES + 1) as usize]).unwrap();
+    failed(&f.run(Command::Fetch { path: big.to_str().unwrap().into() }, "too big"), "at most 524288 bytes");
+    failed(&f.run(Command::Fetch { path: "relative".into() }, "x"), "absolute path");
+
+    // delete: gone, its hash audited; a protected path is refused.
+    let r = f.run(Command::Delete { path: victim.to_str().unwrap().into() }, "cleanup");
+    assert_eq!(done(&r)["audit"]["decision"], "enforced");
+    assert!(!victim.exists());
+    let data_file = f.dir.path().join("data/actions.jsonl");
+    failed(&f.run(Command::Delete { path: data_file.to_str().unwrap().into() }, "hostile"), "refused");
+    assert!(data_file.exists());
+
+    // Audited on the server with op and reason.
+    let audit = f.server_audit();
+    let cmds: Vec<(String, String, String)> = audit
+        .iter()
+        .filter(|e| e["change"]["kind"] == "command")
+        .map(|e| (e["change"]["op"].as_str().unwrap().into(), e["change"]["reason"].as_str().unwrap().into(), e["change"]["status"].as_str().unwrap().into()))
+        .collect();
+    for want in [
+        ("kill", "case 17: miner", "done"),
+        ("quarantine", "case 17", "done"),
+        ("restore", "false positive", "done"),
+        ("delete", "cleanup", "done"),
+        ("kill", "hostile", "failed"),
+    ] {
+        assert!(cmds.iter().any(|(o, r, s)| (o.as_str(), r.as_str(), s.as_str()) == want), "{want:?} in {cmds:?}");
+    }
+}
+
+#[test]
+fn roles_reasons_forgeries_and_replays_are_refused() {
+    if !have_nats() {
+        return;
+    }
+    let f = Fleet::start();
+    let mut sleeper = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let pid = sleeper.id();
+    let fleet = edr_fleet_server::Fleet::open(&f.dir.path().join("fleet")).unwrap();
+    let viewer = Client::new(&f.base(), &edr_fleet_server::api_auth::add_token(&fleet.dir, "vera", edr_fleet_server::api_auth::Role::Viewer).unwrap());
+    let responder = Client::new(&f.base(), &edr_fleet_server::api_auth::add_token(&fleet.dir, "rita", edr_fleet_server::api_auth::Role::Responder).unwrap());
+
+    // A viewer cannot kill (JSON error, 403), nor isolate; a responder must give a reason.
+    for cmd in [Command::Kill { pid, tree: false }, Command::Isolate] {
+        match f.run_as(&viewer, cmd, "curious") {
+            Err(ClientError::Refused { status: 403, message }) => assert!(message.contains("needs responder"), "{message}"),
+            other => panic!("a viewer's command must be refused: {other:?}"),
+        }
+    }
+    match f.run_as(&responder, Command::Kill { pid, tree: false }, "  ") {
+        Err(ClientError::Refused { status: 400, message }) => assert!(message.contains("reason"), "{message}"),
+        other => panic!("a kill without a reason must be refused: {other:?}"),
+    }
+    assert!(sleeper.try_wait().unwrap().is_none(), "still alive after refused kills");
+
+    // A forged kill (body altered after signing) and a replayed one: refused by the host.
+    let good = client::sign_command_with_reason(&f.key_file(), &f.host, Command::Kill { pid: 1, tree: false }, "x", 60).unwrap();
+    let mut forged = good.clone();
+    forged.body = forged.body.replace(r#""pid":1"#, &format!(r#""pid":{pid}"#));
+    let post =
+        |s: &edr_fleet_proto::command::SignedCommand| responder.post(&format!("/api/v1/hosts/{}/commands", f.host), &serde_json::to_value(s).unwrap()).unwrap();
+    let r = post(&forged);
+    assert!(r["status"] == "refused" && r["output"]["reason"].as_str().unwrap().contains("does not verify"), "{r}");
+    let kill = client::sign_command_with_reason(&f.key_file(), &f.host, Command::Kill { pid, tree: false }, "real", 60).unwrap();
+    assert_eq!(post(&kill)["status"], "done");
+    assert!(wait_until(Duration::from_secs(5), || sleeper.try_wait().unwrap().is_some()), "killed");
+    let mut again = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let r = post(&kill);
+    assert!(r["status"] == "refused" && r["output"]["reason"].as_str().unwrap().contains("replayed"), "{r}");
+    assert!(again.try_wait().unwrap().is_none());
+    let _ = again.kill();
+
+    // An op this agent does not know (a newer tool), signed by the real key: refused with what it knows.
+    let key = ed25519_dalek::SigningKey::from_bytes(&hex::decode(std::fs::read_to_string(f.key_file()).unwrap().trim()).unwrap().try_into().unwrap());
+    let now = edr_fleet_proto::now_secs();
+    let body = CommandBody {
+        v: 2,
+        command_id: "c-new".into(),
+        host_id: f.host.clone(),
+        issued_at: now,
+        expires_at: now + 60,
+        nonce: "ab".repeat(16),
+        command: Command::Processes,
+        reason: "r".into(),
+    };
+    let mut newer = sign(&body, &key);
+    let text = newer.body.replace(r#"{"op":"processes"}"#, r#"{"op":"wipe"}"#);
+    newer = edr_fleet_proto::command::SignedCommand { signature: sign_raw(&key, &text), body: text, ..newer };
+    let bus = f.running.as_ref().unwrap().state.bus.client.clone();
+    let subject = edr_fleet_proto::subjects::command(&f.host);
+    let payload = serde_json::to_vec(&newer).unwrap();
+    let m = f.rt.block_on(async move { bus.request(subject, payload.into()).await.unwrap() });
+    let r: Value = serde_json::from_slice(&m.payload).unwrap();
+    let why = r["output"]["reason"].as_str().unwrap();
+    assert!(r["status"] == "refused" && why.contains("unknown command op \"wipe\"") && why.contains("kill"), "{r}");
+}
+
+/// The Ed25519 signature `edr_fleet_proto::command::sign` would make over `text`.
+fn sign_raw(key: &ed25519_dalek::SigningKey, text: &str) -> String {
+    use ed25519_dalek::Signer;
+    let mut m = b"edr-fleet-command-v1\n".to_vec();
+    m.extend_from_slice(text.as_bytes());
+    hex::encode(key.sign(&m).to_bytes())
+}
