@@ -8,6 +8,7 @@
 //! them the veth pair and the isolation table) are removed even when the
 //! test fails; the only addresses used are inside them.
 
+use edr_testkit::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -74,17 +75,6 @@ fn fleet(ns: &str, dir: &Path, args: &[&str]) -> (bool, String, String) {
 fn reaches(ns: &str, addr: &str, port: u16) -> bool {
     let script = format!("exec 3<>/dev/tcp/{addr}/{port}");
     in_ns(ns, &["timeout", "2", "bash", "-c", &script]).status.success()
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    f()
 }
 
 fn host_state(ns: &str, dir: &Path) -> String {

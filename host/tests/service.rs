@@ -4,6 +4,7 @@
 
 mod common;
 use common::agent::{exec_line, Agent};
+use edr_testkit::free_port;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -228,11 +229,6 @@ fn sighup_reloads_without_losing_events_and_sigterm_flushes_everything() {
     all.dedup();
     assert_eq!(n, all.len(), "an alert was written twice");
     assert_eq!(all.len() as u32, flagged, "alerts lost across the output switch");
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {

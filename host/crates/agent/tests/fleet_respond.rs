@@ -9,31 +9,13 @@ use edr_agent::{Agent, AgentConfig, AgentHandle, Shutdown};
 use edr_fleet_proto::command::{sign, Command, CommandBody};
 use edr_fleet_server::client::{self, Client, ClientError};
 use edr_fleet_server::{InitOptions, Running};
+use edr_testkit::{free_port, wait_until};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn have_nats() -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
-    if !found {
-        edr_testkit::skip("nats-server not on PATH (Debian package nats-server)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
+    edr_testkit::have_program("nats-server", "nats-server")
 }
 
 /// The management server, its NATS, and one enrolled agent; all stop on drop.

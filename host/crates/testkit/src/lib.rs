@@ -92,3 +92,31 @@ pub fn sigmahq_linux_rules() -> Option<std::path::PathBuf> {
     skip(format!("the SigmaHQ corpus is not at {} or {}", candidates[0].display(), candidates[1].display()));
     None
 }
+
+/// Whether `program` is on `PATH`; when not, records the skip, naming the
+/// Debian package that has it. The caller returns on `false`.
+pub fn have_program(program: &str, debian_package: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
+    if !found {
+        skip(format!("{program} not on PATH (Debian package {debian_package})"));
+    }
+    found
+}
+
+/// A loopback TCP port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port").local_addr().expect("its address").port()
+}
+
+/// Polls `f` every 20 ms until it is true or `limit` has passed; returns
+/// whether it became true (`f` is asked once more at the end).
+pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use edr_output::{AlertOutput, OutgoingAlert, OutputStatus};
+pub use edr_testkit::{free_port, wait_until};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -42,11 +43,6 @@ pub struct Receiver {
     pub requests: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// A port that nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 impl Receiver {
@@ -175,18 +171,6 @@ pub fn alert_json(id: u64, pad: usize) -> String {
 /// Sends alert `id` with `json`.
 pub fn send(out: &mut dyn AlertOutput, id: u64, json: &str) -> Result<(), edr_output::OutputError> {
     out.send(&OutgoingAlert { id, json, severity: 73, rule_id: "edr.test", hostname: "test-host" })
-}
-
-/// Polls `f` until true or `limit`; returns whether it became true.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }
 
 /// Status, for assertions messages.
