@@ -11,7 +11,7 @@
 use edr_testkit::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EDR: &str = env!("CARGO_BIN_EXE_edr");
 

@@ -12,7 +12,7 @@ use edr_fleet_server::{InitOptions, Running};
 use edr_testkit::{free_port, wait_until};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn have_nats() -> bool {
     edr_testkit::have_program("nats-server", "nats-server")

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use edr_output::{AlertOutput, OutgoingAlert, OutputStatus};
+#[allow(unused_imports)] // each test binary uses some of them
 pub use edr_testkit::{free_port, wait_until};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
