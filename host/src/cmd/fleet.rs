@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use edr_fleet_proto::command::Command;
+use edr_fleet_proto::command::{Command, QUERY_DEFAULT_ROWS};
 use edr_fleet_server::client::{self, Client};
 use serde_json::json;
 use std::path::PathBuf;
@@ -136,6 +136,29 @@ pub enum FleetCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// A fleet-wide hunt: one read-only SELECT over each host's record views (process, file,
+    /// network, login, alert, action, incident), printed as one table with a `host` column first.
+    Query {
+        /// One SELECT (or WITH) statement, as `edr query` takes it.
+        sql: String,
+        /// Only these hosts (comma-separated host ids; default: every online or isolated host).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Rows per host at most (1 to 10000).
+        #[arg(long, default_value_t = QUERY_DEFAULT_ROWS)]
+        limit: u32,
+        /// How long the server waits for each host (1s to 120s).
+        #[arg(long, default_value = "30s")]
+        timeout: humantime::Duration,
+        /// The merged result and each host's status as JSON.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// The rows as CSV (host statuses go to standard error).
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +220,23 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Fetch { host, path, output, sign } => fetch(&c, &a.dir, &host, path, output, &sign)?,
         FleetCommand::Isolate { host, sign } => print(&command(&c, &a.dir, &host, Command::Isolate, &sign)?),
         FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
+        FleetCommand::Query { sql, hosts, limit, timeout, json, csv, sign } => {
+            let q = client::HuntRequest { sql: &sql, limit, reason: &sign.reason, ttl_secs: sign.ttl.as_secs(), timeout_secs: timeout.as_secs() };
+            hunt(
+                &c,
+                &a.dir,
+                hosts,
+                &q,
+                &sign,
+                if json {
+                    "json"
+                } else if csv {
+                    "csv"
+                } else {
+                    "table"
+                },
+            )?
+        }
     }
     Ok(())
 }
@@ -216,6 +256,43 @@ fn command(c: &Client, dir: &std::path::Path, host: &str, cmd: Command, sign: &S
         anyhow::bail!("host {host}: command {}: {}", result["status"], result["output"]);
     }
     Ok(result)
+}
+
+/// `edr fleet query`: signs a query for each host, has the server fan them out, prints one result.
+fn hunt(c: &Client, dir: &std::path::Path, hosts: Vec<String>, q: &client::HuntRequest<'_>, sign: &SignArgs, format: &str) -> anyhow::Result<()> {
+    let hosts = if hosts.is_empty() {
+        let v = c.get("/api/v1/hosts")?;
+        let live: Vec<String> = v["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| matches!(h["state"].as_str(), Some("online" | "isolated")))
+            .filter_map(|h| h["host_id"].as_str().map(String::from))
+            .collect();
+        anyhow::ensure!(!live.is_empty(), "no host is online (see `edr fleet hosts`); name hosts with --hosts");
+        live
+    } else {
+        hosts
+    };
+    let key = sign.key.clone().unwrap_or_else(|| dir.join("keys/command.ed25519"));
+    let answer = c.post("/api/v1/query", &client::query_request(&key, &hosts, q)?)?;
+    let merged = client::merge_hunt(&answer);
+    match format {
+        "json" => print(&merged),
+        "csv" => {
+            print!("{}", client::render_hunt_csv(&merged));
+            for h in merged["hosts"].as_array().into_iter().flatten().filter(|h| h["status"] != "done" || h["truncated"] == true) {
+                eprintln!(
+                    "host {}: {}{}",
+                    h["host"].as_str().unwrap_or(""),
+                    h["status"].as_str().unwrap_or(""),
+                    if h["truncated"] == true { " (truncated)" } else { "" }
+                );
+            }
+        }
+        _ => print!("{}", client::render_hunt_table(&merged)),
+    }
+    Ok(())
 }
 
 /// `edr fleet fetch`: the content, its sha256 checked, to a file or standard output.

@@ -14,6 +14,11 @@
 //!   the copy is read back, its sha256 checked against the engine's, and
 //!   returned base64-encoded. Files over [`FETCH_MAX_BYTES`] are refused
 //!   before anything is copied.
+//! * `query`: one read-only SELECT over the record's views, through the
+//!   same path as `edr query` ([`AgentHandle::query_limited`]: the store's
+//!   read-only connection, authorizer and single-statement check), with the
+//!   command's row limit (at most [`QUERY_MAX_ROWS`]) and a deadline of
+//!   [`QUERY_DEADLINE`]. The output is `{columns, rows, truncated}`.
 //! * `isolate`: the fleet's NATS endpoints were added to the engine's
 //!   management allowlist when the agent started
 //!   ([`crate::fleet::management_endpoints`]); before isolating they are
@@ -23,13 +28,16 @@
 use crate::{AgentError, AgentHandle, Caller};
 use base64::Engine as _;
 use edr_fleet_link::commands::{BuiltIn, CommandExecutor};
-use edr_fleet_proto::command::{Command, CommandBody, FETCH_MAX_BYTES};
+use edr_fleet_proto::command::{Command, CommandBody, FETCH_MAX_BYTES, QUERY_MAX_ROWS, QUERY_MAX_SQL_BYTES};
 use edr_respond::{AuditRecord, Decision, Endpoint, Outcome, ResponseAction};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// How long a fleet `query` may run on this host (the server waits 30 s for an answer).
+pub(crate) const QUERY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs verified fleet commands in this agent.
 pub(crate) struct FleetExecutor {
@@ -53,6 +61,7 @@ impl CommandExecutor for FleetExecutor {
                 ResponseAction::Isolate
             }
             Command::Release => ResponseAction::Release,
+            Command::Query { sql, limit } => return self.query(sql, *limit),
         };
         let record = self.respond(body, action)?;
         Ok(json!({"audit": record}))
@@ -119,6 +128,14 @@ impl FleetExecutor {
         Ok(())
     }
 
+    /// A read-only query over the record, bounded in rows and time.
+    fn query(&self, sql: &str, limit: u32) -> Result<Value, String> {
+        check_query(sql, limit)?;
+        let r = self.agent.query_limited(sql, limit as usize, QUERY_DEADLINE).map_err(|e| e.to_string())?;
+        let (rows, cut) = fit_reply(r.rows);
+        Ok(json!({"columns": r.columns, "rows": rows, "truncated": r.truncated || cut}))
+    }
+
     /// Fetch through the engine (evidence store, audited), then the copy's bytes.
     fn fetch(&self, body: &CommandBody, path: &Path) -> Result<Value, String> {
         let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot fetch {}: {e}", path.display()))?;
@@ -152,6 +169,34 @@ impl FleetExecutor {
     }
 }
 
+/// The most bytes of rows one query answer carries (it travels in one NATS
+/// reply; nats-server's default `max_payload` is 1 MiB).
+const QUERY_MAX_REPLY_BYTES: usize = 768 << 10;
+
+/// The leading rows that fit in [`QUERY_MAX_REPLY_BYTES`], and whether some were cut.
+fn fit_reply(mut rows: Vec<Vec<Value>>) -> (Vec<Vec<Value>>, bool) {
+    let mut total = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        total += serde_json::to_string(row).map_or(0, |t| t.len() + 1);
+        if total > QUERY_MAX_REPLY_BYTES {
+            rows.truncate(i);
+            return (rows, true);
+        }
+    }
+    (rows, false)
+}
+
+/// The limits of a fleet query, checked before the store sees it.
+fn check_query(sql: &str, limit: u32) -> Result<(), String> {
+    if limit == 0 || limit > QUERY_MAX_ROWS {
+        return Err(format!("query limit {limit}: give 1 to {QUERY_MAX_ROWS} rows"));
+    }
+    if sql.len() > QUERY_MAX_SQL_BYTES {
+        return Err(format!("the query is {} bytes; at most {QUERY_MAX_SQL_BYTES}", sql.len()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +211,18 @@ mod tests {
         assert!(!covers(&net("10.1.2.4", 32, None), &a));
         assert!(!covers(&net("::1", 128, None), &a), "another family");
         assert!(absolute("relative/x").is_err() && absolute("/x").is_ok());
+    }
+
+    #[test]
+    fn query_limits_are_checked() {
+        assert!(check_query("SELECT 1", 1).is_ok() && check_query("SELECT 1", QUERY_MAX_ROWS).is_ok());
+        assert!(check_query("SELECT 1", 0).unwrap_err().contains("1 to 10000"));
+        assert!(check_query("SELECT 1", QUERY_MAX_ROWS + 1).is_err());
+        assert!(check_query(&"x".repeat(QUERY_MAX_SQL_BYTES + 1), 5).unwrap_err().contains("bytes"));
+        let small = vec![vec![json!(1), json!("a")]; 10];
+        assert_eq!(fit_reply(small.clone()), (small, false));
+        let big = vec![vec![json!("x".repeat(100 << 10))]; 20];
+        let (kept, cut) = fit_reply(big);
+        assert!(cut && kept.len() == 7, "{} rows kept", kept.len());
     }
 }

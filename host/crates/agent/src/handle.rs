@@ -136,6 +136,12 @@ impl AgentHandle {
         self.store()?.query(sql).map_err(|e| AgentError::Failed(e.to_string()))
     }
 
+    /// [`AgentHandle::query`] with its own row limit and time limit (the
+    /// fleet's `query`): the same read-only path and SQL checks.
+    pub fn query_limited(&self, sql: &str, max_rows: usize, timeout: std::time::Duration) -> Result<edr_store::QueryResult, AgentError> {
+        self.store()?.with_query_limits(timeout, max_rows).query(sql).map_err(|e| AgentError::Failed(e.to_string()))
+    }
+
     /// An alert's storyline (`edr storyline`).
     pub fn storyline(&self, alert: u64, opts: edr_store::StorylineOptions) -> Result<edr_store::Storyline, AgentError> {
         self.store()?.storyline(alert, opts).map_err(|e| AgentError::Failed(e.to_string()))

@@ -278,3 +278,86 @@ fn sign_raw(key: &ed25519_dalek::SigningKey, text: &str) -> String {
     m.extend_from_slice(text.as_bytes());
     hex::encode(key.sign(&m).to_bytes())
 }
+
+#[test]
+fn a_fleet_query_hunts_every_host_read_only_with_limits_and_every_host_status() {
+    if !have_nats() {
+        return;
+    }
+    let f = Fleet::start();
+    // A second host, enrolled but with no agent running: it never answers.
+    let token = f.admin.post("/api/v1/enroll-tokens", &json!({"ttl_secs": 600})).unwrap()["token"].as_str().unwrap().to_string();
+    let silent = edr_fleet_link::enroll::enroll(&f.dir.path().join("silent"), &token, "silent-host").unwrap().host_id;
+    let fleet = edr_fleet_server::Fleet::open(&f.dir.path().join("fleet")).unwrap();
+    let viewer = Client::new(&f.base(), &edr_fleet_server::api_auth::add_token(&fleet.dir, "vera", edr_fleet_server::api_auth::Role::Viewer).unwrap());
+    let hunt = |hosts: &[String], sql: &str, limit: u32| {
+        let q = client::HuntRequest { sql, limit, reason: "hunt 3", ttl_secs: 60, timeout_secs: 3 };
+        viewer.post("/api/v1/query", &client::query_request(&f.key_file(), hosts, &q).unwrap())
+    };
+
+    // A viewer hunts both hosts: the live one answers rows from its record views, the silent one is listed.
+    let both = [f.host.clone(), silent.clone()];
+    let m = client::merge_hunt(&hunt(&both, "SELECT 'x' AS tag, (SELECT count(*) FROM process) AS procs, (SELECT count(*) FROM action) AS acts", 10).unwrap());
+    assert_eq!(m["columns"], json!(["host", "tag", "procs", "acts"]), "{m:#}");
+    assert_eq!(m["rows"], json!([[f.host, "x", 0, 0]]), "{m:#}");
+    assert_eq!(m["hosts"][0], json!({"host": f.host, "status": "done", "rows": 1, "truncated": false}));
+    assert_eq!(m["hosts"][1]["host"], silent.as_str());
+    assert!(m["hosts"][1]["status"].as_str().unwrap().starts_with("no_answer"), "{m:#}");
+    let table = client::render_hunt_table(&m);
+    assert!(table.starts_with("host") && table.contains(&format!("host {silent}: no_answer")), "{table}");
+
+    // The row limit cuts and says so.
+    let count = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 50) SELECT x FROM n";
+    let r = hunt(std::slice::from_ref(&f.host), count, 7).unwrap();
+    assert_eq!(r["hosts"][0]["output"]["rows"].as_array().unwrap().len(), 7, "{r:#}");
+    assert_eq!(r["hosts"][0]["output"]["truncated"], true);
+    let r = hunt(std::slice::from_ref(&f.host), count, 50).unwrap();
+    assert_eq!((r["hosts"][0]["output"]["rows"].as_array().unwrap().len(), &r["hosts"][0]["output"]["truncated"]), (50, &json!(false)));
+    let r = hunt(std::slice::from_ref(&f.host), count, 10_001).unwrap();
+    assert!(client::merge_hunt(&r)["hosts"][0]["status"].as_str().unwrap().contains("1 to 10000"), "{r:#}");
+
+    // Writes, ATTACH, PRAGMA writes and stacked statements are refused by the store's own query path.
+    for (sql, why) in [
+        ("DELETE FROM events", "only a single SELECT"),
+        ("ATTACH DATABASE '/tmp/x.db' AS x", "only a single SELECT"),
+        ("SELECT * FROM pragma_journal_mode", "not allowed"),
+        ("PRAGMA writable_schema = 1", "only a single SELECT"),
+        ("SELECT 1; DROP TABLE events", "more than one statement"),
+        ("WITH x AS (SELECT 1) DELETE FROM events", "not allowed"),
+    ] {
+        let m = client::merge_hunt(&hunt(std::slice::from_ref(&f.host), sql, 10).unwrap());
+        let status = m["hosts"][0]["status"].as_str().unwrap();
+        assert!(status.starts_with("failed: ") && status.contains(why), "{sql}: {status}");
+    }
+    assert_eq!(done(&f.run(Command::Processes, ""))["processes"].as_array().map(|p| !p.is_empty()), Some(true), "the agent still runs");
+
+    // The same signed request again: each host refuses the replay, with its reason.
+    let q = client::HuntRequest { sql: "SELECT 1", limit: 1, reason: "", ttl_secs: 60, timeout_secs: 3 };
+    let req = client::query_request(&f.key_file(), std::slice::from_ref(&f.host), &q).unwrap();
+    assert_eq!(viewer.post("/api/v1/query", &req).unwrap()["hosts"][0]["status"], "done");
+    let again = client::merge_hunt(&viewer.post("/api/v1/query", &req).unwrap());
+    assert!(again["hosts"][0]["status"].as_str().unwrap().starts_with("refused: replayed"), "{again:#}");
+
+    // An unknown host is a JSON error naming it; nothing is sent to the others.
+    match hunt(&[f.host.clone(), "hdeadbeefdeadbeef".into()], "SELECT 1", 1) {
+        Err(ClientError::Refused { status: 404, message }) => assert!(message.contains("no host \"hdeadbeefdeadbeef\""), "{message}"),
+        other => panic!("an unknown host must be refused: {other:?}"),
+    }
+    // The query endpoint relays only queries: a viewer cannot slip a kill through it.
+    let kill = client::sign_command_with_reason(&f.key_file(), &f.host, Command::Kill { pid: 1, tree: false }, "x", 60).unwrap();
+    match viewer.post("/api/v1/query", &json!({"commands": [kill]})) {
+        Err(ClientError::Refused { status: 403, message }) => assert!(message.contains("only `query`"), "{message}"),
+        other => panic!("a kill through the query endpoint must be refused: {other:?}"),
+    }
+    for bad in [json!({"commands": []}), json!({"commands": "x"}), json!({"commands": [], "timeout_secs": 0}), json!({"commands": [], "extra": 1})] {
+        assert!(matches!(viewer.post("/api/v1/query", &bad), Err(ClientError::Refused { status: 400, .. })), "{bad}");
+    }
+    let dup = client::query_request(&f.key_file(), &[f.host.clone(), f.host.clone()], &q).unwrap();
+    assert!(matches!(viewer.post("/api/v1/query", &dup), Err(ClientError::Refused { status: 400, .. })));
+
+    // Audited like every command: op, status, who.
+    let audit = f.server_audit();
+    let queries: Vec<&Value> = audit.iter().filter(|e| e["change"]["op"] == "query").collect();
+    assert!(queries.len() >= 10, "{audit:#?}");
+    assert!(queries.iter().any(|e| e["change"]["status"] == "no-answer" && e["change"]["host_id"] == silent.as_str()), "{queries:#?}");
+}

@@ -19,7 +19,7 @@ pub const MAX_LIFETIME_SECS: u64 = 14 * 24 * 3600;
 pub const MAX_SKEW_SECS: u64 = 300;
 
 /// The version of command bodies this crate writes and understands: 1 had
-/// `status` and `ls`; 2 added the response commands and `reason`. A body
+/// `status` and `ls`; 2 added the response commands, `reason` and `query`. A body
 /// carries the lowest version its command needs ([`Command::min_version`]),
 /// so an agent that knows only version 1 still runs `ls` and `status`, and
 /// refuses a response command as "newer than this agent understands".
@@ -29,8 +29,15 @@ pub const COMMAND_VERSION: u32 = 2;
 /// one NATS reply, and nats-server's default `max_payload` is 1 MiB).
 pub const FETCH_MAX_BYTES: u64 = 512 << 10;
 
+/// Rows a `query` returns when the operator gives no limit.
+pub const QUERY_DEFAULT_ROWS: u32 = 1000;
+/// The most rows a `query` returns (larger limits are refused).
+pub const QUERY_MAX_ROWS: u32 = 10_000;
+/// The longest SQL text a `query` carries, in bytes.
+pub const QUERY_MAX_SQL_BYTES: usize = 64 << 10;
+
 /// Every `op` this crate knows, in the order `edr fleet --help` lists them.
-pub const KNOWN_OPS: &[&str] = &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release"];
+pub const KNOWN_OPS: &[&str] = &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release", "query"];
 
 /// A command a host can be asked to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +91,20 @@ pub enum Command {
     Isolate,
     /// Release the host from isolation.
     Release,
+    /// One read-only SQL statement over the host's record views (what
+    /// `edr query` runs locally): columns, rows, and whether the row limit
+    /// cut the result.
+    Query {
+        /// One SELECT (or WITH ... SELECT) statement.
+        sql: String,
+        /// Rows at most (default [`QUERY_DEFAULT_ROWS`], at most [`QUERY_MAX_ROWS`]).
+        #[serde(default = "default_query_rows")]
+        limit: u32,
+    },
+}
+
+fn default_query_rows() -> u32 {
+    QUERY_DEFAULT_ROWS
 }
 
 impl Command {
@@ -100,6 +121,7 @@ impl Command {
             Command::Fetch { .. } => "fetch",
             Command::Isolate => "isolate",
             Command::Release => "release",
+            Command::Query { .. } => "query",
         }
     }
 
@@ -113,7 +135,7 @@ impl Command {
 
     /// Whether it changes the host (a response action) rather than reads it.
     pub fn changes_host(&self) -> bool {
-        !matches!(self, Command::Status | Command::Ls { .. } | Command::Processes)
+        !matches!(self, Command::Status | Command::Ls { .. } | Command::Processes | Command::Query { .. })
     }
 }
 
@@ -331,6 +353,7 @@ mod tests {
             Command::Fetch { path: "/tmp/x".into() },
             Command::Isolate,
             Command::Release,
+            Command::Query { sql: "SELECT 1".into(), limit: 5 },
         ];
         assert_eq!(all.iter().map(Command::op).collect::<Vec<_>>(), KNOWN_OPS);
         for c in all {
@@ -339,6 +362,8 @@ mod tests {
             assert_eq!(serde_json::to_value(&c).unwrap()["op"], c.op());
         }
         assert!(!Command::Processes.changes_host() && Command::Release.changes_host());
+        let q = Command::Query { sql: "SELECT 1".into(), limit: 5 };
+        assert!(!q.changes_host() && q.min_version() == 2);
     }
 
     #[test]
@@ -360,6 +385,11 @@ mod tests {
         for hostile in [r#"{"v":"2"}"#, r#"{"v":2,"command":{"pid":1}}"#, r#"{"v":2,"command":{"op":"kill","pid":-1}}"#, "[]", "null"] {
             assert!(matches!(sign_text(hostile, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(_))), "{hostile}");
         }
+        let query_as_v1 = v1.replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"query","sql":"SELECT 1"}"#);
+        assert!(matches!(sign_text(&query_as_v1, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(m)) if m.contains("needs command version 2")));
+        let query_v2 = query_as_v1.replace(r#""v":1"#, r#""v":2"#);
+        let b = sign_text(&query_v2, &k).verify(&pinned, HOST, 1010).unwrap();
+        assert_eq!(b.command, Command::Query { sql: "SELECT 1".into(), limit: QUERY_DEFAULT_ROWS }, "the limit defaults");
         let long_op = v1.replace(r#""op":"ls""#, &format!(r#""op":"{}""#, "x".repeat(5000)));
         let e = sign_text(&long_op, &k).verify(&pinned, HOST, 1010).unwrap_err().to_string();
         assert!(e.len() < 400, "the refusal does not echo an unbounded op: {e}");

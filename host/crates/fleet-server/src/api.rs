@@ -9,6 +9,7 @@
 //! | `GET /api/v1/alerts?host=&state=&limit=&ecs=true` | viewer | alerts, newest first, with triage state |
 //! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
 //! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited with its op, the operator's reason (required for commands that change the host) and the host's status |
+//! | `POST /api/v1/query` | viewer | a fleet-wide hunt: `{"commands": [SignedCommand, ..], "timeout_secs": N}`, each a signed `query` for one host, relayed to every host concurrently (each waited for up to `timeout_secs`, default 30, at most 120); returns `{"hosts": [{"host", "status": "done"\|"failed"\|"refused"\|"no_answer", "output"}]}` in the order given; each is audited like a command. Any other op is refused (it needs the commands endpoint and its role) |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //!
 //! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request). Every error is JSON,
@@ -25,11 +26,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use edr_fleet_proto::command::{Command, CommandBody, CommandResult, SignedCommand};
 use edr_fleet_proto::enroll::{EnrollRequest, EnrollResponse, EnrollToken};
 use edr_fleet_proto::msg::{Change, TriageState};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -86,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{host}/{id}/triage", post(triage))
         .route("/api/v1/hosts/{host}/commands", post(command))
+        .route("/api/v1/query", post(query))
         .route("/api/v1/audit", get(audit))
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
@@ -261,19 +265,8 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     if parsed.command.changes_host() && parsed.reason.trim().is_empty() {
         return Err(ApiError::bad(format!("`{}` changes the host: give a reason (`--reason`), it is kept in the audit", parsed.command.op())));
     }
-    let (status, result) = relay(&s, &host, &signed).await;
-    let error = result.as_ref().and_then(|r| r.output.get("error").or_else(|| r.output.get("reason"))).and_then(|v| v.as_str()).map(String::from);
-    let change = Change::Command {
-        host_id: host.clone(),
-        command_id: parsed.command_id.clone(),
-        body: signed.body.clone(),
-        key: signed.key.clone(),
-        status,
-        op: parsed.command.op().into(),
-        reason: parsed.reason.clone(),
-        error,
-    };
-    s.bus.record(&s.index, &who.name, change).await?;
+    let (status, result) = relay(&s, &host, &signed, RELAY_TIMEOUT).await;
+    record_command(&s, &who.name, &host, &parsed, &signed, status, result.as_ref()).await?;
     match result {
         Some(r) => ok(r),
         None => {
@@ -282,12 +275,104 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     }
 }
 
-/// Sends the command to the host and waits up to 30 s for its answer.
-async fn relay(s: &AppState, host: &str, signed: &edr_fleet_proto::command::SignedCommand) -> (String, Option<edr_fleet_proto::command::CommandResult>) {
+/// How long the commands endpoint waits for a host.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest per-host wait a fleet query may ask for.
+const QUERY_MAX_TIMEOUT_SECS: u64 = 120;
+/// The most hosts one fleet query reaches.
+const QUERY_MAX_HOSTS: usize = 10_000;
+
+/// Audits one relayed command (its op, the operator's reason, the host's status).
+async fn record_command(
+    s: &AppState,
+    who: &str,
+    host: &str,
+    parsed: &CommandBody,
+    signed: &SignedCommand,
+    status: String,
+    result: Option<&CommandResult>,
+) -> Result<(), ApiError> {
+    let error = result.and_then(|r| r.output.get("error").or_else(|| r.output.get("reason"))).and_then(|v| v.as_str()).map(String::from);
+    let change = Change::Command {
+        host_id: host.to_string(),
+        command_id: parsed.command_id.clone(),
+        body: signed.body.clone(),
+        key: signed.key.clone(),
+        status,
+        op: parsed.command.op().into(),
+        reason: parsed.reason.clone(),
+        error,
+    };
+    s.bus.record(&s.index, who, change).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    commands: Vec<SignedCommand>,
+    timeout_secs: Option<u64>,
+}
+
+/// Checks a fleet query's envelopes before anything is sent: each is a
+/// `query` for a host of this fleet, each host at most once.
+fn check_query_request(s: &AppState, req: &QueryRequest) -> Result<Vec<(String, CommandBody)>, ApiError> {
+    if req.commands.is_empty() || req.commands.len() > QUERY_MAX_HOSTS {
+        return Err(ApiError::bad(format!("give 1 to {QUERY_MAX_HOSTS} signed query commands, one per host")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(req.commands.len());
+    for signed in &req.commands {
+        let parsed: CommandBody =
+            serde_json::from_str(&signed.body).map_err(|e| ApiError::bad(format!("a signed body is not a command this server knows: {e}")))?;
+        if !matches!(parsed.command, Command::Query { .. }) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("`{}` is not a query: this endpoint relays only `query`; other commands go to /api/v1/hosts/HOST/commands", parsed.command.op()),
+            ));
+        }
+        let host = parsed.host_id.clone();
+        if !s.index.has_host(&host)? {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_host", format!("no host {host:?} in this fleet: see `edr fleet hosts`")));
+        }
+        if !seen.insert(host.clone()) {
+            return Err(ApiError::bad(format!("host {host} is given twice")));
+        }
+        out.push((host, parsed));
+    }
+    Ok(out)
+}
+
+/// A fleet-wide hunt: relays each host's signed `query` concurrently and
+/// answers with every host's status, the ones that did not answer included.
+async fn query(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let who = authorize(&s, &headers, Role::Viewer)?;
+    let req: QueryRequest = parse_body(&body)?;
+    let secs = req.timeout_secs.unwrap_or(RELAY_TIMEOUT.as_secs());
+    if secs == 0 || secs > QUERY_MAX_TIMEOUT_SECS {
+        return Err(ApiError::bad(format!("timeout_secs {secs}: give 1 to {QUERY_MAX_TIMEOUT_SECS}")));
+    }
+    let targets = check_query_request(&s, &req)?;
+    let timeout = Duration::from_secs(secs);
+    let answers = futures_util::future::join_all(targets.iter().zip(&req.commands).map(|((host, _), signed)| relay(&s, host, signed, timeout))).await;
+    let mut hosts = Vec::with_capacity(answers.len());
+    for (((host, parsed), signed), (status, result)) in targets.iter().zip(&req.commands).zip(answers) {
+        record_command(&s, &who.name, host, parsed, signed, status, result.as_ref()).await?;
+        hosts.push(match result {
+            Some(r) => json!({"host": host, "status": r.status, "output": r.output}),
+            None => json!({"host": host, "status": "no_answer", "output": {"reason": format!("no answer within {secs} s")}}),
+        });
+    }
+    ok(json!({"hosts": hosts}))
+}
+
+/// Sends the command to the host and waits up to `timeout` for its answer.
+async fn relay(s: &AppState, host: &str, signed: &SignedCommand, timeout: Duration) -> (String, Option<CommandResult>) {
     let payload = serde_json::to_vec(signed).unwrap_or_default();
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), s.bus.client.request(edr_fleet_proto::subjects::command(host), payload.into())).await;
+    let answer = tokio::time::timeout(timeout, s.bus.client.request(edr_fleet_proto::subjects::command(host), payload.into())).await;
     match answer {
-        Ok(Ok(m)) => match serde_json::from_slice::<edr_fleet_proto::command::CommandResult>(&m.payload) {
+        Ok(Ok(m)) => match serde_json::from_slice::<CommandResult>(&m.payload) {
             Ok(r) => (r.status.clone(), Some(r)),
             Err(e) => {
                 tracing::warn!(host, "the host's answer is not a command result: {e}");

@@ -206,6 +206,152 @@ pub fn sign_command_with_reason(
     Ok(edr_fleet_proto::command::sign(&body, &ed25519_dalek::SigningKey::from_bytes(&seed)))
 }
 
+/// What one fleet-wide query asks.
+#[derive(Debug, Clone)]
+pub struct HuntRequest<'a> {
+    /// The SELECT.
+    pub sql: &'a str,
+    /// Rows per host at most.
+    pub limit: u32,
+    /// The operator's reason (optional for a query).
+    pub reason: &'a str,
+    /// How long each signed command stays valid.
+    pub ttl_secs: u64,
+    /// How long the server waits for each host.
+    pub timeout_secs: u64,
+}
+
+/// Signs one `query` per host (see [`sign_command_with_reason`]) and
+/// builds the body of `POST /api/v1/query`.
+///
+/// # Errors
+/// As [`sign_command`].
+pub fn query_request(key_file: &Path, hosts: &[String], q: &HuntRequest<'_>) -> Result<Value, crate::FleetError> {
+    let mut commands = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        let cmd = edr_fleet_proto::command::Command::Query { sql: q.sql.to_string(), limit: q.limit };
+        commands.push(serde_json::to_value(sign_command_with_reason(key_file, h, cmd, q.reason, q.ttl_secs)?).unwrap_or_default());
+    }
+    let timeout_secs = q.timeout_secs;
+    Ok(serde_json::json!({"commands": commands, "timeout_secs": timeout_secs}))
+}
+
+/// A host's line in a hunt: `done`, `no_answer`, `refused: reason`, `failed: error`.
+fn hunt_status(h: &Value) -> String {
+    let status = h["status"].as_str().unwrap_or("unknown");
+    let why = h["output"]["reason"].as_str().or_else(|| h["output"]["error"].as_str());
+    match (status, why) {
+        ("done", _) | ("no_answer", _) | (_, None) => status.to_string(),
+        (s, Some(w)) => format!("{s}: {w}"),
+    }
+}
+
+/// The answer of `POST /api/v1/query` as one result: `columns` (`host`
+/// first, then every column a host returned, in first-seen order), `rows`
+/// (each host's rows, its name first, missing columns null) and `hosts`
+/// (each host's `status` line as [`hunt_status`] words it, its row count
+/// and whether its rows were truncated).
+pub fn merge_hunt(answer: &Value) -> Value {
+    let mut columns: Vec<String> = vec!["host".into()];
+    let mut rows = Vec::new();
+    let mut hosts = Vec::new();
+    for h in answer["hosts"].as_array().into_iter().flatten() {
+        let host = h["host"].as_str().unwrap_or("").to_string();
+        let out = &h["output"];
+        let mine: Vec<String> = out["columns"].as_array().into_iter().flatten().map(|c| c.as_str().unwrap_or("").to_string()).collect();
+        let done = h["status"] == "done";
+        if done {
+            for c in &mine {
+                if !columns[1..].contains(c) {
+                    columns.push(c.clone());
+                }
+            }
+        }
+        let mut n = 0;
+        for row in out["rows"].as_array().into_iter().flatten().filter(|_| done) {
+            let cells = row.as_array().cloned().unwrap_or_default();
+            let mut full = vec![Value::Null; columns.len()];
+            full[0] = Value::String(host.clone());
+            for (c, v) in mine.iter().zip(cells) {
+                if let Some(i) = columns.iter().skip(1).position(|x| x == c) {
+                    full[i + 1] = v;
+                }
+            }
+            rows.push(full);
+            n += 1;
+        }
+        hosts.push(serde_json::json!({"host": host, "status": hunt_status(h), "rows": n, "truncated": out["truncated"] == true}));
+    }
+    let width = columns.len();
+    for r in &mut rows {
+        r.resize(width, Value::Null);
+    }
+    serde_json::json!({"columns": columns, "rows": rows, "hosts": hosts})
+}
+
+/// A cell as text: strings as they are, null empty, the rest as JSON.
+fn cell_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A merged hunt ([`merge_hunt`]) as a table, control characters shown as
+/// `?` and cells cut at 80 characters, followed by each host that did not
+/// answer with rows and each truncated result.
+pub fn render_hunt_table(merged: &Value) -> String {
+    let columns: Vec<String> = merged["columns"].as_array().into_iter().flatten().map(cell_text).collect();
+    let clean = |s: String| -> String {
+        let s: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        if s.chars().count() > 80 {
+            s.chars().take(79).collect::<String>() + "…"
+        } else {
+            s
+        }
+    };
+    let cells: Vec<Vec<String>> =
+        merged["rows"].as_array().into_iter().flatten().map(|r| r.as_array().into_iter().flatten().map(|v| clean(cell_text(v))).collect()).collect();
+    let widths: Vec<usize> =
+        columns.iter().enumerate().map(|(i, c)| cells.iter().filter_map(|r| r.get(i)).map(|s| s.chars().count()).chain([c.len()]).max().unwrap_or(0)).collect();
+    let line = |vals: &[String]| vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n";
+    let mut out = line(&columns);
+    out.push_str(&(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ") + "\n"));
+    for r in &cells {
+        out.push_str(&line(r));
+    }
+    out.push_str(&format!("({} rows)\n", cells.len()));
+    for h in merged["hosts"].as_array().into_iter().flatten() {
+        let host = clean(cell_text(&h["host"]));
+        if h["status"] != "done" {
+            out.push_str(&format!("host {host}: {}\n", clean(cell_text(&h["status"]))));
+        } else if h["truncated"] == true {
+            out.push_str(&format!("host {host}: truncated at {} rows; narrow the query, add LIMIT or raise --limit\n", h["rows"]));
+        }
+    }
+    out
+}
+
+/// A merged hunt ([`merge_hunt`]) as CSV (RFC 4180: fields with a comma,
+/// quote, CR or LF are quoted, quotes doubled). Host statuses are not in it.
+pub fn render_hunt_csv(merged: &Value) -> String {
+    let field = |v: &Value| {
+        let s = cell_text(v);
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s
+        }
+    };
+    let line = |vals: &[Value]| vals.iter().map(field).collect::<Vec<_>>().join(",") + "\r\n";
+    let mut out = line(merged["columns"].as_array().map_or(&[][..], Vec::as_slice));
+    for r in merged["rows"].as_array().into_iter().flatten() {
+        out.push_str(&line(r.as_array().map_or(&[][..], Vec::as_slice)));
+    }
+    out
+}
+
 /// The bytes of a `fetch` result, checked: the base64 content must decode
 /// and hash to the sha256 the host reported (and be as long as it said).
 ///
@@ -270,6 +416,32 @@ mod tests {
         bad["output"]["content_base64"] = json!("not base64!");
         assert!(fetched_bytes(&bad).unwrap_err().contains("not base64"));
         assert!(fetched_bytes(&json!({"output": {}})).is_err());
+    }
+
+    #[test]
+    fn hunts_merge_hosts_columns_and_statuses() {
+        let answer = serde_json::json!({"hosts": [
+            {"host": "h1", "status": "done", "output": {"columns": ["pid", "exe"], "rows": [[1, "/sbin/init"], [2, "a,\"b\"\n\u{1b}[31m"]], "truncated": true}},
+            {"host": "h2", "status": "done", "output": {"columns": ["exe", "uid"], "rows": [["/bin/sh", 0]], "truncated": false}},
+            {"host": "h3", "status": "refused", "output": {"reason": "replayed"}},
+            {"host": "h4", "status": "no_answer", "output": {"reason": "no answer within 5 s"}},
+            {"host": "h5", "status": "failed", "output": {"error": "DELETE from events is not allowed"}},
+            {"host": "h6", "status": "done", "output": "not an object"},
+        ]});
+        let m = merge_hunt(&answer);
+        assert_eq!(m["columns"], serde_json::json!(["host", "pid", "exe", "uid"]));
+        assert_eq!(m["rows"][0], serde_json::json!(["h1", 1, "/sbin/init", null]));
+        assert_eq!(m["rows"][2], serde_json::json!(["h2", null, "/bin/sh", 0]));
+        assert_eq!(m["rows"].as_array().unwrap().len(), 3);
+        let st: Vec<&str> = m["hosts"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect();
+        assert_eq!(st, ["done", "done", "refused: replayed", "no_answer", "failed: DELETE from events is not allowed", "done"]);
+        let t = render_hunt_table(&m);
+        assert!(t.starts_with("host") && !t.contains('\u{1b}'), "{t}");
+        assert!(t.contains("host h3: refused: replayed") && t.contains("host h4: no_answer") && t.contains("host h1: truncated at 2 rows"), "{t}");
+        let csv = render_hunt_csv(&m);
+        assert!(csv.starts_with("host,pid,exe,uid\r\nh1,1,/sbin/init,\r\n"), "{csv}");
+        assert!(csv.contains("h1,2,\"a,\"\"b\"\"\n\u{1b}[31m\","), "{csv}");
+        assert_eq!(merge_hunt(&serde_json::json!("garbage"))["rows"], serde_json::json!([]));
     }
 
     #[test]

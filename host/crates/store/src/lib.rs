@@ -331,6 +331,16 @@ impl Store {
         })
     }
 
+    /// This handle with other limits for [`Store::query`]: a statement
+    /// running past `timeout` is interrupted, and at most `max_rows` rows
+    /// are returned (the result says `truncated` when more matched).
+    /// Connections already pooled are not reused.
+    pub fn with_query_limits(mut self, timeout: Duration, max_rows: usize) -> Store {
+        let mmap = self.pool.mmap_bytes;
+        self.pool = ReadPool::new(&self.path, timeout, max_rows, mmap);
+        self
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

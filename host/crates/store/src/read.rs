@@ -103,7 +103,7 @@ pub(crate) struct ReadPool {
     idle: Mutex<Vec<ReadConn>>,
     pub(crate) query_timeout: Duration,
     pub(crate) max_rows: usize,
-    mmap_bytes: u64,
+    pub(crate) mmap_bytes: u64,
 }
 
 /// Connections kept idle for reuse; more are opened under load and closed after.

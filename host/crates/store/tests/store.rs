@@ -228,6 +228,23 @@ fn query_row_limit_truncates() {
 }
 
 #[test]
+fn query_limits_can_be_set_per_handle_and_stay_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path().join("events.db"))).unwrap();
+    ingest(&store, mixed(1, 100, T0));
+    let ro = Store::open_read_only(dir.path().join("events.db")).unwrap().with_query_limits(std::time::Duration::from_millis(200), 7);
+    let r = ro.query("SELECT id FROM events").unwrap();
+    assert_eq!((r.rows.len(), r.truncated), (7, true));
+    let r = ro.query("SELECT id FROM events LIMIT 7").unwrap();
+    assert_eq!((r.rows.len(), r.truncated), (7, false));
+    let spin = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
+    assert!(matches!(ro.query(spin), Err(StoreError::QueryTimeout { .. })), "the shorter deadline interrupts");
+    for hostile in ["DELETE FROM events", "ATTACH DATABASE ':memory:' AS x", "WITH x AS (SELECT 1) DELETE FROM events"] {
+        assert!(matches!(ro.query(hostile), Err(StoreError::QueryRefused { .. })), "{hostile}");
+    }
+}
+
+#[test]
 fn query_is_read_only_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(dir.path().join("events.db"));
