@@ -57,16 +57,25 @@ fn hot_swap_refusals_rollback_and_restart() {
     eprintln!("drop-in activation of 1.0.0 took {took:?}");
     assert!(took < Duration::from_secs(5), "activation took {took:?}");
 
-    // 2. A continuous stream; 1.1.0 is dropped in while it flows.
+    // 2. A continuous stream; 1.1.0 is dropped in while it flows, and the
+    // stream goes on (at least 600 events) until 1.1.0 is active and has had
+    // 100 more, however long the swap takes on a loaded machine (30 s at most).
     let v11 = vendor.pack(PACK, "1.1.0", "stateful", "edr-test-stateful", EXEC, r#"["log", "state"]"#);
-    let total = 600u64;
     let mut swap_started = None;
-    for i in 0..total {
-        agent.send(&exec_line(PROBE, 10_000 + i as u32));
-        if i == 100 {
+    let mut swapped_at = None;
+    let mut total = 0u64;
+    let stream_limit = Instant::now() + Duration::from_secs(30);
+    while total < 600 || swapped_at.is_none_or(|at| total < at + 100) {
+        agent.send(&exec_line(PROBE, 10_000 + total as u32));
+        total += 1;
+        if total == 101 {
             drop_pack(&v11, &incoming);
             swap_started = Some(Instant::now());
         }
+        if swapped_at.is_none() && total > 101 && total.is_multiple_of(20) && agent.active_version(PACK).as_deref() == Some("1.1.0") {
+            swapped_at = Some(total);
+        }
+        assert!(Instant::now() < stream_limit, "1.1.0 not active 30 s into the stream");
         std::thread::sleep(Duration::from_millis(5));
     }
     agent.wait_for("every probe alerted", Duration::from_secs(30), |a| probes(a).len() as u64 >= total);
