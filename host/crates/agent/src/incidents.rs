@@ -38,11 +38,6 @@ impl IncidentTagger {
         self.suppressed
     }
 
-    /// Incidents open now.
-    pub fn open(&self) -> usize {
-        self.grouper.open_count()
-    }
-
     /// Groups one alert.
     pub fn tag(&mut self, alert: &Alert) -> Tagged {
         let lineage = self.lineage_of(alert);

@@ -118,26 +118,11 @@ impl Users {
             let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
             if mtime != st.mtime || st.names.is_empty() {
                 st.mtime = mtime;
-                st.names = fs::read_to_string(&self.path).map(|s| parse_passwd(&s)).unwrap_or_default();
+                st.names = fs::read_to_string(&self.path).map(|s| edr_procfs::parse_passwd(&s)).unwrap_or_default();
             }
         }
         st.names.get(&uid).cloned().unwrap_or_default()
     }
-}
-
-/// Parses passwd lines (`name:x:uid:...`).
-pub(crate) fn parse_passwd(s: &str) -> HashMap<u32, String> {
-    let mut m = HashMap::new();
-    for line in s.lines() {
-        let mut f = line.split(':');
-        let (Some(name), Some(_), Some(uid)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        if let Ok(uid) = uid.parse::<u32>() {
-            m.entry(uid).or_insert_with(|| name.to_string());
-        }
-    }
-    m
 }
 
 /// Whether a path exists (without following a final symlink).

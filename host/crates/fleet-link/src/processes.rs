@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Processes listed at most.
 pub const MAX_PROCESSES: usize = 4000;
@@ -18,7 +18,6 @@ pub const MAX_PROCESSES: usize = 4000;
 pub const MAX_ARGV_BYTES: usize = 1024;
 /// Ancestors listed per process at most (a loop in a hostile /proc cannot run away).
 const MAX_LINEAGE: usize = 64;
-const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// One process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,19 +46,6 @@ pub struct ProcessInfo {
     pub lineage: Vec<u32>,
 }
 
-/// `/etc/passwd` as uid -> name (`name:x:uid:...`).
-pub fn parse_passwd(text: &str) -> BTreeMap<u32, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let uid = f.nth(1)?.parse().ok()?;
-            (!name.is_empty()).then(|| (uid, name.to_string()))
-        })
-        .collect()
-}
-
 fn cut_argv(argv: Vec<String>) -> (Vec<String>, bool) {
     let mut used = 0;
     let mut out = Vec::new();
@@ -79,9 +65,9 @@ fn cut_argv(argv: Vec<String>) -> (Vec<String>, bool) {
     (out, false)
 }
 
-fn read_one(pid: u32, users: &BTreeMap<u32, String>) -> Option<ProcessInfo> {
+fn read_one(pid: u32, users: &HashMap<u32, String>) -> Option<ProcessInfo> {
     let stat = edr_procfs::read_stat(pid).ok()?;
-    let kernel_thread = stat.flags & PF_KTHREAD != 0;
+    let kernel_thread = stat.flags & edr_procfs::PF_KTHREAD != 0;
     let (argv, argv_truncated) = cut_argv(edr_procfs::read_cmdline(pid).unwrap_or_default());
     let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| edr_procfs::parse_status_uids(&s)).map(|(real, _)| real);
     Some(ProcessInfo {
@@ -116,7 +102,7 @@ pub fn link_lineage(list: &mut [ProcessInfo]) {
 /// # Errors
 /// When `/proc` cannot be listed.
 pub fn list() -> Result<Value, String> {
-    let users = parse_passwd(&std::fs::read_to_string("/etc/passwd").unwrap_or_default());
+    let users = edr_procfs::parse_passwd(&std::fs::read_to_string("/etc/passwd").unwrap_or_default());
     let mut pids = edr_procfs::list_pids().map_err(|e| format!("cannot list /proc: {e}"))?;
     pids.sort_unstable();
     let truncated = pids.len() > MAX_PROCESSES;
@@ -158,14 +144,10 @@ mod tests {
     }
 
     #[test]
-    fn argv_and_passwd_are_bounded_and_parsed() {
+    fn argv_is_bounded() {
         let (a, cut) = cut_argv(vec!["a".repeat(1000), "é".repeat(100)]);
         assert!(cut && a.iter().map(String::len).sum::<usize>() <= MAX_ARGV_BYTES);
         assert_eq!(cut_argv(vec!["ls".into(), "-l".into()]), (vec!["ls".to_string(), "-l".to_string()], false));
-        let u = parse_passwd("root:x:0:0:root:/root:/bin/bash\n# c\nbad\n:x:5:5::/:\nnobody:x:65534:65534::/:/usr/sbin/nologin\nweird:x:notanumber:0::/:\n");
-        assert_eq!(u.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(u.get(&65534).map(String::as_str), Some("nobody"));
-        assert_eq!(u.len(), 2);
     }
 
     #[test]

@@ -141,6 +141,21 @@ pub fn read_effective_ids(pid: u32) -> io::Result<(u32, u32)> {
     effective("Uid:").zip(effective("Gid:")).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no Uid/Gid lines in /proc/{pid}/status")))
 }
 
+/// `/etc/passwd` as uid -> user name (`name:x:uid:...`): the first entry
+/// of a uid wins, as `getpwuid` answers; comments, lines without a uid and
+/// entries without a name are skipped.
+pub fn parse_passwd(text: &str) -> std::collections::HashMap<u32, String> {
+    let mut names = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut f = line.split(':');
+        let (Some(name), Some(_), Some(uid)) = (f.next(), f.next(), f.next()) else { continue };
+        if let (false, Ok(uid)) = (name.is_empty(), uid.parse::<u32>()) {
+            names.entry(uid).or_insert_with(|| name.to_string());
+        }
+    }
+    names
+}
+
 /// The cgroup v2 id of a process: the inode of its cgroup's directory in
 /// the cgroup2 mount (what the kernel's `bpf_get_current_cgroup_id` returns).
 ///
@@ -272,6 +287,16 @@ pub fn entity_id(boot_id: &str, pid: u32, start_ticks: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_first_entry_wins_and_junk_is_skipped() {
+        let u = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\n# c:x:7\nbad\n:x:5:5::/:\nnobody:x:65534:65534::/:/usr/sbin/nologin\nweird:x:notanumber:0::/:\ntoor:x:0:0::/:\n",
+        );
+        assert_eq!(u.get(&0).map(String::as_str), Some("root"), "the first entry of uid 0");
+        assert_eq!(u.get(&65534).map(String::as_str), Some("nobody"));
+        assert_eq!(u.len(), 2);
+    }
 
     #[test]
     fn cgroup_v2_path_and_mount() {
