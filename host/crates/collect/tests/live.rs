@@ -296,24 +296,30 @@ fn tcp_connect_accept_and_listen_carry_the_pid() {
     collectors.stop();
 }
 
-#[test]
-fn ebpf_mode_records_200_sub_ms_tcp_connections_with_the_pid() {
-    let _s = serial();
+/// The network collector alone on eBPF, this test's own sockets included;
+/// `None` (the skip recorded) when not root or when the hooks do not load.
+fn start_ebpf_network(why_root: &str) -> Option<(Collectors, Receiver<Event>)> {
     if !is_root() {
-        edr_testkit::skip("needs root: loading BPF programs");
-        return;
+        edr_testkit::skip(why_root);
+        return None;
     }
     let mut cfg = CollectConfig::all_off();
     cfg.network.mode = NetworkMode::Ebpf;
-    cfg.exclude_pids.clear(); // this test's own sockets are what we look for
+    cfg.exclude_pids.clear(); // the test's own sockets are what it looks for
     let (tx, rx) = crossbeam_channel::bounded(10_000);
-    let collectors = match Collectors::start(cfg, tx) {
-        Ok(c) => c,
+    match Collectors::start(cfg, tx) {
+        Ok(c) => Some((c, rx)),
         Err(e) => {
             edr_testkit::skip(format!("{e}"));
-            return;
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn ebpf_mode_records_200_sub_ms_tcp_connections_with_the_pid() {
+    let _s = serial();
+    let Some((collectors, rx)) = start_ebpf_network("needs root: loading BPF programs") else { return };
     let mode = collectors.status()[2].mode.clone();
     assert!(mode.starts_with("ebpf tcp (inet_sock_set_state") && mode.contains(" + procfs udp poll "), "{mode}");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -403,21 +409,7 @@ impl Drop for Netns {
 #[test]
 fn ebpf_mode_reports_a_connection_inside_another_network_namespace_with_it() {
     let _s = serial();
-    if !is_root() {
-        edr_testkit::skip("needs root: loading BPF programs and creating a network namespace");
-        return;
-    }
-    let mut cfg = CollectConfig::all_off();
-    cfg.network.mode = NetworkMode::Ebpf;
-    cfg.exclude_pids.clear();
-    let (tx, rx) = crossbeam_channel::bounded(10_000);
-    let collectors = match Collectors::start(cfg, tx) {
-        Ok(c) => c,
-        Err(e) => {
-            edr_testkit::skip(format!("{e}"));
-            return;
-        }
-    };
+    let Some((collectors, rx)) = start_ebpf_network("needs root: loading BPF programs and creating a network namespace") else { return };
     let Some(ns) = Netns::create() else {
         edr_testkit::skip("needs `ip netns` (iproute2) to create a network namespace");
         return;
