@@ -154,7 +154,8 @@ async fn enroll_token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: 
     let secret = edr_fleet_proto::random_hex(32).map_err(|e| FleetError::Nats(format!("random: {e}")))?;
     let expires_at = edr_fleet_proto::now_secs() + req.ttl_secs;
     s.bus.record(&s.index, &who.name, Change::TokenCreated { secret_sha256: sha256_hex(&secret), expires_at }).await?;
-    let token = EnrollToken { server: s.fleet.config.http.public_url.clone(), secret, command_keys: vec![s.fleet.command_public_key()] };
+    let nats_ca_sha256 = s.fleet.nats_ca_pem()?.map(|pem| sha256_hex(&pem));
+    let token = EnrollToken { server: s.fleet.config.http.public_url.clone(), secret, command_keys: vec![s.fleet.command_public_key()], nats_ca_sha256 };
     ok(json!({"token": token.encode(), "expires_at": expires_at}))
 }
 
@@ -210,6 +211,7 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
         user_jwt,
         nats_urls: s.fleet.config.nats.public_urls.clone(),
         heartbeat_secs: s.fleet.config.heartbeat_secs,
+        nats_ca_pem: s.fleet.nats_ca_pem()?,
     })
 }
 

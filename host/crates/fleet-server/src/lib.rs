@@ -74,7 +74,8 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
     } else {
         None
     };
-    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?).await?;
+    let tls_ca = fleet.config.nats.tls.as_ref().map(|t| t.ca_file.clone());
+    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?, tls_ca.as_deref()).await?;
     let index_path = fleet.index_path();
     let fresh = rebuild || !index_path.exists();
     if rebuild {
