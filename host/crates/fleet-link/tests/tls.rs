@@ -4,16 +4,16 @@
 //! connect; an enrollment answer whose CA is not the one the token pins is
 //! refused by the host.
 
-use edr_fleet_link::{FleetLink, LinkOptions};
 use edr_fleet_proto::enroll::EnrollToken;
-use edr_fleet_server::client::Client;
+mod common;
+
+use common::TestFleet;
 use edr_fleet_server::fleet::NatsTls;
-use edr_fleet_server::{InitOptions, Running};
+use edr_fleet_server::InitOptions;
 use edr_store::{Store, StoreConfig};
-use edr_testkit::{free_port, wait_until};
+use edr_testkit::wait_until;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use serde_json::{json, Value};
-use std::path::Path;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,71 +39,17 @@ fn make_pki() -> Pki {
     Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
 }
 
-/// A TLS fleet (server + local nats-server child); stopped on drop.
-struct TlsFleet {
-    running: Option<Running>,
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    admin: Client,
-    nats_listen: String,
-}
-
-impl TlsFleet {
-    fn start(pki: &Pki) -> TlsFleet {
-        let dir = tempfile::tempdir().unwrap();
-        let pem = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        let nats_tls = NatsTls { cert_file: pem("cert.pem", &pki.cert_pem), key_file: pem("key.pem", &pki.key_pem), ca_file: pem("ca.pem", &pki.ca_pem) };
-        let nats_listen = format!("127.0.0.1:{}", free_port());
-        let opts = InitOptions {
-            name: "tls".into(),
-            nats_listen: nats_listen.clone(),
-            http_listen: "127.0.0.1:0".into(),
-            heartbeat_secs: 1,
-            nats_tls: Some(nats_tls),
-        };
-        let created = edr_fleet_server::fleet::init(&dir.path().join("fleet"), &opts).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let running = rt.block_on(edr_fleet_server::start(created.fleet, false)).unwrap();
-        let admin = Client::new(&format!("http://{}", running.http_addr), &created.admin_token);
-        TlsFleet { running: Some(running), rt, dir, admin, nats_listen }
-    }
-
-    fn token(&self) -> String {
-        self.admin.post("/api/v1/enroll-tokens", &json!({"ttl_secs": 600})).unwrap()["token"].as_str().unwrap().to_string()
-    }
-
-    fn hosts(&self) -> Vec<Value> {
-        self.admin.get("/api/v1/hosts").unwrap()["hosts"].as_array().unwrap().clone()
-    }
-
-    /// Connects with the server's own credentials, trusting `ca` (a PEM file) or the system roots.
-    fn connect_with(&self, ca: Option<&Path>) -> Result<(), String> {
-        let creds = std::fs::read_to_string(self.dir.path().join("fleet/server.creds")).unwrap();
-        let url = format!("tls://{}", self.nats_listen);
-        let ca = ca.map(Path::to_path_buf);
-        self.rt.block_on(async move {
-            let mut opts = async_nats::ConnectOptions::with_credentials(&creds).unwrap().connection_timeout(Duration::from_secs(3));
-            if let Some(ca) = ca {
-                opts = opts.add_root_certificates(ca);
-            }
-            opts.require_tls(true).connect(url.as_str()).await.map(|_| ()).map_err(|e| e.to_string())
-        })
-    }
-}
-
-impl Drop for TlsFleet {
-    fn drop(&mut self) {
-        let _guard = self.rt.enter();
-        self.running.take();
-    }
-}
-
-fn status_doc() -> Result<Value, String> {
-    Ok(json!({"agent": {"version": "0.1.0-tls"}, "packs": {"active": []}, "collectors": [], "response": {"isolation": {"isolated": false}}}))
+/// A fleet whose NATS runs TLS with `pki`.
+fn tls_fleet(pki: &Pki) -> TestFleet {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let nats_tls = NatsTls { cert_file: pem("cert.pem", &pki.cert_pem), key_file: pem("key.pem", &pki.key_pem), ca_file: pem("ca.pem", &pki.ca_pem) };
+    // init copies the files: the temp dir may go.
+    TestFleet::start(InitOptions { name: "tls".into(), heartbeat_secs: 1, nats_tls: Some(nats_tls), ..Default::default() }, |_| {})
 }
 
 #[test]
@@ -112,7 +58,7 @@ fn hosts_enroll_and_report_over_tls_and_strangers_to_the_ca_cannot_connect() {
         return;
     }
     let pki = make_pki();
-    let fleet = TlsFleet::start(&pki);
+    let fleet = tls_fleet(&pki);
     let conf = std::fs::read_to_string(fleet.dir.path().join("fleet/nats/nats.conf")).unwrap();
     assert!(conf.contains("tls {") && conf.contains("nats/tls/server.pem"), "{conf}");
 
@@ -125,20 +71,19 @@ fn hosts_enroll_and_report_over_tls_and_strangers_to_the_ca_cannot_connect() {
     assert!(id.nats_urls.iter().all(|u| u.starts_with("tls://")), "{:?}", id.nats_urls);
 
     let store = Arc::new(Store::open(StoreConfig::new(data.path().join("events.db"))).unwrap());
-    let opts = LinkOptions { agent_version: "tls".into(), heartbeat: Some(Duration::from_secs(1)), ..Default::default() };
-    let link = FleetLink::start(data.path(), opts, store, Arc::new(status_doc)).unwrap();
+    let link = common::link(data.path(), store, "0.1.0-tls");
     assert!(wait_until(Duration::from_secs(15), || fleet.hosts()[0]["state"] == "online"), "{:?}", fleet.hosts());
     assert_eq!(fleet.hosts()[0]["heartbeat"]["agent_version"], "0.1.0-tls");
     link.stop();
 
     // The CA is what lets a client in: the system roots do not know it, and another CA is not it.
-    let e = fleet.connect_with(None).expect_err("a client without the fleet's CA must not connect");
+    let e = fleet.connect_tls_with(None).expect_err("a client without the fleet's CA must not connect");
     assert!(e.to_lowercase().contains("tls") || e.to_lowercase().contains("certificate") || e.contains("timed out"), "{e}");
     let other = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(other.path(), make_ca("someone else's CA").pem()).unwrap();
-    assert!(fleet.connect_with(Some(other.path())).is_err(), "a client trusting another CA must not connect");
+    assert!(fleet.connect_tls_with(Some(other.path())).is_err(), "a client trusting another CA must not connect");
     let ours = fleet.dir.path().join("fleet/nats/tls/ca.pem");
-    fleet.connect_with(Some(&ours)).expect("the fleet's own CA works");
+    fleet.connect_tls_with(Some(&ours)).expect("the fleet's own CA works");
 }
 
 #[test]
@@ -146,7 +91,7 @@ fn an_enrollment_answer_with_a_ca_the_token_does_not_pin_is_refused() {
     if !edr_testkit::have_program("nats-server", "nats-server") {
         return;
     }
-    let fleet = TlsFleet::start(&make_pki());
+    let fleet = tls_fleet(&make_pki());
     let mut token = EnrollToken::decode(&fleet.token()).unwrap();
     token.nats_ca_sha256 = Some("00".repeat(32));
     let data = tempfile::tempdir().unwrap();

@@ -43,6 +43,8 @@ pub struct AppState {
     pub index: Arc<Index>,
     /// NATS.
     pub bus: Bus,
+    /// The server-side notification outputs (`[notify]`).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 /// An API error: status, a stable code and a message a person can act on.
@@ -91,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/hosts/{host}/commands", post(command))
         .route("/api/v1/query", post(query))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/notify", get(notify_status))
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })
@@ -213,6 +216,11 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
         heartbeat_secs: s.fleet.config.heartbeat_secs,
         nats_ca_pem: s.fleet.nats_ca_pem()?,
     })
+}
+
+async fn notify_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    ok(json!({"outputs": s.notifier.status()}))
 }
 
 async fn hosts(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {

@@ -206,14 +206,7 @@ enum Apply {
     Retry(FleetError),
 }
 
-/// The host id in `edr.host.<id>.<kind>`.
-fn subject_host(subject: &str) -> Option<&str> {
-    let mut parts = subject.split('.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("edr"), Some("host"), Some(id)) if subjects::valid_host_id(id) => Some(id),
-        _ => None,
-    }
-}
+use subjects::host_of as subject_host;
 
 fn apply(kind: &str, subject: &str, payload: &[u8], seen: u64, index: &Index) -> Result<(), Apply> {
     match kind {

@@ -39,6 +39,11 @@ pub struct FleetConfig {
     /// Durable consumer names start with this; server processes sharing one
     /// index share the consumers (and so the work).
     pub consumer_prefix: String,
+    /// Where the server notifies the operator of every alert (`[notify]`:
+    /// `[[notify.syslog]]`, `[[notify.webhook]]`, `[[notify.nats]]`, the
+    /// agent's output settings). Not written by `init`: add it by hand.
+    #[serde(default, skip_serializing)]
+    pub notify: edr_output::OutputsConfig,
 }
 
 /// `[nats]` of `fleet.toml`.
@@ -174,6 +179,7 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
         http: HttpSettings { listen: opts.http_listen.clone(), public_url: format!("http://{}", opts.http_listen) },
         heartbeat_secs: opts.heartbeat_secs,
         consumer_prefix: "edr-server".into(),
+        notify: Default::default(),
     };
     write_nats_config(&dir, &config, &operator, &operator_signing, &account, &account_signing, &system)?;
     let server_user = KeyPair::new_user();
@@ -327,5 +333,24 @@ impl Fleet {
         std::fs::read_to_string(&tls.ca_file)
             .map(Some)
             .map_err(|e| FleetError::File { path: tls.ca_file.clone(), problem: format!("the NATS CA ([nats.tls] ca_file) cannot be read: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_is_read_from_fleet_toml_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = init(&dir.path().join("f"), &InitOptions::default()).unwrap();
+        let mut text = toml::to_string_pretty(&created.fleet.config).unwrap();
+        text.push_str("\n[[notify.webhook]]\nurl = \"https://siem.example/edr\"\n\n[[notify.syslog]]\naddress = \"udp://10.0.0.5:514\"\n");
+        let cfg: FleetConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.notify.webhook[0].url, "https://siem.example/edr");
+        assert_eq!(cfg.notify.syslog[0].address, "udp://10.0.0.5:514");
+        let typo = text.replace("[[notify.webhook]]", "[[notify.webhok]]");
+        let e = toml::from_str::<FleetConfig>(&typo).unwrap_err().to_string();
+        assert!(e.contains("webhok"), "{e}");
     }
 }

@@ -28,6 +28,7 @@ pub mod fleet;
 pub mod index;
 pub mod jwt;
 pub mod natsd;
+pub mod notify;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
@@ -53,6 +54,7 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.state.notifier.shutdown(std::time::Duration::from_secs(2));
     }
 }
 
@@ -87,6 +89,10 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
         bus.reset_consumers(&prefix).await;
     }
     let mut tasks = bus.consume(index.clone(), &prefix).await?;
+    let notifier = Arc::new(notify::Notifier::start(&fleet.config.notify, fleet.dir.path(), &fleet.config.name)?);
+    if !notifier.is_empty() {
+        tasks.push(notify::run(bus.js.clone(), notifier.clone(), index.clone(), &prefix).await?);
+    }
     let listener = tokio::net::TcpListener::bind(&fleet.config.http.listen)
         .await
         .map_err(|e| FleetError::Io { what: format!("cannot listen on {} (http.listen in fleet.toml)", fleet.config.http.listen), source: e })?;
@@ -94,7 +100,7 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
     if fleet.config.http.listen.ends_with(":0") {
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
-    let state = Arc::new(api::AppState { fleet, index, bus });
+    let state = Arc::new(api::AppState { fleet, index, bus, notifier });
     let app = api::router(state.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
