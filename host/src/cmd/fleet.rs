@@ -30,6 +30,12 @@ pub enum FleetCommand {
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
     },
+    /// Queued commands (`--queue`) and what became of them: queued, sending, expired, done, failed, refused.
+    Commands {
+        /// Only this host's.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Hosts: online / offline / isolated, last seen, inventory.
     Hosts {
         #[arg(long)]
@@ -172,6 +178,9 @@ pub struct SignArgs {
     /// Why (signed with the command; kept in the server's and the host's audit). Required for commands that change the host.
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// If the host is offline (or does not answer), queue the command: the server sends it when the host is back, until --ttl runs out (`edr fleet commands` shows its state).
+    #[arg(long)]
+    pub queue: bool,
 }
 
 fn client(a: &FleetArgs) -> anyhow::Result<Client> {
@@ -193,6 +202,9 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
             let v = c.post("/api/v1/enroll-tokens", &json!({"ttl_secs": ttl.as_secs()}))?;
             println!("{}", v["token"].as_str().unwrap_or_default());
         }
+        FleetCommand::Commands { host } => {
+            print(&c.get(&format!("/api/v1/commands{}", host.map(|h| format!("?host={h}")).unwrap_or_default()))?["commands"]);
+        }
         FleetCommand::Hosts { json } => {
             let v = c.get("/api/v1/hosts")?;
             print!("{}", if json { format!("{:#}\n", v["hosts"]) } else { client::render_hosts(&v) });
@@ -207,7 +219,7 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Status { host, sign } => print(&command(&c, &a.dir, &host, Command::Status, &sign)?),
         FleetCommand::Ps { host, json, sign } => {
             let r = command(&c, &a.dir, &host, Command::Processes, &sign)?;
-            if json {
+            if json || r["status"] == "queued" {
                 print(&r)
             } else {
                 print!("{}", client::render_processes(&r))
@@ -250,7 +262,15 @@ fn command(c: &Client, dir: &std::path::Path, host: &str, cmd: Command, sign: &S
     anyhow::ensure!(!cmd.changes_host() || !sign.reason.trim().is_empty(), "`{}` changes the host: say why with --reason", cmd.op());
     let key = sign.key.clone().unwrap_or_else(|| dir.join("keys/command.ed25519"));
     let signed = client::sign_command_with_reason(&key, host, cmd, &sign.reason, sign.ttl.as_secs())?;
-    let result = c.post(&format!("/api/v1/hosts/{host}/commands"), &serde_json::to_value(&signed)?)?;
+    let path = format!("/api/v1/hosts/{host}/commands{}", if sign.queue { "?queue=true" } else { "" });
+    let result = c.post(&path, &serde_json::to_value(&signed)?)?;
+    if result["status"] == "queued" {
+        eprintln!(
+            "host {host} is not reachable now: command {} queued until {} (see `edr fleet commands --host {host}`)",
+            result["command_id"], result["expires_at"]
+        );
+        return Ok(result);
+    }
     if result["status"] != "done" {
         print(&result);
         anyhow::bail!("host {host}: command {}: {}", result["status"], result["output"]);

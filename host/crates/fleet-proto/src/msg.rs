@@ -238,6 +238,10 @@ pub enum Change {
         /// The host's error or refusal reason, when it gave one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The operator's signature, kept for a `queued` command so that
+        /// any server process can send it when the host returns.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        signature: String,
     },
 }
 

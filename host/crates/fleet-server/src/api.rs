@@ -94,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/query", post(query))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/notify", get(notify_status))
+        .route("/api/v1/commands", get(queued_commands))
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })
@@ -218,6 +219,17 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     })
 }
 
+async fn queued_commands(State(s): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    #[derive(Deserialize)]
+    struct Q {
+        host: Option<String>,
+        limit: Option<usize>,
+    }
+    let q = axum::extract::Query::<Q>::try_from_uri(&uri).map_err(|e| ApiError::bad(format!("query: {e}; use host=, limit=")))?.0;
+    ok(json!({"commands": crate::queue::list(&s.index, q.host.as_deref(), q.limit.unwrap_or(100), edr_fleet_proto::now_secs())?}))
+}
+
 async fn notify_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers, Role::Viewer)?;
     ok(json!({"outputs": s.notifier.status()}))
@@ -264,7 +276,16 @@ async fn triage(State(s): State<Arc<AppState>>, headers: HeaderMap, Path((host, 
 /// compromised server can refuse to relay, never invent a command. A
 /// command that changes the host (kill, quarantine, isolate, ...) must say
 /// why (`reason` in the signed body); the reason is in the audit.
-async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host): Path<String>, body: Bytes) -> ApiResult {
+///
+/// With `?queue=true` a command for a host that is offline (or does not
+/// answer) is queued instead: `202` with `status: queued`; it is sent when
+/// the host is back, until the signed body expires (see [`crate::queue`]).
+async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host): Path<String>, uri: Uri, body: Bytes) -> ApiResult {
+    #[derive(Deserialize)]
+    struct Q {
+        queue: Option<bool>,
+    }
+    let queue = axum::extract::Query::<Q>::try_from_uri(&uri).map_err(|e| ApiError::bad(format!("query: {e}; use queue=true")))?.0.queue.unwrap_or(false);
     let who = authorize(&s, &headers, Role::Responder)?;
     let signed: edr_fleet_proto::command::SignedCommand = parse_body(&body)?;
     if !s.index.has_host(&host)? {
@@ -275,7 +296,16 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     if parsed.command.changes_host() && parsed.reason.trim().is_empty() {
         return Err(ApiError::bad(format!("`{}` changes the host: give a reason (`--reason`), it is kept in the audit", parsed.command.op())));
     }
-    let (status, result) = relay(&s, &host, &signed, RELAY_TIMEOUT).await;
+    if parsed.expires_at <= edr_fleet_proto::now_secs() {
+        return Err(ApiError::bad(format!("command {} has expired (expires_at {}): sign a new one", parsed.command_id, parsed.expires_at)));
+    }
+    let reachable = crate::queue::host_reachable(&s.index, &host, edr_fleet_proto::now_secs())?;
+    let (status, result) = if reachable || !queue { relay(&s, &host, &signed, RELAY_TIMEOUT).await } else { ("no-answer".to_string(), None) };
+    if result.is_none() && queue {
+        record_command(&s, &who.name, &host, &parsed, &signed, "queued".into(), None).await?;
+        let body = json!({"status": "queued", "command_id": parsed.command_id, "host_id": host, "expires_at": parsed.expires_at});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
     record_command(&s, &who.name, &host, &parsed, &signed, status, result.as_ref()).await?;
     match result {
         Some(r) => ok(r),
@@ -293,7 +323,7 @@ const QUERY_MAX_TIMEOUT_SECS: u64 = 120;
 const QUERY_MAX_HOSTS: usize = 10_000;
 
 /// Audits one relayed command (its op, the operator's reason, the host's status).
-async fn record_command(
+pub(crate) async fn record_command(
     s: &AppState,
     who: &str,
     host: &str,
@@ -303,6 +333,7 @@ async fn record_command(
     result: Option<&CommandResult>,
 ) -> Result<(), ApiError> {
     let error = result.and_then(|r| r.output.get("error").or_else(|| r.output.get("reason"))).and_then(|v| v.as_str()).map(String::from);
+    let signature = if status == "queued" { signed.signature.clone() } else { String::new() };
     let change = Change::Command {
         host_id: host.to_string(),
         command_id: parsed.command_id.clone(),
@@ -312,6 +343,7 @@ async fn record_command(
         op: parsed.command.op().into(),
         reason: parsed.reason.clone(),
         error,
+        signature,
     };
     s.bus.record(&s.index, who, change).await?;
     Ok(())
@@ -378,7 +410,7 @@ async fn query(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Sends the command to the host and waits up to `timeout` for its answer.
-async fn relay(s: &AppState, host: &str, signed: &SignedCommand, timeout: Duration) -> (String, Option<CommandResult>) {
+pub(crate) async fn relay(s: &AppState, host: &str, signed: &SignedCommand, timeout: Duration) -> (String, Option<CommandResult>) {
     let payload = serde_json::to_vec(signed).unwrap_or_default();
     let answer = tokio::time::timeout(timeout, s.bus.client.request(edr_fleet_proto::subjects::command(host), payload.into())).await;
     match answer {

@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS heartbeats (host_id TEXT PRIMARY KEY, seen_at INTEGER
 CREATE TABLE IF NOT EXISTS alerts (host_id TEXT NOT NULL, alert_id INTEGER NOT NULL, time INTEGER NOT NULL, rule_id TEXT NOT NULL,
     rule_name TEXT NOT NULL, severity TEXT NOT NULL, ecs TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (host_id, alert_id));
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts(time);
+CREATE TABLE IF NOT EXISTS command_queue (command_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, op TEXT NOT NULL, body TEXT NOT NULL, key TEXT NOT NULL,
+  signature TEXT NOT NULL, actor TEXT NOT NULL, queued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, state TEXT NOT NULL, error TEXT, updated_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS triage (host_id TEXT NOT NULL, alert_id INTEGER NOT NULL, state TEXT NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL,
     time INTEGER NOT NULL, PRIMARY KEY (host_id, alert_id));
 ";
@@ -128,7 +130,7 @@ impl Index {
         Ok(Index { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -160,8 +162,11 @@ impl Index {
                         params![host_id, user_key, hostname, i(ev.time)],
                     )
                 }
-                // Commands live in the audit (server_events) only.
-                Change::Command { .. } => Ok(0),
+                // Commands live in the audit (server_events); queued ones also in the queue.
+                Change::Command { host_id, command_id, body, key, status, op, error, signature, .. } => crate::queue::apply(
+                    &tx,
+                    crate::queue::Recorded { host_id, command_id, body, key, status, op, error: error.as_deref(), signature, actor: &ev.actor, time: ev.time },
+                ),
                 Change::Triage { host_id, alert_id, state, note } => tx.execute(
                     "INSERT OR REPLACE INTO triage (host_id, alert_id, state, actor, note, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![host_id, i(*alert_id), state.as_str(), ev.actor, note, i(ev.time)],

@@ -29,6 +29,7 @@ pub mod index;
 pub mod jwt;
 pub mod natsd;
 pub mod notify;
+pub mod queue;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
@@ -101,6 +102,7 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
     let state = Arc::new(api::AppState { fleet, index, bus, notifier });
+    tasks.push(queue::spawn(state.clone()));
     let app = api::router(state.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
