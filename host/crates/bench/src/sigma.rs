@@ -73,7 +73,8 @@ pub fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     };
     let native_compiled = crate::time_native_with::<edr_plugin_sigma::Sigma>(&stream, runs, native_config("compiled"));
     let native_interpreted = crate::time_native_with::<edr_plugin_sigma::Sigma>(&stream, runs, native_config("interpreted"));
-    let (rsigma_ns, rsigma_matches) = time_rsigma(&stream, &files, runs);
+    let (rsigma_ns, rsigma_matches) = time_rsigma(&stream, &files, runs, edr_sigma_core::rules::EvalMode::Interpreted);
+    let (rules_only_ns, rules_only_matches) = time_rsigma(&stream, &files, runs, edr_sigma_core::rules::EvalMode::Compiled);
     let (events_checked, fired) = same_findings(&stream, &native_config("compiled"), &native_config("interpreted"))?;
 
     let findings = [wasm_rows[0].1, wasm_rows[1].1, native_compiled.1, native_interpreted.1];
@@ -112,6 +113,7 @@ pub fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     row("native, compiled (same plugin code)", native_compiled.0, native_compiled.1);
     row("native, interpreted (same plugin code, before)", native_interpreted.0, native_interpreted.1);
     row("native, rsigma 0.23 Engine::evaluate (matches only, no findings)", rsigma_ns, rsigma_matches);
+    row("native, compiled rules (matches only, no findings)", rules_only_ns, rules_only_matches);
     println!("\nWasm/native: compiled {:.2}, interpreted {:.2}", wasm_rows[0].0 / native_compiled.0, wasm_rows[1].0 / native_interpreted.0);
     println!("Wasm compiled against rsigma natively: {:.2}x the time", wasm_rows[0].0 / rsigma_ns);
     Ok(())
@@ -120,9 +122,9 @@ pub fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
 /// ns/event of rsigma's own engine (its candidate index and rule-by-rule
 /// evaluation) on the same rules and the same events, mapped by the plugin's
 /// allocation-free field view, natively; no findings are built.
-fn time_rsigma(stream: &[Vec<edr_event::Event>], files: &[(String, Vec<u8>)], runs: usize) -> (f64, usize) {
+fn time_rsigma(stream: &[Vec<edr_event::Event>], files: &[(String, Vec<u8>)], runs: usize, mode: edr_sigma_core::rules::EvalMode) -> (f64, usize) {
     use edr_plugin_sigma::mapping::{map_event, Scratch};
-    use edr_sigma_core::rules::{EvalMode, Loader};
+    use edr_sigma_core::rules::Loader;
     let mut loader = Loader::new(None);
     for (n, c) in files.iter().filter(|(n, _)| edr_sigma_core::is_rule_file(n)) {
         loader.add_file(n, c);
@@ -130,7 +132,8 @@ fn time_rsigma(stream: &[Vec<edr_event::Event>], files: &[(String, Vec<u8>)], ru
     for (name, yaml) in edr_plugin_sigma::BUILTIN_RULES {
         loader.add_file(&format!("builtin:{name}"), yaml.as_bytes());
     }
-    let (set, _) = loader.finish_with(EvalMode::Interpreted);
+    let (mut set, _) = loader.finish_with(mode);
+    let mut out = Vec::new();
     let wants = |k: edr_event::EventKind| <edr_plugin_sigma::Sigma as edr_sdk::Detector>::SUBSCRIPTIONS.iter().any(|s| s.as_str() == k.as_str());
     let filtered: Vec<edr_sdk::testing::EncodedBatch> =
         stream.iter().map(|b| edr_sdk::testing::EncodedBatch::encode(b.iter().filter(|e| wants(e.kind())).collect::<Vec<_>>())).collect();
@@ -149,8 +152,9 @@ fn time_rsigma(stream: &[Vec<edr_event::Event>], files: &[(String, Vec<u8>)], ru
                     scratch.fill(x);
                 }
                 let Some(view) = map_event(&e.body, &scratch) else { continue };
-                let edr_sigma_core::CategoryRules::Interpreted(engine) = set.engine(view.category()) else { unreachable!() };
-                matches += std::hint::black_box(engine.evaluate(&view)).len();
+                out.clear();
+                set.evaluate(view.category(), &view, &mut out);
+                matches += std::hint::black_box(&out).len();
             }
         }
         samples.push(t.elapsed().as_nanos() as f64 / n.max(1) as f64);
