@@ -25,6 +25,11 @@
 //!   all of `process_creation`, `file_event`, `file_delete`, `file_access`,
 //!   `network_connection`).
 //! * `builtin_rules`: load [`BUILTIN_RULES`] (default `true`).
+//! * `engine`: `compiled` (default: one multi-pattern literal prefilter per
+//!   field in front of the engine, see [`edr_sigma_core::compiled`]) or
+//!   `interpreted` (every candidate rule of `rsigma`'s own index evaluated
+//!   one by one, as before). Both give the same findings; `interpreted` is
+//!   kept as the reference for tests and `edr-bench sigma`.
 //!
 //! Only detection rules with `product: linux`, no `service` and one of the
 //! categories above load. Correlation and filter (meta) rules do not.
@@ -102,7 +107,7 @@ pub mod mapping;
 use edr_sdk::prelude::*;
 use edr_sigma_core::rsigma_eval::EvaluationResult;
 use edr_sigma_core::rsigma_parser::Level;
-use edr_sigma_core::rules::{techniques, Loader, DEFAULT_LEVEL, INDEX_ATTRIBUTE};
+use edr_sigma_core::rules::{techniques, EvalMode, Loader, DEFAULT_LEVEL, INDEX_ATTRIBUTE};
 use mapping::{map_event, Category, Scratch};
 
 /// Rule loading and checking, shared with the agent (`edr sigma check`).
@@ -142,6 +147,8 @@ pub struct Sigma {
     rules: RuleSet,
     outcomes: Vec<RuleOutcome>,
     scratch: Scratch,
+    /// Reused for each event's matches.
+    matches: Vec<EvaluationResult>,
 }
 
 impl Sigma {
@@ -170,6 +177,10 @@ impl Sigma {
             }
         };
         let builtin = config.get_bool("builtin_rules", true)?;
+        let mode = match config.get("engine") {
+            None => EvalMode::default(),
+            Some(v) => EvalMode::parse(v).ok_or_else(|| format!("setting `engine`: unknown value `{v}`; expected `compiled` or `interpreted`"))?,
+        };
 
         let mut loader = Loader::new(enabled);
         let mut rule_files = 0usize;
@@ -182,8 +193,8 @@ impl Sigma {
                 loader.add_file(&format!("builtin:{name}"), yaml.as_bytes());
             }
         }
-        let (rules, outcomes) = loader.finish();
-        let detector = Sigma { rules: rules.map_severity(severity), outcomes, scratch: Scratch::default() };
+        let (rules, outcomes) = loader.finish_with(mode);
+        let detector = Sigma { rules: rules.map_severity(severity), outcomes, scratch: Scratch::default(), matches: Vec::new() };
 
         let loaded = detector.loaded();
         if loaded == 0 {
@@ -244,6 +255,12 @@ impl Sigma {
         self.rules.count(category)
     }
 
+    /// What the compiled prefilter made of a category's rules (`None` with
+    /// `engine: interpreted`).
+    pub fn prefilter_stats(&self, category: Category) -> Option<edr_sigma_core::compiled::PrefilterStats> {
+        self.rules.engine(category).stats()
+    }
+
     /// The loaded rules.
     pub fn rules(&self) -> &[RuleMeta] {
         self.rules.rules()
@@ -286,21 +303,32 @@ impl Sigma {
                 message.push_str(&format!(" ({sel})"));
                 evidence.push(("selections".to_string(), sel));
             }
+            // Also a hash map's order (the selections a `1 of` visits): sort
+            // by field, then value, so the same match reads the same on
+            // every load.
+            let mut fields: Vec<(&str, String)> = d
+                .matched_fields
+                .iter()
+                .map(|fm| {
+                    let value = match &fm.value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (fm.field.as_str(), value)
+                })
+                .collect();
+            fields.sort();
             let mut shown = Vec::new();
-            for fm in d.matched_fields.iter() {
+            for (field, value) in fields {
                 if shown.len() >= MAX_MATCHED_FIELDS {
                     break;
                 }
-                let value = match &fm.value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
                 let value = truncate(&value, MAX_VALUE);
-                let key = format!("match.{}", fm.field);
+                let key = format!("match.{field}");
                 if evidence.iter().any(|(k, v)| *k == key && *v == value) {
                     continue;
                 }
-                shown.push(format!("{}={value:?}", fm.field));
+                shown.push(format!("{field}={value:?}"));
                 evidence.push((key, value));
             }
             if !shown.is_empty() {
@@ -353,13 +381,15 @@ impl Detector for Sigma {
         }
         let Some(view) = map_event(&event.body, &self.scratch) else { return };
         let category = view.category();
-        let engine = self.rules.engine(category);
-        if engine.rule_count() == 0 {
+        if self.rules.count(category) == 0 {
             return;
         }
-        for m in engine.evaluate(&view) {
+        let mut matches = std::mem::take(&mut self.matches);
+        self.rules.evaluate(category, &view, &mut matches);
+        for m in matches.drain(..) {
             findings.push(self.finding(&m, event, category));
         }
+        self.matches = matches;
     }
 }
 

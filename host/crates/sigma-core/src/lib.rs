@@ -14,6 +14,7 @@
 
 pub mod category;
 mod check;
+pub mod compiled;
 pub mod rules;
 
 pub use category::Category;
@@ -22,7 +23,7 @@ pub use check::{check_dir, CategoryCounts, CheckReport, CheckSummary};
 pub use rsigma_eval;
 /// The parser, re-exported for its types (`Level`, ...).
 pub use rsigma_parser;
-pub use rules::{LoadError, Loader, RuleMeta, RuleOutcome, RuleSet};
+pub use rules::{CategoryRules, EvalMode, LoadError, Loader, RuleMeta, RuleOutcome, RuleSet};
 
 /// True when a file's name marks it as a rule file (`.yml` or `.yaml`, any case).
 pub fn is_rule_file(name: &str) -> bool {

@@ -3,7 +3,8 @@
 //! not load. Shared by the `sigma` plugin's `init` and by [`crate::check_dir`].
 
 use crate::category::{Category, ABSENT_FIELDS};
-use rsigma_eval::{compile_rule, CompiledRule, Engine, EvalError};
+use crate::compiled::CompiledRules;
+use rsigma_eval::{compile_rule, CompiledRule, Engine, EvalError, EvaluationResult, Event};
 use rsigma_parser::{parse_sigma_yaml, Detection, Level, LogSource, Modifier, SigmaParserError, SigmaRule};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
@@ -303,9 +304,77 @@ impl RuleOutcome {
     }
 }
 
+/// How the rules of a category are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvalMode {
+    /// A literal prefilter per field, then the engine on the rules that pass
+    /// ([`CompiledRules`]).
+    #[default]
+    Compiled,
+    /// The `rsigma` engine as is ([`Engine::evaluate`]): kept as the
+    /// reference the compiled path is checked and measured against.
+    Interpreted,
+}
+
+impl EvalMode {
+    /// From its name: `compiled` or `interpreted`.
+    pub fn parse(s: &str) -> Option<EvalMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "compiled" => Some(EvalMode::Compiled),
+            "interpreted" => Some(EvalMode::Interpreted),
+            _ => None,
+        }
+    }
+}
+
+/// The rules of one category, ready to evaluate.
+pub enum CategoryRules {
+    /// See [`EvalMode::Compiled`].
+    Compiled(Box<CompiledRules>),
+    /// See [`EvalMode::Interpreted`].
+    Interpreted(Box<Engine>),
+}
+
+impl CategoryRules {
+    fn new(rules: Vec<CompiledRule>, mode: EvalMode) -> Self {
+        match mode {
+            EvalMode::Compiled => CategoryRules::Compiled(Box::new(CompiledRules::new(rules))),
+            EvalMode::Interpreted => {
+                let mut e = Engine::new();
+                e.extend_compiled_rules(rules);
+                CategoryRules::Interpreted(Box::new(e))
+            }
+        }
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        match self {
+            CategoryRules::Compiled(c) => c.rule_count(),
+            CategoryRules::Interpreted(e) => e.rule_count(),
+        }
+    }
+
+    /// What the compiled prefilter made of the rules (`None` when interpreted).
+    pub fn stats(&self) -> Option<crate::compiled::PrefilterStats> {
+        match self {
+            CategoryRules::Compiled(c) => Some(c.stats()),
+            CategoryRules::Interpreted(_) => None,
+        }
+    }
+
+    /// Appends a result for every rule that matches `event`, in rule order.
+    pub fn evaluate<E: Event>(&mut self, event: &E, out: &mut Vec<EvaluationResult>) {
+        match self {
+            CategoryRules::Compiled(c) => c.evaluate(event, out),
+            CategoryRules::Interpreted(e) => out.extend(e.evaluate(event)),
+        }
+    }
+}
+
 /// Loaded rules, one engine per served category.
 pub struct RuleSet<S = Level> {
-    engines: Vec<Engine>,
+    engines: Vec<CategoryRules>,
     rules: Vec<RuleMeta<S>>,
 }
 
@@ -332,9 +401,14 @@ impl RuleSet<Level> {
 }
 
 impl<S> RuleSet<S> {
-    /// The engine for a category (empty when no rule of it loaded).
-    pub fn engine(&self, category: Category) -> &Engine {
+    /// The rules of a category (empty when no rule of it loaded).
+    pub fn engine(&self, category: Category) -> &CategoryRules {
         &self.engines[category.index()]
+    }
+
+    /// Appends a result for every rule of `category` that matches `event`.
+    pub fn evaluate<E: Event>(&mut self, category: Category, event: &E, out: &mut Vec<EvaluationResult>) {
+        self.engines[category.index()].evaluate(event, out)
     }
 
     /// Every loaded rule.
@@ -480,17 +554,14 @@ impl Loader {
         Ok(())
     }
 
-    /// The rule set and what happened to every rule.
+    /// The rule set (compiled, see [`EvalMode`]) and what happened to every rule.
     pub fn finish(self) -> (RuleSet, Vec<RuleOutcome>) {
-        let engines = self
-            .compiled
-            .into_iter()
-            .map(|rules| {
-                let mut e = Engine::new();
-                e.extend_compiled_rules(rules);
-                e
-            })
-            .collect();
+        self.finish_with(EvalMode::default())
+    }
+
+    /// [`Loader::finish`] with the rules evaluated as `mode` says.
+    pub fn finish_with(self, mode: EvalMode) -> (RuleSet, Vec<RuleOutcome>) {
+        let engines = self.compiled.into_iter().map(|rules| CategoryRules::new(rules, mode)).collect();
         (RuleSet { engines, rules: self.rules }, self.outcomes)
     }
 }
