@@ -239,6 +239,15 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A web console login, failed login or logout (the actor is the user).
+    Login {
+        /// The user name given.
+        user: String,
+        /// `ok`, `failed` (wrong name or password), `rate_limited` or `logout`.
+        outcome: String,
+        /// The client's address.
+        from: String,
+    },
 }
 
 impl Change {
@@ -249,6 +258,7 @@ impl Change {
             Change::Enrolled { .. } => "enrolled",
             Change::Triage { .. } => "triage",
             Change::Command { .. } => "command",
+            Change::Login { .. } => "login",
         }
     }
 }

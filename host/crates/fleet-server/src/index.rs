@@ -160,8 +160,8 @@ impl Index {
                         params![host_id, user_key, hostname, i(ev.time)],
                     )
                 }
-                // Commands live in the audit (server_events) only.
-                Change::Command { .. } => Ok(0),
+                // Commands and logins live in the audit (server_events) only.
+                Change::Command { .. } | Change::Login { .. } => Ok(0),
                 Change::Triage { host_id, alert_id, state, note } => tx.execute(
                     "INSERT OR REPLACE INTO triage (host_id, alert_id, state, actor, note, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![host_id, i(*alert_id), state.as_str(), ev.actor, note, i(ev.time)],
