@@ -82,6 +82,12 @@ const ecsGet = (ecs, path) => {
   }
   return undefined;
 };
+// Host id -> name, from GET /api/v1/hosts (alerts carry only the id; their ECS may name the host).
+const hostNames = {};
+async function loadHostNames() {
+  for (const h of (await api("GET", "/api/v1/hosts")).hosts) hostNames[h.host_id] = h.hostname;
+}
+const hostName = (a) => hostNames[a.host_id] || ecsGet(a.ecs, "host.hostname") || a.host_id;
 const techniques = (a) => [].concat(ecsGet(a.ecs, "threat.technique.id") || []);
 const incidentOf = (a) => ecsGet(a.ecs, "edr.incident.id");
 
@@ -288,11 +294,11 @@ function livePanel(container, host) {
       { name: "pid", key: (p) => p.pid, cell: (p) => p.pid },
       { name: "ppid", key: (p) => p.ppid, cell: (p) => p.ppid },
       { name: "user", key: (p) => p.user || "", cell: (p) => p.user || p.uid },
-      { name: "exe", key: (p) => p.exe || "", cell: (p) => p.exe || "", mono: true },
+      { name: "exe", key: (p) => p.exe || p.name || "", cell: (p) => p.exe || (p.name ? `[${p.name}]` : ""), mono: true },
       { name: "argv", cell: (p) => [].concat(p.argv || []).join(" "), mono: true },
       { name: "lineage", cell: (p) => [].concat(p.lineage || []).join(" ← ") },
     ], procs);
-    return el("div", {}, el("p", {}, `${procs.length} processes`), t);
+    return el("div", {}, el("p", {}, `${procs.length} processes`), el("div", { class: "scroll" }, t));
   }));
   ls.addEventListener("click", () => run({ op: "ls", path: path.value.trim() }, (o) => {
     const t = el("table", { class: "grid" });
@@ -341,7 +347,7 @@ async function hostsPage() {
 function alertCols(withHost) {
   return [
     { name: "Time", key: (a) => -a.time, cell: (a) => nsTime(a.time) },
-    withHost ? { name: "Host", key: (a) => a.host_id, cell: (a) => el("a", { href: `/console/hosts/${encodeURIComponent(a.host_id)}` }, ecsGet(a.ecs, "host.hostname") || a.host_id) } : null,
+    withHost ? { name: "Host", key: (a) => a.host_id, cell: (a) => el("a", { href: `/console/hosts/${encodeURIComponent(a.host_id)}`, title: a.host_id }, hostName(a)) } : null,
     { name: "Severity", key: (a) => SEVERITIES.indexOf(a.severity), cell: (a) => badge(a.severity) },
     { name: "Rule", key: (a) => a.rule_name, cell: (a) => el("a", { href: `/console/alerts/${encodeURIComponent(a.host_id)}/${a.alert_id}` }, a.rule_name) },
     { name: "ATT&CK", cell: (a) => techniques(a).join(", ") },
@@ -412,9 +418,9 @@ function chartTop(title, id, counts) {
   const box = svg("svg", { viewBox: `0 0 ${W} ${Math.max(1, top.length) * row + 4}`, width: "100%", role: "img", "aria-label": title, id });
   const max = Math.max(1, ...top.map((t) => t[1]));
   top.forEach(([name, c], i) => {
-    const w = (c / max) * (W - 200);
-    box.append(svg("rect", { x: 160, y: i * row + 4, width: Math.max(2, w), height: row - 6, fill: "#1f4e79" }),
-      svg("text", { x: 0, y: i * row + 16 }, name.length > 26 ? name.slice(0, 25) + "…" : name), svg("text", { x: 166 + w, y: i * row + 16 }, String(c)));
+    const w = (c / max) * (W - 220);
+    box.append(svg("rect", { x: 190, y: i * row + 4, width: Math.max(2, w), height: row - 6, fill: "#1f4e79" }),
+      svg("text", { x: 0, y: i * row + 16 }, name.length > 28 ? name.slice(0, 27) + "…" : name), svg("text", { x: 196 + w, y: i * row + 16 }, String(c)));
   });
   if (!top.length) box.append(svg("text", { x: 0, y: 14 }, "none"));
   return box;
@@ -426,7 +432,7 @@ function renderCharts(alerts) {
   $("#charts").replaceChildren(
     card("Alerts over time, by severity", chartTimeline(alerts)),
     card("Top rules", chartTop("top rules", "chart-rules", count((a) => a.rule_name))),
-    card("Top hosts", chartTop("top hosts", "chart-hosts", count((a) => ecsGet(a.ecs, "host.hostname") || a.host_id))),
+    card("Top hosts", chartTop("top hosts", "chart-hosts", count(hostName))),
   );
 }
 
@@ -439,7 +445,7 @@ async function alertsPage() {
     const v = (id) => $(id).value.trim().toLowerCase();
     const sev = v("#f-severity"), st = v("#f-state"), host = v("#f-host"), rule = v("#f-rule"), tech = v("#f-technique");
     return alerts.filter((a) => (!sev || a.severity === sev) && (!st || a.state === st)
-      && (!host || `${a.host_id} ${ecsGet(a.ecs, "host.hostname") || ""}`.toLowerCase().includes(host))
+      && (!host || `${a.host_id} ${hostName(a)}`.toLowerCase().includes(host))
       && (!rule || `${a.rule_id} ${a.rule_name}`.toLowerCase().includes(rule))
       && (!tech || techniques(a).some((t) => t.toLowerCase().includes(tech))));
   };
@@ -458,13 +464,14 @@ async function alertsPage() {
     return [...groups.values()].flat();
   };
   const groupRow = (g, members) => el("tr", { class: "incident" }, el("td", { colspan: cols.length },
-    `Incident ${g.split("/")[1]} on ${members[0].host_id}: ${members.length} alert(s), highest ${members.map((a) => a.severity).sort((x, y) => SEVERITIES.indexOf(x) - SEVERITIES.indexOf(y))[0]}`,
+    `Incident ${g.split("/")[1]} on ${hostName(members[0])}: ${members.length} alert(s), highest ${members.map((a) => a.severity).sort((x, y) => SEVERITIES.indexOf(x) - SEVERITIES.indexOf(y))[0]}`,
     " ", el("button", { type: "button", onclick: () => { members.forEach((a) => selected.add(key(a))); render(); updateCount(); } }, "select all")));
   const render = () => fillTable(table, cols, order(filtered()), {
     rowId: key, empty: "no alerts match",
     groupKey: (a) => (incidentOf(a) ? `${a.host_id}/${incidentOf(a)}` : null), groupRow,
   });
   const load = async () => {
+    await loadHostNames();
     alerts = (await api("GET", "/api/v1/alerts?limit=1000&ecs=true")).alerts;
     renderCharts(alerts);
     render();
@@ -497,6 +504,7 @@ function kv(rows) {
 
 async function alertPage() {
   const host = B.host, id = Number(B.alert);
+  await loadHostNames();
   const { alerts } = await api("GET", `/api/v1/alerts?host=${encodeURIComponent(host)}&limit=10000&ecs=true`);
   const a = alerts.find((x) => x.alert_id === id);
   if (!a) throw new Error(`no alert ${host}:${B.alert} on this server`);
@@ -504,7 +512,7 @@ async function alertPage() {
   const g = (p) => { const v = ecsGet(e, p); return Array.isArray(v) ? v.join(", ") : v === undefined ? undefined : String(v); };
   $("#alert-detail").replaceChildren(kv([
     ["Rule", `${a.rule_name} (${a.rule_id})`], ["Severity", badge(a.severity)], ["Time", nsTime(a.time)],
-    ["Host", el("a", { href: `/console/hosts/${encodeURIComponent(host)}` }, g("host.hostname") || host)],
+    ["Host", el("a", { href: `/console/hosts/${encodeURIComponent(host)}` }, hostName(a))],
     ["Message", g("message")], ["ATT&CK", techniques(a).join(", ")], ["Rule author", g("rule.author")],
     ["Pack", g("edr.pack.id") ? `${g("edr.pack.id")} ${g("edr.pack.version") || ""}` : "built in"], ["Pack signer", g("edr.pack.signer")],
     ["Plugin", g("edr.plugin")], ["Incident", g("edr.incident.id")],
@@ -601,7 +609,7 @@ async function auditPage() {
       case "command": return `${c.op} on ${c.host_id}: ${c.status}${c.reason ? " — " + c.reason : ""}${c.error ? " (" + c.error + ")" : ""}`;
       case "login": return `${c.user} ${c.outcome} from ${c.from}`;
       case "enrolled": return `${c.hostname} as ${c.host_id}`;
-      case "token": return `enrollment token until ${new Date(c.expires_at * 1000).toISOString()}`;
+      case "token_created": return `enrollment token until ${new Date(c.expires_at * 1000).toISOString()}`;
       default: return JSON.stringify(c);
     }
   };
