@@ -69,7 +69,7 @@ pub fn add_user(dir: &DataDir, name: &str, role: Role, password: &str) -> Result
         return Err(file_err(dir, format!("user name {name:?}: use 1-64 letters, digits, - _ . @")));
     }
     if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
-        return Err(ConsoleError::Password(format!("use {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} bytes")));
+        return Err(ConsoleError::Password(format!("use at least {MIN_PASSWORD_CHARS} characters (at most {MAX_PASSWORD_BYTES} bytes)")));
     }
     let mut users = load_users(dir)?;
     if users.iter().any(|u| u.name == name) {
