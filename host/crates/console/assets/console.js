@@ -257,7 +257,7 @@ function respondPanel(container, host, defaults = {}) {
     try {
       const r = await sendCommand(host, cmd, reason.value.trim());
       out.replaceChildren(el("p", { class: r.status === "done" ? "ok" : "error", id: "action-status" }, `${cmd.op}: ${r.status}${r.output && (r.output.error || r.output.reason) ? " — " + (r.output.error || r.output.reason) : ""}`),
-        el("pre", {}, JSON.stringify(r.output, null, 2)));
+        el("pre", {}, JSON.stringify(r.output, (k, v) => (k === "content_base64" && typeof v === "string" ? `(${v.length} base64 characters)` : v), 2)));
       if (cmd.op === "fetch" && r.status === "done") await offerFetched(r, out);
     } catch (e) {
       out.replaceChildren(el("p", { class: "error", id: "action-status" }, e.message));

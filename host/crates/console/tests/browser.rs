@@ -54,9 +54,21 @@ impl CommandExecutor for TestExec {
                 self.seen.lock().unwrap().push((body.command.op().to_string(), body.reason.clone()));
                 Ok(json!({"test_host": "no response engine here: the verified command was recorded", "op": body.command.op()}))
             }
+            // The agent's answer to a fetch (its engine copies the file into the evidence store first).
+            Command::Fetch { path } => {
+                use sha2::Digest;
+                let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+                let claimed = if path.ends_with("tampered") { "0".repeat(64) } else { hex::encode(sha2::Sha256::digest(&bytes)) };
+                Ok(json!({"path": path, "size": bytes.len(), "sha256": claimed, "content_base64": base64_encode(&bytes)}))
+            }
             _ => self.builtin.execute(body),
         }
     }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn alert(id: u64, title: &str, message: &str) -> Alert {
@@ -169,9 +181,18 @@ async fn load_key(c: &Client, key: &std::path::Path) {
 }
 
 async fn respond(c: &Client, op: &str, reason: &str) -> String {
+    respond_with(c, op, "", reason).await
+}
+
+async fn respond_with(c: &Client, op: &str, arg: &str, reason: &str) -> String {
     c.execute(&format!("document.getElementById('action').value = '{op}'; document.getElementById('action').dispatchEvent(new Event('change'));"), vec![])
         .await
         .unwrap();
+    if !arg.is_empty() {
+        let a = c.find(Locator::Id("action-arg")).await.unwrap();
+        a.clear().await.unwrap();
+        a.send_keys(arg).await.unwrap();
+    }
     let r = c.find(Locator::Id("action-reason")).await.unwrap();
     r.clear().await.unwrap();
     r.send_keys(reason).await.unwrap();
@@ -282,6 +303,18 @@ fn the_console_in_a_real_browser() {
         let released = respond(&c, "release", "case 17: cleaned").await;
         assert!(released.contains("release: done"), "{released}");
         assert_eq!(*seen.lock().unwrap(), vec![("isolate".into(), "case 17: beaconing".into()), ("release".into(), "case 17: cleaned".into())]);
+        // Fetch: the content's sha256 is checked in the page before it offers the download.
+        let evidence = data.path().join("evidence.txt");
+        std::fs::write(&evidence, b"dropped payload").unwrap();
+        let fetched = respond_with(&c, "fetch", &evidence.display().to_string(), "case 17: evidence").await;
+        assert!(fetched.contains("fetch: done"), "{fetched}");
+        let checked = wait_text(&c, "#action-result", "checked").await;
+        assert!(checked.contains("Download evidence.txt") && !checked.contains("ZHJvcHBlZCBwYXlsb2Fk"), "{checked}");
+        let tampered = data.path().join("tampered");
+        std::fs::write(&tampered, b"x").unwrap();
+        respond_with(&c, "fetch", &tampered.display().to_string(), "case 17: evidence").await;
+        let refused = wait_text(&c, "#action-result", "sha256 mismatch").await;
+        assert!(!refused.contains("Download"), "no download of content that does not match: {refused}");
         c.find(Locator::Id("live-ps")).await.unwrap().click().await.unwrap();
         wait_text(&c, "#live-result", "processes").await;
         shot(&c, "host").await;
@@ -331,12 +364,28 @@ fn the_console_in_a_real_browser() {
             .unwrap();
         assert_eq!(forged[0], 403, "{forged}");
         assert_eq!(forged[1]["error"]["code"], "forbidden");
+        // A kill signed with the operator's key, posted from the viewer's page: refused by the API's roles.
+        let kill = edr_fleet_server::client::sign_command_with_reason(&key, &host, Command::Kill { pid: 1, tree: false }, "viewer", 60).unwrap();
+        let kill = serde_json::to_string(&kill).unwrap();
+        let refused = c
+            .execute_async(
+                &format!(
+                    "const done = arguments[arguments.length - 1];
+                     fetch('/api/v1/hosts/{host}/commands', {{method: 'POST', headers: {{'Content-Type': 'application/json',
+                       'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content}}, body: arguments[0]}})
+                       .then(async r => done([r.status, await r.json()]));"
+                ),
+                vec![json!(kill)],
+            )
+            .await
+            .unwrap();
+        assert_eq!((refused[0].as_u64(), refused[1]["error"]["code"].as_str()), (Some(403), Some("forbidden")), "{refused}");
         c.close().await.unwrap();
     });
     // The page's signed bodies are the CLI's serialization, byte for byte.
     let bodies: Vec<String> =
         h.audit().iter().filter(|e| e["change"]["kind"] == "command").map(|e| e["change"]["body"].as_str().unwrap().to_string()).collect();
-    assert_eq!(bodies.len(), 4, "isolate, release, processes, query");
+    assert_eq!(bodies.len(), 6, "isolate, release, two fetches, processes, query");
     for b in &bodies {
         let parsed: CommandBody = serde_json::from_str(b).unwrap();
         assert_eq!(&serde_json::to_string(&parsed).unwrap(), b, "the page's body is what the CLI would sign");
