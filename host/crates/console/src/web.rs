@@ -119,7 +119,7 @@ fn html(status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     r
 }
 
@@ -149,9 +149,21 @@ async fn audit_login(c: &Console, user: &str, outcome: &str, from: &SocketAddr) 
     }
 }
 
-async fn login(State(c): State<Arc<Console>>, ConnectInfo(from): ConnectInfo<SocketAddr>, Form(f): Form<LoginForm>) -> Response {
+/// Whether a login form came from another site: its `Origin` (sent by
+/// browsers on every form POST) names a host other than the one asked.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin.split_once("://").map(|(_, rest)| rest) != Some(host)
+}
+
+async fn login(State(c): State<Arc<Console>>, ConnectInfo(from): ConnectInfo<SocketAddr>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    if cross_site(&headers) {
+        // Login CSRF: another site logging the browser into an account of its choosing.
+        return html(StatusCode::FORBIDDEN, pages::login(Some("This login form was sent from another site: log in from the console's own page.")));
+    }
     let ip = format!("ip:{}", from.ip());
-    let name_key = format!("user:{}", f.name);
+    let name_key = format!("user:{}", f.name.chars().take(64).collect::<String>());
     if let Some(wait) = c.sessions.locked_for(&name_key).or_else(|| c.sessions.locked_for(&ip)) {
         audit_login(&c, &f.name, "rate_limited", &from).await;
         let msg = format!("Too many failed logins: wait {wait} s and try again.");

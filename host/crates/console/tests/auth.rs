@@ -37,6 +37,14 @@ fn logins_sessions_csrf_and_roles_are_enforced_by_the_api() {
     let unknown = login(&b, "mallory", PASSWORD).unwrap_err();
     assert_eq!(unknown.status, 401, "an unknown name looks like a wrong password");
 
+    // A login form posted from another site (login CSRF) is refused; the console's own origin is fine.
+    let form = format!("name=alice&password={}", PASSWORD.replace(' ', "+"));
+    let form_ct = ("content-type", "application/x-www-form-urlencoded");
+    let evil = request("POST", &format!("{b}/console/login"), &[form_ct, ("origin", "http://evil.example")], Some(&form));
+    assert!(evil.status == 403 && evil.cookies.is_empty(), "{}", evil.status);
+    let own = request("POST", &format!("{b}/console/login"), &[form_ct, ("origin", &b)], Some(&form));
+    assert_eq!(own.status, 303);
+
     // A responder's session: the cookie's flags, the API through it, CSRF on changes.
     let form = format!("name=alice&password={}", PASSWORD.replace(' ', "+"));
     let ok = request("POST", &format!("{b}/console/login"), &[("content-type", "application/x-www-form-urlencoded")], Some(&form));
