@@ -111,7 +111,7 @@ function fillTable(table, cols, rows, opts = {}) {
       if (g && g !== trs._last) trs.push(opts.groupRow(g, sorted.filter((x) => opts.groupKey(x) === g)));
       trs._last = g;
     }
-    trs.push(el("tr", { "data-id": opts.rowId ? opts.rowId(r) : undefined }, cols.map((c) => el("td", { class: c.mono ? "mono" : undefined }, c.cell(r)))));
+    trs.push(el("tr", { "data-id": opts.rowId ? opts.rowId(r) : undefined }, cols.map((c) => el("td", { class: c.mono ? "mono" : c.cls }, c.cell(r)))));
   }
   if (!rows.length) trs.push(el("tr", {}, el("td", { colspan: cols.length }, opts.empty || "nothing here")));
   tbody.replaceChildren(...trs);
@@ -347,7 +347,7 @@ async function hostsPage() {
 function alertCols(withHost) {
   return [
     { name: "Time", key: (a) => -a.time, cell: (a) => nsTime(a.time) },
-    withHost ? { name: "Host", key: (a) => a.host_id, cell: (a) => el("a", { href: `/console/hosts/${encodeURIComponent(a.host_id)}`, title: a.host_id }, hostName(a)) } : null,
+    withHost ? { name: "Host", cls: "nowrap", key: (a) => a.host_id, cell: (a) => el("a", { href: `/console/hosts/${encodeURIComponent(a.host_id)}`, title: a.host_id }, hostName(a)) } : null,
     { name: "Severity", key: (a) => SEVERITIES.indexOf(a.severity), cell: (a) => badge(a.severity) },
     { name: "Rule", key: (a) => a.rule_name, cell: (a) => el("a", { href: `/console/alerts/${encodeURIComponent(a.host_id)}/${a.alert_id}` }, a.rule_name) },
     { name: "ATT&CK", cell: (a) => techniques(a).join(", ") },
