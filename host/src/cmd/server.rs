@@ -26,6 +26,15 @@ pub enum ServerCommand {
         /// Seconds between host heartbeats.
         #[arg(long, default_value_t = 30)]
         heartbeat_secs: u64,
+        /// NATS over TLS: the NATS server's certificate (PEM); needs --nats-tls-key and --nats-ca.
+        #[arg(long, requires_all = ["nats_tls_key", "nats_ca"])]
+        nats_tls_cert: Option<PathBuf>,
+        /// The NATS server certificate's private key (PEM).
+        #[arg(long, requires_all = ["nats_tls_cert", "nats_ca"])]
+        nats_tls_key: Option<PathBuf>,
+        /// The CA that signed the NATS certificate (PEM); hosts get it at enrollment, pinned by the token.
+        #[arg(long, requires_all = ["nats_tls_cert", "nats_tls_key"])]
+        nats_ca: Option<PathBuf>,
     },
     /// Run the server: a local nats-server child (unless nats.start_local = false), consumers, API.
     Run {
@@ -83,9 +92,13 @@ fn read_password() -> anyhow::Result<String> {
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     match cmd {
-        ServerCommand::Init { dir, name, nats_listen, listen, heartbeat_secs } => {
+        ServerCommand::Init { dir, name, nats_listen, listen, heartbeat_secs, nats_tls_cert, nats_tls_key, nats_ca } => {
             anyhow::ensure!((1..=3600).contains(&heartbeat_secs), "--heartbeat-secs {heartbeat_secs}: use 1 to 3600");
-            let opts = edr_fleet_server::InitOptions { name, nats_listen, http_listen: listen, heartbeat_secs };
+            let nats_tls = match (nats_tls_cert, nats_tls_key, nats_ca) {
+                (Some(cert_file), Some(key_file), Some(ca_file)) => Some(edr_fleet_server::fleet::NatsTls { cert_file, key_file, ca_file }),
+                _ => None,
+            };
+            let opts = edr_fleet_server::InitOptions { name, nats_listen, http_listen: listen, heartbeat_secs, nats_tls };
             let created = edr_fleet_server::fleet::init(&dir, &opts)?;
             println!("fleet created in {}", created.fleet.dir.path().display());
             println!("admin API token (also in {}): {}", created.fleet.dir.join("admin.token").display(), created.admin_token);

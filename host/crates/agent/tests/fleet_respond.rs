@@ -32,7 +32,13 @@ struct Fleet {
 impl Fleet {
     fn start() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let opts = InitOptions { name: "test".into(), nats_listen: format!("127.0.0.1:{}", free_port()), http_listen: "127.0.0.1:0".into(), heartbeat_secs: 1 };
+        let opts = InitOptions {
+            name: "test".into(),
+            nats_listen: format!("127.0.0.1:{}", free_port()),
+            http_listen: "127.0.0.1:0".into(),
+            heartbeat_secs: 1,
+            ..Default::default()
+        };
         let created = edr_fleet_server::fleet::init(&dir.path().join("fleet"), &opts).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let running = rt.block_on(edr_fleet_server::start(created.fleet, false)).unwrap();

@@ -17,6 +17,28 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "unknown-host".into())
 }
 
+/// The NATS CA from the enrollment answer, accepted only when it is the one
+/// the token pins: the answer comes over the API, which the token's pin
+/// makes unnecessary to trust.
+fn pinned_ca(token: &EnrollToken, answered: Option<String>) -> Result<Option<String>, LinkError> {
+    use sha2::Digest;
+    match (&token.nats_ca_sha256, answered) {
+        (None, None) => Ok(None),
+        (Some(want), Some(pem)) => {
+            let got = hex::encode(sha2::Sha256::digest(pem.as_bytes()));
+            if &got == want {
+                Ok(Some(pem))
+            } else {
+                Err(LinkError::Enroll(format!("the server sent a NATS CA with sha256 {got}, but the token pins {want}: refusing it (was the token made by another fleet, or is someone in between?)")))
+            }
+        }
+        (Some(_), None) => Err(LinkError::Enroll("the token pins a NATS CA (the fleet's NATS runs TLS) but the server sent none".into())),
+        (None, Some(_)) => Err(LinkError::Enroll(
+            "the server sent a NATS CA that the token does not pin (NATS TLS was turned on after the token was made?): make a new token".into(),
+        )),
+    }
+}
+
 /// Enrolls this host with `token` unless it already has an identity (then
 /// that is returned, and the token is not used).
 ///
@@ -49,7 +71,9 @@ pub fn enroll(data_dir: &Path, token: &str, hostname: &str) -> Result<Identity, 
     if !edr_fleet_proto::subjects::valid_host_id(&r.host_id) || r.nats_urls.is_empty() {
         return Err(LinkError::Enroll(format!("the server answered an invalid host id {:?} or no NATS URL", r.host_id)));
     }
+    let nats_ca_pem = pinned_ca(&token, r.nats_ca_pem)?;
     let id = Identity {
+        nats_ca_pem,
         host_id: r.host_id,
         user_jwt: r.user_jwt,
         nats_urls: r.nats_urls,

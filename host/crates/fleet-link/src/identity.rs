@@ -24,6 +24,10 @@ pub struct Identity {
     pub command_keys: Vec<String>,
     /// The management server's API, for re-enrollment messages.
     pub server: String,
+    /// The CA (PEM) the NATS servers' certificates must chain to, when the
+    /// fleet's NATS runs TLS (pinned by sha256 in the enrollment token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_pem: Option<String>,
 }
 
 /// The `fleet/` directory under `data_dir`.

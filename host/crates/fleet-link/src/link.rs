@@ -159,11 +159,14 @@ impl Drop for FleetLink {
     }
 }
 
+/// The pinned NATS CA, written from the identity for async-nats to read.
+const NATS_CA_FILE: &str = "nats-ca.pem";
+
 async fn connect(ctx: &Ctx, kp: Arc<nkeys::KeyPair>) -> Result<async_nats::Client, String> {
     let addrs: Vec<async_nats::ServerAddr> =
         ctx.id.nats_urls.iter().map(|u| u.parse().map_err(|e| format!("NATS URL {u:?}: {e}"))).collect::<Result<_, String>>()?;
     let stats = ctx.stats.clone();
-    let opts = async_nats::ConnectOptions::with_jwt(ctx.id.user_jwt.clone(), move |nonce| {
+    let mut opts = async_nats::ConnectOptions::with_jwt(ctx.id.user_jwt.clone(), move |nonce| {
         let kp = kp.clone();
         async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
     })
@@ -188,6 +191,11 @@ async fn connect(ctx: &Ctx, kp: Arc<nkeys::KeyPair>) -> Result<async_nats::Clien
             }
         }
     });
+    if let Some(pem) = &ctx.id.nats_ca_pem {
+        // async-nats reads root certificates from a file.
+        ctx.dir.write_atomically(NATS_CA_FILE, pem.as_bytes()).map_err(|e| format!("cannot write the NATS CA: {e}"))?;
+        opts = opts.add_root_certificates(ctx.dir.join(NATS_CA_FILE)).require_tls(true);
+    }
     opts.connect(addrs.as_slice()).await.map_err(|e| format!("cannot connect to {:?}: {e}", ctx.id.nats_urls))
 }
 

@@ -32,7 +32,8 @@ impl Harness {
     fn start(heartbeat_secs: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let nats_listen = format!("127.0.0.1:{}", free_port());
-        let opts = InitOptions { name: "test".into(), nats_listen: nats_listen.clone(), http_listen: "127.0.0.1:0".into(), heartbeat_secs };
+        let opts =
+            InitOptions { name: "test".into(), nats_listen: nats_listen.clone(), http_listen: "127.0.0.1:0".into(), heartbeat_secs, ..Default::default() };
         let created = edr_fleet_server::fleet::init(&dir.path().join("fleet"), &opts).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let running = rt.block_on(edr_fleet_server::start(created.fleet, false)).unwrap();

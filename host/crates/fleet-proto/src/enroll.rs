@@ -21,6 +21,11 @@ pub struct EnrollToken {
     /// Operator command-signing public keys (hex Ed25519) the agent pins.
     #[serde(default)]
     pub command_keys: Vec<String>,
+    /// sha256 (hex) of the CA the fleet's NATS server presents a certificate
+    /// from, when NATS runs TLS: the host accepts only that CA from the
+    /// enrollment answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_sha256: Option<String>,
 }
 
 /// A token that cannot be read.
@@ -79,6 +84,10 @@ pub struct EnrollResponse {
     pub nats_urls: Vec<String>,
     /// Seconds between heartbeats.
     pub heartbeat_secs: u64,
+    /// The CA (PEM) to verify the NATS servers' certificates against, when
+    /// NATS runs TLS; its sha256 must be the one the token pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_pem: Option<String>,
 }
 
 #[cfg(test)]
@@ -87,7 +96,12 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_garbage_is_refused() {
-        let t = EnrollToken { server: "http://127.0.0.1:1".into(), secret: "ab".repeat(32), command_keys: vec!["00".repeat(32)] };
+        let t = EnrollToken {
+            server: "http://127.0.0.1:1".into(),
+            secret: "ab".repeat(32),
+            command_keys: vec!["00".repeat(32)],
+            nats_ca_sha256: Some("cd".repeat(32)),
+        };
         assert_eq!(EnrollToken::decode(&t.encode()).unwrap(), t);
         for bad in ["", "edr1-", "edr1-!!!", "xyz", &t.encode()[..20]] {
             let e = EnrollToken::decode(bad).unwrap_err().to_string();

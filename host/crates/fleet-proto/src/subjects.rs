@@ -32,6 +32,15 @@ pub fn valid_host_id(id: &str) -> bool {
     id.len() == 17 && id.starts_with('h') && id[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The host id in `edr.host.<id>.<kind>`, when the subject is one.
+pub fn host_of(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("edr"), Some("host"), Some(id)) if valid_host_id(id) => Some(id),
+        _ => None,
+    }
+}
+
 /// Everything host `id` may publish: `edr.host.<id>.>`.
 pub fn host_publish(id: &str) -> String {
     format!("edr.host.{id}.>")

@@ -44,6 +44,8 @@ pub struct AppState {
     pub index: Arc<Index>,
     /// NATS.
     pub bus: Bus,
+    /// The server-side notification outputs (`[notify]`).
+    pub notifier: Arc<crate::notify::Notifier>,
     /// Session authentication (the web console's cookie), when installed.
     pub sessions: std::sync::OnceLock<Arc<dyn crate::api_session::SessionAuth>>,
 }
@@ -94,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/hosts/{host}/commands", post(command))
         .route("/api/v1/query", post(query))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/notify", get(notify_status))
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })
@@ -173,7 +176,8 @@ async fn enroll_token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: 
     let secret = edr_fleet_proto::random_hex(32).map_err(|e| FleetError::Nats(format!("random: {e}")))?;
     let expires_at = edr_fleet_proto::now_secs() + req.ttl_secs;
     s.bus.record(&s.index, &who.name, Change::TokenCreated { secret_sha256: sha256_hex(&secret), expires_at }).await?;
-    let token = EnrollToken { server: s.fleet.config.http.public_url.clone(), secret, command_keys: vec![s.fleet.command_public_key()] };
+    let nats_ca_sha256 = s.fleet.nats_ca_pem()?.map(|pem| sha256_hex(&pem));
+    let token = EnrollToken { server: s.fleet.config.http.public_url.clone(), secret, command_keys: vec![s.fleet.command_public_key()], nats_ca_sha256 };
     ok(json!({"token": token.encode(), "expires_at": expires_at}))
 }
 
@@ -229,7 +233,13 @@ async fn enroll(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
         user_jwt,
         nats_urls: s.fleet.config.nats.public_urls.clone(),
         heartbeat_secs: s.fleet.config.heartbeat_secs,
+        nats_ca_pem: s.fleet.nats_ca_pem()?,
     })
+}
+
+async fn notify_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    ok(json!({"outputs": s.notifier.status()}))
 }
 
 async fn hosts(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {

@@ -53,13 +53,16 @@ impl Bus {
     ///
     /// # Errors
     /// When NATS cannot be reached or refuses the streams.
-    pub async fn connect(url: &str, creds: &str) -> Result<Bus, FleetError> {
-        let opts = async_nats::ConnectOptions::with_credentials(creds)
+    pub async fn connect(url: &str, creds: &str, tls_ca: Option<&std::path::Path>) -> Result<Bus, FleetError> {
+        let mut opts = async_nats::ConnectOptions::with_credentials(creds)
             .map_err(|e| FleetError::nats("server.creds", e))?
             .name("edr-server")
             .custom_inbox_prefix("_INBOX_edr_server")
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5));
+        if let Some(ca) = tls_ca {
+            opts = opts.add_root_certificates(ca.to_path_buf()).require_tls(true);
+        }
         let client = opts.connect(url).await.map_err(|e| FleetError::nats(format!("cannot connect to {url}"), e))?;
         let js = jetstream::new(client.clone());
         for cfg in stream_configs() {
@@ -204,14 +207,7 @@ enum Apply {
     Retry(FleetError),
 }
 
-/// The host id in `edr.host.<id>.<kind>`.
-fn subject_host(subject: &str) -> Option<&str> {
-    let mut parts = subject.split('.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("edr"), Some("host"), Some(id)) if subjects::valid_host_id(id) => Some(id),
-        _ => None,
-    }
-}
+use subjects::host_of as subject_host;
 
 fn apply(kind: &str, subject: &str, payload: &[u8], seen: u64, index: &Index) -> Result<(), Apply> {
     match kind {

@@ -39,6 +39,11 @@ pub struct FleetConfig {
     /// Durable consumer names start with this; server processes sharing one
     /// index share the consumers (and so the work).
     pub consumer_prefix: String,
+    /// Where the server notifies the operator of every alert (`[notify]`:
+    /// `[[notify.syslog]]`, `[[notify.webhook]]`, `[[notify.nats]]`, the
+    /// agent's output settings). Not written by `init`: add it by hand.
+    #[serde(default, skip_serializing)]
+    pub notify: edr_output::OutputsConfig,
 }
 
 /// `[nats]` of `fleet.toml`.
@@ -55,6 +60,25 @@ pub struct NatsSettings {
     pub listen: String,
     /// The `nats-server` program.
     pub program: String,
+    /// TLS on the NATS listener (`[nats.tls]`); none: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTls>,
+}
+
+/// `[nats.tls]` of `fleet.toml`: the NATS listener speaks TLS with this
+/// certificate, and every client (the server, each host) verifies it
+/// against `ca_file`. Hosts get the CA at enrollment; its sha256 is in the
+/// enrollment token, so a host trusts only the CA its token pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTls {
+    /// The NATS server's certificate chain (PEM); its names must cover the
+    /// host part of every URL in `public_urls` and `url`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA that signed it (PEM), which clients trust.
+    pub ca_file: PathBuf,
 }
 
 /// `[http]` of `fleet.toml`.
@@ -78,11 +102,13 @@ pub struct InitOptions {
     pub http_listen: String,
     /// Seconds between heartbeats.
     pub heartbeat_secs: u64,
+    /// TLS for NATS: the files are copied into `DIR/nats/tls/`.
+    pub nats_tls: Option<NatsTls>,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { name: "edr".into(), nats_listen: "127.0.0.1:4222".into(), http_listen: "127.0.0.1:8480".into(), heartbeat_secs: 30 }
+        InitOptions { name: "edr".into(), nats_listen: "127.0.0.1:4222".into(), http_listen: "127.0.0.1:8480".into(), heartbeat_secs: 30, nats_tls: None }
     }
 }
 
@@ -138,18 +164,22 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
     let command_public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes());
     keys.write_atomically("command.pub", command_public.as_bytes())?;
     let [operator, operator_signing, account, account_signing, system] = pairs;
+    let tls = opts.nats_tls.as_ref().map(|t| copy_tls_files(&dir, t)).transpose()?;
+    let scheme = if tls.is_some() { "tls" } else { "nats" };
     let config = FleetConfig {
         name: opts.name.clone(),
         nats: NatsSettings {
-            url: format!("nats://{}", opts.nats_listen),
-            public_urls: vec![format!("nats://{}", opts.nats_listen)],
+            url: format!("{scheme}://{}", opts.nats_listen),
+            public_urls: vec![format!("{scheme}://{}", opts.nats_listen)],
             start_local: true,
             listen: opts.nats_listen.clone(),
             program: "nats-server".into(),
+            tls,
         },
         http: HttpSettings { listen: opts.http_listen.clone(), public_url: format!("http://{}", opts.http_listen) },
         heartbeat_secs: opts.heartbeat_secs,
         consumer_prefix: "edr-server".into(),
+        notify: Default::default(),
     };
     write_nats_config(&dir, &config, &operator, &operator_signing, &account, &account_signing, &system)?;
     let server_user = KeyPair::new_user();
@@ -163,6 +193,26 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
     tracing::info!(dir = %dir.path().display(), operator = %operator.public_key(), account = %account.public_key(), "fleet created");
     let fleet = Fleet { account: account.public_key(), account_signing, command_public, config, dir };
     Ok(Created { fleet, admin_token: token })
+}
+
+/// Copies the TLS files into `DIR/nats/tls/` (0600), after checking that
+/// each is PEM of the right kind, so a typo fails at `init`, not when the
+/// first host connects.
+fn copy_tls_files(dir: &DataDir, t: &NatsTls) -> Result<NatsTls, FleetError> {
+    let tls = dir.subdir("nats")?.subdir("tls")?;
+    let copy = |from: &PathBuf, name: &str, kind: &str| -> Result<PathBuf, FleetError> {
+        let text = std::fs::read_to_string(from).map_err(|e| FleetError::File { path: from.clone(), problem: format!("cannot read it: {e}") })?;
+        if !text.lines().any(|l| l.starts_with("-----BEGIN ") && l.contains(kind)) {
+            return Err(FleetError::File { path: from.clone(), problem: format!("not a PEM file holding a {kind}") });
+        }
+        tls.write_atomically(name, text.as_bytes())?;
+        Ok(tls.join(name))
+    };
+    Ok(NatsTls {
+        cert_file: copy(&t.cert_file, "server.pem", "CERTIFICATE")?,
+        key_file: copy(&t.key_file, "server.key", "PRIVATE KEY")?,
+        ca_file: copy(&t.ca_file, "ca.pem", "CERTIFICATE")?,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -189,7 +239,13 @@ fn write_nats_config(
          operator: \"{op}\"\n\
          system_account: \"{sys}\"\n\
          resolver: MEMORY\n\
-         resolver_preload: {{\n  {acct}: \"{acct_jwt}\"\n  {sys}: \"{sys_jwt}\"\n}}\n",
+         resolver_preload: {{\n  {acct}: \"{acct_jwt}\"\n  {sys}: \"{sys_jwt}\"\n}}\n{tls}",
+        tls = cfg.nats.tls.as_ref().map_or(String::new(), |t| format!(
+            "# TLS: clients verify this certificate against nats/tls/ca.pem (hosts get the CA at enrollment).\n\
+             tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
+            t.cert_file.display(),
+            t.key_file.display()
+        )),
         listen = cfg.nats.listen,
         name = cfg.name,
         store = nats.join("jetstream").display(),
@@ -265,5 +321,36 @@ impl Fleet {
     /// The operator's command-signing public key, hex (pinned by hosts).
     pub fn command_public_key(&self) -> String {
         self.command_public.clone()
+    }
+
+    /// The CA that NATS clients verify the fleet's NATS server against (PEM
+    /// text), when `[nats.tls]` is set.
+    ///
+    /// # Errors
+    /// When the configured file cannot be read.
+    pub fn nats_ca_pem(&self) -> Result<Option<String>, FleetError> {
+        let Some(tls) = &self.config.nats.tls else { return Ok(None) };
+        std::fs::read_to_string(&tls.ca_file)
+            .map(Some)
+            .map_err(|e| FleetError::File { path: tls.ca_file.clone(), problem: format!("the NATS CA ([nats.tls] ca_file) cannot be read: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_is_read_from_fleet_toml_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = init(&dir.path().join("f"), &InitOptions::default()).unwrap();
+        let mut text = toml::to_string_pretty(&created.fleet.config).unwrap();
+        text.push_str("\n[[notify.webhook]]\nurl = \"https://siem.example/edr\"\n\n[[notify.syslog]]\naddress = \"udp://10.0.0.5:514\"\n");
+        let cfg: FleetConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.notify.webhook[0].url, "https://siem.example/edr");
+        assert_eq!(cfg.notify.syslog[0].address, "udp://10.0.0.5:514");
+        let typo = text.replace("[[notify.webhook]]", "[[notify.webhok]]");
+        let e = toml::from_str::<FleetConfig>(&typo).unwrap_err().to_string();
+        assert!(e.contains("webhok"), "{e}");
     }
 }

@@ -205,6 +205,14 @@ impl Index {
         Ok(n == 1)
     }
 
+    /// The name host `host_id` enrolled with, when it is enrolled.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub fn hostname(&self, host_id: &str) -> Result<Option<String>, FleetError> {
+        self.conn().query_row("SELECT hostname FROM hosts WHERE host_id = ?1", [host_id], |r| r.get(0)).optional().map_err(FleetError::index("read host"))
+    }
+
     /// Whether host `host_id` is enrolled.
     ///
     /// # Errors

@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod index;
 pub mod jwt;
 pub mod natsd;
+pub mod notify;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
@@ -54,6 +55,7 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.state.notifier.shutdown(std::time::Duration::from_secs(2));
     }
 }
 
@@ -85,7 +87,8 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
     } else {
         None
     };
-    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?).await?;
+    let tls_ca = fleet.config.nats.tls.as_ref().map(|t| t.ca_file.clone());
+    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?, tls_ca.as_deref()).await?;
     let index_path = fleet.index_path();
     let fresh = rebuild || !index_path.exists();
     if rebuild {
@@ -97,6 +100,10 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
         bus.reset_consumers(&prefix).await;
     }
     let mut tasks = bus.consume(index.clone(), &prefix).await?;
+    let notifier = Arc::new(notify::Notifier::start(&fleet.config.notify, fleet.dir.path(), &fleet.config.name)?);
+    if !notifier.is_empty() {
+        tasks.push(notify::run(bus.js.clone(), notifier.clone(), index.clone(), &prefix).await?);
+    }
     let listener = tokio::net::TcpListener::bind(&fleet.config.http.listen)
         .await
         .map_err(|e| FleetError::Io { what: format!("cannot listen on {} (http.listen in fleet.toml)", fleet.config.http.listen), source: e })?;
@@ -104,7 +111,7 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
     if fleet.config.http.listen.ends_with(":0") {
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
-    let state = Arc::new(api::AppState { fleet, index, bus, sessions: std::sync::OnceLock::new() });
+    let state = Arc::new(api::AppState { fleet, index, bus, notifier, sessions: std::sync::OnceLock::new() });
     let app = extend(state.clone(), api::router(state.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {

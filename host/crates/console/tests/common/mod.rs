@@ -27,7 +27,13 @@ impl Harness {
     /// A server with users alice (responder), vic (viewer) and root (admin), sessions idle out after `idle`.
     pub fn start(idle: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let opts = InitOptions { name: "test".into(), nats_listen: format!("127.0.0.1:{}", free_port()), http_listen: "127.0.0.1:0".into(), heartbeat_secs: 1 };
+        let opts = InitOptions {
+            name: "test".into(),
+            nats_listen: format!("127.0.0.1:{}", free_port()),
+            http_listen: "127.0.0.1:0".into(),
+            heartbeat_secs: 1,
+            ..Default::default()
+        };
         let created = edr_fleet_server::fleet::init(&dir.path().join("fleet"), &opts).unwrap();
         for (name, role) in [("alice", Role::Responder), ("vic", Role::Viewer), ("root", Role::Admin)] {
             edr_console::users::add_user(&created.fleet.dir, name, role, PASSWORD).unwrap();
