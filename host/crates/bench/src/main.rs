@@ -12,6 +12,7 @@
 //! for the live agent (CPU, memory, exec-to-alert latency).
 
 mod agent;
+mod fleet;
 mod sigma;
 mod workload;
 
@@ -131,6 +132,7 @@ fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("agent") => return agent::run(std::env::args().skip(2)),
         Some("sigma") => return sigma::run(std::env::args().skip(2)),
+        Some("fleet") => return fleet::run(std::env::args().skip(2)),
         _ => {}
     }
     let args = parse_args()?;

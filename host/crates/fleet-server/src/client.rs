@@ -69,6 +69,11 @@ impl Client {
         Ok(v)
     }
 
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `GET path`.
     ///
     /// # Errors

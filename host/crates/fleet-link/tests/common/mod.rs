@@ -78,8 +78,7 @@ impl TestFleet {
         configure(&mut fleet);
         let mut running = self.rt.block_on(edr_fleet_server::start(fleet, rebuild)).unwrap();
         running.nats = nats;
-        self.admin =
-            Client::new(&format!("http://{}", running.http_addr), std::fs::read_to_string(self.fleet_dir().join("admin.token")).unwrap().trim());
+        self.admin = Client::new(&format!("http://{}", running.http_addr), std::fs::read_to_string(self.fleet_dir().join("admin.token")).unwrap().trim());
         self.running = Some(running);
     }
 }
