@@ -18,7 +18,8 @@ cargo fmt --all --check || { echo "scripts/test.sh: run 'cargo fmt --all' (rustf
 # CI); otherwise those tests print why they skip.
 # clang: compiles the eBPF program (host/crates/ebpf/build.rs; it also installs it itself when root).
 # iproute2: `ip netns` for the eBPF TCP hooks' network-namespace test (host/crates/ebpf/tests/net.rs).
-packages=(minisign nftables nats-server systemd clang iproute2)
+# chromium, chromium-driver: the web console's browser test (host/crates/console/tests/browser.rs, headless Chromium over WebDriver).
+packages=(minisign nftables nats-server systemd clang iproute2 chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -45,6 +45,9 @@ pub enum ServerCommand {
         #[arg(long)]
         rebuild_index: bool,
     },
+    /// Console users (local accounts with Argon2id password hashes, in DIR/users.json).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Make an API token (printed once).
     Token {
         /// Who holds it (recorded as the actor of their changes).
@@ -56,6 +59,35 @@ pub enum ServerCommand {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (a prompt on a terminal), never from the command line.
+    Add {
+        /// Login name (1-64 letters, digits, - _ . @).
+        name: String,
+        /// viewer, responder or admin.
+        #[arg(long)]
+        role: String,
+        /// The fleet directory.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+}
+
+/// The new user's password: prompted twice on a terminal, else the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
@@ -73,7 +105,13 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
             println!("next: edr server run --dir {}", dir.display());
             Ok(())
         }
-        ServerCommand::Run { dir, rebuild_index } => Ok(edr_fleet_server::run_blocking(&dir, rebuild_index)?),
+        ServerCommand::Run { dir, rebuild_index } => Ok(edr_console::run_blocking(&dir, rebuild_index)?),
+        ServerCommand::User(UserCommand::Add { name, role, dir }) => {
+            let role = edr_fleet_server::api_auth::Role::parse(&role).with_context(|| format!("--role {role:?}: use viewer, responder or admin"))?;
+            edr_console::add_user(&dir, &name, role, &read_password()?)?;
+            println!("user {name} ({}) added; log in at {}/console/", role.as_str(), edr_fleet_server::Fleet::open(&dir)?.config.http.public_url);
+            Ok(())
+        }
         ServerCommand::Token { name, role, dir } => {
             let role = edr_fleet_server::api_auth::Role::parse(&role).with_context(|| format!("--role {role:?}: use viewer, responder or admin"))?;
             let fleet = edr_fleet_server::Fleet::open(&dir)?;

@@ -243,6 +243,15 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         signature: String,
     },
+    /// A web console login, failed login or logout (the actor is the user).
+    Login {
+        /// The user name given.
+        user: String,
+        /// `ok`, `failed` (wrong name or password), `rate_limited` or `logout`.
+        outcome: String,
+        /// The client's address.
+        from: String,
+    },
 }
 
 impl Change {
@@ -253,6 +262,7 @@ impl Change {
             Change::Enrolled { .. } => "enrolled",
             Change::Triage { .. } => "triage",
             Change::Command { .. } => "command",
+            Change::Login { .. } => "login",
         }
     }
 }

@@ -12,7 +12,8 @@
 //! | `POST /api/v1/query` | viewer | a fleet-wide hunt: `{"commands": [SignedCommand, ..], "timeout_secs": N}`, each a signed `query` for one host, relayed to every host concurrently (each waited for up to `timeout_secs`, default 30, at most 120); returns `{"hosts": [{"host", "status": "done"\|"failed"\|"refused"\|"no_answer", "output"}]}` in the order given; each is audited like a command. Any other op is refused (it needs the commands endpoint and its role) |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //!
-//! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request). Every error is JSON,
+//! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request); a request
+//! without one may instead carry the web console's session cookie ([`crate::api_session`]). Every error is JSON,
 //! `{"error": {"code": "...", "message": "..."}}`, and the message says what to do.
 
 use crate::api_auth::{sha256_hex, ApiToken, Role};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub bus: Bus,
     /// The server-side notification outputs (`[notify]`).
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Session authentication (the web console's cookie), when installed.
+    pub sessions: std::sync::OnceLock<Arc<dyn crate::api_session::SessionAuth>>,
 }
 
 /// An API error: status, a stable code and a message a person can act on.
@@ -103,6 +106,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiToken, ApiError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        if let Some(session) = state.sessions.get().and_then(|s| s.authenticate(headers)) {
+            return authorize_session(session, need);
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -128,6 +134,19 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiTok
         ));
     }
     Ok(t)
+}
+
+/// A console session's principal, held to the same roles as a token.
+fn authorize_session(session: Result<crate::api_session::SessionPrincipal, String>, need: Role) -> Result<ApiToken, ApiError> {
+    let p = session.map_err(|m| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m))?;
+    if p.role < need {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} has role {}; this needs {}: ask an admin for that role", p.actor, p.role.as_str(), need.as_str()),
+        ));
+    }
+    Ok(ApiToken { name: p.actor, role: p.role, sha256: String::new() })
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {

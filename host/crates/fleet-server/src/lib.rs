@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod api_auth;
+pub mod api_session;
 pub mod bus;
 pub mod client;
 pub mod error;
@@ -65,7 +66,17 @@ impl Drop for Running {
 ///
 /// # Errors
 /// When NATS cannot be started or reached, or the API cannot listen.
-pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetError> {
+pub async fn start(fleet: Fleet, rebuild: bool) -> Result<Running, FleetError> {
+    start_with(fleet, rebuild, |_, api| api).await
+}
+
+/// [`start`], with `extend` given the shared state and the API's router and
+/// returning the router to serve (the web console merges its pages and
+/// wraps the API in its session and CSRF checks).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc<api::AppState>, axum::Router) -> axum::Router) -> Result<Running, FleetError> {
     let nats = if fleet.config.nats.start_local {
         let log = fleet.dir.join("nats").join("nats-server.log");
         let (program, conf, listen) = (fleet.config.nats.program.clone(), fleet.nats_config_path(), fleet.config.nats.listen.clone());
@@ -101,11 +112,11 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
     if fleet.config.http.listen.ends_with(":0") {
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
-    let state = Arc::new(api::AppState { fleet, index, bus, notifier });
+    let state = Arc::new(api::AppState { fleet, index, bus, notifier, sessions: std::sync::OnceLock::new() });
     tasks.push(queue::spawn(state.clone()));
-    let app = api::router(state.clone());
+    let app = extend(state.clone(), api::router(state.clone()));
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!("the API stopped: {e}");
         }
     }));
@@ -118,6 +129,14 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
 /// # Errors
 /// As [`start`].
 pub fn run_blocking(dir: &Path, rebuild: bool) -> Result<(), FleetError> {
+    run_blocking_with(dir, rebuild, |_, api| api)
+}
+
+/// [`run_blocking`] with [`start_with`]'s `extend`.
+///
+/// # Errors
+/// As [`start`].
+pub fn run_blocking_with(dir: &Path, rebuild: bool, extend: impl FnOnce(Arc<api::AppState>, axum::Router) -> axum::Router) -> Result<(), FleetError> {
     let fleet = Fleet::open(dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -125,7 +144,7 @@ pub fn run_blocking(dir: &Path, rebuild: bool) -> Result<(), FleetError> {
         .build()
         .map_err(|e| FleetError::Io { what: "cannot start the runtime".into(), source: e })?;
     rt.block_on(async move {
-        let running = start(fleet, rebuild).await?;
+        let running = start_with(fleet, rebuild, extend).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| FleetError::Io { what: "SIGTERM handler".into(), source: e })?;
         tokio::select! {

@@ -1,0 +1,631 @@
+// The edr console's script. Every page is filled from the /api/v1 JSON API
+// (the one the CLI uses); text goes in with textContent only, never as HTML.
+// Signed commands are signed here, in the page, with the operator's command
+// key (WebCrypto Ed25519); the key never leaves this page's memory.
+"use strict";
+
+const META = (n) => (document.querySelector(`meta[name="${n}"]`) || {}).content || "";
+const CSRF = META("csrf-token");
+const COMMAND_PUB = META("command-pub");
+const B = document.body.dataset;
+const RANK = { viewer: 0, responder: 1, admin: 2 };
+const canRespond = () => RANK[B.role] >= RANK.responder;
+const SEVERITIES = ["critical", "high", "medium", "low", "info"];
+const SEV_COLOR = { critical: "#7b1fa2", high: "#c62828", medium: "#ef6c00", low: "#2e7d32", info: "#546e7a" };
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+const svg = (tag, attrs, ...children) => {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+};
+const $ = (sel) => document.querySelector(sel);
+
+function showError(msg) {
+  const box = $("#error");
+  if (!box) return;
+  box.textContent = msg;
+  box.hidden = !msg;
+}
+
+async function api(method, path, body) {
+  const opts = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (method !== "GET") {
+    opts.headers["X-CSRF-Token"] = CSRF;
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body === undefined ? {} : body);
+  }
+  const r = await fetch(path, opts);
+  let v = null;
+  try { v = await r.json(); } catch (_) { v = null; }
+  if (r.status === 401) { location.href = "/console/login"; throw new Error("logged out"); }
+  if (!r.ok) throw new Error((v && v.error && v.error.message) || `${method} ${path}: HTTP ${r.status}`);
+  return v;
+}
+
+const ago = (secs) => {
+  if (!secs) return "never";
+  const d = Math.max(0, Math.floor(Date.now() / 1000) - secs);
+  if (d < 60) return `${d} s ago`;
+  if (d < 3600) return `${Math.floor(d / 60)} min ago`;
+  if (d < 86400) return `${Math.floor(d / 3600)} h ago`;
+  return `${Math.floor(d / 86400)} d ago`;
+};
+const nsTime = (ns) => new Date(Number(ns) / 1e6).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+const badge = (text) => el("span", { class: `badge ${text}` }, text);
+const get = (o, path) => path.split(".").reduce((v, k) => (v && typeof v === "object" ? (k in v ? v[k] : undefined) : undefined), o);
+const ecsGet = (ecs, path) => {
+  // ECS documents may nest or use dotted keys.
+  if (!ecs) return undefined;
+  if (path in ecs) return ecs[path];
+  const parts = path.split(".");
+  for (let i = 1; i < parts.length; i++) {
+    const head = parts.slice(0, i).join(".");
+    if (ecs[head] && typeof ecs[head] === "object") {
+      const v = ecsGet(ecs[head], parts.slice(i).join("."));
+      if (v !== undefined) return v;
+    }
+  }
+  return undefined;
+};
+// Host id -> name, from GET /api/v1/hosts (alerts carry only the id; their ECS may name the host).
+const hostNames = {};
+async function loadHostNames() {
+  for (const h of (await api("GET", "/api/v1/hosts")).hosts) hostNames[h.host_id] = h.hostname;
+}
+const hostName = (a) => hostNames[a.host_id] || ecsGet(a.ecs, "host.hostname") || a.host_id;
+const techniques = (a) => [].concat(ecsGet(a.ecs, "threat.technique.id") || []);
+const incidentOf = (a) => ecsGet(a.ecs, "edr.incident.id");
+
+// A table with sortable columns: cols = [{name, key(row) -> sort value, cell(row) -> node|text}].
+function fillTable(table, cols, rows, opts = {}) {
+  const thead = table.tHead || table.createTHead();
+  const tbody = table.tBodies[0] || table.createTBody();
+  let sortBy = table._sortBy, dir = table._dir || 1;
+  thead.replaceChildren(el("tr", {}, cols.map((c, i) => el("th", {
+    onclick: () => { table._dir = table._sortBy === i ? -dir : 1; table._sortBy = i; fillTable(table, cols, rows, opts); },
+  }, c.name + (sortBy === i ? (dir > 0 ? " ▲" : " ▼") : "")))));
+  let sorted = rows.slice();
+  if (sortBy !== undefined && cols[sortBy].key) {
+    const k = cols[sortBy].key;
+    sorted.sort((a, b) => { const x = k(a), y = k(b); return (x < y ? -1 : x > y ? 1 : 0) * dir; });
+  }
+  const trs = [];
+  for (const r of sorted) {
+    if (opts.groupKey) {
+      const g = opts.groupKey(r);
+      if (g && g !== trs._last) trs.push(opts.groupRow(g, sorted.filter((x) => opts.groupKey(x) === g)));
+      trs._last = g;
+    }
+    trs.push(el("tr", { "data-id": opts.rowId ? opts.rowId(r) : undefined }, cols.map((c) => el("td", { class: c.mono ? "mono" : c.cls }, c.cell(r)))));
+  }
+  if (!rows.length) trs.push(el("tr", {}, el("td", { colspan: cols.length }, opts.empty || "nothing here")));
+  tbody.replaceChildren(...trs);
+}
+
+// ---- the command key and signing ------------------------------------------------------------
+
+let commandKey = null; // { key: CryptoKey (not extractable), pub: hex }
+const DOMAIN = "edr-fleet-command-v1\n";
+const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+const unhex = (s) => new Uint8Array(s.match(/../g).map((h) => parseInt(h, 16)));
+const randomHex = (n) => hex(crypto.getRandomValues(new Uint8Array(n)));
+const b64urlToHex = (s) => hex(Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0)));
+
+// The CLI's key file (DIR/keys/command.ed25519) is the 32-byte Ed25519 seed in hex.
+async function loadKey(text) {
+  const seedHex = text.trim().toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(seedHex)) throw new Error("not a command key file: expected 64 hex digits (DIR/keys/command.ed25519)");
+  if (!window.crypto || !crypto.subtle) throw new Error("this page is not a secure context (use https, or http://127.0.0.1 / localhost): WebCrypto is unavailable");
+  // PKCS#8 wrapping of a raw Ed25519 seed (RFC 8410).
+  const pkcs8 = new Uint8Array([...unhex("302e020100300506032b657004220420"), ...unhex(seedHex)]);
+  const tmp = await crypto.subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, true, ["sign"]);
+  const jwk = await crypto.subtle.exportKey("jwk", tmp);
+  const key = await crypto.subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, false, ["sign"]);
+  pkcs8.fill(0);
+  commandKey = { key, pub: b64urlToHex(jwk.x) };
+  return commandKey;
+}
+
+// The lowest body version an op needs (as fleet-proto's Command::min_version).
+const minVersion = (op) => (op === "status" || op === "ls" ? 1 : 2);
+const CHANGES_HOST = ["kill", "quarantine", "restore", "delete", "fetch", "isolate", "release"];
+
+// The CommandBody exactly as the CLI serializes it: v, command_id, host_id,
+// issued_at, expires_at, nonce, command ({op, ...fields}), reason (left out when empty).
+function commandBody(host, command, reason, ttlSecs = 300) {
+  const now = Math.floor(Date.now() / 1000);
+  const body = { v: minVersion(command.op), command_id: randomHex(8), host_id: host, issued_at: now, expires_at: now + ttlSecs, nonce: randomHex(16), command };
+  if (reason) body.reason = reason;
+  return JSON.stringify(body);
+}
+
+async function signCommand(host, command, reason) {
+  if (!commandKey) throw new Error("no command key loaded: load your command key file (keys/command.ed25519) above first");
+  const body = commandBody(host, command, reason);
+  const msg = new TextEncoder().encode(DOMAIN + body);
+  const sig = await crypto.subtle.sign({ name: "Ed25519" }, commandKey.key, msg);
+  return { body, key: commandKey.pub, signature: hex(sig) };
+}
+
+function keyPanel(container) {
+  const status = el("span", { id: "key-status", class: "notice" }, "No command key loaded: signed commands (respond, live view, hunts) need your key file. It stays in this page's memory and is never uploaded.");
+  const input = el("input", { type: "file", id: "key-file", accept: ".ed25519,.key,text/plain" });
+  input.addEventListener("change", async () => {
+    try {
+      const text = await input.files[0].text();
+      const k = await loadKey(text);
+      input.value = "";
+      const match = k.pub === COMMAND_PUB;
+      status.className = match ? "ok" : "error";
+      status.textContent = match
+        ? `Command key loaded (${k.pub.slice(0, 16)}…), the fleet's key: hosts will accept what this page signs.`
+        : `Key ${k.pub.slice(0, 16)}… is not the fleet's command key (${COMMAND_PUB.slice(0, 16)}…): hosts will refuse what it signs.`;
+    } catch (e) {
+      status.className = "error";
+      status.textContent = `Cannot load the key: ${e.message}`;
+    }
+  });
+  container.replaceChildren(el("div", { class: "panel" }, el("label", { class: "inline" }, "Command key file ", input), status));
+}
+
+// ---- respond and live view -------------------------------------------------------------------
+
+const ACTIONS = {
+  kill: { label: "Kill process", arg: "pid", build: (a, o) => ({ op: "kill", pid: Number(a), tree: !!o.tree }) },
+  quarantine: { label: "Quarantine file", arg: "path", build: (a) => ({ op: "quarantine", path: a }) },
+  restore: { label: "Restore from quarantine", arg: "quarantine id or original path", build: (a, o) => ({ op: "restore", id: a, force: !!o.force }) },
+  delete: { label: "Delete file", arg: "path", build: (a) => ({ op: "delete", path: a }) },
+  fetch: { label: "Fetch file (≤ 512 KiB)", arg: "path", build: (a) => ({ op: "fetch", path: a }) },
+  isolate: { label: "Isolate host", build: () => ({ op: "isolate" }) },
+  release: { label: "Release host", build: () => ({ op: "release" }) },
+};
+
+async function sendCommand(host, command, reason) {
+  const signed = await signCommand(host, command, reason);
+  return api("POST", `/api/v1/hosts/${encodeURIComponent(host)}/commands`, signed);
+}
+
+function downloadBlob(name, data, type) {
+  const url = URL.createObjectURL(new Blob([data], { type }));
+  const a = el("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 5000);
+}
+
+async function offerFetched(result, out) {
+  const o = result.output || {};
+  const b64 = o.content_base64 || o.content || o.base64;
+  if (typeof b64 !== "string") return;
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const sum = hex(await crypto.subtle.digest("SHA-256", bytes));
+  const want = o.sha256 || (o.audit && o.audit.sha256);
+  const okHash = !want || want === sum;
+  const name = String(o.path || "evidence").split("/").pop() || "evidence";
+  out.append(el("p", { class: okHash ? "ok" : "error" }, okHash ? `sha256 ${sum} checked. ` : `sha256 mismatch: got ${sum}, the host said ${want}. `,
+    okHash ? el("button", { type: "button", onclick: () => downloadBlob(name, bytes, "application/octet-stream") }, `Download ${name}`) : null));
+}
+
+function respondPanel(container, host, defaults = {}) {
+  const keyBox = el("div");
+  keyPanel(keyBox);
+  const action = el("select", { id: "action" }, Object.entries(ACTIONS).map(([k, a]) => el("option", { value: k }, a.label)));
+  const arg = el("input", { id: "action-arg", type: "text", size: 40 });
+  const tree = el("label", { class: "inline" }, el("input", { type: "checkbox", id: "action-tree" }), " with descendants");
+  const force = el("label", { class: "inline" }, el("input", { type: "checkbox", id: "action-force" }), " replace a file there");
+  const reason = el("input", { id: "action-reason", type: "text", size: 40, placeholder: "reason (required; kept in the audit)" });
+  const go = el("button", { id: "action-go", type: "button", class: "danger" }, "Run…");
+  const out = el("div", { id: "action-result" });
+  const sync = () => {
+    const a = ACTIONS[action.value];
+    arg.hidden = !a.arg;
+    arg.placeholder = a.arg || "";
+    arg.value = (a.arg === "pid" ? defaults.pid : a.arg === "path" ? defaults.path : "") || "";
+    tree.hidden = action.value !== "kill";
+    force.hidden = action.value !== "restore";
+  };
+  action.addEventListener("change", sync);
+  sync();
+  go.addEventListener("click", async () => {
+    out.replaceChildren();
+    const a = ACTIONS[action.value];
+    if (a.arg && !arg.value.trim()) return out.append(el("p", { class: "error" }, `give the ${a.arg}`));
+    if (!reason.value.trim()) return out.append(el("p", { class: "error" }, "give a reason: it is signed with the command and kept in the audit"));
+    if (!commandKey) return out.append(el("p", { class: "error" }, "no command key loaded: load your key file above (the server cannot sign for you)"));
+    const cmd = a.build(arg.value.trim(), { tree: $("#action-tree").checked, force: $("#action-force").checked });
+    if (cmd.op === "kill" && !(Number.isInteger(cmd.pid) && cmd.pid > 0)) return out.append(el("p", { class: "error" }, "the pid must be a positive number"));
+    const what = `${a.label}${a.arg ? " " + arg.value.trim() : ""} on host ${host}\nReason: ${reason.value.trim()}\n\nSign and send this command?`;
+    if (!window.confirm(what)) return out.append(el("p", { class: "notice" }, "cancelled"));
+    go.disabled = true;
+    out.append(el("p", { class: "notice" }, "sent, waiting for the host…"));
+    try {
+      const r = await sendCommand(host, cmd, reason.value.trim());
+      out.replaceChildren(el("p", { class: r.status === "done" ? "ok" : "error", id: "action-status" }, `${cmd.op}: ${r.status}${r.output && (r.output.error || r.output.reason) ? " — " + (r.output.error || r.output.reason) : ""}`),
+        el("pre", {}, JSON.stringify(r.output, (k, v) => (k === "content_base64" && typeof v === "string" ? `(${v.length} base64 characters)` : v), 2)));
+      if (cmd.op === "fetch" && r.status === "done") await offerFetched(r, out);
+    } catch (e) {
+      out.replaceChildren(el("p", { class: "error", id: "action-status" }, e.message));
+    } finally {
+      go.disabled = false;
+    }
+  });
+  const disabled = !canRespond();
+  if (disabled) [action, arg, reason, go].forEach((x) => (x.disabled = true));
+  container.replaceChildren(
+    disabled ? el("p", { class: "notice", id: "respond-disabled" }, `You are a ${B.role}: responding needs the responder role.`) : keyBox,
+    el("div", { class: "panel toolbar" }, action, arg, tree, force, reason, go),
+    out,
+  );
+}
+
+function livePanel(container, host) {
+  const out = el("div", { id: "live-result" });
+  const path = el("input", { type: "text", id: "ls-path", value: "/tmp", size: 30 });
+  const ps = el("button", { type: "button", id: "live-ps" }, "Process list");
+  const ls = el("button", { type: "button", id: "live-ls" }, "List directory");
+  const run = async (cmd, render) => {
+    out.replaceChildren(el("p", { class: "notice" }, "waiting for the host…"));
+    try {
+      const r = await sendCommand(host, cmd, "");
+      if (r.status !== "done") return out.replaceChildren(el("p", { class: "error" }, `${r.status}: ${r.output.error || r.output.reason || ""}`));
+      out.replaceChildren(render(r.output));
+    } catch (e) { out.replaceChildren(el("p", { class: "error" }, e.message)); }
+  };
+  ps.addEventListener("click", () => run({ op: "processes" }, (o) => {
+    const t = el("table", { class: "grid" });
+    const procs = o.processes || [];
+    fillTable(t, [
+      { name: "pid", key: (p) => p.pid, cell: (p) => p.pid },
+      { name: "ppid", key: (p) => p.ppid, cell: (p) => p.ppid },
+      { name: "user", key: (p) => p.user || "", cell: (p) => p.user || p.uid },
+      { name: "exe", key: (p) => p.exe || p.name || "", cell: (p) => p.exe || (p.name ? `[${p.name}]` : ""), mono: true },
+      { name: "argv", cell: (p) => [].concat(p.argv || []).join(" "), mono: true },
+      { name: "lineage", cell: (p) => [].concat(p.lineage || []).join(" ← ") },
+    ], procs);
+    return el("div", {}, el("p", {}, `${procs.length} processes`), el("div", { class: "scroll" }, t));
+  }));
+  ls.addEventListener("click", () => run({ op: "ls", path: path.value.trim() }, (o) => {
+    const t = el("table", { class: "grid" });
+    fillTable(t, [
+      { name: "name", key: (e) => e.name, cell: (e) => e.name, mono: true },
+      { name: "type", key: (e) => e.type, cell: (e) => e.type },
+      { name: "size", key: (e) => e.size, cell: (e) => e.size },
+      { name: "mode", cell: (e) => e.mode },
+      { name: "sha256", cell: (e) => e.sha256 || "", mono: true },
+    ], o.entries || []);
+    return t;
+  }));
+  if (!canRespond()) [ps, ls, path].forEach((x) => (x.disabled = true));
+  container.replaceChildren(el("div", { class: "panel toolbar" }, ps, path, ls, el("span", { class: "hint" }, "signed read-only commands (responder role; the connections view is not built)")), out);
+}
+
+// ---- pages ------------------------------------------------------------------------------------
+
+const openCount = (alerts, host) => alerts.filter((a) => a.host_id === host && a.state !== "closed").length;
+const drops = (hb) => Object.values((hb && hb.drops) || {}).reduce((s, n) => s + n, 0);
+
+async function hostsPage() {
+  const [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/alerts?limit=10000")]);
+  const cols = [
+    { name: "Host", key: (h) => h.hostname, cell: (h) => el("a", { href: `/console/hosts/${encodeURIComponent(h.host_id)}` }, h.hostname) },
+    { name: "State", key: (h) => h.state, cell: (h) => badge(h.state) },
+    { name: "Last seen", key: (h) => -(h.last_seen || 0), cell: (h) => ago(h.last_seen) },
+    { name: "OS / kernel", key: (h) => get(h, "heartbeat.os") || "", cell: (h) => `${get(h, "heartbeat.os") || "?"} / ${get(h, "heartbeat.kernel") || "?"}` },
+    { name: "Agent", key: (h) => get(h, "heartbeat.agent_version") || "", cell: (h) => get(h, "heartbeat.agent_version") || "" },
+    { name: "Packs", cell: (h) => ((h.heartbeat && h.heartbeat.packs) || []).map((p) => `${p.id} ${p.version}`).join(", ") },
+    { name: "Collectors", cell: (h) => ((h.heartbeat && h.heartbeat.collectors) || []).map((c) => `${c.name}: ${c.mode}`).join(", ") },
+    { name: "Drops", key: (h) => drops(h.heartbeat), cell: (h) => drops(h.heartbeat) },
+    { name: "Open alerts", key: (h) => openCount(alerts, h.host_id), cell: (h) => openCount(alerts, h.host_id) },
+  ];
+  const table = $("#hosts");
+  const render = () => {
+    const q = $("#filter").value.trim().toLowerCase(), st = $("#state-filter").value;
+    const rows = hosts.filter((h) => (!st || h.state === st) && (!q || JSON.stringify([h.hostname, h.host_id, h.heartbeat]).toLowerCase().includes(q)));
+    fillTable(table, cols, rows, { rowId: (h) => h.host_id, empty: "no hosts: enroll one with `edr fleet enroll-token` and `edr agent --enroll`" });
+  };
+  $("#filter").addEventListener("input", render);
+  $("#state-filter").addEventListener("change", render);
+  render();
+}
+
+function alertCols(withHost) {
+  return [
+    { name: "Time", key: (a) => -a.time, cell: (a) => nsTime(a.time) },
+    withHost ? { name: "Host", cls: "nowrap", key: (a) => a.host_id, cell: (a) => el("a", { href: `/console/hosts/${encodeURIComponent(a.host_id)}`, title: a.host_id }, hostName(a)) } : null,
+    { name: "Severity", key: (a) => SEVERITIES.indexOf(a.severity), cell: (a) => badge(a.severity) },
+    { name: "Rule", key: (a) => a.rule_name, cell: (a) => el("a", { href: `/console/alerts/${encodeURIComponent(a.host_id)}/${a.alert_id}` }, a.rule_name) },
+    { name: "ATT&CK", cell: (a) => techniques(a).join(", ") },
+    { name: "Message", cell: (a) => ecsGet(a.ecs, "message") || "" },
+    { name: "State", key: (a) => a.state, cell: (a) => el("span", {}, badge(a.state), a.state_by ? ` by ${a.state_by}` : "", a.note ? ` — ${a.note}` : "") },
+  ].filter(Boolean);
+}
+
+async function hostPage() {
+  const host = B.host;
+  const [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", `/api/v1/alerts?host=${encodeURIComponent(host)}&limit=200&ecs=true`)]);
+  const h = hosts.find((x) => x.host_id === host);
+  if (!h) throw new Error(`no host ${host} in this fleet`);
+  const hb = h.heartbeat || {};
+  const card = (k, v) => el("div", { class: "card" }, el("div", { class: "k" }, k), el("div", { class: "v" }, v));
+  $("#host-name").textContent = `${h.hostname} (${h.host_id})`;
+  $("#host-detail").replaceChildren(
+    card("State", badge(h.state)), card("Last seen", ago(h.last_seen)), card("OS", hb.os || "?"), card("Kernel", hb.kernel || "?"),
+    card("Agent", hb.agent_version || "?"), card("Packs", (hb.packs || []).map((p) => `${p.id} ${p.version}`).join(", ") || "none"),
+    card("Collectors", (hb.collectors || []).map((c) => `${c.name}: ${c.mode}`).join(", ") || "?"),
+    card("Drops", Object.entries(hb.drops || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "0"),
+    card("Open alerts", openCount(alerts, host)),
+  );
+  respondPanel($("#respond"), host);
+  livePanel($("#live"), host);
+  fillTable($("#host-alerts"), alertCols(false), alerts, { empty: "no alerts from this host" });
+}
+
+function chartTimeline(alerts) {
+  const W = 560, H = 150, pad = 28;
+  const box = svg("svg", { viewBox: `0 0 ${W} ${H + 30}`, width: "100%", role: "img", "aria-label": "alerts over time by severity", id: "chart-time" });
+  if (!alerts.length) { box.append(svg("text", { x: 10, y: 20 }, "no alerts yet")); return box; }
+  const times = alerts.map((a) => Number(a.time) / 1e9);
+  const lo = Math.min(...times), hi = Math.max(...times) + 1;
+  const n = 24, step = (hi - lo) / n;
+  const buckets = Array.from({ length: n }, () => ({}));
+  for (const a of alerts) {
+    const i = Math.min(n - 1, Math.floor((Number(a.time) / 1e9 - lo) / step));
+    buckets[i][a.severity] = (buckets[i][a.severity] || 0) + 1;
+  }
+  const max = Math.max(1, ...buckets.map((b) => Object.values(b).reduce((s, x) => s + x, 0)));
+  const bw = (W - pad) / n;
+  buckets.forEach((b, i) => {
+    let y = H;
+    for (const s of SEVERITIES.slice().reverse()) {
+      const c = b[s] || 0;
+      if (!c) continue;
+      const h = (c / max) * (H - 10);
+      y -= h;
+      box.append(svg("rect", { x: pad + i * bw + 1, y, width: bw - 2, height: h, fill: SEV_COLOR[s] || "#999" }, svg("title", {}, `${c} ${s}`)));
+    }
+  });
+  box.append(svg("line", { x1: pad, y1: H, x2: W, y2: H, stroke: "#90a4ae" }));
+  box.append(svg("text", { x: 0, y: 12 }, String(max)), svg("text", { x: 0, y: H }, "0"));
+  const fmt = (t) => new Date(t * 1000).toISOString().slice(5, 16).replace("T", " ");
+  box.append(svg("text", { x: pad, y: H + 14 }, fmt(lo)), svg("text", { x: W - 80, y: H + 14 }, fmt(hi)));
+  let lx = pad;
+  for (const s of SEVERITIES) {
+    box.append(svg("rect", { x: lx, y: H + 20, width: 10, height: 10, fill: SEV_COLOR[s] }), svg("text", { x: lx + 13, y: H + 29 }, s));
+    lx += 75;
+  }
+  return box;
+}
+
+function chartTop(title, id, counts) {
+  const top = Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 6);
+  const W = 360, row = 20;
+  const box = svg("svg", { viewBox: `0 0 ${W} ${Math.max(1, top.length) * row + 4}`, width: "100%", role: "img", "aria-label": title, id });
+  const max = Math.max(1, ...top.map((t) => t[1]));
+  top.forEach(([name, c], i) => {
+    const w = (c / max) * (W - 220);
+    box.append(svg("rect", { x: 190, y: i * row + 4, width: Math.max(2, w), height: row - 6, fill: "#1f4e79" }),
+      svg("text", { x: 0, y: i * row + 16 }, name.length > 28 ? name.slice(0, 27) + "…" : name), svg("text", { x: 196 + w, y: i * row + 16 }, String(c)));
+  });
+  if (!top.length) box.append(svg("text", { x: 0, y: 14 }, "none"));
+  return box;
+}
+
+function renderCharts(alerts) {
+  const count = (f) => alerts.reduce((m, a) => ((m[f(a)] = (m[f(a)] || 0) + 1), m), {});
+  const card = (t, c) => el("div", { class: "card" }, el("div", { class: "k" }, t), c);
+  $("#charts").replaceChildren(
+    card("Alerts over time, by severity", chartTimeline(alerts)),
+    card("Top rules", chartTop("top rules", "chart-rules", count((a) => a.rule_name))),
+    card("Top hosts", chartTop("top hosts", "chart-hosts", count(hostName))),
+  );
+}
+
+async function alertsPage() {
+  let alerts = [];
+  const selected = new Set();
+  const key = (a) => `${a.host_id}:${a.alert_id}`;
+  const table = $("#alerts");
+  const filtered = () => {
+    const v = (id) => $(id).value.trim().toLowerCase();
+    const sev = v("#f-severity"), st = v("#f-state"), host = v("#f-host"), rule = v("#f-rule"), tech = v("#f-technique");
+    return alerts.filter((a) => (!sev || a.severity === sev) && (!st || a.state === st)
+      && (!host || `${a.host_id} ${hostName(a)}`.toLowerCase().includes(host))
+      && (!rule || `${a.rule_id} ${a.rule_name}`.toLowerCase().includes(rule))
+      && (!tech || techniques(a).some((t) => t.toLowerCase().includes(tech))));
+  };
+  const updateCount = () => { $("#selected-count").textContent = `${selected.size} selected`; };
+  const check = (a) => {
+    const c = el("input", { type: "checkbox", class: "pick", "data-key": key(a) });
+    c.checked = selected.has(key(a));
+    c.addEventListener("change", () => { c.checked ? selected.add(key(a)) : selected.delete(key(a)); updateCount(); });
+    return c;
+  };
+  const cols = [{ name: "✓", cell: check }, ...alertCols(true)];
+  // Alerts of one incident (edr.incident.id, one process tree) are grouped under one row, newest first.
+  const order = (rows) => {
+    const groups = new Map();
+    for (const a of rows) { const g = incidentOf(a) ? `${a.host_id}/${incidentOf(a)}` : key(a); if (!groups.has(g)) groups.set(g, []); groups.get(g).push(a); }
+    return [...groups.values()].flat();
+  };
+  const groupRow = (g, members) => el("tr", { class: "incident" }, el("td", { colspan: cols.length },
+    `Incident ${g.split("/")[1]} on ${hostName(members[0])}: ${members.length} alert(s), highest ${members.map((a) => a.severity).sort((x, y) => SEVERITIES.indexOf(x) - SEVERITIES.indexOf(y))[0]}`,
+    " ", el("button", { type: "button", onclick: () => { members.forEach((a) => selected.add(key(a))); render(); updateCount(); } }, "select all")));
+  const render = () => fillTable(table, cols, order(filtered()), {
+    rowId: key, empty: "no alerts match",
+    groupKey: (a) => (incidentOf(a) ? `${a.host_id}/${incidentOf(a)}` : null), groupRow,
+  });
+  const load = async () => {
+    await loadHostNames();
+    alerts = (await api("GET", "/api/v1/alerts?limit=1000&ecs=true")).alerts;
+    renderCharts(alerts);
+    render();
+  };
+  const bulk = async (state) => {
+    const note = $("#bulk-note").value;
+    const res = $("#bulk-result");
+    if (!selected.size) { res.textContent = "select alerts first"; return; }
+    let ok = 0, failed = [];
+    for (const k of selected) {
+      const [host, id] = k.split(":");
+      try { await api("POST", `/api/v1/alerts/${encodeURIComponent(host)}/${id}/triage`, { state, note }); ok++; } catch (e) { failed.push(`${k}: ${e.message}`); }
+    }
+    selected.clear();
+    updateCount();
+    res.textContent = `${ok} ${state}${failed.length ? `; failed: ${failed.join("; ")}` : ""}`;
+    res.className = failed.length ? "error" : "ok";
+    await load();
+  };
+  $("#bulk-ack").addEventListener("click", () => bulk("acknowledged"));
+  $("#bulk-close").addEventListener("click", () => bulk("closed"));
+  if (!canRespond()) ["#bulk-ack", "#bulk-close", "#bulk-note"].forEach((s) => ($(s).disabled = true));
+  for (const id of ["#f-severity", "#f-state", "#f-host", "#f-rule", "#f-technique"]) $(id).addEventListener("input", render);
+  await load();
+}
+
+function kv(rows) {
+  return el("table", { class: "grid" }, el("tbody", {}, rows.filter((r) => r[1] !== undefined && r[1] !== "").map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v)))));
+}
+
+async function alertPage() {
+  const host = B.host, id = Number(B.alert);
+  await loadHostNames();
+  const { alerts } = await api("GET", `/api/v1/alerts?host=${encodeURIComponent(host)}&limit=10000&ecs=true`);
+  const a = alerts.find((x) => x.alert_id === id);
+  if (!a) throw new Error(`no alert ${host}:${B.alert} on this server`);
+  const e = a.ecs || {};
+  const g = (p) => { const v = ecsGet(e, p); return Array.isArray(v) ? v.join(", ") : v === undefined ? undefined : String(v); };
+  $("#alert-detail").replaceChildren(kv([
+    ["Rule", `${a.rule_name} (${a.rule_id})`], ["Severity", badge(a.severity)], ["Time", nsTime(a.time)],
+    ["Host", el("a", { href: `/console/hosts/${encodeURIComponent(host)}` }, hostName(a))],
+    ["Message", g("message")], ["ATT&CK", techniques(a).join(", ")], ["Rule author", g("rule.author")],
+    ["Pack", g("edr.pack.id") ? `${g("edr.pack.id")} ${g("edr.pack.version") || ""}` : "built in"], ["Pack signer", g("edr.pack.signer")],
+    ["Plugin", g("edr.plugin")], ["Incident", g("edr.incident.id")],
+    ["Evidence", Object.keys(ecsGet(e, "edr.evidence") || {}).length ? kv(Object.entries(ecsGet(e, "edr.evidence"))) : "none recorded"],
+    ["State", el("span", {}, badge(a.state), a.state_by ? ` by ${a.state_by}` : "", a.note ? ` — ${a.note}` : "")],
+  ]));
+  // What the alert itself says about the process; the live storyline needs a host command that does not exist yet.
+  const proc = (p) => ({ pid: g(`${p}.pid`), exe: g(`${p}.executable`), cmd: g(`${p}.command_line`) || g(`${p}.args`) });
+  const me = proc("process"), parent = proc("process.parent");
+  const line = (p, cls) => el("li", { class: cls }, `${p.pid || "?"} ${p.exe || "(unknown executable)"}${p.cmd ? " — " + p.cmd : ""}`);
+  $("#storyline").replaceChildren(
+    el("p", { class: "notice", id: "storyline-missing" }, "The live storyline (ancestors, descendants and their file and network activity from the host's record) is not built yet: the agent has no storyline command. Shown: the process and parent the alert carries. A hunt over the host's process table reaches the rest."),
+    me.pid || me.exe ? el("div", { class: "tree" }, el("ul", {}, parent.pid || parent.exe ? el("li", {}, `${parent.pid || "?"} ${parent.exe || ""}`, el("ul", {}, line(me, "self"))) : line(me, "self"))) : el("p", {}, "This alert carries no process."),
+  );
+  const note = el("input", { type: "text", id: "triage-note", size: 40, placeholder: "note" });
+  const res = el("span", { id: "triage-result" });
+  const set = async (state) => {
+    try { await api("POST", `/api/v1/alerts/${encodeURIComponent(host)}/${id}/triage`, { state, note: note.value }); res.className = "ok"; res.textContent = `${state}`; }
+    catch (err) { res.className = "error"; res.textContent = err.message; }
+  };
+  const buttons = ["acknowledged", "closed", "new"].map((s) => el("button", { type: "button", id: `triage-${s}`, onclick: () => set(s), disabled: !canRespond() }, s === "new" ? "Reopen" : s === "closed" ? "Close" : "Acknowledge"));
+  $("#triage").replaceChildren(el("div", { class: "toolbar" }, note, buttons, res));
+  respondPanel($("#respond"), host, { pid: g("process.pid"), path: g("process.executable") || g("file.path") });
+  $("#ecs").textContent = JSON.stringify(e, null, 2);
+}
+
+// Merges POST /api/v1/query's answer as the CLI's merge_hunt does: host column first, then every column in first-seen order.
+function mergeHunt(answer) {
+  const columns = ["host"], rows = [], hosts = [];
+  for (const h of answer.hosts || []) {
+    const out = h.output || {}, done = h.status === "done";
+    const mine = done ? out.columns || [] : [];
+    for (const c of mine) if (!columns.slice(1).includes(c)) columns.push(c);
+    let n = 0;
+    for (const r of done ? out.rows || [] : []) {
+      const full = new Array(columns.length).fill(null);
+      full[0] = h.host;
+      mine.forEach((c, i) => { full[columns.indexOf(c, 1)] = r[i]; });
+      rows.push(full);
+      n++;
+    }
+    const why = out.reason || out.error;
+    hosts.push({ host: h.host, status: done || h.status === "no_answer" || !why ? h.status : `${h.status}: ${why}`, rows: n, truncated: out.truncated === true });
+  }
+  rows.forEach((r) => { while (r.length < columns.length) r.push(null); });
+  return { columns, rows, hosts };
+}
+const cellText = (v) => (v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
+const csvCell = (s) => (/[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+
+async function huntPage() {
+  keyPanel($("#key-panel"));
+  const { hosts } = await api("GET", "/api/v1/hosts");
+  const picks = hosts.map((h) => {
+    const c = el("input", { type: "checkbox", class: "hunt-host", value: h.host_id });
+    c.checked = h.state === "online" || h.state === "isolated";
+    return el("label", { class: "inline" }, c, ` ${h.hostname} `, badge(h.state));
+  });
+  $("#hunt-hosts").replaceChildren(el("div", { class: "panel" }, "Hosts: ", picks.length ? picks : "none enrolled"));
+  let merged = null;
+  $("#hunt-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const status = $("#hunt-status");
+    const chosen = [...document.querySelectorAll(".hunt-host:checked")].map((c) => c.value);
+    if (!chosen.length) { status.className = "error"; status.textContent = "choose at least one host"; return; }
+    try {
+      const limit = Number($("#limit").value) || 1000;
+      const sql = $("#sql").value;
+      const commands = [];
+      for (const h of chosen) commands.push(await signCommand(h, { op: "query", sql, limit }, ""));
+      status.className = "notice"; status.textContent = `asking ${chosen.length} host(s)…`;
+      merged = mergeHunt(await api("POST", "/api/v1/query", { commands, timeout_secs: 30 }));
+      const t = $("#hunt-result");
+      const cols = merged.columns.map((c, i) => ({ name: c, key: (r) => cellText(r[i]), cell: (r) => cellText(r[i]), mono: i > 0 }));
+      fillTable(t, cols, merged.rows, { empty: "no rows" });
+      status.className = merged.hosts.every((h) => h.status === "done") ? "ok" : "notice";
+      status.textContent = `${merged.rows.length} row(s). ` + merged.hosts.map((h) => `${h.host}: ${h.status}, ${h.rows} row(s)${h.truncated ? ", truncated" : ""}`).join("; ");
+      $("#export-csv").disabled = $("#export-json").disabled = false;
+    } catch (e) { status.className = "error"; status.textContent = e.message; }
+  });
+  $("#export-csv").addEventListener("click", () => {
+    const lines = [merged.columns.map(csvCell).join(","), ...merged.rows.map((r) => r.map((v) => csvCell(cellText(v))).join(","))];
+    downloadBlob("hunt.csv", lines.join("\r\n") + "\r\n", "text/csv");
+  });
+  $("#export-json").addEventListener("click", () => downloadBlob("hunt.json", JSON.stringify(merged, null, 2), "application/json"));
+}
+
+async function auditPage() {
+  const { audit } = await api("GET", "/api/v1/audit?limit=500");
+  const detail = (e) => {
+    const c = e.change || {};
+    switch (c.kind) {
+      case "triage": return `${c.host_id}:${c.alert_id} → ${c.state}${c.note ? " — " + c.note : ""}`;
+      case "command": return `${c.op} on ${c.host_id}: ${c.status}${c.reason ? " — " + c.reason : ""}${c.error ? " (" + c.error + ")" : ""}`;
+      case "login": return `${c.user} ${c.outcome} from ${c.from}`;
+      case "enrolled": return `${c.hostname} as ${c.host_id}`;
+      case "token_created": return `enrollment token until ${new Date(c.expires_at * 1000).toISOString()}`;
+      default: return JSON.stringify(c);
+    }
+  };
+  fillTable($("#audit"), [
+    { name: "Time", key: (e) => -e.time, cell: (e) => new Date(e.time * 1000).toISOString().replace("T", " ").slice(0, 19) },
+    { name: "Who", key: (e) => e.actor, cell: (e) => e.actor },
+    { name: "What", key: (e) => (e.change || {}).kind, cell: (e) => (e.change || {}).kind },
+    { name: "Detail", cell: detail },
+  ], audit);
+}
+
+const PAGES = { hosts: hostsPage, host: hostPage, alerts: alertsPage, alert: alertPage, hunt: huntPage, audit: auditPage };
+
+document.addEventListener("DOMContentLoaded", () => {
+  const out = $("#logout");
+  if (out) out.addEventListener("click", async () => { try { await api("POST", "/console/logout", {}); } catch (_) { /* gone already */ } location.href = "/console/login"; });
+  const page = PAGES[B.page];
+  if (page) page().then(() => document.body.setAttribute("data-ready", "1"), (e) => { showError(e.message); document.body.setAttribute("data-ready", "error"); });
+});

@@ -1,0 +1,407 @@
+//! The console in a real browser: Debian's headless Chromium driven through
+//! chromedriver (WebDriver, crate `fantoccini`), against the server with the
+//! console, a real nats-server, and one enrolled host whose fleet link runs
+//! in this process over a real `edr-store` record (its alerts arrive through
+//! the link; its signed commands are verified by the link's own checks).
+//! The host has no agent: isolate/release are answered by this test's
+//! executor, which records what reached it verified; queries run on the
+//! record's read-only query path; the process list is the real one.
+//! Screenshots of every page go to `target/console-screenshots/`.
+
+mod common;
+
+use common::{enroll, feed_alert, Harness, PASSWORD};
+use edr_event::{Alert, Finding, Severity};
+use edr_fleet_link::commands::{BuiltIn, CommandExecutor};
+use edr_fleet_link::{FleetLink, LinkOptions};
+use edr_fleet_proto::command::{Command, CommandBody};
+use edr_store::{Store, StoreConfig};
+use edr_testkit::{free_port, have_program, wait_until};
+use fantoccini::{Client, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INJECTION: &str = "<img src=x onerror=\"document.body.dataset.pwned='1'\">Injected";
+
+fn status_doc() -> Result<Value, String> {
+    Ok(json!({
+        "agent": {"version": "0.1.0-test"},
+        "packs": {"active": [{"id": "edr.builtin", "version": "1.0.0"}]},
+        "collectors": [{"name": "process", "mode": "ebpf", "dropped": 0, "lost": 0}],
+        "response": {"isolation": {"isolated": false}},
+    }))
+}
+
+/// The test host's executor: queries over its record, the link's read-only
+/// commands, and isolate/release recorded (no response engine here).
+struct TestExec {
+    store: Arc<Store>,
+    builtin: BuiltIn,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl CommandExecutor for TestExec {
+    fn execute(&self, body: &CommandBody) -> Result<Value, String> {
+        match &body.command {
+            Command::Query { sql, .. } => {
+                let r = self.store.query(sql).map_err(|e| e.to_string())?;
+                Ok(json!({"columns": r.columns, "rows": r.rows, "truncated": r.truncated}))
+            }
+            Command::Isolate | Command::Release => {
+                self.seen.lock().unwrap().push((body.command.op().to_string(), body.reason.clone()));
+                Ok(json!({"test_host": "no response engine here: the verified command was recorded", "op": body.command.op()}))
+            }
+            // The agent's answer to a fetch (its engine copies the file into the evidence store first).
+            Command::Fetch { path } => {
+                use sha2::Digest;
+                let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+                let claimed = if path.ends_with("tampered") { "0".repeat(64) } else { hex::encode(sha2::Sha256::digest(&bytes)) };
+                Ok(json!({"path": path, "size": bytes.len(), "sha256": claimed, "content_base64": base64_encode(&bytes)}))
+            }
+            _ => self.builtin.execute(body),
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn alert(id: u64, title: &str, message: &str) -> Alert {
+    Alert {
+        id,
+        time: 1_700_000_000_000_000_000 + id * 1_000_000_000,
+        plugin: "lineage".into(),
+        pack: None,
+        finding: Finding {
+            rule_id: format!("edr.test.rule{id}"),
+            title: title.into(),
+            severity: Severity::High,
+            techniques: vec!["T1059".into()],
+            message: message.into(),
+            author: "tests".into(),
+            event_ids: vec![],
+            evidence: vec![("matched".into(), message.into())],
+        },
+        event: None,
+    }
+}
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Waits for the page's script to finish filling it; fails on its error.
+async fn ready(c: &Client) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = c.execute("return [document.body.dataset.ready || '', (document.getElementById('error') || {}).textContent || '']", vec![]).await.unwrap();
+        match v[0].as_str() {
+            Some("1") => return,
+            Some("error") => panic!("the page failed: {}", v[1]),
+            _ if Instant::now() > end => panic!("the page did not get ready"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the element's text contains `want`; returns the text.
+async fn wait_text(c: &Client, css: &str, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            let t = e.text().await.unwrap_or_default();
+            if t.contains(want) {
+                return t;
+            }
+            assert!(Instant::now() < end, "{css} never said {want:?}; it says {t:?}");
+        }
+        assert!(Instant::now() < end, "{css} never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn login(c: &Client, base: &str, name: &str, password: &str) {
+    c.goto(&format!("{base}/console/login")).await.unwrap();
+    c.find(Locator::Id("name")).await.unwrap().send_keys(name).await.unwrap();
+    c.find(Locator::Id("password")).await.unwrap().send_keys(password).await.unwrap();
+    c.find(Locator::Id("login")).await.unwrap().click().await.unwrap();
+}
+
+async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .collect::<Vec<_>>();
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), json!({"binary": "/usr/bin/chromium", "args": args}));
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    fantoccini::ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{driver_port}")).await.unwrap()
+}
+
+/// Loads the command key file into the page's key input (the file stays in the page).
+async fn load_key(c: &Client, key: &std::path::Path) {
+    c.find(Locator::Id("key-file")).await.unwrap().send_keys(&key.display().to_string()).await.unwrap();
+    wait_text(c, "#key-status", "the fleet's key").await;
+}
+
+async fn respond(c: &Client, op: &str, reason: &str) -> String {
+    respond_with(c, op, "", reason).await
+}
+
+async fn respond_with(c: &Client, op: &str, arg: &str, reason: &str) -> String {
+    c.execute(&format!("document.getElementById('action').value = '{op}'; document.getElementById('action').dispatchEvent(new Event('change'));"), vec![])
+        .await
+        .unwrap();
+    if !arg.is_empty() {
+        let a = c.find(Locator::Id("action-arg")).await.unwrap();
+        a.clear().await.unwrap();
+        a.send_keys(arg).await.unwrap();
+    }
+    let r = c.find(Locator::Id("action-reason")).await.unwrap();
+    r.clear().await.unwrap();
+    r.send_keys(reason).await.unwrap();
+    c.find(Locator::Id("action-go")).await.unwrap().click().await.unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while c.accept_alert().await.is_err() {
+        assert!(Instant::now() < end, "no confirmation asked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_text(c, "#action-status", &format!("{op}: ")).await
+}
+
+#[test]
+fn the_console_in_a_real_browser() {
+    if !edr_testkit::have_program("nats-server", "nats-server") || !have_program("chromium", "chromium") || !have_program("chromedriver", "chromium-driver") {
+        return;
+    }
+    let h = Harness::start(Duration::from_secs(600));
+    let data = tempfile::tempdir().unwrap();
+    let host = enroll(&h, data.path(), "web-1");
+    let store = Arc::new(Store::open(StoreConfig::new(data.path().join("events.db"))).unwrap());
+    let w = store.writer();
+    w.append_alert(&alert(1, "Suspicious shell", "bash -i from a web server")).unwrap();
+    w.append_alert(&alert(2, INJECTION, "<script>document.body.dataset.pwned='2'</script>")).unwrap();
+    w.flush().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let exec = TestExec { store: store.clone(), builtin: BuiltIn(Arc::new(status_doc)), seen: seen.clone() };
+    let opts =
+        LinkOptions { agent_version: "test".into(), alert_poll: Duration::from_millis(100), heartbeat: Some(Duration::from_secs(1)), ..Default::default() };
+    let link = FleetLink::start_with(data.path(), opts, store.clone(), Arc::new(status_doc), Arc::new(exec)).unwrap();
+    let incident = |pid: u64| {
+        json!({"message": "reverse shell to 203.0.113.9:4444", "host": {"hostname": "web-1"}, "threat": {"technique": {"id": ["T1059.004"]}},
+               "rule": {"author": ["edr team"]}, "edr": {"incident": {"id": "7"}, "pack": {"id": "acme.pack", "version": "1.2.0", "signer": "acme-signing-key"}},
+               "process": {"pid": pid, "executable": "/usr/bin/nc", "command_line": "nc 203.0.113.9 4444", "parent": {"pid": 4000, "executable": "/bin/bash"}}})
+    };
+    feed_alert(&h, &host, 100, "critical", "Reverse shell", incident(4242));
+    feed_alert(&h, &host, 101, "medium", "Outbound connection from shell", incident(4243));
+    assert!(wait_until(Duration::from_secs(30), || common::alert_count(&h) == 4), "4 alerts indexed");
+    assert!(wait_until(Duration::from_secs(30), || h.admin.get("/api/v1/hosts").unwrap()["hosts"][0]["state"] == "online"));
+
+    let port = free_port();
+    let driver = Driver(std::process::Command::new("chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "chromedriver listens");
+    let profile = tempfile::tempdir().unwrap();
+    let key = h.key_file();
+    let base = h.base.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(port, profile.path()).await;
+        c.set_window_size(1400, 1000).await.unwrap();
+
+        // Login: a wrong password first.
+        login(&c, &base, "alice", "wrong password!").await;
+        assert!(text_of(&c, ".error").await.contains("Wrong name or password"));
+        shot(&c, "login-failed").await;
+        login(&c, &base, "alice", PASSWORD).await;
+        ready(&c).await;
+
+        // Hosts.
+        let row = wait_text(&c, "#hosts tbody", "web-1").await;
+        assert!(row.contains("online") && row.contains("ebpf") && row.contains("edr.builtin 1.0.0"), "{row}");
+        shot(&c, "hosts").await;
+
+        // Alerts: newest first, grouped by incident, injection shown as text.
+        c.goto(&format!("{base}/console/alerts")).await.unwrap();
+        ready(&c).await;
+        let table = text_of(&c, "#alerts").await;
+        assert!(table.contains("Incident 7 on web-1") && table.contains("2 alert(s), highest critical"), "{table}");
+        assert!(table.contains(INJECTION), "the injected title is shown as text: {table}");
+        let pwned =
+            c.execute("return [document.body.dataset.pwned || null, document.querySelectorAll('#alerts img, #alerts script').length]", vec![]).await.unwrap();
+        assert_eq!(pwned, json!([null, 0]), "nothing from an alert ran or became markup");
+        assert!(c.find_all(Locator::Css("#charts svg rect")).await.unwrap().len() > 4, "the charts are drawn");
+        shot(&c, "alerts").await;
+        // Acknowledge one alert with a note, through the page's bulk action.
+        c.find(Locator::Css(&format!("input.pick[data-key='{host}:1']"))).await.unwrap().click().await.unwrap();
+        c.find(Locator::Id("bulk-note")).await.unwrap().send_keys("looking into it").await.unwrap();
+        c.find(Locator::Id("bulk-ack")).await.unwrap().click().await.unwrap();
+        wait_text(&c, "#bulk-result", "1 acknowledged").await;
+        let a = h.admin.get(&format!("/api/v1/alerts?host={host}&limit=10")).unwrap();
+        let one = a["alerts"].as_array().unwrap().iter().find(|a| a["alert_id"] == 1).unwrap().clone();
+        assert_eq!(
+            (one["state"].as_str(), one["state_by"].as_str(), one["note"].as_str()),
+            (Some("acknowledged"), Some("console:alice"), Some("looking into it"))
+        );
+
+        // One alert: rule, author, pack signer, evidence, the storyline's state.
+        c.goto(&format!("{base}/console/alerts/{host}/100")).await.unwrap();
+        ready(&c).await;
+        let detail = text_of(&c, "#alert-detail").await;
+        assert!(detail.contains("edr team") && detail.contains("acme-signing-key") && detail.contains("T1059.004"), "{detail}");
+        assert!(text_of(&c, "#storyline").await.contains("/usr/bin/nc"));
+        assert!(c.find(Locator::Id("storyline-missing")).await.is_ok());
+        shot(&c, "alert").await;
+
+        // Host page: respond without a key is refused in the page; with it, isolate and release.
+        c.goto(&format!("{base}/console/hosts/{host}")).await.unwrap();
+        ready(&c).await;
+        c.find(Locator::Id("action-reason")).await.unwrap().send_keys("case 17").await.unwrap();
+        c.execute("document.getElementById('action').value = 'isolate'; document.getElementById('action').dispatchEvent(new Event('change'));", vec![])
+            .await
+            .unwrap();
+        c.find(Locator::Id("action-go")).await.unwrap().click().await.unwrap();
+        wait_text(&c, "#action-result", "no command key loaded").await;
+        load_key(&c, &key).await;
+        let isolated = respond(&c, "isolate", "case 17: beaconing").await;
+        assert!(isolated.contains("isolate: done"), "{isolated}");
+        let released = respond(&c, "release", "case 17: cleaned").await;
+        assert!(released.contains("release: done"), "{released}");
+        assert_eq!(*seen.lock().unwrap(), vec![("isolate".into(), "case 17: beaconing".into()), ("release".into(), "case 17: cleaned".into())]);
+        // Fetch: the content's sha256 is checked in the page before it offers the download.
+        let evidence = data.path().join("evidence.txt");
+        std::fs::write(&evidence, b"dropped payload").unwrap();
+        let fetched = respond_with(&c, "fetch", &evidence.display().to_string(), "case 17: evidence").await;
+        assert!(fetched.contains("fetch: done"), "{fetched}");
+        let checked = wait_text(&c, "#action-result", "checked").await;
+        assert!(checked.contains("Download evidence.txt") && !checked.contains("ZHJvcHBlZCBwYXlsb2Fk"), "{checked}");
+        let tampered = data.path().join("tampered");
+        std::fs::write(&tampered, b"x").unwrap();
+        respond_with(&c, "fetch", &tampered.display().to_string(), "case 17: evidence").await;
+        let refused = wait_text(&c, "#action-result", "sha256 mismatch").await;
+        assert!(!refused.contains("Download"), "no download of content that does not match: {refused}");
+        c.find(Locator::Id("live-ps")).await.unwrap().click().await.unwrap();
+        wait_text(&c, "#live-result", "processes").await;
+        shot(&c, "host").await;
+
+        // Hunt: signed in the page, every host's rows with a host column.
+        c.goto(&format!("{base}/console/hunt")).await.unwrap();
+        ready(&c).await;
+        load_key(&c, &key).await;
+        let sql = c.find(Locator::Id("sql")).await.unwrap();
+        sql.clear().await.unwrap();
+        sql.send_keys("SELECT id, rule_name FROM alert ORDER BY id").await.unwrap();
+        c.find(Locator::Id("run-hunt")).await.unwrap().click().await.unwrap();
+        let status = wait_text(&c, "#hunt-status", "row(s)").await;
+        assert!(status.starts_with("2 row(s)") && status.contains(&format!("{host}: done")), "{status}");
+        let result = text_of(&c, "#hunt-result").await;
+        assert!(result.contains("host") && result.contains(&host) && result.contains("Suspicious shell"), "{result}");
+        assert_eq!(c.find(Locator::Id("export-csv")).await.unwrap().attr("disabled").await.unwrap(), None);
+        shot(&c, "hunt").await;
+
+        c.goto(&format!("{base}/console/audit")).await.unwrap();
+        ready(&c).await;
+        let audit = text_of(&c, "#audit").await;
+        assert!(audit.contains("console:alice") && audit.contains("isolate on") && audit.contains("case 17: beaconing"), "{audit}");
+        shot(&c, "audit").await;
+
+        // A viewer: responding is disabled in the page, and a POST forged from the page is refused by the API.
+        c.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
+        wait_until_url(&c, "/console/login").await;
+        login(&c, &base, "vic", PASSWORD).await;
+        ready(&c).await;
+        c.goto(&format!("{base}/console/hosts/{host}")).await.unwrap();
+        ready(&c).await;
+        assert!(text_of(&c, "#respond-disabled").await.contains("responder role"));
+        assert!(c.find(Locator::Id("action-go")).await.unwrap().attr("disabled").await.unwrap().is_some());
+        shot(&c, "viewer-host").await;
+        let forged = c
+            .execute_async(
+                &format!(
+                    "const done = arguments[arguments.length - 1];
+                     fetch('/api/v1/alerts/{host}/1/triage', {{method: 'POST', headers: {{'Content-Type': 'application/json',
+                       'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content}}, body: JSON.stringify({{state: 'closed'}})}})
+                       .then(async r => done([r.status, await r.json()]));"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(forged[0], 403, "{forged}");
+        assert_eq!(forged[1]["error"]["code"], "forbidden");
+        // A kill signed with the operator's key, posted from the viewer's page: refused by the API's roles.
+        let kill = edr_fleet_server::client::sign_command_with_reason(&key, &host, Command::Kill { pid: 1, tree: false }, "viewer", 60).unwrap();
+        let kill = serde_json::to_string(&kill).unwrap();
+        let refused = c
+            .execute_async(
+                &format!(
+                    "const done = arguments[arguments.length - 1];
+                     fetch('/api/v1/hosts/{host}/commands', {{method: 'POST', headers: {{'Content-Type': 'application/json',
+                       'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content}}, body: arguments[0]}})
+                       .then(async r => done([r.status, await r.json()]));"
+                ),
+                vec![json!(kill)],
+            )
+            .await
+            .unwrap();
+        assert_eq!((refused[0].as_u64(), refused[1]["error"]["code"].as_str()), (Some(403), Some("forbidden")), "{refused}");
+        c.close().await.unwrap();
+    });
+    // The page's signed bodies are the CLI's serialization, byte for byte.
+    let bodies: Vec<String> =
+        h.audit().iter().filter(|e| e["change"]["kind"] == "command").map(|e| e["change"]["body"].as_str().unwrap().to_string()).collect();
+    assert_eq!(bodies.len(), 6, "isolate, release, two fetches, processes, query");
+    for b in &bodies {
+        let parsed: CommandBody = serde_json::from_str(b).unwrap();
+        assert_eq!(&serde_json::to_string(&parsed).unwrap(), b, "the page's body is what the CLI would sign");
+        assert_eq!(parsed.v, parsed.command.min_version());
+    }
+    let after = h.admin.get(&format!("/api/v1/alerts?host={host}&limit=10")).unwrap();
+    assert!(after["alerts"].as_array().unwrap().iter().any(|a| a["alert_id"] == 1 && a["state"] == "acknowledged"), "the viewer closed nothing");
+    drop(driver);
+    link.stop();
+    eprintln!("screenshots in {}", screenshots().display());
+}
+
+async fn wait_until_url(c: &Client, path: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !c.current_url().await.unwrap().path().ends_with(path) {
+        assert!(Instant::now() < end, "never got to {path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
