@@ -54,11 +54,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
 
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -77,7 +77,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -91,13 +91,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/hosts/{host}/commands", post(command))
         .route("/api/v1/query", post(query))
         .route("/api/v1/audit", get(audit))
+        .merge(crate::packs::routes())
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })
         .with_state(state)
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiToken, ApiError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiToken, ApiError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -126,11 +127,11 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<ApiTok
     Ok(t)
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("the request body is not the expected JSON: {e}")))
 }
 
-fn ok(v: impl serde::Serialize) -> ApiResult {
+pub(crate) fn ok(v: impl serde::Serialize) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
@@ -283,7 +284,7 @@ const QUERY_MAX_TIMEOUT_SECS: u64 = 120;
 const QUERY_MAX_HOSTS: usize = 10_000;
 
 /// Audits one relayed command (its op, the operator's reason, the host's status).
-async fn record_command(
+pub(crate) async fn record_command(
     s: &AppState,
     who: &str,
     host: &str,
@@ -368,7 +369,7 @@ async fn query(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Sends the command to the host and waits up to `timeout` for its answer.
-async fn relay(s: &AppState, host: &str, signed: &SignedCommand, timeout: Duration) -> (String, Option<CommandResult>) {
+pub(crate) async fn relay(s: &AppState, host: &str, signed: &SignedCommand, timeout: Duration) -> (String, Option<CommandResult>) {
     let payload = serde_json::to_vec(signed).unwrap_or_default();
     let answer = tokio::time::timeout(timeout, s.bus.client.request(edr_fleet_proto::subjects::command(host), payload.into())).await;
     match answer {

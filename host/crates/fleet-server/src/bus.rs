@@ -44,6 +44,7 @@ fn change_subject(change: &Change) -> String {
         Change::TokenCreated { secret_sha256, .. } | Change::Enrolled { secret_sha256, .. } => subjects::server(&format!("token.{secret_sha256}")),
         Change::Triage { .. } => subjects::server("triage"),
         Change::Command { .. } => subjects::server("command"),
+        Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => subjects::server("pack"),
     }
 }
 
@@ -116,7 +117,7 @@ impl Bus {
             Change::TokenCreated { expires_at, .. } if now >= expires_at => TokenState::Expired(expires_at),
             Change::TokenCreated { expires_at, .. } => TokenState::Valid(expires_at),
             Change::Enrolled { host_id, .. } => TokenState::Used(host_id),
-            Change::Triage { .. } | Change::Command { .. } => TokenState::Unknown,
+            _ => TokenState::Unknown,
         };
         Ok((state, last.sequence))
     }

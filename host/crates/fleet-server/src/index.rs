@@ -125,6 +125,7 @@ impl Index {
         let conn = Connection::open(path).map_err(FleetError::index("open"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(FleetError::index("set up"))?;
         conn.execute_batch(SCHEMA).map_err(FleetError::index("create schema"))?;
+        conn.execute_batch(crate::packs::SCHEMA).map_err(FleetError::index("create pack schema"))?;
         Ok(Index { conn: Mutex::new(conn) })
     }
 
@@ -160,6 +161,7 @@ impl Index {
                         params![host_id, user_key, hostname, i(ev.time)],
                     )
                 }
+                Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => crate::packs::apply(&tx, ev.time, &ev.actor, &ev.change),
                 // Commands live in the audit (server_events) only.
                 Change::Command { .. } => Ok(0),
                 Change::Triage { host_id, alert_id, state, note } => tx.execute(
@@ -171,6 +173,14 @@ impl Index {
         }
         tx.commit().map_err(FleetError::index("commit"))?;
         Ok(new)
+    }
+
+    /// Runs `f` on the index's connection (the pack rollout's own tables).
+    ///
+    /// # Errors
+    /// SQLite's error, with `what`.
+    pub(crate) fn with_conn<T>(&self, what: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, FleetError> {
+        f(&self.conn()).map_err(FleetError::index(what))
     }
 
     /// Stores a host's heartbeat seen at `seen_at` (keeps the newest).

@@ -28,6 +28,8 @@ pub mod fleet;
 pub mod index;
 pub mod jwt;
 pub mod natsd;
+pub mod pack_client;
+mod packs;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
@@ -94,6 +96,7 @@ pub async fn start(mut fleet: Fleet, rebuild: bool) -> Result<Running, FleetErro
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
     let state = Arc::new(api::AppState { fleet, index, bus });
+    tasks.push(packs::serve_chunks(state.clone()));
     let app = api::router(state.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
