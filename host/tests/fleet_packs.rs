@@ -4,7 +4,8 @@
 //! A signed pack becomes active on all three (their heartbeats say so); a
 //! pack whose bytes were changed after signing is refused by each agent's
 //! own verification, with its reason; rollback takes every host back to its
-//! previous version; halt and an unknown pack name answer as documented.
+//! previous version; halt and an unknown pack name answer as documented; a
+//! fleet-wide hunt returns rows from all three.
 //! Every process is stopped on drop, also when the test fails.
 
 mod common;
@@ -122,6 +123,11 @@ fn a_pack_rolls_out_to_three_agents_tampered_ones_are_refused_and_it_rolls_back(
     }
     let online = || fleet_json(&dir, &["hosts", "--json"]).as_array().map(|h| h.iter().filter(|h| h["state"] == "online").count()).unwrap_or(0);
     assert!(wait_until(Duration::from_secs(60), || online() == 3), "three agents online: {}", log(&work.path().join("agent0.log")));
+
+    // A hunt reaches all three (the client path `edr fleet query` uses).
+    let hunt = fleet_json(&dir, &["query", "SELECT count(*) AS n FROM alert", "--json"]);
+    let hunted: std::collections::BTreeSet<&str> = hunt["rows"].as_array().unwrap().iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(hunted.len(), 3, "rows from every host: {hunt}");
 
     // 1. A signed pack: active on all three, the heartbeats agree.
     let v1 = pack(&vendor, "1.0.0");
