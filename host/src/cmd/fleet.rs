@@ -165,6 +165,55 @@ pub enum FleetCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// Pack rollout: publish a signed pack to hosts, follow it, halt it, roll it back.
+    Pack {
+        #[command(subcommand)]
+        command: PackCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackCommand {
+    /// Publish a signed pack (X.edrpack with X.edrpack.minisig beside it): each host
+    /// verifies it against its own trust store, stages, canaries and swaps it.
+    Publish {
+        archive: PathBuf,
+        /// Only these hosts (comma-separated host ids).
+        #[arg(long, value_delimiter = ',', conflicts_with = "percent")]
+        hosts: Vec<String>,
+        /// This share of the enrolled hosts, chosen by a hash of pack name and host id (the same hosts every time).
+        #[arg(long)]
+        percent: Option<u8>,
+        #[command(flatten)]
+        sign: PackSignArgs,
+    },
+    /// A rollout's per-host state (without NAME: every rollout).
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending the pack to hosts not yet reached.
+    Halt { name: String },
+    /// Roll every host that took the pack back to its previous version (halts the rollout).
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        sign: PackSignArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PackSignArgs {
+    /// The operator's command-signing key (default: DIR/keys/command.ed25519).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// How long each signed command stays valid (an offline host can take it until then).
+    #[arg(long, default_value = "1d")]
+    pub ttl: humantime::Duration,
+    /// Why (signed; kept in the server's and the hosts' audit).
+    #[arg(long, default_value = "pack rollout")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +281,7 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Fetch { host, path, output, sign } => fetch(&c, &a.dir, &host, path, output, &sign)?,
         FleetCommand::Isolate { host, sign } => print(&command(&c, &a.dir, &host, Command::Isolate, &sign)?),
         FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
+        FleetCommand::Pack { command } => pack(&c, &a.dir, command)?,
         FleetCommand::Query { sql, hosts, limit, timeout, json, csv, sign } => {
             let q = client::HuntRequest { sql: &sql, limit, reason: &sign.reason, ttl_secs: sign.ttl.as_secs(), timeout_secs: timeout.as_secs() };
             hunt(
@@ -334,5 +384,34 @@ fn triage(c: &Client, alert: &str, state: &str, note: &str) -> anyhow::Result<()
     let (host, id) = alert.split_once(':').with_context(|| format!("{alert:?}: give the alert as HOST:ID, as `edr fleet alerts` prints it"))?;
     c.post(&format!("/api/v1/alerts/{host}/{id}/triage"), &json!({"state": state, "note": note}))?;
     println!("{host}:{id} {state}");
+    Ok(())
+}
+
+/// `edr fleet pack ...`.
+fn pack(c: &Client, dir: &std::path::Path, cmd: PackCommand) -> anyhow::Result<()> {
+    use edr_fleet_server::pack_client;
+    let key = |k: &Option<PathBuf>| k.clone().unwrap_or_else(|| dir.join("keys/command.ed25519"));
+    match cmd {
+        PackCommand::Publish { archive, hosts, percent, sign } => {
+            let file = pack_client::PackFile::read(&archive).map_err(anyhow::Error::msg)?;
+            let targets = pack_client::targets(&c.get("/api/v1/hosts")?, &file.name, &hosts, percent).map_err(anyhow::Error::msg)?;
+            let body = pack_client::publish_request(&key(&sign.key), &file, &targets, &sign.reason, sign.ttl.as_secs())?;
+            print(&c.post("/api/v1/packs", &body)?);
+        }
+        PackCommand::Status { name: Some(name), json } => {
+            let v = c.get(&format!("/api/v1/packs/{name}"))?;
+            print!("{}", if json { format!("{v:#}\n") } else { pack_client::render_status(&v) });
+        }
+        PackCommand::Status { name: None, json } => {
+            let v = c.get("/api/v1/packs")?;
+            print!("{}", if json { format!("{v:#}\n") } else { pack_client::render_list(&v) });
+        }
+        PackCommand::Halt { name } => print(&c.post(&format!("/api/v1/packs/{name}/halt"), &json!({}))?),
+        PackCommand::Rollback { name, sign } => {
+            let status = c.get(&format!("/api/v1/packs/{name}"))?;
+            let body = pack_client::rollback_request(&key(&sign.key), &status, &sign.reason, sign.ttl.as_secs()).map_err(anyhow::Error::msg)?;
+            print(&c.post(&format!("/api/v1/packs/{name}/rollback"), &body)?);
+        }
+    }
     Ok(())
 }

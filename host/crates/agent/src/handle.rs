@@ -152,6 +152,30 @@ impl AgentHandle {
         edr_store::Store::open_read_only(path).map_err(|e| AgentError::Failed(e.to_string()))
     }
 
+    /// Offers a pack archive and its minisign signature to the pack manager
+    /// (verify against this host's trust store, anti-rollback, stage, canary,
+    /// swap) and waits for its judgement: `{"state": "staged", ..}` when it
+    /// was handed to the swap, `{"state": "active", ..}` when that version is
+    /// already installed; `Err` with the manager's reason when refused.
+    pub fn install_pack(&self, archive: Vec<u8>, signature: String, origin: String) -> Result<serde_json::Value, AgentError> {
+        let (tx, rx) = bounded(1);
+        self.inner.packs.send(PackRequest::Install { archive, signature, origin, reply: tx }).map_err(|_| AgentError::Stopped)?;
+        rx.recv_timeout(ANSWER_WITHIN).map_err(|_| AgentError::Timeout(ANSWER_WITHIN))?.map_err(AgentError::Failed)
+    }
+
+    /// Rolls `pack` back to its previous good version when `expect` is the
+    /// version active now (`edr pack rollback`, guarded).
+    pub fn rollback_pack(&self, pack: String, expect: Option<String>) -> Result<serde_json::Value, AgentError> {
+        let (tx, rx) = bounded(1);
+        self.inner.packs.send(PackRequest::Rollback { pack, expect, reply: tx }).map_err(|_| AgentError::Stopped)?;
+        let r = rx.recv_timeout(ANSWER_WITHIN).map_err(|_| AgentError::Timeout(ANSWER_WITHIN))?;
+        if r.ok {
+            Ok(r.result.unwrap_or_default())
+        } else {
+            Err(AgentError::Failed(r.error.unwrap_or_else(|| "rollback failed".into())))
+        }
+    }
+
     /// Carries out one control request for `caller`: the handler behind the
     /// control socket, for any transport. Never panics; failures are in the
     /// reply.
@@ -164,7 +188,7 @@ impl AgentHandle {
             Request::Reenable { plugin } => self.ask(|reply| LoopRequest::Reenable { plugin, reply }, ANSWER_WITHIN).unwrap_or_else(failed),
             Request::Rollback { pack } => {
                 let (tx, rx) = bounded(1);
-                if self.inner.packs.send(PackRequest::Rollback { pack, reply: tx }).is_err() {
+                if self.inner.packs.send(PackRequest::Rollback { pack, expect: None, reply: tx }).is_err() {
                     return failed(AgentError::Stopped);
                 }
                 rx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| Reply::err("the agent did not answer in time"))

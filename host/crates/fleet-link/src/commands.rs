@@ -34,6 +34,58 @@ pub trait CommandExecutor: Send + Sync {
     /// # Errors
     /// Why the command failed.
     fn execute(&self, body: &CommandBody) -> Result<Value, String>;
+
+    /// Offers the archive of a verified `pack_install` (its size and sha256
+    /// already checked against the signed command) to the agent's pack
+    /// manager, whose own trust store decides.
+    ///
+    /// # Errors
+    /// Why the pack was not installed (the agent's verification or staging reason).
+    fn install_pack(&self, body: &CommandBody, archive: Vec<u8>) -> Result<Value, String> {
+        let _ = (body, archive);
+        Err("this agent has no pack manager to install packs with".into())
+    }
+}
+
+/// Fetches the archive a `pack_install` names, from the fleet.
+pub trait PackFetcher: Send + Sync {
+    /// The bytes of the archive with `sha256`, at most `size` of them.
+    ///
+    /// # Errors
+    /// Why they could not be fetched.
+    fn fetch(&self, sha256: &str, size: u64) -> Result<Vec<u8>, String>;
+}
+
+/// A fetcher for links without a connection (tests, `handle` callers that run no packs).
+pub struct NoPacks;
+
+impl PackFetcher for NoPacks {
+    fn fetch(&self, _: &str, _: u64) -> Result<Vec<u8>, String> {
+        Err("this link cannot fetch packs".into())
+    }
+}
+
+/// A `pack_install`: the bytes come from the fleet, which is not trusted:
+/// they must have the signed size and sha256 before the pack manager sees
+/// them, and the pack manager then verifies the publisher's signature.
+fn install_pack(body: &CommandBody, fetch: &dyn PackFetcher, exec: &dyn CommandExecutor) -> Result<Value, String> {
+    use sha2::Digest;
+    let Command::PackInstall { sha256, size, .. } = &body.command else { return exec.execute(body) };
+    if *size > edr_fleet_proto::command::PACK_MAX_BYTES {
+        return Err(format!("the pack is {size} bytes; at most {} are installed from the fleet", edr_fleet_proto::command::PACK_MAX_BYTES));
+    }
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err("the command's sha256 is not 64 lowercase hex digits".into());
+    }
+    let bytes = fetch.fetch(sha256, *size)?;
+    if bytes.len() as u64 != *size {
+        return Err(format!("size mismatch: the signed command says {size} bytes, the fleet sent {}; not installed", bytes.len()));
+    }
+    let got = hex::encode(sha2::Sha256::digest(&bytes));
+    if &got != sha256 {
+        return Err(format!("sha256 mismatch: the signed command says {sha256}, the bytes the fleet sent hash to {got}; not installed"));
+    }
+    exec.install_pack(body, bytes)
 }
 
 /// The read-only commands: `status` (through the agent's status), `ls` and
@@ -160,6 +212,19 @@ pub fn handle(
     exec: &dyn CommandExecutor,
     now: u64,
 ) -> CommandResult {
+    handle_with_packs(payload, host_id, pinned, nonces, exec, &NoPacks, now)
+}
+
+/// [`handle`], fetching the archives of `pack_install` commands with `fetch`.
+pub fn handle_with_packs(
+    payload: &[u8],
+    host_id: &str,
+    pinned: &[ed25519_dalek::VerifyingKey],
+    nonces: &mut NonceStore,
+    exec: &dyn CommandExecutor,
+    fetch: &dyn PackFetcher,
+    now: u64,
+) -> CommandResult {
     let answer = |command_id: String, status: &str, output: Value| CommandResult {
         v: edr_fleet_proto::PROTO_VERSION,
         host_id: host_id.to_string(),
@@ -184,7 +249,8 @@ pub fn handle(
         Ok(body) => {
             tracing::info!(command_id = %body.command_id, command = ?body.command, reason = %body.reason, "fleet: running a signed command");
             reason = body.reason.clone();
-            match exec.execute(&body) {
+            let run = if matches!(body.command, Command::PackInstall { .. }) { install_pack(&body, fetch, exec) } else { exec.execute(&body) };
+            match run {
                 Ok(v) => answer(body.command_id, "done", v),
                 Err(e) => answer(body.command_id, "failed", json!({"error": e})),
             }
@@ -207,5 +273,61 @@ fn audit(dir: &DataDir, payload: &[u8], result: &CommandResult, operator_reason:
     let write = dir.open_append(AUDIT).map_err(|e| e.to_string()).and_then(|mut f| writeln!(f, "{line}").map_err(|e| e.to_string()));
     if let Err(e) = write {
         tracing::error!("fleet: cannot audit a command in {}: {e}", dir.join(AUDIT).display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Serves(Vec<u8>);
+    impl PackFetcher for Serves {
+        fn fetch(&self, _: &str, _: u64) -> Result<Vec<u8>, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Records what reached the pack manager.
+    struct Manager(std::sync::Mutex<Vec<Vec<u8>>>);
+    impl CommandExecutor for Manager {
+        fn execute(&self, _: &CommandBody) -> Result<Value, String> {
+            Err("not used".into())
+        }
+        fn install_pack(&self, _: &CommandBody, archive: Vec<u8>) -> Result<Value, String> {
+            self.0.lock().unwrap().push(archive);
+            Ok(json!({"state": "staged"}))
+        }
+    }
+
+    fn install(bytes: &[u8], sha256: String, size: u64) -> CommandBody {
+        CommandBody {
+            v: 3,
+            command_id: "c".into(),
+            host_id: "h0123456789abcdef".into(),
+            issued_at: 0,
+            expires_at: 60,
+            nonce: "0123456789abcdef".into(),
+            command: Command::PackInstall { name: "p".into(), version: "1.0.0".into(), sha256, size, signature: String::from_utf8_lossy(bytes).into() },
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_pack_whose_bytes_differ_from_the_signed_command_never_reaches_the_pack_manager() {
+        use sha2::Digest;
+        let good = b"the archive".to_vec();
+        let sha = hex::encode(sha2::Sha256::digest(&good));
+        let m = Manager(Default::default());
+        assert!(install_pack(&install(&good, sha.clone(), good.len() as u64), &Serves(good.clone()), &m).is_ok());
+        let swapped = b"the archivf".to_vec();
+        let e = install_pack(&install(&good, sha.clone(), good.len() as u64), &Serves(swapped), &m).unwrap_err();
+        assert!(e.contains("sha256 mismatch"), "{e}");
+        let e = install_pack(&install(&good, sha.clone(), good.len() as u64 + 1), &Serves(good.clone()), &m).unwrap_err();
+        assert!(e.contains("size mismatch"), "{e}");
+        let e = install_pack(&install(&good, "ZZ".repeat(32), good.len() as u64), &Serves(good.clone()), &m).unwrap_err();
+        assert!(e.contains("64 lowercase hex"), "{e}");
+        let e = install_pack(&install(&good, sha, edr_fleet_proto::command::PACK_MAX_BYTES + 1), &Serves(good.clone()), &m).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+        assert_eq!(m.0.lock().unwrap().len(), 1, "only the matching archive was offered");
     }
 }

@@ -25,6 +25,7 @@ pub mod enroll;
 pub mod heartbeat;
 pub mod identity;
 mod link;
+mod packs;
 pub mod processes;
 pub mod source;
 

@@ -218,7 +218,8 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
         tokio::select! {
             _ = stop.changed() => break,
             _ = beat.tick() => send_heartbeat(&ctx, &client, interval).await,
-            Some(msg) = cmds.next() => answer_command(ctx.clone(), client.clone(), msg).await,
+            // Each command on its own task: a pack install (fetch, stage, canary) must not hold up heartbeats and alerts.
+            Some(msg) = cmds.next() => drop(tokio::spawn(answer_command(ctx.clone(), client.clone(), msg))),
             _ = poll.tick() => {
                 if client.connection_state() == async_nats::connection::State::Connected {
                     forward_alerts(&ctx, &js, &mut stop).await;
@@ -232,9 +233,10 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
 async fn answer_command(ctx: Arc<Ctx>, client: async_nats::Client, msg: async_nats::Message) {
     let c = ctx.clone();
     let payload = msg.payload.to_vec();
+    let fetch = crate::packs::NatsFetcher { client: client.clone(), host_id: ctx.id.host_id.clone(), rt: tokio::runtime::Handle::current() };
     let result = tokio::task::spawn_blocking(move || {
         let mut nonces = c.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        commands::handle(&payload, &c.id.host_id, &c.pinned, &mut nonces, c.exec.as_ref(), edr_fleet_proto::now_secs())
+        commands::handle_with_packs(&payload, &c.id.host_id, &c.pinned, &mut nonces, c.exec.as_ref(), &fetch, edr_fleet_proto::now_secs())
     })
     .await;
     let (Ok(result), Some(reply)) = (result, msg.reply) else { return };

@@ -493,3 +493,35 @@ fn signed_commands_run_and_hostile_ones_are_refused_by_the_host() {
     assert_eq!(relayed.iter().filter(|s| **s == "done").count(), 1);
     l.stop();
 }
+
+#[test]
+fn a_host_gets_pack_chunks_only_on_its_own_subject_and_only_for_its_rollouts() {
+    if !have_nats() {
+        return;
+    }
+    let h = Harness::start(30);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (enroll(&h, da.path(), "host-a"), enroll(&h, db.path(), "host-b"));
+    let kp_a = Identity::key_pair(&identity::state_dir(da.path()).unwrap()).unwrap();
+    let (errors, on_event) = error_log();
+    h.rt.block_on(async {
+        use edr_fleet_proto::{msg, subjects};
+        let host_a = connect_as(&a, kp_a, on_event).await;
+        let ask = |subject: String| {
+            let req = msg::PackChunkRequest { v: 1, sha256: "ab".repeat(32), index: 0 };
+            let c = host_a.clone();
+            async move { tokio::time::timeout(Duration::from_secs(3), c.request(subject, serde_json::to_vec(&req).unwrap().into())).await }
+        };
+        // On its own subject the server answers, and refuses a pack no rollout gives this host.
+        let own = ask(subjects::pack_get(&a.host_id)).await.expect("answered in time").expect("a reply");
+        let reply: msg::PackChunkReply = msg::decode(&own.payload).unwrap();
+        assert!(reply.error.as_deref().unwrap_or("").contains("not a target"), "{reply:?}");
+        assert!(reply.data.is_empty());
+        // On B's subject NATS refuses the publish: no answer reaches A.
+        let other = ask(subjects::pack_get(&b.host_id)).await;
+        assert!(!matches!(other, Ok(Ok(_))), "A got an answer on B's subject: {other:?}");
+    });
+    let errors = errors.lock().unwrap().clone();
+    let what = format!("publish to \"{}\"", edr_fleet_proto::subjects::pack_get(&b.host_id));
+    assert!(errors.iter().any(|e| e.contains("permissions violation") && e.contains(&what)), "nats-server refused {what}: {errors:?}");
+}

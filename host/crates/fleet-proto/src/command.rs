@@ -19,11 +19,12 @@ pub const MAX_LIFETIME_SECS: u64 = 14 * 24 * 3600;
 pub const MAX_SKEW_SECS: u64 = 300;
 
 /// The version of command bodies this crate writes and understands: 1 had
-/// `status` and `ls`; 2 added the response commands, `reason` and `query`. A body
+/// `status` and `ls`; 2 added the response commands, `reason` and `query`; 3
+/// added `pack_install` and `pack_rollback`. A body
 /// carries the lowest version its command needs ([`Command::min_version`]),
 /// so an agent that knows only version 1 still runs `ls` and `status`, and
 /// refuses a response command as "newer than this agent understands".
-pub const COMMAND_VERSION: u32 = 2;
+pub const COMMAND_VERSION: u32 = 3;
 
 /// The largest file `fetch` returns (its content travels base64-encoded in
 /// one NATS reply, and nats-server's default `max_payload` is 1 MiB).
@@ -37,7 +38,11 @@ pub const QUERY_MAX_ROWS: u32 = 10_000;
 pub const QUERY_MAX_SQL_BYTES: usize = 64 << 10;
 
 /// Every `op` this crate knows, in the order `edr fleet --help` lists them.
-pub const KNOWN_OPS: &[&str] = &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release", "query"];
+pub const KNOWN_OPS: &[&str] =
+    &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release", "query", "pack_install", "pack_rollback"];
+
+/// The largest pack archive a `pack_install` may name (the agent's verifier has the same limit).
+pub const PACK_MAX_BYTES: u64 = 64 << 20;
 
 /// A command a host can be asked to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +106,31 @@ pub enum Command {
         #[serde(default = "default_query_rows")]
         limit: u32,
     },
+    /// Install a detection pack the fleet distributes: the host fetches the
+    /// archive in chunks on its own subject (`edr.host.<id>.pack.get`),
+    /// checks `size` and `sha256`, and offers it to its pack manager, which
+    /// verifies the publisher's `signature` against the host's own trust
+    /// store, stages, canaries and swaps it (the server vouches for nothing).
+    PackInstall {
+        /// Pack id (the manifest's `id`).
+        name: String,
+        /// Pack version.
+        version: String,
+        /// sha256 of the archive, lowercase hex.
+        sha256: String,
+        /// Archive size in bytes (at most [`PACK_MAX_BYTES`]).
+        size: u64,
+        /// The publisher's minisign signature over the archive (`.minisig` text).
+        signature: String,
+    },
+    /// Roll pack `name` back to its previous good version on the host, when
+    /// `version` is the one active there (otherwise nothing changes).
+    PackRollback {
+        /// Pack id.
+        name: String,
+        /// The version to roll back from.
+        version: String,
+    },
 }
 
 fn default_query_rows() -> u32 {
@@ -122,6 +152,8 @@ impl Command {
             Command::Isolate => "isolate",
             Command::Release => "release",
             Command::Query { .. } => "query",
+            Command::PackInstall { .. } => "pack_install",
+            Command::PackRollback { .. } => "pack_rollback",
         }
     }
 
@@ -129,6 +161,7 @@ impl Command {
     pub fn min_version(&self) -> u32 {
         match self {
             Command::Status | Command::Ls { .. } => 1,
+            Command::PackInstall { .. } | Command::PackRollback { .. } => 3,
             _ => 2,
         }
     }
@@ -354,6 +387,8 @@ mod tests {
             Command::Isolate,
             Command::Release,
             Command::Query { sql: "SELECT 1".into(), limit: 5 },
+            Command::PackInstall { name: "p".into(), version: "1.0.0".into(), sha256: "00".repeat(32), size: 5, signature: "sig".into() },
+            Command::PackRollback { name: "p".into(), version: "1.0.0".into() },
         ];
         assert_eq!(all.iter().map(Command::op).collect::<Vec<_>>(), KNOWN_OPS);
         for c in all {
@@ -376,9 +411,11 @@ mod tests {
         let e = sign_text(&unknown, &k).verify(&pinned, HOST, 1010).unwrap_err();
         assert!(matches!(&e, Refusal::UnknownOp { op, .. } if op == "format_disk"), "{e}");
         assert!(e.to_string().contains("kill") && e.to_string().contains("upgrade"), "{e}");
-        let newer = v1.replace(r#""v":1"#, r#""v":3"#);
+        let newer = v1.replace(r#""v":1"#, r#""v":4"#);
         let e = sign_text(&newer, &k).verify(&pinned, HOST, 1010).unwrap_err();
-        assert_eq!(e, Refusal::TooNew(3));
+        assert_eq!(e, Refusal::TooNew(4));
+        let pack_as_v2 = v1.replace(r#""v":1"#, r#""v":2"#).replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"pack_rollback","name":"p","version":"1.0.0"}"#);
+        assert!(matches!(sign_text(&pack_as_v2, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(m)) if m.contains("needs command version 3")));
         assert!(e.to_string().contains("upgrade the agent"), "{e}");
         let kill_as_v1 = v1.replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"kill","pid":5}"#);
         assert!(matches!(sign_text(&kill_as_v1, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(m)) if m.contains("needs command version 2")));

@@ -252,7 +252,75 @@ pub enum Change {
         /// The client's address.
         from: String,
     },
+    /// A pack was published to the fleet (its bytes are in `EDR_PACKS`).
+    PackPublished {
+        /// Pack id.
+        name: String,
+        /// Version.
+        version: String,
+        /// sha256 of the archive.
+        sha256: String,
+        /// Archive size.
+        size: u64,
+        /// Chunks in `EDR_PACKS`.
+        chunks: u64,
+        /// The hosts it goes to, in the order they are reached.
+        targets: Vec<String>,
+    },
+    /// What one host did with a pack version (or its rollback).
+    PackHost {
+        /// Pack id.
+        name: String,
+        /// Version.
+        version: String,
+        /// Host.
+        host_id: String,
+        /// `staged`, `active`, `refused`, `no_answer`, `rolled_back` or `rollback_failed`.
+        state: String,
+        /// The host's reason, when it refused or failed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
+    /// A rollout was halted (hosts not yet reached get nothing), or rolled back.
+    PackHalted {
+        /// Pack id.
+        name: String,
+        /// Version.
+        version: String,
+        /// Halted for a rollback.
+        #[serde(default)]
+        rollback: bool,
+    },
 }
+
+/// A host's request for one chunk of a pack, on `edr.host.<id>.pack.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackChunkRequest {
+    /// Protocol version.
+    pub v: u32,
+    /// The archive's sha256 (from the signed `pack_install`).
+    pub sha256: String,
+    /// Chunk number, from 0.
+    pub index: u64,
+}
+versioned!(PackChunkRequest, "pack chunk request");
+
+/// The server's answer to a [`PackChunkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackChunkReply {
+    /// Protocol version.
+    pub v: u32,
+    /// The chunk, base64 (empty on error).
+    #[serde(default)]
+    pub data: String,
+    /// Chunks of the whole archive.
+    #[serde(default)]
+    pub chunks: u64,
+    /// Why there is no chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+versioned!(PackChunkReply, "pack chunk reply");
 
 impl Change {
     /// The subject kind ([`crate::subjects::server`]).
@@ -263,6 +331,9 @@ impl Change {
             Change::Triage { .. } => "triage",
             Change::Command { .. } => "command",
             Change::Login { .. } => "login",
+            Change::PackPublished { .. } => "pack_published",
+            Change::PackHost { .. } => "pack_host",
+            Change::PackHalted { .. } => "pack_halted",
         }
     }
 }

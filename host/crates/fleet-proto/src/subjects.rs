@@ -5,6 +5,8 @@
 //! | `edr.host.<id>.hb` | the host: heartbeat with inventory | `EDR_HEARTBEATS` (last one per host kept) |
 //! | `edr.host.<id>.alert` | the host: one alert, `Nats-Msg-Id` = `<id>.<alert id>` | `EDR_ALERTS` (duplicate window [`ALERT_DUPLICATE_WINDOW_SECS`]) |
 //! | `edr.host.<id>.result` | the host: a command's result | none yet |
+//! | `edr.host.<id>.pack.get` | the host: a request for a chunk of a pack it was told to install | none (request/reply; the server answers) |
+//! | `edr.pack.<sha256>.<chunk>` | the management server: a published pack's bytes | `EDR_PACKS` (last message per subject) |
 //! | `edr.cmd.<id>` | the management server: a signed command | none (core NATS) |
 //! | `edr.server.<kind>` | the management server: enrollments, triage, audit | `EDR_SERVER` |
 //!
@@ -23,6 +25,26 @@ pub const HEARTBEATS_FILTER: &str = "edr.host.*.hb";
 pub const STREAM_SERVER: &str = "EDR_SERVER";
 /// Subjects `STREAM_SERVER` captures.
 pub const SERVER_FILTER: &str = "edr.server.>";
+/// Stream of published packs' bytes, in chunks.
+pub const STREAM_PACKS: &str = "EDR_PACKS";
+/// Subjects `STREAM_PACKS` captures.
+pub const PACKS_FILTER: &str = "edr.pack.>";
+/// Subjects the server answers pack chunk requests on.
+pub const PACK_GET_FILTER: &str = "edr.host.*.pack.get";
+/// Bytes of a pack per chunk (a chunk's reply, base64 in JSON, stays well under
+/// nats-server's default `max_payload` of 1 MiB).
+pub const PACK_CHUNK_BYTES: usize = 256 << 10;
+
+/// Where host `id` asks for pack chunks.
+pub fn pack_get(id: &str) -> String {
+    format!("edr.host.{id}.pack.get")
+}
+
+/// Chunk `index` of the pack whose archive has sha256 `sha256`.
+pub fn pack_chunk(sha256: &str, index: u64) -> String {
+    format!("edr.pack.{sha256}.{index}")
+}
+
 /// Duplicate window of the alerts stream: a resend of an alert within it is
 /// dropped by JetStream (the agent's cursor makes later resends impossible).
 pub const ALERT_DUPLICATE_WINDOW_SECS: u64 = 24 * 3600;
@@ -98,7 +120,7 @@ mod tests {
         let id = "h0123456789abcdef";
         let prefix = host_publish(id);
         let stem = prefix.trim_end_matches('>');
-        for s in [heartbeat(id), alert(id), result(id)] {
+        for s in [heartbeat(id), alert(id), result(id), pack_get(id)] {
             assert!(s.starts_with(stem), "{s} not under {prefix}");
         }
         assert_eq!(command(id), "edr.cmd.h0123456789abcdef");

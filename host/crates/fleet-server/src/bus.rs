@@ -45,6 +45,7 @@ fn change_subject(change: &Change) -> String {
         Change::Triage { .. } => subjects::server("triage"),
         Change::Command { .. } => subjects::server("command"),
         Change::Login { .. } => subjects::server("login"),
+        Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => subjects::server("pack"),
     }
 }
 
@@ -120,7 +121,7 @@ impl Bus {
             Change::TokenCreated { expires_at, .. } if now >= expires_at => TokenState::Expired(expires_at),
             Change::TokenCreated { expires_at, .. } => TokenState::Valid(expires_at),
             Change::Enrolled { host_id, .. } => TokenState::Used(host_id),
-            Change::Triage { .. } | Change::Command { .. } | Change::Login { .. } => TokenState::Unknown,
+            _ => TokenState::Unknown,
         };
         Ok((state, last.sequence))
     }

@@ -127,6 +127,7 @@ impl Index {
         let conn = Connection::open(path).map_err(FleetError::index("open"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(FleetError::index("set up"))?;
         conn.execute_batch(SCHEMA).map_err(FleetError::index("create schema"))?;
+        conn.execute_batch(crate::packs::SCHEMA).map_err(FleetError::index("create pack schema"))?;
         Ok(Index { conn: Mutex::new(conn) })
     }
 
@@ -168,6 +169,7 @@ impl Index {
                     &tx,
                     crate::queue::Recorded { host_id, command_id, body, key, status, op, error: error.as_deref(), signature, actor: &ev.actor, time: ev.time },
                 ),
+                Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => crate::packs::apply(&tx, ev.time, &ev.actor, &ev.change),
                 Change::Triage { host_id, alert_id, state, note } => tx.execute(
                     "INSERT OR REPLACE INTO triage (host_id, alert_id, state, actor, note, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![host_id, i(*alert_id), state.as_str(), ev.actor, note, i(ev.time)],
@@ -177,6 +179,14 @@ impl Index {
         }
         tx.commit().map_err(FleetError::index("commit"))?;
         Ok(new)
+    }
+
+    /// Runs `f` on the index's connection (the pack rollout's own tables).
+    ///
+    /// # Errors
+    /// SQLite's error, with `what`.
+    pub(crate) fn with_conn<T>(&self, what: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, FleetError> {
+        f(&self.conn()).map_err(FleetError::index(what))
     }
 
     /// Stores a host's heartbeat seen at `seen_at` (keeps the newest).

@@ -31,6 +31,8 @@ pub mod jwt;
 pub mod natsd;
 pub mod notify;
 pub mod queue;
+pub mod pack_client;
+mod packs;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
@@ -114,6 +116,7 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
     }
     let state = Arc::new(api::AppState { fleet, index, bus, notifier, sessions: std::sync::OnceLock::new() });
     tasks.push(queue::spawn(state.clone()));
+    tasks.push(packs::serve_chunks(state.clone()));
     let app = extend(state.clone(), api::router(state.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {

@@ -14,8 +14,11 @@ use std::sync::{Arc, Mutex};
 
 /// Requests for the pack thread.
 pub(crate) enum PackRequest {
-    /// Roll `pack` back to its previous good version.
-    Rollback { pack: String, reply: Sender<Reply> },
+    /// Roll `pack` back to its previous good version (only when `expect`,
+    /// if given, is the version active now).
+    Rollback { pack: String, expect: Option<String>, reply: Sender<Reply> },
+    /// A pack from the fleet: judged as a candidate, with the outcome answered.
+    Install { archive: Vec<u8>, signature: String, origin: String, reply: Sender<Result<serde_json::Value, String>> },
     /// A reloaded `[[trust.keys]]`: packs offered from now on are checked against it.
     Trust(edr_pack::TrustStore),
 }
@@ -71,7 +74,22 @@ impl PackThread {
                     manager.set_trust(trust);
                     None
                 }
-                PackRequest::Rollback { pack, reply } => {
+                PackRequest::Install { archive, signature, origin, reply } => {
+                    let result = manager.offer(&archive, &signature, &origin);
+                    let _ = reply.send(match &result {
+                        Ok(a) => Ok(json!({"state": "staged", "pack": a.pack.id, "version": a.pack.version, "signer": a.pack.signer})),
+                        Err(e) if e.is_benign() => Ok(json!({"state": "active", "note": e.to_string()})),
+                        Err(e) => Err(format!("{e} ({})", e.reason_code())),
+                    });
+                    Some((result, origin))
+                }
+                PackRequest::Rollback { pack, expect, reply } => {
+                    let active = manager.active().into_iter().find(|p| p.id == pack).map(|p| p.version);
+                    if let Some(want) = expect.filter(|w| active.as_ref() != Some(w)) {
+                        let now = active.unwrap_or_else(|| "none".into());
+                        let _ = reply.send(Reply::err(format!("pack `{pack}` is at version {now} here, not {want}: nothing rolled back")));
+                        return Ok(None);
+                    }
                     let result = manager.rollback(&pack, "rolled back by the operator");
                     let _ = reply.send(match &result {
                         Ok(a) => Reply::ok(json!({"pack": a.pack.id, "version": a.pack.version})),
