@@ -3,7 +3,9 @@
 //! JetStream store in a temp dir, killed on drop), the management server,
 //! and fleet links over real `edr-store` records. No agent is spawned.
 
-use edr_event::{Alert, Finding, Severity};
+mod common;
+
+use common::write_alerts;
 use edr_fleet_link::{identity, FleetLink, Identity, LinkOptions};
 use edr_fleet_server::client::{Client, ClientError};
 use edr_fleet_server::{natsd::LocalNats, FleetError, InitOptions, Running};
@@ -86,34 +88,6 @@ impl Drop for Harness {
         let _guard = self.rt.enter();
         self.running.take();
     }
-}
-
-fn alert(id: u64) -> Alert {
-    Alert {
-        id,
-        time: 1_700_000_000_000_000_000 + id,
-        plugin: "lineage".into(),
-        pack: None,
-        finding: Finding {
-            rule_id: "edr.test.rule".into(),
-            title: "Test rule".into(),
-            severity: Severity::High,
-            techniques: vec!["T1059".into()],
-            message: format!("alert {id}"),
-            author: "tests".into(),
-            event_ids: vec![],
-            evidence: vec![],
-        },
-        event: None,
-    }
-}
-
-fn write_alerts(store: &Store, ids: std::ops::RangeInclusive<u64>) {
-    let w = store.writer();
-    for id in ids {
-        w.append_alert(&alert(id)).unwrap();
-    }
-    w.flush().unwrap();
 }
 
 fn status_doc() -> Result<Value, String> {

@@ -30,9 +30,9 @@ pub mod index;
 pub mod jwt;
 pub mod natsd;
 pub mod notify;
-pub mod queue;
 pub mod pack_client;
 mod packs;
+pub mod queue;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};
