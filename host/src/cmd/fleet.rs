@@ -86,6 +86,14 @@ pub enum FleetCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// A host's TCP and UDP sockets: state, local and remote address, owning pid and executable.
+    Connections {
+        host: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
     /// Kill a process on a host (through its response engine: policy, protections, audit).
     Kill {
         host: String,
@@ -93,6 +101,50 @@ pub enum FleetCommand {
         /// Its descendants too.
         #[arg(long)]
         tree: bool,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Suspend (SIGSTOP) a process on a host; `resume` continues it.
+    Suspend {
+        host: String,
+        pid: u32,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Resume (SIGCONT) a suspended process on a host.
+    Resume {
+        host: String,
+        pid: u32,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Block execution on a host of a file, by absolute path or sha256 (64 hex digits); undo: unblock.
+    Block {
+        host: String,
+        target: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Lift an execution block on a host (the path or sha256 it was made with).
+    Unblock {
+        host: String,
+        target: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// An alert's storyline from the host's record (HOST:ID as `edr fleet alerts` prints it, or HOST ID):
+    /// the process tree and its file and network activity, as JSON.
+    Storyline {
+        /// HOST:ID, or the host when ALERT is given.
+        alert: String,
+        /// The alert id in the host's record (when the first argument is only the host).
+        id: Option<u64>,
+        /// Events at most (1 to 5000).
+        #[arg(long, default_value_t = edr_fleet_proto::command::STORYLINE_DEFAULT_EVENTS)]
+        max_events: u32,
+        /// Include the ancestors' file and network activity too.
+        #[arg(long)]
+        ancestors: bool,
         #[command(flatten)]
         sign: SignArgs,
     },
@@ -156,6 +208,10 @@ pub enum FleetCommand {
         /// How long the server waits for each host (1s to 120s).
         #[arg(long, default_value = "30s")]
         timeout: humantime::Duration,
+        /// Also wait this long (up to 14d) for hosts that do not answer now, offline ones
+        /// included: their queries are queued and run when they return; follow with `edr fleet hunt ID`.
+        #[arg(long)]
+        until: Option<humantime::Duration>,
         /// The merged result and each host's status as JSON.
         #[arg(long, conflicts_with = "csv")]
         json: bool,
@@ -165,10 +221,41 @@ pub enum FleetCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// Fetched files kept at the server (the JetStream object store): list them, download one.
+    Evidence {
+        #[command(subcommand)]
+        command: EvidenceCommand,
+    },
+    /// A hunt made with `query --until`: every host's answer so far, and which still wait.
+    Hunt {
+        /// The hunt id `query --until` printed.
+        id: String,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
     /// Pack rollout: publish a signed pack to hosts, follow it, halt it, roll it back.
     Pack {
         #[command(subcommand)]
         command: PackCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Every kept file: object, host, command, path, size, sha256.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download one (HOST COMMAND_ID, as `list` shows), its sha256 checked.
+    Get {
+        host: String,
+        command_id: String,
+        /// Write it here (default: standard output).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -275,6 +362,23 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
             }
         }
         FleetCommand::Kill { host, pid, tree, sign } => print(&command(&c, &a.dir, &host, Command::Kill { pid, tree }, &sign)?),
+        FleetCommand::Connections { host, json, sign } => {
+            let r = command(&c, &a.dir, &host, Command::Connections, &sign)?;
+            if json {
+                print(&r["output"]);
+            } else {
+                print!("{}", render_connections(&r["output"]));
+            }
+        }
+        FleetCommand::Suspend { host, pid, sign } => print(&command(&c, &a.dir, &host, Command::Suspend { pid }, &sign)?),
+        FleetCommand::Resume { host, pid, sign } => print(&command(&c, &a.dir, &host, Command::Resume { pid }, &sign)?),
+        FleetCommand::Block { host, target, sign } => print(&command(&c, &a.dir, &host, Command::Block { target }, &sign)?),
+        FleetCommand::Unblock { host, target, sign } => print(&command(&c, &a.dir, &host, Command::Unblock { target }, &sign)?),
+        FleetCommand::Storyline { alert, id, max_events, ancestors, sign } => {
+            let (host, alert) = alert_ref(&alert, id)?;
+            let r = command(&c, &a.dir, &host, Command::Storyline { alert, max_events, ancestor_activity: ancestors }, &sign)?;
+            print(&r["output"]);
+        }
         FleetCommand::Quarantine { host, path, sign } => print(&command(&c, &a.dir, &host, Command::Quarantine { path }, &sign)?),
         FleetCommand::Restore { host, id_or_path, force, sign } => print(&command(&c, &a.dir, &host, Command::Restore { id: id_or_path, force }, &sign)?),
         FleetCommand::Delete { host, path, sign } => print(&command(&c, &a.dir, &host, Command::Delete { path }, &sign)?),
@@ -282,25 +386,73 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Isolate { host, sign } => print(&command(&c, &a.dir, &host, Command::Isolate, &sign)?),
         FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
         FleetCommand::Pack { command } => pack(&c, &a.dir, command)?,
-        FleetCommand::Query { sql, hosts, limit, timeout, json, csv, sign } => {
-            let q = client::HuntRequest { sql: &sql, limit, reason: &sign.reason, ttl_secs: sign.ttl.as_secs(), timeout_secs: timeout.as_secs() };
-            hunt(
-                &c,
-                &a.dir,
-                hosts,
-                &q,
-                &sign,
-                if json {
-                    "json"
-                } else if csv {
-                    "csv"
-                } else {
-                    "table"
-                },
-            )?
+        FleetCommand::Evidence { command } => evidence(&c, command)?,
+        FleetCommand::Hunt { id, json, csv } => print_hunt(&c.get(&format!("/api/v1/hunts/{id}"))?, output_format(json, csv)),
+        FleetCommand::Query { sql, hosts, limit, timeout, until, json, csv, sign } => {
+            let until_secs = until.map(|u| u.as_secs());
+            // A query queued for an offline host must stay valid for as long as the hunt waits.
+            let ttl_secs = sign.ttl.as_secs().max(until_secs.unwrap_or(0));
+            let q = client::HuntRequest { sql: &sql, limit, reason: &sign.reason, ttl_secs, timeout_secs: timeout.as_secs(), until_secs };
+            hunt(&c, &a.dir, hosts, &q, &sign, output_format(json, csv))?
         }
     }
     Ok(())
+}
+
+/// `edr fleet evidence ...`.
+fn evidence(c: &Client, command: EvidenceCommand) -> anyhow::Result<()> {
+    use sha2::Digest;
+    use std::io::Write;
+    match command {
+        EvidenceCommand::List { json } => {
+            let v = c.get("/api/v1/evidence")?;
+            if json {
+                print(&v["evidence"]);
+                return Ok(());
+            }
+            println!("{:<18} {:<18} {:>9} {:<64} PATH", "HOST", "COMMAND", "SIZE", "SHA256");
+            for e in v["evidence"].as_array().into_iter().flatten() {
+                let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                println!("{:<18} {:<18} {:>9} {:<64} {}", s("host"), s("command_id"), e["size"], s("sha256"), s("path"));
+            }
+        }
+        EvidenceCommand::Get { host, command_id, output } => {
+            let (bytes, claimed) = c.get_bytes(&format!("/api/v1/evidence/{host}/{command_id}"))?;
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            anyhow::ensure!(claimed.as_deref().is_none_or(|c| c == sha256), "the download hashes to {sha256}, the server said {claimed:?}: not written");
+            match output {
+                Some(file) => {
+                    std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+                    eprintln!("{} bytes, sha256 {sha256}, written to {}", bytes.len(), file.display());
+                }
+                None => std::io::stdout().write_all(&bytes)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `edr fleet connections` as a table.
+fn render_connections(v: &serde_json::Value) -> String {
+    let mut out = format!("{:<5} {:<12} {:<40} {:<40} {:>7} {}\n", "PROTO", "STATE", "LOCAL", "REMOTE", "PID", "EXE");
+    for c in v["connections"].as_array().into_iter().flatten() {
+        let pid = c["pid"].as_u64().map_or_else(|| "-".to_string(), |p| p.to_string());
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        out.push_str(&format!("{:<5} {:<12} {:<40} {:<40} {:>7} {}\n", s("proto"), s("state"), s("local"), s("remote"), pid, s("exe")));
+    }
+    if v["truncated"] == true {
+        out.push_str("(truncated)\n");
+    }
+    out
+}
+
+/// `HOST:ID`, or `HOST` with the id given apart.
+fn alert_ref(alert: &str, id: Option<u64>) -> anyhow::Result<(String, u64)> {
+    match (alert.rsplit_once(':'), id) {
+        (None, Some(id)) => Ok((alert.to_string(), id)),
+        (Some((host, n)), None) => Ok((host.to_string(), n.parse().with_context(|| format!("{alert:?}: the alert id after ':' is not a number"))?)),
+        _ => anyhow::bail!("name the alert as HOST:ID (as `edr fleet alerts` prints it) or as HOST ID"),
+    }
 }
 
 fn print(v: &serde_json::Value) {
@@ -336,17 +488,38 @@ fn hunt(c: &Client, dir: &std::path::Path, hosts: Vec<String>, q: &client::HuntR
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|h| matches!(h["state"].as_str(), Some("online" | "isolated")))
+            // A hunt that waits (--until) goes to offline hosts too.
+            .filter(|h| q.until_secs.is_some() || matches!(h["state"].as_str(), Some("online" | "isolated")))
             .filter_map(|h| h["host_id"].as_str().map(String::from))
             .collect();
-        anyhow::ensure!(!live.is_empty(), "no host is online (see `edr fleet hosts`); name hosts with --hosts");
+        anyhow::ensure!(!live.is_empty(), "no host is online (see `edr fleet hosts`); name hosts with --hosts, or wait for them with --until");
         live
     } else {
         hosts
     };
     let key = sign.key.clone().unwrap_or_else(|| dir.join("keys/command.ed25519"));
     let answer = c.post("/api/v1/query", &client::query_request(&key, &hosts, q)?)?;
-    let merged = client::merge_hunt(&answer);
+    print_hunt(&answer, format);
+    if let Some(id) = answer["hunt_id"].as_str() {
+        let waiting = answer["hosts"].as_array().into_iter().flatten().filter(|h| h["status"] == "queued").count();
+        eprintln!("hunt {id}: {waiting} host(s) queued until {}; follow it with `edr fleet hunt {id}`", answer["until"]);
+    }
+    Ok(())
+}
+
+fn output_format(json: bool, csv: bool) -> &'static str {
+    if json {
+        "json"
+    } else if csv {
+        "csv"
+    } else {
+        "table"
+    }
+}
+
+/// Prints a hunt's answer (`POST /api/v1/query` or `GET /api/v1/hunts/ID`) merged, as a table, CSV or JSON.
+fn print_hunt(answer: &serde_json::Value, format: &str) {
+    let merged = client::merge_hunt(answer);
     match format {
         "json" => print(&merged),
         "csv" => {
@@ -362,7 +535,6 @@ fn hunt(c: &Client, dir: &std::path::Path, hosts: Vec<String>, q: &client::HuntR
         }
         _ => print!("{}", client::render_hunt_table(&merged)),
     }
-    Ok(())
 }
 
 /// `edr fleet fetch`: the content, its sha256 checked, to a file or standard output.
@@ -376,6 +548,11 @@ fn fetch(c: &Client, dir: &std::path::Path, host: &str, path: String, output: Op
             eprintln!("{host}:{path} -> {} ({} bytes, sha256 {})", file.display(), bytes.len(), r["output"]["sha256"].as_str().unwrap_or(""));
         }
         None => std::io::stdout().write_all(&bytes)?,
+    }
+    match (r["output"]["evidence"]["object"].as_str(), r["output"]["evidence_error"].as_str()) {
+        (Some(object), _) => eprintln!("kept at the server as evidence {object} (`edr fleet evidence get {host} {}`)", r["command_id"].as_str().unwrap_or("")),
+        (None, Some(e)) => eprintln!("warning: the server did not keep it as evidence: {e}"),
+        (None, None) => {}
     }
     Ok(())
 }

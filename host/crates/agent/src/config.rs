@@ -515,6 +515,7 @@ pub const NUMBER_RANGES: &[(&str, NumberRange)] = &[
     ("packs.max_call_deadline_ms", NumberRange { min: 1, max: 60_000 }),
     ("packs.max_memory_mb", NumberRange { min: 1, max: 1024 }),
     ("incidents.window_secs", NumberRange { min: 1, max: 604_800 }),
+    ("fleet.isolation_fallback_secs", NumberRange { min: 0, max: 30 * 86_400 }),
     ("incidents.depth", NumberRange { min: 0, max: 16 }),
 ];
 
@@ -608,6 +609,9 @@ impl AgentConfig {
                 other => bad("output", other.to_string()),
             };
         }
+        if let Err(e) = edr_fleet_link::policy::CommandPolicy::new(&self.fleet.refuse) {
+            return bad("fleet.refuse", e);
+        }
         if let Some(listen) = &self.metrics.listen {
             if let Err(e) = self.metrics.address() {
                 return bad("metrics.listen", format!("`{listen}`: {e}"));
@@ -638,6 +642,7 @@ impl AgentConfig {
             n("packs.max_call_deadline_ms", p.max_call_deadline_ms),
             n("packs.max_memory_mb", p.max_memory_mb as u64),
             n("incidents.window_secs", self.incidents.window_secs),
+            n("fleet.isolation_fallback_secs", self.fleet.isolation_fallback_secs),
             n("incidents.depth", self.incidents.depth),
         ];
         for (plugin, l) in &self.plugins.limits {

@@ -30,13 +30,20 @@ pub(crate) fn extension(cfg: &AgentConfig) -> anyhow::Result<Option<FleetExtensi
         tracing::warn!("fleet link off: alerts are forwarded from the record, and [store] enabled = false");
         return Ok(None);
     }
-    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path }))
+    let policy = edr_fleet_link::policy::CommandPolicy::new(&cfg.fleet.refuse).map_err(|e| anyhow::anyhow!("[fleet] refuse: {e}"))?;
+    let fallback = (cfg.fleet.isolation_fallback_secs > 0).then(|| Duration::from_secs(cfg.fleet.isolation_fallback_secs));
+    if !policy.classes().is_empty() {
+        tracing::info!(refused = ?policy.classes(), "fleet: this host refuses these classes of fleet command ([fleet] refuse)");
+    }
+    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path, policy, fallback }))
 }
 
 /// Runs the fleet link for as long as the agent runs.
 pub(crate) struct FleetExtension {
     data_dir: PathBuf,
     record: PathBuf,
+    policy: edr_fleet_link::policy::CommandPolicy,
+    fallback: Option<Duration>,
 }
 
 impl AgentExtension for FleetExtension {
@@ -54,7 +61,12 @@ impl AgentExtension for FleetExtension {
         let status: Arc<dyn edr_fleet_link::StatusProvider> = Arc::new(status);
         let nats_urls = load_identity(&self.data_dir).map(|id| id.nats_urls).unwrap_or_default();
         let exec = crate::fleet_exec::FleetExecutor { agent, builtin: edr_fleet_link::commands::BuiltIn(status.clone()), nats_urls };
-        let opts = edr_fleet_link::LinkOptions { agent_version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+        let opts = edr_fleet_link::LinkOptions {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            policy: self.policy.clone(),
+            isolation_fallback: self.fallback,
+            ..Default::default()
+        };
         let link = edr_fleet_link::FleetLink::start_with(&self.data_dir, opts, Arc::new(store), status, Arc::new(exec))?;
         while !shutdown.wait_timeout(Duration::from_millis(500)) {}
         drop(link);

@@ -5,7 +5,8 @@
 //! (`actions.jsonl`, the record's `action` table, status counters). The
 //! engine's audit record is the command's output.
 //!
-//! * `kill`, `quarantine`, `restore`, `delete`, `isolate`, `release`: one
+//! * `kill`, `suspend`, `resume`, `quarantine`, `restore`, `delete`,
+//!   `block`, `unblock`, `isolate`, `release`: one
 //!   engine action each; a refusal or a failed action is the command's
 //!   failure, with the engine's reason.
 //! * `restore` takes a quarantine id or the original absolute path (the
@@ -19,6 +20,8 @@
 //!   read-only connection, authorizer and single-statement check), with the
 //!   command's row limit (at most [`QUERY_MAX_ROWS`]) and a deadline of
 //!   [`QUERY_DEADLINE`]. The output is `{columns, rows, truncated}`.
+//! * `storyline`: an alert's storyline from the record (`edr storyline
+//!   --json`'s document), with fewer events when it would not fit one reply.
 //! * `isolate`: the fleet's NATS endpoints were added to the engine's
 //!   management allowlist when the agent started
 //!   ([`crate::fleet::management_endpoints`]); before isolating they are
@@ -28,8 +31,8 @@
 use crate::{AgentError, AgentHandle, Caller};
 use base64::Engine as _;
 use edr_fleet_link::commands::{BuiltIn, CommandExecutor};
-use edr_fleet_proto::command::{Command, CommandBody, FETCH_MAX_BYTES, QUERY_MAX_ROWS, QUERY_MAX_SQL_BYTES};
-use edr_respond::{AuditRecord, Decision, Endpoint, Outcome, ResponseAction};
+use edr_fleet_proto::command::{Command, CommandBody, FETCH_MAX_BYTES, QUERY_MAX_ROWS, QUERY_MAX_SQL_BYTES, STORYLINE_MAX_EVENTS};
+use edr_respond::{AuditRecord, BlockTarget, Decision, Endpoint, Outcome, ResponseAction};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::io::Read;
@@ -50,8 +53,12 @@ pub(crate) struct FleetExecutor {
 impl CommandExecutor for FleetExecutor {
     fn execute(&self, body: &CommandBody) -> Result<Value, String> {
         let action = match &body.command {
-            Command::Status | Command::Ls { .. } | Command::Processes => return self.builtin.execute(body),
+            Command::Status | Command::Ls { .. } | Command::Processes | Command::Connections => return self.builtin.execute(body),
             Command::Kill { pid, tree } => ResponseAction::Kill { pid: *pid, tree: *tree, expect: None },
+            Command::Suspend { pid } => ResponseAction::Suspend(*pid),
+            Command::Resume { pid } => ResponseAction::Resume(*pid),
+            Command::Block { target } => ResponseAction::BlockExec(block_target(target)?),
+            Command::Unblock { target } => ResponseAction::Unblock(block_target(target)?),
             Command::Quarantine { path } => ResponseAction::Quarantine(absolute(path)?),
             Command::Restore { id, force } => ResponseAction::Restore { id: self.quarantine_id(id)?, force: *force },
             Command::Delete { path } => ResponseAction::Delete(absolute(path)?),
@@ -62,6 +69,7 @@ impl CommandExecutor for FleetExecutor {
             }
             Command::Release => ResponseAction::Release,
             Command::Query { sql, limit } => return self.query(sql, *limit),
+            Command::Storyline { alert, max_events, ancestor_activity } => return self.storyline(*alert, *max_events, *ancestor_activity),
             Command::PackInstall { .. } => return Err("pack_install needs the pack's bytes from the link".into()),
             Command::PackRollback { name, version } => {
                 return self.agent.rollback_pack(name.clone(), Some(version.clone())).map_err(|e| e.to_string());
@@ -71,11 +79,30 @@ impl CommandExecutor for FleetExecutor {
         Ok(json!({"audit": record}))
     }
 
+    /// The isolation fallback: the link could not reach the fleet while the host was isolated.
+    fn release_stranded(&self, reason: &str) -> Result<Value, String> {
+        let caller = Caller::via("fleet link (isolation fallback)", 0);
+        let record = self.agent.respond(&caller, ResponseAction::Release, reason).map_err(|e: AgentError| e.to_string())?;
+        match (&record.decision, &record.outcome) {
+            (Decision::Refused, _) => Err(format!("refused by the host's response engine: {}", record.refusal.as_deref().unwrap_or("no reason given"))),
+            (_, Outcome::Error(e)) => Err(format!("the host's response engine failed: {e}")),
+            _ => Ok(json!({"audit": record})),
+        }
+    }
+
     /// The pack manager judges it: this host's trust store, not the fleet, decides.
     fn install_pack(&self, body: &CommandBody, archive: Vec<u8>) -> Result<Value, String> {
         let Command::PackInstall { name, version, signature, .. } = &body.command else { return Err("not a pack_install".into()) };
         let origin = format!("fleet command {} ({name} {version})", body.command_id);
         self.agent.install_pack(archive, signature.clone(), origin).map_err(|e| e.to_string())
+    }
+}
+
+/// A block target: 64 hex digits are a sha256, anything else must be an absolute path.
+fn block_target(target: &str) -> Result<BlockTarget, String> {
+    match BlockTarget::parse(target) {
+        BlockTarget::Path(p) if !p.is_absolute() => Err(format!("{target:?}: give an absolute path or a sha256 (64 hex digits)")),
+        t => Ok(t),
     }
 }
 
@@ -145,6 +172,32 @@ impl FleetExecutor {
         let r = self.agent.query_limited(sql, limit as usize, QUERY_DEADLINE).map_err(|e| e.to_string())?;
         let (rows, cut) = fit_reply(r.rows);
         Ok(json!({"columns": r.columns, "rows": rows, "truncated": r.truncated || cut}))
+    }
+
+    /// An alert's storyline, as `edr storyline --json` gives it, cut to fit
+    /// one reply: when the story is too large, fewer events (those nearest
+    /// the alert's time) are kept and `fitted_max_events` says how many.
+    fn storyline(&self, alert: u64, max_events: u32, ancestor_activity: bool) -> Result<Value, String> {
+        if max_events == 0 || max_events > STORYLINE_MAX_EVENTS {
+            return Err(format!("storyline max_events {max_events}: give 1 to {STORYLINE_MAX_EVENTS}"));
+        }
+        let mut events = max_events as usize;
+        loop {
+            let opts = edr_store::StorylineOptions { max_events: events, ancestor_activity, ..Default::default() };
+            let story = self.agent.storyline(alert, opts).map_err(|e| e.to_string())?;
+            let mut v = serde_json::to_value(&story).map_err(|e| e.to_string())?;
+            let size = serde_json::to_string(&v).map_or(usize::MAX, |t| t.len());
+            if size <= QUERY_MAX_REPLY_BYTES {
+                if events < max_events as usize {
+                    v["fitted_max_events"] = json!(events);
+                }
+                return Ok(v);
+            }
+            if events <= 1 {
+                return Err(format!("alert {alert}'s storyline is {size} bytes even with one event: too large for one fleet reply"));
+            }
+            events /= 2;
+        }
     }
 
     /// Fetch through the engine (evidence store, audited), then the copy's bytes.
@@ -222,6 +275,9 @@ mod tests {
         assert!(!covers(&net("10.1.2.4", 32, None), &a));
         assert!(!covers(&net("::1", 128, None), &a), "another family");
         assert!(absolute("relative/x").is_err() && absolute("/x").is_ok());
+        assert!(block_target("tmp/x").unwrap_err().contains("absolute path or a sha256"));
+        assert_eq!(block_target(&"AB".repeat(32)).unwrap(), BlockTarget::Sha256("ab".repeat(32)));
+        assert_eq!(block_target("/usr/bin/nc").unwrap(), BlockTarget::Path("/usr/bin/nc".into()));
     }
 
     #[test]

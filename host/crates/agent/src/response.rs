@@ -70,6 +70,16 @@ pub fn start(
             }
         });
     }
+    // An isolation in force before a reboot is applied again (the kernel forgot the table).
+    if let Some(rec) = responder.restore_isolation() {
+        let failed = rec.outcome != edr_respond::Outcome::Ok;
+        let message = if failed {
+            format!("the host was isolated before this start and re-isolating it failed: {:?} {}", rec.outcome, rec.refusal.as_deref().unwrap_or(""))
+        } else {
+            "the host was isolated before this start (a reboot flushed the table): isolation re-applied".to_string()
+        };
+        health.record("isolation-restored", failed, &message, json!({"audit_id": rec.id, "reason": rec.reason}));
+    }
     Some(Arc::new(responder))
 }
 

@@ -297,7 +297,7 @@ fn a_fleet_query_hunts_every_host_read_only_with_limits_and_every_host_status() 
     let fleet = edr_fleet_server::Fleet::open(&f.dir.path().join("fleet")).unwrap();
     let viewer = Client::new(&f.base(), &edr_fleet_server::api_auth::add_token(&fleet.dir, "vera", edr_fleet_server::api_auth::Role::Viewer).unwrap());
     let hunt = |hosts: &[String], sql: &str, limit: u32| {
-        let q = client::HuntRequest { sql, limit, reason: "hunt 3", ttl_secs: 60, timeout_secs: 3 };
+        let q = client::HuntRequest { sql, limit, reason: "hunt 3", ttl_secs: 60, timeout_secs: 3, until_secs: None };
         viewer.post("/api/v1/query", &client::query_request(&f.key_file(), hosts, &q).unwrap())
     };
 
@@ -338,7 +338,7 @@ fn a_fleet_query_hunts_every_host_read_only_with_limits_and_every_host_status() 
     assert_eq!(done(&f.run(Command::Processes, ""))["processes"].as_array().map(|p| !p.is_empty()), Some(true), "the agent still runs");
 
     // The same signed request again: each host refuses the replay, with its reason.
-    let q = client::HuntRequest { sql: "SELECT 1", limit: 1, reason: "", ttl_secs: 60, timeout_secs: 3 };
+    let q = client::HuntRequest { sql: "SELECT 1", limit: 1, reason: "", ttl_secs: 60, timeout_secs: 3, until_secs: None };
     let req = client::query_request(&f.key_file(), std::slice::from_ref(&f.host), &q).unwrap();
     assert_eq!(viewer.post("/api/v1/query", &req).unwrap()["hosts"][0]["status"], "done");
     let again = client::merge_hunt(&viewer.post("/api/v1/query", &req).unwrap());

@@ -150,6 +150,7 @@ fn heartbeat(h: &SimHost, i: usize) -> Heartbeat {
         alerts_forwarded: 0,
         alert_cursor: 0,
         status_error: None,
+        self_release: None,
     }
 }
 

@@ -142,8 +142,9 @@ async function loadKey(text) {
 }
 
 // The lowest body version an op needs (as fleet-proto's Command::min_version).
-const minVersion = (op) => (op === "status" || op === "ls" ? 1 : 2);
-const CHANGES_HOST = ["kill", "quarantine", "restore", "delete", "fetch", "isolate", "release"];
+const V4_OPS = ["connections", "suspend", "resume", "block", "unblock", "storyline"];
+const minVersion = (op) => (op === "status" || op === "ls" ? 1 : V4_OPS.includes(op) ? 4 : op.startsWith("pack_") ? 3 : 2);
+const CHANGES_HOST = ["kill", "suspend", "resume", "quarantine", "restore", "delete", "block", "unblock", "fetch", "isolate", "release"];
 
 // The CommandBody exactly as the CLI serializes it: v, command_id, host_id,
 // issued_at, expires_at, nonce, command ({op, ...fields}), reason (left out when empty).
@@ -187,9 +188,13 @@ function keyPanel(container) {
 
 const ACTIONS = {
   kill: { label: "Kill process", arg: "pid", build: (a, o) => ({ op: "kill", pid: Number(a), tree: !!o.tree }) },
+  suspend: { label: "Suspend process", arg: "pid", build: (a) => ({ op: "suspend", pid: Number(a) }) },
+  resume: { label: "Resume process", arg: "pid", build: (a) => ({ op: "resume", pid: Number(a) }) },
   quarantine: { label: "Quarantine file", arg: "path", build: (a) => ({ op: "quarantine", path: a }) },
   restore: { label: "Restore from quarantine", arg: "quarantine id or original path", build: (a, o) => ({ op: "restore", id: a, force: !!o.force }) },
   delete: { label: "Delete file", arg: "path", build: (a) => ({ op: "delete", path: a }) },
+  block: { label: "Block execution", arg: "path or sha256", build: (a) => ({ op: "block", target: a }) },
+  unblock: { label: "Unblock execution", arg: "path or sha256", build: (a) => ({ op: "unblock", target: a }) },
   fetch: { label: "Fetch file (≤ 512 KiB)", arg: "path", build: (a) => ({ op: "fetch", path: a }) },
   isolate: { label: "Isolate host", build: () => ({ op: "isolate" }) },
   release: { label: "Release host", build: () => ({ op: "release" }) },
@@ -249,7 +254,7 @@ function respondPanel(container, host, defaults = {}) {
     if (!reason.value.trim()) return out.append(el("p", { class: "error" }, "give a reason: it is signed with the command and kept in the audit"));
     if (!commandKey) return out.append(el("p", { class: "error" }, "no command key loaded: load your key file above (the server cannot sign for you)"));
     const cmd = a.build(arg.value.trim(), { tree: $("#action-tree").checked, force: $("#action-force").checked });
-    if (cmd.op === "kill" && !(Number.isInteger(cmd.pid) && cmd.pid > 0)) return out.append(el("p", { class: "error" }, "the pid must be a positive number"));
+    if (["kill", "suspend", "resume"].includes(cmd.op) && !(Number.isInteger(cmd.pid) && cmd.pid > 0)) return out.append(el("p", { class: "error" }, "the pid must be a positive number"));
     const what = `${a.label}${a.arg ? " " + arg.value.trim() : ""} on host ${host}\nReason: ${reason.value.trim()}\n\nSign and send this command?`;
     if (!window.confirm(what)) return out.append(el("p", { class: "notice" }, "cancelled"));
     go.disabled = true;

@@ -4,10 +4,12 @@
 //! Refused, with the reason logged, audited and answered: an envelope that
 //! is not one, a key this host does not pin, a signature that does not
 //! verify, a body for another host, one expired, not yet valid or valid for
-//! too long, and a nonce already used (nonces are kept, in
-//! `fleet/nonces.json`, until their command expires, across restarts).
+//! too long, a nonce already used (nonces are kept, in
+//! `fleet/nonces.json`, until their command expires, across restarts), and
+//! a class of command the host's own policy refuses ([`crate::policy`]).
 //! Every command, run or refused, is appended to `fleet/commands.jsonl`.
 
+use crate::policy::CommandPolicy;
 use edr_datadir::DataDir;
 use edr_fleet_proto::command::{Command, CommandBody, CommandResult, Refusal, SignedCommand};
 use serde_json::{json, Value};
@@ -44,6 +46,16 @@ pub trait CommandExecutor: Send + Sync {
     fn install_pack(&self, body: &CommandBody, archive: Vec<u8>) -> Result<Value, String> {
         let _ = (body, archive);
         Err("this agent has no pack manager to install packs with".into())
+    }
+
+    /// Releases the host from isolation on the link's own decision (the
+    /// isolation fallback, [`crate::fallback`]), with `reason` in the audit.
+    ///
+    /// # Errors
+    /// Why the host could not be released.
+    fn release_stranded(&self, reason: &str) -> Result<Value, String> {
+        let _ = reason;
+        Err("this agent has no response engine to release the host with".into())
     }
 }
 
@@ -88,8 +100,8 @@ fn install_pack(body: &CommandBody, fetch: &dyn PackFetcher, exec: &dyn CommandE
     exec.install_pack(body, bytes)
 }
 
-/// The read-only commands: `status` (through the agent's status), `ls` and
-/// `processes`. Response commands fail: they need the agent's engine.
+/// The read-only commands: `status` (through the agent's status), `ls`,
+/// `processes` and `connections`. Response commands fail: they need the agent's engine.
 pub struct BuiltIn(pub std::sync::Arc<dyn crate::StatusProvider>);
 
 impl CommandExecutor for BuiltIn {
@@ -98,53 +110,66 @@ impl CommandExecutor for BuiltIn {
             Command::Status => self.0.status(),
             Command::Ls { path } => list(Path::new(path)),
             Command::Processes => crate::processes::list(),
+            Command::Connections => crate::connections::list(),
             other => Err(format!("`{}` needs the agent's response engine, which this link was not given", other.op())),
         }
     }
 }
 
 /// A directory listing: name, type, size, mode, owner, modification time,
-/// and sha256 of regular files up to 64 MiB. Links are reported, not followed.
+/// and sha256 of regular files up to 64 MiB. Links are reported, not
+/// followed. A path that is not a directory is listed alone (its hash and
+/// metadata), with `"file": true`.
 ///
 /// # Errors
 /// A relative path, or one that cannot be read.
 pub fn list(path: &Path) -> Result<Value, String> {
-    use std::os::unix::fs::MetadataExt;
     if !path.is_absolute() {
         return Err(format!("{}: give an absolute path", path.display()));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(json!({"path": path, "entries": [entry(path, &name, &meta)], "truncated": false, "file": true}));
     }
     let dir = std::fs::read_dir(path).map_err(|e| format!("cannot list {}: {e}", path.display()))?;
     let mut entries = Vec::new();
     let mut truncated = false;
-    for entry in dir.flatten() {
+    for item in dir.flatten() {
         if entries.len() == MAX_ENTRIES {
             truncated = true;
             break;
         }
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
-        let kind = if meta.is_dir() {
-            "dir"
-        } else if meta.file_type().is_symlink() {
-            "symlink"
-        } else if meta.is_file() {
-            "file"
-        } else {
-            "other"
-        };
-        let sha256 = (meta.is_file() && meta.len() <= MAX_HASH_BYTES).then(|| hash_file(&entry.path())).flatten();
-        entries.push(json!({
-            "name": entry.file_name().to_string_lossy(),
-            "type": kind,
-            "size": meta.len(),
-            "mode": format!("{:o}", meta.mode() & 0o7777),
-            "uid": meta.uid(),
-            "gid": meta.gid(),
-            "mtime": meta.mtime(),
-            "sha256": sha256,
-        }));
+        let Ok(meta) = std::fs::symlink_metadata(item.path()) else { continue };
+        entries.push(entry(&item.path(), &item.file_name().to_string_lossy(), &meta));
     }
     entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(json!({"path": path, "entries": entries, "truncated": truncated}))
+}
+
+/// One listed file: its metadata, and its sha256 when it is a regular file up to 64 MiB.
+fn entry(path: &Path, name: &str, meta: &std::fs::Metadata) -> Value {
+    use std::os::unix::fs::MetadataExt;
+    let kind = if meta.is_dir() {
+        "dir"
+    } else if meta.file_type().is_symlink() {
+        "symlink"
+    } else if meta.is_file() {
+        "file"
+    } else {
+        "other"
+    };
+    let sha256 = (meta.is_file() && meta.len() <= MAX_HASH_BYTES).then(|| hash_file(path)).flatten();
+    json!({
+        "name": name,
+        "type": kind,
+        "size": meta.len(),
+        "mode": format!("{:o}", meta.mode() & 0o7777),
+        "uid": meta.uid(),
+        "gid": meta.gid(),
+        "mtime": meta.mtime(),
+        "sha256": sha256,
+    })
 }
 
 fn hash_file(path: &Path) -> Option<String> {
@@ -203,28 +228,21 @@ impl NonceStore {
     }
 }
 
-/// Verifies, runs and audits one command message; returns the answer.
-pub fn handle(
-    payload: &[u8],
-    host_id: &str,
-    pinned: &[ed25519_dalek::VerifyingKey],
-    nonces: &mut NonceStore,
-    exec: &dyn CommandExecutor,
-    now: u64,
-) -> CommandResult {
-    handle_with_packs(payload, host_id, pinned, nonces, exec, &NoPacks, now)
+/// What a command is checked against on this host before it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct HostGate<'a> {
+    /// This host's id: a body for another host is refused.
+    pub host_id: &'a str,
+    /// The operator keys pinned at enrollment.
+    pub pinned: &'a [ed25519_dalek::VerifyingKey],
+    /// The classes of command this host refuses (`[fleet] refuse`).
+    pub policy: &'a CommandPolicy,
 }
 
-/// [`handle`], fetching the archives of `pack_install` commands with `fetch`.
-pub fn handle_with_packs(
-    payload: &[u8],
-    host_id: &str,
-    pinned: &[ed25519_dalek::VerifyingKey],
-    nonces: &mut NonceStore,
-    exec: &dyn CommandExecutor,
-    fetch: &dyn PackFetcher,
-    now: u64,
-) -> CommandResult {
+/// Verifies, runs and audits one command message; returns the answer. The
+/// archives of `pack_install` commands come through `fetch`.
+pub fn handle(payload: &[u8], gate: &HostGate<'_>, nonces: &mut NonceStore, exec: &dyn CommandExecutor, fetch: &dyn PackFetcher, now: u64) -> CommandResult {
+    let host_id = gate.host_id;
     let answer = |command_id: String, status: &str, output: Value| CommandResult {
         v: edr_fleet_proto::PROTO_VERSION,
         host_id: host_id.to_string(),
@@ -234,7 +252,13 @@ pub fn handle_with_packs(
     };
     let verified = serde_json::from_slice::<SignedCommand>(payload)
         .map_err(|e| Refusal::Malformed(format!("not a signed command envelope: {e}")))
-        .and_then(|c| c.verify(pinned, host_id, now))
+        .and_then(|c| c.verify(gate.pinned, host_id, now))
+        .and_then(|body| {
+            if gate.policy.refuses(&body.command) {
+                return Err(Refusal::HostPolicy { op: body.command.op().into(), classes: gate.policy.classes().to_vec() });
+            }
+            Ok(body)
+        })
         .and_then(|body| match nonces.use_once(&body.nonce, body.expires_at, now) {
             Ok(true) => Ok(body),
             Ok(false) => Err(Refusal::Replayed(body.nonce)),

@@ -1,6 +1,6 @@
 //! The heartbeat: host facts and what the agent's status says.
 
-use edr_fleet_proto::msg::{CollectorMode, Heartbeat, PackVersion};
+use edr_fleet_proto::msg::{CollectorMode, Heartbeat, PackVersion, SelfRelease};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -28,6 +28,8 @@ pub struct LinkFacts {
     pub alerts_forwarded: u64,
     /// The cursor.
     pub alert_cursor: u64,
+    /// The last isolation fallback (time, reason), if the host released itself.
+    pub self_release: Option<(u64, String)>,
 }
 
 fn u(v: &Value) -> u64 {
@@ -76,12 +78,18 @@ pub fn build(facts: &LinkFacts, status: Result<Value, String>, now: u64) -> Hear
         agent_version: s["agent"]["version"].as_str().map(String::from).unwrap_or_else(|| facts.agent_version.clone()),
         packs,
         collectors,
-        isolated: s["response"]["isolation"]["isolated"].as_bool().unwrap_or(false),
+        isolated: isolated(&s),
         drops,
         alerts_forwarded: facts.alerts_forwarded,
         alert_cursor: facts.alert_cursor,
         status_error,
+        self_release: facts.self_release.as_ref().map(|(time, reason)| SelfRelease { time: *time, reason: reason.clone() }),
     }
+}
+
+/// Whether the status document says the host is isolated.
+pub fn isolated(status: &Value) -> bool {
+    status["response"]["isolation"]["isolated"].as_bool().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -99,7 +107,14 @@ mod tests {
             "store": {"events_dropped": 4, "alerts_dropped": 0},
             "response": {"isolation": {"isolated": true}},
         });
-        let facts = LinkFacts { host_id: "h0123456789abcdef".into(), interval_secs: 10, agent_version: "0.1.0".into(), alerts_forwarded: 0, alert_cursor: 0 };
+        let facts = LinkFacts {
+            host_id: "h0123456789abcdef".into(),
+            interval_secs: 10,
+            agent_version: "0.1.0".into(),
+            alerts_forwarded: 0,
+            alert_cursor: 0,
+            self_release: None,
+        };
         let hb = build(&facts, Ok(status), 5);
         assert_eq!(hb.agent_version, "9.9.9");
         assert_eq!(hb.packs, vec![PackVersion { id: "edr.builtin".into(), version: "1.2.0".into() }]);

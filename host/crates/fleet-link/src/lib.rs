@@ -20,12 +20,15 @@
 #![deny(missing_docs)]
 
 pub mod commands;
+pub mod connections;
 pub mod endpoints;
 pub mod enroll;
+pub mod fallback;
 pub mod heartbeat;
 pub mod identity;
 mod link;
 mod packs;
+pub mod policy;
 pub mod processes;
 pub mod source;
 
@@ -46,13 +49,29 @@ impl<F: Fn() -> Result<serde_json::Value, String> + Send + Sync> StatusProvider 
 }
 
 /// `[fleet]` in the agent's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// Enroll with this token at start when the host has no identity yet (`edr agent --enroll` does the same).
     pub enroll_token: Option<String>,
     /// Turn the link off even though the host is enrolled.
     pub disabled: bool,
+    /// Classes of fleet command this host refuses, whoever signed them
+    /// (ops such as `delete`, or the groups `respond`, `read`, `packs`; see [`policy`]).
+    pub refuse: Vec<String>,
+    /// An isolated host that has not reached the fleet for this long
+    /// releases itself and says why (a host must never be stranded); 0 turns
+    /// the fallback off. Default 600 s.
+    pub isolation_fallback_secs: u64,
+}
+
+/// Seconds an isolated host waits for the fleet by default before it releases itself.
+pub const DEFAULT_ISOLATION_FALLBACK_SECS: u64 = 600;
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { enroll_token: None, disabled: false, refuse: Vec::new(), isolation_fallback_secs: DEFAULT_ISOLATION_FALLBACK_SECS }
+    }
 }
 
 /// What can go wrong in the link.

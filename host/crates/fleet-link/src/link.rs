@@ -1,9 +1,11 @@
 //! The running link: one runtime thread with the NATS connection, the
 //! heartbeat timer and the alert forwarder.
 
-use crate::commands::{self, BuiltIn, CommandExecutor, NonceStore};
+use crate::commands::{self, BuiltIn, CommandExecutor, HostGate, NonceStore};
+use crate::fallback::IsolationWatch;
 use crate::heartbeat::{self, LinkFacts};
 use crate::identity::{self, Identity};
+use crate::policy::CommandPolicy;
 use crate::{AlertSource, LinkError, StatusProvider};
 use async_nats::jetstream;
 use edr_datadir::DataDir;
@@ -25,11 +27,23 @@ pub struct LinkOptions {
     pub ack_timeout: Duration,
     /// Overrides the heartbeat interval the server gave at enrollment.
     pub heartbeat: Option<Duration>,
+    /// The classes of command this host refuses (`[fleet] refuse`).
+    pub policy: CommandPolicy,
+    /// Isolated and without the fleet this long, the host releases itself
+    /// ([`crate::fallback`]); `None`: never. Default 600 s.
+    pub isolation_fallback: Option<Duration>,
 }
 
 impl Default for LinkOptions {
     fn default() -> Self {
-        LinkOptions { agent_version: "unknown".into(), alert_poll: Duration::from_secs(1), ack_timeout: Duration::from_secs(5), heartbeat: None }
+        LinkOptions {
+            agent_version: "unknown".into(),
+            alert_poll: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(5),
+            heartbeat: None,
+            policy: CommandPolicy::allow_all(),
+            isolation_fallback: Some(Duration::from_secs(crate::DEFAULT_ISOLATION_FALLBACK_SECS)),
+        }
     }
 }
 
@@ -46,6 +60,9 @@ pub struct LinkStats {
     pub connected: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<Option<String>>,
+    /// The last time this host released itself from isolation, and why
+    /// (seconds since the epoch, reason): sent in every heartbeat after it.
+    pub self_release: Mutex<Option<(u64, String)>>,
 }
 
 impl LinkStats {
@@ -174,6 +191,8 @@ async fn connect(ctx: &Ctx, kp: Arc<nkeys::KeyPair>) -> Result<async_nats::Clien
     .custom_inbox_prefix(subjects::inbox_prefix(&ctx.id.host_id))
     .retry_on_initial_connect()
     .max_reconnects(None)
+    // A dead path is noticed after two unanswered pings, so the isolation fallback sees it.
+    .ping_interval(ping_interval(ctx))
     .reconnect_delay_callback(|attempts| Duration::from_millis(250u64.saturating_mul(1 << attempts.min(7))).min(Duration::from_secs(30)))
     .event_callback(move |event| {
         let stats = stats.clone();
@@ -199,10 +218,23 @@ async fn connect(ctx: &Ctx, kp: Arc<nkeys::KeyPair>) -> Result<async_nats::Clien
     opts.connect(addrs.as_slice()).await.map_err(|e| format!("cannot connect to {:?}: {e}", ctx.id.nats_urls))
 }
 
+/// The heartbeat interval (the server's, or the override).
+fn heartbeat_interval(ctx: &Ctx) -> Duration {
+    ctx.opts.heartbeat.unwrap_or(Duration::from_secs(ctx.id.heartbeat_secs.max(1)))
+}
+
+/// Pings as often as heartbeats, between 1 s and 30 s.
+fn ping_interval(ctx: &Ctx) -> Duration {
+    heartbeat_interval(ctx).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = match connect(&ctx, kp).await {
         Ok(c) => c,
-        Err(e) => return ctx.stats.error(e),
+        Err(e) => {
+            ctx.stats.error(e);
+            return watch_without_link(&ctx, &mut stop).await;
+        }
     };
     let js = jetstream::new(client.clone());
     let mut cmds = match client.subscribe(subjects::command(&ctx.id.host_id)).await {
@@ -210,14 +242,19 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
         Err(e) => return ctx.stats.error(format!("cannot subscribe to commands: {e}")),
     };
     let ctx = Arc::new(ctx);
-    let interval = ctx.opts.heartbeat.unwrap_or(Duration::from_secs(ctx.id.heartbeat_secs.max(1)));
+    let interval = heartbeat_interval(&ctx);
     let mut beat = tokio::time::interval(interval);
+    let mut watch = IsolationWatch::new(ctx.opts.isolation_fallback, std::time::Instant::now());
     let mut poll = tokio::time::interval(ctx.opts.alert_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = beat.tick() => send_heartbeat(&ctx, &client, interval).await,
+            _ = beat.tick() => {
+                let isolated = send_heartbeat(&ctx, &client, interval).await;
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                guard_isolation(&ctx, &mut watch, connected, isolated).await;
+            }
             // Each command on its own task: a pack install (fetch, stage, canary) must not hold up heartbeats and alerts.
             Some(msg) = cmds.next() => drop(tokio::spawn(answer_command(ctx.clone(), client.clone(), msg))),
             _ = poll.tick() => {
@@ -230,13 +267,45 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
     let _ = client.flush().await;
 }
 
+/// No connection can be made at all (a bad URL, an unwritable CA file):
+/// the link only watches that an isolated host is not stranded.
+async fn watch_without_link(ctx: &Ctx, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let mut watch = IsolationWatch::new(ctx.opts.isolation_fallback, std::time::Instant::now());
+    let mut beat = tokio::time::interval(heartbeat_interval(ctx));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = beat.tick() => {
+                let status = ctx.status.clone();
+                let isolated = tokio::task::spawn_blocking(move || status.status()).await.ok().and_then(Result::ok).map(|s| heartbeat::isolated(&s));
+                guard_isolation(ctx, &mut watch, false, isolated).await;
+            }
+        }
+    }
+}
+
+/// Feeds the watch; when its fallback is due, has the agent release the host.
+/// `isolated` is `None` when the agent's status did not say.
+async fn guard_isolation(ctx: &Ctx, watch: &mut IsolationWatch, connected: bool, isolated: Option<bool>) {
+    let Some(isolated) = isolated else { return };
+    let Some(reason) = watch.observe(std::time::Instant::now(), connected, isolated) else { return };
+    tracing::error!("fleet link: {reason}");
+    let exec = ctx.exec.clone();
+    let why = reason.clone();
+    match tokio::task::spawn_blocking(move || exec.release_stranded(&why)).await.unwrap_or_else(|e| Err(e.to_string())) {
+        Ok(_) => *ctx.stats.self_release.lock().unwrap_or_else(|p| p.into_inner()) = Some((edr_fleet_proto::now_secs(), reason)),
+        Err(e) => ctx.stats.error(format!("isolation fallback: the release failed: {e}; trying again in a minute")),
+    }
+}
+
 async fn answer_command(ctx: Arc<Ctx>, client: async_nats::Client, msg: async_nats::Message) {
     let c = ctx.clone();
     let payload = msg.payload.to_vec();
     let fetch = crate::packs::NatsFetcher { client: client.clone(), host_id: ctx.id.host_id.clone(), rt: tokio::runtime::Handle::current() };
     let result = tokio::task::spawn_blocking(move || {
         let mut nonces = c.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        commands::handle_with_packs(&payload, &c.id.host_id, &c.pinned, &mut nonces, c.exec.as_ref(), &fetch, edr_fleet_proto::now_secs())
+        let gate = HostGate { host_id: &c.id.host_id, pinned: &c.pinned, policy: &c.opts.policy };
+        commands::handle(&payload, &gate, &mut nonces, c.exec.as_ref(), &fetch, edr_fleet_proto::now_secs())
     })
     .await;
     let (Ok(result), Some(reply)) = (result, msg.reply) else { return };
@@ -245,7 +314,8 @@ async fn answer_command(ctx: Arc<Ctx>, client: async_nats::Client, msg: async_na
     }
 }
 
-async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Duration) {
+/// Sends one heartbeat; returns whether the host is isolated (`None` when the agent's status did not say).
+async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Duration) -> Option<bool> {
     let status = ctx.status.clone();
     let snapshot = tokio::task::spawn_blocking(move || status.status()).await.unwrap_or_else(|e| Err(e.to_string()));
     let facts = LinkFacts {
@@ -254,6 +324,7 @@ async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Durati
         agent_version: ctx.opts.agent_version.clone(),
         alerts_forwarded: ctx.stats.forwarded.load(Ordering::Relaxed),
         alert_cursor: ctx.stats.cursor.load(Ordering::Relaxed),
+        self_release: ctx.stats.self_release.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     let hb = heartbeat::build(&facts, snapshot, edr_fleet_proto::now_secs());
     match client.publish(subjects::heartbeat(&ctx.id.host_id), serde_json::to_vec(&hb).unwrap_or_default().into()).await {
@@ -262,6 +333,7 @@ async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Durati
         }
         Err(e) => ctx.stats.error(format!("heartbeat not sent: {e}")),
     }
+    hb.status_error.is_none().then_some(hb.isolated)
 }
 
 /// Publishes every alert after the cursor, one at a time, advancing the

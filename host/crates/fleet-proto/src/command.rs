@@ -20,11 +20,12 @@ pub const MAX_SKEW_SECS: u64 = 300;
 
 /// The version of command bodies this crate writes and understands: 1 had
 /// `status` and `ls`; 2 added the response commands, `reason` and `query`; 3
-/// added `pack_install` and `pack_rollback`. A body
+/// added `pack_install` and `pack_rollback`; 4 added `connections`,
+/// `suspend`, `resume`, `block`, `unblock` and `storyline`. A body
 /// carries the lowest version its command needs ([`Command::min_version`]),
 /// so an agent that knows only version 1 still runs `ls` and `status`, and
 /// refuses a response command as "newer than this agent understands".
-pub const COMMAND_VERSION: u32 = 3;
+pub const COMMAND_VERSION: u32 = 4;
 
 /// The largest file `fetch` returns (its content travels base64-encoded in
 /// one NATS reply, and nats-server's default `max_payload` is 1 MiB).
@@ -38,8 +39,32 @@ pub const QUERY_MAX_ROWS: u32 = 10_000;
 pub const QUERY_MAX_SQL_BYTES: usize = 64 << 10;
 
 /// Every `op` this crate knows, in the order `edr fleet --help` lists them.
-pub const KNOWN_OPS: &[&str] =
-    &["status", "ls", "processes", "kill", "quarantine", "restore", "delete", "fetch", "isolate", "release", "query", "pack_install", "pack_rollback"];
+pub const KNOWN_OPS: &[&str] = &[
+    "status",
+    "ls",
+    "processes",
+    "connections",
+    "kill",
+    "suspend",
+    "resume",
+    "quarantine",
+    "restore",
+    "delete",
+    "block",
+    "unblock",
+    "fetch",
+    "isolate",
+    "release",
+    "query",
+    "storyline",
+    "pack_install",
+    "pack_rollback",
+];
+
+/// Events a `storyline` answer carries when the operator gives no limit.
+pub const STORYLINE_DEFAULT_EVENTS: u32 = 1000;
+/// The most events a `storyline` answer carries (it travels in one NATS reply).
+pub const STORYLINE_MAX_EVENTS: u32 = 5000;
 
 /// The largest pack archive a `pack_install` may name (the agent's verifier has the same limit).
 pub const PACK_MAX_BYTES: u64 = 64 << 20;
@@ -58,6 +83,9 @@ pub enum Command {
     /// The process list: pid, parent, executable, argv, user, and each
     /// process's lineage (its ancestors' pids, nearest first).
     Processes,
+    /// Every TCP and UDP socket of the host with its state, addresses and
+    /// owning process (version 4).
+    Connections,
     /// SIGKILL a process (through the host's response engine).
     Kill {
         /// The process.
@@ -65,6 +93,16 @@ pub enum Command {
         /// Its descendants too.
         #[serde(default)]
         tree: bool,
+    },
+    /// SIGSTOP a process (version 4).
+    Suspend {
+        /// The process.
+        pid: u32,
+    },
+    /// SIGCONT a suspended process (version 4).
+    Resume {
+        /// The process.
+        pid: u32,
     },
     /// Move a file into the host's quarantine.
     Quarantine {
@@ -84,6 +122,17 @@ pub enum Command {
     Delete {
         /// Absolute path.
         path: String,
+    },
+    /// Block execution of a file on the host (version 4): `target` is an
+    /// absolute path or a sha256 (64 hex digits) of the file's content.
+    Block {
+        /// Path or sha256.
+        target: String,
+    },
+    /// Lift an execution block (version 4): the path or sha256 it was made with.
+    Unblock {
+        /// Path or sha256.
+        target: String,
     },
     /// Copy a file into the host's evidence store and return its content
     /// (base64, with its sha256), at most [`FETCH_MAX_BYTES`].
@@ -105,6 +154,20 @@ pub enum Command {
         /// Rows at most (default [`QUERY_DEFAULT_ROWS`], at most [`QUERY_MAX_ROWS`]).
         #[serde(default = "default_query_rows")]
         limit: u32,
+    },
+    /// An alert's storyline from the host's record (version 4; what `edr
+    /// storyline --json` prints there): the alert, its trigger, the process
+    /// tree (ancestors, the process, descendants) and their activity, at
+    /// most `max_events` events (those nearest the alert's time).
+    Storyline {
+        /// The alert's id in the host's record.
+        alert: u64,
+        /// Events at most (default [`STORYLINE_DEFAULT_EVENTS`], at most [`STORYLINE_MAX_EVENTS`]).
+        #[serde(default = "default_storyline_events")]
+        max_events: u32,
+        /// Include the ancestors' file and network activity too.
+        #[serde(default)]
+        ancestor_activity: bool,
     },
     /// Install a detection pack the fleet distributes: the host fetches the
     /// archive in chunks on its own subject (`edr.host.<id>.pack.get`),
@@ -137,6 +200,10 @@ fn default_query_rows() -> u32 {
     QUERY_DEFAULT_ROWS
 }
 
+fn default_storyline_events() -> u32 {
+    STORYLINE_DEFAULT_EVENTS
+}
+
 impl Command {
     /// The `op` tag.
     pub fn op(&self) -> &'static str {
@@ -144,14 +211,20 @@ impl Command {
             Command::Status => "status",
             Command::Ls { .. } => "ls",
             Command::Processes => "processes",
+            Command::Connections => "connections",
             Command::Kill { .. } => "kill",
+            Command::Suspend { .. } => "suspend",
+            Command::Resume { .. } => "resume",
             Command::Quarantine { .. } => "quarantine",
             Command::Restore { .. } => "restore",
             Command::Delete { .. } => "delete",
+            Command::Block { .. } => "block",
+            Command::Unblock { .. } => "unblock",
             Command::Fetch { .. } => "fetch",
             Command::Isolate => "isolate",
             Command::Release => "release",
             Command::Query { .. } => "query",
+            Command::Storyline { .. } => "storyline",
             Command::PackInstall { .. } => "pack_install",
             Command::PackRollback { .. } => "pack_rollback",
         }
@@ -162,13 +235,19 @@ impl Command {
         match self {
             Command::Status | Command::Ls { .. } => 1,
             Command::PackInstall { .. } | Command::PackRollback { .. } => 3,
+            Command::Connections
+            | Command::Suspend { .. }
+            | Command::Resume { .. }
+            | Command::Block { .. }
+            | Command::Unblock { .. }
+            | Command::Storyline { .. } => 4,
             _ => 2,
         }
     }
 
     /// Whether it changes the host (a response action) rather than reads it.
     pub fn changes_host(&self) -> bool {
-        !matches!(self, Command::Status | Command::Ls { .. } | Command::Processes | Command::Query { .. })
+        !matches!(self, Command::Status | Command::Ls { .. } | Command::Processes | Command::Connections | Command::Query { .. } | Command::Storyline { .. })
     }
 }
 
@@ -258,6 +337,14 @@ pub enum Refusal {
     /// From a newer protocol.
     #[error("protocol version {0} is newer than this agent understands (it knows command version {COMMAND_VERSION}): upgrade the agent")]
     TooNew(u32),
+    /// The host's own policy (`[fleet] refuse` in its configuration) refuses this class of command.
+    #[error("this host's policy refuses `{op}` commands from the fleet ([fleet] refuse = {classes:?} in its configuration)")]
+    HostPolicy {
+        /// The op asked for.
+        op: String,
+        /// The classes the host refuses.
+        classes: Vec<String>,
+    },
     /// A command this agent does not know.
     #[error("unknown command op {op:?}: this agent runs {known}; upgrade the agent for newer commands")]
     UnknownOp {
@@ -379,14 +466,20 @@ mod tests {
             Command::Status,
             Command::Ls { path: "/tmp".into() },
             Command::Processes,
+            Command::Connections,
             Command::Kill { pid: 42, tree: true },
+            Command::Suspend { pid: 42 },
+            Command::Resume { pid: 42 },
             Command::Quarantine { path: "/tmp/x".into() },
             Command::Restore { id: "ab".repeat(16), force: false },
             Command::Delete { path: "/tmp/x".into() },
+            Command::Block { target: "/tmp/x".into() },
+            Command::Unblock { target: "00".repeat(32) },
             Command::Fetch { path: "/tmp/x".into() },
             Command::Isolate,
             Command::Release,
             Command::Query { sql: "SELECT 1".into(), limit: 5 },
+            Command::Storyline { alert: 7, max_events: 10, ancestor_activity: false },
             Command::PackInstall { name: "p".into(), version: "1.0.0".into(), sha256: "00".repeat(32), size: 5, signature: "sig".into() },
             Command::PackRollback { name: "p".into(), version: "1.0.0".into() },
         ];
@@ -399,6 +492,9 @@ mod tests {
         assert!(!Command::Processes.changes_host() && Command::Release.changes_host());
         let q = Command::Query { sql: "SELECT 1".into(), limit: 5 };
         assert!(!q.changes_host() && q.min_version() == 2);
+        let story: Command = serde_json::from_str(r#"{"op":"storyline","alert":3}"#).unwrap();
+        assert_eq!(story, Command::Storyline { alert: 3, max_events: STORYLINE_DEFAULT_EVENTS, ancestor_activity: false });
+        assert!(!story.changes_host() && story.min_version() == 4 && Command::Suspend { pid: 1 }.changes_host());
     }
 
     #[test]
@@ -411,9 +507,9 @@ mod tests {
         let e = sign_text(&unknown, &k).verify(&pinned, HOST, 1010).unwrap_err();
         assert!(matches!(&e, Refusal::UnknownOp { op, .. } if op == "format_disk"), "{e}");
         assert!(e.to_string().contains("kill") && e.to_string().contains("upgrade"), "{e}");
-        let newer = v1.replace(r#""v":1"#, r#""v":4"#);
+        let newer = v1.replace(r#""v":1"#, r#""v":5"#);
         let e = sign_text(&newer, &k).verify(&pinned, HOST, 1010).unwrap_err();
-        assert_eq!(e, Refusal::TooNew(4));
+        assert_eq!(e, Refusal::TooNew(5));
         let pack_as_v2 = v1.replace(r#""v":1"#, r#""v":2"#).replace(r#"{"op":"ls","path":"/tmp"}"#, r#"{"op":"pack_rollback","name":"p","version":"1.0.0"}"#);
         assert!(matches!(sign_text(&pack_as_v2, &k).verify(&pinned, HOST, 1010), Err(Refusal::Malformed(m)) if m.contains("needs command version 3")));
         assert!(e.to_string().contains("upgrade the agent"), "{e}");

@@ -109,8 +109,21 @@ pub struct Heartbeat {
     /// Why the status snapshot is incomplete, when it is (the agent did not answer, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_error: Option<String>,
+    /// The last time the host released itself from isolation because the
+    /// fleet was unreachable, and why (the isolation fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_release: Option<SelfRelease>,
 }
 versioned!(Heartbeat, "heartbeat");
+
+/// A host's release of itself from isolation (the isolation fallback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfRelease {
+    /// When, seconds since the epoch (the host's clock).
+    pub time: u64,
+    /// Why, in the host's words.
+    pub reason: String,
+}
 
 /// One alert from a host's record, on `edr.host.<id>.alert`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,9 @@
 //! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
 //! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited with its op, the operator's reason (required for commands that change the host) and the host's status |
 //! | `POST /api/v1/query` | viewer | a fleet-wide hunt: `{"commands": [SignedCommand, ..], "timeout_secs": N}`, each a signed `query` for one host, relayed to every host concurrently (each waited for up to `timeout_secs`, default 30, at most 120); returns `{"hosts": [{"host", "status": "done"\|"failed"\|"refused"\|"no_answer", "output"}]}` in the order given; each is audited like a command. Any other op is refused (it needs the commands endpoint and its role) |
+//! | `GET /api/v1/hunts/{id}` | viewer | a hunt made with `until_secs` (in `POST /api/v1/query`): each host's answer, live or delivered later from the queue, or its queue state ([`crate::hunts`]) |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
+//! | `GET /api/v1/evidence`, `GET /api/v1/evidence/{host}/{command}` | responder | fetched files kept in the JetStream object store ([`crate::evidence`]) |
 //!
 //! Tokens go in `Authorization: Bearer <token>` (`api-tokens.json` is read on each request); a request
 //! without one may instead carry the web console's session cookie ([`crate::api_session`]). Every error is JSON,
@@ -99,6 +101,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/notify", get(notify_status))
         .route("/api/v1/commands", get(queued_commands))
         .merge(crate::packs::routes())
+        .merge(crate::evidence::routes())
+        .merge(crate::hunts::routes())
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })
@@ -318,7 +322,10 @@ async fn command(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(host):
     }
     // Expiry is the host's to judge (and refuse, audited); the queue never sends an expired command.
     let reachable = crate::queue::host_reachable(&s.index, &host, edr_fleet_proto::now_secs())?;
-    let (status, result) = if reachable || !queue { relay(&s, &host, &signed, RELAY_TIMEOUT).await } else { ("no-answer".to_string(), None) };
+    let (status, mut result) = if reachable || !queue { relay(&s, &host, &signed, RELAY_TIMEOUT).await } else { ("no-answer".to_string(), None) };
+    if let Some(r) = result.as_mut() {
+        crate::evidence::keep(&s, &who.name, &host, &parsed, r).await;
+    }
     if result.is_none() && queue {
         record_command(&s, &who.name, &host, &parsed, &signed, "queued".into(), None).await?;
         let body = json!({"status": "queued", "command_id": parsed.command_id, "host_id": host, "expires_at": parsed.expires_at});
@@ -372,6 +379,9 @@ pub(crate) async fn record_command(
 struct QueryRequest {
     commands: Vec<SignedCommand>,
     timeout_secs: Option<u64>,
+    /// Wait this long for hosts that do not answer now: their queries are
+    /// queued and the hunt is kept ([`crate::hunts`]).
+    until_secs: Option<u64>,
 }
 
 /// Checks a fleet query's envelopes before anything is sent: each is a
@@ -413,18 +423,40 @@ async fn query(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) 
     if secs == 0 || secs > QUERY_MAX_TIMEOUT_SECS {
         return Err(ApiError::bad(format!("timeout_secs {secs}: give 1 to {QUERY_MAX_TIMEOUT_SECS}")));
     }
+    if let Some(until) = req.until_secs {
+        if until == 0 || until > crate::hunts::UNTIL_MAX_SECS {
+            return Err(ApiError::bad(format!("until_secs {until}: give 1 to {} (14 days)", crate::hunts::UNTIL_MAX_SECS)));
+        }
+    }
     let targets = check_query_request(&s, &req)?;
     let timeout = Duration::from_secs(secs);
     let answers = futures_util::future::join_all(targets.iter().zip(&req.commands).map(|((host, _), signed)| relay(&s, host, signed, timeout))).await;
     let mut hosts = Vec::with_capacity(answers.len());
     for (((host, parsed), signed), (status, result)) in targets.iter().zip(&req.commands).zip(answers) {
-        record_command(&s, &who.name, host, parsed, signed, status, result.as_ref()).await?;
+        let waits = result.is_none() && req.until_secs.is_some();
+        record_command(&s, &who.name, host, parsed, signed, if waits { "queued".into() } else { status }, result.as_ref()).await?;
         hosts.push(match result {
-            Some(r) => json!({"host": host, "status": r.status, "output": r.output}),
+            Some(r) => {
+                if req.until_secs.is_some() {
+                    crate::hunts::keep_answer(&s, &r).await;
+                }
+                json!({"host": host, "status": r.status, "output": r.output})
+            }
+            None if waits => json!({"host": host, "status": "queued", "output": {"reason": format!("no answer within {secs} s: queued until the command expires at {}", parsed.expires_at)}}),
             None => json!({"host": host, "status": "no_answer", "output": {"reason": format!("no answer within {secs} s")}}),
         });
     }
-    ok(json!({"hosts": hosts}))
+    let Some(until) = req.until_secs else { return ok(json!({"hosts": hosts})) };
+    let now = edr_fleet_proto::now_secs();
+    let hunt = crate::hunts::Hunt {
+        id: edr_fleet_proto::random_hex(8).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "random", e.to_string()))?,
+        created: now,
+        until: now + until,
+        actor: who.name.clone(),
+        hosts: targets.iter().map(|(h, p)| (h.clone(), p.command_id.clone())).collect(),
+    };
+    crate::hunts::record(&s, &hunt).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "nats", e))?;
+    ok(json!({"hosts": hosts, "hunt_id": hunt.id, "until": hunt.until}))
 }
 
 /// Sends the command to the host and waits up to `timeout` for its answer.

@@ -46,6 +46,29 @@ impl Client {
         Ok(Client::new(&format!("http://{listen}"), &String::from_utf8_lossy(&token)))
     }
 
+    /// GET `path` as bytes (a download, such as `/api/v1/evidence/HOST/CMD`), with the `x-edr-sha256` header when sent.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, Option<String>), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut resp = agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| ClientError::Transport(format!("cannot reach the management server at {}: {e}", self.base)))?;
+        let status = resp.status().as_u16();
+        let sha256 = resp.headers().get("x-edr-sha256").and_then(|v| v.to_str().ok()).map(String::from);
+        let bytes = resp.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?;
+        if status >= 400 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = v["error"]["message"].as_str().map(String::from).unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+            return Err(ClientError::Refused { status, message });
+        }
+        Ok((bytes, sha256))
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -143,6 +166,16 @@ pub fn render_hosts(v: &Value) -> String {
             packs.join(",")
         ));
     }
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let released = &h["heartbeat"]["self_release"];
+        if let Some(reason) = released["reason"].as_str() {
+            out.push_str(&format!(
+                "note: {} released itself from isolation {}: {reason}\n",
+                h["host_id"].as_str().unwrap_or(""),
+                ago(now, released["time"].as_u64())
+            ));
+        }
+    }
     out
 }
 
@@ -224,6 +257,8 @@ pub struct HuntRequest<'a> {
     pub ttl_secs: u64,
     /// How long the server waits for each host.
     pub timeout_secs: u64,
+    /// Queue the query for hosts that do not answer now, for this long (a hunt id comes back).
+    pub until_secs: Option<u64>,
 }
 
 /// Signs one `query` per host (see [`sign_command_with_reason`]) and
@@ -237,8 +272,11 @@ pub fn query_request(key_file: &Path, hosts: &[String], q: &HuntRequest<'_>) -> 
         let cmd = edr_fleet_proto::command::Command::Query { sql: q.sql.to_string(), limit: q.limit };
         commands.push(serde_json::to_value(sign_command_with_reason(key_file, h, cmd, q.reason, q.ttl_secs)?).unwrap_or_default());
     }
-    let timeout_secs = q.timeout_secs;
-    Ok(serde_json::json!({"commands": commands, "timeout_secs": timeout_secs}))
+    let mut body = serde_json::json!({"commands": commands, "timeout_secs": q.timeout_secs});
+    if let Some(until) = q.until_secs {
+        body["until_secs"] = until.into();
+    }
+    Ok(body)
 }
 
 /// A host's line in a hunt: `done`, `no_answer`, `refused: reason`, `failed: error`.

@@ -142,7 +142,15 @@ async fn send(s: &AppState, d: Due) -> Result<(), FleetError> {
     if !transition(&s.index, &parsed.command_id, "queued", "sending")? {
         return Ok(()); // another server process has it
     }
-    let (status, result) = relay(s, &d.host_id, &d.signed, Duration::from_secs(30)).await;
+    let (status, mut result) = relay(s, &d.host_id, &d.signed, Duration::from_secs(30)).await;
+    if let Some(r) = result.as_mut() {
+        // A queued fetch's content has no one waiting for it: the evidence bucket keeps it.
+        crate::evidence::keep(s, &d.actor, &d.host_id, &parsed, r).await;
+        // A queued query belongs to a hunt that waits for this host (`--until`): its answer is kept for the hunt.
+        if matches!(parsed.command, edr_fleet_proto::command::Command::Query { .. }) {
+            crate::hunts::keep_answer(s, r).await;
+        }
+    }
     if result.is_none() {
         transition(&s.index, &parsed.command_id, "sending", "queued")?;
         return Ok(());

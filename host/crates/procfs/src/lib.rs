@@ -9,6 +9,8 @@
 //! them around `/proc/<pid>/...`.
 #![deny(missing_docs)]
 
+pub mod net;
+
 use std::fs;
 use std::io;
 use std::path::PathBuf;

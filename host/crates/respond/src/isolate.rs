@@ -729,6 +729,49 @@ impl Isolator {
     }
 }
 
+/// The note that the host is isolated (`isolation.json`), kept so that an
+/// isolation survives a reboot (the kernel forgets its nftables tables).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationMarker {
+    /// When the isolation started, ns since the epoch.
+    pub since: Option<Timestamp>,
+    /// The reason it was isolated for.
+    pub reason: String,
+    /// Who isolated it.
+    pub by: String,
+}
+
+/// Writes the note (0600, atomically) after an isolation.
+pub(crate) fn write_marker(path: Option<&std::path::Path>, since: Option<Timestamp>, reason: &str, by: &str) -> Result<(), RespondError> {
+    let Some(path) = path else { return Err(RespondError::Config("no isolation_marker file configured".into())) };
+    let marker = IsolationMarker { since, reason: reason.chars().take(1000).collect(), by: by.to_string() };
+    let dir = crate::fsutil::parent_of(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "isolation.json".into());
+    crate::fsutil::write_json_atomic(&dir, &name, &marker, 0o600)
+}
+
+/// Removes the note after a release (a missing note is fine).
+pub(crate) fn remove_marker(path: Option<&std::path::Path>) {
+    if let Some(p) = path {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!("cannot remove the isolation note {}: {e}; the host would be isolated again at the next start", p.display());
+            }
+        }
+    }
+}
+
+/// Reads the note; `None` when there is none (a damaged one is logged and counts as there:
+/// the host was isolated, and staying isolated is the safe side).
+pub(crate) fn read_marker(path: Option<&std::path::Path>) -> Option<IsolationMarker> {
+    let p = path?;
+    let bytes = std::fs::read(p).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::error!("the isolation note {} is damaged ({e}); treating the host as isolated", p.display());
+        IsolationMarker { since: None, reason: "unknown (the isolation note was damaged)".into(), by: "unknown".into() }
+    }))
+}
+
 /// The `nft -j` listing without the parts that change on every load
 /// (handles, version info): equal listings mean an unchanged table.
 pub(crate) fn fingerprint_of(json: &str) -> Result<String, String> {

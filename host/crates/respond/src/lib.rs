@@ -189,6 +189,12 @@ pub struct ResponseConfig {
     /// Where active execution blocks are saved, so they survive a restart.
     #[serde(default)]
     pub blocklist_file: Option<PathBuf>,
+    /// Where the engine notes that the host is isolated (written on
+    /// isolate, removed on release), so that isolation survives a reboot:
+    /// at start, [`Responder::restore_isolation`] re-applies it when the
+    /// note is there and the kernel has no isolation table.
+    #[serde(default)]
+    pub isolation_marker: Option<PathBuf>,
     /// Largest file `fetch` copies (default 1 GiB).
     #[serde(default = "default_fetch_max")]
     pub fetch_max_bytes: u64,
@@ -231,6 +237,7 @@ impl ResponseConfig {
             operator_mode: Mode::Enforce,
             isolation_netns: None,
             blocklist_file: None,
+            isolation_marker: None,
             fetch_max_bytes: default_fetch_max(),
             block: BlockSettings::default(),
             block_deadline_ms: default_block_deadline_ms(),
@@ -242,7 +249,7 @@ impl ResponseConfig {
 
 impl ResponseConfig {
     /// Fills what a configuration file left out with the agent's defaults
-    /// under `data_dir`: `quarantine/`, `evidence/` and `blocklist.json`.
+    /// under `data_dir`: `quarantine/`, `evidence/`, `blocklist.json` and `isolation.json`.
     pub fn under_data_dir(mut self, data_dir: &Path) -> ResponseConfig {
         if self.quarantine_dir.as_os_str().is_empty() {
             self.quarantine_dir = data_dir.join("quarantine");
@@ -252,6 +259,9 @@ impl ResponseConfig {
         }
         if self.blocklist_file.is_none() {
             self.blocklist_file = Some(data_dir.join("blocklist.json"));
+        }
+        if self.isolation_marker.is_none() {
+            self.isolation_marker = Some(data_dir.join("isolation.json"));
         }
         self
     }
@@ -605,11 +615,14 @@ impl Inner {
             }
             ResponseAction::Isolate => {
                 let spec = self.isolation_spec();
-                let (_, d) = self.isolator.isolate(&spec)?;
+                let (st, mut d) = self.isolator.isolate(&spec)?;
+                let persisted = isolate::write_marker(self.cfg.isolation_marker.as_deref(), st.since, reason, &by);
+                d.insert("survives_reboot".into(), persisted.map_or_else(|e| format!("no: {e}"), |_| "yes".into()));
                 Ok(d)
             }
             ResponseAction::Release => {
                 let was = self.isolator.release()?;
+                isolate::remove_marker(self.cfg.isolation_marker.as_deref());
                 Ok(Detail::from([("was_isolated".into(), was.to_string())]))
             }
             ResponseAction::BlockExec(t) => self.blocker.block(t, reason, &by, &self.protected_executables()),
@@ -811,6 +824,25 @@ impl Responder {
     /// from the kernel with `nft -j`.
     pub fn isolation_state(&self) -> IsolationState {
         self.inner.isolator.state()
+    }
+
+    /// Re-applies an isolation that was in force before the host restarted:
+    /// when the isolation note ([`ResponseConfig::isolation_marker`]) is
+    /// there and the kernel has no isolation table (a reboot flushed it),
+    /// the host is isolated again through the normal path (policy, audit),
+    /// as the operator who isolated it, with a reason that says so. Call it
+    /// once the audit sinks are registered. `None` when nothing was to do.
+    pub fn restore_isolation(&self) -> Option<AuditRecord> {
+        let marker = isolate::read_marker(self.inner.cfg.isolation_marker.as_deref())?;
+        if self.isolation_state().isolated {
+            return None;
+        }
+        let reason = format!(
+            "re-applied at agent start: the host was isolated ({}, by {}) and the isolation table was gone (a reboot or a flushed ruleset); release it to end the isolation",
+            marker.reason, marker.by
+        );
+        tracing::warn!("{reason}");
+        Some(self.request(Requester::Operator { uid: 0 }, ResponseAction::Isolate, &reason))
     }
 
     /// Registers the function called when the isolation table is found

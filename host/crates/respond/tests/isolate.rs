@@ -287,3 +287,52 @@ fn isolation_removed_or_altered_is_reapplied_until_release() {
     assert!(!tables.contains("edr_isolation"), "nothing is re-applied after release: {tables}");
     assert_eq!(r.isolation_state().tamper_count, count, "release is not tampering");
 }
+
+#[test]
+fn isolation_survives_a_reboot_until_released() {
+    require_root!();
+    if !nft_available() || Command::new("ip").arg("-V").output().is_err() {
+        edr_testkit::skip("nft or ip not installed");
+        return;
+    }
+    let ns = match Netns::add(format!("edrt-r-{}-{}", std::process::id(), edr_respond_rand())) {
+        Ok(n) => n,
+        Err(e) => {
+            edr_testkit::skip(format!("cannot create a network namespace: {e}"));
+            return;
+        }
+    };
+    let store = tempfile::tempdir().unwrap();
+    let marker = store.path().join("isolation.json");
+    let configure = |c: &mut edr_respond::ResponseConfig| {
+        c.isolation_netns = Some(ns.path());
+        c.management = vec![Endpoint::host_port(MGMT_IP.parse().unwrap(), MGMT_PORT)];
+        c.isolation_marker = Some(marker.clone());
+    };
+    let (r, _) = responder_with(store.path(), configure);
+    assert!(r.restore_isolation().is_none(), "never isolated: nothing to restore");
+    let rec = r.request(operator(), ResponseAction::Isolate, "case 11: ransomware");
+    assert_eq!(rec.outcome, Outcome::Ok, "{rec:?}");
+    assert_eq!(rec.detail.get("survives_reboot").map(String::as_str), Some("yes"), "{rec:?}");
+    assert!(marker.exists(), "the isolation note is written");
+    drop(r);
+    // The reboot: the kernel's tables are gone, the agent's data dir is not.
+    nft_in(&ns, &["delete", "table", "inet", "edr_isolation"]);
+    std::thread::sleep(edr_respond::isolate::GUARD_INTERVAL * 2);
+    assert!(!nft_in(&ns, &["list", "tables"]).contains("edr_isolation"), "no guard is left to re-apply it");
+
+    let (r, recs) = responder_with(store.path(), configure);
+    let rec = r.restore_isolation().expect("the isolation is restored at start");
+    assert_eq!((rec.decision, &rec.outcome), (Decision::Enforced, &Outcome::Ok), "{rec:?}");
+    assert!(rec.reason.contains("re-applied at agent start") && rec.reason.contains("case 11: ransomware"), "{}", rec.reason);
+    assert!(r.isolation_state().isolated && r.isolation_state().guarded, "{:?}", r.isolation_state());
+    assert_eq!(recs.lock().unwrap().len(), 1, "audited like any isolation");
+    assert!(r.restore_isolation().is_none(), "already isolated: nothing more to do");
+
+    let rec = r.request(operator(), ResponseAction::Release, "case 11 closed");
+    assert_eq!(rec.outcome, Outcome::Ok, "{rec:?}");
+    assert!(!marker.exists(), "release removes the note");
+    drop(r);
+    let (r, _) = responder_with(store.path(), configure);
+    assert!(r.restore_isolation().is_none() && !r.isolation_state().isolated, "released stays released after a restart");
+}

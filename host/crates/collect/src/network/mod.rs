@@ -39,7 +39,7 @@
 //! listeners are remembered.
 
 pub(crate) mod ebpf;
-pub(crate) mod procnet;
+use edr_procfs::net as procnet;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,7 +51,7 @@ use edr_event::{EventBody, NetworkEvent, NetworkOp, Transport};
 use crate::attribute::attribute;
 use crate::sink::Sink;
 use crate::{CollectError, Ctx, NetworkConfig, NetworkMode};
-use procnet::{state, SockLine};
+use procnet::{socket_inode, state, SockLine};
 
 const TABLES: [(&str, Transport); 4] =
     [("/proc/net/tcp", Transport::Tcp), ("/proc/net/tcp6", Transport::Tcp), ("/proc/net/udp", Transport::Udp), ("/proc/net/udp6", Transport::Udp)];
@@ -386,11 +386,6 @@ impl InodeMap {
     pub fn pid(&self, inode: u64) -> Option<u32> {
         self.map.get(&inode).copied()
     }
-}
-
-/// `socket:[12345]` -> 12345.
-pub(crate) fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! Parsing `/proc/net/{tcp,tcp6,udp,udp6}`.
+//! Parsing `/proc/net/{tcp,tcp6,udp,udp6}` and finding which process owns
+//! a socket (the network collector's poller and the fleet's `connections`
+//! listing read sockets the same way).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// TCP states as `/proc/net/tcp` prints them (`st`).
-pub(crate) mod state {
+pub mod state {
+    #![allow(missing_docs)]
+
     pub const ESTABLISHED: u8 = 0x01;
     pub const SYN_SENT: u8 = 0x02;
     pub const SYN_RECV: u8 = 0x03;
@@ -15,12 +19,18 @@ pub(crate) mod state {
 
 /// One socket line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SockLine {
+pub struct SockLine {
+    /// Local address.
     pub local_ip: IpAddr,
+    /// Local port.
     pub local_port: u16,
+    /// Remote address (unspecified for listening and unconnected sockets).
     pub remote_ip: IpAddr,
+    /// Remote port.
     pub remote_port: u16,
+    /// State (`st`, see [`state`] and [`tcp_state_name`]).
     pub state: u8,
+    /// Owner uid.
     pub uid: u32,
     /// 0 for sockets without a file (TIME_WAIT, not yet accepted).
     pub inode: u64,
@@ -28,7 +38,7 @@ pub(crate) struct SockLine {
 
 /// Parses `ADDR:PORT` in the kernel's hex form: IPv4 is one native-endian
 /// u32 of network-order bytes; IPv6 is four such u32s.
-pub(crate) fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
+pub fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match addr.len() {
@@ -52,7 +62,7 @@ pub(crate) fn parse_addr(s: &str) -> Option<(IpAddr, u16)> {
 }
 
 /// Parses one line (not the header).
-pub(crate) fn parse_line(line: &str) -> Option<SockLine> {
+pub fn parse_line(line: &str) -> Option<SockLine> {
     let f: Vec<&str> = line.split_whitespace().collect();
     if f.len() < 10 || !f[0].ends_with(':') {
         return None;
@@ -65,8 +75,48 @@ pub(crate) fn parse_line(line: &str) -> Option<SockLine> {
     Some(SockLine { local_ip, local_port, remote_ip, remote_port, state, uid, inode })
 }
 
+/// `socket:[12345]` (an fd's link target) -> 12345.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The socket inodes of every process: inode -> pid (the first process
+/// found holding it), from `/proc/*/fd`. Processes that vanish or cannot
+/// be read are skipped.
+pub fn socket_owners() -> std::collections::HashMap<u64, u32> {
+    let mut map = std::collections::HashMap::new();
+    for pid in crate::list_pids().unwrap_or_default() {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in rd.flatten() {
+            if let Some(inode) = std::fs::read_link(e.path()).ok().and_then(|t| socket_inode(&t.to_string_lossy())) {
+                map.entry(inode).or_insert(pid);
+            }
+        }
+    }
+    map
+}
+
+/// A TCP state's name (`ESTABLISHED`, `LISTEN`, ...); for UDP, `07` is an unconnected socket.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        0x01 => "ESTABLISHED",
+        0x02 => "SYN_SENT",
+        0x03 => "SYN_RECV",
+        0x04 => "FIN_WAIT1",
+        0x05 => "FIN_WAIT2",
+        0x06 => "TIME_WAIT",
+        0x07 => "CLOSE",
+        0x08 => "CLOSE_WAIT",
+        0x09 => "LAST_ACK",
+        0x0A => "LISTEN",
+        0x0B => "CLOSING",
+        0x0C => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
 /// Parses a whole file, skipping the header and bad lines.
-pub(crate) fn parse_table(text: &str) -> Vec<SockLine> {
+pub fn parse_table(text: &str) -> Vec<SockLine> {
     text.lines().skip(1).filter_map(parse_line).collect()
 }
 
