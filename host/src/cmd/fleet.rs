@@ -145,6 +145,10 @@ pub enum FleetCommand {
         /// Include the ancestors' file and network activity too.
         #[arg(long)]
         ancestors: bool,
+        /// Answer from the central record (the server's copy of the host's events and alerts),
+        /// also for an offline or wiped host; nothing is sent to the host.
+        #[arg(long)]
+        central: bool,
         #[command(flatten)]
         sign: SignArgs,
     },
@@ -208,6 +212,10 @@ pub enum FleetCommand {
         /// How long the server waits for each host (1s to 120s).
         #[arg(long, default_value = "30s")]
         timeout: humantime::Duration,
+        /// Answer from the central record (every host's events kept at the server) instead of the
+        /// hosts: offline, wiped or compromised hosts included; nothing is sent to a host.
+        #[arg(long, conflicts_with = "until")]
+        central: bool,
         /// Also wait this long (up to 14d) for hosts that do not answer now, offline ones
         /// included: their queries are queued and run when they return; follow with `edr fleet hunt ID`.
         #[arg(long)]
@@ -225,6 +233,11 @@ pub enum FleetCommand {
     Evidence {
         #[command(subcommand)]
         command: EvidenceCommand,
+    },
+    /// The central record: per host, the events kept at the server and whether its hash chain is intact.
+    Central {
+        #[arg(long)]
+        json: bool,
     },
     /// A hunt made with `query --until`: every host's answer so far, and which still wait.
     Hunt {
@@ -374,7 +387,12 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Resume { host, pid, sign } => print(&command(&c, &a.dir, &host, Command::Resume { pid }, &sign)?),
         FleetCommand::Block { host, target, sign } => print(&command(&c, &a.dir, &host, Command::Block { target }, &sign)?),
         FleetCommand::Unblock { host, target, sign } => print(&command(&c, &a.dir, &host, Command::Unblock { target }, &sign)?),
-        FleetCommand::Storyline { alert, id, max_events, ancestors, sign } => {
+        FleetCommand::Storyline { alert, id, central: true, .. } => {
+            let (host, alert) = alert_ref(&alert, id)?;
+            print(&c.get(&format!("/api/v1/central/{host}/storyline/{alert}"))?);
+            eprintln!("answered by the central record, not by the host");
+        }
+        FleetCommand::Storyline { alert, id, max_events, ancestors, sign, .. } => {
             let (host, alert) = alert_ref(&alert, id)?;
             let r = command(&c, &a.dir, &host, Command::Storyline { alert, max_events, ancestor_activity: ancestors }, &sign)?;
             print(&r["output"]);
@@ -387,8 +405,31 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
         FleetCommand::Pack { command } => pack(&c, &a.dir, command)?,
         FleetCommand::Evidence { command } => evidence(&c, command)?,
+        FleetCommand::Central { json } => {
+            let v = c.get("/api/v1/central")?;
+            if json {
+                print(&v["hosts"]);
+            } else {
+                println!("{:<18} {:>9} {:>10} {:>14}  CHAIN", "HOST", "BATCHES", "EVENTS", "LAST EVENT");
+                for h in v["hosts"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<18} {:>9} {:>10} {:>14}  {}",
+                        h["host_id"].as_str().unwrap_or(""),
+                        h["batches"],
+                        h["events"],
+                        h["last_event_id"],
+                        h["chain"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
         FleetCommand::Hunt { id, json, csv } => print_hunt(&c.get(&format!("/api/v1/hunts/{id}"))?, output_format(json, csv)),
-        FleetCommand::Query { sql, hosts, limit, timeout, until, json, csv, sign } => {
+        FleetCommand::Query { sql, hosts, limit, central: true, json, csv, .. } => {
+            let answer = c.post("/api/v1/central/query", &json!({"sql": sql, "hosts": hosts, "limit": limit}))?;
+            print_hunt(&answer, output_format(json, csv));
+            eprintln!("answered by the central record (the server's copy of each host's events), not by the hosts");
+        }
+        FleetCommand::Query { sql, hosts, limit, timeout, until, json, csv, sign, .. } => {
             let until_secs = until.map(|u| u.as_secs());
             // A query queued for an offline host must stay valid for as long as the hunt waits.
             let ttl_secs = sign.ttl.as_secs().max(until_secs.unwrap_or(0));

@@ -35,7 +35,7 @@ pub(crate) fn extension(cfg: &AgentConfig) -> anyhow::Result<Option<FleetExtensi
     if !policy.classes().is_empty() {
         tracing::info!(refused = ?policy.classes(), "fleet: this host refuses these classes of fleet command ([fleet] refuse)");
     }
-    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path, policy, fallback }))
+    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path, policy, fallback, forward_events: cfg.fleet.forward_events }))
 }
 
 /// Runs the fleet link for as long as the agent runs.
@@ -44,6 +44,7 @@ pub(crate) struct FleetExtension {
     record: PathBuf,
     policy: edr_fleet_link::policy::CommandPolicy,
     fallback: Option<Duration>,
+    forward_events: bool,
 }
 
 impl AgentExtension for FleetExtension {
@@ -65,6 +66,7 @@ impl AgentExtension for FleetExtension {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             policy: self.policy.clone(),
             isolation_fallback: self.fallback,
+            forward_events: self.forward_events,
             ..Default::default()
         };
         let link = edr_fleet_link::FleetLink::start_with(&self.data_dir, opts, Arc::new(store), status, Arc::new(exec))?;

@@ -149,6 +149,8 @@ fn heartbeat(h: &SimHost, i: usize) -> Heartbeat {
         drops: Default::default(),
         alerts_forwarded: 0,
         alert_cursor: 0,
+        events_forwarded: 0,
+        events_cursor: 0,
         status_error: None,
         self_release: None,
     }

@@ -28,6 +28,10 @@ pub struct LinkFacts {
     pub alerts_forwarded: u64,
     /// The cursor.
     pub alert_cursor: u64,
+    /// Events forwarded to the central record since start, and its cursor.
+    pub events_forwarded: u64,
+    /// The central record's cursor.
+    pub events_cursor: u64,
     /// The last isolation fallback (time, reason), if the host released itself.
     pub self_release: Option<(u64, String)>,
 }
@@ -82,6 +86,8 @@ pub fn build(facts: &LinkFacts, status: Result<Value, String>, now: u64) -> Hear
         drops,
         alerts_forwarded: facts.alerts_forwarded,
         alert_cursor: facts.alert_cursor,
+        events_forwarded: facts.events_forwarded,
+        events_cursor: facts.events_cursor,
         status_error,
         self_release: facts.self_release.as_ref().map(|(time, reason)| SelfRelease { time: *time, reason: reason.clone() }),
     }
@@ -113,6 +119,8 @@ mod tests {
             agent_version: "0.1.0".into(),
             alerts_forwarded: 0,
             alert_cursor: 0,
+            events_forwarded: 0,
+            events_cursor: 0,
             self_release: None,
         };
         let hb = build(&facts, Ok(status), 5);

@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod central;
 pub mod commands;
 pub mod connections;
 pub mod endpoints;
@@ -63,6 +64,10 @@ pub struct FleetConfig {
     /// releases itself and says why (a host must never be stranded); 0 turns
     /// the fallback off. Default 600 s.
     pub isolation_fallback_secs: u64,
+    /// Forward every event of the record to the central record (the
+    /// management side keeps it searchable when this host is offline, wiped
+    /// or compromised). Default on.
+    pub forward_events: bool,
 }
 
 /// Seconds an isolated host waits for the fleet by default before it releases itself.
@@ -70,7 +75,7 @@ pub const DEFAULT_ISOLATION_FALLBACK_SECS: u64 = 600;
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        FleetConfig { enroll_token: None, disabled: false, refuse: Vec::new(), isolation_fallback_secs: DEFAULT_ISOLATION_FALLBACK_SECS }
+        FleetConfig { enroll_token: None, disabled: false, refuse: Vec::new(), isolation_fallback_secs: DEFAULT_ISOLATION_FALLBACK_SECS, forward_events: true }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct LinkOptions {
     /// Isolated and without the fleet this long, the host releases itself
     /// ([`crate::fallback`]); `None`: never. Default 600 s.
     pub isolation_fallback: Option<Duration>,
+    /// Forward the record's events to the central record ([`crate::central`]). Default on.
+    pub forward_events: bool,
 }
 
 impl Default for LinkOptions {
@@ -43,6 +45,7 @@ impl Default for LinkOptions {
             heartbeat: None,
             policy: CommandPolicy::allow_all(),
             isolation_fallback: Some(Duration::from_secs(crate::DEFAULT_ISOLATION_FALLBACK_SECS)),
+            forward_events: true,
         }
     }
 }
@@ -60,6 +63,10 @@ pub struct LinkStats {
     pub connected: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<Option<String>>,
+    /// Events acknowledged by the central record since start.
+    pub events_forwarded: AtomicU64,
+    /// The central record's cursor: the highest event id acknowledged.
+    pub events_cursor: AtomicU64,
     /// The last time this host released itself from isolation, and why
     /// (seconds since the epoch, reason): sent in every heartbeat after it.
     pub self_release: Mutex<Option<(u64, String)>>,
@@ -260,6 +267,9 @@ async fn run(ctx: Ctx, kp: Arc<nkeys::KeyPair>, mut stop: tokio::sync::watch::Re
             _ = poll.tick() => {
                 if client.connection_state() == async_nats::connection::State::Connected {
                     forward_alerts(&ctx, &js, &mut stop).await;
+                    if ctx.opts.forward_events {
+                        forward_events(&ctx, &js, &mut stop).await;
+                    }
                 }
             }
         }
@@ -324,6 +334,8 @@ async fn send_heartbeat(ctx: &Ctx, client: &async_nats::Client, interval: Durati
         agent_version: ctx.opts.agent_version.clone(),
         alerts_forwarded: ctx.stats.forwarded.load(Ordering::Relaxed),
         alert_cursor: ctx.stats.cursor.load(Ordering::Relaxed),
+        events_forwarded: ctx.stats.events_forwarded.load(Ordering::Relaxed),
+        events_cursor: ctx.stats.events_cursor.load(Ordering::Relaxed),
         self_release: ctx.stats.self_release.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     let hb = heartbeat::build(&facts, snapshot, edr_fleet_proto::now_secs());
@@ -379,6 +391,57 @@ async fn forward_alerts(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sy
             }
         }
         if !full {
+            return;
+        }
+    }
+}
+
+/// Publishes the record's events after the central cursor, batch by batch
+/// (at most 16 a poll), advancing the cursor durably after each
+/// acknowledgement. Stops at the first failure: the next poll resends the
+/// same batch (same sequence, same hash), which the stream drops if it had it.
+async fn forward_events(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    use edr_fleet_proto::central;
+    let mut cursor = match crate::central::load_cursor(&ctx.dir) {
+        Ok(c) => c,
+        Err(e) => return ctx.stats.error(format!("central record: {e}")),
+    };
+    for _ in 0..16 {
+        if *stop.borrow() {
+            return;
+        }
+        let (source, after) = (ctx.source.clone(), cursor.last_id);
+        let events = match tokio::task::spawn_blocking(move || source.events_after(after, central::BATCH_EVENTS)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => return ctx.stats.error(e),
+            Err(e) => return ctx.stats.error(e.to_string()),
+        };
+        let batch = match central::next_batch(&ctx.id.host_id, (cursor.seq, &cursor.hash), &events) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => return ctx.stats.error(format!("central record: {e}")),
+        };
+        let publish = jetstream::message::PublishMessage::build().payload(serde_json::to_vec(&batch).unwrap_or_default().into()).message_id(batch.msg_id());
+        let acked = tokio::time::timeout(ctx.opts.ack_timeout, async {
+            let ack = js.send_publish(subjects::events(&ctx.id.host_id), publish).await?;
+            ack.await
+        })
+        .await;
+        match acked {
+            Ok(Ok(_)) => {
+                cursor = crate::central::CentralCursor { seq: batch.seq, hash: batch.hash.clone(), last_id: batch.last_id };
+                if let Err(e) = crate::central::save_cursor(&ctx.dir, &cursor) {
+                    return ctx
+                        .stats
+                        .error(format!("cannot store the central cursor (batch {} may be sent again, and dropped as a duplicate): {e}", batch.seq));
+                }
+                ctx.stats.events_forwarded.fetch_add(u64::from(batch.count), Ordering::Relaxed);
+                ctx.stats.events_cursor.store(batch.last_id, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => return ctx.stats.error(format!("event batch {} not acknowledged: {e}; retrying from the cursor", batch.seq)),
+            Err(_) => return ctx.stats.error(format!("event batch {}: no acknowledgement within {:?}; retrying", batch.seq, ctx.opts.ack_timeout)),
+        }
+        if events.len() < central::BATCH_EVENTS {
             return;
         }
     }

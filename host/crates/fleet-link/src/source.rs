@@ -1,9 +1,9 @@
-//! Where forwarded alerts come from: the host's record.
+//! Where forwarded alerts and events come from: the host's record.
 
 use edr_fleet_proto::msg::AlertMessage;
 use serde_json::Value;
 
-/// Read access to the host's alerts, in id order.
+/// Read access to the host's record: alerts and events, in id order.
 pub trait AlertSource: Send + Sync {
     /// Up to `limit` alerts with id greater than `after`, lowest id first,
     /// as messages for host `host_id`.
@@ -11,6 +11,16 @@ pub trait AlertSource: Send + Sync {
     /// # Errors
     /// Why the record cannot be read.
     fn alerts_after(&self, host_id: &str, after: u64, limit: usize) -> Result<Vec<AlertMessage>, String>;
+
+    /// Up to `limit` events with id greater than `after`, lowest id first
+    /// (for the central record). A source without events has none.
+    ///
+    /// # Errors
+    /// Why the record cannot be read.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<edr_event::Event>, String> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
 }
 
 impl AlertSource for edr_store::Store {
@@ -19,6 +29,10 @@ impl AlertSource for edr_store::Store {
         let sql = format!("SELECT id, time, rule_id, rule_name, severity, ecs FROM alert WHERE id > {after} ORDER BY id LIMIT {}", limit.clamp(1, 10_000));
         let res = self.query(&sql).map_err(|e| format!("reading alerts after {after} from the record: {e}"))?;
         res.rows.into_iter().map(|row| row_to_message(host_id, &row)).collect()
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<edr_event::Event>, String> {
+        edr_store::Store::events_after(self, after, limit).map_err(|e| format!("reading events after {after} from the record: {e}"))
     }
 }
 

@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod central;
 pub mod command;
 pub mod enroll;
 pub mod msg;

@@ -106,6 +106,12 @@ pub struct Heartbeat {
     pub alerts_forwarded: u64,
     /// The highest alert id the fleet has acknowledged.
     pub alert_cursor: u64,
+    /// Events the central record acknowledged since the link started.
+    #[serde(default)]
+    pub events_forwarded: u64,
+    /// The highest event id the central record acknowledged.
+    #[serde(default)]
+    pub events_cursor: u64,
     /// Why the status snapshot is incomplete, when it is (the agent did not answer, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_error: Option<String>,

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `edr.host.<id>.hb` | the host: heartbeat with inventory | `EDR_HEARTBEATS` (last one per host kept) |
 //! | `edr.host.<id>.alert` | the host: one alert, `Nats-Msg-Id` = `<id>.<alert id>` | `EDR_ALERTS` (duplicate window [`ALERT_DUPLICATE_WINDOW_SECS`]) |
+//! | `edr.host.<id>.events` | the host: a batch of its record's events (the central record, [`crate::central`]), `Nats-Msg-Id` = `<id>.ev.<seq>` | `EDR_EVENTS` (no deletes, no purges) |
 //! | `edr.host.<id>.result` | the host: a command's result | none yet |
 //! | `edr.host.<id>.pack.get` | the host: a request for a chunk of a pack it was told to install | none (request/reply; the server answers) |
 //! | `edr.pack.<sha256>.<chunk>` | the management server: a published pack's bytes | `EDR_PACKS` (last message per subject) |
@@ -17,6 +18,10 @@
 pub const STREAM_ALERTS: &str = "EDR_ALERTS";
 /// Subjects `STREAM_ALERTS` captures.
 pub const ALERTS_FILTER: &str = "edr.host.*.alert";
+/// Stream of every host's events (the central record).
+pub const STREAM_EVENTS: &str = "EDR_EVENTS";
+/// Subjects `STREAM_EVENTS` captures.
+pub const EVENTS_FILTER: &str = "edr.host.*.events";
 /// Stream of heartbeats (the last one per host is kept: the inventory).
 pub const STREAM_HEARTBEATS: &str = "EDR_HEARTBEATS";
 /// Subjects `STREAM_HEARTBEATS` captures.
@@ -76,6 +81,11 @@ pub fn heartbeat(id: &str) -> String {
 /// Alert subject of host `id`.
 pub fn alert(id: &str) -> String {
     format!("edr.host.{id}.alert")
+}
+
+/// Event-batch subject of host `id` (the central record).
+pub fn events(id: &str) -> String {
+    format!("edr.host.{id}.events")
 }
 
 /// The `Nats-Msg-Id` of alert `alert_id` of host `id`.

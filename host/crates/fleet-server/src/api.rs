@@ -10,6 +10,7 @@
 //! | `POST /api/v1/alerts/{host}/{id}/triage` | responder | `{"state": "acknowledged"\|"closed"\|"new", "note": ".."}` |
 //! | `POST /api/v1/hosts/{host}/commands` | responder | relays a `SignedCommand` (signed by the operator, not the server) to the host and returns its `CommandResult`; audited with its op, the operator's reason (required for commands that change the host) and the host's status |
 //! | `POST /api/v1/query` | viewer | a fleet-wide hunt: `{"commands": [SignedCommand, ..], "timeout_secs": N}`, each a signed `query` for one host, relayed to every host concurrently (each waited for up to `timeout_secs`, default 30, at most 120); returns `{"hosts": [{"host", "status": "done"\|"failed"\|"refused"\|"no_answer", "output"}]}` in the order given; each is audited like a command. Any other op is refused (it needs the commands endpoint and its role) |
+//! | `GET /api/v1/central`, `POST /api/v1/central/query` | viewer | the central record: every host's events ([`crate::central`]) |
 //! | `GET /api/v1/hunts/{id}` | viewer | a hunt made with `until_secs` (in `POST /api/v1/query`): each host's answer, live or delivered later from the queue, or its queue state ([`crate::hunts`]) |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //! | `GET /api/v1/evidence`, `GET /api/v1/evidence/{host}/{command}` | responder | fetched files kept in the JetStream object store ([`crate::evidence`]) |
@@ -48,6 +49,8 @@ pub struct AppState {
     pub bus: Bus,
     /// The server-side notification outputs (`[notify]`).
     pub notifier: Arc<crate::notify::Notifier>,
+    /// The central record (every host's events).
+    pub central: Arc<crate::central::Central>,
     /// Session authentication (the web console's cookie), when installed.
     pub sessions: std::sync::OnceLock<Arc<dyn crate::api_session::SessionAuth>>,
 }
@@ -103,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::packs::routes())
         .merge(crate::evidence::routes())
         .merge(crate::hunts::routes())
+        .merge(crate::central::routes())
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))
         })

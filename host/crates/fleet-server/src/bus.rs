@@ -19,7 +19,7 @@ pub struct Bus {
     pub js: jetstream::Context,
 }
 
-fn stream_configs() -> [stream::Config; 3] {
+fn stream_configs() -> [stream::Config; 4] {
     [
         stream::Config {
             name: subjects::STREAM_ALERTS.into(),
@@ -34,6 +34,15 @@ fn stream_configs() -> [stream::Config; 3] {
             ..Default::default()
         },
         stream::Config { name: subjects::STREAM_SERVER.into(), subjects: vec![subjects::SERVER_FILTER.into()], ..Default::default() },
+        // The central record: what a host sent can be neither deleted nor purged through the API.
+        stream::Config {
+            name: subjects::STREAM_EVENTS.into(),
+            subjects: vec![subjects::EVENTS_FILTER.into()],
+            deny_delete: true,
+            deny_purge: true,
+            duplicate_window: Duration::from_secs(subjects::ALERT_DUPLICATE_WINDOW_SECS),
+            ..Default::default()
+        },
     ]
 }
 

@@ -23,6 +23,7 @@ pub mod api;
 pub mod api_auth;
 pub mod api_session;
 pub mod bus;
+pub mod central;
 pub mod client;
 pub mod error;
 pub mod evidence;
@@ -105,6 +106,8 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
         bus.reset_consumers(&prefix).await;
     }
     let mut tasks = bus.consume(index.clone(), &prefix).await?;
+    let central = Arc::new(central::Central::open(&fleet.dir.join("central"), fresh)?);
+    tasks.push(central::start(bus.js.clone(), central.clone(), &prefix, fresh).await?);
     let notifier = Arc::new(notify::Notifier::start(&fleet.config.notify, fleet.dir.path(), &fleet.config.name)?);
     if !notifier.is_empty() {
         tasks.push(notify::run(bus.js.clone(), notifier.clone(), index.clone(), &prefix).await?);
@@ -116,7 +119,7 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
     if fleet.config.http.listen.ends_with(":0") {
         fleet.config.http.public_url = format!("http://{http_addr}");
     }
-    let state = Arc::new(api::AppState { fleet, index, bus, notifier, sessions: std::sync::OnceLock::new() });
+    let state = Arc::new(api::AppState { fleet, index, bus, notifier, central, sessions: std::sync::OnceLock::new() });
     tasks.push(queue::spawn(state.clone()));
     tasks.push(packs::serve_chunks(state.clone()));
     let app = extend(state.clone(), api::router(state.clone()));

@@ -210,6 +210,18 @@ fn isolation_without_management_endpoints_is_refused() {
 }
 
 /// A few random hex characters for namespace names.
+/// A network namespace of this test's own (`edrt-TAG-...`, removed on drop),
+/// or `None` with the skip reason recorded when nft, ip or namespaces are missing.
+fn throwaway_netns(tag: &str) -> Option<Netns> {
+    if !nft_available() || Command::new("ip").arg("-V").output().is_err() {
+        edr_testkit::skip("nft or ip not installed");
+        return None;
+    }
+    Netns::add(format!("edrt-{tag}-{}-{}", std::process::id(), edr_respond_rand()))
+        .map_err(|e| edr_testkit::skip(format!("cannot create a network namespace: {e}")))
+        .ok()
+}
+
 fn edr_respond_rand() -> String {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{:x}", t ^ (std::process::id() << 8))
@@ -229,17 +241,7 @@ fn nft_in(ns: &Netns, args: &[&str]) -> String {
 #[test]
 fn isolation_removed_or_altered_is_reapplied_until_release() {
     require_root!();
-    if !nft_available() || Command::new("ip").arg("-V").output().is_err() {
-        edr_testkit::skip("nft or ip not installed");
-        return;
-    }
-    let ns = match Netns::add(format!("edrt-g-{}-{}", std::process::id(), edr_respond_rand())) {
-        Ok(n) => n,
-        Err(e) => {
-            edr_testkit::skip(format!("cannot create a network namespace: {e}"));
-            return;
-        }
-    };
+    let Some(ns) = throwaway_netns("g") else { return };
     let store = tempfile::tempdir().unwrap();
     let (r, _) = responder_with(store.path(), |c| {
         c.isolation_netns = Some(ns.path());
@@ -291,17 +293,7 @@ fn isolation_removed_or_altered_is_reapplied_until_release() {
 #[test]
 fn isolation_survives_a_reboot_until_released() {
     require_root!();
-    if !nft_available() || Command::new("ip").arg("-V").output().is_err() {
-        edr_testkit::skip("nft or ip not installed");
-        return;
-    }
-    let ns = match Netns::add(format!("edrt-r-{}-{}", std::process::id(), edr_respond_rand())) {
-        Ok(n) => n,
-        Err(e) => {
-            edr_testkit::skip(format!("cannot create a network namespace: {e}"));
-            return;
-        }
-    };
+    let Some(ns) = throwaway_netns("r") else { return };
     let store = tempfile::tempdir().unwrap();
     let marker = store.path().join("isolation.json");
     let configure = |c: &mut edr_respond::ResponseConfig| {

@@ -169,6 +169,12 @@ fn limit(n: usize) -> i64 {
     n.min(i64::MAX as usize) as i64
 }
 
+/// Events with id greater than `after`, lowest id first, at most `max`.
+pub(crate) fn events_after(conn: &Pooled<'_>, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
+    let after = after.min(i64::MAX as u64) as i64;
+    collect_events(conn, &format!("SELECT {EVENT_COLS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"), params![after, limit(max)], "reading events by id")
+}
+
 pub(crate) fn timeline(conn: &Pooled<'_>, key: &TimelineKey, since: Option<u64>, until: Option<u64>, max: usize) -> Result<Vec<Event>, StoreError> {
     let (lo, hi) = range(since, until);
     let what = "reading a timeline";

@@ -485,6 +485,12 @@ impl Store {
         investigate::storyline(&self.pool.get()?, alert_id, &opts)
     }
 
+    /// Events with id greater than `after`, lowest id first, at most `limit`
+    /// (what the fleet link forwards to the central record).
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        investigate::events_after(&self.pool.get()?, after, limit)
+    }
+
     /// Events of a pid, a process (entity id) or a path in `[since, until]`
     /// (ns, inclusive), oldest first, at most `limit`.
     pub fn timeline(&self, key: TimelineKey, since: Option<u64>, until: Option<u64>, limit: usize) -> Result<Vec<Event>, StoreError> {

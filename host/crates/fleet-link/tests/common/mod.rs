@@ -136,3 +136,16 @@ pub fn link(data_dir: &Path, store: std::sync::Arc<edr_store::Store>, version: &
     };
     edr_fleet_link::FleetLink::start(data_dir, opts, store, std::sync::Arc::new(status_doc(version))).unwrap()
 }
+
+/// A NATS client with host `id`'s own credentials (its user JWT, signed with `kp`).
+pub async fn connect_as(id: &edr_fleet_link::Identity, kp: nkeys::KeyPair) -> async_nats::Client {
+    let kp = std::sync::Arc::new(kp);
+    async_nats::ConnectOptions::with_jwt(id.user_jwt.clone(), move |nonce| {
+        let kp = kp.clone();
+        async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
+    })
+    .custom_inbox_prefix(edr_fleet_proto::subjects::inbox_prefix(&id.host_id))
+    .connect(id.nats_urls[0].as_str())
+    .await
+    .unwrap()
+}
