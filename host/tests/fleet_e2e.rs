@@ -15,7 +15,9 @@
 //!   downloads byte-exact); release restores its ruleset exactly;
 //! * a hunt answers from all three; a storyline comes from A's record;
 //! * A isolated and cut off from the fleet releases itself after its
-//!   `isolation_fallback_secs` and says why in its next heartbeat.
+//!   `isolation_fallback_secs` and says why in its next heartbeat;
+//! * A stopped and its `events.db` deleted: the central record still answers
+//!   a hunt over A's processes and the storyline of A's first alert.
 //!
 //! Pack rollout to three agents is `fleet_packs.rs`; forged, replayed,
 //! expired and wrong-host commands, and host A publishing as host B, are
@@ -278,11 +280,38 @@ fn three_agents_report_respond_and_survive_cuts_and_isolation() {
     assert!(story["processes"].as_array().is_some_and(|p| !p.is_empty()), "the storyline has its process tree: {story}");
 
     self_release(&net, &dir, &ha, &data[0].0);
+    central_record(sns, &dir, &ha, &data[0].0, &mut cleanup.children[1]);
 
     let namespaces = cleanup.netns.clone();
     drop(cleanup);
     let listed = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     assert!(namespaces.iter().all(|ns| !listed.split_whitespace().any(|n| n == ns)), "namespaces removed: {listed}");
+}
+
+/// A stopped, its record deleted by an "attacker": the centre still answers A's hunt and storyline.
+fn central_record(sns: &str, dir: &Path, host: &str, data: &Path, agent: &mut Child) {
+    let execs = Command::new(EDR).args(["query", "--data-dir", data.to_str().unwrap(), "--json", "SELECT count(*) AS n FROM process"]).output().unwrap();
+    let local: u64 = serde_json::from_slice::<serde_json::Value>(&execs.stdout).ok().and_then(|v| v["n"].as_u64()).unwrap_or(0);
+    assert!(local >= 4, "A recorded its execs: {}", String::from_utf8_lossy(&execs.stdout));
+    let at_centre = || -> u64 {
+        let (_, out, _) = fleet(sns, dir, &["query", "SELECT count(*) AS n FROM process", "--central", "--hosts", host, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v["rows"][0][1].as_u64()).unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(30), || at_centre() == local), "the centre has A's {local} execs: {}", at_centre());
+    terminate(agent.id());
+    assert!(wait_until(Duration::from_secs(10), || agent.try_wait().ok().flatten().is_some()), "A stopped");
+    for f in ["events.db", "events.db-wal", "events.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    assert!(wait_until(Duration::from_secs(20), || state_of(sns, dir, host) == "offline"), "A is offline");
+    assert_eq!(at_centre(), local, "A offline and its record gone: the centre answers");
+    let (_, alerts, _) = fleet(sns, dir, &["alerts", "--host", host, "--json"]);
+    let first = serde_json::from_str::<serde_json::Value>(&alerts).unwrap().as_array().unwrap().iter().filter_map(|a| a["alert_id"].as_u64()).min().unwrap();
+    let (ok, out, err) = fleet(sns, dir, &["storyline", &format!("{host}:{first}"), "--central"]);
+    assert!(ok && err.contains("central record"), "storyline at the centre: {out} {err}");
+    let story: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(story["alert"]["id"].as_u64(), Some(first), "{story}");
+    assert!(story["processes"].as_array().is_some_and(|p| !p.is_empty()), "the attack's process tree, from the centre: {story}");
 }
 
 /// Kill, suspend and resume of processes on host B (in the server's namespace).
