@@ -163,23 +163,6 @@ fn error_log() -> (Arc<Mutex<Vec<String>>>, impl Fn(async_nats::Event) -> std::f
     })
 }
 
-async fn connect_as(
-    id: &Identity,
-    kp: nkeys::KeyPair,
-    events: impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static,
-) -> async_nats::Client {
-    let kp = Arc::new(kp);
-    async_nats::ConnectOptions::with_jwt(id.user_jwt.clone(), move |nonce| {
-        let kp = kp.clone();
-        async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
-    })
-    .custom_inbox_prefix(edr_fleet_proto::subjects::inbox_prefix(&id.host_id))
-    .event_callback(events)
-    .connect(id.nats_urls[0].as_str())
-    .await
-    .unwrap()
-}
-
 async fn next_within(sub: &mut async_nats::Subscriber, ms: u64) -> Option<async_nats::Message> {
     use futures_util::StreamExt;
     tokio::time::timeout(Duration::from_millis(ms), sub.next()).await.ok().flatten()
@@ -202,7 +185,7 @@ fn a_host_cannot_publish_as_another_nor_read_its_commands() {
         use edr_fleet_proto::subjects;
         let server = async_nats::ConnectOptions::with_credentials(&server_creds).unwrap().connect(url.as_str()).await.unwrap();
         let mut watch = server.subscribe("edr.host.>").await.unwrap();
-        let host_a = connect_as(&a, kp_a, on_event).await;
+        let host_a = common::connect_as_with(&a, kp_a, on_event).await;
         let mut own_cmds = host_a.subscribe(subjects::command(&a.host_id)).await.unwrap();
         let mut b_cmds = host_a.subscribe(subjects::command(&b.host_id)).await.unwrap();
         let mut b_inbox = host_a.subscribe(format!("{}.>", subjects::inbox_prefix(&b.host_id))).await.unwrap();
@@ -480,7 +463,7 @@ fn a_host_gets_pack_chunks_only_on_its_own_subject_and_only_for_its_rollouts() {
     let (errors, on_event) = error_log();
     h.rt.block_on(async {
         use edr_fleet_proto::{msg, subjects};
-        let host_a = connect_as(&a, kp_a, on_event).await;
+        let host_a = common::connect_as_with(&a, kp_a, on_event).await;
         let ask = |subject: String| {
             let req = msg::PackChunkRequest { v: 1, sha256: "ab".repeat(32), index: 0 };
             let c = host_a.clone();

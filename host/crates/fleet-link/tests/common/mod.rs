@@ -139,12 +139,22 @@ pub fn link(data_dir: &Path, store: std::sync::Arc<edr_store::Store>, version: &
 
 /// A NATS client with host `id`'s own credentials (its user JWT, signed with `kp`).
 pub async fn connect_as(id: &edr_fleet_link::Identity, kp: nkeys::KeyPair) -> async_nats::Client {
+    connect_as_with(id, kp, |_| std::future::ready(())).await
+}
+
+/// [`connect_as`], with `events` called on each connection event.
+pub async fn connect_as_with(
+    id: &edr_fleet_link::Identity,
+    kp: nkeys::KeyPair,
+    events: impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static,
+) -> async_nats::Client {
     let kp = std::sync::Arc::new(kp);
     async_nats::ConnectOptions::with_jwt(id.user_jwt.clone(), move |nonce| {
         let kp = kp.clone();
         async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
     })
     .custom_inbox_prefix(edr_fleet_proto::subjects::inbox_prefix(&id.host_id))
+    .event_callback(events)
     .connect(id.nats_urls[0].as_str())
     .await
     .unwrap()
