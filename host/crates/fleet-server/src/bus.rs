@@ -3,10 +3,9 @@
 
 use crate::error::FleetError;
 use crate::index::{Index, TokenState};
-use async_nats::jetstream::{self, consumer::pull, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use edr_fleet_proto::msg::{self, AlertMessage, Change, Heartbeat, ServerEvent};
 use edr_fleet_proto::subjects;
-use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,53 +163,23 @@ impl Bus {
         let mut tasks = Vec::new();
         for (stream_name, kind) in CONSUMERS {
             let stream = self.js.get_stream(stream_name).await.map_err(|e| FleetError::nats(format!("stream {stream_name}"), e))?;
-            let name = format!("{prefix}-{kind}");
-            let cfg = pull::Config { durable_name: Some(name.clone()), ack_policy: jetstream::consumer::AckPolicy::Explicit, ..Default::default() };
-            let consumer = stream.get_or_create_consumer(&name, cfg).await.map_err(|e| FleetError::nats(format!("consumer {name}"), e))?;
+            let consumer = crate::pull::durable(&stream, &format!("{prefix}-{kind}"), false).await?;
             let index = index.clone();
-            tasks.push(tokio::spawn(async move { run_consumer(consumer, kind, index).await }));
+            tasks.push(tokio::spawn(crate::pull::run(consumer, kind, move |m| {
+                let seen = m.info().map(|i| i.published.unix_timestamp().max(0) as u64).unwrap_or_else(|_| edr_fleet_proto::now_secs());
+                let handled = match apply(kind, &m.subject, &m.payload, seen, &index) {
+                    Ok(()) => crate::pull::Handled::Done,
+                    Err(Apply::Refused(why)) => crate::pull::Handled::Dropped(why),
+                    Err(Apply::Retry(e)) => crate::pull::Handled::Retry(e.to_string()),
+                };
+                std::future::ready(handled)
+            })));
         }
         Ok(tasks)
     }
 }
 
 const CONSUMERS: [(&str, &str); 3] = [(subjects::STREAM_SERVER, "index"), (subjects::STREAM_HEARTBEATS, "heartbeats"), (subjects::STREAM_ALERTS, "alerts")];
-
-async fn run_consumer(consumer: jetstream::consumer::Consumer<pull::Config>, kind: &'static str, index: Arc<Index>) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(consumer = kind, "cannot pull: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(m) = messages.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(consumer = kind, "pull: {e}");
-                    continue;
-                }
-            };
-            let seen = m.info().map(|i| i.published.unix_timestamp().max(0) as u64).unwrap_or_else(|_| edr_fleet_proto::now_secs());
-            match apply(kind, &m.subject, &m.payload, seen, &index) {
-                Ok(()) => {}
-                // A message that can never be applied is dropped (acked) with its reason; a database failure is retried.
-                Err(Apply::Refused(why)) => tracing::warn!(consumer = kind, subject = %m.subject, "message dropped: {why}"),
-                Err(Apply::Retry(e)) => {
-                    tracing::error!(consumer = kind, "cannot index a message, it will be redelivered: {e}");
-                    continue;
-                }
-            }
-            if let Err(e) = m.ack().await {
-                tracing::warn!(consumer = kind, "ack failed (the message will be redelivered and ignored as a duplicate): {e}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 enum Apply {
     Refused(String),

@@ -36,7 +36,8 @@
 use crate::api::{authorize, ok, parse_body, ApiError, ApiResult, AppState};
 use crate::api_auth::Role;
 use crate::error::FleetError;
-use async_nats::jetstream::{self, consumer::pull};
+use crate::pull::Handled;
+use async_nats::jetstream;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
@@ -46,14 +47,12 @@ use edr_fleet_proto::central::{self, EventBatch, Link};
 use edr_fleet_proto::msg::AlertMessage;
 use edr_fleet_proto::subjects;
 use edr_store::{Store, StoreConfig};
-use futures_util::StreamExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Alert ids the centre gives its own alerts on a host start here (hosts count from 1).
 pub const CENTRAL_ALERT_ID_BASE: u64 = 1 << 62;
@@ -244,73 +243,47 @@ pub async fn start(js: jetstream::Context, central: Arc<Central>, prefix: &str, 
     if fresh && stream.delete_consumer(&name).await.is_ok() {
         tracing::info!("central record: consumer reset, the stores are rebuilt from EDR_EVENTS");
     }
-    let consumer = durable(&stream, &name).await?;
+    let consumer = crate::pull::durable(&stream, &name, false).await?;
     let alerts_stream = js.get_stream(subjects::STREAM_ALERTS).await.map_err(|e| FleetError::nats("stream EDR_ALERTS", e))?;
     let alerts_name = format!("{prefix}-central-alerts");
     if fresh {
         let _ = alerts_stream.delete_consumer(&alerts_name).await;
     }
-    let alerts = durable(&alerts_stream, &alerts_name).await?;
+    let alerts = crate::pull::durable(&alerts_stream, &alerts_name, false).await?;
     let c = central.clone();
+    let events = crate::pull::run(consumer, "central", move |m| {
+        let (c, js, subject, payload) = (central.clone(), js.clone(), m.subject.to_string(), m.payload.to_vec());
+        async move {
+            match tokio::task::spawn_blocking(move || c.apply(&subject, &payload)).await.unwrap_or_else(|e| Err(Apply::Retry(e.to_string()))) {
+                Ok(None) => Handled::Done,
+                Ok(Some((batch, why))) => {
+                    report_break(&js, &batch, &why).await;
+                    Handled::Done
+                }
+                Err(e) => e.into(),
+            }
+        }
+    });
+    let alerts = crate::pull::run(alerts, "central-alerts", move |m| {
+        let (c, subject, payload) = (c.clone(), m.subject.to_string(), m.payload.to_vec());
+        async move {
+            match tokio::task::spawn_blocking(move || c.apply_alert(&subject, &payload)).await.unwrap_or_else(|e| Err(Apply::Retry(e.to_string()))) {
+                Ok(()) => Handled::Done,
+                Err(e) => e.into(),
+            }
+        }
+    });
     Ok(tokio::spawn(async move {
-        tokio::join!(ingest(consumer, js, central), ingest_alerts(alerts, c));
+        tokio::join!(events, alerts);
     }))
 }
 
-async fn durable(stream: &jetstream::stream::Stream, name: &str) -> Result<jetstream::consumer::Consumer<pull::Config>, FleetError> {
-    let cfg = pull::Config { durable_name: Some(name.to_string()), ack_policy: jetstream::consumer::AckPolicy::Explicit, ..Default::default() };
-    stream.get_or_create_consumer(name, cfg).await.map_err(|e| FleetError::nats(format!("consumer {name}"), e))
-}
-
-async fn ingest_alerts(consumer: jetstream::consumer::Consumer<pull::Config>, central: Arc<Central>) {
-    loop {
-        let Ok(mut messages) = consumer.messages().await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        while let Some(Ok(m)) = messages.next().await {
-            let (c, subject, payload) = (central.clone(), m.subject.to_string(), m.payload.to_vec());
-            match tokio::task::spawn_blocking(move || c.apply_alert(&subject, &payload)).await.unwrap_or_else(|e| Err(Apply::Retry(e.to_string()))) {
-                Ok(()) => {}
-                Err(Apply::Refused(why)) => tracing::warn!(subject = %m.subject, "central record: alert dropped: {why}"),
-                Err(Apply::Retry(e)) => {
-                    tracing::error!("central record: alert not stored, it will be redelivered: {e}");
-                    continue;
-                }
-            }
-            let _ = m.ack().await;
+impl From<Apply> for Handled {
+    fn from(a: Apply) -> Handled {
+        match a {
+            Apply::Refused(why) => Handled::Dropped(why),
+            Apply::Retry(e) => Handled::Retry(e),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn ingest(consumer: jetstream::consumer::Consumer<pull::Config>, js: jetstream::Context, central: Arc<Central>) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("central record: cannot pull: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(Ok(m)) = messages.next().await {
-            let (c, subject, payload) = (central.clone(), m.subject.to_string(), m.payload.to_vec());
-            let applied = tokio::task::spawn_blocking(move || c.apply(&subject, &payload)).await.unwrap_or_else(|e| Err(Apply::Retry(e.to_string())));
-            match applied {
-                Ok(None) => {}
-                Ok(Some((batch, why))) => report_break(&js, &batch, &why).await,
-                Err(Apply::Refused(why)) => tracing::warn!(subject = %m.subject, "central record: batch dropped: {why}"),
-                Err(Apply::Retry(e)) => {
-                    tracing::error!("central record: batch not stored, it will be redelivered: {e}");
-                    continue;
-                }
-            }
-            if let Err(e) = m.ack().await {
-                tracing::warn!("central record: ack failed (the batch will be redelivered and skipped): {e}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

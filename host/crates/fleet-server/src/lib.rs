@@ -35,6 +35,7 @@ pub mod natsd;
 pub mod notify;
 pub mod pack_client;
 mod packs;
+mod pull;
 pub mod queue;
 
 pub use error::FleetError;

@@ -18,11 +18,10 @@
 
 use crate::error::FleetError;
 use crate::index::Index;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use edr_fleet_proto::msg::{self, AlertMessage};
 use edr_fleet_proto::subjects;
 use edr_output::{AlertOutput, OutgoingAlert, OutputStatus, OutputsConfig};
-use futures_util::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,45 +112,17 @@ fn document(a: &AlertMessage) -> String {
 /// When the consumer cannot be made.
 pub async fn run(js: jetstream::Context, notifier: Arc<Notifier>, index: Arc<Index>, prefix: &str) -> Result<tokio::task::JoinHandle<()>, FleetError> {
     let stream = js.get_stream(subjects::STREAM_ALERTS).await.map_err(|e| FleetError::nats("stream EDR_ALERTS", e))?;
-    let name = format!("{prefix}-notify");
-    let cfg = pull::Config {
-        durable_name: Some(name.clone()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        deliver_policy: jetstream::consumer::DeliverPolicy::New,
-        ..Default::default()
-    };
-    let consumer = stream.get_or_create_consumer(&name, cfg).await.map_err(|e| FleetError::nats(format!("consumer {name}"), e))?;
-    Ok(tokio::spawn(async move { consume(consumer, notifier, index).await }))
-}
-
-async fn consume(consumer: jetstream::consumer::Consumer<pull::Config>, notifier: Arc<Notifier>, index: Arc<Index>) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("notify: cannot pull: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+    let consumer = crate::pull::durable(&stream, &format!("{prefix}-notify"), true).await?;
+    Ok(tokio::spawn(crate::pull::run(consumer, "notify", move |m| {
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let handled = match notify_one(&notifier, &index, &m.subject, &m.payload, seq) {
+            Ok(()) => crate::pull::Handled::Done,
+            // Not acked: JetStream redelivers it after the ack wait.
+            Err(Some(refused)) => crate::pull::Handled::Retry(format!("outputs refused alert {seq}, it will be tried again: {refused}")),
+            Err(None) => crate::pull::Handled::Dropped("not an alert of the host it came from".into()),
         };
-        while let Some(Ok(m)) = messages.next().await {
-            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match notify_one(&notifier, &index, &m.subject, &m.payload, seq) {
-                Ok(()) => {}
-                Err(Some(refused)) => {
-                    // Not acked: JetStream redelivers it after the ack wait.
-                    tracing::warn!(seq, "notify: outputs refused an alert, it will be tried again: {refused}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(None) => {}
-            }
-            if let Err(e) = m.ack().await {
-                tracing::warn!("notify: ack failed (the alert may be notified again, with the same id): {e}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        std::future::ready(handled)
+    })))
 }
 
 /// `Err(Some(why))`: try again later; `Err(None)`: a message that is not an
