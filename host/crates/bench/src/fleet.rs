@@ -151,6 +151,7 @@ fn heartbeat(h: &SimHost, i: usize) -> Heartbeat {
         alert_cursor: 0,
         status_error: None,
         self_release: None,
+        events: None,
     }
 }
 

@@ -374,8 +374,36 @@ function connectionsPanel(container, host) {
 const openCount = (alerts, host) => alerts.filter((a) => a.host_id === host && a.state !== "closed").length;
 const drops = (hb) => Object.values((hb && hb.drops) || {}).reduce((s, n) => s + n, 0);
 
+// Events per second from the heartbeats' `events` counters (the agent pipeline's total since it started):
+// the page keeps each host's heartbeats of the last minute and divides the counter's growth by their time span.
+const EPS_WINDOW = 60;
+function epsTracker() {
+  const samples = {};
+  return {
+    add(h) {
+      const hb = h.heartbeat;
+      if (!hb || typeof hb.events !== "number") return;
+      const list = (samples[h.host_id] = samples[h.host_id] || []);
+      const last = list[list.length - 1];
+      if (last && hb.events < last.events) list.length = 0; // the agent restarted: its counter began again
+      if (!last || hb.time > last.time) list.push({ time: hb.time, events: hb.events });
+      while (list.length > 2 && list[list.length - 1].time - list[0].time > EPS_WINDOW) list.shift();
+    },
+    rate(h) {
+      const list = samples[h.host_id] || [];
+      if (!h.heartbeat || typeof h.heartbeat.events !== "number") return { text: "n/a", title: "this host's heartbeat carries no event counter (an older agent)" };
+      if (list.length < 2) return { text: "…", title: "measuring: needs two heartbeats" };
+      const a = list[0], b = list[list.length - 1];
+      const r = (b.events - a.events) / (b.time - a.time);
+      return { value: r, text: `${r < 10 ? r.toFixed(1) : Math.round(r)}/s`, title: `${b.events - a.events} events in ${b.time - a.time} s (heartbeats), ${b.events} since the agent started` };
+    },
+  };
+}
+
 async function hostsPage() {
-  const [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/alerts?limit=10000")]);
+  let [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/alerts?limit=10000")]);
+  const eps = epsTracker();
+  hosts.forEach((h) => eps.add(h));
   const cols = [
     { name: "Host", key: (h) => h.hostname, cell: (h) => el("a", { href: `/console/hosts/${encodeURIComponent(h.host_id)}` }, h.hostname) },
     { name: "State", key: (h) => h.state, cell: (h) => badge(h.state) },
@@ -384,6 +412,7 @@ async function hostsPage() {
     { name: "Agent", key: (h) => get(h, "heartbeat.agent_version") || "", cell: (h) => get(h, "heartbeat.agent_version") || "" },
     { name: "Packs", cell: (h) => ((h.heartbeat && h.heartbeat.packs) || []).map((p) => `${p.id} ${p.version}`).join(", ") },
     { name: "Collectors", cell: (h) => ((h.heartbeat && h.heartbeat.collectors) || []).map((c) => `${c.name}: ${c.mode}`).join(", ") },
+    { name: "Events/s", key: (h) => eps.rate(h).value || 0, cell: (h) => { const r = eps.rate(h); return el("span", { class: "eps", title: r.title, "data-eps": r.value === undefined ? "" : r.value.toFixed(2) }, r.text); } },
     { name: "Drops", key: (h) => drops(h.heartbeat), cell: (h) => drops(h.heartbeat) },
     { name: "Open alerts", key: (h) => openCount(alerts, h.host_id), cell: (h) => openCount(alerts, h.host_id) },
   ];
@@ -396,6 +425,12 @@ async function hostsPage() {
   $("#filter").addEventListener("input", render);
   $("#state-filter").addEventListener("change", render);
   render();
+  // Refreshed as often as the hosts beat (between 2 and 30 s), for the states and the rates.
+  const every = Math.max(2, Math.min(30, ...hosts.map((h) => get(h, "heartbeat.interval_secs") || 30)));
+  setInterval(async () => {
+    try { hosts = (await api("GET", "/api/v1/hosts")).hosts; hosts.forEach((h) => eps.add(h)); render(); showError(""); }
+    catch (e) { showError(`cannot refresh the hosts: ${e.message}`); }
+  }, every * 1000);
 }
 
 function alertCols(withHost) {

@@ -27,8 +27,12 @@ use std::time::{Duration, Instant};
 
 const INJECTION: &str = "<img src=x onerror=\"document.body.dataset.pwned='1'\">Injected";
 
+/// The agent's status: its pipeline counts 50 events a second since the test started.
 fn status_doc() -> Result<Value, String> {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let events = START.get_or_init(Instant::now).elapsed().as_millis() as u64 / 20;
     Ok(json!({
+        "pipeline": {"events": events, "queued_events": 0},
         "agent": {"version": "0.1.0-test"},
         "packs": {"active": [{"id": "edr.builtin", "version": "1.0.0"}]},
         "collectors": [{"name": "process", "mode": "ebpf", "dropped": 0, "lost": 0}],
@@ -385,6 +389,18 @@ fn the_console_in_a_real_browser() {
         // Hosts.
         let row = wait_text(&c, "#hosts tbody", "web-1").await;
         assert!(row.contains("online") && row.contains("ebpf") && row.contains("edr.builtin 1.0.0"), "{row}");
+        // Events per second: the page measures the heartbeats' counter while it is open (two heartbeats at least).
+        let end = Instant::now() + Duration::from_secs(30);
+        let eps = loop {
+            let v = c.execute("return (document.querySelector('#hosts .eps') || {dataset: {}}).dataset.eps || ''", vec![]).await.unwrap();
+            if let Some(r) = v.as_str().and_then(|s| s.parse::<f64>().ok()) {
+                break r;
+            }
+            assert!(Instant::now() < end, "no events/s measured");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!((25.0..=100.0).contains(&eps), "the host counts 50 events/s; the page says {eps}");
+        assert!(text_of(&c, "#hosts tbody").await.contains("/s"));
         shot(&c, "hosts").await;
 
         // Alerts: newest first, grouped by incident, injection shown as text.
@@ -433,7 +449,15 @@ fn the_console_in_a_real_browser() {
         let trigger = text_of(&c, "#storyline-tree li.self > .proc").await;
         assert!(trigger.contains("2000 /bin/sh") && trigger.contains("trigger"), "{trigger}");
         let tree = text_of(&c, "#storyline-tree").await;
-        for want in ["/usr/lib/systemd/systemd", "/usr/sbin/nginx", "2001 /usr/bin/curl", "file create /tmp/x", "tcp connect 10.0.0.5:41000 → 203.0.113.50:80", "exited with code 0", "198.51.100.77:4444"] {
+        for want in [
+            "/usr/lib/systemd/systemd",
+            "/usr/sbin/nginx",
+            "2001 /usr/bin/curl",
+            "file create /tmp/x",
+            "tcp connect 10.0.0.5:41000 → 203.0.113.50:80",
+            "exited with code 0",
+            "198.51.100.77:4444",
+        ] {
             assert!(tree.contains(want), "{want:?} in the storyline: {tree}");
         }
         assert!(!tree.contains("sshd") && !tree.contains("nginx.conf"), "nothing unrelated, no ancestor activity unasked: {tree}");
@@ -614,7 +638,21 @@ fn the_console_in_a_real_browser() {
         h.audit().iter().filter(|e| e["change"]["kind"] == "command").map(|e| e["change"]["body"].as_str().unwrap().to_string()).collect();
     let mut ops: Vec<String> = bodies.iter().map(|b| serde_json::from_str::<CommandBody>(b).unwrap().command.op().to_string()).collect();
     ops.sort();
-    let want = ["connections", "fetch", "fetch", "isolate", "pack_install", "pack_install", "pack_rollback", "processes", "query", "release", "storyline", "storyline", "storyline"];
+    let want = [
+        "connections",
+        "fetch",
+        "fetch",
+        "isolate",
+        "pack_install",
+        "pack_install",
+        "pack_rollback",
+        "processes",
+        "query",
+        "release",
+        "storyline",
+        "storyline",
+        "storyline",
+    ];
     assert_eq!(ops, want, "every command the page and the test signed");
     for b in &bodies {
         let parsed: CommandBody = serde_json::from_str(b).unwrap();
