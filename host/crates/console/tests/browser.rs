@@ -154,7 +154,7 @@ fn attack() -> (Vec<Event>, Event) {
         connect(15, 2001, 0xa3, "/usr/bin/curl", "203.0.113.50", 80),
         file_event(16, FileOp::Create, "/tmp/x", 2001, 0xa3, "/usr/bin/curl"),
         Event { id: 17, time: T0 + 17 * S, partial: false, body: EventBody::ProcessExit(ProcessExit { pid: 2001, entity_id: 0xa3, exit_code: 0 }) },
-        exec(18, 2002, 2000, 0xa4, 0xa2, "/tmp/x", &["/tmp/x"]),
+        exec(18, 2002, 2000, 0xa4, 0xa2, "/tmp/x", &["/tmp/x", INJECTION]),
         connect(19, 2002, 0xa4, "/tmp/x", "198.51.100.77", 4444),
         exec(30, 900, 1, 0xb1, 0x1, "/usr/sbin/sshd", &["sshd: alice"]),
         connect(31, 900, 0xb1, "/usr/sbin/sshd", "192.0.2.10", 51000),
@@ -461,6 +461,9 @@ fn the_console_in_a_real_browser() {
             assert!(tree.contains(want), "{want:?} in the storyline: {tree}");
         }
         assert!(!tree.contains("sshd") && !tree.contains("nginx.conf"), "nothing unrelated, no ancestor activity unasked: {tree}");
+        assert!(tree.contains(INJECTION), "the host's argv is shown as text: {tree}");
+        let pwned = c.execute("return [document.body.dataset.pwned || null, document.querySelectorAll('#storyline img').length]", vec![]).await.unwrap();
+        assert_eq!(pwned, json!([null, 0]), "nothing from the host's record ran or became markup");
         // Descendants sit under the shell: curl's line is inside the trigger's item.
         assert!(text_of(&c, "#storyline-tree li.self").await.contains("/tmp/x"));
         shot(&c, "storyline").await;
