@@ -163,24 +163,32 @@ async function signCommand(host, command, reason) {
   return { body, key: commandKey.pub, signature: hex(sig) };
 }
 
+// Loads the key file chosen in `input`, says so in `status`, and tells the page (event "edr-key").
+async function loadKeyFile(input, status) {
+  try {
+    const text = await input.files[0].text();
+    const k = await loadKey(text);
+    input.value = "";
+    const match = k.pub === COMMAND_PUB;
+    status.className = match ? "ok" : "error";
+    status.textContent = match
+      ? `Command key loaded (${k.pub.slice(0, 16)}…), the fleet's key: hosts will accept what this page signs.`
+      : `Key ${k.pub.slice(0, 16)}… is not the fleet's command key (${COMMAND_PUB.slice(0, 16)}…): hosts will refuse what it signs.`;
+    const shared = $("#key-status");
+    if (shared && shared !== status) { shared.className = status.className; shared.textContent = status.textContent; }
+    document.dispatchEvent(new Event("edr-key"));
+    return match;
+  } catch (e) {
+    status.className = "error";
+    status.textContent = `Cannot load the key: ${e.message}`;
+    return false;
+  }
+}
+
 function keyPanel(container) {
   const status = el("span", { id: "key-status", class: "notice" }, "No command key loaded: signed commands (respond, live view, hunts) need your key file. It stays in this page's memory and is never uploaded.");
   const input = el("input", { type: "file", id: "key-file", accept: ".ed25519,.key,text/plain" });
-  input.addEventListener("change", async () => {
-    try {
-      const text = await input.files[0].text();
-      const k = await loadKey(text);
-      input.value = "";
-      const match = k.pub === COMMAND_PUB;
-      status.className = match ? "ok" : "error";
-      status.textContent = match
-        ? `Command key loaded (${k.pub.slice(0, 16)}…), the fleet's key: hosts will accept what this page signs.`
-        : `Key ${k.pub.slice(0, 16)}… is not the fleet's command key (${COMMAND_PUB.slice(0, 16)}…): hosts will refuse what it signs.`;
-    } catch (e) {
-      status.className = "error";
-      status.textContent = `Cannot load the key: ${e.message}`;
-    }
-  });
+  input.addEventListener("change", () => loadKeyFile(input, status));
   container.replaceChildren(el("div", { class: "panel" }, el("label", { class: "inline" }, "Command key file ", input), status));
 }
 
@@ -317,7 +325,48 @@ function livePanel(container, host) {
     return t;
   }));
   if (!canRespond()) [ps, ls, path].forEach((x) => (x.disabled = true));
-  container.replaceChildren(el("div", { class: "panel toolbar" }, ps, path, ls, el("span", { class: "hint" }, "signed read-only commands (responder role; the connections view is not built)")), out);
+  container.replaceChildren(el("div", { class: "panel toolbar" }, ps, path, ls, el("span", { class: "hint" }, "signed read-only commands (responder role)")), out);
+}
+
+// The host's sockets (signed `connections`), filterable by any column.
+function connectionsPanel(container, host) {
+  const go = el("button", { type: "button", id: "live-conns" }, "Connections");
+  const filter = el("input", { type: "search", id: "conn-filter", size: 30, placeholder: "filter: state, address, port, exe, pid…" });
+  const proto = el("select", { id: "conn-proto" }, el("option", { value: "" }, "tcp and udp"), el("option", { value: "tcp" }, "tcp"), el("option", { value: "udp" }, "udp"));
+  const out = el("div", { id: "conn-result" });
+  const table = el("table", { class: "grid", id: "conn-table" });
+  let rows = null, truncated = false;
+  const text = (c) => [c.proto, c.state, c.local, c.remote, c.pid, c.exe, c.uid].map((x) => (x === null || x === undefined ? "" : String(x))).join(" ").toLowerCase();
+  const render = () => {
+    if (!rows) return;
+    const words = filter.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const shown = rows.filter((c) => (!proto.value || c.proto === proto.value) && words.every((w) => text(c).includes(w)));
+    fillTable(table, [
+      { name: "proto", key: (c) => c.proto, cell: (c) => c.proto },
+      { name: "state", key: (c) => c.state, cell: (c) => c.state },
+      { name: "local", key: (c) => c.local, cell: (c) => c.local, mono: true },
+      { name: "remote", key: (c) => c.remote, cell: (c) => c.remote, mono: true },
+      { name: "pid", key: (c) => c.pid || 0, cell: (c) => (c.pid === null || c.pid === undefined ? "" : c.pid) },
+      { name: "uid", key: (c) => c.uid, cell: (c) => c.uid },
+      { name: "exe", key: (c) => c.exe || "", cell: (c) => c.exe || "", mono: true },
+    ], shown, { empty: "no socket matches" });
+    $("#conn-count").textContent = `${shown.length} of ${rows.length} sockets${truncated ? " (the host cut the listing)" : ""}`;
+  };
+  go.addEventListener("click", async () => {
+    out.replaceChildren(el("p", { class: "notice" }, "waiting for the host…"));
+    try {
+      const r = await sendCommand(host, { op: "connections" }, "");
+      if (r.status !== "done") return out.replaceChildren(el("p", { class: "error", id: "conn-error" }, `connections: ${r.status}: ${(r.output && (r.output.error || r.output.reason)) || ""}`));
+      rows = r.output.connections || [];
+      truncated = r.output.truncated === true;
+      out.replaceChildren(el("p", { id: "conn-count" }), el("div", { class: "scroll" }, table));
+      render();
+    } catch (e) { out.replaceChildren(el("p", { class: "error", id: "conn-error" }, e.message)); }
+  });
+  filter.addEventListener("input", render);
+  proto.addEventListener("change", render);
+  if (!canRespond()) [go, filter, proto].forEach((x) => (x.disabled = true));
+  container.replaceChildren(el("div", { class: "panel toolbar" }, go, proto, filter, el("span", { class: "hint" }, "every TCP and UDP socket of the host, with its process (signed read-only command)")), out);
 }
 
 // ---- pages ------------------------------------------------------------------------------------
@@ -325,8 +374,36 @@ function livePanel(container, host) {
 const openCount = (alerts, host) => alerts.filter((a) => a.host_id === host && a.state !== "closed").length;
 const drops = (hb) => Object.values((hb && hb.drops) || {}).reduce((s, n) => s + n, 0);
 
+// Events per second from the heartbeats' `events` counters (the agent pipeline's total since it started):
+// the page keeps each host's heartbeats of the last minute and divides the counter's growth by their time span.
+const EPS_WINDOW = 60;
+function epsTracker() {
+  const samples = {};
+  return {
+    add(h) {
+      const hb = h.heartbeat;
+      if (!hb || typeof hb.events !== "number") return;
+      const list = (samples[h.host_id] = samples[h.host_id] || []);
+      const last = list[list.length - 1];
+      if (last && hb.events < last.events) list.length = 0; // the agent restarted: its counter began again
+      if (!last || hb.time > last.time) list.push({ time: hb.time, events: hb.events });
+      while (list.length > 2 && list[list.length - 1].time - list[0].time > EPS_WINDOW) list.shift();
+    },
+    rate(h) {
+      const list = samples[h.host_id] || [];
+      if (!h.heartbeat || typeof h.heartbeat.events !== "number") return { text: "n/a", title: "this host's heartbeat carries no event counter (an older agent)" };
+      if (list.length < 2) return { text: "…", title: "measuring: needs two heartbeats" };
+      const a = list[0], b = list[list.length - 1];
+      const r = (b.events - a.events) / (b.time - a.time);
+      return { value: r, text: `${r < 10 ? r.toFixed(1) : Math.round(r)}/s`, title: `${b.events - a.events} events in ${b.time - a.time} s (heartbeats), ${b.events} since the agent started` };
+    },
+  };
+}
+
 async function hostsPage() {
-  const [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/alerts?limit=10000")]);
+  let [{ hosts }, { alerts }] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/alerts?limit=10000")]);
+  const eps = epsTracker();
+  hosts.forEach((h) => eps.add(h));
   const cols = [
     { name: "Host", key: (h) => h.hostname, cell: (h) => el("a", { href: `/console/hosts/${encodeURIComponent(h.host_id)}` }, h.hostname) },
     { name: "State", key: (h) => h.state, cell: (h) => badge(h.state) },
@@ -335,6 +412,7 @@ async function hostsPage() {
     { name: "Agent", key: (h) => get(h, "heartbeat.agent_version") || "", cell: (h) => get(h, "heartbeat.agent_version") || "" },
     { name: "Packs", cell: (h) => ((h.heartbeat && h.heartbeat.packs) || []).map((p) => `${p.id} ${p.version}`).join(", ") },
     { name: "Collectors", cell: (h) => ((h.heartbeat && h.heartbeat.collectors) || []).map((c) => `${c.name}: ${c.mode}`).join(", ") },
+    { name: "Events/s", key: (h) => eps.rate(h).value || 0, cell: (h) => { const r = eps.rate(h); return el("span", { class: "eps", title: r.title, "data-eps": r.value === undefined ? "" : r.value.toFixed(2) }, r.text); } },
     { name: "Drops", key: (h) => drops(h.heartbeat), cell: (h) => drops(h.heartbeat) },
     { name: "Open alerts", key: (h) => openCount(alerts, h.host_id), cell: (h) => openCount(alerts, h.host_id) },
   ];
@@ -347,6 +425,12 @@ async function hostsPage() {
   $("#filter").addEventListener("input", render);
   $("#state-filter").addEventListener("change", render);
   render();
+  // Refreshed as often as the hosts beat (between 2 and 30 s), for the states and the rates.
+  const every = Math.max(2, Math.min(30, ...hosts.map((h) => get(h, "heartbeat.interval_secs") || 30)));
+  setInterval(async () => {
+    try { hosts = (await api("GET", "/api/v1/hosts")).hosts; hosts.forEach((h) => eps.add(h)); render(); showError(""); }
+    catch (e) { showError(`cannot refresh the hosts: ${e.message}`); }
+  }, every * 1000);
 }
 
 function alertCols(withHost) {
@@ -378,6 +462,7 @@ async function hostPage() {
   );
   respondPanel($("#respond"), host);
   livePanel($("#live"), host);
+  connectionsPanel($("#connections"), host);
   fillTable($("#host-alerts"), alertCols(false), alerts, { empty: "no alerts from this host" });
 }
 
@@ -507,6 +592,99 @@ function kv(rows) {
   return el("table", { class: "grid" }, el("tbody", {}, rows.filter((r) => r[1] !== undefined && r[1] !== "").map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v)))));
 }
 
+// ---- the storyline ---------------------------------------------------------------------------
+
+// What one storyline event says, in a line (exec events are the process lines themselves).
+function activityLine(ev) {
+  const d = (ev.body && ev.body.data) || {};
+  switch (ev.body && ev.body.kind) {
+    case "file": return { cls: "file", text: `file ${d.op} ${d.path}${d.old_path ? ` (from ${d.old_path})` : ""}` };
+    case "network": return { cls: "net", text: `${d.transport} ${d.op} ${d.local_ip}:${d.local_port} → ${d.remote_ip}:${d.remote_port}` };
+    case "process-exit": return { cls: "exit", text: `exited with code ${d.exit_code}` };
+    case "login": return { cls: "login", text: `login ${d.user} ${d.success ? "succeeded" : "failed"} via ${d.service}` };
+    default: return null;
+  }
+}
+const eventEntity = (ev) => { const d = (ev.body && ev.body.data) || {}; return d.entity_id === undefined || d.entity_id === null ? null : String(d.entity_id); };
+
+// One process of the tree with its activity, then its children.
+function storyNode(p, children, activity) {
+  const exec = (p.execs || []).slice(-1)[0];
+  const x = (exec && exec.body && exec.body.data) || {};
+  const head = el("div", { class: "proc" }, badge(p.role), " ",
+    el("span", { class: "mono" }, `${x.pid || "?"} ${x.exe || "(no exec in the record)"}`),
+    x.argv && x.argv.length ? el("span", { class: "mono argv" }, " " + x.argv.join(" ")) : null,
+    x.user ? el("span", { class: "hint" }, ` user ${x.user}`) : null,
+    exec ? el("span", { class: "hint" }, ` ${nsTime(exec.time)}`) : el("span", { class: "hint" }, ` entity ${p.entity_id}`));
+  const acts = (activity.get(String(p.entity_id)) || []).map((ev) => {
+    const a = activityLine(ev);
+    return a && el("li", { class: `act ${a.cls}` }, el("span", { class: "hint" }, nsTime(ev.time) + " "), a.text);
+  }).filter(Boolean);
+  const kids = (children.get(String(p.entity_id)) || []).map((c) => storyNode(c, children, activity));
+  return el("li", { class: p.role === "trigger" ? "self" : p.role, "data-entity": String(p.entity_id) }, head,
+    acts.length ? el("ul", { class: "acts" }, acts) : null, kids.length ? el("ul", {}, kids) : null);
+}
+
+function renderStory(story, host) {
+  const procs = story.processes || [];
+  const ids = new Set(procs.map((p) => String(p.entity_id)));
+  const children = new Map(), roots = [];
+  for (const p of procs) {
+    const parent = p.parent_entity_id === null || p.parent_entity_id === undefined ? null : String(p.parent_entity_id);
+    if (parent && ids.has(parent) && parent !== String(p.entity_id)) { if (!children.has(parent)) children.set(parent, []); children.get(parent).push(p); } else roots.push(p);
+  }
+  const activity = new Map();
+  for (const e of story.events || []) {
+    const k = eventEntity(e.event);
+    if (k === null) continue;
+    if (!activity.has(k)) activity.set(k, []);
+    activity.get(k).push(e.event);
+  }
+  const n = (kind) => (story.events || []).filter((e) => e.event.body && e.event.body.kind === kind).length;
+  const related = story.related_alerts || [], actions = story.actions || [];
+  return el("div", { id: "storyline-tree" },
+    el("p", { class: "ok", id: "storyline-status" }, `Storyline from the host's record: ${procs.length} process(es), ${n("file")} file and ${n("network")} network event(s).`),
+    story.truncated || story.fitted_max_events ? el("p", { class: "notice" }, `The story was cut to fit${story.fitted_max_events ? ` (${story.fitted_max_events} events nearest the alert)` : ""}: ask for fewer ancestors' activity or a hunt for the rest.`) : null,
+    procs.length ? el("div", { class: "tree" }, el("ul", {}, roots.map((r) => storyNode(r, children, activity)))) : el("p", { class: "notice" }, "The host's record has no process for this alert (it names none, or retention removed it)."),
+    related.length ? el("div", {}, el("h3", {}, "Related alerts"), el("ul", { id: "storyline-related" }, related.map((r) => el("li", {}, badge(r.severity), " ", el("a", { href: `/console/alerts/${encodeURIComponent(host)}/${r.id}` }, r.rule_name), ` ${nsTime(r.time)}`)))) : null,
+    actions.length ? el("div", {}, el("h3", {}, "Response actions"), el("ul", {}, actions.map((x) => el("li", {}, `${nsTime(x.time)} ${x.actor || ""} ${x.decision || ""} ${x.outcome || ""}`)))) : null);
+}
+
+// The live storyline: a signed `storyline` to the alert's host, drawn as its process tree.
+function storylinePanel(container, host, alertId, carried) {
+  const out = el("div", { id: "storyline-result" });
+  const ancestors = el("input", { type: "checkbox", id: "storyline-ancestors" });
+  const fetchIt = async () => {
+    if (!commandKey) return;
+    out.replaceChildren(el("p", { class: "notice" }, "asking the host for the storyline…"));
+    try {
+      const r = await sendCommand(host, { op: "storyline", alert: alertId, max_events: 1000, ancestor_activity: ancestors.checked }, "");
+      if (r.status !== "done") return out.replaceChildren(el("p", { class: "error", id: "storyline-error" }, `storyline: ${r.status}: ${(r.output && (r.output.error || r.output.reason)) || "no reason given"}`));
+      out.replaceChildren(renderStory(r.output, host));
+    } catch (e) { out.replaceChildren(el("p", { class: "error", id: "storyline-error" }, `storyline: ${e.message}`)); }
+  };
+  const fallback = carried.pid || carried.exe
+    ? el("div", { class: "tree" }, el("p", { class: "hint" }, "What the alert itself carries:"), el("ul", {}, el("li", {}, `${carried.ppid || "?"} ${carried.pexe || ""}`, el("ul", {}, el("li", { class: "self" }, `${carried.pid || "?"} ${carried.exe || ""}${carried.cmd ? " — " + carried.cmd : ""}`)))))
+    : el("p", {}, "This alert carries no process.");
+  if (!canRespond()) {
+    container.replaceChildren(el("p", { class: "notice", id: "storyline-role" }, `You are a ${B.role}: the live storyline is a signed host command, which needs the responder role.`), fallback);
+    return;
+  }
+  const file = el("input", { type: "file", id: "storyline-key-file", accept: ".ed25519,.key,text/plain", hidden: true });
+  const keyNote = el("span", { id: "storyline-key" });
+  const showKeyNote = () => {
+    keyNote.className = commandKey ? "hint" : "notice";
+    keyNote.textContent = commandKey ? "" : "The storyline comes from the host's own record, asked with a signed command: load your command key (keys/command.ed25519) to fetch it.";
+  };
+  file.addEventListener("change", () => loadKeyFile(file, keyNote));
+  const load = el("button", { type: "button", id: "storyline-load", onclick: () => file.click() }, "Load key and fetch…");
+  const again = el("button", { type: "button", id: "storyline-fetch", onclick: () => (commandKey ? fetchIt() : file.click()) }, "Fetch storyline");
+  document.addEventListener("edr-key", () => { load.hidden = !!commandKey; if (commandKey && !out.querySelector("#storyline-tree")) fetchIt(); });
+  showKeyNote();
+  container.replaceChildren(el("div", { class: "panel toolbar" }, load, again, el("label", { class: "inline" }, ancestors, " ancestors' activity too"), file, keyNote), out);
+  out.replaceChildren(fallback);
+}
+
 async function alertPage() {
   const host = B.host, id = Number(B.alert);
   await loadHostNames();
@@ -524,14 +702,7 @@ async function alertPage() {
     ["Evidence", Object.keys(ecsGet(e, "edr.evidence") || {}).length ? kv(Object.entries(ecsGet(e, "edr.evidence"))) : "none recorded"],
     ["State", el("span", {}, badge(a.state), a.state_by ? ` by ${a.state_by}` : "", a.note ? ` — ${a.note}` : "")],
   ]));
-  // What the alert itself says about the process; the live storyline needs a host command that does not exist yet.
-  const proc = (p) => ({ pid: g(`${p}.pid`), exe: g(`${p}.executable`), cmd: g(`${p}.command_line`) || g(`${p}.args`) });
-  const me = proc("process"), parent = proc("process.parent");
-  const line = (p, cls) => el("li", { class: cls }, `${p.pid || "?"} ${p.exe || "(unknown executable)"}${p.cmd ? " — " + p.cmd : ""}`);
-  $("#storyline").replaceChildren(
-    el("p", { class: "notice", id: "storyline-missing" }, "The live storyline (ancestors, descendants and their file and network activity from the host's record) is not built yet: the agent has no storyline command. Shown: the process and parent the alert carries. A hunt over the host's process table reaches the rest."),
-    me.pid || me.exe ? el("div", { class: "tree" }, el("ul", {}, parent.pid || parent.exe ? el("li", {}, `${parent.pid || "?"} ${parent.exe || ""}`, el("ul", {}, line(me, "self"))) : line(me, "self"))) : el("p", {}, "This alert carries no process."),
-  );
+  storylinePanel($("#storyline"), host, id, { pid: g("process.pid"), exe: g("process.executable"), cmd: g("process.command_line") || g("process.args"), ppid: g("process.parent.pid"), pexe: g("process.parent.executable") });
   const note = el("input", { type: "text", id: "triage-note", size: 40, placeholder: "note" });
   const res = el("span", { id: "triage-result" });
   const set = async (state) => {
@@ -605,6 +776,79 @@ async function huntPage() {
   $("#export-json").addEventListener("click", () => downloadBlob("hunt.json", JSON.stringify(merged, null, 2), "application/json"));
 }
 
+// ---- packs ------------------------------------------------------------------------------------
+
+const canAdmin = () => RANK[B.role] >= RANK.admin;
+const PACK_STATE_CLASS = { active: "online", staged: "acknowledged", pending: "new", refused: "high", no_answer: "offline", rolled_back: "closed", rollback_failed: "critical" };
+const packBadge = (st) => el("span", { class: `badge ${PACK_STATE_CLASS[st] || ""}` }, st);
+
+async function packsPage() {
+  await loadHostNames();
+  if (canAdmin()) keyPanel($("#key-panel"));
+  const open = async (name) => {
+    const r = await api("GET", `/api/v1/packs/${encodeURIComponent(name)}`);
+    $("#pack-detail").hidden = false;
+    $("#pack-name").textContent = `${r.name} ${r.version}`;
+    $("#pack-summary").replaceChildren(kv([["sha256", el("span", { class: "mono" }, r.sha256)], ["Size", `${r.size} bytes in ${r.chunks} chunk(s)`],
+      ["Rollout", r.halted ? "halted: hosts not yet reached get nothing" : "running or finished"]]));
+    fillTable($("#pack-hosts"), [
+      { name: "Host", key: (h) => hostNames[h.host] || h.host, cell: (h) => el("a", { href: `/console/hosts/${encodeURIComponent(h.host)}`, title: h.host }, hostNames[h.host] || h.host) },
+      { name: "State", key: (h) => h.state, cell: (h) => packBadge(h.state) },
+      { name: "Reason", cell: (h) => h.reason || "" },
+      { name: "Since", key: (h) => -h.time, cell: (h) => ago(h.time) },
+      { name: "Heartbeat shows", cell: (h) => h.heartbeat_version || "" },
+    ], r.hosts, { rowId: (h) => h.host, empty: "no host targeted" });
+    packActions(r, () => open(name).then(list));
+  };
+  const list = async () => {
+    const { packs } = await api("GET", "/api/v1/packs");
+    fillTable($("#packs"), [
+      { name: "Pack", key: (p) => p.name, cell: (p) => el("button", { type: "button", class: "pack-open", "data-name": p.name, onclick: () => open(p.name).catch((e) => showError(e.message)) }, p.name) },
+      { name: "Version", key: (p) => p.version, cell: (p) => p.version },
+      { name: "Published", key: (p) => -p.published_at, cell: (p) => ago(p.published_at) },
+      { name: "Rollout", cell: (p) => (p.rolled_back ? "rolled back" : p.halted ? "halted" : "rolling out / done") },
+      { name: "Hosts", cell: (p) => el("span", {}, Object.entries(p.states || {}).map(([k, n]) => el("span", {}, packBadge(k), ` ${n} `))) },
+    ], packs, { rowId: (p) => p.name, empty: "no pack published: `edr fleet pack publish PACK.tar.zst` starts a rollout" });
+  };
+  await list();
+}
+
+// Halt (responder) and roll back (admin, one operator-signed pack_rollback per host with it staged or active).
+function packActions(r, reload) {
+  const reason = el("input", { type: "text", id: "pack-reason", size: 40, placeholder: "reason (signed with the rollback, kept in the audit)" });
+  const halt = el("button", { type: "button", id: "pack-halt", disabled: r.halted || !canRespond() }, "Halt rollout");
+  const back = el("button", { type: "button", id: "pack-rollback", class: "danger", disabled: !canAdmin() }, "Roll back…");
+  const res = $("#pack-result");
+  res.replaceChildren();
+  const say = (cls, text) => res.replaceChildren(el("p", { class: cls, id: "pack-status" }, text));
+  halt.addEventListener("click", async () => {
+    if (!window.confirm(`Halt the rollout of ${r.name} ${r.version}? Hosts not yet reached get nothing; hosts that have it keep it.`)) return say("notice", "cancelled");
+    try { await api("POST", `/api/v1/packs/${encodeURIComponent(r.name)}/halt`, {}); say("ok", `${r.name} ${r.version}: halted`); await reload(); say("ok", `${r.name} ${r.version}: halted`); }
+    catch (e) { say("error", e.message); }
+  });
+  back.addEventListener("click", async () => {
+    const hosts = r.hosts.filter((h) => h.state === "staged" || h.state === "active").map((h) => h.host);
+    if (!hosts.length) return say("error", `no host has ${r.name} ${r.version} staged or active: nothing to roll back`);
+    if (!reason.value.trim()) return say("error", "give a reason: it is signed with each rollback command and kept in the audit");
+    if (!commandKey) return say("error", "no command key loaded: load your key file above (the server cannot sign for you)");
+    if (!window.confirm(`Roll ${r.name} back from ${r.version} on ${hosts.length} host(s) (${hosts.map((h) => hostNames[h] || h).join(", ")})?\nReason: ${reason.value.trim()}\n\nSign and send?`)) return say("notice", "cancelled");
+    back.disabled = true;
+    try {
+      const commands = [];
+      for (const h of hosts) commands.push(await signCommand(h, { op: "pack_rollback", name: r.name, version: r.version }, reason.value.trim()));
+      say("notice", `asking ${hosts.length} host(s)…`);
+      const a = await api("POST", `/api/v1/packs/${encodeURIComponent(r.name)}/rollback`, { commands });
+      const failed = a.hosts.filter((h) => h.state !== "rolled_back");
+      await reload();
+      say(failed.length ? "error" : "ok", `rollback of ${r.name} ${r.version}: ` + a.hosts.map((h) => `${hostNames[h.host] || h.host} ${h.state}${h.reason ? " — " + h.reason : ""}`).join("; "));
+    } catch (e) { say("error", e.message); } finally { back.disabled = !canAdmin(); }
+  });
+  const who = !canRespond() ? el("p", { class: "notice", id: "pack-disabled" }, `You are a ${B.role}: halting a rollout needs the responder role, rolling back the admin role.`)
+    : !canAdmin() ? el("p", { class: "notice", id: "pack-disabled" }, `You are a ${B.role}: you may halt; rolling back needs the admin role.`) : null;
+  if (!canAdmin()) reason.disabled = true;
+  $("#pack-actions").replaceChildren(who || "", el("div", { class: "panel toolbar" }, halt, reason, back));
+}
+
 async function auditPage() {
   const { audit } = await api("GET", "/api/v1/audit?limit=500");
   const detail = (e) => {
@@ -626,7 +870,7 @@ async function auditPage() {
   ], audit);
 }
 
-const PAGES = { hosts: hostsPage, host: hostPage, alerts: alertsPage, alert: alertPage, hunt: huntPage, audit: auditPage };
+const PAGES = { hosts: hostsPage, host: hostPage, alerts: alertsPage, alert: alertPage, hunt: huntPage, packs: packsPage, audit: auditPage };
 
 document.addEventListener("DOMContentLoaded", () => {
   const out = $("#logout");

@@ -33,6 +33,8 @@ pub enum Page {
     Alert(String, String),
     /// Fleet-wide hunts.
     Hunt,
+    /// Pack rollouts: each host's state, halt and roll back.
+    Packs,
     /// The audit log.
     Audit,
 }
@@ -45,6 +47,7 @@ impl Page {
             Page::Alerts => "alerts",
             Page::Alert(..) => "alert",
             Page::Hunt => "hunt",
+            Page::Packs => "packs",
             Page::Audit => "audit",
         }
     }
@@ -56,6 +59,7 @@ impl Page {
             Page::Alerts => "Alerts".into(),
             Page::Alert(h, id) => format!("Alert {h}:{id}"),
             Page::Hunt => "Hunt".into(),
+            Page::Packs => "Packs".into(),
             Page::Audit => "Audit".into(),
         }
     }
@@ -95,7 +99,7 @@ pub fn login(error: Option<&str>) -> String {
 }
 
 fn nav(ctx: &Ctx, page: &Page) -> Markup {
-    let items = [("hosts", "Hosts"), ("alerts", "Alerts"), ("hunt", "Hunt"), ("audit", "Audit")];
+    let items = [("hosts", "Hosts"), ("alerts", "Alerts"), ("hunt", "Hunt"), ("packs", "Packs"), ("audit", "Audit")];
     let current = match page {
         Page::Host(_) => "hosts",
         Page::Alert(..) => "alerts",
@@ -129,6 +133,7 @@ fn body(page: &Page) -> Markup {
             div #host-detail.cards {}
             section { h2 { "Respond" } div #respond {} }
             section { h2 { "Live view" } div #live {} }
+            section { h2 { "Connections" } div #connections {} }
             section { h2 { "Recent alerts" } table #host-alerts.grid { thead {} tbody {} } }
         },
         Page::Alerts => html! {
@@ -171,6 +176,19 @@ fn body(page: &Page) -> Markup {
             div #hunt-status {}
             div.toolbar { button #export-csv type="button" disabled { "Export CSV" } button #export-json type="button" disabled { "Export JSON" } }
             table #hunt-result.grid { thead {} tbody {} }
+        },
+        Page::Packs => html! {
+            h1 { "Packs" }
+            p.hint { "Published with " code { "edr fleet pack publish" } ". Each host verifies the publisher's signature itself; the states are the hosts' answers, cross-checked with their heartbeats." }
+            div #key-panel {}
+            table #packs.grid { thead {} tbody {} }
+            section #pack-detail hidden {
+                h2 { "Rollout of " span #pack-name {} }
+                div #pack-summary {}
+                div #pack-actions {}
+                div #pack-result {}
+                table #pack-hosts.grid { thead {} tbody {} }
+            }
         },
         Page::Audit => html! {
             h1 { "Audit" }

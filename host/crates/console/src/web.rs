@@ -70,6 +70,7 @@ pub fn extend(opts: ConsoleOptions) -> impl FnOnce(Arc<AppState>, Router) -> Rou
             .route("/console/alerts", get(|s, h| page(s, h, pages::Page::Alerts)))
             .route("/console/alerts/{host}/{id}", get(|s, h, Path((host, id)): Path<(String, String)>| page(s, h, pages::Page::Alert(host, id))))
             .route("/console/hunt", get(|s, h| page(s, h, pages::Page::Hunt)))
+            .route("/console/packs", get(|s, h| page(s, h, pages::Page::Packs)))
             .route("/console/audit", get(|s, h| page(s, h, pages::Page::Audit)))
             .with_state(console.clone());
         api.merge(pages).layer(axum::middleware::from_fn_with_state(console, csrf_guard))

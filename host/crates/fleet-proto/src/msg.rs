@@ -119,6 +119,11 @@ pub struct Heartbeat {
     /// fleet was unreachable, and why (the isolation fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_release: Option<SelfRelease>,
+    /// Events the agent's pipeline received since the agent started (its
+    /// status's `pipeline.events`), when the status says: two heartbeats
+    /// give the host's events per second. Absent from older links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
 }
 versioned!(Heartbeat, "heartbeat");
 
