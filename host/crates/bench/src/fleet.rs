@@ -153,7 +153,7 @@ fn heartbeat(h: &SimHost, i: usize) -> Heartbeat {
         events_cursor: 0,
         status_error: None,
         self_release: None,
-        events: None,
+        pipeline_events: None,
     }
 }
 

@@ -382,16 +382,16 @@ function epsTracker() {
   return {
     add(h) {
       const hb = h.heartbeat;
-      if (!hb || typeof hb.events !== "number") return;
+      if (!hb || typeof hb.pipeline_events !== "number") return;
       const list = (samples[h.host_id] = samples[h.host_id] || []);
       const last = list[list.length - 1];
-      if (last && hb.events < last.events) list.length = 0; // the agent restarted: its counter began again
-      if (!last || hb.time > last.time) list.push({ time: hb.time, events: hb.events });
+      if (last && hb.pipeline_events < last.events) list.length = 0; // the agent restarted: its counter began again
+      if (!last || hb.time > last.time) list.push({ time: hb.time, events: hb.pipeline_events });
       while (list.length > 2 && list[list.length - 1].time - list[0].time > EPS_WINDOW) list.shift();
     },
     rate(h) {
       const list = samples[h.host_id] || [];
-      if (!h.heartbeat || typeof h.heartbeat.events !== "number") return { text: "n/a", title: "this host's heartbeat carries no event counter (an older agent)" };
+      if (!h.heartbeat || typeof h.heartbeat.pipeline_events !== "number") return { text: "n/a", title: "this host's heartbeat carries no event counter (an older agent)" };
       if (list.length < 2) return { text: "…", title: "measuring: needs two heartbeats" };
       const a = list[0], b = list[list.length - 1];
       const r = (b.events - a.events) / (b.time - a.time);

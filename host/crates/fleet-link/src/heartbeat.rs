@@ -90,7 +90,7 @@ pub fn build(facts: &LinkFacts, status: Result<Value, String>, now: u64) -> Hear
         events_cursor: facts.events_cursor,
         status_error,
         self_release: facts.self_release.as_ref().map(|(time, reason)| SelfRelease { time: *time, reason: reason.clone() }),
-        events: s["pipeline"]["events"].as_u64(),
+        pipeline_events: s["pipeline"]["events"].as_u64(),
     }
 }
 
@@ -132,8 +132,8 @@ mod tests {
         assert!(hb.isolated);
         assert_eq!(hb.drops["plugins.dropped_events"], 7);
         assert_eq!(hb.drops["collector.process.dropped"], 3);
-        assert_eq!(hb.events, Some(12345));
+        assert_eq!(hb.pipeline_events, Some(12345));
         let down = build(&facts, Err("agent busy".into()), 5);
-        assert_eq!((down.status_error.as_deref(), down.agent_version.as_str(), down.events), (Some("agent busy"), "0.1.0", None));
+        assert_eq!((down.status_error.as_deref(), down.agent_version.as_str(), down.pipeline_events), (Some("agent busy"), "0.1.0", None));
     }
 }

@@ -123,7 +123,7 @@ pub struct Heartbeat {
     /// status's `pipeline.events`), when the status says: two heartbeats
     /// give the host's events per second. Absent from older links.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events: Option<u64>,
+    pub pipeline_events: Option<u64>,
 }
 versioned!(Heartbeat, "heartbeat");
 
