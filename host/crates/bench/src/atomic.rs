@@ -3,7 +3,7 @@
 //! Starts `edr agent` on its built-in defaults in a temporary data dir, runs
 //! every runnable Linux test of the corpus (`../shared/corpora/
 //! atomic-red-team-linux`, resolved from the repository root) one at a time
-//! in a throw-away working directory (also its `HOME`) under a timeout, runs
+//! in a throw-away working directory under /home (also its `HOME`) with a timeout, runs
 //! its cleanup, then a benign workload the same way, and attributes the
 //! agent's alerts (`edr query` over the `alert` view) to the test whose
 //! process tree raised them, or, for alerts without a process, whose time
@@ -140,6 +140,8 @@ fn skip_rules() -> Vec<(Regex, &'static str)> {
             "destructive on a shared build machine (disk wipe)",
         ),
         (r(r"\b(insmod|modprobe|rmmod|kmod)\b"), "destructive on a shared build machine (kernel module load)"),
+        (r(r"sysrq"), "destructive on a shared build machine (magic SysRq: kills every process or reboots)"),
+        (r(r"\bdd\b[^\n]*\bof=|\bshred\b|\bsrm\b"), "destructive on a shared build machine (overwrites files with dd)"),
         (r(r"\b(iptables|ip6tables|nft|ufw|firewall-cmd)\b"), "destructive on a shared build machine (firewall change)"),
         (
             r(r"(chpasswd|\bpasswd\b)[^\n]*\broot\b|\broot:[^\n]*chpasswd|\busermod\b[^\n]*\broot\b"),
@@ -207,7 +209,10 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(shims: &Path) -> anyhow::Result<Sandbox> {
-        let dir = tempfile::Builder::new().prefix("edr-atomic-").tempdir()?;
+        // Under /home (where a user's HOME is, and what the collectors and rules
+        // watch for .bashrc, .ssh and history files), else the temporary dir.
+        let base = if Path::new("/home").is_dir() { PathBuf::from("/home") } else { std::env::temp_dir() };
+        let dir = tempfile::Builder::new().prefix("edr-atomic-").tempdir_in(base)?;
         let path_var = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", shims.display());
         Ok(Sandbox { dir, path_var })
     }
@@ -424,6 +429,7 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         tests.retain(|t| t.technique.starts_with(only.as_str()));
     }
     let rules = skip_rules();
+    let revision = (git(&["rev-parse", "--short", "HEAD"]), !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty());
     let work = tempfile::Builder::new().prefix("edr-atomic-run-").tempdir()?;
     let (shims, data) = (work.path().join("shims"), work.path().join("data"));
     std::fs::create_dir_all(&shims)?;
@@ -462,7 +468,8 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     for (_, r) in benign_runs.iter_mut() {
         r.outcome.rules = record.attribute(&r.pids, r.window, grace);
     }
-    let report = Report { tests: &tests, results: &results, benign: &benign_runs, total_alerts: record.alerts.len(), secs: begin.elapsed().as_secs_f64() };
+    let report =
+        Report { revision, tests: &tests, results: &results, benign: &benign_runs, total_alerts: record.alerts.len(), secs: begin.elapsed().as_secs_f64() };
     std::fs::create_dir_all(&a.out)?;
     let json = report.json();
     std::fs::write(a.out.join("coverage.json"), serde_json::to_string_pretty(&json)? + "\n")?;
@@ -472,6 +479,8 @@ pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
 }
 
 struct Report<'a> {
+    /// Commit and whether the tree had changes, when the run started.
+    revision: (String, bool),
     tests: &'a [Test],
     results: &'a [(usize, Ran)],
     benign: &'a [(&'static str, Ran)],
@@ -508,8 +517,8 @@ impl Report<'_> {
             .map(|(n, r)| json!({"name": n, "exit_code": r.outcome.exit, "timed_out": r.outcome.timed_out, "false_positives": r.outcome.rules}))
             .collect();
         let fps: usize = self.benign.iter().map(|(_, r)| r.outcome.rules.values().sum::<usize>()).sum();
-        json!({"date": git(&["log", "-1", "--format=%cI"]).split('T').next().unwrap_or(""), "generated": edr_event::time::to_rfc3339(now_ns()),
-               "commit": git(&["rev-parse", "--short", "HEAD"]), "dirty": !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        json!({"generated": edr_event::time::to_rfc3339(now_ns()),
+               "commit": self.revision.0, "dirty": self.revision.1,
                "totals": {"tests": rows.len(), "ran": ran, "detected": detected, "missed": missed, "skipped": skipped,
                           "detection_rate": if ran == 0 { 0.0 } else { (detected as f64 * 1000.0 / ran as f64).round() / 10.0 },
                           "benign_items": benign.len(), "benign_false_positives": fps, "all_alerts": self.total_alerts, "seconds": self.secs.round()},
