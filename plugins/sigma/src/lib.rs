@@ -133,6 +133,12 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     ("edr_local_account_change.yml", include_str!("../rules/edr_local_account_change.yml")),
     ("edr_dangerous_file_capability.yml", include_str!("../rules/edr_dangerous_file_capability.yml")),
     ("edr_timestomp_touch.yml", include_str!("../rules/edr_timestomp_touch.yml")),
+    ("edr_private_key_search.yml", include_str!("../rules/edr_private_key_search.yml")),
+    ("edr_password_policy_discovery.yml", include_str!("../rules/edr_password_policy_discovery.yml")),
+    ("edr_encrypted_archive.yml", include_str!("../rules/edr_encrypted_archive.yml")),
+    ("edr_virtualization_discovery.yml", include_str!("../rules/edr_virtualization_discovery.yml")),
+    ("edr_suid_file_search.yml", include_str!("../rules/edr_suid_file_search.yml")),
+    ("edr_shell_escape_from_utility.yml", include_str!("../rules/edr_shell_escape_from_utility.yml")),
 ];
 
 /// Longest matched value copied into a message or evidence, in bytes.

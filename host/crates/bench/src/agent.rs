@@ -93,9 +93,9 @@ impl Drop for Stop {
 }
 
 /// A running agent; stopped (SIGTERM) and reaped on drop.
-struct Agent {
+pub(crate) struct Agent {
     pid: u32,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     edr: PathBuf,
     _stop: Stop,
 }
@@ -103,7 +103,7 @@ struct Agent {
 impl Agent {
     /// Starts `edr agent` on `data` with the process source `source`;
     /// returns once its control socket is up, and how long that took.
-    fn start(edr: &Path, data: &Path, source: &str) -> anyhow::Result<(Agent, Duration)> {
+    pub(crate) fn start(edr: &Path, data: &Path, source: &str) -> anyhow::Result<(Agent, Duration)> {
         let mut cmd = Command::new(edr);
         cmd.args(["agent", "--data-dir", data.to_str().unwrap()]).env("EDR_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
         if source == "old" {

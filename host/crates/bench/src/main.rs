@@ -9,9 +9,11 @@
 //!
 //! Usage: `cargo run --release -p edr-bench -- [--batches N] [--batch-size N] [--runs N]`
 //! for the plugin path, and `edr-bench agent [--rates 50,200] [--secs 10]` (root)
-//! for the live agent (CPU, memory, exec-to-alert latency).
+//! for the live agent (CPU, memory, exec-to-alert latency), and
+//! `edr-bench atomic` (root) for coverage of the Atomic Red Team Linux tests.
 
 mod agent;
+mod atomic;
 mod fleet;
 mod sigma;
 mod workload;
@@ -131,6 +133,7 @@ struct Row {
 fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("agent") => return agent::run(std::env::args().skip(2)),
+        Some("atomic") => return atomic::run(std::env::args().skip(2)),
         Some("sigma") => return sigma::run(std::env::args().skip(2)),
         Some("fleet") => return fleet::run(std::env::args().skip(2)),
         _ => {}
