@@ -127,4 +127,14 @@ fn events_reach_the_centre_once_survive_the_hosts_record_and_forgeries_are_repor
     };
     assert!(wait_until(Duration::from_secs(20), alerted), "the break is an alert on host B");
     assert_eq!(central(&fleet, &a.host_id)["events"], 5010, "a batch naming host A on B's subject changed nothing of A");
+
+    // Host A's data dir wiped and recreated (record and cursor): its chain restarts at batch 1 with
+    // other content. That is a break too, reported; the centre's earlier events stay as they were.
+    let _ = std::fs::remove_file(a_dir.path().join("fleet/central.json"));
+    record(a_dir.path(), 1..=3);
+    let link = start(a_dir.path());
+    let reset = || central(&fleet, &a.host_id)["chain"].as_str().unwrap_or("").contains("arrived again with other content");
+    assert!(wait_until(Duration::from_secs(20), reset), "{}", central(&fleet, &a.host_id));
+    link.stop();
+    assert_eq!(count_at_centre(&fleet, &a.host_id, "SELECT count(*) FROM process"), 5010, "nothing earlier was replaced");
 }

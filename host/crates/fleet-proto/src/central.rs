@@ -66,9 +66,11 @@ impl EventBatch {
         batch_hash(&self.prev, &self.host_id, self.seq, self.first_id, self.last_id, self.count, &self.payload) == self.hash
     }
 
-    /// The `Nats-Msg-Id`: a resend of the same batch is dropped by the stream.
+    /// The `Nats-Msg-Id`: a resend of the same batch is dropped by the
+    /// stream; a batch with the same sequence but other content (a host
+    /// whose record and cursor were reset) is not, so the centre sees it.
     pub fn msg_id(&self) -> String {
-        format!("{}.ev.{}", self.host_id, self.seq)
+        format!("{}.ev.{}.{}", self.host_id, self.seq, &self.hash[..self.hash.len().min(16)])
     }
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `edr.host.<id>.hb` | the host: heartbeat with inventory | `EDR_HEARTBEATS` (last one per host kept) |
 //! | `edr.host.<id>.alert` | the host: one alert, `Nats-Msg-Id` = `<id>.<alert id>` | `EDR_ALERTS` (duplicate window [`ALERT_DUPLICATE_WINDOW_SECS`]) |
-//! | `edr.host.<id>.events` | the host: a batch of its record's events (the central record, [`crate::central`]), `Nats-Msg-Id` = `<id>.ev.<seq>` | `EDR_EVENTS` (no deletes, no purges) |
+//! | `edr.host.<id>.events` | the host: a batch of its record's events (the central record, [`crate::central`]), `Nats-Msg-Id` = `<id>.ev.<seq>.<hash prefix>` | `EDR_EVENTS` (no deletes, no purges) |
 //! | `edr.host.<id>.result` | the host: a command's result | none yet |
 //! | `edr.host.<id>.pack.get` | the host: a request for a chunk of a pack it was told to install | none (request/reply; the server answers) |
 //! | `edr.pack.<sha256>.<chunk>` | the management server: a published pack's bytes | `EDR_PACKS` (last message per subject) |

@@ -14,9 +14,10 @@
 //!   from their ECS documents: rule, severity, techniques, author, the event
 //!   ids they name), so an alert's storyline is answered at the centre.
 //! * **Tamper evidence.** Each host's chain (last sequence, hash, event id)
-//!   is kept in `DIR/central/chain.db`. A batch that does not verify, skips
-//!   sequences, names another previous hash, or goes back in event ids is a
-//!   break: it is recorded on the host (`GET /api/v1/central`) and reported
+//!   is kept in `DIR/central/chain.db`, with every batch's hash. A batch
+//!   that does not verify, skips sequences, names another previous hash,
+//!   goes back in event ids, or repeats a sequence with other content (the
+//!   host's record or cursor was reset) is a break: it is recorded on the host (`GET /api/v1/central`) and reported
 //!   as an alert on that host (`edr.central.record-chain-broken`, through
 //!   `EDR_ALERTS`, so it reaches the index, the console and the
 //!   notifications like any alert). Its events are still kept (nothing the
@@ -61,7 +62,8 @@ pub const CHAIN_RULE: &str = "edr.central.record-chain-broken";
 
 const CHAIN_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chain (
     host_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, last_id INTEGER NOT NULL,
-    batches INTEGER NOT NULL, events INTEGER NOT NULL, breaks INTEGER NOT NULL DEFAULT 0, last_break TEXT, updated_at INTEGER NOT NULL)";
+    batches INTEGER NOT NULL, events INTEGER NOT NULL, breaks INTEGER NOT NULL DEFAULT 0, last_break TEXT, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (host_id TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (host_id, seq)) WITHOUT ROWID";
 
 /// The central stores and the chains.
 pub struct Central {
@@ -119,8 +121,17 @@ impl Central {
         .map_err(|e| format!("reading the chain of {host}: {e}"))
     }
 
+    fn hash_of(&self, host: &str, seq: u64) -> Result<Option<String>, String> {
+        let conn = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("SELECT hash FROM batches WHERE host_id = ?1 AND seq = ?2", params![host, seq as i64], |r| r.get(0))
+            .optional()
+            .map_err(|e| format!("reading batch {seq} of {host}: {e}"))
+    }
+
     fn advance(&self, b: &EventBatch, broken: Option<&str>) -> Result<(), String> {
         let conn = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("INSERT OR REPLACE INTO batches (host_id, seq, hash) VALUES (?1, ?2, ?3)", params![b.host_id, b.seq as i64, b.hash])
+            .map_err(|e| format!("recording batch {} of {}: {e}", b.seq, b.host_id))?;
         conn.execute(
             "INSERT INTO chain (host_id, seq, hash, last_id, batches, events, breaks, last_break, updated_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)
              ON CONFLICT(host_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, last_id = excluded.last_id, batches = batches + 1,
@@ -138,7 +149,19 @@ impl Central {
             return Err(Apply::Refused(format!("batch names host {:?} but came on {subject}", b.host_id)));
         }
         let chain = self.chain_of(&b.host_id).map_err(Apply::Retry)?;
-        let verdict = central::judge(&b, chain.as_ref().map(|c| (c.seq, c.hash.as_str(), c.last_id)));
+        let verdict = match &chain {
+            // A sequence already received: a redelivery only if it is the same batch.
+            Some(c) if b.seq <= c.seq => match self.hash_of(&b.host_id, b.seq).map_err(Apply::Retry)? {
+                Some(h) if h == b.hash => Link::Seen,
+                first => Link::Broken(format!(
+                    "batch {} arrived again with other content (hash {}, first received as {}): the host's record or its cursor was reset or rewritten",
+                    b.seq,
+                    b.hash,
+                    first.as_deref().unwrap_or("unknown")
+                )),
+            },
+            _ => central::judge(&b, chain.as_ref().map(|c| (c.seq, c.hash.as_str(), c.last_id))),
+        };
         let broken = match verdict {
             Link::Seen => return Ok(None),
             Link::Next => None,
