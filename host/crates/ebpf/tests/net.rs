@@ -178,8 +178,12 @@ fn thousand_sub_ms_connections_each_seen_with_pid_ends_and_bytes() {
         *sizes.entry((cc.bytes_sent, cc.bytes_received, sc.bytes_sent, sc.bytes_received)).or_default() += 1;
     }
     // Sequence space: client 4 + SYN + FIN sent, 6 + FIN received; the
-    // server 6 + FIN sent, 4 + FIN received (see NetEvent::bytes_sent).
-    assert_eq!(sizes, HashMap::from([((6, 7, 7, 5), 1000)]), "byte counts (client sent, received, server sent, received)");
+    // server 6 + FIN sent, 4 + FIN received (see NetEvent::bytes_sent). The
+    // server's socket can reach CLOSE before the client's FIN is counted in
+    // its receive sequence (CI saw it in 2 of 1000): then it received 4.
+    let odd: Vec<_> = sizes.keys().filter(|k| !matches!(k, (6, 7, 7, 5) | (6, 7, 7, 4))).collect();
+    assert!(odd.is_empty(), "byte counts (client sent, received, server sent, received): {sizes:?}");
+    assert!(sizes.get(&(6, 7, 7, 5)).copied().unwrap_or(0) >= 900, "the FIN is counted almost always: {sizes:?}");
 }
 
 #[test]
