@@ -52,7 +52,12 @@ fleet_dir=$dir/server
 fleet() { "$edr" fleet --dir "$fleet_dir" "$@"; }
 
 pids=()
+isolated_host=""
 stop() {
+    # Never leave this host isolated behind (the agent would release itself only after its fallback).
+    if [ -n "$isolated_host" ]; then
+        fleet release "$isolated_host" --reason "quickstart: stopped while isolated" >/dev/null 2>&1 || true
+    fi
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
@@ -89,13 +94,16 @@ fleet hosts
 
 if [ "$isolate" = 1 ]; then
     say "isolating $host through the fleet"
+    isolated_host=$host
     fleet isolate "$host" --reason "quickstart: isolation walk-through" >/dev/null
     for _ in $(seq 30); do fleet hosts | grep -q isolated && break; sleep 1; done
     fleet hosts
     say "an isolated host still answers: edr fleet ls $host /"
-    fleet ls "$host" / | head -12
+    fleet ls "$host" / >"$dir/ls.json"
+    head -12 "$dir/ls.json"
     say "releasing $host"
     fleet release "$host" --reason "quickstart: done" >/dev/null
+    isolated_host=""
     for _ in $(seq 30); do fleet hosts | grep -q online && break; sleep 1; done
     fleet hosts
 fi
