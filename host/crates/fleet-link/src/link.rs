@@ -367,16 +367,9 @@ async fn forward_alerts(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sy
                 return;
             }
             let id = alert.alert_id;
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(serde_json::to_vec(&alert).unwrap_or_default().into())
-                .message_id(subjects::alert_msg_id(&ctx.id.host_id, id));
-            let acked = tokio::time::timeout(ctx.opts.ack_timeout, async {
-                let ack = js.send_publish(subjects::alert(&ctx.id.host_id), publish).await?;
-                ack.await
-            })
-            .await;
-            match acked {
-                Ok(Ok(ack)) => {
+            let payload = serde_json::to_vec(&alert).unwrap_or_default();
+            match publish_acked(js, subjects::alert(&ctx.id.host_id), subjects::alert_msg_id(&ctx.id.host_id, id), payload, ctx.opts.ack_timeout).await {
+                Ok(ack) => {
                     if ack.duplicate {
                         tracing::debug!(alert = id, "alert already in the fleet stream (duplicate dropped)");
                     }
@@ -386,13 +379,29 @@ async fn forward_alerts(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sy
                     ctx.stats.cursor.store(id, Ordering::Relaxed);
                     ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Err(e)) => return ctx.stats.error(format!("alert {id} not acknowledged: {e}; retrying from the cursor")),
-                Err(_) => return ctx.stats.error(format!("alert {id}: no acknowledgement within {:?}; retrying from the cursor", ctx.opts.ack_timeout)),
+                Err(e) => return ctx.stats.error(format!("alert {id}: {e}; retrying from the cursor")),
             }
         }
         if !full {
             return;
         }
+    }
+}
+
+/// Publishes `payload` to the stream on `subject` with `msg_id` (a resend is
+/// a duplicate there) and waits up to `timeout` for JetStream's acknowledgement.
+async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: String,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<jetstream::publish::PublishAck, String> {
+    let publish = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(msg_id);
+    match tokio::time::timeout(timeout, async { js.send_publish(subject, publish).await?.await }).await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(e)) => Err(format!("not acknowledged: {e}")),
+        Err(_) => Err(format!("no acknowledgement within {timeout:?}")),
     }
 }
 
@@ -421,14 +430,9 @@ async fn forward_events(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sy
             Ok(None) => return,
             Err(e) => return ctx.stats.error(format!("central record: {e}")),
         };
-        let publish = jetstream::message::PublishMessage::build().payload(serde_json::to_vec(&batch).unwrap_or_default().into()).message_id(batch.msg_id());
-        let acked = tokio::time::timeout(ctx.opts.ack_timeout, async {
-            let ack = js.send_publish(subjects::events(&ctx.id.host_id), publish).await?;
-            ack.await
-        })
-        .await;
-        match acked {
-            Ok(Ok(_)) => {
+        let payload = serde_json::to_vec(&batch).unwrap_or_default();
+        match publish_acked(js, subjects::events(&ctx.id.host_id), batch.msg_id(), payload, ctx.opts.ack_timeout).await {
+            Ok(_) => {
                 cursor = crate::central::CentralCursor { seq: batch.seq, hash: batch.hash.clone(), last_id: batch.last_id };
                 if let Err(e) = crate::central::save_cursor(&ctx.dir, &cursor) {
                     return ctx
@@ -438,8 +442,7 @@ async fn forward_events(ctx: &Ctx, js: &jetstream::Context, stop: &mut tokio::sy
                 ctx.stats.events_forwarded.fetch_add(u64::from(batch.count), Ordering::Relaxed);
                 ctx.stats.events_cursor.store(batch.last_id, Ordering::Relaxed);
             }
-            Ok(Err(e)) => return ctx.stats.error(format!("event batch {} not acknowledged: {e}; retrying from the cursor", batch.seq)),
-            Err(_) => return ctx.stats.error(format!("event batch {}: no acknowledgement within {:?}; retrying", batch.seq, ctx.opts.ack_timeout)),
+            Err(e) => return ctx.stats.error(format!("event batch {}: {e}; retrying from the cursor", batch.seq)),
         }
         if events.len() < central::BATCH_EVENTS {
             return;

@@ -81,6 +81,18 @@ impl Bus {
         Ok(Bus { client, js })
     }
 
+    /// The JetStream object store bucket `name`, made (with `description`) when it does not exist yet.
+    ///
+    /// # Errors
+    /// Why it can be neither found nor made.
+    pub(crate) async fn object_bucket(&self, name: &str, description: &str) -> Result<jetstream::object_store::ObjectStore, String> {
+        if let Ok(store) = self.js.get_object_store(name).await {
+            return Ok(store);
+        }
+        let cfg = jetstream::object_store::Config { bucket: name.into(), description: Some(description.into()), ..Default::default() };
+        self.js.create_object_store(cfg).await.map_err(|e| format!("cannot create the object store bucket {name}: {e}"))
+    }
+
     /// Publishes a server event (acknowledged by the stream) and applies it to the index.
     ///
     /// # Errors

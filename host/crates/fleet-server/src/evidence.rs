@@ -15,7 +15,7 @@
 
 use crate::api::{authorize, ok, ApiError, ApiResult, AppState};
 use crate::api_auth::Role;
-use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
+use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,11 +38,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 }
 
 async fn bucket(s: &AppState) -> Result<ObjectStore, String> {
-    if let Ok(store) = s.bus.js.get_object_store(BUCKET).await {
-        return Ok(store);
-    }
-    let cfg = object_store::Config { bucket: BUCKET.into(), description: Some("files fetched from hosts (edr fleet fetch)".into()), ..Default::default() };
-    s.bus.js.create_object_store(cfg).await.map_err(|e| format!("cannot create the evidence bucket {BUCKET}: {e}"))
+    s.bus.object_bucket(BUCKET, "files fetched from hosts (edr fleet fetch)").await
 }
 
 /// The object name of one fetch.

@@ -14,7 +14,7 @@
 
 use crate::api::{authorize, ok, ApiError, ApiResult, AppState};
 use crate::api_auth::Role;
-use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::object_store::ObjectStore;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
@@ -46,11 +46,7 @@ pub(crate) struct Hunt {
 }
 
 async fn bucket(s: &AppState) -> Result<ObjectStore, String> {
-    if let Ok(store) = s.bus.js.get_object_store(BUCKET).await {
-        return Ok(store);
-    }
-    let cfg = object_store::Config { bucket: BUCKET.into(), description: Some("fleet hunt answers (edr fleet query --until)".into()), ..Default::default() };
-    s.bus.js.create_object_store(cfg).await.map_err(|e| format!("cannot create the hunt bucket {BUCKET}: {e}"))
+    s.bus.object_bucket(BUCKET, "fleet hunt answers (edr fleet query --until)").await
 }
 
 async fn put_json(s: &AppState, name: &str, v: &impl Serialize) -> Result<(), String> {
