@@ -195,13 +195,22 @@ fn a_host_cannot_publish_as_another_nor_read_its_commands() {
         host_a.flush().await.unwrap();
         server.publish(subjects::command(&b.host_id), "for b".into()).await.unwrap();
         server.publish(format!("{}.x", subjects::inbox_prefix(&b.host_id)), "b's reply".into()).await.unwrap();
-        server.publish(subjects::command(&a.host_id), "for a".into()).await.unwrap();
         server.flush().await.unwrap();
 
         let got = next_within(&mut watch, 2000).await.expect("A's own heartbeat arrives");
         assert_eq!(got.subject.as_str(), subjects::heartbeat(&a.host_id), "only A's own subject gets through");
         assert!(next_within(&mut watch, 500).await.is_none(), "nothing A published as B reached the bus");
-        assert_eq!(next_within(&mut own_cmds, 2000).await.expect("A gets its own commands").payload.as_ref(), b"for a");
+        // A's subscription may not be registered at the server yet (flush does not wait for it): publish until it is.
+        let mut own = None;
+        for _ in 0..10 {
+            server.publish(subjects::command(&a.host_id), "for a".into()).await.unwrap();
+            server.flush().await.unwrap();
+            own = next_within(&mut own_cmds, 200).await;
+            if own.is_some() {
+                break;
+            }
+        }
+        assert_eq!(own.expect("A gets its own commands").payload.as_ref(), b"for a");
         assert!(next_within(&mut b_cmds, 500).await.is_none(), "A must not read B's commands");
         assert!(next_within(&mut b_inbox, 200).await.is_none(), "A must not read B's inbox");
     });
