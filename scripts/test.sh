@@ -63,3 +63,13 @@ cargo clippy --release --workspace --all-targets -- -D warnings \
     || { echo "scripts/test.sh: clippy found warnings (cargo clippy --release --workspace --all-targets)"; exit 1; }
 
 cargo test --release --workspace "$@"
+
+# The README's run command shares this build (the feature lines in
+# host/Cargo.toml): after the tests it must find nothing to compile.
+stale=$(cargo build --release --message-format=json 2>/dev/null | grep -c '"fresh":false' || true)
+if [ "$stale" -ne 0 ]; then
+    echo "scripts/test.sh: 'cargo build --release' (the run command) compiled $stale crates again after the tests:"
+    echo "  the run and test commands no longer share one build; align the features in host/Cargo.toml (BENCHMARKS.md, Build)"
+    exit 1
+fi
+echo "scripts/test.sh: the run command's build is the test build (nothing to compile)"
