@@ -259,6 +259,7 @@ fn three_agents_report_respond_and_survive_cuts_and_isolation() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server_alert_ids(sns, &dir, &ha), record_alert_ids(&data[0].0), "and nothing twice");
     assert!(wait_until(Duration::from_secs(20), || state_of(sns, &dir, &ha) == "online"), "A is online again");
+    link_status_shows_the_forwarding(&data[0].0, &ha);
 
     remote_processes(sns, &dir, &hb, &mut cleanup);
     remote_files(sns, &dir, &hc, work.path());
@@ -286,6 +287,27 @@ fn three_agents_report_respond_and_survive_cuts_and_isolation() {
     drop(cleanup);
     let listed = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     assert!(namespaces.iter().all(|ns| !listed.split_whitespace().any(|n| n == ns)), "namespaces removed: {listed}");
+}
+
+/// `edr status` on the host shows its fleet link: connected, and the cursor at its newest alert.
+fn link_status_shows_the_forwarding(data: &Path, host: &str) {
+    let newest = *record_alert_ids(data).last().unwrap();
+    let status = || -> serde_json::Value {
+        let out = Command::new(EDR).args(["status", "--json", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let caught_up = wait_until(Duration::from_secs(10), || {
+        let f = &status()["fleet"];
+        f["connected"] == true && f["alert_cursor"].as_u64() == Some(newest)
+    });
+    let s = status();
+    assert!(caught_up, "status shows the link connected with cursor {newest}: {}", s["fleet"]);
+    assert_eq!(s["fleet"]["host_id"].as_str(), Some(host), "{}", s["fleet"]);
+    assert!(s["fleet"]["alerts_forwarded"].as_u64().unwrap_or(0) >= 2, "{}", s["fleet"]);
+    assert!(s["fleet"]["heartbeats"].as_u64().unwrap_or(0) >= 1, "{}", s["fleet"]);
+    let text = Command::new(EDR).args(["status", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("fleet: host {host}, connected; alerts forwarded")), "{text}");
 }
 
 /// A stopped, its record deleted by an "attacker": the centre still answers A's hunt and storyline.

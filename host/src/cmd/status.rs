@@ -142,8 +142,33 @@ fn render(s: &Value, losses: &LossSummary) -> String {
     let mut o = String::new();
     render_pipeline(&mut o, s, losses);
     render_response_outputs(&mut o, s);
+    render_fleet(&mut o, &s["fleet"]);
     render_packs_plugins(&mut o, s);
     o
+}
+
+/// The fleet link, when this host is enrolled.
+fn render_fleet(o: &mut String, f: &Value) {
+    if !f.is_object() {
+        return;
+    }
+    let n = |k: &str| f[k].as_u64().unwrap_or(0);
+    outln!(
+        o,
+        "\nfleet: host {}, {}; alerts forwarded {} (cursor {}), events forwarded {} (cursor {}), {} heartbeats{}",
+        f["host_id"].as_str().unwrap_or("?"),
+        if f["connected"].as_bool() == Some(true) { "connected" } else { "NOT CONNECTED" },
+        n("alerts_forwarded"),
+        n("alert_cursor"),
+        n("events_forwarded"),
+        n("events_cursor"),
+        n("heartbeats"),
+        f["last_error"].as_str().map(|e| format!("\n  last error: {e}")).unwrap_or_default()
+    );
+    if let Some([at, why]) = f["self_release"].as_array().map(Vec::as_slice) {
+        let when = at.as_u64().map(|t| edr_event::time::to_rfc3339(t * 1_000_000_000)).unwrap_or_default();
+        outln!(o, "  released itself from isolation at {when}: {}", why.as_str().unwrap_or("?"));
+    }
 }
 
 /// The agent, its collectors and the record.

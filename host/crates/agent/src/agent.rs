@@ -115,7 +115,9 @@ impl AgentBuilder {
     pub fn build(mut self) -> anyhow::Result<Agent> {
         let cfg = Arc::new(prepare(self.config)?);
         crate::fleet::enroll_if_asked(&cfg, self.enroll_token.as_deref())?;
+        let mut fleet = None;
         if let Some(link) = crate::fleet::extension(&cfg)? {
+            fleet = Some(link.counters());
             self.extensions.push(Box::new(link));
         }
         let health = Arc::new(HealthLog::new(Some(&cfg.data_dir)));
@@ -166,6 +168,7 @@ impl AgentBuilder {
             health_interval: self.health_interval,
             builtin: self.builtin,
             extensions: self.extensions,
+            fleet,
             metrics: None,
             started: Instant::now(),
         })
@@ -346,6 +349,8 @@ pub struct Agent {
     health_interval: Duration,
     builtin: Option<BuiltinPack>,
     extensions: Vec<Box<dyn AgentExtension>>,
+    /// The fleet link's counters, when the link runs.
+    fleet: Option<crate::fleet::LinkCounters>,
     metrics: Option<MetricsServer>,
     started: Instant,
 }
@@ -509,6 +514,7 @@ impl Agent {
             config: self.reloads.status.clone(),
             actions: self.audit_counts.totals(),
             outputs: self.remote_outputs.status(),
+            fleet: self.fleet.as_ref().map(|f| f.status()),
         }
     }
 

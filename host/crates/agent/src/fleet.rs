@@ -22,8 +22,8 @@ pub(crate) fn enroll_if_asked(cfg: &AgentConfig, token: Option<&str>) -> anyhow:
 /// The link, when this host is enrolled and `[fleet] disabled` is not set.
 pub(crate) fn extension(cfg: &AgentConfig) -> anyhow::Result<Option<FleetExtension>> {
     let dir = edr_fleet_link::identity::state_dir(&cfg.data_dir)?;
-    let enrolled = edr_fleet_link::Identity::load(&dir)?.is_some();
-    if !enrolled || cfg.fleet.disabled {
+    let Some(identity) = edr_fleet_link::Identity::load(&dir)? else { return Ok(None) };
+    if cfg.fleet.disabled {
         return Ok(None);
     }
     if !cfg.store.enabled {
@@ -35,7 +35,15 @@ pub(crate) fn extension(cfg: &AgentConfig) -> anyhow::Result<Option<FleetExtensi
     if !policy.classes().is_empty() {
         tracing::info!(refused = ?policy.classes(), "fleet: this host refuses these classes of fleet command ([fleet] refuse)");
     }
-    Ok(Some(FleetExtension { data_dir: cfg.data_dir.clone(), record: cfg.store_config().path, policy, fallback, forward_events: cfg.fleet.forward_events }))
+    let counters = LinkCounters { host_id: identity.host_id, stats: Arc::default() };
+    Ok(Some(FleetExtension {
+        data_dir: cfg.data_dir.clone(),
+        record: cfg.store_config().path,
+        policy,
+        fallback,
+        forward_events: cfg.fleet.forward_events,
+        counters,
+    }))
 }
 
 /// Runs the fleet link for as long as the agent runs.
@@ -45,6 +53,28 @@ pub(crate) struct FleetExtension {
     policy: edr_fleet_link::policy::CommandPolicy,
     fallback: Option<Duration>,
     forward_events: bool,
+    counters: LinkCounters,
+}
+
+/// The link's counters, shared with the agent's status (`edr status`).
+#[derive(Clone)]
+pub(crate) struct LinkCounters {
+    host_id: String,
+    stats: Arc<edr_fleet_link::LinkStats>,
+}
+
+impl LinkCounters {
+    /// What the link has done so far.
+    pub(crate) fn status(&self) -> edr_fleet_link::LinkStatus {
+        self.stats.snapshot(&self.host_id)
+    }
+}
+
+impl FleetExtension {
+    /// The counters this extension's link will keep.
+    pub(crate) fn counters(&self) -> LinkCounters {
+        self.counters.clone()
+    }
 }
 
 impl AgentExtension for FleetExtension {
@@ -67,6 +97,7 @@ impl AgentExtension for FleetExtension {
             policy: self.policy.clone(),
             isolation_fallback: self.fallback,
             forward_events: self.forward_events,
+            stats: self.counters.stats.clone(),
             ..Default::default()
         };
         let link = edr_fleet_link::FleetLink::start_with(&self.data_dir, opts, Arc::new(store), status, Arc::new(exec))?;

@@ -34,6 +34,9 @@ pub struct AgentStatus {
     pub actions: edr_respond::AuditTotals,
     /// What each remote output (syslog, webhook, NATS) did.
     pub outputs: Vec<edr_output::OutputStatus>,
+    /// The fleet link (`None`: this host is not enrolled, or the link is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<edr_fleet_link::LinkStatus>,
 }
 
 /// The agent process.

@@ -34,7 +34,7 @@ pub mod processes;
 pub mod source;
 
 pub use identity::Identity;
-pub use link::{FleetLink, LinkOptions, LinkStats};
+pub use link::{FleetLink, LinkOptions, LinkStats, LinkStatus};
 pub use source::AlertSource;
 
 /// The agent's status document, on demand (`Err` with why, when the agent did not answer).

@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use edr_datadir::DataDir;
 use edr_fleet_proto::subjects;
 use futures_util::StreamExt;
+use serde::Serialize;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,9 @@ pub struct LinkOptions {
     pub isolation_fallback: Option<Duration>,
     /// Forward the record's events to the central record ([`crate::central`]). Default on.
     pub forward_events: bool,
+    /// The counters the link keeps (give a clone to show them elsewhere, e.g. in
+    /// `edr status`; a fresh set by default).
+    pub stats: Arc<LinkStats>,
 }
 
 impl Default for LinkOptions {
@@ -46,6 +50,7 @@ impl Default for LinkOptions {
             policy: CommandPolicy::allow_all(),
             isolation_fallback: Some(Duration::from_secs(crate::DEFAULT_ISOLATION_FALLBACK_SECS)),
             forward_events: true,
+            stats: Arc::default(),
         }
     }
 }
@@ -72,7 +77,47 @@ pub struct LinkStats {
     pub self_release: Mutex<Option<(u64, String)>>,
 }
 
+/// What the link has done, as `edr status` shows it ([`LinkStats::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    /// This host's fleet id.
+    pub host_id: String,
+    /// Connected to NATS now.
+    pub connected: bool,
+    /// Alerts acknowledged by the fleet since start.
+    pub alerts_forwarded: u64,
+    /// The highest alert id the fleet acknowledged (persisted).
+    pub alert_cursor: u64,
+    /// Events the central record acknowledged since start.
+    pub events_forwarded: u64,
+    /// The highest event id the central record acknowledged (persisted).
+    pub events_cursor: u64,
+    /// Heartbeats sent since start.
+    pub heartbeats: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// The last time this host released itself from isolation (seconds
+    /// since the epoch) and why.
+    pub self_release: Option<(u64, String)>,
+}
+
 impl LinkStats {
+    /// The counters now, for host `host_id`.
+    pub fn snapshot(&self, host_id: &str) -> LinkStatus {
+        let lock = |m: &Mutex<_>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        LinkStatus {
+            host_id: host_id.to_string(),
+            connected: self.connected.load(Ordering::Relaxed),
+            alerts_forwarded: self.forwarded.load(Ordering::Relaxed),
+            alert_cursor: self.cursor.load(Ordering::Relaxed),
+            events_forwarded: self.events_forwarded.load(Ordering::Relaxed),
+            events_cursor: self.events_cursor.load(Ordering::Relaxed),
+            heartbeats: self.heartbeats.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error),
+            self_release: lock(&self.self_release),
+        }
+    }
+
     fn error(&self, e: String) {
         tracing::warn!("fleet link: {e}");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -125,7 +170,7 @@ impl FleetLink {
         let dir = identity::state_dir(data_dir)?;
         let id = Identity::load(&dir)?.ok_or(LinkError::NotEnrolled)?;
         let kp = Arc::new(Identity::key_pair(&dir)?);
-        let stats = Arc::new(LinkStats::default());
+        let stats = opts.stats.clone();
         stats.cursor.store(identity::load_cursor(&dir)?, Ordering::Relaxed);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
