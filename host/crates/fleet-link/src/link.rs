@@ -104,7 +104,9 @@ pub struct LinkStatus {
 impl LinkStats {
     /// The counters now, for host `host_id`.
     pub fn snapshot(&self, host_id: &str) -> LinkStatus {
-        let lock = |m: &Mutex<_>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        fn lock<T: Clone>(m: &Mutex<T>) -> T {
+            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
         LinkStatus {
             host_id: host_id.to_string(),
             connected: self.connected.load(Ordering::Relaxed),
