@@ -353,4 +353,22 @@ fn the_agent_on_its_defaults_records_every_short_tcp_connection_with_its_pid() {
     eprintln!("{N} connections (longest {longest:?}): {} connect rows, {ours} with our pid, {} distinct local ports", rows.len(), ports.len());
     assert_eq!(rows.len(), N, "one connect row per connection: {:?}", &rows[..rows.len().min(5)]);
     assert_eq!(ours, N, "every connection with our pid: {:?}", &rows[..rows.len().min(5)]);
+    // And every client end's close, with our pid and its bytes: 1 byte + SYN
+    // + FIN sent (the client closes first, so its FIN is acknowledged before
+    // CLOSE), the server's FIN received (counted in at least almost all:
+    // the edr-ebpf net test's tolerance for a FIN not yet counted).
+    let sql = format!("SELECT pid, bytes_sent, bytes_received FROM network WHERE action = 'close' AND remote_port = {port}");
+    let mut closes = query(&sql);
+    while closes.len() < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        closes = query(&sql);
+    }
+    let mut sizes = std::collections::HashMap::<_, usize>::new();
+    for r in &closes {
+        *sizes.entry((r["pid"].as_u64(), r["bytes_sent"].as_u64(), r["bytes_received"].as_u64())).or_default() += 1;
+    }
+    eprintln!("{} close rows of client ends: (pid, sent, received) {sizes:?}", closes.len());
+    assert_eq!(closes.len(), N, "one close row per client end");
+    assert!(sizes.keys().all(|k| matches!(k, (Some(p), Some(3), Some(0 | 1)) if *p == me)), "{sizes:?}");
+    assert!(sizes.get(&(Some(me), Some(3u64), Some(1u64))).copied().unwrap_or(0) >= N * 9 / 10, "the peer's FIN is counted almost always: {sizes:?}");
 }

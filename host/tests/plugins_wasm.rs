@@ -147,3 +147,50 @@ fn a_plugin_built_against_0_1_0_detects_beside_one_built_against_the_current_con
     let who = edr_runtime::PluginIdentity { plugin: "contract-v0-1".into(), pack: None };
     assert_eq!(edr_runtime::HostServices::state_get(&*services, &who, "seen"), Some(2u64.to_le_bytes().to_vec()));
 }
+
+#[test]
+fn a_0_1_0_plugin_still_loads_and_is_never_given_a_close() {
+    let rt = runtime();
+    let services = Arc::new(edr_runtime::MemoryServices::default());
+    let mut old = rt.load(PluginSpec::new("contract-v0-1", plugin_wasm("edr-test-contract-v0-1")), services).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(old.contract_version(), "0.1.0");
+    assert!(old.wants(edr_event::EventKind::Network), "the fixture subscribes to network events");
+    // connect, its close (bytes), an accept, the accepted connection's close,
+    // a listener: one batch in the current wire form, as the agent encodes it.
+    let conn = |action: &str, port: u16, bytes: &str| {
+        format!(
+            r#"{{"event":{{"category":["network"],"action":"{action}"}},"network":{{"transport":"tcp"}},"source":{{"ip":"10.0.0.5","port":50000{bytes}}},"destination":{{"ip":"203.0.113.7","port":{port}}},"process":{{"pid":7,"executable":"/usr/bin/curl"}}}}"#
+        )
+    };
+    let evs = events(
+        &[
+            conn("connection_attempted", 443, ""),
+            conn("connection_closed", 443, r#","bytes":6"#),
+            conn("connection_accepted", 22, ""),
+            conn("connection_closed", 22, r#","bytes":7"#),
+            r#"{"event":{"category":["network"],"action":"listen"},"destination":{"ip":"0.0.0.0","port":8080},"network":{"transport":"tcp"}}"#.to_string(),
+        ]
+        .join("\n"),
+    );
+    assert_eq!(evs.iter().filter(|e| matches!(&e.body, edr_event::EventBody::Network(n) if n.op == edr_event::NetworkOp::Close)).count(), 2);
+    let batch = edr_event::wire::EncodedBatch::encode(&evs);
+    let selection: Vec<_> = batch.events.iter().filter(|e| old.wants(e.kind())).collect();
+    assert_eq!(selection.len(), 5, "the caller's selection has the closes: the runtime leaves them out");
+    let out = old.call(&batch, &selection);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let seen: Vec<(u64, String)> = out.findings.iter().map(|f| (f.event_ids[0], f.evidence[0].1.clone())).collect();
+    assert_eq!(seen, [(1, "connect".to_string()), (3, "accept".to_string()), (5, "listen".to_string())], "{:#?}", out.findings);
+    assert_eq!(old.metrics().snapshot().events, 3, "closes are not counted as delivered");
+    // A batch of closes only is no call at all.
+    let only_closes: Vec<_> = selection.iter().copied().filter(|e| e.id == 2 || e.id == 4).collect();
+    let calls = old.metrics().snapshot().calls;
+    let out = old.call(&batch, &only_closes);
+    assert!(out.error.is_none() && out.findings.is_empty(), "{out:?}");
+    assert_eq!(old.metrics().snapshot().calls, calls);
+    // The current contract is given the closes with their bytes (the SDK's view).
+    let mut current = load("edr-plugin-reverse-shell", "reverse-shell");
+    let all: Vec<_> = batch.events.iter().filter(|e| current.wants(e.kind())).collect();
+    assert_eq!(all.len(), 5);
+    assert!(current.call(&batch, &all).error.is_none());
+    assert_eq!(current.metrics().snapshot().events, 5);
+}

@@ -16,7 +16,7 @@ fn proc_line(pid: u32, entity: &str, exe: &str, args: &[&str], ppid: u32, parent
         + "\n"
 }
 
-/// nginx -> sh -> (curl writes /tmp/payload and connects out; /tmp/payload runs),
+/// nginx -> sh -> (curl writes /tmp/payload, connects out and closes; /tmp/payload runs),
 /// plus an unrelated `ls` under another shell.
 fn attack() -> String {
     let mut s = String::new();
@@ -41,6 +41,7 @@ fn attack() -> String {
     );
     s += &(serde_json::json!({"event": {"category": ["file"], "action": "create"}, "file": {"path": "/tmp/payload"}, "process": {"pid": 300, "entity_id": "00000000000000c3", "executable": "/usr/bin/curl"}}).to_string() + "\n");
     s += &(serde_json::json!({"event": {"category": ["network"], "action": "connection_attempted"}, "network": {"transport": "tcp"}, "source": {"ip": "10.0.0.5", "port": 40000}, "destination": {"ip": "203.0.113.9", "port": 80}, "process": {"pid": 300, "entity_id": "00000000000000c3", "executable": "/usr/bin/curl"}}).to_string() + "\n");
+    s += &(serde_json::json!({"event": {"category": ["network"], "type": ["end"], "action": "connection_closed"}, "network": {"transport": "tcp"}, "source": {"ip": "10.0.0.5", "port": 40000, "bytes": 75}, "destination": {"ip": "203.0.113.9", "port": 80, "bytes": 1460}, "process": {"pid": 300, "entity_id": "00000000000000c3", "executable": "/usr/bin/curl"}}).to_string() + "\n");
     s += &proc_line(400, "00000000000000d4", "/tmp/payload", &["/tmp/payload"], 200, "00000000000000b2", "/usr/bin/dash");
     s += &proc_line(900, "00000000000000f9", "/usr/bin/ls", &["ls", "-la"], 800, "00000000000000f8", "/usr/bin/bash");
     s
@@ -75,7 +76,11 @@ fn record_investigate_export_and_restart() {
         "--json",
         "SELECT (SELECT count(*) FROM process) AS p, (SELECT count(*) FROM file) AS f, (SELECT count(*) FROM network) AS n",
     ]));
-    assert_eq!((counts[0]["p"].as_u64(), counts[0]["f"].as_u64(), counts[0]["n"].as_u64()), (Some(5), Some(1), Some(1)));
+    assert_eq!((counts[0]["p"].as_u64(), counts[0]["f"].as_u64(), counts[0]["n"].as_u64()), (Some(5), Some(1), Some(2)));
+    let net =
+        json_rows(&edr(&["query", "--data-dir", d, "--json", "SELECT action, local_port, remote_port, bytes_sent, bytes_received FROM network ORDER BY id"]));
+    assert_eq!(net[1], serde_json::json!({"action": "close", "local_port": 40000, "remote_port": 80, "bytes_sent": 75, "bytes_received": 1460}));
+    assert_eq!((net[0]["action"].as_str(), net[0]["bytes_sent"].is_null()), (Some("connect"), true));
 
     // The storyline of the lineage alert (nginx spawned sh): its ancestors,
     // descendants and their activity, and nothing unrelated.
@@ -89,6 +94,7 @@ fn record_investigate_export_and_restart() {
     assert!(!story_text.contains("\"pid\":900"), "an unrelated process is in the storyline");
     let human = edr(&["storyline", &lineage["id"].to_string(), "--data-dir", d]);
     assert!(human.contains("Descendant") && human.contains("/usr/bin/curl"), "{human}");
+    assert!(human.contains("close 10.0.0.5:40000 -> 203.0.113.9:80 (tcp) sent 75 received 1460"), "the storyline shows the close with its bytes: {human}");
 
     // Search, timeline.
     let found = edr(&["search", "HTTP://203.0.113.9", "--data-dir", d]);

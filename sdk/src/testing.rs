@@ -267,8 +267,23 @@ pub fn connect(exe: &str, remote_ip: &str, remote_port: u16) -> Event {
             exe: Some(exe.to_string()),
             uid: Some(1000),
             netns: None,
+            bytes_sent: None,
+            bytes_received: None,
         }),
     }
+}
+
+/// Builds the close of an outbound TCP connection from `exe` to
+/// `remote_ip:port` that sent and received these byte counts (TCP sequence
+/// space, as the eBPF collector reports them).
+pub fn close(exe: &str, remote_ip: &str, remote_port: u16, bytes_sent: u64, bytes_received: u64) -> Event {
+    let mut e = connect(exe, remote_ip, remote_port);
+    if let EventBody::Network(n) = &mut e.body {
+        n.op = NetworkOp::Close;
+        n.bytes_sent = Some(bytes_sent);
+        n.bytes_received = Some(bytes_received);
+    }
+    e
 }
 
 /// A batch in wire form, in the SDK's generated types (what a plugin

@@ -171,7 +171,7 @@ pub struct FileEvent<'a> {
     pub uid: Option<u32>,
 }
 
-/// A network connection or listener.
+/// A network connection, listener, or the close of a TCP connection.
 #[derive(Debug, Clone, Copy)]
 pub struct NetworkEvent<'a> {
     /// What happened.
@@ -196,6 +196,13 @@ pub struct NetworkEvent<'a> {
     pub uid: Option<u32>,
     /// Network namespace (inode), where known: tells a container's connections from the host's.
     pub netns: Option<u64>,
+    /// [`NetworkOp::Close`] only: TCP sequence space sent and acknowledged
+    /// (the payload, plus 1 for the SYN of an outbound connection and 1 for
+    /// our FIN once acknowledged).
+    pub bytes_sent: Option<u64>,
+    /// [`NetworkOp::Close`] only: TCP sequence space received (the payload,
+    /// plus 1 for the peer's FIN when it came before the close).
+    pub bytes_received: Option<u64>,
 }
 
 /// A login attempt.
@@ -294,21 +301,35 @@ pub(crate) fn decode<'a>(text: &'a str, lists: &'a [u32], events: &'a [wit::Even
                 wit::EventBody::File(wit::FileEvent { op, path, old_path, mode, pid, entity_id, exe, uid }) => {
                     EventBody::File(FileEvent { op, path: s(path), old_path: old_path.map(s), mode, pid, entity_id, exe: exe.map(s), uid })
                 }
-                wit::EventBody::Network(wit::NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns }) => {
-                    EventBody::Network(NetworkEvent {
-                        op,
-                        transport,
-                        local_ip: s(local_ip),
-                        local_port,
-                        remote_ip: s(remote_ip),
-                        remote_port,
-                        pid,
-                        entity_id,
-                        exe: exe.map(s),
-                        uid,
-                        netns,
-                    })
-                }
+                wit::EventBody::Network(wit::NetworkEvent {
+                    op,
+                    transport,
+                    local_ip,
+                    local_port,
+                    remote_ip,
+                    remote_port,
+                    pid,
+                    entity_id,
+                    exe,
+                    uid,
+                    netns,
+                    bytes_sent,
+                    bytes_received,
+                }) => EventBody::Network(NetworkEvent {
+                    op,
+                    transport,
+                    local_ip: s(local_ip),
+                    local_port,
+                    remote_ip: s(remote_ip),
+                    remote_port,
+                    pid,
+                    entity_id,
+                    exe: exe.map(s),
+                    uid,
+                    netns,
+                    bytes_sent,
+                    bytes_received,
+                }),
                 wit::EventBody::Login(wit::LoginEvent { user, source_ip, service, method, success, pid }) => {
                     EventBody::Login(LoginEvent { user: s(user), source_ip: source_ip.map(s), service: s(service), method: s(method), success, pid })
                 }

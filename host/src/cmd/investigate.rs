@@ -136,14 +136,18 @@ fn describe(e: &Event) -> String {
             f.old_path.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default()
         ),
         EventBody::Network(n) => format!(
-            "{t}  net     pid {:<7} {} {}:{} -> {}:{} ({})",
+            "{t}  net     pid {:<7} {} {}:{} -> {}:{} ({}){}",
             n.pid.map(|p| p.to_string()).unwrap_or_default(),
             n.op,
             n.local_ip,
             n.local_port,
             n.remote_ip,
             n.remote_port,
-            n.transport
+            n.transport,
+            match (n.bytes_sent, n.bytes_received) {
+                (None, None) => String::new(),
+                (sent, received) => format!(" sent {} received {}", byte_count(sent), byte_count(received)),
+            }
         ),
         EventBody::Login(l) => format!(
             "{t}  login   {} from {} via {} ({})",
@@ -153,6 +157,11 @@ fn describe(e: &Event) -> String {
             if l.success { "ok" } else { "failed" }
         ),
     }
+}
+
+/// A byte count of a close, `?` when it is missing.
+fn byte_count(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".to_string(), |n| n.to_string())
 }
 
 fn print_events(events: &[Event], json: bool) {

@@ -196,7 +196,7 @@ edr_sdk::export_detector!(ReverseShell);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edr_sdk::testing::{connect, exec, Harness};
+    use edr_sdk::testing::{close, connect, exec, Harness};
 
     fn rule_of(argv: &[&str]) -> Vec<String> {
         let mut h = Harness::<ReverseShell>::new().unwrap();
@@ -247,6 +247,15 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].rule_id, SHELL_CONNECT.id);
         assert!(hits[0].evidence.contains(&("remote".to_string(), "203.0.113.7:4444".to_string())));
+    }
+
+    /// The close of the same connection is not a second connection out.
+    #[test]
+    fn a_shells_connection_closing_is_not_a_finding() {
+        let mut h = Harness::<ReverseShell>::new().unwrap();
+        assert!(h.run(&[close("/usr/bin/bash", "203.0.113.7", 4444, 6, 7)]).is_empty());
+        let hits = h.run(&[connect("/usr/bin/bash", "203.0.113.7", 4444), close("/usr/bin/bash", "203.0.113.7", 4444, 6, 7)]);
+        assert_eq!(hits.iter().map(|f| f.rule_id.as_str()).collect::<Vec<_>>(), [SHELL_CONNECT.id]);
     }
 
     #[test]

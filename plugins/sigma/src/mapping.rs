@@ -175,7 +175,11 @@ pub fn map_event<'a>(body: &EventBody<'a>, scratch: &'a Scratch) -> Option<Sigma
             let initiated = match n.op {
                 NetworkOp::Connect => true,
                 NetworkOp::Accept => false,
-                NetworkOp::Listen => return None,
+                // Not a connection: a listener has no peer, and a close
+                // (the end of a connection already mapped at its connect or
+                // accept, with byte counts, which Sigma's network_connection
+                // has no fields for) would match every connection rule twice.
+                NetworkOp::Listen | NetworkOp::Close => return None,
             };
             // As in our ECS mapping: the source is the side that initiated.
             let ((source_ip, source_port), (destination_ip, destination_port)) =

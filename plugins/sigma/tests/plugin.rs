@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use edr_plugin_sigma::{Sigma, BUILTIN_RULES};
-use edr_sdk::testing::{connect, exec, file, model, Harness};
+use edr_sdk::testing::{close, connect, exec, file, model, Harness};
 use edr_sdk::{LogLevel, Severity};
 
 fn rule(id: &str, category: &str, detection: &str) -> String {
@@ -161,6 +161,10 @@ fn network_fields_connect_and_accept() {
     // A listener has no peer: not a network_connection.
     let listen = r#"{"event":{"category":["network"],"action":"listen"},"destination":{"ip":"0.0.0.0","port":53},"network":{"transport":"udp"}}"#;
     assert!(h.run_jsonl(listen).is_empty());
+    // Nor is a close: the connection was matched at its connect.
+    let mut h = harness(probes("network_connection", OUT));
+    assert!(h.run(&[close("/usr/bin/python3", "198.51.100.7", 4444, 6, 7)]).is_empty());
+    assert_eq!(sorted(&h.run(&[connect("/usr/bin/python3", "198.51.100.7", 4444), close("/usr/bin/python3", "198.51.100.7", 4444, 6, 7)])), expect(OUT));
 }
 
 #[test]

@@ -153,6 +153,8 @@ fn network(rng: &mut Rng) -> EventBody {
         exe: Some(exe.into()),
         uid: Some(1000),
         netns: None,
+        bytes_sent: None,
+        bytes_received: None,
     })
 }
 

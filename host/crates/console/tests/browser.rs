@@ -136,6 +136,8 @@ fn connect(id: u64, pid: u32, entity: u64, exe: &str, remote: &str, port: u16) -
         exe: Some(exe.into()),
         uid: Some(33),
         netns: None,
+        bytes_sent: None,
+        bytes_received: None,
     });
     Event { id, time: T0 + id * S, partial: false, body }
 }

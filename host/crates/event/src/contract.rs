@@ -56,8 +56,8 @@ pub const VERSIONS: &[&str] = crate::versions::ALL;
 
 /// The model <-> generated conversions of one version's `types` module.
 macro_rules! model_conversions {
-    ($wit:ident) => {
-        crate::bridge_enums!($wit);
+    ($wit:ident $(, $frozen:ident)?) => {
+        crate::bridge_enums!($wit $(, $frozen)?);
 
         impl From<&model::PluginConfig> for $wit::Config {
             fn from(c: &model::PluginConfig) -> Self {
@@ -127,7 +127,7 @@ mod current_conversions {
 mod v0_1_conversions {
     use super::*;
     use v0_1::types as wit;
-    model_conversions!(wit);
+    model_conversions!(wit, frozen_0_1);
 
     use v0_2::types as cur;
 
@@ -141,9 +141,14 @@ mod v0_1_conversions {
 
     /// 0.1.0 events from current ones (sharing the batch's `text` and
     /// `lists`). Written against 0.1.0's frozen fields: a field the current
-    /// version adds is simply not passed to 0.1.0 plugins.
-    impl From<&cur::Event> for wit::Event {
-        fn from(e: &cur::Event) -> Self {
+    /// version adds is simply not passed to 0.1.0 plugins, and an event 0.1.0
+    /// cannot express (a network `close`) is refused with
+    /// [`NotInV0_1`](super::NotInV0_1): the runtime leaves it out of a 0.1.0
+    /// plugin's batch (the others keep their ids).
+    impl TryFrom<&cur::Event> for wit::Event {
+        type Error = super::NotInV0_1;
+
+        fn try_from(e: &cur::Event) -> Result<Self, Self::Error> {
             let body = match &e.body {
                 cur::EventBody::ProcessExec(x) => wit::EventBody::ProcessExec(wit::ProcessExec {
                     pid: x.pid,
@@ -172,7 +177,7 @@ mod v0_1_conversions {
                     uid: f.uid,
                 }),
                 cur::EventBody::Network(n) => wit::EventBody::Network(wit::NetworkEvent {
-                    op: model::NetworkOp::from(n.op).into(),
+                    op: model::NetworkOp::from(n.op).try_into().map_err(|op| super::NotInV0_1 { id: e.id, op })?,
                     transport: model::Transport::from(n.transport).into(),
                     local_ip: s(n.local_ip),
                     local_port: n.local_port,
@@ -192,9 +197,20 @@ mod v0_1_conversions {
                     pid: x.pid,
                 }),
             };
-            wit::Event { id: e.id, time: e.time, partial: e.partial, body }
+            Ok(wit::Event { id: e.id, time: e.time, partial: e.partial, body })
         }
     }
+}
+
+/// A current event that the frozen 0.1.0 contract cannot express (a network
+/// `close`): it is not sent to 0.1.0 plugins.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {id}: network op `{op}` has no form in edr:plugin@0.1.0")]
+pub struct NotInV0_1 {
+    /// The event's id.
+    pub id: u64,
+    /// The op 0.1.0 lacks.
+    pub op: model::NetworkOp,
 }
 
 #[cfg(test)]
@@ -244,7 +260,7 @@ mod tests {
             },
         ];
         let cur = Batch::<v0_2::types::Event>::encode(&events);
-        let converted: Vec<v0_1::types::Event> = cur.events.iter().map(Into::into).collect();
+        let converted: Vec<v0_1::types::Event> = cur.events.iter().map(|e| e.try_into().unwrap()).collect();
         let text = |r: v0_1::types::StrRef| &cur.text[r.offset as usize..(r.offset + r.len) as usize];
         let (a, b) = (&converted[0], &converted[1]);
         assert_eq!((a.id, a.time, a.partial, b.id, b.time, b.partial), (1, 2, false, 2, 3, true));
@@ -257,11 +273,65 @@ mod tests {
         assert_eq!(f.op, v0_1::types::FileOp::Rename);
     }
 
+    fn network(id: u64, op: model::NetworkOp, bytes: Option<(u64, u64)>) -> Event {
+        Event {
+            id,
+            time: id,
+            partial: false,
+            body: EventBody::Network(model::NetworkEvent {
+                op,
+                transport: model::Transport::Tcp,
+                local_ip: "127.0.0.1".into(),
+                local_port: 40_000,
+                remote_ip: "127.0.0.1".into(),
+                remote_port: 8080,
+                pid: Some(7),
+                entity_id: Some(8),
+                exe: Some("/usr/bin/curl".into()),
+                uid: Some(0),
+                netns: Some(4_026_531_840),
+                bytes_sent: bytes.map(|b| b.0),
+                bytes_received: bytes.map(|b| b.1),
+            }),
+        }
+    }
+
+    /// A close has no form in 0.1.0: its conversion is refused (naming the
+    /// event), and the connect and accept around it convert with their ids.
+    #[test]
+    fn a_close_is_not_converted_to_0_1_0() {
+        use model::NetworkOp::{Accept, Close, Connect};
+        let events = [network(10, Connect, None), network(11, Close, Some((6, 7))), network(12, Accept, None)];
+        let cur = Batch::<v0_2::types::Event>::encode(&events);
+        let v0_2::types::EventBody::Network(n) = &cur.events[1].body else { panic!() };
+        assert_eq!((n.op, n.bytes_sent, n.bytes_received), (v0_2::types::NetworkOp::Close, Some(6), Some(7)));
+        let converted: Vec<Result<v0_1::types::Event, NotInV0_1>> = cur.events.iter().map(TryInto::try_into).collect();
+        assert_eq!(converted[1], Err(NotInV0_1 { id: 11, op: Close }));
+        assert_eq!(converted[1].as_ref().unwrap_err().to_string(), "event 11: network op `close` has no form in edr:plugin@0.1.0");
+        let ok: Vec<(u64, v0_1::types::NetworkOp)> = converted
+            .iter()
+            .flatten()
+            .map(|e| match &e.body {
+                v0_1::types::EventBody::Network(n) => (e.id, n.op),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ok, [(10, v0_1::types::NetworkOp::Connect), (12, v0_1::types::NetworkOp::Accept)]);
+        assert_eq!(v0_1::types::NetworkOp::try_from(Close), Err(Close));
+        assert_eq!(model::NetworkOp::from(v0_1::types::NetworkOp::Listen), model::NetworkOp::Listen);
+    }
+
     #[test]
     fn enums_round_trip_through_every_version() {
         for k in model::EventKind::ALL {
             assert_eq!(model::EventKind::from(v0_2::types::EventKind::from(*k)), *k);
             assert_eq!(model::EventKind::from(v0_1::types::EventKind::from(*k)), *k);
+        }
+        for op in model::NetworkOp::ALL {
+            assert_eq!(model::NetworkOp::from(v0_2::types::NetworkOp::from(*op)), *op);
+            if let Ok(old) = v0_1::types::NetworkOp::try_from(*op) {
+                assert_eq!(model::NetworkOp::from(old), *op);
+            }
         }
         for s in model::Severity::ALL {
             assert_eq!(model::Severity::from(v0_2::types::Severity::from(*s)), *s);

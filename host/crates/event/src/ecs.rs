@@ -133,6 +133,7 @@ fn classification(body: &EventBody) -> (&'static str, &'static str, &'static str
             NetworkOp::Connect => ("network", "connection", "connection_attempted"),
             NetworkOp::Accept => ("network", "connection", "connection_accepted"),
             NetworkOp::Listen => ("network", "start", "listen"),
+            NetworkOp::Close => ("network", "end", "connection_closed"),
         },
         EventBody::Login(_) => ("authentication", "start", "login"),
     }
@@ -216,6 +217,9 @@ fn write_body(d: &mut Map<String, Value>, body: &EventBody) {
                 NetworkOp::Connect => ("egress", Some((&n.local_ip, n.local_port)), (&n.remote_ip, n.remote_port)),
                 NetworkOp::Accept => ("ingress", Some((&n.remote_ip, n.remote_port)), (&n.local_ip, n.local_port)),
                 NetworkOp::Listen => ("ingress", None, (&n.local_ip, n.local_port)),
+                // Which side opened it is not kept on the close: the local
+                // end is the source, so source.bytes is what it sent.
+                NetworkOp::Close => ("unknown", Some((&n.local_ip, n.local_port)), (&n.remote_ip, n.remote_port)),
             };
             put(d, "network.direction", direction.into());
             if let Some((ip, port)) = src {
@@ -226,6 +230,11 @@ fn write_body(d: &mut Map<String, Value>, body: &EventBody) {
             put(d, "destination.port", dst.1.into());
             put_opt(d, "user.id", n.uid.map(|u| u.to_string()));
             put_opt(d, "edr.network.netns", n.netns);
+            put_opt(d, "source.bytes", n.bytes_sent);
+            put_opt(d, "destination.bytes", n.bytes_received);
+            if let (Some(sent), Some(received)) = (n.bytes_sent, n.bytes_received) {
+                put(d, "network.bytes", sent.saturating_add(received).into());
+            }
         }
         EventBody::Login(l) => {
             put(d, "user.name", l.user.clone().into());
@@ -553,6 +562,7 @@ fn read_network(d: &Doc, action: Option<&str>) -> Result<EventBody, EcsError> {
         Some("connect" | "connection_attempted" | "connection-attempted") => NetworkOp::Connect,
         Some("accept" | "connection_accepted" | "connection-accepted") => NetworkOp::Accept,
         Some("listen" | "bind") => NetworkOp::Listen,
+        Some("close" | "connection_closed" | "connection-closed") => NetworkOp::Close,
         _ => match direction.as_deref() {
             Some("ingress" | "inbound") => NetworkOp::Accept,
             _ => NetworkOp::Connect,
@@ -565,8 +575,11 @@ fn read_network(d: &Doc, action: Option<&str>) -> Result<EventBody, EcsError> {
     };
     let src = (d.string("source.ip")?, d.uint::<u16>("source.port")?.unwrap_or(0));
     let dst = (d.string("destination.ip")?, d.uint::<u16>("destination.port")?.unwrap_or(0));
+    // The model has byte counts on a close only (other sources' connection
+    // documents may carry them; they are not ours to keep on a connect).
+    let (bytes_sent, bytes_received) = if op == NetworkOp::Close { (d.uint("source.bytes")?, d.uint("destination.bytes")?) } else { (None, None) };
     let ((local_ip, local_port), (remote_ip, remote_port)) = match op {
-        NetworkOp::Connect => (src, dst),
+        NetworkOp::Connect | NetworkOp::Close => (src, dst),
         NetworkOp::Accept => (dst, src),
         NetworkOp::Listen => (dst, (String::new(), 0)),
     };
@@ -582,6 +595,8 @@ fn read_network(d: &Doc, action: Option<&str>) -> Result<EventBody, EcsError> {
         exe: d.str("process.executable")?.map(str::to_string),
         uid: d.uint("user.id")?,
         netns: d.uint("edr.network.netns")?,
+        bytes_sent,
+        bytes_received,
     }))
 }
 
@@ -662,6 +677,8 @@ mod tests {
                 exe: Some("/usr/sbin/sshd".into()),
                 uid: Some(0),
                 netns: None,
+                bytes_sent: None,
+                bytes_received: None,
             }),
             EventBody::Network(NetworkEvent {
                 op: NetworkOp::Listen,
@@ -675,6 +692,23 @@ mod tests {
                 exe: None,
                 uid: None,
                 netns: None,
+                bytes_sent: None,
+                bytes_received: None,
+            }),
+            EventBody::Network(NetworkEvent {
+                op: NetworkOp::Close,
+                transport: Transport::Tcp,
+                local_ip: "10.0.0.2".into(),
+                local_port: 51_000,
+                remote_ip: "198.51.100.7".into(),
+                remote_port: 443,
+                pid: Some(321),
+                entity_id: Some(322),
+                exe: Some("/usr/bin/curl".into()),
+                uid: Some(1000),
+                netns: Some(4_026_531_840),
+                bytes_sent: Some(518),
+                bytes_received: Some(40_961),
             }),
             EventBody::Login(LoginEvent {
                 user: "alice".into(),
@@ -689,6 +723,39 @@ mod tests {
             let e = Event { body, ..base.clone() };
             assert_eq!(round_trip(&e), e);
         }
+    }
+
+    #[test]
+    fn a_close_is_an_end_with_the_bytes_of_each_side() {
+        let e = Event {
+            body: EventBody::Network(NetworkEvent {
+                op: NetworkOp::Close,
+                transport: Transport::Tcp,
+                local_ip: "10.0.0.2".into(),
+                local_port: 51_000,
+                remote_ip: "198.51.100.7".into(),
+                remote_port: 443,
+                pid: Some(321),
+                entity_id: None,
+                exe: None,
+                uid: None,
+                netns: None,
+                bytes_sent: Some(6),
+                bytes_received: Some(7),
+            }),
+            ..exec()
+        };
+        let doc = event_to_ecs(&e, &EcsContext::default());
+        assert_eq!((doc["event"]["type"][0].as_str(), doc["event"]["action"].as_str()), (Some("end"), Some("connection_closed")));
+        assert_eq!((doc["source"]["ip"].as_str(), doc["source"]["port"].as_u64(), doc["source"]["bytes"].as_u64()), (Some("10.0.0.2"), Some(51_000), Some(6)));
+        assert_eq!((doc["destination"]["ip"].as_str(), doc["destination"]["bytes"].as_u64()), (Some("198.51.100.7"), Some(7)));
+        assert_eq!((doc["network"]["bytes"].as_u64(), doc["network"]["direction"].as_str()), (Some(13), Some("unknown")));
+        // A connect carries no byte fields at all.
+        let EventBody::Network(n) = &e.body else { unreachable!() };
+        let connect =
+            Event { body: EventBody::Network(NetworkEvent { op: NetworkOp::Connect, bytes_sent: None, bytes_received: None, ..n.clone() }), ..exec() };
+        let doc = event_to_ecs(&connect, &EcsContext::default());
+        assert!(doc["source"].get("bytes").is_none() && doc["destination"].get("bytes").is_none() && doc["network"].get("bytes").is_none(), "{doc}");
     }
 
     #[test]

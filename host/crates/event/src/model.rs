@@ -65,6 +65,10 @@ macro_rules! wit_enum {
 /// is expanded: in this module the callback defines the enums; in
 /// [`bridge_enums!`](crate::bridge_enums) it writes the `From` impls (both
 /// ways, exhaustive) against a module of types generated from the WIT.
+///
+/// Variants added after the frozen 0.1.0 are listed last in an enum, in an
+/// `@since_0_2 { ... }` group: every version but 0.1.0 has them, and the
+/// 0.1.0 bridge (`bridge_enums!(wit, frozen_0_1)`) leaves them out.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __contract_enums {
@@ -108,6 +112,10 @@ macro_rules! __contract_enums {
                 Accept = "accept",
                 /// A socket started listening.
                 Listen = "listen",
+                @since_0_2 {
+                    /// An established TCP connection ended, with its byte counts.
+                    Close = "close",
+                }
             }
             /// Transport protocol.
             Transport {
@@ -159,35 +167,79 @@ macro_rules! __contract_enums {
 /// crate and those of a module generated from the WIT (by wasmtime's
 /// `bindgen!` or by `wit-bindgen`), named by `$wit` at the call site: a
 /// variant added to the WIT fails to compile until it is added here.
+///
+/// `bridge_enums!(wit, frozen_0_1)` is the bridge to the frozen 0.1.0 types,
+/// which lack the `@since_0_2` variants: for an enum that has some, `From`
+/// goes from the 0.1.0 enum only, and the other way is a `TryFrom` that
+/// gives back a value 0.1.0 cannot express.
 #[macro_export]
 macro_rules! bridge_enums {
     ($wit:ident) => {
-        $crate::__contract_enums! { [$crate::__bridge_enums] $wit }
+        $crate::__contract_enums! { [$crate::__bridge_enums] $wit all }
+    };
+    ($wit:ident, frozen_0_1) => {
+        $crate::__contract_enums! { [$crate::__bridge_enums] $wit frozen_0_1 }
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __bridge_enums {
-    ([$wit:ident] $( $(#[$meta:meta])* $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $str:literal ),+ $(,)? } )+) => {
-        $(
-            impl ::core::convert::From<$wit::$name> for $crate::$name {
-                fn from(v: $wit::$name) -> Self {
-                    match v { $( $wit::$name::$variant => $crate::$name::$variant ),+ }
+    ([$wit:ident all] $( $(#[$meta:meta])* $name:ident {
+        $( $(#[$vmeta:meta])* $variant:ident = $str:literal ),+ $(,)?
+        $( @since_0_2 { $( $(#[$nmeta:meta])* $nvariant:ident = $nstr:literal ),+ $(,)? } )?
+    } )+) => {
+        $( $crate::__bridge_enum! { $wit $name [ $($variant)+ $($($nvariant)+)? ] [] } )+
+    };
+    ([$wit:ident frozen_0_1] $( $(#[$meta:meta])* $name:ident {
+        $( $(#[$vmeta:meta])* $variant:ident = $str:literal ),+ $(,)?
+        $( @since_0_2 { $( $(#[$nmeta:meta])* $nvariant:ident = $nstr:literal ),+ $(,)? } )?
+    } )+) => {
+        $( $crate::__bridge_enum! { $wit $name [ $($variant)+ ] [ $($($nvariant)+)? ] } )+
+    };
+}
+
+/// One enum's bridge: `[shared variants] [variants the generated enum lacks]`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bridge_enum {
+    ($wit:ident $name:ident [ $($v:ident)+ ] []) => {
+        impl ::core::convert::From<$wit::$name> for $crate::$name {
+            fn from(v: $wit::$name) -> Self {
+                match v { $( $wit::$name::$v => $crate::$name::$v ),+ }
+            }
+        }
+        impl ::core::convert::From<$crate::$name> for $wit::$name {
+            fn from(v: $crate::$name) -> Self {
+                match v { $( $crate::$name::$v => $wit::$name::$v ),+ }
+            }
+        }
+    };
+    ($wit:ident $name:ident [ $($v:ident)+ ] [ $($n:ident)+ ]) => {
+        impl ::core::convert::From<$wit::$name> for $crate::$name {
+            fn from(v: $wit::$name) -> Self {
+                match v { $( $wit::$name::$v => $crate::$name::$v ),+ }
+            }
+        }
+        impl ::core::convert::TryFrom<$crate::$name> for $wit::$name {
+            /// The value, which this version of the contract does not have.
+            type Error = $crate::$name;
+            fn try_from(v: $crate::$name) -> Result<Self, Self::Error> {
+                match v {
+                    $( $crate::$name::$v => Ok($wit::$name::$v), )+
+                    $( $crate::$name::$n => Err($crate::$name::$n), )+
                 }
             }
-            impl ::core::convert::From<$crate::$name> for $wit::$name {
-                fn from(v: $crate::$name) -> Self {
-                    match v { $( $crate::$name::$variant => $wit::$name::$variant ),+ }
-                }
-            }
-        )+
+        }
     };
 }
 
 macro_rules! wit_enums {
-    ([] $( $(#[$meta:meta])* $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $wit:literal ),+ $(,)? } )+) => {
-        $( wit_enum! { $(#[$meta])* pub enum $name { $( $(#[$vmeta])* $variant = $wit ),+ } } )+
+    ([] $( $(#[$meta:meta])* $name:ident {
+        $( $(#[$vmeta:meta])* $variant:ident = $wit:literal ),+ $(,)?
+        $( @since_0_2 { $( $(#[$nmeta:meta])* $nvariant:ident = $nwit:literal ),+ $(,)? } )?
+    } )+) => {
+        $( wit_enum! { $(#[$meta])* pub enum $name { $( $(#[$vmeta])* $variant = $wit ),+ $($(, $(#[$nmeta])* $nvariant = $nwit )+)? } } )+
     };
 }
 
@@ -302,6 +354,14 @@ pub struct NetworkEvent {
     pub uid: Option<u32>,
     /// Network namespace (the inode of its `/proc/<pid>/ns/net`), where known.
     pub netns: Option<u64>,
+    /// [`NetworkOp::Close`] only: TCP sequence space sent and acknowledged
+    /// by the peer (`tcp_sock.bytes_acked`): the payload, plus 1 for the SYN
+    /// of an outbound connection and 1 for our FIN once acknowledged.
+    pub bytes_sent: Option<u64>,
+    /// [`NetworkOp::Close`] only: TCP sequence space received
+    /// (`tcp_sock.bytes_received`): the payload, plus 1 for the peer's FIN
+    /// when it came before the close.
+    pub bytes_received: Option<u64>,
 }
 
 /// A login attempt.

@@ -197,6 +197,8 @@ macro_rules! wire_encoder {
                         exe: n.exe.as_deref().map(|x| s(b, x)),
                         uid: n.uid,
                         netns: n.netns,
+                        bytes_sent: n.bytes_sent,
+                        bytes_received: n.bytes_received,
                     }),
                     B::Login(x) => $wit::EventBody::Login($wit::LoginEvent {
                         user: s(b, &x.user),

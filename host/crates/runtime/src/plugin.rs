@@ -303,8 +303,19 @@ impl Plugin {
 
     /// Runs one batch: `events` is the subset of `batch.events` of kinds the
     /// plugin wants (see [`Plugin::wants`]). The caller filters, so one
-    /// encoded batch is shared by many plugins without copying.
+    /// encoded batch is shared by many plugins without copying. A plugin
+    /// built against 0.1.0 is not given the events 0.1.0 cannot express (a
+    /// network `close`): they are neither delivered nor counted for it, and
+    /// the others keep their ids.
     pub fn call(&mut self, batch: &EncodedBatch, events: &[&WireEvent]) -> CallOutcome {
+        let expressible: Vec<&WireEvent>;
+        let events = match self.contract {
+            Contract::V0_2 => events,
+            Contract::V0_1 => {
+                expressible = events.iter().copied().filter(|e| v0_1::types::Event::try_from(*e).is_ok()).collect();
+                &expressible
+            }
+        };
         if let Health::Quarantined { reason, strikes } = &self.health {
             self.metrics.skipped_events.fetch_add(events.len() as u64, Relaxed);
             return CallOutcome { findings: Vec::new(), error: Some(PluginError::Quarantined { strikes: *strikes, reason: reason.clone() }) };
@@ -338,7 +349,7 @@ impl Plugin {
                 func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events)).map(|(f,)| f.into_iter().map(Into::into).collect())
             }
             Exports::V0_1(bindings) => {
-                let old: Vec<v0_1::types::Event> = events.iter().map(|e| (*e).into()).collect();
+                let old: Vec<v0_1::types::Event> = events.iter().filter_map(|e| (*e).try_into().ok()).collect();
                 bindings.call_on_events(&mut live.store, &batch.text, &batch.lists, &old).map(|f| f.into_iter().map(Into::into).collect())
             }
         };

@@ -196,6 +196,8 @@ impl Host {
                     exe: Some(p.exe.clone()),
                     uid: Some(1001),
                     netns: None,
+                    bytes_sent: None,
+                    bytes_received: None,
                 }))
             }
         }
@@ -244,6 +246,8 @@ impl Host {
             exe: Some(curl.exe.clone()),
             uid: Some(33),
             netns: None,
+            bytes_sent: None,
+            bytes_received: None,
         })));
         out.push(self.event(EventBody::File(FileEvent {
             op: FileOp::Create,

@@ -11,7 +11,7 @@
 //! adding a field to the model fails to compile until the codec learns it
 //! (and its format version is bumped).
 //!
-//! Layout (format 4; format 1 lacked the exec's gid, formats 1-2 its cgroup id, read as 0; formats 1-3 the network namespace, absent): one version byte, one kind byte, then the kind's
+//! Layout (format 5; format 1 lacked the exec's gid, formats 1-2 its cgroup id, read as 0; formats 1-3 the network namespace, formats 1-4 the close op and the byte counts, absent): one version byte, one kind byte, then the kind's
 //! fields in the order below. Integers are LEB128 varints (`i32` zigzagged),
 //! strings are a varint length and UTF-8 bytes, lists a varint count and
 //! their items, options a presence bit in a flags varint. The event's `id`,
@@ -22,13 +22,13 @@
 //! | 1 exec | pid, ppid, entity_id, parent_entity_id, uid, gid (format 2), cgroup_id (format 3), start_time (delta to the event time, zigzag), exe, argv, cwd, user, parent_exe, parent_argv, ancestry (flags bit 0: `ancestry[0] == parent_exe`, which is then not repeated) |
 //! | 2 exit | pid, entity_id, exit_code |
 //! | 3 file | flags (old_path, mode, pid, entity_id, exe, uid), op, path, then the present options |
-//! | 4 network | flags (pid, entity_id, exe, uid, netns (format 4)), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
+//! | 4 network | flags (pid, entity_id, exe, uid, netns (format 4), bytes_sent, bytes_received (format 5)), op, transport, local_ip, local_port, remote_ip, remote_port, then the present options |
 //! | 5 login | flags (source_ip, pid, success), user, service, method, then the present options |
 
 use edr_event::{Event, EventBody, EventKind, FileEvent, FileOp, LoginEvent, NetworkEvent, NetworkOp, ProcessExec, ProcessExit, Timestamp, Transport};
 
 /// The format version written by [`encode_body`].
-pub const FORMAT: u8 = 4;
+pub const FORMAT: u8 = 5;
 
 /// A body that could not be decoded: a damaged row or a newer format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +75,7 @@ stable_codes! {
 
 stable_codes! {
     /// The store's code for a network operation (the `events.op` column of network events).
-    network_op_code, network_op_from, NetworkOp, "network op" { Connect = 1, Accept = 2, Listen = 3 }
+    network_op_code, network_op_from, NetworkOp, "network op" { Connect = 1, Accept = 2, Listen = 3, Close = 4 }
 }
 
 stable_codes! {
@@ -238,8 +238,8 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
             }
         }
         EventBody::Network(n) => {
-            let NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns } = n;
-            o.uint(bits(&[pid.is_some(), entity_id.is_some(), exe.is_some(), uid.is_some(), netns.is_some()]));
+            let NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns, bytes_sent, bytes_received } = n;
+            o.uint(bits(&[pid.is_some(), entity_id.is_some(), exe.is_some(), uid.is_some(), netns.is_some(), bytes_sent.is_some(), bytes_received.is_some()]));
             o.uint(u64::from(network_op_code(*op)));
             o.uint(u64::from(transport_code(*transport)));
             o.str(local_ip);
@@ -260,6 +260,9 @@ pub fn encode_body(event: &Event, buf: &mut Vec<u8>) {
             }
             if let Some(ns) = netns {
                 o.uint(*ns);
+            }
+            for b in [bytes_sent, bytes_received].into_iter().flatten() {
+                o.uint(*b);
             }
         }
         EventBody::Login(l) => {
@@ -361,7 +364,23 @@ pub fn decode_event(id: u64, time: Timestamp, partial: bool, body: &[u8]) -> Res
             let exe = if flags & 4 != 0 { Some(r.str()?) } else { None };
             let uid = if flags & 8 != 0 { Some(r.u32()?) } else { None };
             let netns = if flags & 16 != 0 { Some(r.uint()?) } else { None };
-            EventBody::Network(NetworkEvent { op, transport, local_ip, local_port, remote_ip, remote_port, pid, entity_id, exe, uid, netns })
+            let bytes_sent = if flags & 32 != 0 { Some(r.uint()?) } else { None };
+            let bytes_received = if flags & 64 != 0 { Some(r.uint()?) } else { None };
+            EventBody::Network(NetworkEvent {
+                op,
+                transport,
+                local_ip,
+                local_port,
+                remote_ip,
+                remote_port,
+                pid,
+                entity_id,
+                exe,
+                uid,
+                netns,
+                bytes_sent,
+                bytes_received,
+            })
         }
         5 => {
             let flags = r.uint()?;
@@ -456,6 +475,23 @@ mod tests {
                 exe: None,
                 uid: Some(3),
                 netns: Some(4_026_531_992),
+                bytes_sent: None,
+                bytes_received: None,
+            }),
+            EventBody::Network(NetworkEvent {
+                op: NetworkOp::Close,
+                transport: Transport::Tcp,
+                local_ip: "127.0.0.1".into(),
+                local_port: 40_000,
+                remote_ip: "127.0.0.1".into(),
+                remote_port: 8080,
+                pid: Some(7),
+                entity_id: Some(8),
+                exe: Some("/usr/bin/curl".into()),
+                uid: None,
+                netns: None,
+                bytes_sent: Some(u64::MAX),
+                bytes_received: Some(0),
             }),
             EventBody::Login(LoginEvent { user: "a".into(), source_ip: None, service: "sshd".into(), method: "password".into(), success: false, pid: None }),
             EventBody::Login(LoginEvent {
@@ -494,6 +530,15 @@ mod tests {
         let two = [2, 1, 0, 7, 1, 9, 0, 33, 44, 0, 0, 0, 0, 0, 0, 0, 0];
         let EventBody::ProcessExec(x) = decode_event(1, 2, false, &two).unwrap().body else { panic!() };
         assert_eq!((x.pid, x.uid, x.gid, x.cgroup_id), (7, 33, 44, 0));
+        // A format-4 network row (netns, before the close op and the byte
+        // counts) reads without bytes: connect 127.0.0.1:40000 -> :8080, pid 7, netns 99.
+        let four = [
+            4, 4, 0b10001, 1, 6, 9, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', 0xc0, 0xb8, 0x02, 9, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.',
+            b'1', 0x90, 0x3f, 7, 99,
+        ];
+        let EventBody::Network(n) = decode_event(1, 2, false, &four).unwrap().body else { panic!() };
+        assert_eq!((n.op, n.local_port, n.remote_port, n.pid, n.netns), (NetworkOp::Connect, 40_000, 8080, Some(7), Some(99)));
+        assert_eq!((n.bytes_sent, n.bytes_received), (None, None));
         // A list count far larger than the buffer is refused before allocating.
         assert!(decode_event(1, 2, false, &[1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0xff, 0xff, 0xff, 0x7f]).is_err());
     }

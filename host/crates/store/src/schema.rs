@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Page size of new stores (fixed at creation, like auto_vacuum). 16 KiB
 /// pages were measured too: no faster ingest, and a WAL four times larger.
@@ -209,8 +209,45 @@ SELECT id, time, strftime('%Y-%m-%dT%H:%M:%fZ', time / 1e9, 'unixepoch') AS ts,
 FROM alerts;
 "#;
 
+/// Version 4: the exec's gid and cgroup id, the connection's network
+/// namespace and a close's byte counts as columns, and in the views (after
+/// their earlier columns, which keep their order). Rows recorded before
+/// version 4 have them NULL in the columns (their bodies keep what the agent
+/// had then: gid and cgroup id from body format 2 and 3, netns from 4).
+const V4: &str = r#"
+ALTER TABLE events ADD COLUMN gid            INTEGER;  -- exec: effective gid
+ALTER TABLE events ADD COLUMN cgroup_id      INTEGER;  -- exec: cgroup v2 id (u64 as its i64 bit pattern), 0 unknown
+ALTER TABLE events ADD COLUMN netns          INTEGER;  -- network: namespace inode
+ALTER TABLE events ADD COLUMN bytes_sent     INTEGER;  -- network close: sequence space sent and acked
+ALTER TABLE events ADD COLUMN bytes_received INTEGER;  -- network close: sequence space received
+
+DROP VIEW process;
+CREATE VIEW process AS
+SELECT id, time, strftime('%Y-%m-%dT%H:%M:%fZ', time / 1e9, 'unixepoch') AS ts,
+       CASE kind WHEN 1 THEN 'exec' ELSE 'exit' END AS action,
+       pid, ppid,
+       printf('%016x', entity_id) AS entity_id,
+       CASE WHEN parent_entity_id IS NOT NULL THEN printf('%016x', parent_entity_id) END AS parent_entity_id,
+       entity_id AS entity, parent_entity_id AS parent_entity,
+       exe, replace(exe, rtrim(exe, replace(exe, '/', '')), '') AS name,
+       command_line, cwd, uid, user, exit_code, partial, body,
+       gid, cgroup_id
+FROM events WHERE kind IN (1, 2);
+
+DROP VIEW network;
+CREATE VIEW network AS
+SELECT id, time, strftime('%Y-%m-%dT%H:%M:%fZ', time / 1e9, 'unixepoch') AS ts,
+       CASE op WHEN 1 THEN 'connect' WHEN 2 THEN 'accept' WHEN 3 THEN 'listen' WHEN 4 THEN 'close' END AS action,
+       CASE transport WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' END AS transport,
+       local_ip, local_port, remote_ip, remote_port, pid,
+       CASE WHEN entity_id IS NOT NULL THEN printf('%016x', entity_id) END AS entity_id,
+       entity_id AS entity, exe, uid, partial, body,
+       netns, bytes_sent, bytes_received
+FROM events WHERE kind = 4;
+"#;
+
 /// The migration steps: `STEPS[i]` takes a file from version `i` to `i + 1`.
-const STEPS: &[&str] = &[V1, V2, V3];
+const STEPS: &[&str] = &[V1, V2, V3, V4];
 
 /// Writes the schema of an older `version` (1..=[`SCHEMA_VERSION`]) into an
 /// empty database, as an agent of that version left it: for tests that

@@ -316,7 +316,7 @@ struct Writer {
     commits_at_maintenance: u64,
 }
 
-const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, time, kind, pid, entity_id, parent_entity_id, ppid, exe, command_line, path, op, remote_ip, remote_port, local_ip, local_port, transport, uid, user, cwd, old_path, exit_code, login_user, source_ip, success, service, method, partial, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
+const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, time, kind, pid, entity_id, parent_entity_id, ppid, exe, command_line, path, op, remote_ip, remote_port, local_ip, local_port, transport, uid, user, cwd, old_path, exit_code, login_user, source_ip, success, service, method, partial, body, gid, cgroup_id, netns, bytes_sent, bytes_received) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)";
 
 const INSERT_ALERT: &str = "INSERT OR REPLACE INTO alerts (id, time, rule_id, rule_name, severity, score, plugin, pack_id, pack_version, signer, event_ids, techniques, message, entity_id, pid, ecs, incident_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
@@ -326,7 +326,7 @@ const INSERT_ACTION: &str = "INSERT OR REPLACE INTO actions (id, time, requester
 fn insert_event(stmt: &mut CachedStatement<'_>, e: &Event, buf: &mut Vec<u8>, cmdline: &mut String) -> rusqlite::Result<usize> {
     use codec::{file_op_code, kind_code, network_op_code, transport_code};
     // Start from all-NULL, then fill the kind's columns.
-    for i in 4..=26 {
+    for i in (4..=26).chain(29..=33) {
         stmt.raw_bind_parameter(i, rusqlite::types::Null)?;
     }
     stmt.raw_bind_parameter(1, e.id as i64)?;
@@ -352,6 +352,8 @@ fn insert_event(stmt: &mut CachedStatement<'_>, e: &Event, buf: &mut Vec<u8>, cm
             stmt.raw_bind_parameter(17, x.uid)?;
             stmt.raw_bind_parameter(18, x.user.as_str())?;
             stmt.raw_bind_parameter(19, x.cwd.as_str())?;
+            stmt.raw_bind_parameter(29, x.gid)?;
+            stmt.raw_bind_parameter(30, x.cgroup_id as i64)?;
         }
         EventBody::ProcessExit(x) => {
             stmt.raw_bind_parameter(4, x.pid)?;
@@ -380,6 +382,9 @@ fn insert_event(stmt: &mut CachedStatement<'_>, e: &Event, buf: &mut Vec<u8>, cm
             stmt.raw_bind_parameter(15, n.local_port)?;
             stmt.raw_bind_parameter(16, transport_code(n.transport))?;
             stmt.raw_bind_parameter(17, n.uid)?;
+            stmt.raw_bind_parameter(31, n.netns.map(|v| v as i64))?;
+            stmt.raw_bind_parameter(32, n.bytes_sent.map(|v| v as i64))?;
+            stmt.raw_bind_parameter(33, n.bytes_received.map(|v| v as i64))?;
         }
         EventBody::Login(l) => {
             stmt.raw_bind_parameter(4, l.pid)?;

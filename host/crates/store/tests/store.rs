@@ -34,6 +34,8 @@ fn every_kind() -> Vec<Event> {
             exe: None,
             uid: None,
             netns: None,
+            bytes_sent: None,
+            bytes_received: None,
         }),
     };
     let accept = Event {
@@ -52,6 +54,8 @@ fn every_kind() -> Vec<Event> {
             exe: Some("/usr/sbin/sshd".into()),
             uid: Some(0),
             netns: None,
+            bytes_sent: None,
+            bytes_received: None,
         }),
     };
     vec![
@@ -211,6 +215,96 @@ fn views_give_friendly_columns() {
     // Schema discovery stays possible.
     let r = store.query("SELECT name FROM pragma_table_info('process') WHERE name = 'command_line'").unwrap();
     assert_eq!(r.rows.len(), 1);
+}
+
+/// A connection's close as the eBPF collector records it, in namespace `netns`.
+fn close(id: u64, sent: u64, received: u64, netns: u64) -> Event {
+    let mut e = connect(id, T0 + id * S, 4242, 0xdead_beef, "/usr/bin/curl", "203.0.113.9", 443);
+    if let EventBody::Network(n) = &mut e.body {
+        n.op = NetworkOp::Close;
+        n.netns = Some(netns);
+        (n.bytes_sent, n.bytes_received) = (Some(sent), Some(received));
+    }
+    e
+}
+
+fn exec_in_cgroup(id: u64, gid: u32, cgroup_id: u64) -> Event {
+    let mut e = exec(id, T0 + id * S, 4242, 4200, 0xdead_beef, 0xfeed, "/usr/bin/curl", &["curl", "https://example.org"]);
+    if let EventBody::ProcessExec(x) = &mut e.body {
+        (x.gid, x.cgroup_id) = (gid, cgroup_id);
+    }
+    e
+}
+
+#[test]
+fn views_end_with_gid_cgroup_id_netns_and_the_close_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    ingest(
+        &store,
+        vec![
+            exec_in_cgroup(1, 1001, u64::MAX - 5),
+            connect(2, T0 + 2 * S, 4242, 0xdead_beef, "/usr/bin/curl", "203.0.113.9", 443),
+            close(3, 518, 40_961, 4_026_531_840),
+        ],
+    );
+    let r = store.query("SELECT * FROM process").unwrap();
+    let tail = &r.columns[r.columns.len() - 3..];
+    assert_eq!(tail, ["body", "gid", "cgroup_id"], "new columns come after the old ones: {:?}", r.columns);
+    let r = store.query("SELECT gid, cgroup_id FROM process").unwrap();
+    // cgroup ids are u64 kept as their i64 bit pattern, like entity ids.
+    assert_eq!(r.rows[0], vec![json!(1001), json!(-6)]);
+    let r = store.query("SELECT * FROM network").unwrap();
+    let tail = &r.columns[r.columns.len() - 4..];
+    assert_eq!(tail, ["body", "netns", "bytes_sent", "bytes_received"], "{:?}", r.columns);
+    let r = store.query("SELECT id, action, local_port, remote_port, netns, bytes_sent, bytes_received FROM network ORDER BY id").unwrap();
+    assert_eq!(r.rows[0], vec![json!(2), json!("connect"), json!(40002), json!(443), json!(null), json!(null), json!(null)]);
+    assert_eq!(r.rows[1], vec![json!(3), json!("close"), json!(40003), json!(443), json!(4_026_531_840u64), json!(518), json!(40_961)]);
+    // The body carries them too (what the read API and ECS use).
+    let r = store.query("SELECT edr_ecs(id, time, partial, body) FROM network WHERE action = 'close'").unwrap();
+    let doc: serde_json::Value = serde_json::from_str(r.rows[0][0].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (doc["source"]["bytes"].as_u64(), doc["destination"]["bytes"].as_u64(), doc["event"]["type"][0].as_str()),
+        (Some(518), Some(40_961), Some("end"))
+    );
+}
+
+#[test]
+fn a_version_3_store_migrates_its_views_and_old_rows_read_null_in_the_new_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    schema::create_at_version(&conn, 3).unwrap();
+    // A connect as a version-3 agent recorded it (no netns column; the body has it).
+    let mut old = connect(1, T0 + S, 4242, 0xdead_beef, "/usr/bin/curl", "203.0.113.9", 443);
+    if let EventBody::Network(n) = &mut old.body {
+        n.netns = Some(77);
+    }
+    let mut body = Vec::new();
+    codec::encode_body(&old, &mut body);
+    conn.execute(
+        "INSERT INTO events (id, time, kind, pid, op, remote_ip, remote_port, local_ip, local_port, transport, partial, body) VALUES (1, ?1, 4, 4242, 1, '203.0.113.9', 443, '10.0.0.5', 40001, 6, 0, ?2)",
+        rusqlite::params![(T0 + S) as i64, body],
+    )
+    .unwrap();
+    conn.execute_batch("UPDATE meta SET value = 1 WHERE key IN ('events', 'max_event_id');").unwrap();
+    let old_columns: Vec<String> = conn.prepare("SELECT * FROM network").unwrap().column_names().map(String::from).collect();
+    drop(conn);
+
+    let store = Store::open(StoreConfig::new(&path)).unwrap();
+    assert_eq!(schema::SCHEMA_VERSION, 4);
+    let r = store.query("SELECT * FROM network").unwrap();
+    assert_eq!(r.columns[..old_columns.len()], old_columns[..], "the old columns keep their order");
+    assert_eq!(r.columns[old_columns.len()..], ["netns", "bytes_sent", "bytes_received"]);
+    ingest(&store, vec![close(2, 6, 7, 77)]);
+    let r = store.query("SELECT id, action, netns, bytes_sent, bytes_received FROM network ORDER BY id").unwrap();
+    assert_eq!(
+        r.rows,
+        vec![vec![json!(1), json!("connect"), json!(null), json!(null), json!(null)], vec![json!(2), json!("close"), json!(77), json!(6), json!(7)]]
+    );
+    // The old row's body still has its namespace.
+    let EventBody::Network(n) = store.events_after(0, 1).unwrap().remove(0).body else { panic!() };
+    assert_eq!(n.netns, Some(77));
 }
 
 #[test]

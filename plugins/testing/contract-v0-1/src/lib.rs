@@ -3,13 +3,16 @@
 //! (which follows the newest version): the agent must keep loading plugins
 //! built before the contract moved on, beside current ones.
 //!
-//! It flags programs run from `/tmp` (rule `test.v0-1.exec-from-tmp`) and
-//! uses every 0.1.0 import it is granted by default (`log`, `clock`, `state`,
-//! `process`), so a missing or mistyped old import fails the test that loads it.
+//! It flags programs run from `/tmp` (rule `test.v0-1.exec-from-tmp`),
+//! reports every network event it is given (rule `test.v0-1.network-seen`,
+//! with the op: the agent must never give it a `close`, which 0.1.0 lacks)
+//! and uses every 0.1.0 import it is granted by default (`log`, `clock`,
+//! `state`, `process`), so a missing or mistyped old import fails the test
+//! that loads it.
 
 wit_bindgen::generate!({ path: "../../../wit/versions/0.1.0", world: "detector" });
 
-use edr::plugin::types::{EventBody, EventKind, LogLevel, Severity, StrList, StrRef};
+use edr::plugin::types::{EventBody, EventKind, LogLevel, NetworkEvent, NetworkOp, Severity, StrList, StrRef};
 use edr::plugin::{clock, log, process, state};
 
 struct LegacyDetector;
@@ -32,13 +35,17 @@ impl Guest for LegacyDetector {
             name: "contract-v0-1".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Flags programs run from /tmp (built against edr:plugin@0.1.0)".into(),
-            subscriptions: vec![EventKind::ProcessExec],
+            subscriptions: vec![EventKind::ProcessExec, EventKind::Network],
         })
     }
 
     fn on_events(text: String, lists: Vec<u32>, events: Vec<Event>) -> Vec<Finding> {
         let mut findings = Vec::new();
         for e in &events {
+            if let EventBody::Network(n) = &e.body {
+                findings.push(network_seen(e.id, n));
+                continue;
+            }
             let EventBody::ProcessExec(x) = &e.body else { continue };
             let exe = text_at(&text, x.exe);
             if !exe.starts_with("/tmp/") {
@@ -62,6 +69,25 @@ impl Guest for LegacyDetector {
             log::log(LogLevel::Warn, &e);
         }
         findings
+    }
+}
+
+/// What the plugin was given: the op as 0.1.0 names it, and the remote port.
+fn network_seen(id: u64, n: &NetworkEvent) -> Finding {
+    let op = match n.op {
+        NetworkOp::Connect => "connect",
+        NetworkOp::Accept => "accept",
+        NetworkOp::Listen => "listen",
+    };
+    Finding {
+        rule_id: "test.v0-1.network-seen".into(),
+        title: "Network event seen (0.1.0 plugin)".into(),
+        severity: Severity::Informational,
+        techniques: vec![],
+        message: format!("{op} remote port {}", n.remote_port),
+        author: "edr project".into(),
+        event_ids: vec![id],
+        evidence: vec![("op".into(), op.into())],
     }
 }
 

@@ -63,6 +63,8 @@ pub fn run(plugin: &mut Plugin) -> Result<(), String> {
                 exe: Some("/usr/bin/true".into()),
                 uid: Some(0),
                 netns: None,
+                bytes_sent: None,
+                bytes_received: None,
             }),
         },
         Event {

@@ -28,6 +28,11 @@
 //! socket appears that the last scan did not see. The exe, entity and uid
 //! come from the process tree or `/proc`.
 //!
+//! It reports no `close`: a socket that leaves the table may have closed,
+//! or only been missed by a read that raced a change (see below), and its
+//! byte counts are not in `/proc/net` at all. Closes with bytes come from
+//! the eBPF mode only.
+//!
 //! What it cannot see: a connection that opens and closes within one
 //! interval; sockets in other network namespaces (containers); the owner of
 //! a socket that was closed (or passed on) before the fd scan, which yields a
@@ -216,6 +221,8 @@ fn emit(ctx: &Ctx, sink: &Sink, inodes: &InodeMap, f: Found) {
         uid: Some(f.line.uid),
         // /proc/net shows the agent's own namespace.
         netns: own_netns(),
+        bytes_sent: None,
+        bytes_received: None,
     };
     sink.emit(EventBody::Network(ev), partial);
 }

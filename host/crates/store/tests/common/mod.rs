@@ -76,6 +76,8 @@ pub fn connect(id: u64, time: u64, pid: u32, entity: u64, exe: &str, remote: &st
             exe: Some(exe.into()),
             uid: Some(33),
             netns: None,
+            bytes_sent: None,
+            bytes_received: None,
         }),
     }
 }
