@@ -2,6 +2,7 @@
 //! durable consumers that feed the index.
 
 use crate::error::FleetError;
+use crate::fleet::StreamSettings;
 use crate::index::{Index, TokenState};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use edr_fleet_proto::msg::{self, AlertMessage, Change, Heartbeat, ServerEvent};
@@ -18,7 +19,23 @@ pub struct Bus {
     pub js: jetstream::Context,
 }
 
-fn stream_configs() -> [stream::Config; 4] {
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The fleet's streams, with the retention and replicas of `[streams]`.
+fn stream_configs(settings: &StreamSettings) -> [stream::Config; 4] {
+    let days = |n: u64| DAY * n as u32;
+    let [mut alerts, heartbeats, server, mut events] = base_stream_configs();
+    alerts.max_age = days(settings.alerts_max_age_days);
+    events.max_age = days(settings.events_max_age_days);
+    events.max_bytes = if settings.events_max_gib == 0 { -1 } else { (settings.events_max_gib << 30) as i64 };
+    let mut all = [alerts, heartbeats, server, events];
+    for c in &mut all {
+        c.num_replicas = settings.replicas;
+    }
+    all
+}
+
+fn base_stream_configs() -> [stream::Config; 4] {
     [
         stream::Config {
             name: subjects::STREAM_ALERTS.into(),
@@ -45,6 +62,20 @@ fn stream_configs() -> [stream::Config; 4] {
     ]
 }
 
+/// Makes stream `cfg.name`, or brings an existing one's retention and
+/// replicas to `cfg` (logged; the stream keeps its messages).
+async fn ensure_stream(js: &jetstream::Context, cfg: stream::Config) -> Result<(), FleetError> {
+    let name = cfg.name.clone();
+    let mut stream = js.get_or_create_stream(cfg.clone()).await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?;
+    let now = &stream.info().await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?.config;
+    if (now.max_age, now.max_bytes, now.num_replicas) != (cfg.max_age, cfg.max_bytes, cfg.num_replicas) {
+        let update = stream::Config { max_age: cfg.max_age, max_bytes: cfg.max_bytes, num_replicas: cfg.num_replicas, ..now.clone() };
+        js.update_stream(&update).await.map_err(|e| FleetError::nats(format!("stream {name}: applying [streams] (max age, size, replicas)"), e))?;
+        tracing::info!(stream = %name, max_age_secs = cfg.max_age.as_secs(), max_bytes = cfg.max_bytes, replicas = cfg.num_replicas, "stream retention updated from [streams]");
+    }
+    Ok(())
+}
+
 /// The subject a server change goes to: a token's creation and its use share
 /// one subject, so "use once" is an expected-last-sequence publish.
 fn change_subject(change: &Change) -> String {
@@ -62,7 +93,7 @@ impl Bus {
     ///
     /// # Errors
     /// When NATS cannot be reached or refuses the streams.
-    pub async fn connect(url: &str, creds: &str, tls_ca: Option<&std::path::Path>) -> Result<Bus, FleetError> {
+    pub async fn connect(url: &str, creds: &str, tls_ca: Option<&std::path::Path>, streams: &StreamSettings) -> Result<Bus, FleetError> {
         let mut opts = async_nats::ConnectOptions::with_credentials(creds)
             .map_err(|e| FleetError::nats("server.creds", e))?
             .name("edr-server")
@@ -74,9 +105,8 @@ impl Bus {
         }
         let client = opts.connect(url).await.map_err(|e| FleetError::nats(format!("cannot connect to {url}"), e))?;
         let js = jetstream::new(client.clone());
-        for cfg in stream_configs() {
-            let name = cfg.name.clone();
-            js.get_or_create_stream(cfg).await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?;
+        for cfg in stream_configs(streams) {
+            ensure_stream(&js, cfg).await?;
         }
         Ok(Bus { client, js })
     }

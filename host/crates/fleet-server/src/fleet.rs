@@ -44,6 +44,58 @@ pub struct FleetConfig {
     /// agent's output settings). Not written by `init`: add it by hand.
     #[serde(default, skip_serializing)]
     pub notify: edr_output::OutputsConfig,
+    /// Retention and replication of the JetStream streams (`[streams]`;
+    /// defaults when absent, so older `fleet.toml` files keep working).
+    #[serde(default)]
+    pub streams: StreamSettings,
+}
+
+/// `[streams]` of `fleet.toml`: how long the fleet's streams keep what
+/// hosts sent, and on how many NATS nodes. Applied to the streams at every
+/// server start (a changed value updates the existing stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// Days the central record (`EDR_EVENTS`) keeps a batch; 0: until
+    /// `events_max_gib` says otherwise. The oldest batches go first (age
+    /// limits are the only removal: no host and no API call can delete).
+    pub events_max_age_days: u64,
+    /// GiB the central record may hold before its oldest batches go; 0: no
+    /// size limit.
+    pub events_max_gib: u64,
+    /// Days `EDR_ALERTS` keeps an alert; 0: forever (the default: alerts are
+    /// few, and triage refers to them).
+    pub alerts_max_age_days: u64,
+    /// Replicas of every stream (1-5; more than 1 needs a NATS cluster
+    /// with at least that many JetStream nodes).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings { events_max_age_days: 90, events_max_gib: 0, alerts_max_age_days: 0, replicas: 1 }
+    }
+}
+
+impl StreamSettings {
+    /// Refuses values JetStream would refuse later, with what to write instead.
+    ///
+    /// # Errors
+    /// A replica count outside 1-5, or a limit too large to express.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!("[streams] replicas = {}: JetStream keeps 1 to 5 replicas of a stream", self.replicas));
+        }
+        for (name, days) in [("events_max_age_days", self.events_max_age_days), ("alerts_max_age_days", self.alerts_max_age_days)] {
+            if days > 36_500 {
+                return Err(format!("[streams] {name} = {days}: at most 36500 days (100 years); 0 keeps without an age limit"));
+            }
+        }
+        if self.events_max_gib > 1 << 20 {
+            return Err(format!("[streams] events_max_gib = {}: at most 1048576 (1 PiB); 0 is no size limit", self.events_max_gib));
+        }
+        Ok(())
+    }
 }
 
 /// `[nats]` of `fleet.toml`.
@@ -180,6 +232,7 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Created, FleetError> {
         heartbeat_secs: opts.heartbeat_secs,
         consumer_prefix: "edr-server".into(),
         notify: Default::default(),
+        streams: StreamSettings::default(),
     };
     write_nats_config(&dir, &config, &operator, &operator_signing, &account, &account_signing, &system)?;
     let server_user = KeyPair::new_user();
@@ -284,6 +337,7 @@ impl Fleet {
         let dir = DataDir::open_or_create(path, edr_datadir::agent_uid())?;
         let text = read_text(&dir, "fleet.toml")?;
         let config: FleetConfig = toml::from_str(&text).map_err(|e| FleetError::File { path: dir.join("fleet.toml"), problem: e.to_string() })?;
+        config.streams.check().map_err(|problem| FleetError::File { path: dir.join("fleet.toml"), problem })?;
         let keys = dir.subdir("keys")?;
         let account = KeyPair::from_seed(read_text(&keys, "account.nk")?.trim()).map_err(key_err("account"))?;
         let account_signing = KeyPair::from_seed(read_text(&keys, "account-signing.nk")?.trim()).map_err(key_err("account-signing"))?;

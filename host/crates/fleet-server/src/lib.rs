@@ -95,7 +95,8 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
         None
     };
     let tls_ca = fleet.config.nats.tls.as_ref().map(|t| t.ca_file.clone());
-    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?, tls_ca.as_deref()).await?;
+    fleet.config.streams.check().map_err(|problem| FleetError::File { path: fleet.dir.join("fleet.toml"), problem })?;
+    let bus = bus::Bus::connect(&fleet.config.nats.url, &fleet.server_creds()?, tls_ca.as_deref(), &fleet.config.streams).await?;
     let index_path = fleet.index_path();
     let fresh = rebuild || !index_path.exists();
     if rebuild {
