@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS batches (host_id TEXT NOT NULL, seq INTEGER NOT NULL,
 /// The central stores and the chains.
 pub struct Central {
     dir: PathBuf,
+    max_age: Option<std::time::Duration>,
     chain: Mutex<Connection>,
     stores: Mutex<HashMap<String, Arc<Store>>>,
 }
@@ -86,18 +87,20 @@ struct Chain {
 }
 
 impl Central {
-    /// Opens (or, with `fresh`, first deletes) the central stores under `dir`.
+    /// Opens (or, with `fresh`, first deletes) the central stores under `dir`;
+    /// each host's store drops events older than `max_age` (by the event's
+    /// time), as `EDR_EVENTS` drops its batches (`[streams]`).
     ///
     /// # Errors
     /// When the directory or the chain database cannot be made.
-    pub fn open(dir: &Path, fresh: bool) -> Result<Central, FleetError> {
+    pub fn open(dir: &Path, fresh: bool, max_age: Option<std::time::Duration>) -> Result<Central, FleetError> {
         if fresh && dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| FleetError::Io { what: format!("removing {} to rebuild it", dir.display()), source: e })?;
         }
         std::fs::create_dir_all(dir).map_err(|e| FleetError::Io { what: format!("creating {}", dir.display()), source: e })?;
         let conn = Connection::open(dir.join("chain.db")).map_err(FleetError::index("open central/chain.db"))?;
         conn.execute_batch(CHAIN_SCHEMA).map_err(FleetError::index("create the chain table"))?;
-        Ok(Central { dir: dir.to_path_buf(), chain: Mutex::new(conn), stores: Mutex::new(HashMap::new()) })
+        Ok(Central { dir: dir.to_path_buf(), max_age, chain: Mutex::new(conn), stores: Mutex::new(HashMap::new()) })
     }
 
     fn store(&self, host: &str) -> Result<Arc<Store>, String> {
@@ -106,7 +109,7 @@ impl Central {
             return Ok(s.clone());
         }
         // Small caches: one store per host, many hosts.
-        let cfg = StoreConfig { writer_cache_bytes: 4 << 20, ..StoreConfig::new(self.dir.join(format!("{host}.db"))) };
+        let cfg = StoreConfig { writer_cache_bytes: 4 << 20, max_age: self.max_age, ..StoreConfig::new(self.dir.join(format!("{host}.db"))) };
         let s = Arc::new(Store::open(cfg).map_err(|e| format!("central store of {host}: {e}"))?);
         stores.insert(host.to_string(), s.clone());
         Ok(s)

@@ -78,6 +78,11 @@ impl Default for StreamSettings {
 }
 
 impl StreamSettings {
+    /// The central record's age limit (`None`: no limit).
+    pub fn events_max_age(&self) -> Option<std::time::Duration> {
+        (self.events_max_age_days > 0).then(|| std::time::Duration::from_secs(self.events_max_age_days * 86_400))
+    }
+
     /// Refuses values JetStream would refuse later, with what to write instead.
     ///
     /// # Errors

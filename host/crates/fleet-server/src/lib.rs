@@ -108,7 +108,7 @@ pub async fn start_with(mut fleet: Fleet, rebuild: bool, extend: impl FnOnce(Arc
         bus.reset_consumers(&prefix).await;
     }
     let mut tasks = bus.consume(index.clone(), &prefix).await?;
-    let central = Arc::new(central::Central::open(&fleet.dir.join("central"), fresh)?);
+    let central = Arc::new(central::Central::open(&fleet.dir.join("central"), fresh, fleet.config.streams.events_max_age())?);
     tasks.push(central::start(bus.js.clone(), central.clone(), &prefix, fresh).await?);
     let notifier = Arc::new(notify::Notifier::start(&fleet.config.notify, fleet.dir.path(), &fleet.config.name)?);
     if !notifier.is_empty() {
