@@ -54,6 +54,7 @@ fn change_subject(change: &Change) -> String {
         Change::Command { .. } => subjects::server("command"),
         Change::Login { .. } => subjects::server("login"),
         Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => subjects::server("pack"),
+        Change::SavedQuery { .. } => subjects::server("saved_query"),
     }
 }
 
@@ -91,6 +92,18 @@ impl Bus {
         }
         let cfg = jetstream::object_store::Config { bucket: name.into(), description: Some(description.into()), ..Default::default() };
         self.js.create_object_store(cfg).await.map_err(|e| format!("cannot create the object store bucket {name}: {e}"))
+    }
+
+    /// The JetStream key-value bucket `name` (one revision per key), made (with `description`) when it does not exist yet.
+    ///
+    /// # Errors
+    /// Why it can be neither found nor made.
+    pub(crate) async fn kv_bucket(&self, name: &str, description: &str) -> Result<jetstream::kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            return Ok(store);
+        }
+        let cfg = jetstream::kv::Config { bucket: name.into(), description: description.into(), history: 1, ..Default::default() };
+        self.js.create_key_value(cfg).await.map_err(|e| format!("cannot create the key-value bucket {name}: {e}"))
     }
 
     /// Publishes a server event (acknowledged by the stream) and applies it to the index.
