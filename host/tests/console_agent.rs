@@ -116,7 +116,8 @@ async fn click_saved(c: &Client, name: &str, button: &str) {
             "const [name, button] = arguments;
              const row = [...document.querySelectorAll('#saved-queries tbody tr')].find(r => (r.querySelector('.saved-name') || {}).textContent === name);
              if (!row) return false;
-             row.querySelector('.' + button).click();
+             // Clicked after this script returns: a confirmation it opens must not block the script.
+             setTimeout(() => row.querySelector('.' + button).click(), 0);
              return true;",
             vec![json!(name), json!(button)],
         )
