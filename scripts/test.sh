@@ -18,7 +18,7 @@ cargo fmt --all --check || { echo "scripts/test.sh: run 'cargo fmt --all' (rustf
 # CI); otherwise those tests print why they skip.
 # clang: compiles the eBPF program (host/crates/ebpf/build.rs; it also installs it itself when root).
 # iproute2: `ip netns` for the eBPF TCP hooks' network-namespace test (host/crates/ebpf/tests/net.rs).
-# chromium, chromium-driver: the web console's browser test (host/crates/console/tests/browser.rs, headless Chromium over WebDriver).
+# chromium, chromium-driver: the web console's browser tests (host/crates/console/tests/browser.rs, host/tests/console_agent.rs: headless Chromium over WebDriver).
 packages=(minisign nftables nats-server systemd clang iproute2 chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do

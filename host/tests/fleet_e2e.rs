@@ -25,86 +25,13 @@
 //! The namespaces (and with them the veth pair and the isolation table) are
 //! removed even when the test fails; the only addresses used are inside them.
 
+mod common;
+
+use common::fleet::{fleet, host_id_of, hosts, in_ns, ip, make_net, on_path, reaches, spawn_logged, state_of, terminate, Cleanup, Net, EDR};
 use edr_testkit::wait_until;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
-
-const EDR: &str = env!("CARGO_BIN_EXE_edr");
-
-/// Everything the test made, undone on drop (children first, then namespaces).
-#[derive(Default)]
-struct Cleanup {
-    children: Vec<Child>,
-    netns: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        // SIGTERM first: `edr server run` then stops its nats-server child.
-        for c in &mut self.children {
-            terminate(c.id());
-        }
-        for c in &mut self.children {
-            if !wait_until(Duration::from_secs(5), || c.try_wait().ok().flatten().is_some()) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-        // Whatever still runs inside the test's namespaces was started by the test.
-        for ns in &self.netns {
-            let pids = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// SIGTERM to one pid, through kill(1).
-fn terminate(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Output {
-    Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap()
-}
-
-/// `edr fleet ... --dir DIR` in the server's namespace: (success, stdout, stderr).
-fn fleet(ns: &str, dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let mut all = vec![EDR, "fleet", "--dir", dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = in_ns(ns, &all);
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// Whether a TCP connection from `ns` to `addr:port` opens within 2 s.
-fn reaches(ns: &str, addr: &str, port: u16) -> bool {
-    let script = format!("exec 3<>/dev/tcp/{addr}/{port}");
-    in_ns(ns, &["timeout", "2", "bash", "-c", &script]).status.success()
-}
-
-fn spawn_logged(ns: &str, args: &[&str], log: &Path) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .env("EDR_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
-}
 
 /// The README's reverse-shell event, with its own pid: it raises alerts in the built-in plugins.
 fn attack_line(pid: u32) -> String {
@@ -136,46 +63,10 @@ fn record_alert_ids(data: &Path) -> Vec<u64> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["id"].as_u64()).collect()
 }
 
-fn hosts(ns: &str, dir: &Path) -> Vec<serde_json::Value> {
-    let (_, out, _) = fleet(ns, dir, &["hosts", "--json"]);
-    serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
-}
-
-fn state_of(ns: &str, dir: &Path, host: &str) -> String {
-    hosts(ns, dir).iter().find(|h| h["host_id"] == host).and_then(|h| h["state"].as_str().map(String::from)).unwrap_or_default()
-}
-
 /// The process state letter in /proc/PID/stat (R, S, T, Z, ...).
 fn proc_state(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
-}
-
-/// The network plumbing: two namespaces and a veth pair between them.
-struct Net {
-    agent_ns: String,
-    server_ns: String,
-    agent_if: String,
-    server_ip: String,
-}
-
-fn make_net(cleanup: &mut Cleanup) -> Net {
-    let tag = std::process::id() % 100_000;
-    let octet = 1 + tag % 250;
-    let (agent_ns, server_ns) = (format!("edrea{tag}"), format!("edres{tag}"));
-    let (agent_if, server_if) = (format!("edrea{tag}v"), format!("edres{tag}v"));
-    let (agent_ip, server_ip) = (format!("10.252.{octet}.1"), format!("10.252.{octet}.2"));
-    for ns in [&agent_ns, &server_ns] {
-        ip(&["netns", "add", ns]);
-        cleanup.netns.push(ns.clone());
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    ip(&["link", "add", &agent_if, "netns", &agent_ns, "type", "veth", "peer", "name", &server_if, "netns", &server_ns]);
-    ip(&["-n", &agent_ns, "addr", "add", &format!("{agent_ip}/24"), "dev", &agent_if]);
-    ip(&["-n", &server_ns, "addr", "add", &format!("{server_ip}/24"), "dev", &server_if]);
-    ip(&["-n", &agent_ns, "link", "set", &agent_if, "up"]);
-    ip(&["-n", &server_ns, "link", "set", &server_if, "up"]);
-    Net { agent_ns, server_ns, agent_if, server_ip }
 }
 
 /// One agent's files: config (stdin events, built-in plugins, a short isolation fallback) and data dir.
@@ -222,11 +113,7 @@ fn three_agents_report_respond_and_survive_cuts_and_isolation() {
     let online = || hosts(sns, &dir).iter().filter(|h| h["state"] == "online").count();
     assert!(wait_until(Duration::from_secs(60), || online() == 3), "three hosts online: {:?}\nA: {}", hosts(sns, &dir), log(&data[0].1));
     // Host ids by data dir (each identity file names its host).
-    let host_of = |d: &Path| -> String {
-        let id: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("fleet/identity.json")).unwrap()).unwrap();
-        id["host_id"].as_str().unwrap().to_string()
-    };
-    let (ha, hb, hc) = (host_of(&data[0].0), host_of(&data[1].0), host_of(&data[2].0));
+    let (ha, hb, hc) = (host_id_of(&data[0].0), host_id_of(&data[1].0), host_id_of(&data[2].0));
 
     // Alerts from each host arrive exactly once.
     for (i, pid) in [(0usize, 1000u32), (1, 2000), (2, 3000)] {

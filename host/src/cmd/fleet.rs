@@ -234,6 +234,11 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: EvidenceCommand,
     },
+    /// Saved hunt queries (kept at the server, shared by the team): list, save, delete.
+    Queries {
+        #[command(subcommand)]
+        command: QueriesCommand,
+    },
     /// The central record: per host, the events kept at the server and whether its hash chain is intact.
     Central {
         #[arg(long)]
@@ -270,6 +275,28 @@ pub enum EvidenceCommand {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueriesCommand {
+    /// Every saved query: name, who saved it and when, description, SQL.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save SQL under NAME (a name in use is refused unless --replace); needs the responder role.
+    Save {
+        name: String,
+        sql: String,
+        /// What it finds.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Replace a query saved under the same name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete the query saved under NAME; needs the responder role.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,6 +432,7 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Release { host, sign } => print(&command(&c, &a.dir, &host, Command::Release, &sign)?),
         FleetCommand::Pack { command } => pack(&c, &a.dir, command)?,
         FleetCommand::Evidence { command } => evidence(&c, command)?,
+        FleetCommand::Queries { command } => queries(&c, command)?,
         FleetCommand::Central { json } => {
             let v = c.get("/api/v1/central")?;
             if json {
@@ -435,6 +463,23 @@ pub fn run(a: FleetArgs) -> anyhow::Result<()> {
             let ttl_secs = sign.ttl.as_secs().max(until_secs.unwrap_or(0));
             let q = client::HuntRequest { sql: &sql, limit, reason: &sign.reason, ttl_secs, timeout_secs: timeout.as_secs(), until_secs };
             hunt(&c, &a.dir, hosts, &q, &sign, output_format(json, csv))?
+        }
+    }
+    Ok(())
+}
+
+/// `edr fleet queries ...`.
+fn queries(c: &Client, command: QueriesCommand) -> anyhow::Result<()> {
+    match command {
+        QueriesCommand::List { json: true } => print(&c.get("/api/v1/queries")?["queries"]),
+        QueriesCommand::List { json: false } => print!("{}", client::render_saved_queries(&c.get("/api/v1/queries")?)),
+        QueriesCommand::Save { name, sql, description, replace } => {
+            let v = c.post("/api/v1/queries", &json!({"name": name, "sql": sql, "description": description, "replace": replace}))?;
+            println!("{name:?} {}", v["action"].as_str().unwrap_or("saved"));
+        }
+        QueriesCommand::Delete { name } => {
+            c.delete(&client::saved_query_path(&name))?;
+            println!("{name:?} deleted");
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fleet;
 
 use edr_event::ecs::event_from_json;
 use edr_event::Event;

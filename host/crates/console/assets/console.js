@@ -739,6 +739,52 @@ function mergeHunt(answer) {
 const cellText = (v) => (v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
 const csvCell = (s) => (/[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
 
+// Saved queries (GET/POST /api/v1/queries, DELETE /api/v1/queries/NAME): listed for everyone, run with a click;
+// saving and deleting take the responder role (the API enforces it; the page says so).
+async function savedQueries() {
+  const status = $("#save-status");
+  const say = (cls, text) => { status.className = cls; status.textContent = text; };
+  const run = (q) => {
+    $("#sql").value = q.sql;
+    $("#hunt-status").textContent = `running the saved query ${JSON.stringify(q.name)}…`;
+    $("#hunt-form").requestSubmit();
+  };
+  const remove = async (q) => {
+    if (!confirm(`Delete the saved query ${JSON.stringify(q.name)}?`)) return;
+    try {
+      await api("DELETE", `/api/v1/queries/${encodeURIComponent(q.name)}`);
+      say("ok", `deleted ${JSON.stringify(q.name)}`);
+      await load();
+    } catch (e) { say("error", e.message); }
+  };
+  const load = async () => {
+    const { queries } = await api("GET", "/api/v1/queries");
+    fillTable($("#saved-queries"), [
+      { name: "Name", key: (q) => q.name, cell: (q) => el("span", { class: "saved-name" }, q.name) },
+      { name: "What it finds", key: (q) => q.description, cell: (q) => q.description },
+      { name: "SQL", cell: (q) => q.sql, mono: true },
+      { name: "Saved", key: (q) => -q.saved_at, cell: (q) => `${q.saved_by}, ${ago(q.saved_at)}` },
+      { name: "", cell: (q) => [
+        el("button", { type: "button", class: "saved-run", onclick: () => run(q) }, "Run"), " ",
+        el("button", { type: "button", class: "saved-delete", disabled: !canRespond(), onclick: () => remove(q) }, "Delete"),
+      ] },
+    ], queries, { empty: "no saved queries yet" });
+  };
+  if (!canRespond()) {
+    $("#saved-role").replaceChildren(el("p", { class: "notice", id: "saved-disabled" }, `You are a ${B.role}: you may run saved queries; saving and deleting them needs the responder role.`));
+    $("#save-query").disabled = true;
+  }
+  $("#save-query").addEventListener("click", async () => {
+    const body = { name: $("#save-name").value, sql: $("#sql").value, description: $("#save-desc").value, replace: $("#save-replace").checked };
+    try {
+      const r = await api("POST", "/api/v1/queries", body);
+      say("ok", `${r.action} ${JSON.stringify(r.query.name)}`);
+      await load();
+    } catch (e) { say("error", e.message); }
+  });
+  await load();
+}
+
 async function huntPage() {
   keyPanel($("#key-panel"));
   const { hosts } = await api("GET", "/api/v1/hosts");
@@ -769,6 +815,7 @@ async function huntPage() {
       $("#export-csv").disabled = $("#export-json").disabled = false;
     } catch (e) { status.className = "error"; status.textContent = e.message; }
   });
+  await savedQueries();
   $("#export-csv").addEventListener("click", () => {
     const lines = [merged.columns.map(csvCell).join(","), ...merged.rows.map((r) => r.map((v) => csvCell(cellText(v))).join(","))];
     downloadBlob("hunt.csv", lines.join("\r\n") + "\r\n", "text/csv");
@@ -857,6 +904,7 @@ async function auditPage() {
       case "triage": return `${c.host_id}:${c.alert_id} → ${c.state}${c.note ? " — " + c.note : ""}`;
       case "command": return `${c.op} on ${c.host_id}: ${c.status}${c.reason ? " — " + c.reason : ""}${c.error ? " (" + c.error + ")" : ""}`;
       case "login": return `${c.user} ${c.outcome} from ${c.from}`;
+      case "saved_query": return `${c.action} saved query ${JSON.stringify(c.name)}: ${c.sql}`;
       case "enrolled": return `${c.hostname} as ${c.host_id}`;
       case "token_created": return `enrollment token until ${new Date(c.expires_at * 1000).toISOString()}`;
       default: return JSON.stringify(c);

@@ -173,6 +173,18 @@ fn body(page: &Page) -> Markup {
                 label.inline { "rows per host " input #limit type="number" value="1000" min="1" max="10000"; }
                 button #run-hunt type="submit" { "Run" }
             }
+            section #saved {
+                h2 { "Saved queries" }
+                div #saved-role {}
+                div.toolbar {
+                    input #save-name type="text" placeholder="name" maxlength="100";
+                    input #save-desc type="text" placeholder="what it finds (optional)" maxlength="2000";
+                    label.inline { input #save-replace type="checkbox"; " replace one of that name" }
+                    button #save-query type="button" { "Save the SQL above" }
+                    span #save-status {}
+                }
+                table #saved-queries.grid { thead {} tbody {} }
+            }
             div #hunt-status {}
             div.toolbar { button #export-csv type="button" disabled { "Export CSV" } button #export-json type="button" disabled { "Export JSON" } }
             table #hunt-result.grid { thead {} tbody {} }

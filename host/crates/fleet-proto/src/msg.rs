@@ -315,6 +315,15 @@ pub enum Change {
         #[serde(default)]
         rollback: bool,
     },
+    /// A saved hunt query was saved, replaced or deleted (kept in the `EDR_SAVED_QUERIES` bucket).
+    SavedQuery {
+        /// The query's name.
+        name: String,
+        /// `saved`, `replaced` or `deleted`.
+        action: String,
+        /// The SQL saved (or, for `deleted`, the SQL that was deleted).
+        sql: String,
+    },
 }
 
 /// A host's request for one chunk of a pack, on `edr.host.<id>.pack.get`.
@@ -358,6 +367,7 @@ impl Change {
             Change::PackPublished { .. } => "pack_published",
             Change::PackHost { .. } => "pack_host",
             Change::PackHalted { .. } => "pack_halted",
+            Change::SavedQuery { .. } => "saved_query",
         }
     }
 }

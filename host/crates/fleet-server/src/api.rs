@@ -12,6 +12,7 @@
 //! | `POST /api/v1/query` | viewer | a fleet-wide hunt: `{"commands": [SignedCommand, ..], "timeout_secs": N}`, each a signed `query` for one host, relayed to every host concurrently (each waited for up to `timeout_secs`, default 30, at most 120); returns `{"hosts": [{"host", "status": "done"\|"failed"\|"refused"\|"no_answer", "output"}]}` in the order given; each is audited like a command. Any other op is refused (it needs the commands endpoint and its role) |
 //! | `GET /api/v1/central`, `POST /api/v1/central/query` | viewer | the central record: every host's events ([`crate::central`]) |
 //! | `GET /api/v1/hunts/{id}` | viewer | a hunt made with `until_secs` (in `POST /api/v1/query`): each host's answer, live or delivered later from the queue, or its queue state ([`crate::hunts`]) |
+//! | `GET /api/v1/queries`, `POST /api/v1/queries`, `DELETE /api/v1/queries/{name}` | viewer lists; responder saves and deletes | saved hunt queries in the JetStream key-value bucket `EDR_SAVED_QUERIES` ([`crate::saved_queries`]) |
 //! | `GET /api/v1/audit?limit=` | viewer | every change, newest first, with who made it |
 //! | `GET /api/v1/evidence`, `GET /api/v1/evidence/{host}/{command}` | responder | fetched files kept in the JetStream object store ([`crate::evidence`]) |
 //!
@@ -106,6 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::packs::routes())
         .merge(crate::evidence::routes())
         .merge(crate::hunts::routes())
+        .merge(crate::saved_queries::routes())
         .merge(crate::central::routes())
         .fallback(|uri: Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {}: see GET /api/v1/hosts, /api/v1/alerts, /api/v1/audit", uri.path()))

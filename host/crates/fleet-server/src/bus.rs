@@ -85,6 +85,7 @@ fn change_subject(change: &Change) -> String {
         Change::Command { .. } => subjects::server("command"),
         Change::Login { .. } => subjects::server("login"),
         Change::PackPublished { .. } | Change::PackHost { .. } | Change::PackHalted { .. } => subjects::server("pack"),
+        Change::SavedQuery { .. } => subjects::server("saved_query"),
     }
 }
 
@@ -121,6 +122,34 @@ impl Bus {
         }
         let cfg = jetstream::object_store::Config { bucket: name.into(), description: Some(description.into()), ..Default::default() };
         self.js.create_object_store(cfg).await.map_err(|e| format!("cannot create the object store bucket {name}: {e}"))
+    }
+
+    /// The JetStream key-value bucket `name` (one revision per key), made (with `description`) when it does not exist yet.
+    ///
+    /// The bucket's stream is made here with the key-value conventions
+    /// (`KV_<name>` on `$KV.<name>.>`, the client's own settings for a
+    /// bucket) rather than by `create_key_value`, which first asks for the
+    /// account's info in a shape older nats-servers (2.9) do not answer.
+    ///
+    /// # Errors
+    /// Why it can be neither found nor made.
+    pub(crate) async fn kv_bucket(&self, name: &str, description: &str) -> Result<jetstream::kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            return Ok(store);
+        }
+        let cfg = stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        self.js.get_or_create_stream(cfg).await.map_err(|e| format!("cannot create the key-value bucket {name}: {e}"))?;
+        self.js.get_key_value(name).await.map_err(|e| format!("cannot open the key-value bucket {name}: {e}"))
     }
 
     /// Publishes a server event (acknowledged by the stream) and applies it to the index.

@@ -79,6 +79,7 @@ impl Client {
                 .header("authorization", &auth)
                 .header("content-type", "application/json")
                 .send(serde_json::to_vec(b.unwrap_or(&Value::Null)).unwrap_or_default()),
+            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
             _ => agent.get(&url).header("authorization", &auth).call(),
         };
         let mut resp = resp.map_err(|e| ClientError::Transport(format!("cannot reach the management server at {}: {e}", self.base)))?;
@@ -112,6 +113,46 @@ impl Client {
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.call("POST", path, Some(body))
     }
+
+    /// `DELETE path`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("DELETE", path, None)
+    }
+}
+
+/// `s` percent-encoded for one path segment (everything but `A-Za-z0-9-._~`).
+pub fn path_segment(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// The API path of saved query `name` (`DELETE` it to delete it).
+pub fn saved_query_path(name: &str) -> String {
+    format!("/api/v1/queries/{}", path_segment(name))
+}
+
+/// `GET /api/v1/queries` as a table: name, who saved it and when, description, then the SQL indented.
+pub fn render_saved_queries(v: &Value) -> String {
+    let queries = v["queries"].as_array().cloned().unwrap_or_default();
+    if queries.is_empty() {
+        return "no saved queries (save one with `edr fleet queries save NAME SQL`)\n".into();
+    }
+    let mut out = String::new();
+    for q in &queries {
+        let s = |k: &str| q[k].as_str().unwrap_or("").to_string();
+        let when = q["saved_at"].as_u64().map(|t| edr_event::time::to_rfc3339(t.saturating_mul(1_000_000_000))).unwrap_or_default();
+        out.push_str(&format!("{:?}  saved by {} at {when}", s("name"), s("saved_by")));
+        if !s("description").is_empty() {
+            out.push_str(&format!("  {}", s("description").replace('\n', " ")));
+        }
+        out.push('\n');
+        for line in s("sql").lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
 }
 
 impl Client {

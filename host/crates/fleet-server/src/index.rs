@@ -165,6 +165,8 @@ impl Index {
                 }
                 // Commands live in the audit (server_events), queued ones also in the queue; logins in the audit only.
                 Change::Login { .. } => Ok(0),
+                // Saved queries live in their bucket; their changes in the audit only.
+                Change::SavedQuery { .. } => Ok(0),
                 Change::Command { host_id, command_id, body, key, status, op, error, signature, .. } => crate::queue::apply(
                     &tx,
                     crate::queue::Recorded { host_id, command_id, body, key, status, op, error: error.as_deref(), signature, actor: &ev.actor, time: ev.time },

@@ -37,6 +37,7 @@ pub mod pack_client;
 mod packs;
 mod pull;
 pub mod queue;
+pub mod saved_queries;
 
 pub use error::FleetError;
 pub use fleet::{Fleet, InitOptions};

@@ -3,6 +3,8 @@
 //! raw HTTP helpers (so the API's own checks are tested, not the page's).
 #![allow(dead_code)]
 
+pub mod browser;
+
 use edr_console::session::SessionLimits;
 use edr_console::ConsoleOptions;
 use edr_fleet_server::api_auth::Role;
@@ -91,6 +93,13 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
     let resp = match method {
         "GET" => {
             let mut r = agent.get(url);
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(url);
             for (k, v) in headers {
                 r = r.header(*k, *v);
             }
