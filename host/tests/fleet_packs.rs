@@ -13,7 +13,7 @@ use common::agent::Publisher;
 use edr_testkit::{free_port, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const EDR: &str = env!("CARGO_BIN_EXE_edr");
@@ -38,14 +38,9 @@ impl Drop for Children {
 }
 
 fn spawn_logged(args: &[&str], log: &Path) -> Child {
-    Command::new(EDR)
-        .args(args)
-        .env("EDR_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
+    let mut cmd = Command::new(EDR);
+    cmd.args(args);
+    common::fleet::spawn_logging(cmd, log)
 }
 
 /// `edr fleet --dir DIR ARGS`: (success, stdout, stderr).

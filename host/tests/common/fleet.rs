@@ -74,16 +74,16 @@ pub fn reaches(ns: &str, addr: &str, port: u16) -> bool {
     in_ns(ns, &["timeout", "2", "bash", "-c", &script]).status.success()
 }
 
+/// Starts `args` inside network namespace `ns` (see [`spawn_logging`]).
 pub fn spawn_logged(ns: &str, args: &[&str], log: &Path) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .env("EDR_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    spawn_logging(cmd, log)
+}
+
+/// Starts `cmd` with `EDR_LOG=info`, its stderr into `log`, stdin piped.
+pub fn spawn_logging(mut cmd: Command, log: &Path) -> Child {
+    cmd.env("EDR_LOG", "info").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::from(std::fs::File::create(log).unwrap())).spawn().unwrap()
 }
 
 pub fn hosts(ns: &str, dir: &Path) -> Vec<serde_json::Value> {
