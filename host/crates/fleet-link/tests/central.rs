@@ -138,3 +138,52 @@ fn events_reach_the_centre_once_survive_the_hosts_record_and_forgeries_are_repor
     link.stop();
     assert_eq!(count_at_centre(&fleet, &a.host_id, "SELECT count(*) FROM process"), 5010, "nothing earlier was replaced");
 }
+
+/// (events, distinct ids) of `host` at the centre.
+fn events_at_centre(fleet: &TestFleet, host: &str) -> (u64, u64) {
+    let v = fleet.admin.post("/api/v1/central/query", &json!({"sql": "SELECT count(*), count(DISTINCT id) FROM process", "hosts": [host]})).unwrap();
+    let row = &v["hosts"][0]["output"]["rows"][0];
+    (row[0].as_u64().unwrap_or_else(|| panic!("{v}")), row[1].as_u64().unwrap_or_else(|| panic!("{v}")))
+}
+
+#[test]
+fn events_survive_a_nats_stop_and_server_restarts_once_each() {
+    if !edr_testkit::have_program("nats-server", "nats-server") {
+        return;
+    }
+    let mut fleet = TestFleet::start(InitOptions { name: "central-cuts".into(), heartbeat_secs: 1, ..Default::default() }, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let host = edr_fleet_link::enroll::enroll(dir.path(), &fleet.token(), "db-1").unwrap().host_id;
+    record(dir.path(), 1..=1000);
+    let link = start(dir.path());
+    assert!(wait_until(Duration::from_secs(30), || central(&fleet, &host)["events"] == 1000), "{}", central(&fleet, &host));
+
+    // NATS goes away while the host keeps recording: the cursor stays at what was acknowledged.
+    fleet.stop_nats();
+    record(dir.path(), 1001..=3000);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(link.stats().events_cursor.load(std::sync::atomic::Ordering::Relaxed), 1000, "the cursor must not pass unacknowledged events");
+    fleet.start_nats();
+    assert!(wait_until(Duration::from_secs(60), || central(&fleet, &host)["events"] == 3000), "after NATS is back: {}", central(&fleet, &host));
+
+    // The server restarts (its stores and consumers kept), then again rebuilding every store from the stream.
+    fleet.restart(false, |_| {});
+    record(dir.path(), 3001..=3500);
+    assert!(wait_until(Duration::from_secs(30), || central(&fleet, &host)["events"] == 3500), "after a server restart: {}", central(&fleet, &host));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(events_at_centre(&fleet, &host), (3500, 3500), "each event once");
+    let st = central(&fleet, &host);
+    assert_eq!(st["chain"], "intact", "{st}");
+    let batches = st["batches"].as_u64().unwrap();
+    let stream_msgs = {
+        let js = fleet.running.as_ref().unwrap().state.bus.js.clone();
+        fleet.rt.block_on(async move { js.get_stream(edr_fleet_proto::subjects::STREAM_EVENTS).await.unwrap().info().await.unwrap().state.messages })
+    };
+    assert_eq!(stream_msgs, batches, "no batch twice in the stream (its duplicate window drops resends)");
+    link.stop();
+
+    fleet.restart(true, |_| {});
+    assert!(wait_until(Duration::from_secs(30), || central(&fleet, &host)["events"] == 3500), "rebuilt from the stream: {}", central(&fleet, &host));
+    assert_eq!(events_at_centre(&fleet, &host), (3500, 3500), "the rebuild stores each event once");
+    assert_eq!(central(&fleet, &host)["chain"], "intact");
+}

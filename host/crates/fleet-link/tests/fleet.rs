@@ -8,7 +8,7 @@ mod common;
 use common::write_alerts;
 use edr_fleet_link::{identity, FleetLink, Identity, LinkOptions};
 use edr_fleet_server::client::{Client, ClientError};
-use edr_fleet_server::{natsd::LocalNats, FleetError, InitOptions, Running};
+use edr_fleet_server::{FleetError, InitOptions, Running};
 use edr_store::{Store, StoreConfig};
 use edr_testkit::{free_port, wait_until};
 use serde_json::{json, Value};
@@ -56,16 +56,12 @@ impl Harness {
     }
 
     fn stop_nats(&mut self) {
-        let nats = self.running.as_mut().unwrap().nats.take();
-        assert!(nats.is_some());
-        drop(nats);
-        assert!(std::net::TcpStream::connect(&self.nats_listen).is_err(), "nats-server still listening");
+        common::stop_nats(self.running.as_mut().unwrap(), &self.nats_listen);
     }
 
     fn start_nats(&mut self) {
-        let conf = self.fleet_dir().join("nats/nats.conf");
-        let nats = LocalNats::start("nats-server", &conf, &self.nats_listen, &self.fleet_dir().join("nats/restart.log")).unwrap();
-        self.running.as_mut().unwrap().nats = Some(nats);
+        let dir = self.fleet_dir();
+        common::start_nats(self.running.as_mut().unwrap(), &dir, &self.nats_listen);
     }
 
     /// Messages in the alerts stream: each alert once, or duplicates show here.

@@ -83,6 +83,34 @@ impl TestFleet {
     }
 }
 
+impl TestFleet {
+    /// Stops the local nats-server child (the server keeps running, reconnecting).
+    pub fn stop_nats(&mut self) {
+        stop_nats(self.running.as_mut().unwrap(), &self.nats_listen);
+    }
+
+    /// Starts nats-server again on the same store and port.
+    pub fn start_nats(&mut self) {
+        let dir = self.fleet_dir();
+        start_nats(self.running.as_mut().unwrap(), &dir, &self.nats_listen);
+    }
+}
+
+/// Stops `running`'s nats-server child and checks nothing listens on `listen`.
+pub fn stop_nats(running: &mut Running, listen: &str) {
+    let nats = running.nats.take();
+    assert!(nats.is_some(), "the server runs its own nats-server");
+    drop(nats);
+    assert!(std::net::TcpStream::connect(listen).is_err(), "nats-server still listening");
+}
+
+/// Starts nats-server for the fleet in `fleet_dir` again, on `listen`, as `running`'s child.
+pub fn start_nats(running: &mut Running, fleet_dir: &Path, listen: &str) {
+    let conf = fleet_dir.join("nats/nats.conf");
+    let nats = edr_fleet_server::natsd::LocalNats::start("nats-server", &conf, listen, &fleet_dir.join("nats/restart.log")).unwrap();
+    running.nats = Some(nats);
+}
+
 impl Drop for TestFleet {
     fn drop(&mut self) {
         let _guard = self.rt.enter();
