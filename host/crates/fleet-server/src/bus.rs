@@ -68,10 +68,25 @@ async fn ensure_stream(js: &jetstream::Context, cfg: stream::Config) -> Result<(
     let name = cfg.name.clone();
     let mut stream = js.get_or_create_stream(cfg.clone()).await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?;
     let now = &stream.info().await.map_err(|e| FleetError::nats(format!("stream {name}"), e))?.config;
-    if (now.max_age, now.max_bytes, now.num_replicas) != (cfg.max_age, cfg.max_bytes, cfg.num_replicas) {
-        let update = stream::Config { max_age: cfg.max_age, max_bytes: cfg.max_bytes, num_replicas: cfg.num_replicas, ..now.clone() };
-        js.update_stream(&update).await.map_err(|e| FleetError::nats(format!("stream {name}: applying [streams] (max age, size, replicas)"), e))?;
-        tracing::info!(stream = %name, max_age_secs = cfg.max_age.as_secs(), max_bytes = cfg.max_bytes, replicas = cfg.num_replicas, "stream retention updated from [streams]");
+    if (now.max_age, now.max_bytes, now.num_replicas) == (cfg.max_age, cfg.max_bytes, cfg.num_replicas) {
+        return Ok(());
+    }
+    let update = stream::Config { max_age: cfg.max_age, max_bytes: cfg.max_bytes, num_replicas: cfg.num_replicas, ..now.clone() };
+    let applied =
+        js.update_stream(&update).await.map_err(|e| FleetError::nats(format!("stream {name}: applying [streams] (max age, size, replicas)"), e))?.config;
+    if (applied.max_age, applied.max_bytes) != (cfg.max_age, cfg.max_bytes) {
+        return Err(FleetError::Nats(format!(
+            "stream {name}: nats-server kept max age {} s and max bytes {} instead of [streams]' {} s and {}",
+            applied.max_age.as_secs(),
+            applied.max_bytes,
+            cfg.max_age.as_secs(),
+            cfg.max_bytes
+        )));
+    }
+    tracing::info!(stream = %name, max_age_secs = cfg.max_age.as_secs(), max_bytes = cfg.max_bytes, "stream retention from [streams]");
+    if applied.num_replicas != cfg.num_replicas {
+        // A single nats-server keeps one copy whatever is asked.
+        tracing::warn!(stream = %name, asked = cfg.num_replicas, kept = applied.num_replicas, "[streams] replicas not honoured: more than one replica needs a JetStream cluster with that many nodes");
     }
     Ok(())
 }
