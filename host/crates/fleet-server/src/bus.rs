@@ -31,6 +31,9 @@ fn stream_configs(settings: &StreamSettings) -> [stream::Config; 4] {
     let mut all = [alerts, heartbeats, server, events];
     for c in &mut all {
         c.num_replicas = settings.replicas;
+        if c.max_bytes == 0 {
+            c.max_bytes = -1; // no limit, as the server reports it (0 in a config means the same)
+        }
     }
     all
 }
