@@ -88,7 +88,7 @@ async fn ensure_stream(js: &jetstream::Context, cfg: stream::Config) -> Result<(
     }
     tracing::info!(stream = %name, max_age_secs = cfg.max_age.as_secs(), max_bytes = cfg.max_bytes, "stream retention from [streams]");
     if applied.num_replicas != cfg.num_replicas {
-        // A single nats-server keeps one copy whatever is asked.
+        // The server did not take the replica count (a cluster with fewer JetStream nodes).
         tracing::warn!(stream = %name, asked = cfg.num_replicas, kept = applied.num_replicas, "[streams] replicas not honoured: more than one replica needs a JetStream cluster with that many nodes");
     }
     Ok(())
