@@ -308,19 +308,19 @@ impl Plugin {
     /// network `close`): they are neither delivered nor counted for it, and
     /// the others keep their ids.
     pub fn call(&mut self, batch: &EncodedBatch, events: &[&WireEvent]) -> CallOutcome {
-        let expressible: Vec<&WireEvent>;
-        let events = match self.contract {
-            Contract::V0_2 => events,
+        // Each event is converted once for a 0.1.0 plugin; what 0.1.0 cannot express is left out here.
+        let (count, old_events): (usize, Vec<v0_1::types::Event>) = match self.contract {
+            Contract::V0_2 => (events.len(), Vec::new()),
             Contract::V0_1 => {
-                expressible = events.iter().copied().filter(|e| v0_1::types::Event::try_from(*e).is_ok()).collect();
-                &expressible
+                let old: Vec<_> = events.iter().filter_map(|e| (*e).try_into().ok()).collect();
+                (old.len(), old)
             }
         };
         if let Health::Quarantined { reason, strikes } = &self.health {
-            self.metrics.skipped_events.fetch_add(events.len() as u64, Relaxed);
+            self.metrics.skipped_events.fetch_add(count as u64, Relaxed);
             return CallOutcome { findings: Vec::new(), error: Some(PluginError::Quarantined { strikes: *strikes, reason: reason.clone() }) };
         }
-        if events.is_empty() {
+        if count == 0 {
             return CallOutcome::default();
         }
         if self.live.is_none() {
@@ -330,7 +330,7 @@ impl Plugin {
                     StartError::Failed(err) => err,
                     StartError::Instantiate(m) | StartError::Rejected(m) => PluginError::Reinstantiate { message: m },
                 };
-                self.metrics.skipped_events.fetch_add(events.len() as u64, Relaxed);
+                self.metrics.skipped_events.fetch_add(count as u64, Relaxed);
                 self.fail(&err);
                 return CallOutcome { findings: Vec::new(), error: Some(err) };
             }
@@ -349,8 +349,7 @@ impl Plugin {
                 func.call(&mut live.store, (batch.text.as_str(), batch.lists.as_slice(), events)).map(|(f,)| f.into_iter().map(Into::into).collect())
             }
             Exports::V0_1(bindings) => {
-                let old: Vec<v0_1::types::Event> = events.iter().filter_map(|e| (*e).try_into().ok()).collect();
-                bindings.call_on_events(&mut live.store, &batch.text, &batch.lists, &old).map(|f| f.into_iter().map(Into::into).collect())
+                bindings.call_on_events(&mut live.store, &batch.text, &batch.lists, &old_events).map(|f| f.into_iter().map(Into::into).collect())
             }
         };
         self.metrics.record_call_time(start.elapsed());
@@ -373,7 +372,7 @@ impl Plugin {
         };
         // Counted last (Release; `Metrics::snapshot` loads it with Acquire
         // before the findings), so a reader who sees the events also sees their findings.
-        self.metrics.events.fetch_add(events.len() as u64, Release);
+        self.metrics.events.fetch_add(count as u64, Release);
         outcome
     }
 
